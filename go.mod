@@ -1,0 +1,3 @@
+module github.com/kubenat/kubenat
+
+go 1.26
