@@ -1,0 +1,132 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
+
+	"github.com/kubenat/kubenat/internal/agent"
+	"github.com/kubenat/kubenat/internal/dataplane/nftables"
+	"github.com/kubenat/kubenat/internal/model"
+	"github.com/kubenat/kubenat/internal/nft"
+	"github.com/kubenat/kubenat/internal/source/manifest"
+	"github.com/kubenat/kubenat/internal/version"
+)
+
+func newAgentCmd() *cobra.Command {
+	var nf nodeFlags
+	var once bool
+	var minSync time.Duration
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Program this node's kernel from Services, EndpointSlices and the Node, and keep it up to date",
+		Long: `agent programs this node's nftables from Kubernetes objects and keeps them up to
+date. With --once it syncs once and exits. On SIGTERM it exits and leaves the
+rules in place, so established connections survive a restart.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := nf.config()
+			if err != nil {
+				return err
+			}
+			if nf.manifests == "" {
+				return errors.New("--manifests is required")
+			}
+			a, err := agent.New(agent.Options{Config: cfg, MinSyncPeriod: minSync})
+			if err != nil {
+				return err
+			}
+			klog.InfoS("Starting kubenat agent", "version", version.String(), "node", cfg.NodeName, "manifests", nf.manifests)
+			src := agent.NewManifestSource(nf.manifests)
+			if once {
+				return a.SyncOnce(cmd.Context(), src)
+			}
+			err = a.Run(cmd.Context(), src)
+			klog.InfoS("kubenat agent stopped; the programmed rules stay in place")
+			return err
+		},
+	}
+	nf.register(cmd.Flags())
+	cmd.Flags().BoolVar(&once, "once", false, "sync once and exit")
+	cmd.Flags().DurationVar(&minSync, "min-sync-period", 100*time.Millisecond, "least time between two syncs; changes meanwhile are batched")
+	return cmd
+}
+
+func newRenderCmd() *cobra.Command {
+	var nf nodeFlags
+	cmd := &cobra.Command{
+		Use:   "render",
+		Short: "Print the nftables ruleset the agent would program (no root needed)",
+		Long: `render prints, in nft syntax, exactly the ruleset "kubenat agent" programs for
+the same inputs. Problems in the input are reported on stderr; the objects
+they concern are left out and the rest is rendered.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := loadState(&nf)
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(cmd.OutOrStdout(), nftables.Render(st, nftables.Options{}))
+			return nil
+		},
+	}
+	nf.register(cmd.Flags())
+	return cmd
+}
+
+// loadState reads the manifests once and builds the State, printing input
+// problems to stderr.
+func loadState(nf *nodeFlags) (*model.State, error) {
+	cfg, err := nf.config()
+	if err != nil {
+		return nil, err
+	}
+	if nf.manifests == "" {
+		return nil, errors.New("--manifests is required")
+	}
+	snap, err := manifest.NewReader(nf.manifests).Read()
+	if err != nil {
+		return nil, err
+	}
+	b := model.NewBuilder(cfg)
+	for _, n := range snap.Nodes {
+		b.SetNode(n, snap.Origins[manifest.Ref{Kind: "Node", Name: n.Name}])
+	}
+	for _, s := range snap.Services {
+		b.SetService(s, snap.Origins[manifest.Ref{Kind: "Service", Namespace: s.Namespace, Name: s.Name}])
+	}
+	for _, s := range snap.EndpointSlices {
+		b.SetEndpointSlice(s, snap.Origins[manifest.Ref{Kind: "EndpointSlice", Namespace: s.Namespace, Name: s.Name}])
+	}
+	st, _ := b.Build()
+	for _, w := range snap.Warnings {
+		fmt.Fprintln(os.Stderr, "warning:", w)
+	}
+	for _, e := range append(snap.Errors, st.Errors...) {
+		fmt.Fprintln(os.Stderr, "error:", e)
+	}
+	return st, nil
+}
+
+func newCleanupCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "cleanup",
+		Short: "Remove everything kubenat programmed in the kernel, and nothing else",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			run, err := nft.New()
+			if err != nil {
+				return err
+			}
+			if err := nftables.Cleanup(cmd.Context(), run, nftables.Options{}); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "removed the kubenat tables (ip, ip6)")
+			return nil
+		},
+	}
+}

@@ -1,0 +1,270 @@
+// Package agent wires a Source, the model and a datapath backend into the
+// node agent: it collects object changes, builds the State incrementally
+// and programs the kernel in batched, atomic syncs.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/kubenat/kubenat/internal/dataplane/nftables"
+	"github.com/kubenat/kubenat/internal/model"
+	"github.com/kubenat/kubenat/internal/nft"
+)
+
+// Source delivers objects to a Sink.
+type Source interface {
+	// Load delivers the current content once and calls Synced.
+	Load(sink Sink) error
+	// Run delivers the content, then every change, until ctx ends.
+	Run(ctx context.Context, sink Sink) error
+}
+
+// Options configure an Agent.
+type Options struct {
+	Config model.Config
+	NFT    nftables.Options
+	// Runner applies nftables scripts; nil picks libnftables or the nft
+	// binary.
+	Runner nft.Runner
+	// MinSyncPeriod is the least time between two syncs: changes arriving
+	// meanwhile are batched into the next one.
+	MinSyncPeriod time.Duration
+}
+
+// Agent programs the node's datapath from the objects a Source delivers.
+type Agent struct {
+	opts    Options
+	backend *nftables.Backend
+
+	mu           sync.Mutex
+	builder      *model.Builder
+	synced       bool      // the source delivered its initial content
+	pendingSince time.Time // when the oldest change not yet programmed arrived
+	sourceErrs   []error
+	warnings     []string
+	reported     map[string]bool
+	kick         chan struct{}
+}
+
+// New returns an Agent for opts.
+func New(opts Options) (*Agent, error) {
+	if err := opts.Config.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
+	}
+	if opts.Runner == nil {
+		r, err := nft.New()
+		if err != nil {
+			return nil, err
+		}
+		opts.Runner = r
+	}
+	return &Agent{
+		opts:     opts,
+		backend:  nftables.New(opts.Runner, opts.NFT),
+		builder:  model.NewBuilder(opts.Config),
+		reported: map[string]bool{},
+		kick:     make(chan struct{}, 1),
+	}, nil
+}
+
+// SyncOnce loads src once and programs the result.
+func (a *Agent) SyncOnce(ctx context.Context, src Source) error {
+	if err := src.Load(a); err != nil {
+		return fmt.Errorf("loading objects: %w", err)
+	}
+	return a.sync(ctx)
+}
+
+// Run runs src and programs every change until ctx ends. It returns nil on
+// cancellation, leaving the programmed rules in place.
+func (a *Agent) Run(ctx context.Context, src Source) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srcErr := make(chan error, 1)
+	go func() { srcErr <- src.Run(ctx, a) }()
+
+	var last time.Time
+	backoff := time.Second
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-srcErr:
+			if err != nil {
+				return fmt.Errorf("source stopped: %w", err)
+			}
+			<-ctx.Done()
+			return nil
+		case <-a.kick:
+		case <-retry:
+		}
+		retry = nil
+		if wait := a.opts.MinSyncPeriod - time.Since(last); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+		}
+		last = time.Now()
+		if err := a.sync(ctx); err != nil {
+			klog.ErrorS(err, "Sync failed; will retry", "after", backoff)
+			retry = time.After(backoff)
+			backoff = min(2*backoff, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+	}
+}
+
+// errNotSynced is returned when the source has not delivered its initial
+// content yet.
+var errNotSynced = errors.New("the source has not delivered its initial content")
+
+// sync builds the State and programs it.
+func (a *Agent) sync(ctx context.Context) error {
+	a.mu.Lock()
+	if !a.synced {
+		a.mu.Unlock()
+		return errNotSynced
+	}
+	start := time.Now()
+	st, delta := a.builder.Build()
+	pending := a.pendingSince
+	a.pendingSince = time.Time{}
+	a.report(st)
+	// The backend only reads the changed Services of st, under the lock:
+	// sources may not change the Builder meanwhile.
+	res, err := a.backend.Sync(ctx, st, delta)
+	if err != nil {
+		// The backend replaces everything on the next Sync.
+		if a.pendingSince.IsZero() {
+			a.pendingSince = pending
+		}
+		a.mu.Unlock()
+		return err
+	}
+	services := len(st.Services)
+	a.mu.Unlock()
+	if res.Full || res.Elements > 0 {
+		klog.InfoS("Programmed nftables", "full", res.Full, "changedServices", len(delta.Changed),
+			"elements", res.Elements, "services", services, "duration", time.Since(start))
+	}
+	return nil
+}
+
+// report logs input problems not reported before.
+func (a *Agent) report(st *model.State) {
+	now := map[string]bool{}
+	for _, w := range a.warnings {
+		if !a.reported[w] {
+			klog.InfoS("Skipped input", "detail", w)
+		}
+		now[w] = true
+	}
+	for _, list := range [][]error{a.sourceErrs, st.Errors} {
+		for _, e := range list {
+			msg := e.Error()
+			if !a.reported[msg] {
+				klog.ErrorS(nil, "Invalid input; the other objects are served", "problem", msg)
+			}
+			now[msg] = true
+		}
+	}
+	a.reported = now
+}
+
+// Errors returns the input problems of the last sync.
+func (a *Agent) Errors() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for k := range a.reported {
+		out = append(out, k)
+	}
+	return out
+}
+
+func (a *Agent) changed() {
+	if a.pendingSince.IsZero() {
+		a.pendingSince = time.Now()
+	}
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// SetService implements Sink.
+func (a *Agent) SetService(svc *v1.Service, origin string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.builder.SetService(svc, origin)
+	a.changed()
+}
+
+// DeleteService implements Sink.
+func (a *Agent) DeleteService(namespace, name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.builder.DeleteService(model.ServiceKey{Namespace: namespace, Name: name})
+	a.changed()
+}
+
+// SetEndpointSlice implements Sink.
+func (a *Agent) SetEndpointSlice(s *discovery.EndpointSlice, origin string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.builder.SetEndpointSlice(s, origin)
+	a.changed()
+}
+
+// DeleteEndpointSlice implements Sink.
+func (a *Agent) DeleteEndpointSlice(namespace, name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.builder.DeleteEndpointSlice(namespace, name)
+	a.changed()
+}
+
+// SetNode implements Sink.
+func (a *Agent) SetNode(n *v1.Node, origin string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.builder.SetNode(n, origin)
+	a.changed()
+}
+
+// DeleteNode implements Sink.
+func (a *Agent) DeleteNode(name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.builder.DeleteNode(name)
+	a.changed()
+}
+
+// SourceErrors implements Sink.
+func (a *Agent) SourceErrors(errs []error, warnings []string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.sourceErrs, a.warnings = errs, warnings
+}
+
+// Synced implements Sink.
+func (a *Agent) Synced() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.synced {
+		a.synced = true
+		a.changed()
+	}
+}

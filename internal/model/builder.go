@@ -1,0 +1,460 @@
+package model
+
+import (
+	"fmt"
+	"net/netip"
+	"reflect"
+	"slices"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+)
+
+// Delta says what changed between two States returned by Builder.Build.
+type Delta struct {
+	// Full is true when something every Service depends on changed (the
+	// node, the configuration) or on the first Build: consumers should
+	// treat every Service as changed.
+	Full bool
+	// Changed lists the Services whose ports differ from the previous
+	// State (added, removed or modified), sorted.
+	Changed []ServiceKey
+}
+
+// Empty reports whether nothing changed.
+func (d Delta) Empty() bool { return !d.Full && len(d.Changed) == 0 }
+
+type sliceRef struct{ Namespace, Name string }
+
+type serviceEntry struct {
+	svc    *v1.Service
+	origin string
+}
+
+type sliceEntry struct {
+	slice  *discovery.EndpointSlice
+	origin string
+	owner  ServiceKey
+	errs   []error
+}
+
+// built is the result of building one Service, before frontend conflicts
+// between Services are resolved.
+type built struct {
+	ports     []ServicePort // last good ports
+	errs      []error       // problems of the current version of the object
+	conflicts []error       // frontends lost to another Service
+	created   time.Time
+	claimed   []FrontendKey
+}
+
+// Builder keeps the input objects and builds the State incrementally: a
+// change to one Service or its EndpointSlices costs work for that Service
+// only. A Service whose new version is invalid keeps its last good ports.
+// Two Services claiming the same frontend (address, protocol, port): the
+// older one (by creation time, then namespace/name) keeps it and the other
+// gets an error.
+//
+// A Builder is not safe for concurrent use.
+type Builder struct {
+	cfg      Config
+	node     *v1.Node
+	nodeOrig string
+	nodeErrs []error
+	view     nodeView
+
+	services    map[ServiceKey]*serviceEntry
+	slices      map[sliceRef]*sliceEntry
+	slicesBySvc map[ServiceKey]map[sliceRef]*discovery.EndpointSlice
+
+	built  map[ServiceKey]*built
+	claims map[FrontendKey][]ServiceKey
+
+	state State
+	dirty map[ServiceKey]struct{}
+	full  bool
+}
+
+// NewBuilder returns a Builder for the given configuration.
+func NewBuilder(cfg Config) *Builder {
+	b := &Builder{
+		services:    map[ServiceKey]*serviceEntry{},
+		slices:      map[sliceRef]*sliceEntry{},
+		slicesBySvc: map[ServiceKey]map[sliceRef]*discovery.EndpointSlice{},
+		built:       map[ServiceKey]*built{},
+		claims:      map[FrontendKey][]ServiceKey{},
+		dirty:       map[ServiceKey]struct{}{},
+		full:        true,
+	}
+	b.state.Services = map[ServiceKey][]ServicePort{}
+	b.SetConfig(cfg)
+	return b
+}
+
+// SetConfig replaces the configuration; every Service is rebuilt.
+func (b *Builder) SetConfig(cfg Config) {
+	if cfg.ProxyName == "" {
+		cfg.ProxyName = DefaultProxyName
+	}
+	b.cfg = cfg
+	b.full = true
+}
+
+// Config returns the configuration in use.
+func (b *Builder) Config() Config { return b.cfg }
+
+// SetNode records the Node object. Nodes other than the configured node
+// name are ignored. origin names where the object came from, for errors.
+func (b *Builder) SetNode(n *v1.Node, origin string) {
+	if n.Name != b.cfg.NodeName {
+		return
+	}
+	b.node, b.nodeOrig = n, origin
+	b.full = true
+}
+
+// DeleteNode forgets the Node object when it is this node.
+func (b *Builder) DeleteNode(name string) {
+	if name != b.cfg.NodeName || b.node == nil {
+		return
+	}
+	b.node, b.nodeOrig = nil, ""
+	b.full = true
+}
+
+// SetService adds or replaces a Service.
+func (b *Builder) SetService(svc *v1.Service, origin string) {
+	k := ServiceKey{svc.Namespace, svc.Name}
+	b.services[k] = &serviceEntry{svc: svc, origin: origin}
+	b.dirty[k] = struct{}{}
+}
+
+// DeleteService removes a Service.
+func (b *Builder) DeleteService(k ServiceKey) {
+	if _, ok := b.services[k]; !ok {
+		return
+	}
+	delete(b.services, k)
+	b.dirty[k] = struct{}{}
+}
+
+// SetEndpointSlice adds or replaces an EndpointSlice.
+func (b *Builder) SetEndpointSlice(s *discovery.EndpointSlice, origin string) {
+	ref := sliceRef{s.Namespace, s.Name}
+	b.DeleteEndpointSlice(ref.Namespace, ref.Name)
+	owner := ServiceKey{Namespace: s.Namespace, Name: s.Labels[LabelServiceName]}
+	b.slices[ref] = &sliceEntry{slice: s, origin: origin, owner: owner, errs: validateSlice(s, origin)}
+	if owner.Name == "" {
+		return
+	}
+	m := b.slicesBySvc[owner]
+	if m == nil {
+		m = map[sliceRef]*discovery.EndpointSlice{}
+		b.slicesBySvc[owner] = m
+	}
+	m[ref] = s
+	b.dirty[owner] = struct{}{}
+}
+
+// DeleteEndpointSlice removes an EndpointSlice.
+func (b *Builder) DeleteEndpointSlice(namespace, name string) {
+	ref := sliceRef{namespace, name}
+	e, ok := b.slices[ref]
+	if !ok {
+		return
+	}
+	delete(b.slices, ref)
+	if m := b.slicesBySvc[e.owner]; m != nil {
+		delete(m, ref)
+		if len(m) == 0 {
+			delete(b.slicesBySvc, e.owner)
+		}
+		b.dirty[e.owner] = struct{}{}
+	}
+}
+
+// Build applies the changes recorded since the last Build and returns the
+// State and what changed. The State is owned by the Builder and stays valid
+// until the next call that changes the Builder.
+func (b *Builder) Build() (*State, Delta) {
+	full := b.full
+	if full {
+		b.refreshNode()
+		for k := range b.services {
+			b.dirty[k] = struct{}{}
+		}
+		for k := range b.built {
+			b.dirty[k] = struct{}{}
+		}
+	}
+	resolve := map[ServiceKey]struct{}{}
+	for k := range b.dirty {
+		b.rebuild(k, resolve)
+	}
+	var changed []ServiceKey
+	for k := range resolve {
+		if b.resolve(k) {
+			changed = append(changed, k)
+		}
+	}
+	sortKeys(changed)
+	b.dirty = map[ServiceKey]struct{}{}
+	b.full = false
+	b.collectErrors()
+	return &b.state, Delta{Full: full, Changed: changed}
+}
+
+// rebuild recomputes one Service's candidate ports and frontend claims, and
+// adds every Service whose frontends may have changed owner to resolve.
+func (b *Builder) rebuild(k ServiceKey, resolve map[ServiceKey]struct{}) {
+	old := b.built[k]
+	if old != nil {
+		for _, fk := range old.claimed {
+			b.unclaim(fk, k, resolve)
+		}
+	}
+	resolve[k] = struct{}{}
+	entry, ok := b.services[k]
+	if !ok {
+		delete(b.built, k)
+		return
+	}
+	nb := &built{created: entry.svc.CreationTimestamp.Time}
+	if IgnoreReason(entry.svc, b.cfg.ProxyName) == "" {
+		var sl []*discovery.EndpointSlice
+		for _, s := range b.slicesBySvc[k] {
+			sl = append(sl, s)
+		}
+		slices.SortFunc(sl, func(a, c *discovery.EndpointSlice) int {
+			if a.Name < c.Name {
+				return -1
+			}
+			if a.Name > c.Name {
+				return 1
+			}
+			return 0
+		})
+		ports, errs, good := buildService(entry.svc, sl, &b.view, entry.origin)
+		nb.errs = errs
+		switch {
+		case good:
+			nb.ports = ports
+		case old != nil && len(old.ports) > 0:
+			nb.ports = old.ports
+			nb.errs = append(nb.errs, &ObjectError{Kind: "Service", Namespace: k.Namespace, Name: k.Name,
+				Origin: entry.origin, Msg: "keeping the last valid version programmed"})
+		}
+	}
+	b.built[k] = nb
+	seen := map[FrontendKey]bool{}
+	for _, sp := range nb.ports {
+		for _, f := range sp.Frontends {
+			fk := f.Key(sp.Name.Protocol)
+			if seen[fk] {
+				continue
+			}
+			seen[fk] = true
+			nb.claimed = append(nb.claimed, fk)
+			b.claims[fk] = append(b.claims[fk], k)
+			for _, other := range b.claims[fk] {
+				resolve[other] = struct{}{}
+			}
+		}
+	}
+}
+
+func (b *Builder) unclaim(fk FrontendKey, k ServiceKey, resolve map[ServiceKey]struct{}) {
+	list := b.claims[fk]
+	for i, c := range list {
+		if c == k {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(b.claims, fk)
+		return
+	}
+	b.claims[fk] = list
+	for _, other := range list {
+		resolve[other] = struct{}{}
+	}
+}
+
+// owner returns the Service that holds a frontend: the oldest claimant,
+// ties broken by namespace/name.
+func (b *Builder) owner(fk FrontendKey) ServiceKey {
+	list := b.claims[fk]
+	best := list[0]
+	for _, c := range list[1:] {
+		bc, cc := b.built[best].created, b.built[c].created
+		if cc.Before(bc) || (cc.Equal(bc) && c.Less(best)) {
+			best = c
+		}
+	}
+	return best
+}
+
+// resolve computes a Service's effective ports (without frontends another
+// Service owns) and reports whether they changed.
+func (b *Builder) resolve(k ServiceKey) bool {
+	nb := b.built[k]
+	var ports []ServicePort
+	if nb != nil {
+		nb.conflicts = nil
+		entry := b.services[k]
+		for _, sp := range nb.ports {
+			kept := make([]Frontend, 0, len(sp.Frontends))
+			for _, f := range sp.Frontends {
+				fk := f.Key(sp.Name.Protocol)
+				if o := b.owner(fk); o != k {
+					nb.conflicts = append(nb.conflicts, &ObjectError{
+						Kind: "Service", Namespace: k.Namespace, Name: k.Name, Origin: entry.origin,
+						Field: "spec.ports",
+						Msg:   fmt.Sprintf("%s frontend %s is already used by Service %s; not programmed", f.Kind, fk, o),
+					})
+					continue
+				}
+				kept = append(kept, f)
+			}
+			sp.Frontends = kept
+			ports = append(ports, sp)
+		}
+	}
+	old, had := b.state.Services[k]
+	if len(ports) == 0 {
+		delete(b.state.Services, k)
+		return had
+	}
+	b.state.Services[k] = ports
+	return !had || !reflect.DeepEqual(old, ports)
+}
+
+// refreshNode recomputes what the model knows of the node.
+func (b *Builder) refreshNode() {
+	b.nodeErrs = nil
+	n := Node{Name: b.cfg.NodeName}
+	addrs := append([]netip.Addr(nil), b.cfg.NodeIPs...)
+	if b.node != nil {
+		e := &objErrs{kind: "Node", name: b.node.Name, origin: b.nodeOrig}
+		if len(addrs) == 0 {
+			for i, a := range b.node.Status.Addresses {
+				if a.Type != v1.NodeInternalIP && a.Type != v1.NodeExternalIP {
+					continue
+				}
+				ip, err := netip.ParseAddr(a.Address)
+				if err != nil {
+					e.add(fmt.Sprintf("status.addresses[%d].address", i), "%q is not a valid IP address", a.Address)
+					continue
+				}
+				addrs = append(addrs, ip.Unmap())
+			}
+		}
+		cidrs := b.node.Spec.PodCIDRs
+		if len(cidrs) == 0 && b.node.Spec.PodCIDR != "" {
+			cidrs = []string{b.node.Spec.PodCIDR}
+		}
+		for i, c := range cidrs {
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				e.add(fmt.Sprintf("spec.podCIDRs[%d]", i), "%q is not a CIDR", c)
+				continue
+			}
+			n.PodCIDRs = append(n.PodCIDRs, p.Masked())
+		}
+		n.Terminating = b.node.DeletionTimestamp != nil
+		for _, t := range b.node.Spec.Taints {
+			if t.Key == TaintToBeDeleted {
+				n.Terminating = true
+			}
+		}
+		b.nodeErrs = e.errs
+	}
+	n.Addrs = uniqueAddrs(addrs)
+	b.state.Node = n
+	b.state.Config = b.cfg
+	b.view = nodeView{name: b.cfg.NodeName, addrs: n.Addrs, nodePortAddrs: nodePortAddrs(b.cfg, addrs)}
+}
+
+// nodePortAddrs returns the addresses NodePorts are served on.
+func nodePortAddrs(cfg Config, nodeAddrs []netip.Addr) []netip.Addr {
+	sel := cfg.NodePortAddresses
+	if len(sel) == 0 {
+		sel = []string{"primary"}
+	}
+	var out []netip.Addr
+	for _, s := range sel {
+		if s == "primary" {
+			for _, f := range Families {
+				if as := filterAddrs(nodeAddrs, f); len(as) > 0 {
+					out = append(out, as[0])
+				}
+			}
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			continue // rejected by Config.Validate
+		}
+		for _, a := range append(append([]netip.Addr(nil), cfg.LocalAddrs...), nodeAddrs...) {
+			if p.Contains(a) {
+				out = append(out, a)
+			}
+		}
+	}
+	return uniqueAddrs(out)
+}
+
+func uniqueAddrs(as []netip.Addr) []netip.Addr {
+	out := append([]netip.Addr(nil), as...)
+	sortAddrs(out)
+	return slices.Compact(out)
+}
+
+// collectErrors gathers every current problem into State.Errors, sorted by
+// message.
+func (b *Builder) collectErrors() {
+	var errs []error
+	errs = append(errs, b.nodeErrs...)
+	for _, nb := range b.built {
+		errs = append(errs, nb.errs...)
+		errs = append(errs, nb.conflicts...)
+	}
+	for _, s := range b.slices {
+		errs = append(errs, s.errs...)
+	}
+	slices.SortFunc(errs, func(a, c error) int {
+		if a.Error() < c.Error() {
+			return -1
+		}
+		if a.Error() > c.Error() {
+			return 1
+		}
+		return 0
+	})
+	b.state.Errors = errs
+}
+
+// Objects is a complete set of input objects.
+type Objects struct {
+	Services       []*v1.Service
+	EndpointSlices []*discovery.EndpointSlice
+	Nodes          []*v1.Node
+}
+
+// Build computes the State for a complete set of objects in one go.
+func Build(cfg Config, objs Objects) *State {
+	b := NewBuilder(cfg)
+	for _, n := range objs.Nodes {
+		b.SetNode(n, "")
+	}
+	for _, s := range objs.Services {
+		b.SetService(s, "")
+	}
+	for _, s := range objs.EndpointSlices {
+		b.SetEndpointSlice(s, "")
+	}
+	st, _ := b.Build()
+	return st
+}

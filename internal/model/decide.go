@@ -1,0 +1,196 @@
+package model
+
+import "net/netip"
+
+// SourceClass is what the datapath knows about where a packet comes from.
+type SourceClass uint8
+
+const (
+	// FromOutside is traffic from another host: an external client, or a
+	// pod on another node.
+	FromOutside SourceClass = iota
+	// FromLocalPod is traffic from a pod on this node (its source is in the
+	// node's pod CIDRs).
+	FromLocalPod
+	// FromNode is traffic the node itself sends (locally generated, or with
+	// a source address of the node).
+	FromNode
+)
+
+// String names the class.
+func (c SourceClass) String() string {
+	switch c {
+	case FromLocalPod:
+		return "pod on this node"
+	case FromNode:
+		return "this node"
+	}
+	return "outside this node"
+}
+
+// Classify says which class a source address belongs to on this node.
+// local is true for packets the node generates, or whose source is one of
+// the node's own addresses.
+func (s *State) Classify(src netip.Addr, local bool) SourceClass {
+	if local {
+		return FromNode
+	}
+	for _, p := range s.LocalPodCIDRs(FamilyOf(src)) {
+		if p.Contains(src) {
+			return FromLocalPod
+		}
+	}
+	return FromOutside
+}
+
+// Verdict is what happens to a new connection to a Service frontend.
+type Verdict uint8
+
+const (
+	// Forward: DNAT to an endpoint of the chosen group.
+	Forward Verdict = iota
+	// Reject: refuse at once (TCP reset or ICMP port unreachable).
+	Reject
+	// Drop: discard silently.
+	Drop
+)
+
+// String names the verdict.
+func (v Verdict) String() string {
+	switch v {
+	case Reject:
+		return "reject"
+	case Drop:
+		return "drop"
+	}
+	return "forward"
+}
+
+// Group names an endpoint group.
+type Group uint8
+
+const (
+	// ClusterGroup is ServicePort.ClusterEndpoints.
+	ClusterGroup Group = iota
+	// LocalGroup is ServicePort.LocalEndpoints.
+	LocalGroup
+)
+
+// String names the group.
+func (g Group) String() string {
+	if g == LocalGroup {
+		return "local endpoints"
+	}
+	return "all endpoints"
+}
+
+// Decision is the model's answer for a new connection reaching a Service
+// frontend: the reference semantics every datapath implements.
+type Decision struct {
+	Verdict Verdict
+	// Group is the endpoint group a Forward spreads over.
+	Group Group
+	// Masquerade says whether the source is rewritten to the node's address
+	// (before hairpin, which Hairpin adds).
+	Masquerade bool
+	// Why explains the decision in one sentence, naming the rule applied.
+	Why string
+}
+
+// Decide applies the Service semantics to a new connection from a source of
+// class src reaching frontend kind k of this port. sourceAdmitted is false
+// when loadBalancerSourceRanges exclude the source (LoadBalancer frontends
+// only). masqueradeAll is Config.MasqueradeAll.
+func (sp *ServicePort) Decide(k FrontendKind, src SourceClass, sourceAdmitted, masqueradeAll bool) Decision {
+	if k == LoadBalancerIP && !sourceAdmitted {
+		return Decision{Verdict: Drop, Why: "source is outside loadBalancerSourceRanges"}
+	}
+	if !sp.HasEndpoints() {
+		return Decision{Verdict: Reject, Why: "the Service has no usable endpoints"}
+	}
+	var d Decision
+	switch {
+	case k == ClusterIP:
+		d.Group = ClusterGroup
+		if sp.InternalPolicyLocal {
+			d.Group = LocalGroup
+		}
+		switch {
+		case masqueradeAll:
+			d.Masquerade, d.Why = true, "ClusterIP with masqueradeAll: masquerade"
+		case src == FromLocalPod:
+			d.Why = "ClusterIP from a pod on this node: source kept"
+		default:
+			d.Masquerade, d.Why = true, "ClusterIP from "+src.String()+": masquerade so replies return through this node"
+		}
+		if d.Group == LocalGroup && len(sp.LocalEndpoints) == 0 {
+			return Decision{Verdict: Drop, Group: LocalGroup, Why: "internalTrafficPolicy Local and no endpoint on this node"}
+		}
+	case !sp.ExternalPolicyLocal:
+		d.Group, d.Masquerade = ClusterGroup, true
+		d.Why = k.String() + " with externalTrafficPolicy Cluster: masquerade"
+	case src == FromNode:
+		d.Group, d.Masquerade = ClusterGroup, true
+		d.Why = k.String() + " with externalTrafficPolicy Local from this node: all endpoints, masquerade"
+	case src == FromLocalPod:
+		d.Group = ClusterGroup
+		d.Why = k.String() + " with externalTrafficPolicy Local from a pod on this node: short-circuit to all endpoints, source kept"
+	default:
+		d.Group = LocalGroup
+		d.Why = k.String() + " with externalTrafficPolicy Local: local endpoints only, client source kept"
+		if len(sp.LocalEndpoints) == 0 {
+			return Decision{Verdict: Drop, Group: LocalGroup, Why: "externalTrafficPolicy Local and no endpoint on this node"}
+		}
+	}
+	d.Verdict = Forward
+	return d
+}
+
+// GroupEndpoints returns the endpoints of a group.
+func (sp *ServicePort) GroupEndpoints(g Group) []Endpoint {
+	if g == LocalGroup {
+		return sp.LocalEndpoints
+	}
+	return sp.ClusterEndpoints
+}
+
+// AdmitsSource reports whether loadBalancerSourceRanges admit src to the
+// LoadBalancer frontends.
+func (sp *ServicePort) AdmitsSource(src netip.Addr) bool {
+	if !sp.FirewallLB {
+		return true
+	}
+	for _, p := range sp.SourceRanges {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	return false
+}
+
+// Hairpin reports whether a connection from src DNATed to ep is a pod
+// reaching itself through its Service; such traffic is masqueraded so the
+// reply comes back through the node.
+func Hairpin(src netip.Addr, ep Endpoint) bool { return src == ep.Addr }
+
+// EgressMasquerade reports whether traffic from src to dst (not addressed to
+// a Service) leaves with the node's address: pod traffic to a destination
+// outside the non-masquerade ranges.
+func (s *State) EgressMasquerade(src, dst netip.Addr) bool {
+	f := FamilyOf(src)
+	inCluster := false
+	for _, p := range filterPrefixes(s.Config.ClusterCIDRs, f) {
+		if p.Contains(src) {
+			inCluster = true
+		}
+	}
+	if !inCluster {
+		return false
+	}
+	for _, p := range s.Config.NonMasqueradeCIDRs(f) {
+		if p.Contains(dst) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,501 @@
+package model
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Labels and annotations the model honours.
+const (
+	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	LabelHeadless         = "service.kubernetes.io/headless"
+	LabelServiceName      = discovery.LabelServiceName
+	// AnnotationSourceRanges is the legacy form of loadBalancerSourceRanges.
+	AnnotationSourceRanges = "service.beta.kubernetes.io/load-balancer-source-ranges"
+	// TaintToBeDeleted marks a node the cluster autoscaler is removing.
+	TaintToBeDeleted = "ToBeDeletedByClusterAutoscaler"
+)
+
+// DefaultAffinityTimeout is the ClientIP affinity timeout when the Service
+// does not set one.
+const DefaultAffinityTimeout = 10800 * time.Second
+
+// maxAffinitySeconds is Kubernetes' upper bound for timeoutSeconds.
+const maxAffinitySeconds = 86400
+
+// IgnoreReason returns why kubenat does not program a Service at all, or ""
+// when it does: ExternalName Services, headless Services, and Services that
+// name another proxy in the service-proxy-name label.
+func IgnoreReason(svc *v1.Service, proxyName string) string {
+	if proxyName == "" {
+		proxyName = DefaultProxyName
+	}
+	if svc.Spec.Type == v1.ServiceTypeExternalName {
+		return "type ExternalName is resolved by DNS, not proxied"
+	}
+	if name, ok := svc.Labels[LabelServiceProxyName]; ok && name != proxyName {
+		return fmt.Sprintf("label %s=%q names another proxy", LabelServiceProxyName, name)
+	}
+	if _, ok := svc.Labels[LabelHeadless]; ok {
+		return fmt.Sprintf("label %s marks it headless", LabelHeadless)
+	}
+	if svc.Spec.ClusterIP == v1.ClusterIPNone {
+		return "headless (clusterIP: None)"
+	}
+	return ""
+}
+
+// nodeView is what building a Service needs to know of the node.
+type nodeView struct {
+	name          string
+	addrs         []netip.Addr // all node addresses
+	nodePortAddrs []netip.Addr // where NodePorts are served
+}
+
+// buildService computes the ports of one Service. It returns the ports and
+// the problems found; ok is false when the Service cannot be programmed at
+// all (the caller then keeps its last good version).
+func buildService(svc *v1.Service, endpointSlices []*discovery.EndpointSlice, node *nodeView, origin string) (ports []ServicePort, errs []error, ok bool) {
+	e := &objErrs{kind: "Service", ns: svc.Namespace, name: svc.Name, origin: origin}
+	spec := &svc.Spec
+
+	if msgs := validation.IsDNS1123Label(svc.Namespace); len(msgs) > 0 {
+		e.add("metadata.namespace", "%q is not a valid namespace: %s", svc.Namespace, strings.Join(msgs, "; "))
+	}
+	if msgs := validation.IsDNS1035Label(svc.Name); len(msgs) > 0 {
+		e.add("metadata.name", "%q is not a valid Service name: %s", svc.Name, strings.Join(msgs, "; "))
+	}
+
+	// Cluster IPs, one per family.
+	ips := spec.ClusterIPs
+	if len(ips) == 0 && spec.ClusterIP != "" {
+		ips = []string{spec.ClusterIP}
+	}
+	if len(ips) == 0 {
+		e.add("spec.clusterIP", "must be set (kubenat programs a Service through its cluster IP)")
+	}
+	clusterIPs := map[Family]netip.Addr{}
+	for i, s := range ips {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			e.add(fmt.Sprintf("spec.clusterIPs[%d]", i), "%q is not a valid IP address", s)
+			continue
+		}
+		a = a.Unmap()
+		f := FamilyOf(a)
+		if _, dup := clusterIPs[f]; dup {
+			e.add(fmt.Sprintf("spec.clusterIPs[%d]", i), "a second %s cluster IP %s", f, a)
+			continue
+		}
+		clusterIPs[f] = a
+	}
+	if spec.ClusterIP != "" && len(spec.ClusterIPs) > 0 && spec.ClusterIP != spec.ClusterIPs[0] {
+		e.add("spec.clusterIP", "%q differs from spec.clusterIPs[0] %q", spec.ClusterIP, spec.ClusterIPs[0])
+	}
+
+	etpLocal, err := parsePolicy(spec.ExternalTrafficPolicy)
+	if err != nil {
+		e.add("spec.externalTrafficPolicy", "%v", err)
+	}
+	var itpLocal bool
+	if spec.InternalTrafficPolicy != nil {
+		itpLocal, err = parsePolicy(v1.ServiceExternalTrafficPolicy(*spec.InternalTrafficPolicy))
+		if err != nil {
+			e.add("spec.internalTrafficPolicy", "%v", err)
+		}
+	}
+	affinity, err := parseAffinity(spec)
+	if err != nil {
+		e.add("spec.sessionAffinityConfig.clientIP.timeoutSeconds", "%v", err)
+	}
+	ranges := parseSourceRanges(svc, e)
+
+	externalIPs := parseAddrList(spec.ExternalIPs, "spec.externalIPs", e)
+	var lbIPs []netip.Addr
+	if spec.Type == v1.ServiceTypeLoadBalancer {
+		for i, ing := range svc.Status.LoadBalancer.Ingress {
+			if ing.IP == "" {
+				continue // hostname-only ingress: nothing to program
+			}
+			if ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeProxy {
+				continue // the load balancer proxies; traffic arrives for the node
+			}
+			a, err := netip.ParseAddr(ing.IP)
+			if err != nil {
+				e.add(fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), "%q is not a valid IP address", ing.IP)
+				continue
+			}
+			lbIPs = append(lbIPs, a.Unmap())
+		}
+	}
+	switch spec.Type {
+	case "", v1.ServiceTypeClusterIP, v1.ServiceTypeNodePort, v1.ServiceTypeLoadBalancer:
+	default:
+		e.add("spec.type", "unknown type %q", spec.Type)
+	}
+	externallyReachable := spec.Type == v1.ServiceTypeNodePort || spec.Type == v1.ServiceTypeLoadBalancer ||
+		len(externalIPs) > 0
+
+	type portKey struct {
+		proto Protocol
+		port  int32
+	}
+	seenPorts := map[portKey]int{}
+	seenNodePorts := map[portKey]int{}
+	seenNames := map[string]int{}
+	if len(spec.Ports) == 0 {
+		e.add("spec.ports", "must list at least one port")
+	}
+	for i, p := range spec.Ports {
+		field := fmt.Sprintf("spec.ports[%d]", i)
+		proto, perr := parseProtocol(p.Protocol)
+		if perr != nil {
+			e.add(field+".protocol", "%v", perr)
+		}
+		if p.Port < 1 || p.Port > 65535 {
+			e.add(field+".port", "%d is out of range 1-65535", p.Port)
+		}
+		if p.NodePort < 0 || p.NodePort > 65535 {
+			e.add(field+".nodePort", "%d is out of range 1-65535", p.NodePort)
+		}
+		if p.Name != "" {
+			if msgs := validation.IsDNS1123Label(p.Name); len(msgs) > 0 {
+				e.add(field+".name", "%q is not a valid port name: %s", p.Name, strings.Join(msgs, "; "))
+			}
+		} else if len(spec.Ports) > 1 {
+			e.add(field+".name", "must be set when a Service has more than one port")
+		}
+		if j, dup := seenNames[p.Name]; dup {
+			e.add(field+".name", "%q is also the name of spec.ports[%d]", p.Name, j)
+		}
+		seenNames[p.Name] = i
+		k := portKey{proto, p.Port}
+		if j, dup := seenPorts[k]; dup {
+			e.add(field, "%d/%s is also spec.ports[%d]", p.Port, proto, j)
+		}
+		seenPorts[k] = i
+		if p.NodePort > 0 {
+			nk := portKey{proto, p.NodePort}
+			if j, dup := seenNodePorts[nk]; dup {
+				e.add(field+".nodePort", "%d/%s is also the nodePort of spec.ports[%d]", p.NodePort, proto, j)
+			}
+			seenNodePorts[nk] = i
+		}
+	}
+	if spec.HealthCheckNodePort < 0 || spec.HealthCheckNodePort > 65535 {
+		e.add("spec.healthCheckNodePort", "%d is out of range 1-65535", spec.HealthCheckNodePort)
+	}
+	if len(e.errs) > 0 {
+		return nil, e.errs, false
+	}
+
+	etpLocal = etpLocal && externallyReachable
+	for _, f := range Families {
+		cip, ok := clusterIPs[f]
+		if !ok {
+			continue
+		}
+		nodePortAddrs := filterAddrs(node.nodePortAddrs, f)
+		for _, p := range spec.Ports {
+			proto, _ := parseProtocol(p.Protocol)
+			sp := ServicePort{
+				Name: ServicePortName{
+					ServiceKey: ServiceKey{Namespace: svc.Namespace, Name: svc.Name},
+					Port:       p.Name, Protocol: proto, Family: f,
+				},
+				ClusterIP:           cip,
+				Port:                uint16(p.Port),
+				ExternalPolicyLocal: etpLocal,
+				InternalPolicyLocal: itpLocal,
+				AffinityTimeout:     affinity,
+			}
+			sp.Frontends = append(sp.Frontends, Frontend{Kind: ClusterIP, Addr: cip, Port: sp.Port})
+			if p.NodePort > 0 && spec.Type != v1.ServiceTypeClusterIP && spec.Type != "" {
+				sp.NodePort = uint16(p.NodePort)
+				for _, a := range nodePortAddrs {
+					sp.Frontends = append(sp.Frontends, Frontend{Kind: NodePort, Addr: a, Port: sp.NodePort})
+				}
+			}
+			for _, a := range filterAddrs(externalIPs, f) {
+				sp.Frontends = append(sp.Frontends, Frontend{Kind: ExternalIP, Addr: a, Port: sp.Port})
+			}
+			fLB := filterAddrs(lbIPs, f)
+			for _, a := range fLB {
+				sp.Frontends = append(sp.Frontends, Frontend{Kind: LoadBalancerIP, Addr: a, Port: sp.Port})
+			}
+			sp.Frontends = dedupFrontends(sp.Frontends)
+			if ranges != nil && len(fLB) > 0 {
+				sp.SourceRanges = effectiveSourceRanges(ranges, f, fLB, node.addrs)
+				sp.FirewallLB = true
+			}
+			if spec.Type == v1.ServiceTypeLoadBalancer && etpLocal && spec.HealthCheckNodePort > 0 {
+				sp.HealthCheckNodePort = uint16(spec.HealthCheckNodePort)
+			}
+			sp.Endpoints = collectEndpoints(endpointSlices, p.Name, proto, f, node.name, &errs)
+			sp.ClusterEndpoints, sp.LocalEndpoints = SelectEndpoints(sp.Endpoints)
+			ports = append(ports, sp)
+		}
+	}
+	slices.SortFunc(ports, compareServicePorts)
+	return ports, errs, true
+}
+
+// SelectEndpoints splits a port's endpoints into the cluster group (ready
+// endpoints, or when none is ready, the serving terminating ones) and the
+// local group (the same rule applied to this node's endpoints).
+func SelectEndpoints(all []Endpoint) (cluster, local []Endpoint) {
+	pick := func(localOnly bool) []Endpoint {
+		var ready, terminating []Endpoint
+		for _, ep := range all {
+			if localOnly && !ep.Local {
+				continue
+			}
+			switch {
+			case ep.Ready:
+				ready = append(ready, ep)
+			case ep.Serving && ep.Terminating:
+				terminating = append(terminating, ep)
+			}
+		}
+		if len(ready) > 0 {
+			return ready
+		}
+		return terminating
+	}
+	return pick(false), pick(true)
+}
+
+// collectEndpoints gathers the endpoints of one Service port and family
+// from the Service's EndpointSlices. Slices are matched by address type;
+// ports by name and protocol, so named target ports may resolve to a
+// different number on each endpoint.
+func collectEndpoints(endpointSlices []*discovery.EndpointSlice, portName string, proto Protocol, f Family, nodeName string, errs *[]error) []Endpoint {
+	want := discovery.AddressTypeIPv4
+	if f == IPv6 {
+		want = discovery.AddressTypeIPv6
+	}
+	seen := map[netip.AddrPort]bool{}
+	var out []Endpoint
+	for _, s := range endpointSlices {
+		if s.AddressType != want {
+			continue
+		}
+		for _, sp := range s.Ports {
+			name := ""
+			if sp.Name != nil {
+				name = *sp.Name
+			}
+			p, _ := parseProtocolPtr(sp.Protocol)
+			if name != portName || p != proto || sp.Port == nil {
+				continue
+			}
+			port := *sp.Port
+			if port < 1 || port > 65535 {
+				continue // reported by validateSlice
+			}
+			for _, ep := range s.Endpoints {
+				if len(ep.Addresses) == 0 {
+					continue
+				}
+				a, err := netip.ParseAddr(ep.Addresses[0])
+				if err != nil || FamilyOf(a) != f {
+					continue // reported by validateSlice
+				}
+				a = a.Unmap()
+				ap := netip.AddrPortFrom(a, uint16(port))
+				if seen[ap] {
+					continue
+				}
+				seen[ap] = true
+				c := ep.Conditions
+				ready := c.Ready == nil || *c.Ready
+				serving := ready
+				if c.Serving != nil {
+					serving = *c.Serving
+				}
+				terminating := c.Terminating != nil && *c.Terminating
+				node := ""
+				if ep.NodeName != nil {
+					node = *ep.NodeName
+				}
+				out = append(out, Endpoint{
+					Addr: a, Port: uint16(port), NodeName: node,
+					Local: node != "" && node == nodeName,
+					Ready: ready && !terminating, Serving: serving, Terminating: terminating,
+				})
+			}
+		}
+	}
+	slices.SortFunc(out, compareEndpoints)
+	return out
+}
+
+// validateSlice reports the problems of one EndpointSlice. Bad endpoints
+// and ports are skipped; the rest of the slice is used.
+func validateSlice(s *discovery.EndpointSlice, origin string) []error {
+	e := &objErrs{kind: "EndpointSlice", ns: s.Namespace, name: s.Name, origin: origin}
+	if s.Labels[LabelServiceName] == "" {
+		e.add("metadata.labels", "label %s is missing: the slice belongs to no Service", LabelServiceName)
+	}
+	var fam Family
+	switch s.AddressType {
+	case discovery.AddressTypeIPv4:
+		fam = IPv4
+	case discovery.AddressTypeIPv6:
+		fam = IPv6
+	case discovery.AddressTypeFQDN:
+		return e.errs // not proxied, not an error
+	default:
+		e.add("addressType", "unknown address type %q", s.AddressType)
+		return e.errs
+	}
+	for i, p := range s.Ports {
+		if p.Port != nil && (*p.Port < 1 || *p.Port > 65535) {
+			e.add(fmt.Sprintf("ports[%d].port", i), "%d is out of range 1-65535", *p.Port)
+		}
+		if _, err := parseProtocolPtr(p.Protocol); err != nil {
+			e.add(fmt.Sprintf("ports[%d].protocol", i), "%v", err)
+		}
+	}
+	for i, ep := range s.Endpoints {
+		if len(ep.Addresses) == 0 {
+			e.add(fmt.Sprintf("endpoints[%d].addresses", i), "must list an address")
+			continue
+		}
+		a, err := netip.ParseAddr(ep.Addresses[0])
+		switch {
+		case err != nil:
+			e.add(fmt.Sprintf("endpoints[%d].addresses[0]", i), "%q is not a valid IP address", ep.Addresses[0])
+		case FamilyOf(a) != fam:
+			e.add(fmt.Sprintf("endpoints[%d].addresses[0]", i), "%s is not an %s address", a, fam)
+		}
+	}
+	return e.errs
+}
+
+func parsePolicy(p v1.ServiceExternalTrafficPolicy) (local bool, err error) {
+	switch p {
+	case "", v1.ServiceExternalTrafficPolicyCluster:
+		return false, nil
+	case v1.ServiceExternalTrafficPolicyLocal:
+		return true, nil
+	}
+	return false, fmt.Errorf("%q is not a traffic policy (Cluster or Local)", p)
+}
+
+func parseAffinity(spec *v1.ServiceSpec) (time.Duration, error) {
+	switch spec.SessionAffinity {
+	case "", v1.ServiceAffinityNone:
+		return 0, nil
+	case v1.ServiceAffinityClientIP:
+	default:
+		return 0, fmt.Errorf("sessionAffinity %q is not None or ClientIP", spec.SessionAffinity)
+	}
+	c := spec.SessionAffinityConfig
+	if c == nil || c.ClientIP == nil || c.ClientIP.TimeoutSeconds == nil {
+		return DefaultAffinityTimeout, nil
+	}
+	s := *c.ClientIP.TimeoutSeconds
+	if s < 1 || s > maxAffinitySeconds {
+		return 0, fmt.Errorf("%d is out of range 1-%d", s, maxAffinitySeconds)
+	}
+	return time.Duration(s) * time.Second, nil
+}
+
+// parseSourceRanges returns the Service's loadBalancerSourceRanges (or the
+// legacy annotation), nil when there are none.
+func parseSourceRanges(svc *v1.Service, e *objErrs) []netip.Prefix {
+	list, field := svc.Spec.LoadBalancerSourceRanges, "spec.loadBalancerSourceRanges"
+	if len(list) == 0 {
+		if v := strings.TrimSpace(svc.Annotations[AnnotationSourceRanges]); v != "" {
+			list, field = strings.Split(v, ","), "metadata.annotations["+AnnotationSourceRanges+"]"
+		}
+	}
+	var out []netip.Prefix
+	for i, s := range list {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			e.add(fmt.Sprintf("%s[%d]", field, i), "%q is not a CIDR", s)
+			continue
+		}
+		out = append(out, netip.PrefixFrom(p.Addr().Unmap(), unmapBits(p)).Masked())
+	}
+	return out
+}
+
+func unmapBits(p netip.Prefix) int {
+	if p.Addr().Is4In6() {
+		return p.Bits() - 96
+	}
+	return p.Bits()
+}
+
+// effectiveSourceRanges returns the sources one family's LoadBalancer IPs
+// admit: the ranges of that family, and the LoadBalancer IPs themselves when
+// a range contains a node address (traffic a load balancer hairpins back
+// arrives from its own IP). An empty result admits nothing.
+func effectiveSourceRanges(ranges []netip.Prefix, f Family, lbIPs, nodeAddrs []netip.Addr) []netip.Prefix {
+	out := filterPrefixes(ranges, f)
+	for _, r := range out {
+		if slices.ContainsFunc(nodeAddrs, r.Contains) {
+			for _, a := range lbIPs {
+				out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			}
+			break
+		}
+	}
+	return mergePrefixes(out)
+}
+
+func parseAddrList(list []string, field string, e *objErrs) []netip.Addr {
+	var out []netip.Addr
+	for i, s := range list {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			e.add(fmt.Sprintf("%s[%d]", field, i), "%q is not a valid IP address", s)
+			continue
+		}
+		out = append(out, a.Unmap())
+	}
+	return out
+}
+
+func parseProtocol(p v1.Protocol) (Protocol, error) {
+	switch p {
+	case "", v1.ProtocolTCP:
+		return TCP, nil
+	case v1.ProtocolUDP:
+		return UDP, nil
+	case v1.ProtocolSCTP:
+		return SCTP, nil
+	}
+	return TCP, fmt.Errorf("%q is not TCP, UDP or SCTP", p)
+}
+
+func parseProtocolPtr(p *v1.Protocol) (Protocol, error) {
+	if p == nil {
+		return TCP, nil
+	}
+	return parseProtocol(*p)
+}
+
+func dedupFrontends(fs []Frontend) []Frontend {
+	out := fs[:0]
+	seen := map[netip.AddrPort]bool{}
+	for _, f := range fs {
+		k := netip.AddrPortFrom(f.Addr, f.Port)
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		out = append(out, f)
+	}
+	return out
+}

@@ -1,0 +1,241 @@
+// Package netnstest is the kernel test harness: it builds topo clusters in
+// network namespaces for a test, runs kubenat inside them, and removes every
+// namespace it created when the test ends, also when it fails or the test
+// binary is interrupted (SIGINT/SIGTERM).
+//
+// Kernel tests need root, iproute2 and nftables. When they are missing the
+// test is skipped, except under CI (CI=true), where it fails.
+package netnstest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kubenat/kubenat/internal/topo"
+)
+
+// Require skips (or under CI fails) the test when kernel tests cannot run
+// here.
+func Require(t testing.TB) {
+	t.Helper()
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	for _, bin := range []string{"ip", "nft"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			missing = append(missing, bin)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := "kernel test needs " + strings.Join(missing, ", ")
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg + " (CI=true: kernel tests must run)")
+	}
+	t.Skip(msg)
+}
+
+// live tracks the clusters of this process for the signal handler: the
+// interruption of a test binary is process-wide by nature.
+var live = struct {
+	sync.Mutex
+	clusters map[*topo.Cluster]bool
+	seq      int
+	once     sync.Once
+}{clusters: map[*topo.Cluster]bool{}}
+
+func handleSignals() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-ch
+		live.Lock()
+		for c := range live.clusters {
+			_ = c.Destroy()
+		}
+		live.Unlock()
+		fmt.Fprintf(os.Stderr, "netnstest: %v: removed the test namespaces\n", sig)
+		os.Exit(2)
+	}()
+}
+
+var prefixRE = regexp.MustCompile(`^kt(\d+)x\d+-`)
+
+// removeStale deletes namespaces left by test processes that no longer
+// exist (killed with SIGKILL). Only names of this harness's form are
+// touched.
+func removeStale() {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		m := prefixRE.FindStringSubmatch(f[0])
+		if m == nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(m[1])
+		if pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); err == nil || err == syscall.EPERM {
+			continue // still running
+		}
+		_ = exec.Command("ip", "netns", "delete", f[0]).Run()
+	}
+}
+
+// NewCluster builds spec for the test and removes it when the test ends.
+func NewCluster(t testing.TB, spec topo.Spec) *topo.Cluster {
+	t.Helper()
+	Require(t)
+	live.once.Do(func() {
+		removeStale()
+		handleSignals()
+	})
+	live.Lock()
+	live.seq++
+	prefix := fmt.Sprintf("kt%dx%d-", os.Getpid(), live.seq)
+	live.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := topo.Build(ctx, prefix, spec)
+	if err != nil {
+		t.Fatalf("building the test cluster: %v", err)
+	}
+	live.Lock()
+	live.clusters[c] = true
+	live.Unlock()
+	t.Cleanup(func() {
+		live.Lock()
+		delete(live.clusters, c)
+		live.Unlock()
+		if err := c.Destroy(); err != nil {
+			t.Errorf("removing the test namespaces: %v", err)
+		}
+	})
+	return c
+}
+
+var kubenatBin = struct {
+	once sync.Once
+	path string
+	err  error
+}{}
+
+// KubenatBinary builds cmd/kubenat once per test process and returns its
+// path.
+func KubenatBinary(t testing.TB) string {
+	t.Helper()
+	kubenatBin.once.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		dir, err := os.MkdirTemp("", "kubenat-bin-")
+		if err != nil {
+			kubenatBin.err = err
+			return
+		}
+		kubenatBin.path = filepath.Join(dir, "kubenat")
+		cmd := exec.Command("go", "build", "-o", kubenatBin.path, "./cmd/kubenat")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			kubenatBin.err = fmt.Errorf("building kubenat: %v: %s", err, out)
+		}
+	})
+	if kubenatBin.err != nil {
+		t.Fatal(kubenatBin.err)
+	}
+	return kubenatBin.path
+}
+
+// Kubenat runs the kubenat binary with args inside h's namespace and
+// returns its combined output.
+func Kubenat(t testing.TB, h *topo.Host, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, KubenatBinary(t)}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// Process is a long-running kubenat inside a namespace.
+type Process struct {
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan error
+}
+
+// StartKubenat starts the kubenat binary with args inside h's namespace.
+// It is killed when the test ends, if still running.
+func StartKubenat(t testing.TB, h *topo.Host, args ...string) *Process {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", h.NS, KubenatBinary(t)}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p := &Process{cmd: cmd, out: &lockedBuffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting kubenat in %s: %v", h.Name, err)
+	}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("kubenat in %s said:\n%s", h.Name, p.out.String())
+		}
+	})
+	return p
+}
+
+// Stop sends SIGTERM and waits up to timeout for the process to exit,
+// returning its exit error.
+func (p *Process) Stop(timeout time.Duration) error {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err // for the cleanup
+		return err
+	case <-time.After(timeout):
+		return fmt.Errorf("kubenat did not exit within %v of SIGTERM", timeout)
+	}
+}
+
+// Output returns what the process printed so far.
+func (p *Process) Output() string { return p.out.String() }
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

@@ -1,0 +1,220 @@
+package topo
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// InNS runs fn on an OS thread switched into the named namespace. Sockets
+// fn creates stay in that namespace after it returns. If the thread cannot
+// be switched back, it is retired (never reused by other goroutines).
+func InNS(name string, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("getting the current namespace: %w", err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(name)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("opening namespace %s: %w", name, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("entering namespace %s: %w", name, err)
+	}
+	fnErr := fn()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: it dies with this goroutine.
+		return errors.Join(fnErr, fmt.Errorf("returning from namespace %s: %w", name, err))
+	}
+	runtime.UnlockOSThread()
+	return fnErr
+}
+
+// Reply is what an echo server answers: who it is and the source address
+// it saw.
+type Reply struct {
+	Server string
+	Seen   netip.AddrPort
+}
+
+// String returns "server (saw addr:port)".
+func (r Reply) String() string { return fmt.Sprintf("%s (saw %s)", r.Server, r.Seen) }
+
+func parseReply(s string) (Reply, error) {
+	f := strings.Fields(s)
+	if len(f) != 2 {
+		return Reply{}, fmt.Errorf("malformed reply %q", s)
+	}
+	ap, err := netip.ParseAddrPort(f[1])
+	if err != nil {
+		return Reply{}, fmt.Errorf("malformed reply %q: %w", s, err)
+	}
+	return Reply{Server: f[0], Seen: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}, nil
+}
+
+// EchoServer answers every TCP connection and UDP datagram with its name
+// and the peer address it saw.
+type EchoServer struct {
+	name  string
+	tcp   []net.Listener
+	udp   []net.PacketConn
+	wg    sync.WaitGroup
+	close sync.Once
+}
+
+// ServeEcho starts TCP and UDP echo servers on port (all addresses, both
+// families) inside h's namespace.
+func ServeEcho(h *Host, name string, port uint16) (*EchoServer, error) {
+	s := &EchoServer{name: name}
+	err := InNS(h.NS, func() error {
+		addr := fmt.Sprintf(":%d", port)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		s.tcp = append(s.tcp, l)
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return err
+		}
+		s.udp = append(s.udp, pc)
+		return nil
+	})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("starting echo server %s in %s: %w", name, h.Name, err)
+	}
+	for _, l := range s.tcp {
+		s.wg.Add(1)
+		go s.serveTCP(l)
+	}
+	for _, pc := range s.udp {
+		s.wg.Add(1)
+		go s.serveUDP(pc)
+	}
+	return s, nil
+}
+
+func (s *EchoServer) serveTCP(l net.Listener) {
+	defer s.wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			fmt.Fprintf(c, "%s %s\n", s.name, c.RemoteAddr())
+		}()
+	}
+}
+
+func (s *EchoServer) serveUDP(pc net.PacketConn) {
+	defer s.wg.Done()
+	buf := make([]byte, 2048)
+	for {
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		_, _ = pc.WriteTo([]byte(fmt.Sprintf("%s %s\n", s.name, from)), from)
+	}
+}
+
+// Close stops the server.
+func (s *EchoServer) Close() {
+	s.close.Do(func() {
+		for _, l := range s.tcp {
+			l.Close()
+		}
+		for _, pc := range s.udp {
+			pc.Close()
+		}
+	})
+	s.wg.Wait()
+}
+
+// Dial connects from h to dst over network ("tcp" or "udp"), and returns
+// the echo server's reply. A refused connection (TCP reset, ICMP port
+// unreachable) returns an error wrapping syscall.ECONNREFUSED; silence
+// returns a timeout error.
+func Dial(ctx context.Context, h *Host, network string, dst netip.AddrPort, timeout time.Duration) (Reply, error) {
+	var conn net.Conn
+	d := net.Dialer{Timeout: timeout}
+	if err := InNS(h.NS, func() error {
+		var err error
+		conn, err = d.DialContext(ctx, network, dst.String())
+		return err
+	}); err != nil {
+		return Reply{}, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	if network == "udp" {
+		if _, err := conn.Write([]byte("hello\n")); err != nil {
+			return Reply{}, err
+		}
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return Reply{}, err
+	}
+	return parseReply(strings.TrimSpace(line))
+}
+
+// UDPFlow is a long-lived UDP "connection" (one source port) that sends a
+// datagram per Ping, like a client that keeps its socket open.
+type UDPFlow struct {
+	conn net.Conn
+}
+
+// OpenUDPFlow opens a UDP socket in h connected to dst.
+func OpenUDPFlow(h *Host, dst netip.AddrPort) (*UDPFlow, error) {
+	var conn net.Conn
+	if err := InNS(h.NS, func() error {
+		var err error
+		conn, err = net.Dial("udp", dst.String())
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return &UDPFlow{conn: conn}, nil
+}
+
+// Ping sends one datagram and waits up to timeout for the reply.
+func (f *UDPFlow) Ping(timeout time.Duration) (Reply, error) {
+	_ = f.conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := f.conn.Write([]byte("ping\n")); err != nil {
+		return Reply{}, err
+	}
+	buf := make([]byte, 512)
+	n, err := f.conn.Read(buf)
+	if err != nil {
+		return Reply{}, err
+	}
+	return parseReply(strings.TrimSpace(string(buf[:n])))
+}
+
+// LocalAddr returns the flow's source address.
+func (f *UDPFlow) LocalAddr() netip.AddrPort {
+	return f.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// Close closes the socket.
+func (f *UDPFlow) Close() error { return f.conn.Close() }

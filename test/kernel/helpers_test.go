@@ -1,0 +1,123 @@
+// Package kernel holds kubenat's kernel tests: real packets through real
+// nftables in network namespaces, asserting which pod answered and which
+// source address it saw.
+package kernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/netnstest"
+	"github.com/kubenat/kubenat/internal/topo"
+)
+
+// env is a two-node cluster with echo servers in every pod and on the
+// internet host, and a manifest directory.
+type env struct {
+	t   *testing.T
+	c   *topo.Cluster
+	dir string
+}
+
+const echoPort = 8080
+
+func newEnv(t *testing.T, spec topo.Spec) *env {
+	t.Helper()
+	c := netnstest.NewCluster(t, spec)
+	e := &env{t: t, c: c, dir: t.TempDir()}
+	for _, n := range c.Nodes {
+		for _, p := range n.Pods {
+			e.serve(&p.Host, p.Name, echoPort)
+		}
+		if err := k8sobj.WriteFile(e.dir, "node-"+n.Name+".yaml",
+			k8sobj.Node(n.Name, []string{n.Addr.String(), n.Addr6.String()}, []string{n.PodCIDR.String(), n.PodCIDR6.String()})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.serve(c.Internet, "internet", 9000)
+	return e
+}
+
+func (e *env) serve(h *topo.Host, name string, port uint16) {
+	s, err := topo.ServeEcho(h, name, port)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(s.Close)
+}
+
+func (e *env) writeService(t testing.TB, s k8sobj.Service) {
+	t.Helper()
+	if err := k8sobj.WriteService(e.dir, s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) agentArgs(n *topo.Node) []string {
+	return []string{"agent", "--manifests", e.dir, "--node-name", n.Name,
+		"--cluster-cidr", topo.ClusterCIDR.String(), "--cluster-cidr", topo.ClusterCIDR6.String()}
+}
+
+// syncAll runs "kubenat agent --once" on every node.
+func (e *env) syncAll(t testing.TB) {
+	t.Helper()
+	for _, n := range e.c.Nodes {
+		out, err := netnstest.Kubenat(t, &n.Host, append(e.agentArgs(n), "--once")...)
+		if err != nil {
+			t.Fatalf("kubenat agent --once on %s: %v\n%s", n.Name, err, out)
+		}
+	}
+}
+
+func (e *env) dial(from *topo.Host, network string, dst netip.AddrPort) (topo.Reply, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return topo.Dial(ctx, from, network, dst, 2*time.Second)
+}
+
+// mustDial connects and fails t when no reply comes.
+func (e *env) mustDial(t testing.TB, from *topo.Host, network string, dst netip.AddrPort) topo.Reply {
+	t.Helper()
+	r, err := e.dial(from, network, dst)
+	if err != nil {
+		t.Fatalf("%s %s -> %s: %v", network, from.Name, dst, err)
+	}
+	return r
+}
+
+// spread connects n times and returns how often each server answered and
+// the sources they saw.
+func (e *env) spread(t testing.TB, from *topo.Host, network string, dst netip.AddrPort, n int) (map[string]int, map[string]map[netip.Addr]bool) {
+	t.Helper()
+	hits := map[string]int{}
+	seen := map[string]map[netip.Addr]bool{}
+	for range n {
+		r := e.mustDial(t, from, network, dst)
+		hits[r.Server]++
+		if seen[r.Server] == nil {
+			seen[r.Server] = map[netip.Addr]bool{}
+		}
+		seen[r.Server][r.Seen.Addr()] = true
+	}
+	return hits, seen
+}
+
+func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+func ap(addr string, port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr(addr), port)
+}
+
+func keys(m map[string]int) string { return fmt.Sprint(m) }
