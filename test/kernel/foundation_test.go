@@ -119,7 +119,10 @@ func TestFoundation(t *testing.T) {
 		}
 	})
 
-	for _, fe := range []struct{ name, addr string; port uint16 }{
+	for _, fe := range []struct {
+		name, addr string
+		port       uint16
+	}{
 		{"NodePort", nodeA.Addr.String(), 30080},
 		{"LoadBalancer IP", lbIP, 80},
 		{"externalIP", extIP, 80},

@@ -1,0 +1,517 @@
+package model
+
+import (
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+var testCfg = Config{
+	NodeName:     "node-a",
+	ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")},
+	NodeIPs:      []netip.Addr{netip.MustParseAddr("192.168.100.11"), netip.MustParseAddr("fd00:100::11")},
+}
+
+func ptr[T any](v T) *T { return &v }
+
+type svcOpt func(*v1.Service)
+
+func svc(name string, opts ...svcOpt) *v1.Service {
+	s := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		Spec: v1.ServiceSpec{
+			Type:       v1.ServiceTypeClusterIP,
+			ClusterIP:  "10.96.0.10",
+			ClusterIPs: []string{"10.96.0.10"},
+			Ports:      []v1.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80}},
+		},
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+type ep struct {
+	ip, node                  string
+	ready, serving, terminate *bool
+	port                      int32
+}
+
+func slice(svcName, name string, fam discovery.AddressType, port int32, eps ...ep) *discovery.EndpointSlice {
+	s := &discovery.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: name, Labels: map[string]string{discovery.LabelServiceName: svcName}},
+		AddressType: fam,
+		Ports:       []discovery.EndpointPort{{Name: ptr("http"), Protocol: ptr(v1.ProtocolTCP), Port: ptr(port)}},
+	}
+	for _, e := range eps {
+		de := discovery.Endpoint{Addresses: []string{e.ip}, Conditions: discovery.EndpointConditions{
+			Ready: e.ready, Serving: e.serving, Terminating: e.terminate}}
+		if e.node != "" {
+			de.NodeName = ptr(e.node)
+		}
+		s.Endpoints = append(s.Endpoints, de)
+	}
+	return s
+}
+
+func addrs(eps []Endpoint) []string {
+	var out []string
+	for _, e := range eps {
+		out = append(out, e.String())
+	}
+	return out
+}
+
+func TestBuildServicePorts(t *testing.T) {
+	lb := func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.Ports[0].NodePort = 30080
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{
+			{IP: "192.168.200.10"},
+			{IP: "192.168.200.11", IPMode: ptr(v1.LoadBalancerIPModeProxy)},
+			{Hostname: "lb.example.com"},
+		}
+	}
+	tests := []struct {
+		name      string
+		svc       *v1.Service
+		slices    []*discovery.EndpointSlice
+		frontends []string // "Kind addr:port"
+		cluster   []string
+		local     []string
+		check     func(t *testing.T, sp ServicePort)
+	}{
+		{
+			name:      "ClusterIP",
+			svc:       svc("web"),
+			slices:    []*discovery.EndpointSlice{slice("web", "w1", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.10", node: "node-a"}, ep{ip: "10.244.2.10", node: "node-b"})},
+			frontends: []string{"ClusterIP 10.96.0.10:80"},
+			cluster:   []string{"10.244.1.10:8080", "10.244.2.10:8080"},
+			local:     []string{"10.244.1.10:8080"},
+		},
+		{
+			name: "LoadBalancer: NodePort on the node IP, VIP ingress only, externalIPs",
+			svc: svc("web", lb, func(s *v1.Service) {
+				s.Spec.ExternalIPs = []string{"192.168.201.10", "fd00::99"}
+			}),
+			frontends: []string{"ClusterIP 10.96.0.10:80", "NodePort 192.168.100.11:30080", "ExternalIP 192.168.201.10:80", "LoadBalancerIP 192.168.200.10:80"},
+		},
+		{
+			name:      "NodePort ignored on a ClusterIP Service",
+			svc:       svc("web", func(s *v1.Service) { s.Spec.Ports[0].NodePort = 30080 }),
+			frontends: []string{"ClusterIP 10.96.0.10:80"},
+		},
+		{
+			name: "several slices merged, duplicates dropped, named port resolved per slice",
+			svc:  svc("web"),
+			slices: []*discovery.EndpointSlice{
+				slice("web", "w1", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.10"}, ep{ip: "10.244.1.11"}),
+				slice("web", "w2", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.11"}),
+				slice("web", "w3", discovery.AddressTypeIPv4, 9090, ep{ip: "10.244.2.10"}),
+				slice("web", "w6", discovery.AddressTypeIPv6, 8080, ep{ip: "fd00:244::10"}),
+			},
+			frontends: []string{"ClusterIP 10.96.0.10:80"},
+			cluster:   []string{"10.244.1.10:8080", "10.244.1.11:8080", "10.244.2.10:9090"},
+		},
+		{
+			name: "not ready excluded; terminating used only when nothing is ready",
+			svc:  svc("web"),
+			slices: []*discovery.EndpointSlice{slice("web", "w1", discovery.AddressTypeIPv4, 8080,
+				ep{ip: "10.244.1.10", node: "node-a", ready: ptr(false), serving: ptr(true), terminate: ptr(true)},
+				ep{ip: "10.244.2.10", node: "node-b", ready: ptr(true)},
+				ep{ip: "10.244.2.11", node: "node-b", ready: ptr(false)},
+			)},
+			frontends: []string{"ClusterIP 10.96.0.10:80"},
+			cluster:   []string{"10.244.2.10:8080"},
+			local:     []string{"10.244.1.10:8080"},
+		},
+		{
+			name: "only terminating: serving ones used, not-serving ones not",
+			svc:  svc("web"),
+			slices: []*discovery.EndpointSlice{slice("web", "w1", discovery.AddressTypeIPv4, 8080,
+				ep{ip: "10.244.1.10", ready: ptr(false), serving: ptr(true), terminate: ptr(true)},
+				ep{ip: "10.244.1.11", ready: ptr(false), serving: ptr(false), terminate: ptr(true)},
+			)},
+			frontends: []string{"ClusterIP 10.96.0.10:80"},
+			cluster:   []string{"10.244.1.10:8080"},
+		},
+		{
+			name: "dual-stack: one port per family",
+			svc: svc("web", func(s *v1.Service) {
+				s.Spec.ClusterIPs = []string{"10.96.0.10", "fd00:96::10"}
+			}),
+			slices: []*discovery.EndpointSlice{
+				slice("web", "w4", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.10"}),
+				slice("web", "w6", discovery.AddressTypeIPv6, 8080, ep{ip: "fd00:244::10"}),
+			},
+			frontends: []string{"ClusterIP 10.96.0.10:80", "ClusterIP [fd00:96::10]:80"},
+			cluster:   []string{"10.244.1.10:8080", "[fd00:244::10]:8080"},
+		},
+		{
+			name: "policies and affinity",
+			svc: svc("web", lb, func(s *v1.Service) {
+				s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+				s.Spec.InternalTrafficPolicy = ptr(v1.ServiceInternalTrafficPolicyLocal)
+				s.Spec.HealthCheckNodePort = 32000
+				s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+			}),
+			frontends: []string{"ClusterIP 10.96.0.10:80", "NodePort 192.168.100.11:30080", "LoadBalancerIP 192.168.200.10:80"},
+			check: func(t *testing.T, sp ServicePort) {
+				if !sp.ExternalPolicyLocal || !sp.InternalPolicyLocal || sp.HealthCheckNodePort != 32000 || sp.AffinityTimeout != DefaultAffinityTimeout {
+					t.Errorf("got eTP local %v, iTP local %v, hc %d, affinity %v", sp.ExternalPolicyLocal, sp.InternalPolicyLocal, sp.HealthCheckNodePort, sp.AffinityTimeout)
+				}
+			},
+		},
+		{
+			name: "externalTrafficPolicy Local ignored when not externally reachable",
+			svc: svc("web", func(s *v1.Service) {
+				s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+			}),
+			frontends: []string{"ClusterIP 10.96.0.10:80"},
+			check: func(t *testing.T, sp ServicePort) {
+				if sp.ExternalPolicyLocal {
+					t.Error("ExternalPolicyLocal set on a ClusterIP Service")
+				}
+			},
+		},
+		{
+			name: "source ranges: a range with the node IP admits the LB IP too",
+			svc: svc("web", lb, func(s *v1.Service) {
+				s.Spec.LoadBalancerSourceRanges = []string{"192.168.100.0/24", "203.0.113.0/24", "2001:db8::/32"}
+			}),
+			frontends: []string{"ClusterIP 10.96.0.10:80", "NodePort 192.168.100.11:30080", "LoadBalancerIP 192.168.200.10:80"},
+			check: func(t *testing.T, sp ServicePort) {
+				want := []netip.Prefix{netip.MustParsePrefix("192.168.100.0/24"), netip.MustParsePrefix("192.168.200.10/32"), netip.MustParsePrefix("203.0.113.0/24")}
+				if !sp.FirewallLB || !reflect.DeepEqual(sp.SourceRanges, want) {
+					t.Errorf("source ranges %v (firewall %v), want %v", sp.SourceRanges, sp.FirewallLB, want)
+				}
+				if sp.AdmitsSource(netip.MustParseAddr("198.51.100.1")) || !sp.AdmitsSource(netip.MustParseAddr("203.0.113.5")) {
+					t.Error("AdmitsSource disagrees with the ranges")
+				}
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := NewBuilder(testCfg)
+			b.SetService(tc.svc, "")
+			for _, s := range tc.slices {
+				b.SetEndpointSlice(s, "")
+			}
+			st, _ := b.Build()
+			if len(st.Errors) > 0 {
+				t.Fatalf("errors: %v", st.Errors)
+			}
+			ports := st.Services[ServiceKey{"default", tc.svc.Name}]
+			var fronts, cluster, local []string
+			for _, sp := range ports {
+				for _, f := range sp.Frontends {
+					fronts = append(fronts, f.Kind.String()+" "+netip.AddrPortFrom(f.Addr, f.Port).String())
+				}
+				cluster = append(cluster, addrs(sp.ClusterEndpoints)...)
+				local = append(local, addrs(sp.LocalEndpoints)...)
+				if tc.check != nil {
+					tc.check(t, sp)
+				}
+			}
+			if !reflect.DeepEqual(fronts, tc.frontends) {
+				t.Errorf("frontends %v, want %v", fronts, tc.frontends)
+			}
+			if !reflect.DeepEqual(cluster, tc.cluster) {
+				t.Errorf("cluster endpoints %v, want %v", cluster, tc.cluster)
+			}
+			if !reflect.DeepEqual(local, tc.local) {
+				t.Errorf("local endpoints %v, want %v", local, tc.local)
+			}
+		})
+	}
+}
+
+func TestIgnoredServices(t *testing.T) {
+	tests := []struct {
+		name string
+		svc  *v1.Service
+		want string
+	}{
+		{"headless", svc("h", func(s *v1.Service) { s.Spec.ClusterIP = "None"; s.Spec.ClusterIPs = []string{"None"} }), "headless"},
+		{"ExternalName", svc("x", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeExternalName }), "ExternalName"},
+		{"headless label", svc("l", func(s *v1.Service) { s.Labels = map[string]string{LabelHeadless: ""} }), "headless"},
+		{"other proxy", svc("p", func(s *v1.Service) { s.Labels = map[string]string{LabelServiceProxyName: "other"} }), "another proxy"},
+		{"kubenat proxy", svc("k", func(s *v1.Service) { s.Labels = map[string]string{LabelServiceProxyName: "kubenat"} }), ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := IgnoreReason(tc.svc, "")
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Errorf("IgnoreReason = %q, want one mentioning %q", got, tc.want)
+			}
+			st := Build(testCfg, Objects{Services: []*v1.Service{tc.svc}})
+			if _, programmed := st.Services[ServiceKey{"default", tc.svc.Name}]; programmed != (tc.want == "") {
+				t.Errorf("programmed = %v", programmed)
+			}
+		})
+	}
+}
+
+func TestInvalidInputIsReportedAndIsolated(t *testing.T) {
+	tests := []struct {
+		name string
+		bad  *v1.Service
+		want string // part of the error
+	}{
+		{"invalid cluster IP", svc("bad", func(s *v1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.300", []string{"10.96.0.300"} }), `spec.clusterIPs[0]: "10.96.0.300" is not a valid IP address`},
+		{"port out of range", svc("bad", func(s *v1.Service) { s.Spec.Ports[0].Port = 70000 }), "spec.ports[0].port: 70000 is out of range 1-65535"},
+		{"nodePort out of range", svc("bad", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort; s.Spec.Ports[0].NodePort = -1 }), "spec.ports[0].nodePort"},
+		{"bad protocol", svc("bad", func(s *v1.Service) { s.Spec.Ports[0].Protocol = "ICMP" }), `spec.ports[0].protocol: "ICMP" is not TCP, UDP or SCTP`},
+		{"duplicate port", svc("bad", func(s *v1.Service) {
+			s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "again", Protocol: v1.ProtocolTCP, Port: 80})
+		}), "spec.ports[1]: 80/TCP is also spec.ports[0]"},
+		{"hostile name", svc("bad;drop", nil...), `metadata.name: "bad;drop" is not a valid Service name`},
+		{"bad policy", svc("bad", func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = "Nearby" }), `spec.externalTrafficPolicy: "Nearby" is not a traffic policy`},
+		{"affinity timeout", svc("bad", func(s *v1.Service) {
+			s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+			s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr(int32(90000))}}
+		}), "timeoutSeconds: 90000 is out of range 1-86400"},
+		{"source range", svc("bad", func(s *v1.Service) { s.Spec.LoadBalancerSourceRanges = []string{"10.0.0.0/33"} }), `spec.loadBalancerSourceRanges[0]: "10.0.0.0/33" is not a CIDR`},
+		{"no cluster IP", svc("bad", func(s *v1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "", nil }), "spec.clusterIP: must be set"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			good := svc("good", func(s *v1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.20", []string{"10.96.0.20"} })
+			b := NewBuilder(testCfg)
+			b.SetService(good, "good.yaml")
+			b.SetService(tc.bad, "bad.yaml")
+			st, _ := b.Build()
+			if _, ok := st.Services[ServiceKey{"default", "good"}]; !ok {
+				t.Error("the good Service is not programmed")
+			}
+			if _, ok := st.Services[ServiceKey{"default", tc.bad.Name}]; ok {
+				t.Error("the bad Service is programmed")
+			}
+			var msgs []string
+			for _, e := range st.Errors {
+				msgs = append(msgs, e.Error())
+			}
+			all := strings.Join(msgs, "\n")
+			wantPrefix := "Service default/" + tc.bad.Name + " (bad.yaml): "
+			if !strings.Contains(all, wantPrefix) || !strings.Contains(all, tc.want) {
+				t.Errorf("errors:\n%s\nwant one starting %q containing %q", all, wantPrefix, tc.want)
+			}
+		})
+	}
+}
+
+func TestBuilderKeepsLastGoodVersion(t *testing.T) {
+	b := NewBuilder(testCfg)
+	b.SetService(svc("web"), "web.yaml")
+	st, d := b.Build()
+	want := st.Services[ServiceKey{"default", "web"}]
+	if !d.Full || len(want) != 1 {
+		t.Fatalf("first build: delta %+v, ports %v", d, want)
+	}
+	b.SetService(svc("web", func(s *v1.Service) { s.Spec.Ports[0].Port = 0 }), "web.yaml")
+	st, d = b.Build()
+	if got := st.Services[ServiceKey{"default", "web"}]; !reflect.DeepEqual(got, want) {
+		t.Errorf("after an invalid update the ports are %v, want the last good %v", got, want)
+	}
+	if len(d.Changed) != 0 {
+		t.Errorf("invalid update reported changes %v", d.Changed)
+	}
+	if len(st.Errors) != 2 || !strings.Contains(st.Errors[1].Error()+st.Errors[0].Error(), "keeping the last valid version") {
+		t.Errorf("errors %v", st.Errors)
+	}
+	b.DeleteService(ServiceKey{"default", "web"})
+	st, d = b.Build()
+	if len(st.Services) != 0 || !reflect.DeepEqual(d.Changed, []ServiceKey{{"default", "web"}}) || len(st.Errors) != 0 {
+		t.Errorf("after delete: services %v, delta %v, errors %v", st.Services, d, st.Errors)
+	}
+}
+
+func TestBuilderIsIncremental(t *testing.T) {
+	b := NewBuilder(testCfg)
+	b.SetService(svc("a"), "")
+	b.SetService(svc("b", func(s *v1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.11", []string{"10.96.0.11"} }), "")
+	b.Build()
+	b.SetEndpointSlice(slice("b", "b-1", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.10"}), "")
+	_, d := b.Build()
+	if d.Full || !reflect.DeepEqual(d.Changed, []ServiceKey{{"default", "b"}}) {
+		t.Errorf("slice change: delta %+v, want only default/b", d)
+	}
+	// An identical update changes nothing.
+	b.SetEndpointSlice(slice("b", "b-1", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.10"}), "")
+	if _, d := b.Build(); !d.Empty() {
+		t.Errorf("identical update: delta %+v", d)
+	}
+	b.DeleteEndpointSlice("default", "b-1")
+	if _, d := b.Build(); !reflect.DeepEqual(d.Changed, []ServiceKey{{"default", "b"}}) {
+		t.Errorf("slice delete: delta %+v", d)
+	}
+	b.SetNode(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}, "")
+	if _, d := b.Build(); !d.Full {
+		t.Errorf("node change: delta %+v, want full", d)
+	}
+}
+
+func TestFrontendConflicts(t *testing.T) {
+	now := time.Now()
+	older := svc("older", func(s *v1.Service) { s.CreationTimestamp = metav1.NewTime(now.Add(-time.Hour)) })
+	newer := svc("newer", func(s *v1.Service) { s.CreationTimestamp = metav1.NewTime(now) })
+	b := NewBuilder(testCfg)
+	b.SetService(newer, "newer.yaml")
+	b.SetService(older, "older.yaml")
+	st, _ := b.Build()
+	if len(st.Services[ServiceKey{"default", "older"}][0].Frontends) != 1 {
+		t.Error("the older Service lost its ClusterIP")
+	}
+	if _, ok := st.Services[ServiceKey{"default", "newer"}]; !ok {
+		t.Fatal("the newer Service is missing entirely")
+	}
+	if n := len(st.Services[ServiceKey{"default", "newer"}][0].Frontends); n != 0 {
+		t.Errorf("the newer Service kept %d frontends", n)
+	}
+	if len(st.Errors) != 1 || !strings.Contains(st.Errors[0].Error(), "already used by Service default/older") {
+		t.Errorf("errors: %v", st.Errors)
+	}
+	// When the owner goes, the other Service takes the frontend.
+	b.DeleteService(ServiceKey{"default", "older"})
+	st, d := b.Build()
+	if n := len(st.Services[ServiceKey{"default", "newer"}][0].Frontends); n != 1 || len(st.Errors) != 0 {
+		t.Errorf("after the owner left: %d frontends, errors %v", n, st.Errors)
+	}
+	if !reflect.DeepEqual(d.Changed, []ServiceKey{{"default", "newer"}, {"default", "older"}}) {
+		t.Errorf("delta %+v", d)
+	}
+}
+
+func TestNodeInputs(t *testing.T) {
+	cfg := testCfg
+	cfg.NodeIPs = nil
+	cfg.NodePortAddresses = []string{"primary", "192.168.50.0/24"}
+	cfg.LocalAddrs = []netip.Addr{netip.MustParseAddr("192.168.50.7"), netip.MustParseAddr("172.17.0.1")}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"},
+		Spec: v1.NodeSpec{PodCIDRs: []string{"10.244.1.0/24"}, Taints: []v1.Taint{{Key: TaintToBeDeleted}}},
+		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
+			{Type: v1.NodeInternalIP, Address: "192.168.100.11"}, {Type: v1.NodeHostName, Address: "node-a"},
+		}}}
+	other := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}, Spec: v1.NodeSpec{PodCIDRs: []string{"10.244.2.0/24"}}}
+	st := Build(cfg, Objects{Nodes: []*v1.Node{node, other}, Services: []*v1.Service{svc("web", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.Ports[0].NodePort = 30080
+	})}})
+	if got := st.LocalPodCIDRs(IPv4); !reflect.DeepEqual(got, []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}) {
+		t.Errorf("local pod CIDRs %v", got)
+	}
+	if got := st.LocalPodCIDRs(IPv6); !reflect.DeepEqual(got, []netip.Prefix{netip.MustParsePrefix("fd00:244::/56")}) {
+		t.Errorf("IPv6 local pod CIDRs fall back to the cluster CIDR: %v", got)
+	}
+	if !st.Node.Terminating {
+		t.Error("the autoscaler taint does not mark the node terminating")
+	}
+	var nps []string
+	for _, f := range st.Services[ServiceKey{"default", "web"}][0].Frontends {
+		if f.Kind == NodePort {
+			nps = append(nps, f.Addr.String())
+		}
+	}
+	if !reflect.DeepEqual(nps, []string{"192.168.50.7", "192.168.100.11"}) {
+		t.Errorf("NodePort addresses %v", nps)
+	}
+}
+
+func TestEgressMasquerade(t *testing.T) {
+	st := Build(testCfg, Objects{})
+	tests := []struct {
+		src, dst string
+		masq     bool
+	}{
+		{"10.244.1.10", "203.0.113.100", true},
+		{"10.244.1.10", "10.244.2.10", false},
+		{"10.244.1.10", "192.168.100.12", false},
+		{"10.244.1.10", "172.20.0.1", false},
+		{"10.244.1.10", "169.254.169.254", false},
+		{"192.168.100.11", "203.0.113.100", false},
+		{"fd00:244::10", "2001:db8::1", true},
+		{"fd00:244::10", "fe80::1", false},
+		{"fd00:244::10", "fd12::1", false},
+	}
+	for _, tc := range tests {
+		if got := st.EgressMasquerade(netip.MustParseAddr(tc.src), netip.MustParseAddr(tc.dst)); got != tc.masq {
+			t.Errorf("%s -> %s: masquerade %v, want %v", tc.src, tc.dst, got, tc.masq)
+		}
+	}
+	cfg := testCfg
+	cfg.Egress = EgressConfig{NonMasqueradeCIDRs: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}, MasqLinkLocal: true}
+	st = Build(cfg, Objects{})
+	for _, tc := range []struct {
+		dst  string
+		masq bool
+	}{{"203.0.113.100", false}, {"192.168.100.12", true}, {"169.254.169.254", true}, {"10.244.2.1", false}} {
+		if got := st.EgressMasquerade(netip.MustParseAddr("10.244.1.10"), netip.MustParseAddr(tc.dst)); got != tc.masq {
+			t.Errorf("custom config: -> %s: masquerade %v, want %v", tc.dst, got, tc.masq)
+		}
+	}
+}
+
+// TestDecide is the masquerade/destination matrix in the model: the same
+// table the kernel tests send real packets for.
+func TestDecide(t *testing.T) {
+	local := Endpoint{Addr: netip.MustParseAddr("10.244.1.10"), Port: 80, Local: true, Ready: true}
+	remote := Endpoint{Addr: netip.MustParseAddr("10.244.2.10"), Port: 80, Ready: true}
+	mk := func(etp, itp bool, eps ...Endpoint) *ServicePort {
+		sp := &ServicePort{ExternalPolicyLocal: etp, InternalPolicyLocal: itp, Endpoints: eps}
+		sp.ClusterEndpoints, sp.LocalEndpoints = SelectEndpoints(eps)
+		return sp
+	}
+	type row struct {
+		name    string
+		sp      *ServicePort
+		kind    FrontendKind
+		src     SourceClass
+		verdict Verdict
+		group   Group
+		masq    bool
+	}
+	rows := []row{
+		{"pod→ClusterIP", mk(false, false, local, remote), ClusterIP, FromLocalPod, Forward, ClusterGroup, false},
+		{"node→ClusterIP", mk(false, false, local, remote), ClusterIP, FromNode, Forward, ClusterGroup, true},
+		{"outside→ClusterIP", mk(false, false, local, remote), ClusterIP, FromOutside, Forward, ClusterGroup, true},
+		{"pod→NodePort", mk(false, false, local, remote), NodePort, FromLocalPod, Forward, ClusterGroup, true},
+		{"outside→LB", mk(false, false, local, remote), LoadBalancerIP, FromOutside, Forward, ClusterGroup, true},
+		{"eTP Local: outside→NodePort", mk(true, false, local, remote), NodePort, FromOutside, Forward, LocalGroup, false},
+		{"eTP Local: pod→NodePort short-circuits", mk(true, false, local, remote), NodePort, FromLocalPod, Forward, ClusterGroup, false},
+		{"eTP Local: node→NodePort", mk(true, false, local, remote), NodePort, FromNode, Forward, ClusterGroup, true},
+		{"eTP Local: no local endpoint drops", mk(true, false, remote), ExternalIP, FromOutside, Drop, LocalGroup, false},
+		{"eTP Local: no local endpoint, pod still served", mk(true, false, remote), ExternalIP, FromLocalPod, Forward, ClusterGroup, false},
+		{"eTP Local: ClusterIP unaffected", mk(true, false, remote), ClusterIP, FromLocalPod, Forward, ClusterGroup, false},
+		{"iTP Local: pod→ClusterIP", mk(false, true, local, remote), ClusterIP, FromLocalPod, Forward, LocalGroup, false},
+		{"iTP Local: no local endpoint drops", mk(false, true, remote), ClusterIP, FromLocalPod, Drop, LocalGroup, false},
+		{"iTP Local: NodePort unaffected", mk(false, true, remote), NodePort, FromOutside, Forward, ClusterGroup, true},
+		{"no endpoints rejects", mk(false, false), ClusterIP, FromLocalPod, Reject, ClusterGroup, false},
+		{"no endpoints rejects under Local too", mk(true, true), NodePort, FromOutside, Reject, ClusterGroup, false},
+	}
+	for _, r := range rows {
+		t.Run(r.name, func(t *testing.T) {
+			d := r.sp.Decide(r.kind, r.src, true, false)
+			if d.Verdict != r.verdict || (d.Verdict != Reject && d.Group != r.group) || d.Masquerade != r.masq {
+				t.Errorf("Decide = %+v, want %v %v masquerade=%v", d, r.verdict, r.group, r.masq)
+			}
+			if d.Why == "" {
+				t.Error("no explanation")
+			}
+		})
+	}
+	sp := mk(false, false, local)
+	if d := sp.Decide(ClusterIP, FromLocalPod, true, true); !d.Masquerade {
+		t.Error("masqueradeAll does not masquerade pod→ClusterIP")
+	}
+	if d := sp.Decide(LoadBalancerIP, FromOutside, false, false); d.Verdict != Drop {
+		t.Errorf("source outside loadBalancerSourceRanges: %+v", d)
+	}
+}
