@@ -239,3 +239,48 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// NewNamespace creates one bare network namespace (loopback up) for the
+// test and removes it when the test ends.
+func NewNamespace(t testing.TB) string {
+	t.Helper()
+	Require(t)
+	live.once.Do(func() {
+		removeStale()
+		handleSignals()
+	})
+	live.Lock()
+	live.seq++
+	name := fmt.Sprintf("kt%dx%d-ns", os.Getpid(), live.seq)
+	live.Unlock()
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("creating namespace %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
+			t.Errorf("deleting namespace %s: %v: %s", name, err, out)
+		}
+	})
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("in %s: %v: %s", name, err, out)
+	}
+	return name
+}
+
+// NSRunner applies nft scripts inside a named namespace with the nft
+// binary (ip netns exec NS nft -f -).
+type NSRunner struct{ NS string }
+
+// Name describes the runner.
+func (r NSRunner) Name() string { return "nft in " + r.NS }
+
+// Run pipes script to nft inside the namespace.
+func (r NSRunner) Run(ctx context.Context, script string) (string, error) {
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", r.NS, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("nft in %s: %w: %s\nscript:\n%s", r.NS, err, out, script)
+	}
+	return string(out), nil
+}

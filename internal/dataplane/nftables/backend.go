@@ -12,9 +12,9 @@ import (
 
 // Backend programs kubenat's nftables tables. The first Sync (and any Sync
 // after a failure, or with Delta.Full) replaces the tables in one
-// transaction; later Syncs apply only the elements the changed Services
-// add or remove, also in one transaction. It never reads the kernel ruleset
-// back.
+// transaction; later Syncs apply only what the changed Services add or
+// remove (elements, and the chains and sets of affinity Services), also in
+// one transaction. It never reads the kernel ruleset back.
 //
 // A Backend is not safe for concurrent use.
 type Backend struct {
@@ -23,8 +23,7 @@ type Backend struct {
 
 	synced        bool
 	masqueradeAll bool
-	content       *content
-	byService     map[model.ServiceKey][]elem
+	t             *tables
 }
 
 // New returns a Backend that applies scripts with run.
@@ -61,185 +60,210 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 // fullSync replaces both tables with the rendering of st.
 func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, error) {
 	b.synced = false
-	c := newContent()
-	byService := make(map[model.ServiceKey][]elem, len(st.Services))
-	for _, e := range nodeElems(st) {
-		c.add(e)
-	}
-	for k, ports := range st.Services {
-		els := serviceElems(ports)
-		byService[k] = els
-		for _, e := range els {
-			c.add(e)
-		}
-	}
+	t := tablesOf(st)
 	var sb strings.Builder
 	for _, a := range families {
 		// "add" first makes the delete succeed when the table is absent.
 		fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, b.o.Table, a.name, b.o.Table)
 	}
 	for _, a := range families {
-		writeTable(&sb, a, c.fams[a.f], b.o, st.Config.MasqueradeAll)
+		t.write(&sb, a, b.o, st.Config.MasqueradeAll)
 	}
 	if _, err := b.run.Run(ctx, sb.String()); err != nil {
 		return SyncResult{}, fmt.Errorf("replacing the kubenat tables: %w", err)
 	}
-	b.content, b.byService, b.masqueradeAll, b.synced = c, byService, st.Config.MasqueradeAll, true
+	b.t, b.masqueradeAll, b.synced = t, st.Config.MasqueradeAll, true
 	return SyncResult{Full: true}, nil
 }
 
-// change is the net effect of a sync on one element.
-type change struct {
-	e           elem
-	had, has    bool
-	oldVal, val string
+// snapshot is what incremental compares before and after: per family, the
+// backends maps in use and the Services' own sets and chains.
+type snapshot struct {
+	dyn    dynamic
+	sets   map[string]bool
+	chains map[string][]string
+}
+
+func (b *Backend) snapshot(f model.Family, names map[string]bool) snapshot {
+	objs := b.t.objects[f]
+	s := snapshot{dyn: b.t.content.fams[f].dynamic(), sets: map[string]bool{}, chains: map[string][]string{}}
+	for n := range names {
+		if objs.sets[n] {
+			s.sets[n] = true
+		}
+		if r, ok := objs.chains[n]; ok {
+			s.chains[n] = r
+		}
+	}
+	return s
 }
 
 // incremental updates the bookkeeping for the changed Services and returns
 // the script that makes the kernel follow, and its number of element
 // operations.
 func (b *Backend) incremental(st *model.State, changed []model.ServiceKey) (string, int) {
-	before := map[model.Family]dynamic{}
+	// The objects the changed Services own, before and after.
+	names := map[model.Family]map[string]bool{}
 	for _, a := range families {
-		before[a.f] = b.content.fams[a.f].dynamic()
+		names[a.f] = map[string]bool{}
 	}
+	note := func(c contrib) {
+		for _, s := range c.sets {
+			names[s.f][s.name] = true
+		}
+		for _, ch := range c.chains {
+			names[ch.f][ch.name] = true
+		}
+	}
+	news := map[model.ServiceKey]contrib{}
+	for _, k := range changed {
+		note(b.t.byService[k])
+		if ports, ok := st.Services[k]; ok {
+			c := serviceContrib(ports)
+			news[k] = c
+			note(c)
+		}
+	}
+	before := map[model.Family]snapshot{}
+	for _, a := range families {
+		before[a.f] = b.snapshot(a.f, names[a.f])
+	}
+
+	// Element changes, netted per element: a key leaving one Service and
+	// joining another in the same sync is not touched.
 	type id struct {
 		f        model.Family
 		set, key string
 	}
-	touched := map[id]*change{}
+	type was struct {
+		had bool
+		val string
+	}
+	touched := map[id]was{}
 	var order []id
-	touch := func(e elem) *change {
+	touch := func(e elem) {
 		i := id{e.f, e.set, e.key}
-		c := touched[i]
-		if c == nil {
-			r := b.content.fams[e.f].sets[e.set][e.key]
-			c = &change{e: e, had: r != nil}
-			if r != nil {
-				c.oldVal = r.val
-			}
-			touched[i] = c
-			order = append(order, i)
+		if _, ok := touched[i]; ok {
+			return
 		}
-		return c
+		r := b.t.content.fams[e.f].sets[e.set][e.key]
+		w := was{had: r != nil}
+		if r != nil {
+			w.val = r.val
+		}
+		touched[i] = w
+		order = append(order, i)
 	}
 	for _, k := range changed {
-		old := b.byService[k]
-		ports, ok := st.Services[k]
-		var now []elem
-		if ok {
-			now = serviceElems(ports)
-			b.byService[k] = now
-		} else {
-			delete(b.byService, k)
-		}
-		for _, e := range old {
+		for _, e := range b.t.byService[k].elems {
 			touch(e)
-			b.content.remove(e)
 		}
-		for _, e := range now {
-			touch(e)
-			b.content.add(e)
+		b.t.removeService(k)
+		if c, ok := news[k]; ok {
+			for _, e := range c.elems {
+				touch(e)
+			}
+			b.t.addService(k, c)
 		}
 	}
-
 	var dels, adds []elem
 	for _, i := range order {
-		c := touched[i]
-		r := b.content.fams[i.f].sets[i.set][i.key]
-		c.has = r != nil
-		if r != nil {
-			c.val = r.val
-		}
+		w := touched[i]
+		r := b.t.content.fams[i.f].sets[i.set][i.key]
 		switch {
-		case c.had && !c.has:
-			dels = append(dels, c.e)
-		case !c.had && c.has:
-			adds = append(adds, elem{f: i.f, set: i.set, key: i.key, val: c.val})
-		case c.had && c.has && c.oldVal != c.val:
-			dels = append(dels, c.e)
-			adds = append(adds, elem{f: i.f, set: i.set, key: i.key, val: c.val})
+		case w.had && (r == nil || r.val != w.val):
+			dels = append(dels, elem{f: i.f, set: i.set, key: i.key})
+			if r != nil {
+				adds = append(adds, elem{f: i.f, set: i.set, key: i.key, val: r.val})
+			}
+		case !w.had && r != nil:
+			adds = append(adds, elem{f: i.f, set: i.set, key: i.key, val: r.val})
 		}
 	}
 
 	var sb strings.Builder
 	for _, a := range families {
-		fc := b.content.fams[a.f]
-		after := fc.dynamic()
-		old := before[a.f]
-		created, removed := diffDynamic(old, after)
-		for _, name := range created {
-			kind := "set"
-			if strings.Contains(a.setDecl(name, b.o), " : ") {
-				kind = "map"
-			}
-			fmt.Fprintf(&sb, "add %s %s %s %s { %s }\n", kind, a.name, b.o.Table, name, a.setDecl(name, b.o))
+		old, now := before[a.f], b.snapshot(a.f, names[a.f])
+		tbl := a.name + " " + b.o.Table
+		newMaps, goneMaps := diffNames(old.dyn.mapNames(), now.dyn.mapNames())
+		newSets, goneSets := diffNames(sortedKeys(old.sets), sortedKeys(now.sets))
+		newChains, goneChains := diffNames(sortedKeys(old.chains), sortedKeys(now.chains))
+
+		// 1. New maps, sets and (empty) chains.
+		for _, name := range newMaps {
+			decl := a.setDecl(name, b.o)
+			fmt.Fprintf(&sb, "add %s %s %s { %s }\n", setKind(decl), tbl, name, decl)
 		}
-		if !slices.Equal(old.backends, after.backends) || !slices.Equal(old.localBackends, after.localBackends) ||
-			!slices.Equal(old.timeouts, after.timeouts) {
-			for _, ch := range a.chains(b.o, b.masqueradeAll, after) {
-				if ch.name != "lb" && ch.name != "lb-local" && ch.name != "nat-postrouting" {
-					continue
-				}
-				fmt.Fprintf(&sb, "flush chain %s %s %s\n", a.name, b.o.Table, ch.name)
-				for _, r := range ch.rules {
-					fmt.Fprintf(&sb, "add rule %s %s %s %s\n", a.name, b.o.Table, ch.name, r)
+		for _, name := range newSets {
+			fmt.Fprintf(&sb, "add set %s %s { %s }\n", tbl, name, a.affinitySetDecl(b.o))
+		}
+		for _, name := range newChains {
+			fmt.Fprintf(&sb, "add chain %s %s\n", tbl, name)
+		}
+		// 2. Rules: the load-balancing chains when the maps in use
+		// changed, and the Services' chains that are new or changed.
+		if !slices.Equal(old.dyn.mapNames(), now.dyn.mapNames()) {
+			for _, ch := range a.chains(b.o, b.masqueradeAll, now.dyn) {
+				if ch.name == "lb" || ch.name == "lb-local" {
+					writeRules(&sb, tbl, ch.name, ch.rules, true)
 				}
 			}
 		}
-		writeElems(&sb, "delete", a, b.o.Table, dels, removed, false)
-		writeElems(&sb, "add", a, b.o.Table, adds, nil, true)
-		for _, name := range removed {
-			kind := "set"
-			if strings.Contains(a.setDecl(name, b.o), " : ") {
-				kind = "map"
+		for _, name := range sortedKeys(now.chains) {
+			rules := now.chains[name]
+			if prev, ok := old.chains[name]; !ok || !slices.Equal(prev, rules) {
+				writeRules(&sb, tbl, name, rules, ok)
 			}
-			fmt.Fprintf(&sb, "delete %s %s %s %s\n", kind, a.name, b.o.Table, name)
+		}
+		// 3. Elements.
+		writeElems(&sb, "delete", a, tbl, dels, goneMaps, false)
+		writeElems(&sb, "add", a, tbl, adds, nil, true)
+		// 4. What nothing references any more.
+		for _, name := range goneChains {
+			fmt.Fprintf(&sb, "flush chain %s %s\ndelete chain %s %s\n", tbl, name, tbl, name)
+		}
+		for _, name := range goneSets {
+			fmt.Fprintf(&sb, "delete set %s %s\n", tbl, name)
+		}
+		for _, name := range goneMaps {
+			fmt.Fprintf(&sb, "delete %s %s %s\n", setKind(a.setDecl(name, b.o)), tbl, name)
 		}
 	}
 	return sb.String(), len(dels) + len(adds)
 }
 
-// diffDynamic returns the dynamic sets and maps to create and to delete.
-func diffDynamic(old, now dynamic) (created, removed []string) {
-	names := func(d dynamic) []string {
-		var out []string
-		for _, n := range d.backends {
-			out = append(out, backendsMap(false, n))
-		}
-		for _, n := range d.localBackends {
-			out = append(out, backendsMap(true, n))
-		}
-		for _, t := range d.timeouts {
-			out = append(out, affinitySet(t))
-		}
-		return out
+// writeRules writes a chain's rules, flushing it first when it existed.
+func writeRules(sb *strings.Builder, tbl, chain string, rules []string, flush bool) {
+	if flush {
+		fmt.Fprintf(sb, "flush chain %s %s\n", tbl, chain)
 	}
-	o, n := names(old), names(now)
-	for _, s := range n {
-		if !slices.Contains(o, s) {
-			created = append(created, s)
+	for _, r := range rules {
+		fmt.Fprintf(sb, "add rule %s %s %s\n", tbl, chain, r)
+	}
+}
+
+// diffNames returns the names only in now, and the names only in old.
+func diffNames(old, now []string) (added, removed []string) {
+	for _, s := range now {
+		if !slices.Contains(old, s) {
+			added = append(added, s)
 		}
 	}
-	for _, s := range o {
-		if !slices.Contains(n, s) {
+	for _, s := range old {
+		if !slices.Contains(now, s) {
 			removed = append(removed, s)
 		}
 	}
-	return created, removed
+	return added, removed
 }
 
 // writeElems writes "add element"/"delete element" commands for one
 // family, grouped by set, skipping sets that are being deleted.
-func writeElems(sb *strings.Builder, verb string, a fam, table string, els []elem, skip []string, withVal bool) {
+func writeElems(sb *strings.Builder, verb string, a fam, tbl string, els []elem, skip []string, withVal bool) {
 	bySet := map[string][]string{}
-	var sets []string
 	for _, e := range els {
 		if e.f != a.f || slices.Contains(skip, e.set) {
 			continue
-		}
-		if _, ok := bySet[e.set]; !ok {
-			sets = append(sets, e.set)
 		}
 		t := e.key
 		if withVal {
@@ -247,14 +271,13 @@ func writeElems(sb *strings.Builder, verb string, a fam, table string, els []ele
 		}
 		bySet[e.set] = append(bySet[e.set], t)
 	}
-	slices.Sort(sets)
 	const chunk = 1000
-	for _, s := range sets {
+	for _, s := range sortedKeys(bySet) {
 		list := bySet[s]
 		slices.Sort(list)
 		for i := 0; i < len(list); i += chunk {
 			j := min(i+chunk, len(list))
-			fmt.Fprintf(sb, "%s element %s %s %s { %s }\n", verb, a.name, table, s, strings.Join(list[i:j], ", "))
+			fmt.Fprintf(sb, "%s element %s %s { %s }\n", verb, tbl, s, strings.Join(list[i:j], ", "))
 		}
 	}
 }

@@ -18,6 +18,27 @@ type elem struct {
 	val string // map value; empty for sets
 }
 
+// setObj is a set a Service owns (an endpoint's affine clients).
+type setObj struct {
+	f    model.Family
+	name string
+}
+
+// chainObj is a chain a Service owns (the endpoint choice of an affinity
+// Service port).
+type chainObj struct {
+	f     model.Family
+	name  string
+	rules []string
+}
+
+// contrib is everything one Service contributes to the tables.
+type contrib struct {
+	elems  []elem
+	sets   []setObj
+	chains []chainObj
+}
+
 // ref counts the contributors of an element: several Services may need
 // the same set element (a pod backing two Services is one hairpin element).
 type ref struct {
@@ -43,43 +64,39 @@ func newContent() *content {
 	return c
 }
 
-// add counts one contribution of e and reports whether e is new.
-func (c *content) add(e elem) bool {
+// add counts one contribution of e.
+func (c *content) add(e elem) {
 	fc := c.fams[e.f]
 	m := fc.sets[e.set]
 	if m == nil {
 		m = map[string]*ref{}
 		fc.sets[e.set] = m
 	}
-	r := m[e.key]
-	if r == nil {
-		m[e.key] = &ref{val: e.val, n: 1}
-		return true
+	if r := m[e.key]; r != nil {
+		r.n++
+		return
 	}
-	r.n++
-	return false
+	m[e.key] = &ref{val: e.val, n: 1}
 }
 
-// remove drops one contribution of e and reports whether e is gone.
-func (c *content) remove(e elem) bool {
+// remove drops one contribution of e.
+func (c *content) remove(e elem) {
 	fc := c.fams[e.f]
 	m := fc.sets[e.set]
 	r := m[e.key]
 	if r == nil {
-		return false
+		return
 	}
-	r.n--
-	if r.n > 0 {
-		return false
+	if r.n--; r.n > 0 {
+		return
 	}
 	delete(m, e.key)
 	if len(m) == 0 {
 		delete(fc.sets, e.set)
 	}
-	return true
 }
 
-// dynamic returns the backends maps and affinity timeouts in use.
+// dynamic returns the backends maps in use.
 func (fc *famContent) dynamic() dynamic {
 	var d dynamic
 	for name, m := range fc.sets {
@@ -91,38 +108,23 @@ func (fc *famContent) dynamic() dynamic {
 			d.localBackends = append(d.localBackends, mapSize(name))
 		case strings.HasPrefix(name, backendsPrefix):
 			d.backends = append(d.backends, mapSize(name))
-		case strings.HasPrefix(name, affinityPrefix):
-			var t int
-			fmt.Sscanf(strings.TrimPrefix(name, affinityPrefix), "%d", &t)
-			d.timeouts = append(d.timeouts, t)
 		}
 	}
 	slices.Sort(d.backends)
 	slices.Sort(d.localBackends)
-	slices.Sort(d.timeouts)
 	return d
 }
 
-// setNames returns the sets and maps of the table in rendering order: the
-// static ones, then backends maps and affinity sets by size.
-func (fc *famContent) setNames() []string {
-	d := fc.dynamic()
-	names := append([]string(nil), staticSets...)
+// mapNames returns the names of a dynamic's backends maps.
+func (d dynamic) mapNames() []string {
+	var out []string
 	for _, n := range d.backends {
-		names = append(names, backendsMap(false, n))
+		out = append(out, backendsMap(false, n))
 	}
 	for _, n := range d.localBackends {
-		names = append(names, backendsMap(true, n))
+		out = append(out, backendsMap(true, n))
 	}
-	for _, t := range d.timeouts {
-		names = append(names, affinitySet(t))
-	}
-	return names
-}
-
-func isDynamicSet(name string) bool {
-	return strings.HasPrefix(name, backendsPrefix) || strings.HasPrefix(name, localBackendsPrefix) ||
-		(strings.HasPrefix(name, affinityPrefix) && name != mapAffinity)
+	return out
 }
 
 // nodeElems returns the elements that come from the node and configuration.
@@ -150,27 +152,60 @@ func frontendKey(addr netip.Addr, p model.Protocol, port uint16) string {
 	return fmt.Sprintf("%s . %s . %d", addr, proto(p), port)
 }
 
-// serviceElems returns the elements one Service's ports contribute.
-func serviceElems(ports []model.ServicePort) []elem {
-	var out []elem
+// serviceContrib returns what one Service's ports contribute.
+func serviceContrib(ports []model.ServicePort) contrib {
+	var c contrib
 	for i := range ports {
-		out = appendPortElems(out, &ports[i])
+		c.addPort(&ports[i])
 	}
-	return out
+	return c
 }
 
-func appendPortElems(out []elem, sp *model.ServicePort) []elem {
+// portID names a Service port in chain and set names:
+// "namespace/name/proto/port". Names are DNS labels, so it is a valid nft
+// identifier.
+func portID(sp *model.ServicePort) string {
+	return fmt.Sprintf("%s/%s/%s/%d", sp.Name.Namespace, sp.Name.Name, proto(sp.Name.Protocol), sp.Port)
+}
+
+// affinityChain names the chain choosing among a group with affinity.
+func affinityChain(sp *model.ServicePort, local bool) string {
+	if local {
+		return "affinity-local-" + portID(sp)
+	}
+	return "affinity-" + portID(sp)
+}
+
+// affinitySet names the set of clients affine to one endpoint.
+func affinitySet(sp *model.ServicePort, ep model.Endpoint) string {
+	return fmt.Sprintf("affinity-%s__%s/%d", portID(sp), strings.ReplaceAll(ep.Addr.String(), ":", "."), ep.Port)
+}
+
+func (c *contrib) addPort(sp *model.ServicePort) {
 	f := sp.Name.Family
+	a := famOf(f)
 	p := sp.Name.Protocol
-	add := func(set, key, val string) { out = append(out, elem{f: f, set: set, key: key, val: val}) }
-	backends := func(local bool, k string, eps []model.Endpoint) {
+	add := func(set, key, val string) { c.elems = append(c.elems, elem{f: f, set: set, key: key, val: val}) }
+	affinity := sp.AffinityTimeout > 0 && sp.HasEndpoints()
+	usedGroups := map[bool]bool{} // local? → used by an affinity path
+	// backends adds the endpoint choice of frontend key k on one path.
+	backends := func(localPath bool, k string, eps []model.Endpoint, localGroup bool) {
+		if affinity {
+			vmap := mapAffinitySvcs
+			if localPath {
+				vmap = mapAffinityLocal
+			}
+			add(vmap, k, "goto "+affinityChain(sp, localGroup))
+			usedGroups[localGroup] = true
+			return
+		}
 		n := len(eps)
 		for i, ep := range eps {
 			key := k
 			if n > 1 {
 				key = fmt.Sprintf("%s . %d", k, i)
 			}
-			add(backendsMap(local, n), key, fmt.Sprintf("%s . %d", ep.Addr, ep.Port))
+			add(backendsMap(localPath, n), key, fmt.Sprintf("%s . %d", ep.Addr, ep.Port))
 		}
 	}
 	for _, fe := range sp.Frontends {
@@ -194,25 +229,22 @@ func appendPortElems(out []elem, sp *model.ServicePort) []elem {
 			add(setRejectFronts, k, "")
 			continue
 		}
-		if sp.AffinityTimeout > 0 {
-			add(affinitySet(int(sp.AffinityTimeout.Seconds())), k, "")
-		}
 		switch {
 		case fe.Kind == model.ClusterIP:
 			if eps := sp.InternalEndpoints(); len(eps) > 0 {
-				backends(false, k, eps)
+				backends(false, k, eps, sp.InternalPolicyLocal)
 			} else {
 				add(setDropFronts, k, "")
 			}
 		case sp.ExternalPolicyLocal:
-			backends(false, k, sp.ClusterEndpoints) // short-circuit for the node and its pods
+			backends(false, k, sp.ClusterEndpoints, false) // short-circuit for the node and its pods
 			if len(sp.LocalEndpoints) > 0 {
-				backends(true, k, sp.LocalEndpoints)
+				backends(true, k, sp.LocalEndpoints, true)
 			} else {
 				add(setLocalDropFronts, k, "")
 			}
 		default:
-			backends(false, k, sp.ClusterEndpoints)
+			backends(false, k, sp.ClusterEndpoints, false)
 		}
 	}
 	for _, ep := range sp.Endpoints {
@@ -220,7 +252,53 @@ func appendPortElems(out []elem, sp *model.ServicePort) []elem {
 			add(setHairpin, fmt.Sprintf("%s . %s", ep.Addr, ep.Addr), "")
 		}
 	}
-	return out
+	if !affinity {
+		return
+	}
+	seenSets := map[string]bool{}
+	for _, local := range []bool{false, true} {
+		if !usedGroups[local] {
+			continue
+		}
+		eps := sp.GroupEndpoints(model.ClusterGroup)
+		if local {
+			eps = sp.GroupEndpoints(model.LocalGroup)
+		}
+		c.chains = append(c.chains, chainObj{f: f, name: affinityChain(sp, local), rules: a.affinityRules(sp, eps)})
+		for _, ep := range eps {
+			if name := affinitySet(sp, ep); !seenSets[name] {
+				seenSets[name] = true
+				c.sets = append(c.sets, setObj{f: f, name: name})
+			}
+		}
+	}
+}
+
+// affinityRules returns the rules choosing an endpoint of eps with ClientIP
+// affinity: a client seen within the timeout goes back to its endpoint (and
+// the timeout restarts); a new client is spread with equal probability and
+// remembered.
+func (a fam) affinityRules(sp *model.ServicePort, eps []model.Endpoint) []string {
+	timeout := int(sp.AffinityTimeout.Seconds())
+	l4 := "meta l4proto " + proto(sp.Name.Protocol)
+	var rules []string
+	for _, ep := range eps {
+		set := affinitySet(sp, ep)
+		rules = append(rules, fmt.Sprintf("%s %s @%s update @%s { %s timeout %ds } dnat %s to %s",
+			l4, a.saddr, set, set, a.saddr, timeout, a.name, netip.AddrPortFrom(ep.Addr, ep.Port)))
+	}
+	for i, ep := range eps {
+		set := affinitySet(sp, ep)
+		pick := ""
+		if left := len(eps) - i; left > 1 {
+			// Rule i takes 1/left of what rules before it left over: each
+			// endpoint gets 1/N.
+			pick = fmt.Sprintf(" numgen random mod %d == 0", left)
+		}
+		rules = append(rules, fmt.Sprintf("%s%s update @%s { %s timeout %ds } dnat %s to %s",
+			l4, pick, set, a.saddr, timeout, a.name, netip.AddrPortFrom(ep.Addr, ep.Port)))
+	}
+	return rules
 }
 
 // sortedElems returns the elements of one set in a stable order, formatted

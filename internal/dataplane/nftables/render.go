@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -12,38 +13,101 @@ import (
 // tables) gives exactly what the agent programs.
 func Render(st *model.State, o Options) string {
 	o = o.withDefaults()
-	c := contentOf(st)
+	t := tablesOf(st)
 	var b strings.Builder
 	for _, a := range families {
-		writeTable(&b, a, c.fams[a.f], o, st.Config.MasqueradeAll)
+		t.write(&b, a, o, st.Config.MasqueradeAll)
 	}
 	return b.String()
 }
 
-// contentOf computes the element content of a State.
-func contentOf(st *model.State) *content {
-	c := newContent()
-	for _, e := range nodeElems(st) {
-		c.add(e)
-	}
-	for _, k := range st.SortedKeys() {
-		for _, e := range serviceElems(st.Services[k]) {
-			c.add(e)
-		}
-	}
-	return c
+// famObjects are the sets and chains Services own in one family's table.
+type famObjects struct {
+	sets   map[string]bool
+	chains map[string][]string
 }
 
-// writeTable writes one table block.
-func writeTable(b *strings.Builder, a fam, fc *famContent, o Options, masqueradeAll bool) {
+// tables is the complete content of both tables.
+type tables struct {
+	content   *content
+	objects   map[model.Family]*famObjects
+	byService map[model.ServiceKey]contrib
+}
+
+func newTables() *tables {
+	t := &tables{content: newContent(), objects: map[model.Family]*famObjects{}, byService: map[model.ServiceKey]contrib{}}
+	for _, a := range families {
+		t.objects[a.f] = &famObjects{sets: map[string]bool{}, chains: map[string][]string{}}
+	}
+	return t
+}
+
+// tablesOf computes the content of a State.
+func tablesOf(st *model.State) *tables {
+	t := newTables()
+	for _, e := range nodeElems(st) {
+		t.content.add(e)
+	}
+	for k, ports := range st.Services {
+		t.addService(k, serviceContrib(ports))
+	}
+	return t
+}
+
+func (t *tables) addService(k model.ServiceKey, c contrib) {
+	t.byService[k] = c
+	for _, e := range c.elems {
+		t.content.add(e)
+	}
+	for _, s := range c.sets {
+		t.objects[s.f].sets[s.name] = true
+	}
+	for _, ch := range c.chains {
+		t.objects[ch.f].chains[ch.name] = ch.rules
+	}
+}
+
+func (t *tables) removeService(k model.ServiceKey) {
+	c := t.byService[k]
+	delete(t.byService, k)
+	for _, e := range c.elems {
+		t.content.remove(e)
+	}
+	for _, s := range c.sets {
+		delete(t.objects[s.f].sets, s.name)
+	}
+	for _, ch := range c.chains {
+		delete(t.objects[ch.f].chains, ch.name)
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func setKind(decl string) string {
+	if strings.Contains(decl, " : ") {
+		return "map"
+	}
+	return "set"
+}
+
+// write writes one family's table block: the static sets, the backends
+// maps in use, the Services' own sets, the static chains and the Services'
+// own chains.
+func (t *tables) write(b *strings.Builder, a fam, o Options, masqueradeAll bool) {
+	fc := t.content.fams[a.f]
+	objs := t.objects[a.f]
+	d := fc.dynamic()
 	fmt.Fprintf(b, "table %s %s {\n", a.name, o.Table)
-	for _, name := range fc.setNames() {
-		kind := "set"
-		if strings.Contains(a.setDecl(name, o), " : ") {
-			kind = "map"
-		}
-		fmt.Fprintf(b, "\t%s %s {\n", kind, name)
-		for _, part := range strings.Split(strings.TrimSuffix(a.setDecl(name, o), ";"), "; ") {
+	writeSet := func(name, decl string) {
+		fmt.Fprintf(b, "\t%s %s {\n", setKind(decl), name)
+		for _, part := range strings.Split(strings.TrimSuffix(decl, ";"), "; ") {
 			fmt.Fprintf(b, "\t\t%s\n", part)
 		}
 		if els := fc.sortedElems(name); len(els) > 0 {
@@ -59,15 +123,27 @@ func writeTable(b *strings.Builder, a fam, fc *famContent, o Options, masquerade
 		}
 		b.WriteString("\t}\n")
 	}
-	for _, ch := range a.chains(o, masqueradeAll, fc.dynamic()) {
-		fmt.Fprintf(b, "\tchain %s {\n", ch.name)
-		if ch.hook != "" {
-			fmt.Fprintf(b, "\t\t%s\n", ch.hook)
+	for _, name := range append(slices.Clone(staticSets), d.mapNames()...) {
+		writeSet(name, a.setDecl(name, o))
+	}
+	for _, name := range sortedKeys(objs.sets) {
+		writeSet(name, a.affinitySetDecl(o))
+	}
+	writeChain := func(name, hook string, rules []string) {
+		fmt.Fprintf(b, "\tchain %s {\n", name)
+		if hook != "" {
+			fmt.Fprintf(b, "\t\t%s\n", hook)
 		}
-		for _, r := range ch.rules {
+		for _, r := range rules {
 			fmt.Fprintf(b, "\t\t%s\n", r)
 		}
 		b.WriteString("\t}\n")
+	}
+	for _, ch := range a.chains(o, masqueradeAll, d) {
+		writeChain(ch.name, ch.hook, ch.rules)
+	}
+	for _, name := range sortedKeys(objs.chains) {
+		writeChain(name, "", objs.chains[name])
 	}
 	b.WriteString("}\n")
 }

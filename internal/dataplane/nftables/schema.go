@@ -15,6 +15,13 @@
 // per map in use picks `numgen random mod N`: equal probability, one hash
 // lookup, no per-Service chain or anonymous set (which the kernel loads in
 // quadratic time).
+//
+// ClientIP session affinity is the exception: a Service port with affinity
+// gets a chain per endpoint group and a dynamic set of client addresses per
+// endpoint (as kube-proxy does), reached through the verdict maps
+// affinity-services and affinity-local-services. Affinity Services are few;
+// only they pay for rule changes, and the kernel's validation of jumps walks
+// only their chains, never the data maps.
 package nftables
 
 import (
@@ -37,7 +44,8 @@ type Options struct {
 	Table string
 	// MasqueradeMark is the mark bit; default DefaultMasqueradeMark.
 	MasqueradeMark uint32
-	// AffinitySize bounds the ClientIP affinity map; default 262144.
+	// AffinitySize bounds each endpoint's set of affine clients; default
+	// 65535.
 	AffinitySize int
 }
 
@@ -49,7 +57,7 @@ func (o Options) withDefaults() Options {
 		o.MasqueradeMark = DefaultMasqueradeMark
 	}
 	if o.AffinitySize == 0 {
-		o.AffinitySize = 262144
+		o.AffinitySize = 65535
 	}
 	return o
 }
@@ -90,10 +98,10 @@ const (
 	setFirewallFronts   = "firewall-frontends"   // LoadBalancer frontends with source ranges
 	setFirewallAllow    = "firewall-allow"       // frontend . admitted source range
 	setHairpin          = "hairpin"              // local endpoint . itself
-	mapAffinity         = "affinity"             // client . frontend → endpoint (dynamic)
-	backendsPrefix      = "backends-"            // backends-N: frontend [. i] → endpoint
-	localBackendsPrefix = "local-backends-"      // the same, for externalTrafficPolicy Local from outside
-	affinityPrefix      = "affinity-"            // affinity-T: frontends with T seconds of affinity
+	mapAffinitySvcs     = "affinity-services"    // frontend → goto its affinity chain
+	mapAffinityLocal    = "affinity-local-services"
+	backendsPrefix      = "backends-"       // backends-N: frontend [. i] → endpoint
+	localBackendsPrefix = "local-backends-" // the same, for externalTrafficPolicy Local from outside
 )
 
 // frontendType is the key type of frontend sets.
@@ -112,18 +120,24 @@ func (a fam) setDecl(name string, o Options) string {
 		return "type " + a.frontendType() + " . " + a.addrType + "; flags interval;"
 	case name == setHairpin:
 		return "type " + a.addrType + " . " + a.addrType + ";"
-	case name == mapAffinity:
-		return fmt.Sprintf("type %s . %s : %s . inet_service; size %d; flags dynamic,timeout; timeout %ds;",
-			a.addrType, a.frontendType(), a.addrType, o.AffinitySize, int(model.DefaultAffinityTimeout.Seconds()))
+	case name == mapAffinitySvcs || name == mapAffinityLocal:
+		return "type " + a.frontendType() + " : verdict;"
 	case strings.HasPrefix(name, backendsPrefix) || strings.HasPrefix(name, localBackendsPrefix):
 		n := mapSize(name)
 		if n == 1 {
 			return "type " + a.frontendType() + " : " + a.addrType + " . inet_service;"
 		}
-		return fmt.Sprintf("typeof %s . meta l4proto . th dport . numgen random mod %d : %s . th dport;", a.daddr, n, a.daddr)
-	default: // frontend sets, affinity-T
+		// The value's "tcp dport" only names its type (inet_service): nft
+		// 1.0.6 rejects "th dport" there when it reads the map back.
+		return fmt.Sprintf("typeof %s . meta l4proto . th dport . numgen random mod %d : %s . tcp dport;", a.daddr, n, a.daddr)
+	default: // frontend sets
 		return "type " + a.frontendType() + ";"
 	}
+}
+
+// affinitySetDecl declares an endpoint's set of affine clients.
+func (a fam) affinitySetDecl(o Options) string {
+	return fmt.Sprintf("type %s; size %d; flags dynamic,timeout;", a.addrType, o.AffinitySize)
 }
 
 // staticSets lists the sets every table has, in rendering order.
@@ -131,7 +145,7 @@ var staticSets = []string{
 	setLocalPodCIDRs, setClusterCIDRs, setNoMasqCIDRs, setClusterIPs,
 	setClusterIPFronts, setExternalFronts, setLocalFronts,
 	setRejectFronts, setDropFronts, setLocalDropFronts,
-	setFirewallFronts, setFirewallAllow, setHairpin, mapAffinity,
+	setFirewallFronts, setFirewallAllow, setHairpin, mapAffinitySvcs, mapAffinityLocal,
 }
 
 func backendsMap(local bool, n int) string {
@@ -140,8 +154,6 @@ func backendsMap(local bool, n int) string {
 	}
 	return fmt.Sprintf("%s%d", backendsPrefix, n)
 }
-
-func affinitySet(seconds int) string { return fmt.Sprintf("%s%d", affinityPrefix, seconds) }
 
 // mapSize returns N of backends-N / local-backends-N.
 func mapSize(name string) int {
@@ -158,12 +170,10 @@ type chain struct {
 	rules []string
 }
 
-// dynamic is what the variable chains depend on: the backends maps and
-// affinity timeouts in use.
+// dynamic is what the variable chains depend on: the backends maps in use.
 type dynamic struct {
 	backends      []int // N of each backends-N map, ascending
 	localBackends []int
-	timeouts      []int // affinity timeouts in seconds, ascending
 }
 
 // chains returns the table's chains. They depend on the configuration and
@@ -216,13 +226,6 @@ func (a fam) chains(o Options, masqueradeAll bool, d dynamic) []chain {
 	)
 
 	var post []string
-	for _, t := range d.timeouts {
-		for _, p := range []string{"tcp", "udp", "sctp"} {
-			post = append(post, fmt.Sprintf(
-				"meta l4proto %s ct status dnat ct original %s . meta l4proto . ct original proto-dst @%s update @%s { %s . ct original %s . meta l4proto . ct original proto-dst timeout %ds : %s . th dport }",
-				p, a.daddr, affinitySet(t), mapAffinity, a.saddr, a.daddr, t, a.daddr))
-		}
-	}
 	post = append(post,
 		fmt.Sprintf("meta mark & 0x%x == 0x%x meta mark set meta mark & 0x%x masquerade fully-random",
 			o.MasqueradeMark, o.MasqueradeMark, ^o.MasqueradeMark),
@@ -233,11 +236,15 @@ func (a fam) chains(o Options, masqueradeAll bool, d dynamic) []chain {
 	return cs
 }
 
-// lbRules picks an endpoint: an existing affinity first, then one DNAT
-// rule per backends map in use.
+// lbRules picks an endpoint: Services with affinity go to their own
+// chain, the others take one DNAT rule per backends map in use.
 func (a fam) lbRules(local bool, sizes []int) []string {
 	key := a.daddr + " . meta l4proto . th dport"
-	rules := []string{fmt.Sprintf("dnat %s to %s . %s map @%s", a.name, a.saddr, key, mapAffinity)}
+	vmap := mapAffinitySvcs
+	if local {
+		vmap = mapAffinityLocal
+	}
+	rules := []string{fmt.Sprintf("%s vmap @%s", key, vmap)}
 	for _, n := range sizes {
 		if n == 1 {
 			rules = append(rules, fmt.Sprintf("dnat %s to %s map @%s", a.name, key, backendsMap(local, n)))

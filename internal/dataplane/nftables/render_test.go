@@ -1,0 +1,84 @@
+package nftables
+
+import (
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/kubenat/kubenat/internal/model"
+	"github.com/kubenat/kubenat/internal/source/manifest"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func testConfig() model.Config {
+	return model.Config{
+		NodeName:     "node-a",
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")},
+		NodeIPs:      []netip.Addr{netip.MustParseAddr("192.168.100.11"), netip.MustParseAddr("fd00:100::11")},
+	}
+}
+
+// loadDir builds the State of a manifest directory.
+func loadDir(t *testing.T, dir string, cfg model.Config) *model.State {
+	t.Helper()
+	snap, err := manifest.NewReader(dir).Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Errors) > 0 {
+		t.Fatalf("manifest errors: %v", snap.Errors)
+	}
+	st := model.Build(cfg, model.Objects{Services: snap.Services, EndpointSlices: snap.EndpointSlices, Nodes: snap.Nodes})
+	if len(st.Errors) > 0 {
+		t.Fatalf("model errors: %v", st.Errors)
+	}
+	return st
+}
+
+// TestRenderGolden pins the rendered ruleset of the bundled examples.
+// Run with -update to rewrite the golden files after an intended change.
+func TestRenderGolden(t *testing.T) {
+	cfgMasqAll := testConfig()
+	cfgMasqAll.MasqueradeAll = true
+	tests := []struct {
+		name string
+		dir  string
+		cfg  model.Config
+	}{
+		{"basic", "../../../examples/basic", testConfig()},
+		{"basic-masquerade-all", "../../../examples/basic", cfgMasqAll},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Render(loadDir(t, tc.dir, tc.cfg), Options{})
+			golden := filepath.Join("testdata", tc.name+".nft")
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("rendering differs from %s (run with -update if intended):\n%s", golden, got)
+			}
+		})
+	}
+}
+
+// TestRenderLoads checks nft accepts the rendering, in a namespace.
+func TestRenderLoads(t *testing.T) {
+	// Covered with real kernels by TestIncrementalMatchesFullRender, which
+	// loads full renderings of random states; here only the examples.
+	ns := newNamespace(t)
+	st := loadDir(t, "../../../examples/basic", testConfig())
+	script := "add table ip kubenat\ndelete table ip kubenat\nadd table ip6 kubenat\ndelete table ip6 kubenat\n" + Render(st, Options{})
+	if _, err := runnerIn(ns).Run(t.Context(), script); err != nil {
+		t.Fatal(err)
+	}
+}
