@@ -189,10 +189,13 @@ func (b *Backend) incremental(st *model.State, changed []model.ServiceKey) (stri
 		newSets, goneSets := diffNames(sortedKeys(old.sets), sortedKeys(now.sets))
 		newChains, goneChains := diffNames(sortedKeys(old.chains), sortedKeys(now.chains))
 
-		// 1. New maps, sets and (empty) chains.
+		// 1. New maps (each with its chain), sets and (empty) chains.
 		for _, name := range newMaps {
 			decl := a.setDecl(name, b.o)
 			fmt.Fprintf(&sb, "add %s %s %s { %s }\n", setKind(decl), tbl, name, decl)
+			ch := a.lbMapChain(strings.HasPrefix(name, localBackendsPrefix), mapSize(name))
+			fmt.Fprintf(&sb, "add chain %s %s\n", tbl, ch.name)
+			writeRules(&sb, tbl, ch.name, ch.rules, false)
 		}
 		for _, name := range newSets {
 			fmt.Fprintf(&sb, "add set %s %s { %s }\n", tbl, name, a.affinitySetDecl(b.o))
@@ -226,6 +229,8 @@ func (b *Backend) incremental(st *model.State, changed []model.ServiceKey) (stri
 			fmt.Fprintf(&sb, "delete set %s %s\n", tbl, name)
 		}
 		for _, name := range goneMaps {
+			ch := lbChain(strings.HasPrefix(name, localBackendsPrefix), mapSize(name))
+			fmt.Fprintf(&sb, "flush chain %s %s\ndelete chain %s %s\n", tbl, ch, tbl, ch)
 			fmt.Fprintf(&sb, "delete %s %s %s\n", setKind(a.setDecl(name, b.o)), tbl, name)
 		}
 	}

@@ -139,7 +139,7 @@ func (t *tables) write(b *strings.Builder, a fam, o Options, masqueradeAll bool)
 		}
 		b.WriteString("\t}\n")
 	}
-	for _, ch := range a.chains(o, masqueradeAll, d) {
+	for _, ch := range append(a.chains(o, masqueradeAll, d), a.lbMapChains(d)...) {
 		writeChain(ch.name, ch.hook, ch.rules)
 	}
 	for _, name := range sortedKeys(objs.chains) {

@@ -127,9 +127,7 @@ func (a fam) setDecl(name string, o Options) string {
 		if n == 1 {
 			return "type " + a.frontendType() + " : " + a.addrType + " . inet_service;"
 		}
-		// The value's "tcp dport" only names its type (inet_service): nft
-		// 1.0.6 rejects "th dport" there when it reads the map back.
-		return fmt.Sprintf("typeof %s . meta l4proto . th dport . numgen random mod %d : %s . tcp dport;", a.daddr, n, a.daddr)
+		return fmt.Sprintf("typeof %s . meta l4proto . th dport . numgen random mod %d : %s . th dport;", a.daddr, n, a.daddr)
 	default: // frontend sets
 		return "type " + a.frontendType() + ";"
 	}
@@ -237,7 +235,7 @@ func (a fam) chains(o Options, masqueradeAll bool, d dynamic) []chain {
 }
 
 // lbRules picks an endpoint: Services with affinity go to their own
-// chain, the others take one DNAT rule per backends map in use.
+// chain, the others to the chain of their backends map.
 func (a fam) lbRules(local bool, sizes []int) []string {
 	key := a.daddr + " . meta l4proto . th dport"
 	vmap := mapAffinitySvcs
@@ -246,11 +244,41 @@ func (a fam) lbRules(local bool, sizes []int) []string {
 	}
 	rules := []string{fmt.Sprintf("%s vmap @%s", key, vmap)}
 	for _, n := range sizes {
-		if n == 1 {
-			rules = append(rules, fmt.Sprintf("dnat %s to %s map @%s", a.name, key, backendsMap(local, n)))
-			continue
-		}
-		rules = append(rules, fmt.Sprintf("dnat %s to %s . numgen random mod %d map @%s", a.name, key, n, backendsMap(local, n)))
+		rules = append(rules, "jump "+lbChain(local, n))
 	}
 	return rules
+}
+
+// lbChain names the chain that DNATs through backends map N. Each map has
+// its own chain, created with it and never changed: nft 1.0.6 cannot add a
+// rule that refers to an existing map declared with "typeof" (it fails to
+// read the declaration back), so a map is only ever referred to by the
+// rule created in the same transaction.
+func lbChain(local bool, n int) string {
+	if local {
+		return fmt.Sprintf("lb-local-%d", n)
+	}
+	return fmt.Sprintf("lb-%d", n)
+}
+
+// lbMapChain returns the chain of backends map N.
+func (a fam) lbMapChain(local bool, n int) chain {
+	key := a.daddr + " . meta l4proto . th dport"
+	rule := fmt.Sprintf("dnat %s to %s map @%s", a.name, key, backendsMap(local, n))
+	if n > 1 {
+		rule = fmt.Sprintf("dnat %s to %s . numgen random mod %d map @%s", a.name, key, n, backendsMap(local, n))
+	}
+	return chain{name: lbChain(local, n), rules: []string{rule}}
+}
+
+// lbMapChains returns the chains of the backends maps in use.
+func (a fam) lbMapChains(d dynamic) []chain {
+	var out []chain
+	for _, n := range d.backends {
+		out = append(out, a.lbMapChain(false, n))
+	}
+	for _, n := range d.localBackends {
+		out = append(out, a.lbMapChain(true, n))
+	}
+	return out
 }
