@@ -24,6 +24,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -275,7 +276,7 @@ func decodeDoc(raw []byte, origin string, res, prev *fileResult) error {
 	switch {
 	case tm.APIVersion == "v1" && tm.Kind == "Service":
 		var svc v1.Service
-		if err := yaml.UnmarshalStrict(raw, &svc); err != nil {
+		if err := decodeStrict(raw, &svc); err != nil {
 			return keepPrevious(res, prev, Ref{"Service", orDefault(tm.Metadata.Namespace), tm.Metadata.Name},
 				fmt.Errorf("%s: %s: %w", origin, what, err))
 		}
@@ -283,7 +284,7 @@ func decodeDoc(raw []byte, origin string, res, prev *fileResult) error {
 		return add(res, &svc, Ref{"Service", svc.Namespace, svc.Name}, origin)
 	case tm.APIVersion == "discovery.k8s.io/v1" && tm.Kind == "EndpointSlice":
 		var s discovery.EndpointSlice
-		if err := yaml.UnmarshalStrict(raw, &s); err != nil {
+		if err := decodeStrict(raw, &s); err != nil {
 			return keepPrevious(res, prev, Ref{"EndpointSlice", orDefault(tm.Metadata.Namespace), tm.Metadata.Name},
 				fmt.Errorf("%s: %s: %w", origin, what, err))
 		}
@@ -291,7 +292,7 @@ func decodeDoc(raw []byte, origin string, res, prev *fileResult) error {
 		return add(res, &s, Ref{"EndpointSlice", s.Namespace, s.Name}, origin)
 	case tm.APIVersion == "v1" && tm.Kind == "Node":
 		var n v1.Node
-		if err := yaml.UnmarshalStrict(raw, &n); err != nil {
+		if err := decodeStrict(raw, &n); err != nil {
 			return keepPrevious(res, prev, Ref{"Node", "", tm.Metadata.Name},
 				fmt.Errorf("%s: %s: %w", origin, what, err))
 		}
@@ -316,6 +317,21 @@ func decodeDoc(raw []byte, origin string, res, prev *fileResult) error {
 		res.warns = append(res.warns, fmt.Sprintf("%s: skipping %s %s (kubenat reads v1 Service, discovery.k8s.io/v1 EndpointSlice and v1 Node)", origin, tm.APIVersion, what))
 		return nil
 	}
+}
+
+// decodeStrict decodes a YAML or JSON document into obj, rejecting unknown
+// and duplicate fields with errors that give their path (e.g. unknown field
+// "spec.clusterIPz").
+func decodeStrict(raw []byte, obj any) error {
+	js, err := yaml.YAMLToJSON(raw)
+	if err != nil {
+		return err
+	}
+	strict, err := kjson.UnmarshalStrict(js, obj, kjson.DisallowUnknownFields)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strict...)
 }
 
 // yamlRaw keeps a List item as raw JSON for a second decoding pass.
