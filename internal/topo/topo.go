@@ -30,6 +30,31 @@ type Host struct {
 	Addr6 netip.Addr
 }
 
+// Family selects an address family of a Host.
+type Family int
+
+// The address families.
+const (
+	V4 Family = 4
+	V6 Family = 6
+)
+
+// String returns "IPv4" or "IPv6".
+func (f Family) String() string {
+	if f == V6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// AddrOf returns the host's main address of family f.
+func (h *Host) AddrOf(f Family) netip.Addr {
+	if f == V6 {
+		return h.Addr6
+	}
+	return h.Addr
+}
+
 // Node is a Kubernetes node: a host with a LAN address and a bridge (cni0)
 // its pods hang off.
 type Node struct {
@@ -39,6 +64,15 @@ type Node struct {
 	Gateway  netip.Addr // the bridge address, pods' default gateway
 	Gateway6 netip.Addr
 	Pods     []*Pod
+}
+
+// OwnAddrs returns the node's addresses of family f that it may use as a
+// source: its LAN address and its bridge address.
+func (n *Node) OwnAddrs(f Family) map[netip.Addr]bool {
+	if f == V6 {
+		return map[netip.Addr]bool{n.Addr6: true, n.Gateway6: true}
+	}
+	return map[netip.Addr]bool{n.Addr: true, n.Gateway: true}
 }
 
 // Pod is a pod on a node.
