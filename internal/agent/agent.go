@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -59,6 +60,13 @@ func New(opts Options) (*Agent, error) {
 	if err := opts.Config.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration: %w", err)
 	}
+	if needsLocalAddrs(opts.Config.NodePortAddresses) && opts.Config.LocalAddrs == nil {
+		addrs, err := localAddrs()
+		if err != nil {
+			return nil, err
+		}
+		opts.Config.LocalAddrs = addrs
+	}
 	if opts.Runner == nil {
 		r, err := nft.New()
 		if err != nil {
@@ -94,8 +102,13 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	var last time.Time
 	backoff := time.Second
 	var retry <-chan time.Time
+	addrCheck := time.NewTicker(10 * time.Second)
+	defer addrCheck.Stop()
 	for {
 		select {
+		case <-addrCheck.C:
+			a.refreshLocalAddrs()
+			continue
 		case <-ctx.Done():
 			return nil
 		case err := <-srcErr:
@@ -124,6 +137,30 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		}
 		backoff = time.Second
 	}
+}
+
+// refreshLocalAddrs re-reads the node's addresses when NodePorts are
+// served on addresses selected by CIDR, and rebuilds everything if they
+// changed.
+func (a *Agent) refreshLocalAddrs() {
+	if !needsLocalAddrs(a.opts.Config.NodePortAddresses) {
+		return
+	}
+	addrs, err := localAddrs()
+	if err != nil {
+		klog.ErrorS(err, "Reading the node's addresses failed")
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cfg := a.builder.Config()
+	if slices.Equal(cfg.LocalAddrs, addrs) {
+		return
+	}
+	klog.InfoS("The node's addresses changed", "addresses", addrs)
+	cfg.LocalAddrs = addrs
+	a.builder.SetConfig(cfg)
+	a.changed()
 }
 
 // errNotSynced is returned when the source has not delivered its initial

@@ -65,11 +65,11 @@ func (e *env) agentArgs(n *topo.Node) []string {
 		"--cluster-cidr", topo.ClusterCIDR.String(), "--cluster-cidr", topo.ClusterCIDR6.String()}
 }
 
-// syncAll runs "kubenat agent --once" on every node.
-func (e *env) syncAll(t testing.TB) {
+// syncAll runs "kubenat agent --once" on every node, with extra flags.
+func (e *env) syncAll(t testing.TB, extra ...string) {
 	t.Helper()
 	for _, n := range e.c.Nodes {
-		out, err := netnstest.Kubenat(t, &n.Host, append(e.agentArgs(n), "--once")...)
+		out, err := netnstest.Kubenat(t, &n.Host, append(append(e.agentArgs(n), "--once"), extra...)...)
 		if err != nil {
 			t.Fatalf("kubenat agent --once on %s: %v\n%s", n.Name, err, out)
 		}

@@ -1,0 +1,267 @@
+package kernel
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/topo"
+)
+
+// twoNodes builds node-a (l1, l2, cli) and node-b (r1) for the semantics
+// tests.
+func twoNodes(t *testing.T) *env {
+	return newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{
+		{Name: "node-a", Pods: []string{"l1", "l2", "cli"}},
+		{Name: "node-b", Pods: []string{"r1"}},
+	}})
+}
+
+func (e *env) ep(pod string) k8sobj.Endpoint {
+	p := e.c.Pod(pod)
+	return k8sobj.Endpoint{IP: p.Addr.String(), Node: p.Node.Name}
+}
+
+func TestSessionAffinity(t *testing.T) {
+	e := twoNodes(t)
+	cli := &e.c.Pod("cli").Host
+	svc := func(affinity int32) k8sobj.Service {
+		return k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.2.1"}, AffinitySeconds: affinity,
+			Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}},
+			Endpoints: []k8sobj.Endpoint{e.ep("l1"), e.ep("l2"), e.ep("r1")}}
+	}
+	dst := ap("10.96.2.1", 80)
+	sticky := func(t *testing.T) string {
+		t.Helper()
+		hits, _ := e.spread(t, cli, "tcp", dst, 20)
+		if len(hits) != 1 {
+			t.Errorf("with ClientIP affinity the client reached %v, want one endpoint", keys(hits))
+		}
+		for s := range hits {
+			return s
+		}
+		return ""
+	}
+	spreads := func(t *testing.T) {
+		t.Helper()
+		if hits, _ := e.spread(t, cli, "tcp", dst, 30); len(hits) < 2 {
+			t.Errorf("without affinity the client reached only %v", keys(hits))
+		}
+	}
+
+	e.writeService(t, svc(10800))
+	e.syncAll(t)
+	first := sticky(t)
+
+	t.Run("another client gets its own endpoint, the first keeps its", func(t *testing.T) {
+		if _, err := e.dial(&e.c.Node("node-a").Host, "tcp", dst); err != nil {
+			t.Fatal(err)
+		}
+		if got := sticky(t); got != first {
+			t.Errorf("the client moved from %s to %s", first, got)
+		}
+	})
+	t.Run("switching affinity off spreads again", func(t *testing.T) {
+		e.writeService(t, svc(0))
+		e.syncAll(t)
+		spreads(t)
+	})
+	t.Run("switching affinity on sticks again", func(t *testing.T) {
+		e.writeService(t, svc(10800))
+		e.syncAll(t)
+		sticky(t)
+	})
+	t.Run("the affine endpoint goes away: the client moves", func(t *testing.T) {
+		pinned := sticky(t)
+		s := svc(10800)
+		var keep []k8sobj.Endpoint
+		for _, ep := range s.Endpoints {
+			if ep.IP != e.c.Pod(pinned).Addr.String() {
+				keep = append(keep, ep)
+			}
+		}
+		s.Endpoints = keep
+		e.writeService(t, s)
+		e.syncAll(t)
+		if got := sticky(t); got == pinned {
+			t.Errorf("still reaching removed endpoint %s", got)
+		}
+	})
+	t.Run("affinity expires after timeoutSeconds", func(t *testing.T) {
+		e.writeService(t, svc(1))
+		e.syncAll(t)
+		pinned := sticky(t)
+		nodeA := &e.c.Node("node-a").Host
+		set := "affinity-default/sticky/tcp/80__" + e.c.Pod(pinned).Addr.String() + "/8080"
+		out, err := e.c.Exec(t.Context(), nodeA, "nft", "list", "set", "ip", "kubenat", set)
+		if err != nil || !strings.Contains(out, cli.Addr.String()) {
+			t.Fatalf("the client is not in %s: %v\n%s", set, err, out)
+		}
+		time.Sleep(2500 * time.Millisecond)
+		out, err = e.c.Exec(t.Context(), nodeA, "nft", "list", "set", "ip", "kubenat", set)
+		if err != nil || strings.Contains(out, cli.Addr.String()) {
+			t.Errorf("the client is still affine after the timeout: %v\n%s", err, out)
+		}
+	})
+}
+
+func TestTerminatingEndpoints(t *testing.T) {
+	e := twoNodes(t)
+	cli := &e.c.Pod("cli").Host
+	nodeA := e.c.Node("node-a")
+	term := func(ep k8sobj.Endpoint, serving bool) k8sobj.Endpoint {
+		ep.Terminating, ep.NotServing = true, !serving
+		return ep
+	}
+	write := func(t *testing.T, etp bool, eps ...k8sobj.Endpoint) {
+		e.writeService(t, k8sobj.Service{Name: "web", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.2.2"},
+			ETPLocal: etp, Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort, NodePort: 30202}}, Endpoints: eps})
+		e.syncAll(t)
+	}
+	only := func(t *testing.T, from *topo.Host, dst netip.AddrPort, want string) {
+		t.Helper()
+		hits, _ := e.spread(t, from, "tcp", dst, 12)
+		if len(hits) != 1 || hits[want] == 0 {
+			t.Errorf("reached %v, want only %s", keys(hits), want)
+		}
+	}
+	vip := ap("10.96.2.2", 80)
+	nodePort := netip.AddrPortFrom(nodeA.Addr, 30202)
+
+	t.Run("a ready endpoint is preferred to a terminating one", func(t *testing.T) {
+		write(t, false, e.ep("l1"), term(e.ep("r1"), true))
+		only(t, cli, vip, "l1")
+	})
+	t.Run("with none ready, serving terminating endpoints are used", func(t *testing.T) {
+		write(t, false, term(e.ep("l1"), false), term(e.ep("r1"), true))
+		only(t, cli, vip, "r1")
+	})
+	t.Run("terminating and not serving: refused", func(t *testing.T) {
+		write(t, false, term(e.ep("r1"), false))
+		if _, err := e.dial(cli, "tcp", vip); !isRefused(err) {
+			t.Errorf("got %v, want connection refused", err)
+		}
+	})
+	t.Run("externalTrafficPolicy Local falls back to local terminating endpoints", func(t *testing.T) {
+		write(t, true, term(e.ep("l1"), true), e.ep("r1"))
+		only(t, e.c.Client, nodePort, "l1")
+		only(t, cli, vip, "r1") // cluster traffic still prefers the ready one
+	})
+}
+
+func TestLoadBalancerSourceRanges(t *testing.T) {
+	e := twoNodes(t)
+	c := e.c
+	nodeA := c.Node("node-a")
+	e.writeService(t, k8sobj.Service{Name: "fw", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.2.3"},
+		Ports:           []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort, NodePort: 30203}},
+		LoadBalancerIPs: []string{"192.168.200.30"}, SourceRanges: []string{c.Client.Addr.String() + "/32"},
+		Endpoints: []k8sobj.Endpoint{e.ep("l1"), e.ep("r1")}})
+	for _, h := range []*topo.Host{c.Client, c.Router} {
+		if err := c.AddRoute(t.Context(), h, netip.MustParsePrefix("192.168.200.30/32"), nodeA.Addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.syncAll(t)
+	lb := ap("192.168.200.30", 80)
+	if _, err := e.dial(c.Client, "tcp", lb); err != nil {
+		t.Errorf("a source inside the ranges: %v", err)
+	}
+	if r, err := e.dial(c.Router, "tcp", lb); !isTimeout(err) {
+		t.Errorf("a source outside the ranges: got %v, %v; want dropped (timeout)", r, err)
+	}
+	if _, err := e.dial(c.Router, "tcp", netip.AddrPortFrom(nodeA.Addr, 30203)); err != nil {
+		t.Errorf("NodePort is not filtered by loadBalancerSourceRanges: %v", err)
+	}
+}
+
+func TestPortsAndNamedTargetPorts(t *testing.T) {
+	e := twoNodes(t)
+	cli := &e.c.Pod("cli").Host
+	e.serve(&e.c.Pod("r1").Host, "r1-9090", 9090)
+	r1 := e.ep("r1")
+	r1.Ports = map[string]int32{"http": 9090}
+	e.writeService(t, k8sobj.Service{Name: "multi", ClusterIPs: []string{"10.96.2.4"},
+		Ports: []k8sobj.Port{
+			{Name: "http", Port: 80, TargetPort: echoPort},
+			{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: echoPort},
+			{Name: "dns-tcp", Port: 53, TargetPort: echoPort},
+		},
+		Endpoints: []k8sobj.Endpoint{e.ep("l1"), r1}})
+	e.syncAll(t)
+	hits, _ := e.spread(t, cli, "tcp", ap("10.96.2.4", 80), 20)
+	if hits["l1"] == 0 || hits["r1-9090"] == 0 || len(hits) != 2 {
+		t.Errorf("named target port: reached %v, want l1 (8080) and r1 on 9090", keys(hits))
+	}
+	for _, network := range []string{"tcp", "udp"} {
+		hits, _ := e.spread(t, cli, network, ap("10.96.2.4", 53), 12)
+		if hits["l1"]+hits["r1"] != 12 {
+			t.Errorf("%s 53: reached %v", network, keys(hits))
+		}
+	}
+	if _, err := e.dial(cli, "udp", ap("10.96.2.4", 80)); !isRefused(err) {
+		t.Errorf("UDP to a TCP-only port: got %v, want refused", err)
+	}
+}
+
+func TestMasqueradeAllAndNodePortAddresses(t *testing.T) {
+	e := twoNodes(t)
+	c := e.c
+	nodeA := c.Node("node-a")
+	cli := c.Pod("cli")
+	extra := netip.MustParseAddr("192.168.100.111")
+	if _, err := c.Exec(t.Context(), &nodeA.Host, "ip", "addr", "add", extra.String()+"/24", "dev", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	e.writeService(t, k8sobj.Service{Name: "web", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.2.5"},
+		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort, NodePort: 30205}},
+		Endpoints: []k8sobj.Endpoint{e.ep("l1"), e.ep("r1")}})
+	e.syncAll(t, "--masquerade-all", "--nodeport-addresses", extra.String()+"/32")
+
+	hits, seen := e.spread(t, &cli.Host, "tcp", ap("10.96.2.5", 80), 16)
+	if len(hits) != 2 {
+		t.Errorf("reached %v", keys(hits))
+	}
+	for srv, srcs := range seen {
+		for s := range srcs {
+			if !nodeA.OwnAddrs(topo.V4)[s] {
+				t.Errorf("masqueradeAll: %s saw %s, want node-a", srv, s)
+			}
+		}
+	}
+	if _, err := e.dial(c.Client, "tcp", netip.AddrPortFrom(extra, 30205)); err != nil {
+		t.Errorf("NodePort on the selected address: %v", err)
+	}
+	if r, err := e.dial(c.Client, "tcp", netip.AddrPortFrom(nodeA.Addr, 30205)); err == nil {
+		t.Errorf("NodePort answered on an address nodePortAddresses excludes: %v", r)
+	}
+}
+
+func TestIgnoredServicesAreNotProgrammed(t *testing.T) {
+	e := twoNodes(t)
+	cli := &e.c.Pod("cli").Host
+	for i, labels := range []map[string]string{
+		{"service.kubernetes.io/service-proxy-name": "other-proxy"},
+		{"service.kubernetes.io/headless": ""},
+		{"service.kubernetes.io/service-proxy-name": "kubenat"},
+	} {
+		e.writeService(t, k8sobj.Service{Name: "s" + string(rune('a'+i)), ClusterIPs: []string{"10.96.3." + string(rune('1'+i))},
+			Labels: labels, Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}},
+			Endpoints: []k8sobj.Endpoint{e.ep("l1")}})
+	}
+	e.syncAll(t)
+	out, err := e.c.Exec(t.Context(), &e.c.Node("node-a").Host, "nft", "list", "set", "ip", "kubenat", "cluster-ips")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "10.96.3.1") || strings.Contains(out, "10.96.3.2") {
+		t.Errorf("an ignored Service is programmed:\n%s", out)
+	}
+	if _, err := e.dial(cli, "tcp", ap("10.96.3.3", 80)); err != nil {
+		t.Errorf("the Service naming kubenat is not served: %v", err)
+	}
+}
