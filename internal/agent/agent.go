@@ -15,6 +15,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/kubenat/kubenat/internal/conntrack"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
@@ -44,6 +45,10 @@ type Options struct {
 type Agent struct {
 	opts    Options
 	backend *nftables.Backend
+	cleaner *conntrack.Cleaner // nil when conntrack netlink is unavailable
+	// programmed is true once a sync succeeded in this process: from then
+	// on, changes are changes (on the first sync every Service looks new).
+	programmed bool
 
 	mu           sync.Mutex
 	builder      *model.Builder
@@ -74,8 +79,14 @@ func New(opts Options) (*Agent, error) {
 		}
 		opts.Runner = r
 	}
+	cleaner, err := conntrack.NewCleaner()
+	if err != nil {
+		klog.ErrorS(err, "Stale UDP conntrack entries will not be cleared")
+		cleaner = nil
+	}
 	return &Agent{
 		opts:     opts,
+		cleaner:  cleaner,
 		backend:  nftables.New(opts.Runner, opts.NFT),
 		builder:  model.NewBuilder(opts.Config),
 		reported: map[string]bool{},
@@ -191,12 +202,37 @@ func (a *Agent) sync(ctx context.Context) error {
 		return err
 	}
 	services := len(st.Services)
+	var stale []conntrack.Rule
+	if a.programmed {
+		stale = conntrack.Plan(st, delta)
+	}
+	a.programmed = true
 	a.mu.Unlock()
 	if res.Full || res.Elements > 0 {
 		klog.InfoS("Programmed nftables", "full", res.Full, "changedServices", len(delta.Changed),
 			"elements", res.Elements, "services", services, "duration", time.Since(start))
 	}
+	a.clearConntrack(stale)
 	return nil
+}
+
+// clearConntrack deletes the UDP conntrack entries the last sync made
+// stale. Failures are logged: the rules are programmed either way.
+func (a *Agent) clearConntrack(rules []conntrack.Rule) {
+	if a.cleaner == nil || len(rules) == 0 {
+		return
+	}
+	n, err := a.cleaner.Clear(rules)
+	if err != nil {
+		klog.ErrorS(err, "Clearing stale UDP conntrack entries failed")
+		return
+	}
+	for _, r := range rules {
+		klog.V(2).InfoS("Cleared conntrack entries", "reason", r.Why, "frontends", r.Frontends, "endpoints", r.Endpoints)
+	}
+	if n > 0 {
+		klog.InfoS("Deleted stale UDP conntrack entries", "count", n)
+	}
 }
 
 // report logs input problems not reported before.

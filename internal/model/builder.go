@@ -20,6 +20,9 @@ type Delta struct {
 	// Changed lists the Services whose ports differ from the previous
 	// State (added, removed or modified), sorted.
 	Changed []ServiceKey
+	// Old holds the previous ports of the changed Services (absent for
+	// Services that did not exist).
+	Old map[ServiceKey][]ServicePort
 }
 
 // Empty reports whether nothing changed.
@@ -193,16 +196,21 @@ func (b *Builder) Build() (*State, Delta) {
 		b.rebuild(k, resolve)
 	}
 	var changed []ServiceKey
+	old := map[ServiceKey][]ServicePort{}
 	for k := range resolve {
+		prev, had := b.state.Services[k]
 		if b.resolve(k) {
 			changed = append(changed, k)
+			if had {
+				old[k] = prev
+			}
 		}
 	}
 	sortKeys(changed)
 	b.dirty = map[ServiceKey]struct{}{}
 	b.full = false
 	b.collectErrors()
-	return &b.state, Delta{Full: full, Changed: changed}
+	return &b.state, Delta{Full: full, Changed: changed, Old: old}
 }
 
 // rebuild recomputes one Service's candidate ports and frontend claims, and

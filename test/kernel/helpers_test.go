@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -121,3 +122,5 @@ func ap(addr string, port uint16) netip.AddrPort {
 }
 
 func keys(m map[string]int) string { return fmt.Sprint(m) }
+
+func removeManifest(e *env, name string) error { return os.Remove(filepath.Join(e.dir, name)) }
