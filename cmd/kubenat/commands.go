@@ -21,6 +21,7 @@ func newAgentCmd() *cobra.Command {
 	var nf nodeFlags
 	var once bool
 	var minSync time.Duration
+	var healthz string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Program this node's kernel from Services, EndpointSlices and the Node, and keep it up to date",
@@ -36,7 +37,7 @@ rules in place, so established connections survive a restart.`,
 			if nf.manifests == "" {
 				return errors.New("--manifests is required")
 			}
-			a, err := agent.New(agent.Options{Config: cfg, MinSyncPeriod: minSync})
+			a, err := agent.New(agent.Options{Config: cfg, MinSyncPeriod: minSync, HealthzBindAddress: healthz})
 			if err != nil {
 				return err
 			}
@@ -53,6 +54,7 @@ rules in place, so established connections survive a restart.`,
 	nf.register(cmd.Flags())
 	cmd.Flags().BoolVar(&once, "once", false, "sync once and exit")
 	cmd.Flags().DurationVar(&minSync, "min-sync-period", 100*time.Millisecond, "least time between two syncs; changes meanwhile are batched")
+	cmd.Flags().StringVar(&healthz, "healthz-bind-address", "0.0.0.0:10256", `address of the kube-proxy compatible /healthz and /livez ("" disables)`)
 	return cmd
 }
 

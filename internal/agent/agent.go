@@ -17,6 +17,7 @@ import (
 
 	"github.com/kubenat/kubenat/internal/conntrack"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
+	"github.com/kubenat/kubenat/internal/healthcheck"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
 )
@@ -39,6 +40,12 @@ type Options struct {
 	// MinSyncPeriod is the least time between two syncs: changes arriving
 	// meanwhile are batched into the next one.
 	MinSyncPeriod time.Duration
+	// HealthzBindAddress is where /healthz and /livez are served (Run
+	// only); empty disables them.
+	HealthzBindAddress string
+	// HealthTimeout is how long a change may wait to be programmed before
+	// the agent reports itself unhealthy; default 60s.
+	HealthTimeout time.Duration
 }
 
 // Agent programs the node's datapath from the objects a Source delivers.
@@ -46,6 +53,9 @@ type Agent struct {
 	opts    Options
 	backend *nftables.Backend
 	cleaner *conntrack.Cleaner // nil when conntrack netlink is unavailable
+	health  *healthcheck.ProxyHealth
+	// svcHealth serves healthCheckNodePorts; nil until Run starts it.
+	svcHealth *healthcheck.ServiceHealth
 	// programmed is true once a sync succeeded in this process: from then
 	// on, changes are changes (on the first sync every Service looks new).
 	programmed bool
@@ -84,8 +94,12 @@ func New(opts Options) (*Agent, error) {
 		klog.ErrorS(err, "Stale UDP conntrack entries will not be cleared")
 		cleaner = nil
 	}
+	if opts.HealthTimeout == 0 {
+		opts.HealthTimeout = 60 * time.Second
+	}
 	return &Agent{
 		opts:     opts,
+		health:   healthcheck.NewProxyHealth(opts.HealthTimeout),
 		cleaner:  cleaner,
 		backend:  nftables.New(opts.Runner, opts.NFT),
 		builder:  model.NewBuilder(opts.Config),
@@ -107,6 +121,16 @@ func (a *Agent) SyncOnce(ctx context.Context, src Source) error {
 func (a *Agent) Run(ctx context.Context, src Source) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	a.mu.Lock()
+	a.svcHealth = healthcheck.NewServiceHealth(ctx, a.health, nil, func(k model.ServiceKey, err error) {
+		if err != nil {
+			klog.ErrorS(err, "Service health check not served", "service", k.String())
+		}
+	})
+	a.mu.Unlock()
+	if a.opts.HealthzBindAddress != "" {
+		go a.serveHealthz(ctx)
+	}
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- src.Run(ctx, a) }()
 
@@ -147,6 +171,23 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 			continue
 		}
 		backoff = time.Second
+	}
+}
+
+// serveHealthz serves /healthz and /livez, retrying while the address
+// cannot be bound (e.g. while the previous agent is still exiting).
+func (a *Agent) serveHealthz(ctx context.Context) {
+	for {
+		err := a.health.Serve(ctx, a.opts.HealthzBindAddress)
+		if ctx.Err() != nil {
+			return
+		}
+		klog.ErrorS(err, "Health server failed; retrying", "address", a.opts.HealthzBindAddress)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
 	}
 }
 
@@ -202,6 +243,9 @@ func (a *Agent) sync(ctx context.Context) error {
 		return err
 	}
 	services := len(st.Services)
+	a.health.Updated()
+	a.health.SetNodeEligible(!st.Node.Terminating)
+	a.updateServiceHealth(st, delta)
 	var stale []conntrack.Rule
 	if a.programmed {
 		stale = conntrack.Plan(st, delta)
@@ -214,6 +258,27 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	a.clearConntrack(stale)
 	return nil
+}
+
+// updateServiceHealth starts, updates and stops the healthCheckNodePort
+// servers of the changed Services. Called with a.mu held.
+func (a *Agent) updateServiceHealth(st *model.State, d model.Delta) {
+	if a.svcHealth == nil {
+		return
+	}
+	keys := d.Changed
+	if d.Full {
+		keys = st.SortedKeys()
+		for k := range a.svcHealth.Ports() {
+			if _, ok := st.Services[k]; !ok {
+				keys = append(keys, k)
+			}
+		}
+	}
+	for _, k := range keys {
+		a.svcHealth.Update(k, healthcheck.InfoOf(st.Services[k]))
+	}
+	a.svcHealth.Retry()
 }
 
 // clearConntrack deletes the UDP conntrack entries the last sync made
@@ -271,6 +336,7 @@ func (a *Agent) changed() {
 	if a.pendingSince.IsZero() {
 		a.pendingSince = time.Now()
 	}
+	a.health.QueuedUpdate()
 	select {
 	case a.kick <- struct{}{}:
 	default:
