@@ -37,7 +37,8 @@ rules in place, so established connections survive a restart.`,
 			if nf.manifests == "" {
 				return errors.New("--manifests is required")
 			}
-			a, err := agent.New(agent.Options{Config: cfg, MinSyncPeriod: minSync, HealthzBindAddress: healthz})
+			a, err := agent.New(agent.Options{Config: cfg, MinSyncPeriod: minSync, HealthzBindAddress: healthz,
+				MasqueradeConfig: nf.masqConfig})
 			if err != nil {
 				return err
 			}

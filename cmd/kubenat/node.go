@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/kubenat/kubenat/internal/ipmasq"
 	"github.com/kubenat/kubenat/internal/model"
 )
 
@@ -22,6 +23,7 @@ type nodeFlags struct {
 	nonMasq           []string
 	masqLinkLocal     bool
 	masqLinkLocal6    bool
+	masqConfig        string
 }
 
 func (f *nodeFlags) register(fs *pflag.FlagSet) {
@@ -34,6 +36,7 @@ func (f *nodeFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.nonMasq, "non-masquerade-cidr", nil, "destination reached by pods without SNAT (repeatable; default: RFC 1918 and fc00::/7; the cluster CIDRs are always added)")
 	fs.BoolVar(&f.masqLinkLocal, "masq-link-local", false, "masquerade pod traffic to 169.254.0.0/16 too")
 	fs.BoolVar(&f.masqLinkLocal6, "masq-link-local-ipv6", false, "masquerade pod traffic to fe80::/10 too")
+	fs.StringVar(&f.masqConfig, "masquerade-config", "", "ip-masq-agent config file (nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6); the agent follows its changes. Replaces the three flags above")
 }
 
 // config turns the flags into a model configuration.
@@ -77,6 +80,16 @@ func (f *nodeFlags) config() (model.Config, error) {
 			}
 			cfg.Egress.NonMasqueradeCIDRs = append(cfg.Egress.NonMasqueradeCIDRs, p.Masked())
 		}
+	}
+	if f.masqConfig != "" {
+		if f.nonMasq != nil || f.masqLinkLocal || f.masqLinkLocal6 {
+			return cfg, fmt.Errorf("--masquerade-config replaces --non-masquerade-cidr, --masq-link-local and --masq-link-local-ipv6; give one or the other")
+		}
+		egress, _, err := ipmasq.Load(f.masqConfig)
+		if err != nil {
+			return cfg, fmt.Errorf("--masquerade-config: %w", err)
+		}
+		cfg.Egress = egress
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, err

@@ -18,6 +18,7 @@ import (
 	"github.com/kubenat/kubenat/internal/conntrack"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/healthcheck"
+	"github.com/kubenat/kubenat/internal/ipmasq"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
 )
@@ -43,6 +44,9 @@ type Options struct {
 	// HealthzBindAddress is where /healthz and /livez are served (Run
 	// only); empty disables them.
 	HealthzBindAddress string
+	// MasqueradeConfig is an ip-masq-agent config file whose changes Run
+	// follows (Config.Egress holds its content at start).
+	MasqueradeConfig string
 	// HealthTimeout is how long a change may wait to be programmed before
 	// the agent reports itself unhealthy; default 60s.
 	HealthTimeout time.Duration
@@ -131,6 +135,15 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	if a.opts.HealthzBindAddress != "" {
 		go a.serveHealthz(ctx)
 	}
+	if path := a.opts.MasqueradeConfig; path != "" {
+		go ipmasq.Watch(ctx, path, time.Second, ipmasq.Read(path), a.setEgress, func(err error) {
+			if err != nil {
+				klog.ErrorS(err, "Invalid masquerade configuration")
+			} else {
+				klog.InfoS("The masquerade configuration is valid again", "file", path)
+			}
+		})
+	}
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- src.Run(ctx, a) }()
 
@@ -172,6 +185,18 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		}
 		backoff = time.Second
 	}
+}
+
+// setEgress applies a new egress masquerade configuration.
+func (a *Agent) setEgress(e model.EgressConfig) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cfg := a.builder.Config()
+	cfg.Egress = e
+	a.builder.SetConfig(cfg)
+	klog.InfoS("Applying a new masquerade configuration", "nonMasqueradeCIDRs", e.NonMasqueradeCIDRs,
+		"masqLinkLocal", e.MasqLinkLocal, "masqLinkLocalIPv6", e.MasqLinkLocalIPv6)
+	a.changed()
 }
 
 // serveHealthz serves /healthz and /livez, retrying while the address

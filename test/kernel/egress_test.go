@@ -1,0 +1,66 @@
+package kernel
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubenat/kubenat/internal/netnstest"
+)
+
+// TestEgressMasqueradeConfig follows an ip-masq-agent config file: pod
+// traffic to the internet is masqueraded until the file lists the
+// destination as non-masquerade; a bad file is reported and the previous
+// configuration kept.
+func TestEgressMasqueradeConfig(t *testing.T) {
+	e := twoNodes(t)
+	c := e.c
+	nodeA, cli := c.Node("node-a"), c.Pod("cli")
+	// Let the internet host answer pods directly, so it can be seen whether
+	// their address was kept.
+	if err := c.AddRoute(t.Context(), c.Router, nodeA.PodCIDR, nodeA.Addr); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(t.TempDir(), "ip-masq-agent")
+	p := netnstest.StartKubenat(t, &nodeA.Host, append(e.agentArgs(nodeA), "--masquerade-config", cfgFile)...)
+	internet := netip.AddrPortFrom(c.Internet.Addr, 9000)
+	sees := func(want netip.Addr) func() string {
+		return func() string {
+			r, err := e.dial(&cli.Host, "tcp", internet)
+			if err != nil {
+				return err.Error()
+			}
+			if r.Seen.Addr() != want {
+				return "the internet host saw " + r.Seen.Addr().String()
+			}
+			return ""
+		}
+	}
+	if msg := eventually(10*time.Second, sees(nodeA.Addr)); msg != "" {
+		t.Fatalf("default: %s\n%s", msg, p.Output())
+	}
+	write := func(s string) {
+		if err := os.WriteFile(cfgFile, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("nonMasqueradeCIDRs:\n  - 203.0.113.0/24\n")
+	if msg := eventually(5*time.Second, sees(cli.Addr)); msg != "" {
+		t.Fatalf("with 203.0.113.0/24 non-masquerade: %s", msg)
+	}
+	write("nonMasqueradeCIDRs: [203.0.113.0/33]\n")
+	time.Sleep(1500 * time.Millisecond)
+	if msg := sees(cli.Addr)(); msg != "" {
+		t.Errorf("a bad file changed the configuration: %s", msg)
+	}
+	if out := p.Output(); !strings.Contains(out, `nonMasqueradeCIDRs[0]: \"203.0.113.0/33\" is not a CIDR; keeping the previous configuration`) {
+		t.Errorf("the bad file was not reported clearly:\n%s", out)
+	}
+	write("nonMasqueradeCIDRs: [10.0.0.0/8]\n")
+	if msg := eventually(5*time.Second, sees(nodeA.Addr)); msg != "" {
+		t.Errorf("after a valid file again: %s", msg)
+	}
+}
