@@ -78,7 +78,9 @@ func TestWatchKeepsLastGood(t *testing.T) {
 	os.WriteFile(path, []byte("masqLinkLocal: true\n"), 0o644)
 	wait(func() bool { return len(applied) == 1 && applied[0].MasqLinkLocal })
 	os.WriteFile(path, []byte("nonMasqueradeCIDRs: [nope]\n"), 0o644)
-	wait(func() bool { return len(problems) == 1 && strings.Contains(problems[0], "keeping the previous configuration") })
+	wait(func() bool {
+		return len(problems) == 1 && strings.Contains(problems[0], "keeping the previous configuration")
+	})
 	os.WriteFile(path, []byte("masqLinkLocal: false\n"), 0o644)
 	wait(func() bool { return len(applied) == 2 && !applied[1].MasqLinkLocal })
 }
