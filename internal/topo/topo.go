@@ -314,7 +314,16 @@ func (c *Cluster) newHost(ctx context.Context, name string) (*Host, error) {
 	if err := c.run(ctx, "ip", "-n", ns, "link", "set", "lo", "up"); err != nil {
 		return nil, err
 	}
-	return &Host{Name: name, NS: ns}, nil
+	h := &Host{Name: name, NS: ns}
+	// Without duplicate address detection, link-local addresses are usable
+	// at once and IPv6 neighbour discovery works from the first packet.
+	if err := c.SetSysctls(ctx, h, map[string]string{
+		"net/ipv6/conf/all/accept_dad":     "0",
+		"net/ipv6/conf/default/accept_dad": "0",
+	}); err != nil {
+		return nil, err
+	}
+	return h, nil
 }
 
 func sanitize(s string) string {
