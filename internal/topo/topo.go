@@ -147,12 +147,11 @@ type Cluster struct {
 // Build creates the namespaces and links of spec. Namespace names start
 // with prefix (keep it short: names are limited). On error, everything
 // created so far is removed.
-func Build(ctx context.Context, prefix string, spec Spec) (c *Cluster, err error) {
-	c = &Cluster{Prefix: prefix}
+func Build(ctx context.Context, prefix string, spec Spec) (_ *Cluster, err error) {
+	c := &Cluster{Prefix: prefix}
 	defer func() {
 		if err != nil {
 			_ = c.Destroy()
-			c = nil
 		}
 	}()
 	if c.LAN, err = c.newHost(ctx, "lan"); err != nil {

@@ -1,0 +1,80 @@
+package topo_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubenat/kubenat/internal/netnstest"
+	"github.com/kubenat/kubenat/internal/topo"
+)
+
+func namespaces(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// TestDestroyRemovesEverything builds a cluster, checks it is wired, and
+// checks Destroy leaves none of its namespaces behind; a Build that fails
+// halfway removes what it created.
+func TestDestroyRemovesEverything(t *testing.T) {
+	netnstest.Require(t)
+	ctx := context.Background()
+	// Names of the harness's form, so its stale-namespace sweep knows them.
+	c, err := topo.Build(ctx, fmt.Sprintf("kt%dx900-", os.Getpid()), topo.Spec{Nodes: []topo.NodeSpec{{Name: "n1", Pods: []string{"p1"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := c.Namespaces()
+	if len(created) != 6 { // lan, router, inet, client, n1, n1-p1
+		t.Errorf("created %v", created)
+	}
+	// Without kubenat there is no NAT: check the wiring hop by hop.
+	for _, h := range []*topo.Host{&c.Nodes[0].Host, c.Internet} {
+		srv, err := topo.ServeEcho(h, h.Name, 9000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+	}
+	for _, hop := range []struct {
+		from, to *topo.Host
+	}{{&c.Pod("p1").Host, &c.Nodes[0].Host}, {c.Client, &c.Nodes[0].Host}, {&c.Nodes[0].Host, c.Internet}} {
+		for _, f := range []topo.Family{topo.V4, topo.V6} {
+			dst := netip.AddrPortFrom(hop.to.AddrOf(f), 9000)
+			r, err := topo.Dial(ctx, hop.from, "tcp", dst, 2*time.Second)
+			if err != nil || r.Server != hop.to.Name || r.Seen.Addr() != hop.from.AddrOf(f) {
+				t.Errorf("%s -> %s: %v %v", hop.from.Name, dst, r, err)
+			}
+		}
+	}
+	if err := c.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	left := namespaces(t)
+	for _, ns := range created {
+		if strings.Contains(left, ns) {
+			t.Errorf("namespace %s left behind", ns)
+		}
+	}
+
+	// A namespace name over the kernel's 255 bytes fails in the middle of
+	// Build, after the LAN, router, internet and client namespaces exist.
+	prefix := fmt.Sprintf("kt%dx901-", os.Getpid())
+	prefix += strings.Repeat("x", 240-len(prefix))
+	if _, err := topo.Build(ctx, prefix, topo.Spec{Nodes: []topo.NodeSpec{{Name: "a-long-node-name"}}}); err == nil {
+		t.Fatal("Build with an over-long namespace name succeeded")
+	}
+	if strings.Contains(namespaces(t), prefix[:12]) {
+		t.Errorf("a failed Build left namespaces:\n%s", namespaces(t))
+	}
+}
