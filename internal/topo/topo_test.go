@@ -3,8 +3,8 @@ package topo_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
