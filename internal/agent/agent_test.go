@@ -1,0 +1,138 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubenat/kubenat/internal/model"
+)
+
+// fakeRunner records the scripts it is asked to apply.
+type fakeRunner struct {
+	mu      sync.Mutex
+	scripts []string
+	fail    bool
+}
+
+func (f *fakeRunner) Name() string { return "fake" }
+
+func (f *fakeRunner) Run(_ context.Context, script string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.scripts = append(f.scripts, script)
+	if f.fail {
+		return "", context.DeadlineExceeded
+	}
+	return "", nil
+}
+
+func (f *fakeRunner) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.scripts)
+}
+
+func (f *fakeRunner) last() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.scripts[len(f.scripts)-1]
+}
+
+// chanSource delivers what the test sends, and signals Synced on demand.
+type chanSource struct {
+	ops chan func(Sink)
+}
+
+func (c chanSource) Load(sink Sink) error { return nil }
+
+func (c chanSource) Run(ctx context.Context, sink Sink) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case op := <-c.ops:
+			op(sink)
+		}
+	}
+}
+
+func service(name, ip string) *v1.Service {
+	return &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		Spec: v1.ServiceSpec{ClusterIP: ip, Ports: []v1.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80}}}}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func TestAgentProgramsOnlyAfterSyncAndBatches(t *testing.T) {
+	run := &fakeRunner{}
+	a, err := New(Options{
+		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
+		Runner: run, MinSyncPeriod: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	src := chanSource{ops: make(chan func(Sink))}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, src) }()
+
+	// Objects before Synced: nothing is programmed, however long we wait.
+	src.ops <- func(s Sink) { s.SetService(service("a", "10.96.0.1"), "") }
+	time.Sleep(300 * time.Millisecond)
+	if n := run.count(); n != 0 {
+		t.Fatalf("%d scripts applied before the source was synced", n)
+	}
+	src.ops <- func(s Sink) { s.Synced() }
+	waitFor(t, "the first sync", func() bool { return run.count() == 1 })
+	if s := run.last(); !strings.Contains(s, "delete table ip kubenat") || !strings.Contains(s, "10.96.0.1 . tcp . 80") {
+		t.Errorf("the first sync is not a full replacement with the Service:\n%s", s)
+	}
+
+	// A burst of changes within the min sync period is one transaction.
+	for i, ip := range []string{"10.96.0.2", "10.96.0.3", "10.96.0.4"} {
+		src.ops <- func(s Sink) { s.SetService(service(string(rune('b'+i)), ip), "") }
+	}
+	waitFor(t, "the batched sync", func() bool { return run.count() >= 2 })
+	time.Sleep(300 * time.Millisecond)
+	if n := run.count(); n != 2 {
+		t.Errorf("a burst of 3 changes took %d transactions, want 1", n-1)
+	}
+	if s := run.last(); strings.Contains(s, "delete table") || !strings.Contains(s, "10.96.0.4 . tcp . 80") {
+		t.Errorf("the burst was not applied as one incremental change:\n%s", s)
+	}
+
+	// A failed transaction is retried as a full replacement.
+	run.mu.Lock()
+	run.fail = true
+	run.mu.Unlock()
+	src.ops <- func(s Sink) { s.DeleteService("default", "a") }
+	waitFor(t, "the failed sync", func() bool { return run.count() == 3 })
+	run.mu.Lock()
+	run.fail = false
+	run.mu.Unlock()
+	waitFor(t, "the retry", func() bool { return run.count() == 4 })
+	if s := run.last(); !strings.Contains(s, "delete table ip kubenat") || strings.Contains(s, "10.96.0.1 ") {
+		t.Errorf("the retry is not a full replacement without the deleted Service:\n%s", s)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run returned %v", err)
+	}
+}
