@@ -53,10 +53,10 @@ func Require(t testing.TB) {
 // interruption of a test binary is process-wide by nature.
 var live = struct {
 	sync.Mutex
-	clusters map[*topo.Cluster]bool
+	removers map[int]func() // what to delete on interruption, by prefix number
 	seq      int
 	once     sync.Once
-}{clusters: map[*topo.Cluster]bool{}}
+}{removers: map[int]func(){}}
 
 func handleSignals() {
 	ch := make(chan os.Signal, 1)
@@ -64,8 +64,8 @@ func handleSignals() {
 	go func() {
 		sig := <-ch
 		live.Lock()
-		for c := range live.clusters {
-			_ = c.Destroy()
+		for _, remove := range live.removers {
+			remove()
 		}
 		live.Unlock()
 		fmt.Fprintf(os.Stderr, "netnstest: %v: removed the test namespaces\n", sig)
@@ -103,8 +103,10 @@ func removeStale() {
 	}
 }
 
-// NewCluster builds spec for the test and removes it when the test ends.
-func NewCluster(t testing.TB, spec topo.Spec) *topo.Cluster {
+// reserve returns a new namespace-name prefix of this process ("kt<pid>x<n>-")
+// and its number, after checking kernel tests can run and (once) sweeping
+// namespaces of dead test processes.
+func reserve(t testing.TB) (string, int) {
 	t.Helper()
 	Require(t)
 	live.once.Do(func() {
@@ -112,22 +114,37 @@ func NewCluster(t testing.TB, spec topo.Spec) *topo.Cluster {
 		handleSignals()
 	})
 	live.Lock()
+	defer live.Unlock()
 	live.seq++
-	prefix := fmt.Sprintf("kt%dx%d-", os.Getpid(), live.seq)
+	return fmt.Sprintf("kt%dx%d-", os.Getpid(), live.seq), live.seq
+}
+
+// onInterrupt registers remove to run if the test binary is interrupted,
+// until the returned function unregisters it.
+func onInterrupt(n int, remove func()) (done func()) {
+	live.Lock()
+	live.removers[n] = remove
 	live.Unlock()
+	return func() {
+		live.Lock()
+		delete(live.removers, n)
+		live.Unlock()
+	}
+}
+
+// NewCluster builds spec for the test and removes it when the test ends.
+func NewCluster(t testing.TB, spec topo.Spec) *topo.Cluster {
+	t.Helper()
+	prefix, n := reserve(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := topo.Build(ctx, prefix, spec)
 	if err != nil {
 		t.Fatalf("building the test cluster: %v", err)
 	}
-	live.Lock()
-	live.clusters[c] = true
-	live.Unlock()
+	unregister := onInterrupt(n, func() { _ = c.Destroy() })
 	t.Cleanup(func() {
-		live.Lock()
-		delete(live.clusters, c)
-		live.Unlock()
+		unregister()
 		if err := c.Destroy(); err != nil {
 			t.Errorf("removing the test namespaces: %v", err)
 		}
@@ -244,21 +261,17 @@ func (l *lockedBuffer) String() string {
 // test and removes it when the test ends.
 func NewNamespace(t testing.TB) string {
 	t.Helper()
-	Require(t)
-	live.once.Do(func() {
-		removeStale()
-		handleSignals()
-	})
-	live.Lock()
-	live.seq++
-	name := fmt.Sprintf("kt%dx%d-ns", os.Getpid(), live.seq)
-	live.Unlock()
+	prefix, n := reserve(t)
+	name := prefix + "ns"
+	remove := func() error { return exec.Command("ip", "netns", "delete", name).Run() }
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("creating namespace %s: %v: %s", name, err, out)
 	}
+	unregister := onInterrupt(n, func() { _ = remove() })
 	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("deleting namespace %s: %v: %s", name, err, out)
+		unregister()
+		if err := remove(); err != nil {
+			t.Errorf("deleting namespace %s: %v", name, err)
 		}
 	})
 	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
