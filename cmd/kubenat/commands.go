@@ -37,6 +37,7 @@ rules in place, so established connections survive a restart.`,
 			if nf.manifests == "" {
 				return errors.New("--manifests is required")
 			}
+			cfg.FallbackNodeIPs = agent.DefaultRouteAddrs()
 			a, err := agent.New(agent.Options{Config: cfg, MinSyncPeriod: minSync, HealthzBindAddress: healthz,
 				MasqueradeConfig: nf.masqConfig})
 			if err != nil {
@@ -91,6 +92,7 @@ func loadState(nf *nodeFlags) (*model.State, error) {
 	if nf.manifests == "" {
 		return nil, errors.New("--manifests is required")
 	}
+	cfg.FallbackNodeIPs = agent.DefaultRouteAddrs()
 	snap, err := manifest.NewReader(nf.manifests).Read()
 	if err != nil {
 		return nil, err

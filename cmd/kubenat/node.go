@@ -30,7 +30,7 @@ func (f *nodeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.manifests, "manifests", "", "directory of Kubernetes YAML manifests (Services, EndpointSlices, Nodes)")
 	fs.StringVar(&f.nodeName, "node-name", "", "name of this node (default: $NODE_NAME, else the hostname)")
 	fs.StringSliceVar(&f.clusterCIDRs, "cluster-cidr", nil, "pod address range of the cluster, one per family (repeatable or comma-separated)")
-	fs.StringSliceVar(&f.nodeIPs, "node-ip", nil, "this node's IP address (repeatable; default: the Node object's addresses)")
+	fs.StringSliceVar(&f.nodeIPs, "node-ip", nil, "this node's IP address (repeatable; default: the Node object's addresses, else the source addresses of this machine's default routes)")
 	fs.StringSliceVar(&f.nodePortAddresses, "nodeport-addresses", nil, `addresses NodePorts are served on: "primary" and/or CIDRs (default "primary")`)
 	fs.BoolVar(&f.masqueradeAll, "masquerade-all", false, "masquerade all traffic to ClusterIPs, also from local pods")
 	fs.StringSliceVar(&f.nonMasq, "non-masquerade-cidr", nil, "destination reached by pods without SNAT (repeatable; default: RFC 1918 and fc00::/7; the cluster CIDRs are always added)")

@@ -41,3 +41,27 @@ func needsLocalAddrs(nodePortAddresses []string) bool {
 	}
 	return false
 }
+
+// DefaultRouteAddrs returns, per family, the source address this network
+// namespace uses for its default route: the node's primary addresses when
+// neither --node-ip nor the Node object gives them. A family without a
+// default route is left out.
+func DefaultRouteAddrs() []netip.Addr {
+	var out []netip.Addr
+	// Route lookups only (no packet is sent) for addresses outside any
+	// private range, so the default route answers.
+	for _, probe := range []string{"8.8.8.8", "2001:4860:4860::8888"} {
+		dst := netip.MustParseAddr(probe)
+		routes, err := netlink.RouteGet(dst.AsSlice())
+		if err != nil {
+			continue
+		}
+		for _, r := range routes {
+			if src, ok := netip.AddrFromSlice(r.Src); ok && !src.IsUnspecified() && !src.IsLoopback() {
+				out = append(out, src.Unmap())
+				break
+			}
+		}
+	}
+	return out
+}

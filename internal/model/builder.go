@@ -379,6 +379,9 @@ func (b *Builder) refreshNode() {
 		}
 		b.nodeErrs = e.errs
 	}
+	if len(addrs) == 0 {
+		addrs = append(addrs, b.cfg.FallbackNodeIPs...)
+	}
 	n.Addrs = uniqueAddrs(addrs)
 	b.state.Node = n
 	b.state.Config = b.cfg

@@ -20,6 +20,9 @@ type Config struct {
 	// NodeIPs, when set, are the node's addresses, overriding the Node
 	// object's status.addresses.
 	NodeIPs []netip.Addr
+	// FallbackNodeIPs are used when neither NodeIPs nor the Node object
+	// give an address (the agent fills in its default routes' sources).
+	FallbackNodeIPs []netip.Addr
 	// LocalAddrs are the addresses configured on this node's interfaces,
 	// used to match NodePortAddresses CIDRs. The agent fills them in; when
 	// empty, the node addresses are used.

@@ -265,3 +265,22 @@ func TestIgnoredServicesAreNotProgrammed(t *testing.T) {
 		t.Errorf("the Service naming kubenat is not served: %v", err)
 	}
 }
+
+// TestNodeAddressFallback: without --node-ip and without a Node object, the
+// NodePort is served on the address of the node's default route.
+func TestNodeAddressFallback(t *testing.T) {
+	e := twoNodes(t)
+	nodeA := e.c.Node("node-a")
+	if err := removeManifest(e, "node-node-a.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	e.writeService(t, k8sobj.Service{Name: "web", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.2.6"},
+		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort, NodePort: 30206}},
+		Endpoints: []k8sobj.Endpoint{e.ep("l1")}})
+	e.syncAll(t)
+	for _, a := range []netip.Addr{nodeA.Addr, nodeA.Addr6} {
+		if r, err := e.dial(e.c.Client, "tcp", netip.AddrPortFrom(a, 30206)); err != nil || r.Server != "l1" {
+			t.Errorf("NodePort on %s: %v %v", a, r, err)
+		}
+	}
+}
