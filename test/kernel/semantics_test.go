@@ -274,9 +274,9 @@ func TestNodeAddressFallback(t *testing.T) {
 	if err := removeManifest(e, "node-node-a.yaml"); err != nil {
 		t.Fatal(err)
 	}
-	e.writeService(t, k8sobj.Service{Name: "web", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.2.6"},
+	e.writeService(t, k8sobj.Service{Name: "web", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.2.6", "fd00:96::2:6"},
 		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort, NodePort: 30206}},
-		Endpoints: []k8sobj.Endpoint{e.ep("l1")}})
+		Endpoints: []k8sobj.Endpoint{e.ep("l1"), {IP: e.c.Pod("l1").Addr6.String(), Node: "node-a"}}})
 	e.syncAll(t)
 	for _, a := range []netip.Addr{nodeA.Addr, nodeA.Addr6} {
 		if r, err := e.dial(e.c.Client, "tcp", netip.AddrPortFrom(a, 30206)); err != nil || r.Server != "l1" {
