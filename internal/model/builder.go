@@ -73,6 +73,10 @@ type Builder struct {
 
 	built  map[ServiceKey]*built
 	claims map[FrontendKey][]ServiceKey
+	// The objects that currently have problems, so that collecting them
+	// costs work for those only.
+	errServices map[ServiceKey]bool
+	errSlices   map[sliceRef]bool
 
 	state State
 	dirty map[ServiceKey]struct{}
@@ -87,6 +91,8 @@ func NewBuilder(cfg Config) *Builder {
 		slicesBySvc: map[ServiceKey]map[sliceRef]*discovery.EndpointSlice{},
 		built:       map[ServiceKey]*built{},
 		claims:      map[FrontendKey][]ServiceKey{},
+		errServices: map[ServiceKey]bool{},
+		errSlices:   map[sliceRef]bool{},
 		dirty:       map[ServiceKey]struct{}{},
 		full:        true,
 	}
@@ -148,6 +154,9 @@ func (b *Builder) SetEndpointSlice(s *discovery.EndpointSlice, origin string) {
 	b.DeleteEndpointSlice(ref.Namespace, ref.Name)
 	owner := ServiceKey{Namespace: s.Namespace, Name: s.Labels[LabelServiceName]}
 	b.slices[ref] = &sliceEntry{slice: s, origin: origin, owner: owner, errs: validateSlice(s, origin)}
+	if len(b.slices[ref].errs) > 0 {
+		b.errSlices[ref] = true
+	}
 	if owner.Name == "" {
 		return
 	}
@@ -168,6 +177,7 @@ func (b *Builder) DeleteEndpointSlice(namespace, name string) {
 		return
 	}
 	delete(b.slices, ref)
+	delete(b.errSlices, ref)
 	if m := b.slicesBySvc[e.owner]; m != nil {
 		delete(m, ref)
 		if len(m) == 0 {
@@ -204,6 +214,11 @@ func (b *Builder) Build() (*State, Delta) {
 			if had {
 				old[k] = prev
 			}
+		}
+		if nb := b.built[k]; nb != nil && len(nb.errs)+len(nb.conflicts) > 0 {
+			b.errServices[k] = true
+		} else {
+			delete(b.errServices, k)
 		}
 	}
 	sortKeys(changed)
@@ -428,12 +443,12 @@ func uniqueAddrs(as []netip.Addr) []netip.Addr {
 func (b *Builder) collectErrors() {
 	var errs []error
 	errs = append(errs, b.nodeErrs...)
-	for _, nb := range b.built {
-		errs = append(errs, nb.errs...)
-		errs = append(errs, nb.conflicts...)
+	for k := range b.errServices {
+		errs = append(errs, b.built[k].errs...)
+		errs = append(errs, b.built[k].conflicts...)
 	}
-	for _, s := range b.slices {
-		errs = append(errs, s.errs...)
+	for ref := range b.errSlices {
+		errs = append(errs, b.slices[ref].errs...)
 	}
 	slices.SortFunc(errs, func(a, c error) int {
 		if a.Error() < c.Error() {
