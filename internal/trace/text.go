@@ -1,0 +1,171 @@
+package trace
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+)
+
+// labelWidth is the width of the step names in the text format.
+const labelWidth = 12
+
+// WriteJSON writes r as indented JSON followed by a newline.
+func (r *Result) WriteJSON(w io.Writer) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding the trace: %w", err)
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+// WriteText writes r for people: a header line naming the node and the
+// packet, then one step per line (source, frontend, policy, endpoints,
+// affinity, verdict, dnat, masquerade, notes), continuation lines indented
+// under the step. Steps that do not apply are left out.
+func (r *Result) WriteText(w io.Writer) error {
+	var b strings.Builder
+	p := r.Packet
+	fmt.Fprintf(&b, "trace on node %s: %s %s -> %s, %s\n", r.Node, p.Protocol, srcText(p), netip.AddrPortFrom(p.Dst, p.DstPort), arrival(r))
+	step := func(label, format string, args ...any) {
+		fmt.Fprintf(&b, "%-*s%s\n", labelWidth, label, fmt.Sprintf(format, args...))
+	}
+	more := func(format string, args ...any) {
+		fmt.Fprintf(&b, "%*s%s\n", labelWidth+2, "", fmt.Sprintf(format, args...))
+	}
+
+	step("source", "%s: %s", r.Source.Description, r.Source.Why)
+	if f := r.Frontend; f != nil {
+		port := ""
+		if f.PortName != "" {
+			port = fmt.Sprintf(", port %q", f.PortName)
+		}
+		step("frontend", "%s %s of Service %s%s (%s/%s)", f.Kind, netip.AddrPortFrom(f.Addr, f.Port), f.Service, port, f.Protocol, f.Family)
+	} else {
+		step("frontend", "none: %s/%s is not a Service frontend on this node", netip.AddrPortFrom(p.Dst, p.DstPort), p.Protocol)
+	}
+	if pol := r.Policy; pol != nil {
+		ranges := ""
+		if pol.SourceAdmitted != nil {
+			ranges = fmt.Sprintf("loadBalancerSourceRanges %s: %s is admitted", joinPrefixes(pol.SourceRanges), p.Src)
+			if !*pol.SourceAdmitted {
+				ranges = fmt.Sprintf("loadBalancerSourceRanges %s: %s is not admitted", joinPrefixes(pol.SourceRanges), p.Src)
+			}
+		}
+		if pol.SourceAdmitted != nil && !*pol.SourceAdmitted {
+			step("policy", "%s", ranges)
+		} else {
+			step("policy", "%s", pol.Applied)
+			if ranges != "" {
+				more("%s", ranges)
+			}
+		}
+		if pol.MasqueradeAll {
+			more("masqueradeAll is on")
+		}
+	}
+	if e := r.Endpoints; e != nil {
+		writeEndpoints(&b, e, step, more)
+	}
+	if a := r.Affinity; a != nil {
+		step("affinity", "%s", a.Description)
+	}
+	verdict := string(r.Verdict)
+	if r.RejectWith != "" {
+		verdict += " (" + r.RejectWith + ")"
+	}
+	step("verdict", "%s: %s", verdict, r.Reason)
+	if d := r.DNAT; d != nil {
+		to := make([]string, len(d.To))
+		for i, a := range d.To {
+			to[i] = a.String()
+		}
+		step("dnat", "destination %s -> %s", d.From, strings.Join(to, " | "))
+	}
+	if m := r.Masquerade; m != nil {
+		yes := "no"
+		if m.Masquerade {
+			yes = "yes"
+		}
+		step("masquerade", "%s: %s", yes, m.Rule)
+		if r.Endpoints != nil {
+			for _, c := range r.Endpoints.Candidates {
+				if c.MasqueradeRule != "" {
+					more("to %s: %s", netip.AddrPortFrom(c.Addr, c.Port), c.MasqueradeRule)
+				}
+			}
+		}
+	}
+	for i, n := range r.Notes {
+		label := ""
+		if i == 0 {
+			label = "note"
+		}
+		fmt.Fprintf(&b, "%-*s%s\n", labelWidth, label, n)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func writeEndpoints(b *strings.Builder, e *Endpoints, step func(string, string, ...any), more func(string, ...any)) {
+	total := len(e.Candidates) + len(e.Excluded)
+	if total == 0 {
+		step("endpoints", "%s: none (the EndpointSlices list no endpoint for this port)", e.Group)
+		return
+	}
+	step("endpoints", "%s: %d of %d eligible", e.Group, len(e.Candidates), total)
+	// Align the columns: address, node, then probability or exclusion.
+	addrW, nodeW := 0, 0
+	node := func(name string, local bool) string {
+		switch {
+		case name == "":
+			return "(no node)"
+		case local:
+			return name + " (this node)"
+		}
+		return name
+	}
+	for _, c := range e.Candidates {
+		addrW = max(addrW, len(netip.AddrPortFrom(c.Addr, c.Port).String()))
+		nodeW = max(nodeW, len(node(c.Node, c.Local)))
+	}
+	for _, x := range e.Excluded {
+		addrW = max(addrW, len(netip.AddrPortFrom(x.Addr, x.Port).String()))
+		nodeW = max(nodeW, len(node(x.Node, x.Local)))
+	}
+	for _, c := range e.Candidates {
+		extra := ""
+		if c.Terminating {
+			extra += "  terminating"
+		}
+		if c.MasqueradeRule != "" {
+			extra += "  (masquerade, see below)"
+		}
+		more("%-*s  %-*s  p=%.2f%s", addrW, netip.AddrPortFrom(c.Addr, c.Port), nodeW, node(c.Node, c.Local), c.Probability, extra)
+	}
+	for _, x := range e.Excluded {
+		more("%-*s  %-*s  excluded: %s", addrW, netip.AddrPortFrom(x.Addr, x.Port), nodeW, node(x.Node, x.Local), x.Reason)
+	}
+}
+
+func srcText(p PacketInfo) string {
+	if p.SrcPort == 0 {
+		if p.Src.Is6() {
+			return "[" + p.Src.String() + "]:*"
+		}
+		return p.Src.String() + ":*"
+	}
+	return netip.AddrPortFrom(p.Src, p.SrcPort).String()
+}
+
+func arrival(r *Result) string {
+	switch {
+	case r.Hook == "output":
+		return "generated by the node (output hook)"
+	case r.Packet.IIF != "":
+		return fmt.Sprintf("arriving on %s (prerouting hook)", r.Packet.IIF)
+	}
+	return "arriving from the network (prerouting hook)"
+}

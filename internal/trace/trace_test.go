@@ -1,0 +1,236 @@
+package trace
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kubenat/kubenat/internal/model"
+)
+
+// TestTraceSemantics checks Trace's answer for the packets of the
+// masquerade matrix and the traffic policies, on node-a of the fixture.
+func TestTraceSemantics(t *testing.T) {
+	nonMasqInet := func(c *model.Config) {
+		c.Egress.NonMasqueradeCIDRs = append(model.DefaultNonMasqueradeCIDRs(), netip.MustParsePrefix("203.0.113.0/24"))
+	}
+	masqAll := func(c *model.Config) { c.MasqueradeAll = true }
+	v6 := func(src, dst string) Packet { return pkt(src, dst) }
+
+	for _, tc := range []struct {
+		name   string
+		cfg    func(*model.Config)
+		p      Packet
+		want   Verdict
+		kind   string   // matched frontend kind, "" for none
+		cands  []string // candidate endpoints
+		masq   []string // candidates that are masqueraded (Forward), or "yes" for other verdicts
+		class  string
+		reason string // substring of the reason
+		excl   []string
+	}{
+		{name: "pod to ClusterIP: all endpoints, source kept", p: pkt(podA, webVIP+":80"), want: Forward, kind: "ClusterIP",
+			cands: []string{web1 + ":8080", web2 + ":8080"}, class: "pod",
+			excl: []string{"10.244.1.11:8080=terminating (still serving): used only when no endpoint is ready", "10.244.2.11:8080=not ready",
+				"[fd00:244:0:1::10]:8080=an IPv6 endpoint; this packet is IPv4"}},
+		{name: "hairpin: a pod reaching itself is masqueraded", p: pkt(web1, webVIP+":80"), want: Forward, kind: "ClusterIP",
+			cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080"}, class: "pod"},
+		{name: "node to ClusterIP is masqueraded", p: local(pkt(nodeA, webVIP+":80")), want: Forward, kind: "ClusterIP",
+			cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080", web2 + ":8080"}, class: "node"},
+		{name: "a node address as source counts as the node", p: pkt(nodeA, webVIP+":80"), want: Forward, kind: "ClusterIP",
+			cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080", web2 + ":8080"}, class: "node"},
+		{name: "pod on another node to ClusterIP is masqueraded", p: pkt(podB, webVIP+":80"), want: Forward, kind: "ClusterIP",
+			cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080", web2 + ":8080"}, class: "outside",
+			reason: "DNAT to one of 2 candidate endpoints"},
+		{name: "masqueradeAll masquerades pod to ClusterIP", cfg: masqAll, p: pkt(podA, webVIP+":80"), want: Forward, kind: "ClusterIP",
+			cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080", web2 + ":8080"}, class: "pod"},
+		{name: "external to NodePort (Cluster) is masqueraded", p: pkt(client, nodeA+":30080"), want: Forward, kind: "NodePort",
+			cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080", web2 + ":8080"}, class: "outside"},
+		{name: "external to LoadBalancer IP (Cluster) is masqueraded", p: pkt(client, lbIP+":80"), want: Forward, kind: "LoadBalancerIP",
+			cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080", web2 + ":8080"}},
+		{name: "external to externalIP (Cluster) is masqueraded", p: pkt(client, extIP+":80"), want: Forward, kind: "ExternalIP",
+			cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080", web2 + ":8080"}},
+		{name: "pod to LoadBalancer IP (Cluster) is masqueraded", p: pkt(podA, lbIP+":80"), want: Forward, kind: "LoadBalancerIP",
+			cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080", web2 + ":8080"}},
+		{name: "UDP NodePort", p: udp(pkt(client, nodeA+":30053")), want: Forward, kind: "NodePort",
+			cands: []string{web1 + ":5353", web2 + ":5353"}, masq: []string{web1 + ":5353", web2 + ":5353"}},
+		{name: "UDP ClusterIP from a pod", p: udp(pkt(podA, webVIP+":53")), want: Forward, kind: "ClusterIP",
+			cands: []string{web1 + ":5353", web2 + ":5353"}},
+		{name: "Local, no local endpoint: external traffic dropped", p: pkt(client, nodeA+":30081"), want: Drop, kind: "NodePort",
+			reason: "externalTrafficPolicy Local and no endpoint on this node",
+			excl:   []string{"10.244.2.20:8080=on node node-b, not this one: a Local traffic policy uses this node's endpoints only"}},
+		{name: "Local, no local endpoint: LB IP dropped", p: pkt(client, "192.168.200.20:80"), want: Drop, kind: "LoadBalancerIP"},
+		{name: "Local from a local pod: short-circuit to all endpoints, source kept", p: pkt(podA, nodeA+":30081"), want: Forward,
+			kind: "NodePort", cands: []string{"10.244.2.20:8080"}, reason: "DNAT to the only candidate endpoint"},
+		{name: "Local from the node: all endpoints, masqueraded", p: local(pkt(nodeA, nodeA+":30081")), want: Forward,
+			kind: "NodePort", cands: []string{"10.244.2.20:8080"}, masq: []string{"10.244.2.20:8080"}},
+		{name: "Local with a local endpoint: client source kept", p: pkt(client, nodeA+":30082"), want: Forward, kind: "NodePort",
+			cands: []string{"10.244.1.21:8080"},
+			excl:  []string{"10.244.2.21:8080=on node node-b, not this one: a Local traffic policy uses this node's endpoints only"}},
+		{name: "Local Service's ClusterIP uses all endpoints", p: pkt(podA, "10.96.0.21:80"), want: Forward, kind: "ClusterIP",
+			cands: []string{"10.244.1.21:8080", "10.244.2.21:8080"}},
+		{name: "internalTrafficPolicy Local, no local endpoint: dropped", p: pkt(podA, "10.96.0.30:80"), want: Drop, kind: "ClusterIP",
+			reason: "internalTrafficPolicy Local and no endpoint on this node"},
+		{name: "source outside loadBalancerSourceRanges: dropped", p: pkt(client, "192.168.200.40:80"), want: Drop,
+			kind: "LoadBalancerIP", reason: "outside loadBalancerSourceRanges"},
+		{name: "source inside loadBalancerSourceRanges: forwarded", p: pkt("192.168.100.5", "192.168.200.40:80"), want: Forward,
+			kind: "LoadBalancerIP", cands: []string{"10.244.1.40:8080"}, masq: []string{"10.244.1.40:8080"}},
+		{name: "loadBalancerSourceRanges do not filter the NodePort", p: pkt(client, nodeA+":30083"), want: Forward,
+			kind: "NodePort", cands: []string{"10.244.1.40:8080"}, masq: []string{"10.244.1.40:8080"}},
+		{name: "affinity", p: pkt(podA, "10.96.0.50:80"), want: Forward, kind: "ClusterIP",
+			cands: []string{"10.244.1.50:8080", "10.244.2.50:8080"}, reason: "(or to the client's affinity endpoint)"},
+		{name: "only terminating endpoints: the serving ones are used", p: pkt(podA, "10.96.0.60:80"), want: Forward, kind: "ClusterIP",
+			cands: []string{"10.244.2.60:8080"}, excl: []string{"10.244.2.61:8080=terminating and no longer serving"}},
+		{name: "no usable endpoint: rejected", p: pkt(podA, "10.96.0.99:80"), want: Reject, kind: "ClusterIP",
+			reason: "no usable endpoints", excl: []string{"10.244.2.99:8080=not ready"}},
+		{name: "ClusterIP on a port the Service lacks: rejected", p: pkt(podA, webVIP+":81"), want: Reject,
+			reason: "which has no port 81/TCP"},
+		{name: "ClusterIP with a protocol the port lacks: rejected", p: udp(pkt(podA, webVIP+":80")), want: Reject,
+			reason: "which has no port 80/UDP"},
+		{name: "endpoint outside the cluster network: egress masquerade after DNAT", p: pkt(podA, "10.96.0.70:80"), want: Forward,
+			kind: "ClusterIP", cands: []string{"203.0.113.70:8080"}, masq: []string{"203.0.113.70:8080"}},
+		{name: "pod to the internet: egress masquerade", p: pkt(podA, inet+":443"), want: Route, masq: []string{"yes"},
+			reason: "no Service frontend"},
+		{name: "pod to the internet, non-masquerade range: source kept", cfg: nonMasqInet, p: pkt(podA, inet+":443"), want: Route},
+		{name: "pod to a pod on another node: source kept", p: pkt(podA, web2+":8080"), want: Route},
+		{name: "external client to the internet (routed): not a pod, source kept", p: pkt(client, inet+":443"), want: Route},
+		{name: "to the node itself: delivered", p: pkt(client, nodeA+":22"), want: Deliver},
+		{name: "IPv6 ClusterIP", p: v6("fd00:244:0:1::12", "["+webVIP6+"]:80"), want: Forward, kind: "ClusterIP",
+			cands: []string{"[fd00:244:0:1::10]:8080"}, class: "pod",
+			excl: []string{web1 + ":8080=an IPv4 endpoint; this packet is IPv6"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := fixtureState(t, tc.cfg)
+			r, err := Trace(st, tc.p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Verdict != tc.want {
+				t.Errorf("verdict %s (%s), want %s", r.Verdict, r.Reason, tc.want)
+			}
+			kind := ""
+			if r.Frontend != nil {
+				kind = r.Frontend.Kind
+			}
+			if kind != tc.kind {
+				t.Errorf("frontend kind %q, want %q", kind, tc.kind)
+			}
+			if tc.class != "" && r.Source.Class != tc.class {
+				t.Errorf("source class %q, want %q", r.Source.Class, tc.class)
+			}
+			if tc.reason != "" && !strings.Contains(r.Reason, tc.reason) {
+				t.Errorf("reason %q, want it to contain %q", r.Reason, tc.reason)
+			}
+			var cands, masq []string
+			if r.Endpoints != nil {
+				sum := 0.0
+				for _, c := range r.Endpoints.Candidates {
+					ap := netip.AddrPortFrom(c.Addr, c.Port).String()
+					cands = append(cands, ap)
+					if c.Masquerade {
+						masq = append(masq, ap)
+					}
+					sum += c.Probability
+				}
+				if len(cands) > 0 && (sum < 0.999 || sum > 1.001) {
+					t.Errorf("probabilities sum to %v", sum)
+				}
+				excl := map[string]string{}
+				for _, x := range r.Endpoints.Excluded {
+					excl[netip.AddrPortFrom(x.Addr, x.Port).String()] = x.Reason
+				}
+				for _, e := range tc.excl {
+					ap, why, _ := strings.Cut(e, "=")
+					if excl[ap] != why {
+						t.Errorf("excluded %s: %q, want %q", ap, excl[ap], why)
+					}
+				}
+			} else if len(tc.excl) > 0 {
+				t.Errorf("no endpoints listed, want exclusions %v", tc.excl)
+			}
+			if r.Verdict != Forward && r.Masquerade != nil && r.Masquerade.Masquerade {
+				masq = append(masq, "yes")
+			}
+			if !slices.Equal(cands, tc.cands) {
+				t.Errorf("candidates %v, want %v", cands, tc.cands)
+			}
+			if !slices.Equal(masq, tc.masq) {
+				t.Errorf("masqueraded %v, want %v", masq, tc.masq)
+			}
+			switch r.Verdict {
+			case Forward:
+				if r.DNAT == nil || len(r.DNAT.To) != len(cands) || r.Masquerade == nil {
+					t.Errorf("forward without DNAT or masquerade decision: %+v", r)
+				}
+			case Reject, Drop:
+				if r.DNAT != nil || r.Masquerade != nil {
+					t.Errorf("%s with a DNAT or masquerade decision", r.Verdict)
+				}
+			}
+			if r.Verdict == Reject && r.RejectWith == "" {
+				t.Error("reject without RejectWith")
+			}
+		})
+	}
+}
+
+func TestTraceRejectsMalformedPackets(t *testing.T) {
+	st := fixtureState(t, nil)
+	for _, tc := range []struct {
+		name string
+		p    Packet
+		want string
+	}{
+		{"families differ", pkt(podA, "["+webVIP6+"]:80"), "different address families"},
+		{"local with an interface", Packet{Protocol: model.TCP, Src: netip.MustParseAddrPort(nodeA + ":1"),
+			Dst: netip.MustParseAddrPort(webVIP + ":80"), Local: true, IIF: "eth0"}, "does not arrive on an interface"},
+		{"no destination port", Packet{Protocol: model.TCP, Src: netip.MustParseAddrPort(podA + ":0"),
+			Dst: netip.MustParseAddrPort(webVIP + ":0")}, "needs an address and a port"},
+		{"unknown protocol", Packet{Protocol: "ICMP", Src: netip.MustParseAddrPort(podA + ":0"),
+			Dst: netip.MustParseAddrPort(webVIP + ":80")}, "must be tcp, udp or sctp"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Trace(st, tc.p)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		src     bool
+		want    string
+		wantErr bool
+	}{
+		{"10.0.0.1", true, "10.0.0.1:0", false},
+		{"10.0.0.1:5000", true, "10.0.0.1:5000", false},
+		{"fd00::1", true, "[fd00::1]:0", false},
+		{"[fd00::1]:53", true, "[fd00::1]:53", false},
+		{"::ffff:10.0.0.1", true, "10.0.0.1:0", false},
+		{"nonsense", true, "", true},
+		{"10.0.0.1:80", false, "10.0.0.1:80", false},
+		{"10.0.0.1", false, "", true},
+		{"10.0.0.1:0", false, "", true},
+	} {
+		parse := ParseDestination
+		if tc.src {
+			parse = ParseSource
+		}
+		got, err := parse(tc.in)
+		if (err != nil) != tc.wantErr || (err == nil && got.String() != tc.want) {
+			t.Errorf("parse(%q, src=%v) = %v, %v; want %s, error %v", tc.in, tc.src, got, err, tc.want, tc.wantErr)
+		}
+	}
+	for _, s := range []string{"tcp", "UDP", "Sctp"} {
+		if _, err := ParseProtocol(s); err != nil {
+			t.Errorf("ParseProtocol(%q): %v", s, err)
+		}
+	}
+	if _, err := ParseProtocol("icmp"); err == nil {
+		t.Error("ParseProtocol(icmp) succeeded")
+	}
+}
