@@ -86,6 +86,13 @@ type Pod struct {
 // Spec describes a cluster to build.
 type Spec struct {
 	Nodes []NodeSpec
+	// Edge adds a front load balancer host ("lb", on the LAN at LBLAN) and
+	// an external client ("ext") on a network of its own (EdgeNet) behind
+	// it: the load balancer is the external client's gateway, so whatever
+	// it does (e.g. DNAT to nodeIP:NodePort, keeping the client's address)
+	// sees the replies too. The router and the nodes route EdgeNet through
+	// it.
+	Edge bool
 }
 
 // NodeSpec describes one node and its pods.
@@ -110,6 +117,16 @@ var (
 	InetAddr6    = netip.MustParseAddr("2001:db8:113::100")
 	ClusterCIDR  = netip.MustParsePrefix("10.244.0.0/16")
 	ClusterCIDR6 = netip.MustParsePrefix("fd00:244::/56")
+	// The edge network (Spec.Edge): the external client behind the load
+	// balancer.
+	EdgeNet       = netip.MustParsePrefix("198.51.100.0/24")
+	EdgeNet6      = netip.MustParsePrefix("2001:db8:51::/64")
+	LBLAN         = netip.MustParseAddr("192.168.100.2")
+	LBLAN6        = netip.MustParseAddr("fd00:100::2")
+	LBEdge        = netip.MustParseAddr("198.51.100.1")
+	LBEdge6       = netip.MustParseAddr("2001:db8:51::1")
+	ExternalAddr  = netip.MustParseAddr("198.51.100.10")
+	ExternalAddr6 = netip.MustParseAddr("2001:db8:51::10")
 )
 
 // NodeAddr returns the LAN address of node i.
@@ -138,6 +155,11 @@ type Cluster struct {
 	Router   *Host
 	Internet *Host
 	LAN      *Host // the switch
+	// LB and External exist when Spec.Edge is set: the front load
+	// balancer (eth0 on the LAN, eth1 on the edge network) and the
+	// external client behind it.
+	LB       *Host
+	External *Host
 
 	mu      sync.Mutex
 	created []string
@@ -213,6 +235,11 @@ func Build(ctx context.Context, prefix string, spec Spec) (_ *Cluster, err error
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
+	if spec.Edge {
+		if err := c.addEdge(ctx); err != nil {
+			return nil, err
+		}
+	}
 	// Pod routes between nodes (the CNI's job in a real cluster).
 	for _, n := range c.Nodes {
 		for j, m := range c.Nodes {
@@ -228,6 +255,53 @@ func Build(ctx context.Context, prefix string, spec Spec) (_ *Cluster, err error
 		}
 	}
 	return c, nil
+}
+
+// addEdge creates the load balancer and the external client behind it, and
+// routes the edge network through the load balancer.
+func (c *Cluster) addEdge(ctx context.Context) error {
+	var err error
+	if c.LB, err = c.newHost(ctx, "lb"); err != nil {
+		return err
+	}
+	c.LB.Addr, c.LB.Addr6 = LBLAN, LBLAN6
+	if err := c.attachLAN(ctx, c.LB, "eth0"); err != nil {
+		return err
+	}
+	if c.External, err = c.newHost(ctx, "ext"); err != nil {
+		return err
+	}
+	c.External.Addr, c.External.Addr6 = ExternalAddr, ExternalAddr6
+	if err := c.link(ctx, c.LB, "eth1", c.External, "eth0"); err != nil {
+		return err
+	}
+	cmds := [][]string{
+		{"ip", "-n", c.LB.NS, "addr", "add", pfx(LBEdge, EdgeNet), "dev", "eth1"},
+		{"ip", "-n", c.LB.NS, "-6", "addr", "add", pfx(LBEdge6, EdgeNet6), "dev", "eth1", "nodad"},
+		{"ip", "-n", c.LB.NS, "route", "add", "default", "via", RouterLAN.String()},
+		{"ip", "-n", c.LB.NS, "-6", "route", "add", "default", "via", RouterLAN6.String()},
+		{"ip", "-n", c.External.NS, "addr", "add", pfx(ExternalAddr, EdgeNet), "dev", "eth0"},
+		{"ip", "-n", c.External.NS, "-6", "addr", "add", pfx(ExternalAddr6, EdgeNet6), "dev", "eth0", "nodad"},
+		{"ip", "-n", c.External.NS, "route", "add", "default", "via", LBEdge.String()},
+		{"ip", "-n", c.External.NS, "-6", "route", "add", "default", "via", LBEdge6.String()},
+	}
+	for _, h := range append([]*Host{c.Router}, nodeHosts(c.Nodes)...) {
+		cmds = append(cmds,
+			[]string{"ip", "-n", h.NS, "route", "add", EdgeNet.String(), "via", LBLAN.String()},
+			[]string{"ip", "-n", h.NS, "-6", "route", "add", EdgeNet6.String(), "via", LBLAN6.String()})
+	}
+	if err := c.runAll(ctx, cmds); err != nil {
+		return err
+	}
+	return c.forwarding(ctx, c.LB)
+}
+
+func nodeHosts(ns []*Node) []*Host {
+	out := make([]*Host, len(ns))
+	for i, n := range ns {
+		out[i] = &n.Host
+	}
+	return out
 }
 
 func pfx(a netip.Addr, p netip.Prefix) string { return netip.PrefixFrom(a, p.Bits()).String() }
