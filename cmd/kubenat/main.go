@@ -39,7 +39,7 @@ their pods (DNAT), pod traffic leaving the cluster carries the node's address
 	klog.InitFlags(klogFlags)
 	root.PersistentFlags().AddGoFlag(klogFlags.Lookup("v"))
 	root.PersistentFlags().AddGoFlag(klogFlags.Lookup("vmodule"))
-	root.AddCommand(newAgentCmd(), newRenderCmd(), newCleanupCmd(), newVersionCmd(), newTraceCmd())
+	root.AddCommand(newAgentCmd(), newRenderCmd(), newCleanupCmd(), newVersionCmd(), newTraceCmd(), newLabCmd())
 	return root
 }
 
