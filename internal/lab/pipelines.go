@@ -418,7 +418,7 @@ func natHosts(flows []Flow) []string {
 func (r *runner) externalCluster(ctx context.Context) Pipeline {
 	p := Pipeline{
 		Title: "external → LB → NodePort → pod, externalTrafficPolicy: Cluster",
-		Seed:  "pipeline (1)→(2)→(3)→(4): the load balancer DNATs to nodeIP:NodePort, the node DNATs to a pod and SNATs, replies return through the same node",
+		Seed:  "the seed's pipeline (1)→(2)→(3)→(4): the load balancer DNATs to nodeIP:NodePort, the node DNATs to a pod and SNATs, replies return through the same node",
 		Notes: []string{fmt.Sprintf("lb: %s:80 → nodeIP:%d of node-a and node-b in turn; Service default/web has web-a (node-a) and web-b (node-b)", webVIP, webNodePort)},
 	}
 	vip := netip.AddrPortFrom(netip.MustParseAddr(webVIP), 80)
