@@ -83,11 +83,17 @@ they concern are left out and the rest is rendered.`,
 }
 
 // loadState reads the manifests once and builds the State, printing input
-// problems to stderr.
-func loadState(nf *nodeFlags) (*model.State, error) {
+// problems to stderr. tweaks adjust the configuration first (e.g. with what
+// only the node itself knows).
+func loadState(nf *nodeFlags, tweaks ...func(*model.Config) error) (*model.State, error) {
 	cfg, err := nf.config()
 	if err != nil {
 		return nil, err
+	}
+	for _, tweak := range tweaks {
+		if err := tweak(&cfg); err != nil {
+			return nil, err
+		}
 	}
 	if nf.manifests == "" {
 		return nil, errors.New("--manifests is required")

@@ -31,6 +31,12 @@ func localAddrs() ([]netip.Addr, error) {
 	return slices.Compact(out), nil
 }
 
+// LocalAddrs returns the unicast addresses configured on this network
+// namespace's interfaces, as the agent reads them into Config.LocalAddrs:
+// without loopback, link-local and multicast addresses, sorted. Tools that
+// must see the node as the agent does (kubenat trace --live) use it.
+func LocalAddrs() ([]netip.Addr, error) { return localAddrs() }
+
 // needsLocalAddrs reports whether the configuration selects NodePort
 // addresses by CIDR, so the node's interface addresses matter.
 func needsLocalAddrs(nodePortAddresses []string) bool {
