@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kubenat/kubenat/internal/agent"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/trace"
 	"github.com/kubenat/kubenat/internal/trace/live"
@@ -81,7 +82,17 @@ is awaited for --timeout. See docs/trace.md.`,
 			if err != nil {
 				return err
 			}
-			st, err := loadState(&nf)
+			var tweaks []func(*model.Config) error
+			if tf.live {
+				// See the node as its agent does: with the addresses of
+				// its interfaces.
+				tweaks = append(tweaks, func(cfg *model.Config) error {
+					addrs, err := agent.LocalAddrs()
+					cfg.LocalAddrs = addrs
+					return err
+				})
+			}
+			st, err := loadState(&nf, tweaks...)
 			if err != nil {
 				return err
 			}
