@@ -1,9 +1,12 @@
 package kernel
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -78,4 +81,73 @@ func TestLabUpDown(t *testing.T) {
 	if out, err := run("lab", "status"); err == nil || !strings.Contains(out, "no lab is up") {
 		t.Errorf("lab status after down: %v\n%s", err, out)
 	}
+}
+
+// TestLabInterrupted interrupts kubenat lab (SIGINT, as Ctrl-C does) while
+// it builds the cluster and while it runs the pipelines, and requires that
+// it exits with everything it created removed.
+func TestLabInterrupted(t *testing.T) {
+	netnstest.Require(t)
+	bin := netnstest.KubenatBinary(t)
+	for _, at := range []string{"lab: starting kubenat agent on node-a", "lab: the lab is up"} {
+		t.Run(at, func(t *testing.T) {
+			cmd := exec.CommandContext(t.Context(), bin, "lab")
+			stderr, err := cmd.StderrPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			prefix := fmt.Sprintf("kl%d-", cmd.Process.Pid)
+			var log strings.Builder
+			var pids []int // processes in the lab's namespaces when interrupted
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				log.WriteString(sc.Text() + "\n")
+				if sc.Text() == at {
+					pids = nsPids(prefix)
+					_ = cmd.Process.Signal(syscall.SIGINT)
+				}
+			}
+			err = cmd.Wait()
+			if err == nil && !strings.Contains(log.String(), "interrupted") {
+				// It may finish before the signal lands; then it must have
+				// cleaned up normally.
+				t.Logf("the lab finished before the interruption:\n%s", log.String())
+			}
+			list, _ := exec.Command("ip", "netns", "list").Output()
+			for _, line := range strings.Split(string(list), "\n") {
+				if strings.HasPrefix(line, prefix) {
+					t.Errorf("namespace left after the interruption: %s\n%s", line, log.String())
+				}
+			}
+			t.Logf("%d processes ran in the lab's namespaces when interrupted", len(pids))
+			for _, pid := range pids {
+				if syscall.Kill(pid, 0) == nil {
+					t.Errorf("process %d of the lab's namespaces still runs", pid)
+				}
+			}
+		})
+	}
+}
+
+// nsPids returns the processes running in the namespaces whose name starts
+// with prefix.
+func nsPids(prefix string) []int {
+	var pids []int
+	list, _ := exec.Command("ip", "netns", "list").Output()
+	for _, line := range strings.Split(string(list), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(f[0], prefix) {
+			continue
+		}
+		out, _ := exec.Command("ip", "netns", "pids", f[0]).Output()
+		for _, p := range strings.Fields(string(out)) {
+			if n, err := strconv.Atoi(p); err == nil {
+				pids = append(pids, n)
+			}
+		}
+	}
+	return pids
 }
