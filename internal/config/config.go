@@ -1,0 +1,227 @@
+// Package config is kubenat's versioned configuration file, the
+// KubenatConfiguration:
+//
+//	apiVersion: kubenat.io/v1alpha1
+//	kind: KubenatConfiguration
+//	clusterCIDRs: [10.244.0.0/16]
+//	minSyncPeriod: 100ms
+//
+// A file is decoded strictly: an unknown or duplicated field is an error
+// naming the field (with its path, e.g. "masquerade.masqLinkLocl"), so a
+// typo never silently falls back to a default. Fields a file leaves out
+// keep their defaults (see Default and the field comments). Command-line
+// flags override the file: every field has a flag (FlagFor) and a flag
+// given on the command line replaces the file's value, list flags the
+// whole list.
+//
+// Validate reports every problem at once, each naming the field and its
+// flag. Effective returns the configuration as kubenat runs it, the form
+// `kubenat agent --write-config-to` prints.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kubenat/kubenat/internal/model"
+)
+
+// APIVersion and Kind identify the configuration file format.
+const (
+	APIVersion = "kubenat.io/v1alpha1"
+	Kind       = "KubenatConfiguration"
+)
+
+// Defaults of the fields that have one.
+const (
+	DefaultMinSyncPeriod      = 100 * time.Millisecond
+	DefaultMetricsBindAddress = "127.0.0.1:10249"
+	DefaultQPS                = 5
+	DefaultBurst              = 10
+	// MaxMinSyncPeriod bounds minSyncPeriod: longer would leave changes
+	// unprogrammed for too long.
+	MaxMinSyncPeriod = time.Hour
+	// ContentTypeProtobuf and ContentTypeJSON are the API encodings
+	// clientConnection.contentType accepts.
+	ContentTypeProtobuf = "application/vnd.kubernetes.protobuf"
+	ContentTypeJSON     = "application/json"
+)
+
+// Configuration is the KubenatConfiguration, version v1alpha1.
+type Configuration struct {
+	// APIVersion must be "kubenat.io/v1alpha1".
+	APIVersion string `json:"apiVersion"`
+	// Kind must be "KubenatConfiguration".
+	Kind string `json:"kind"`
+
+	// NodeName is the name of this node's Node object; endpoints on it are
+	// local. Default: $NODE_NAME, else the host name. Flag --node-name.
+	NodeName string `json:"nodeName,omitempty"`
+	// ClusterCIDRs are the pod address ranges of the whole cluster, at most
+	// one per address family. Required. Flag --cluster-cidr.
+	ClusterCIDRs []string `json:"clusterCIDRs"`
+	// NodeIPs override the Node object's addresses (status.addresses of
+	// type InternalIP and ExternalIP). Default: none, use the Node's.
+	// Flag --node-ip.
+	NodeIPs []string `json:"nodeIPs,omitempty"`
+	// NodePortAddresses selects the addresses NodePorts are served on:
+	// "primary" (the node's first address of each family) and/or CIDRs
+	// matching the node's addresses. Default ["primary"].
+	// Flag --nodeport-addresses.
+	NodePortAddresses []string `json:"nodePortAddresses"`
+	// MasqueradeAll masquerades all traffic to ClusterIPs, also from pods
+	// on this node. Default false. Flag --masquerade-all.
+	MasqueradeAll bool `json:"masqueradeAll"`
+	// Masquerade configures pod egress SNAT (ip-masq-agent semantics).
+	Masquerade Masquerade `json:"masquerade"`
+	// ServiceProxyName is the value of the service.kubernetes.io/service-proxy-name
+	// label that selects kubenat; Services labelled with another value are
+	// left to that proxy. Default "kubenat". Flag --service-proxy-name.
+	ServiceProxyName string `json:"serviceProxyName"`
+	// MinSyncPeriod is the least time between two syncs of the kernel
+	// rules: changes arriving meanwhile are batched into one transaction.
+	// A change after a quiet period is applied at once; 0s syncs on every
+	// change. A Go duration ("100ms", "1s"), at most 1h. Default "100ms".
+	// Flag --min-sync-period.
+	MinSyncPeriod string `json:"minSyncPeriod"`
+	// MetricsBindAddress is the host:port the Prometheus metrics are
+	// served on, at /metrics. Empty disables the server. Default
+	// "127.0.0.1:10249". Flag --metrics-bind-address.
+	MetricsBindAddress string `json:"metricsBindAddress"`
+	// ClientConnection configures the connection to the Kubernetes API.
+	ClientConnection ClientConnection `json:"clientConnection"`
+	// Manifests is a directory of Kubernetes YAML manifests to read the
+	// objects from instead of the API. Flag --manifests.
+	Manifests string `json:"manifests,omitempty"`
+}
+
+// Masquerade is ip-masq-agent's configuration: which destinations pod
+// traffic reaches with its own source address.
+type Masquerade struct {
+	// NonMasqueradeCIDRs are destinations pods reach without SNAT. The
+	// cluster CIDRs are always added. Default: 10.0.0.0/8, 172.16.0.0/12,
+	// 192.168.0.0/16 and fc00::/7. An explicit empty list masquerades
+	// everything outside the cluster CIDRs. Flag --non-masquerade-cidr.
+	NonMasqueradeCIDRs []string `json:"nonMasqueradeCIDRs"`
+	// MasqLinkLocal masquerades traffic to 169.254.0.0/16 too. Default
+	// false. Flag --masq-link-local.
+	MasqLinkLocal bool `json:"masqLinkLocal"`
+	// MasqLinkLocalIPv6 masquerades traffic to fe80::/10 too. Default
+	// false. Flag --masq-link-local-ipv6.
+	MasqLinkLocalIPv6 bool `json:"masqLinkLocalIPv6"`
+}
+
+// ClientConnection configures the Kubernetes API client.
+type ClientConnection struct {
+	// Kubeconfig is the kubeconfig file to reach the API with. When empty
+	// and Manifests is empty too, kubenat uses the in-cluster configuration
+	// (it runs in a pod: $KUBERNETES_SERVICE_HOST is set). Flag --kubeconfig.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// ContentType is the encoding of requests and watches:
+	// "application/vnd.kubernetes.protobuf" (default, smaller and faster) or
+	// "application/json". Flag --kube-api-content-type.
+	ContentType string `json:"contentType"`
+	// QPS and Burst limit the client's request rate (watches are long
+	// requests and barely count); 0 means client-go's default. Defaults 5
+	// and 10. Flags --kube-api-qps, --kube-api-burst.
+	QPS   float32 `json:"qps"`
+	Burst int32   `json:"burst"`
+}
+
+// Default returns the configuration with every default set. It has no
+// ClusterCIDRs: they must be given.
+func Default() *Configuration {
+	c := &Configuration{
+		APIVersion:         APIVersion,
+		Kind:               Kind,
+		MinSyncPeriod:      DefaultMinSyncPeriod.String(),
+		MetricsBindAddress: DefaultMetricsBindAddress,
+		ClientConnection:   ClientConnection{QPS: DefaultQPS, Burst: DefaultBurst},
+	}
+	c.setDefaults()
+	return c
+}
+
+// setDefaults fills in the fields left empty where empty has no meaning of
+// its own: nil lists (null in a file) and empty names.
+func (c *Configuration) setDefaults() {
+	if c.NodePortAddresses == nil {
+		c.NodePortAddresses = []string{"primary"}
+	}
+	if c.Masquerade.NonMasqueradeCIDRs == nil {
+		for _, p := range model.DefaultNonMasqueradeCIDRs() {
+			c.Masquerade.NonMasqueradeCIDRs = append(c.Masquerade.NonMasqueradeCIDRs, p.String())
+		}
+	}
+	if c.ServiceProxyName == "" {
+		c.ServiceProxyName = model.DefaultProxyName
+	}
+	if c.ClientConnection.ContentType == "" {
+		c.ClientConnection.ContentType = ContentTypeProtobuf
+	}
+}
+
+// Decode parses a configuration file (YAML or JSON). Fields the file
+// leaves out keep their defaults; a field set explicitly keeps its value,
+// also a zero one (minSyncPeriod: 0s syncs on every change,
+// metricsBindAddress: "" disables metrics, nonMasqueradeCIDRs: [] is an
+// empty list), except null lists and empty names, which mean the default.
+// It fails on syntax errors, on unknown or duplicate fields (naming each
+// with its path), and on a wrong apiVersion or kind. It does not Validate
+// the values.
+func Decode(data []byte) (*Configuration, error) {
+	js, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the configuration: %w", err)
+	}
+	if t := bytes.TrimSpace(js); len(t) == 0 || string(t) == "null" {
+		return nil, errors.New("the configuration is empty: it needs at least apiVersion and kind")
+	}
+	var tm metav1.TypeMeta
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(js, &tm); err != nil {
+		return nil, fmt.Errorf("parsing the configuration: %w", err)
+	}
+	if tm.APIVersion != APIVersion || tm.Kind != Kind {
+		return nil, fmt.Errorf("apiVersion %q, kind %q: not a kubenat configuration (want apiVersion: %s, kind: %s)",
+			tm.APIVersion, tm.Kind, APIVersion, Kind)
+	}
+	c := Default()
+	strict, err := kjson.UnmarshalStrict(js, c, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
+	if err != nil {
+		return nil, fmt.Errorf("decoding the configuration: %w", err)
+	}
+	if len(strict) > 0 {
+		return nil, fmt.Errorf("decoding the configuration: %w", errors.Join(strict...))
+	}
+	c.setDefaults()
+	return c, nil
+}
+
+// Load reads and decodes the configuration file at path (see Decode).
+func Load(path string) (*Configuration, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading the configuration file: %w", err)
+	}
+	c, err := Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Encode returns the configuration as YAML, every field spelled out.
+func (c *Configuration) Encode() ([]byte, error) {
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the configuration: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,352 @@
+package config
+
+import (
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kubenat/kubenat/internal/model"
+)
+
+const header = "apiVersion: kubenat.io/v1alpha1\nkind: KubenatConfiguration\n"
+
+func TestDecode(t *testing.T) {
+	withDefaults := func(f func(c *Configuration)) *Configuration {
+		c := Default()
+		f(c)
+		return c
+	}
+	tests := []struct {
+		name    string
+		in      string
+		want    *Configuration
+		wantErr []string // substrings of the error, all required
+	}{
+		{name: "minimal file gets every default", in: header,
+			want: Default()},
+		{name: "values replace defaults", in: header + `
+nodeName: node-a
+clusterCIDRs: [10.244.0.0/16, fd00:244::/56]
+nodeIPs: [192.168.100.11]
+nodePortAddresses: [192.168.100.0/24]
+masqueradeAll: true
+masquerade:
+  nonMasqueradeCIDRs: [10.0.0.0/8]
+  masqLinkLocal: true
+  masqLinkLocalIPv6: true
+serviceProxyName: other
+minSyncPeriod: 1s
+metricsBindAddress: 0.0.0.0:9999
+clientConnection:
+  kubeconfig: /etc/kubenat/kubeconfig
+  contentType: application/json
+  qps: 20
+  burst: 40
+`, want: &Configuration{APIVersion: APIVersion, Kind: Kind, NodeName: "node-a",
+			ClusterCIDRs: []string{"10.244.0.0/16", "fd00:244::/56"}, NodeIPs: []string{"192.168.100.11"},
+			NodePortAddresses: []string{"192.168.100.0/24"}, MasqueradeAll: true,
+			Masquerade:       Masquerade{NonMasqueradeCIDRs: []string{"10.0.0.0/8"}, MasqLinkLocal: true, MasqLinkLocalIPv6: true},
+			ServiceProxyName: "other", MinSyncPeriod: "1s", MetricsBindAddress: "0.0.0.0:9999",
+			ClientConnection: ClientConnection{Kubeconfig: "/etc/kubenat/kubeconfig", ContentType: ContentTypeJSON, QPS: 20, Burst: 40}}},
+		{name: "explicit zero values are kept", in: header + "minSyncPeriod: 0s\nmetricsBindAddress: \"\"\nmasquerade:\n  nonMasqueradeCIDRs: []\n",
+			want: withDefaults(func(c *Configuration) {
+				c.MinSyncPeriod, c.MetricsBindAddress, c.Masquerade.NonMasqueradeCIDRs = "0s", "", []string{}
+			})},
+		{name: "null list means the default", in: header + "nodePortAddresses: null\n", want: Default()},
+		{name: "JSON works too", in: `{"apiVersion":"kubenat.io/v1alpha1","kind":"KubenatConfiguration","masqueradeAll":true}`,
+			want: withDefaults(func(c *Configuration) { c.MasqueradeAll = true })},
+		{name: "unknown top-level field", in: header + "clusterCIDR: 10.244.0.0/16\n",
+			wantErr: []string{`unknown field "clusterCIDR"`}},
+		{name: "unknown nested field names its path", in: header + "masquerade:\n  masqLinkLocl: true\n",
+			wantErr: []string{`unknown field "masquerade.masqLinkLocl"`}},
+		{name: "every unknown field is named", in: header + "foo: 1\nclientConnection:\n  bar: 2\n",
+			wantErr: []string{`unknown field "foo"`, `unknown field "clientConnection.bar"`}},
+		{name: "duplicate field", in: header + "masqueradeAll: true\nmasqueradeAll: false\n",
+			wantErr: []string{`"masqueradeAll"`, "already set"}},
+		{name: "wrong type names the field", in: header + "clientConnection:\n  qps: fast\n",
+			wantErr: []string{"clientConnection.qps"}},
+		{name: "field names are case-sensitive", in: header + "MasqueradeAll: true\n",
+			wantErr: []string{`unknown field "MasqueradeAll"`}},
+		{name: "wrong apiVersion", in: "apiVersion: kubenat.io/v1\nkind: KubenatConfiguration\n",
+			wantErr: []string{`apiVersion "kubenat.io/v1"`, "want apiVersion: kubenat.io/v1alpha1"}},
+		{name: "wrong kind", in: "apiVersion: kubenat.io/v1alpha1\nkind: KubeProxyConfiguration\n",
+			wantErr: []string{`kind "KubeProxyConfiguration"`}},
+		{name: "empty file", in: "", wantErr: []string{"empty"}},
+		{name: "not YAML", in: "apiVersion: [\n", wantErr: []string{"parsing the configuration"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Decode([]byte(tc.in))
+			if len(tc.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("Decode succeeded: %+v; want an error containing %q", got, tc.wantErr)
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not contain %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Decode =\n%+v\nwant\n%+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func valid() *Configuration {
+	c := Default()
+	c.ClusterCIDRs = []string{"10.244.0.0/16"}
+	return c
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		mutate  func(c *Configuration)
+		wantErr []string // substrings; none means valid
+	}{
+		{"defaults plus a cluster CIDR", func(c *Configuration) {}, nil},
+		{"dual stack", func(c *Configuration) { c.ClusterCIDRs = []string{"10.244.0.0/16", "fd00::/48"} }, nil},
+		{"metrics disabled", func(c *Configuration) { c.MetricsBindAddress = "" }, nil},
+		{"metrics on all addresses", func(c *Configuration) { c.MetricsBindAddress = ":10249" }, nil},
+		{"no batching", func(c *Configuration) { c.MinSyncPeriod = "0s" }, nil},
+		{"no cluster CIDR", func(c *Configuration) { c.ClusterCIDRs = nil },
+			[]string{"clusterCIDRs (--cluster-cidr): at least one CIDR is required"}},
+		{"bad cluster CIDR", func(c *Configuration) { c.ClusterCIDRs = []string{"10.244.0.0/16", "10.0.0.0/33"} },
+			[]string{`clusterCIDRs[1] (--cluster-cidr): "10.0.0.0/33" is not a CIDR`}},
+		{"two IPv4 cluster CIDRs", func(c *Configuration) { c.ClusterCIDRs = []string{"10.244.0.0/16", "10.245.0.0/16"} },
+			[]string{"clusterCIDRs[1] (--cluster-cidr): 10.245.0.0/16: only one IPv4 CIDR is allowed"}},
+		{"bad node IP", func(c *Configuration) { c.NodeIPs = []string{"node-a"} },
+			[]string{`nodeIPs[0] (--node-ip): "node-a" is not an IP address`}},
+		{"bad node name", func(c *Configuration) { c.NodeName = "Node_A" },
+			[]string{`nodeName (--node-name): "Node_A" is not a valid node name`}},
+		{"bad nodePortAddresses", func(c *Configuration) { c.NodePortAddresses = []string{"primary", "eth0"} },
+			[]string{`nodePortAddresses[1] (--nodeport-addresses): "eth0" must be "primary" or a CIDR`}},
+		{"bad non-masquerade CIDR", func(c *Configuration) { c.Masquerade.NonMasqueradeCIDRs = []string{"10.0.0.1"} },
+			[]string{`masquerade.nonMasqueradeCIDRs[0] (--non-masquerade-cidr): "10.0.0.1" is not a CIDR`}},
+		{"empty proxy name", func(c *Configuration) { c.ServiceProxyName = "" },
+			[]string{"serviceProxyName (--service-proxy-name): must not be empty"}},
+		{"bad proxy name", func(c *Configuration) { c.ServiceProxyName = "not a label" },
+			[]string{`serviceProxyName (--service-proxy-name): "not a label" is not a valid label value`}},
+		{"bad duration", func(c *Configuration) { c.MinSyncPeriod = "5" },
+			[]string{`minSyncPeriod (--min-sync-period): "5" is not a duration`}},
+		{"negative duration", func(c *Configuration) { c.MinSyncPeriod = "-1s" },
+			[]string{"minSyncPeriod (--min-sync-period): -1s is out of range 0s-1h0m0s"}},
+		{"duration too long", func(c *Configuration) { c.MinSyncPeriod = "2h" },
+			[]string{"out of range"}},
+		{"metrics address without port", func(c *Configuration) { c.MetricsBindAddress = "127.0.0.1" },
+			[]string{`metricsBindAddress (--metrics-bind-address): "127.0.0.1" is not host:port`}},
+		{"metrics address with a name", func(c *Configuration) { c.MetricsBindAddress = "localhost:10249" },
+			[]string{"must have an IP address as host"}},
+		{"metrics port out of range", func(c *Configuration) { c.MetricsBindAddress = "127.0.0.1:70000" },
+			[]string{"port out of range"}},
+		{"bad content type", func(c *Configuration) { c.ClientConnection.ContentType = "text/plain" },
+			[]string{`clientConnection.contentType (--kube-api-content-type): "text/plain" is not supported`}},
+		{"negative qps and burst", func(c *Configuration) { c.ClientConnection.QPS, c.ClientConnection.Burst = -1, -1 },
+			[]string{"clientConnection.qps (--kube-api-qps): -1 must not be negative", "clientConnection.burst (--kube-api-burst): -1 must not be negative"}},
+		{"two sources", func(c *Configuration) { c.Manifests, c.ClientConnection.Kubeconfig = "/m", "/k" },
+			[]string{"manifests (--manifests): set either manifests or clientConnection.kubeconfig"}},
+		{"wrong kind", func(c *Configuration) { c.Kind = "Other" }, []string{`kind: "Other" is not supported`}},
+		{"every problem is reported", func(c *Configuration) {
+			c.ClusterCIDRs = []string{"x"}
+			c.MinSyncPeriod = "y"
+		}, []string{"clusterCIDRs[0]", "minSyncPeriod"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := valid()
+			tc.mutate(c)
+			err := c.Validate()
+			if len(tc.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Validate succeeded; want %q", tc.wantErr)
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestApplyFlags(t *testing.T) {
+	file := header + `
+clusterCIDRs: [10.244.0.0/16]
+nodePortAddresses: [192.168.0.0/16]
+masqueradeAll: true
+minSyncPeriod: 2s
+clientConnection:
+  qps: 7
+`
+	tests := []struct {
+		name   string
+		args   []string
+		mutate func(c *Configuration) // applied to the decoded file
+	}{
+		{"no flags keep the file", nil, func(c *Configuration) {}},
+		{"a list flag replaces the whole list", []string{"--cluster-cidr=10.1.0.0/16", "--cluster-cidr=fd00::/48"},
+			func(c *Configuration) { c.ClusterCIDRs = []string{"10.1.0.0/16", "fd00::/48"} }},
+		{"a bool flag set to false overrides true", []string{"--masquerade-all=false"},
+			func(c *Configuration) { c.MasqueradeAll = false }},
+		{"durations and numbers", []string{"--min-sync-period=250ms", "--kube-api-qps=1.5", "--kube-api-burst=3"},
+			func(c *Configuration) {
+				c.MinSyncPeriod = "250ms"
+				c.ClientConnection.QPS, c.ClientConnection.Burst = 1.5, 3
+			}},
+		{"strings, also empty", []string{"--metrics-bind-address=", "--kubeconfig=/k", "--node-name=node-b"},
+			func(c *Configuration) {
+				c.MetricsBindAddress, c.ClientConnection.Kubeconfig, c.NodeName = "", "/k", "node-b"
+			}},
+		{"nested fields", []string{"--non-masquerade-cidr=10.0.0.0/8", "--masq-link-local"},
+			func(c *Configuration) {
+				c.Masquerade.NonMasqueradeCIDRs = []string{"10.0.0.0/8"}
+				c.Masquerade.MasqLinkLocal = true
+			}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+			RegisterFlags(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			got, err := Decode([]byte(file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := Decode([]byte(file))
+			tc.mutate(want)
+			if err := got.ApplyFlags(fs); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("after flags:\n%+v\nwant\n%+v", got, want)
+			}
+		})
+	}
+}
+
+// TestFlagDefaultsMatchDefault checks that flags left alone describe the
+// defaults: applying every flag as if set changes nothing.
+func TestFlagDefaultsMatchDefault(t *testing.T) {
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	RegisterFlags(fs)
+	fs.VisitAll(func(f *pflag.Flag) { f.Changed = true })
+	c := Default()
+	if err := c.ApplyFlags(fs); err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	d.ClusterCIDRs, d.NodeIPs = []string{}, []string{} // lists from flags are never nil
+	if !reflect.DeepEqual(c, d) {
+		t.Errorf("flag defaults\n%+v\ndiffer from Default()\n%+v", c, d)
+	}
+}
+
+// TestEveryFieldHasAFlag keeps the flag table complete as fields are added.
+func TestEveryFieldHasAFlag(t *testing.T) {
+	var paths []string
+	var walk func(t reflect.Type, prefix string)
+	walk = func(typ reflect.Type, prefix string) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if f.Type.Kind() == reflect.Struct {
+				walk(f.Type, prefix+name+".")
+				continue
+			}
+			paths = append(paths, prefix+name)
+		}
+	}
+	walk(reflect.TypeFor[Configuration](), "")
+	for _, p := range paths {
+		if p == "apiVersion" || p == "kind" {
+			continue
+		}
+		if FlagFor(p) == "" {
+			t.Errorf("field %s has no flag", p)
+		}
+	}
+	if len(FlagNames()) != len(paths)-2 {
+		t.Errorf("%d flags for %d fields", len(FlagNames()), len(paths)-2)
+	}
+}
+
+func TestEncodeRoundTrip(t *testing.T) {
+	c := valid()
+	c.NodeIPs = []string{"192.168.100.11"}
+	c.Masquerade.NonMasqueradeCIDRs = []string{}
+	c.MetricsBindAddress = ""
+	out, err := c.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Decode(out)
+	if err != nil {
+		t.Fatalf("decoding what Encode wrote: %v\n%s", err, out)
+	}
+	if !reflect.DeepEqual(back, c) {
+		t.Errorf("round trip:\n%s\ngave %+v\nwant %+v", out, back, c)
+	}
+	if !strings.HasPrefix(string(out), "apiVersion: kubenat.io/v1alpha1\n") {
+		t.Errorf("Encode output does not start with the apiVersion:\n%s", out)
+	}
+}
+
+func TestModelConfig(t *testing.T) {
+	t.Setenv("NODE_NAME", "from-env")
+	c := valid()
+	c.ClusterCIDRs = []string{"10.244.1.0/16"}
+	c.NodeIPs = []string{"::ffff:192.168.100.11"}
+	c.MasqueradeAll = true
+	c.Masquerade.MasqLinkLocal = true
+	c.ServiceProxyName = "mine"
+	mc, err := c.ModelConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := model.Config{
+		NodeName:          "from-env",
+		ClusterCIDRs:      []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+		NodeIPs:           []netip.Addr{netip.MustParseAddr("192.168.100.11")},
+		NodePortAddresses: []string{"primary"},
+		MasqueradeAll:     true,
+		ProxyName:         "mine",
+		Egress:            model.EgressConfig{NonMasqueradeCIDRs: model.DefaultNonMasqueradeCIDRs(), MasqLinkLocal: true},
+	}
+	if !reflect.DeepEqual(mc, want) {
+		t.Errorf("ModelConfig =\n%+v\nwant\n%+v", mc, want)
+	}
+	c.NodeName = "explicit"
+	if mc, _ := c.ModelConfig(); mc.NodeName != "explicit" {
+		t.Errorf("node name %q, want the configured one", mc.NodeName)
+	}
+	c.ClusterCIDRs = nil
+	if _, err := c.ModelConfig(); err == nil {
+		t.Error("ModelConfig of an invalid configuration succeeded")
+	}
+}
+
+func TestFlagNamesAreUnique(t *testing.T) {
+	names := FlagNames()
+	sorted := slices.Clone(names)
+	slices.Sort(sorted)
+	if len(slices.Compact(sorted)) != len(names) {
+		t.Errorf("duplicate flag names in %v", names)
+	}
+}

@@ -1,0 +1,154 @@
+package config
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// field binds a configuration field to the command-line flag that
+// overrides it.
+type field struct {
+	path string // the field's path in the file
+	flag string // the flag's name, without "--"
+	help string
+	// ptr returns a pointer to the field: *string, *[]string, *bool,
+	// *float32 or *int32.
+	ptr func(*Configuration) any
+	// duration marks a string field holding a Go duration: its flag is a
+	// duration flag.
+	duration bool
+}
+
+// fields lists every field that has a flag, in file order.
+var fields = []field{
+	{path: "nodeName", flag: "node-name", help: "name of this node (default: $NODE_NAME, else the hostname)",
+		ptr: func(c *Configuration) any { return &c.NodeName }},
+	{path: "clusterCIDRs", flag: "cluster-cidr", help: "pod address range of the cluster, one per family (repeatable or comma-separated)",
+		ptr: func(c *Configuration) any { return &c.ClusterCIDRs }},
+	{path: "nodeIPs", flag: "node-ip", help: "this node's IP address (repeatable; default: the Node object's addresses)",
+		ptr: func(c *Configuration) any { return &c.NodeIPs }},
+	{path: "nodePortAddresses", flag: "nodeport-addresses", help: `addresses NodePorts are served on: "primary" and/or CIDRs`,
+		ptr: func(c *Configuration) any { return &c.NodePortAddresses }},
+	{path: "masqueradeAll", flag: "masquerade-all", help: "masquerade all traffic to ClusterIPs, also from local pods",
+		ptr: func(c *Configuration) any { return &c.MasqueradeAll }},
+	{path: "masquerade.nonMasqueradeCIDRs", flag: "non-masquerade-cidr", help: "destination reached by pods without SNAT (repeatable; the cluster CIDRs are always added)",
+		ptr: func(c *Configuration) any { return &c.Masquerade.NonMasqueradeCIDRs }},
+	{path: "masquerade.masqLinkLocal", flag: "masq-link-local", help: "masquerade pod traffic to 169.254.0.0/16 too",
+		ptr: func(c *Configuration) any { return &c.Masquerade.MasqLinkLocal }},
+	{path: "masquerade.masqLinkLocalIPv6", flag: "masq-link-local-ipv6", help: "masquerade pod traffic to fe80::/10 too",
+		ptr: func(c *Configuration) any { return &c.Masquerade.MasqLinkLocalIPv6 }},
+	{path: "serviceProxyName", flag: "service-proxy-name", help: "value of the service.kubernetes.io/service-proxy-name label that selects kubenat",
+		ptr: func(c *Configuration) any { return &c.ServiceProxyName }},
+	{path: "minSyncPeriod", flag: "min-sync-period", help: "least time between two syncs; changes meanwhile are batched", duration: true,
+		ptr: func(c *Configuration) any { return &c.MinSyncPeriod }},
+	{path: "metricsBindAddress", flag: "metrics-bind-address", help: `host:port of the Prometheus metrics server (/metrics); "" disables it`,
+		ptr: func(c *Configuration) any { return &c.MetricsBindAddress }},
+	{path: "clientConnection.kubeconfig", flag: "kubeconfig", help: "kubeconfig file of the Kubernetes API to watch (default: in-cluster when $KUBERNETES_SERVICE_HOST is set)",
+		ptr: func(c *Configuration) any { return &c.ClientConnection.Kubeconfig }},
+	{path: "clientConnection.contentType", flag: "kube-api-content-type", help: "encoding of API requests: " + ContentTypeProtobuf + " or " + ContentTypeJSON,
+		ptr: func(c *Configuration) any { return &c.ClientConnection.ContentType }},
+	{path: "clientConnection.qps", flag: "kube-api-qps", help: "API requests per second",
+		ptr: func(c *Configuration) any { return &c.ClientConnection.QPS }},
+	{path: "clientConnection.burst", flag: "kube-api-burst", help: "API request burst",
+		ptr: func(c *Configuration) any { return &c.ClientConnection.Burst }},
+	{path: "manifests", flag: "manifests", help: "directory of Kubernetes YAML manifests (Services, EndpointSlices, Nodes) to read instead of the API",
+		ptr: func(c *Configuration) any { return &c.Manifests }},
+}
+
+// FlagFor returns the name (without "--") of the flag that overrides the
+// field at path (e.g. "masquerade.masqLinkLocal"), or "" if none does.
+func FlagFor(path string) string {
+	for _, f := range fields {
+		if f.path == path {
+			return f.flag
+		}
+	}
+	return ""
+}
+
+// FlagNames returns the names of every flag ApplyFlags reads.
+func FlagNames() []string {
+	out := make([]string, len(fields))
+	for i, f := range fields {
+		out[i] = f.flag
+	}
+	return out
+}
+
+// RegisterFlags defines on fs every configuration flag fs does not define
+// yet, with Default's values as defaults and the field named in the help.
+// Flags a command already defines (with the same meaning and type) are
+// kept as they are.
+func RegisterFlags(fs *pflag.FlagSet) {
+	d := Default()
+	for _, f := range fields {
+		if fs.Lookup(f.flag) != nil {
+			continue
+		}
+		help := f.help + " (config: " + f.path + ")"
+		switch p := f.ptr(d).(type) {
+		case *string:
+			if f.duration {
+				def, _ := time.ParseDuration(*p)
+				fs.Duration(f.flag, def, help)
+				continue
+			}
+			fs.String(f.flag, *p, help)
+		case *[]string:
+			fs.StringSlice(f.flag, *p, help)
+		case *bool:
+			fs.Bool(f.flag, *p, help)
+		case *float32:
+			fs.Float32(f.flag, *p, help)
+		case *int32:
+			fs.Int32(f.flag, *p, help)
+		}
+	}
+}
+
+// ApplyFlags overrides the configuration with every flag of fs that was
+// set on the command line (Changed); flags left at their defaults do not
+// touch it, and flags fs does not define are skipped. A list flag replaces
+// the whole list. Values are checked by Validate, except that booleans and
+// numbers must parse here.
+func (c *Configuration) ApplyFlags(fs *pflag.FlagSet) error {
+	for _, f := range fields {
+		fl := fs.Lookup(f.flag)
+		if fl == nil || !fl.Changed {
+			continue
+		}
+		v := fl.Value.String()
+		switch p := f.ptr(c).(type) {
+		case *string:
+			*p = v
+		case *[]string:
+			sv, ok := fl.Value.(pflag.SliceValue)
+			if !ok {
+				return fmt.Errorf("--%s: not a list flag", f.flag)
+			}
+			*p = append([]string{}, sv.GetSlice()...)
+		case *bool:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("--%s: %q is not a boolean", f.flag, v)
+			}
+			*p = b
+		case *float32:
+			x, err := strconv.ParseFloat(v, 32)
+			if err != nil {
+				return fmt.Errorf("--%s: %q is not a number", f.flag, v)
+			}
+			*p = float32(x)
+		case *int32:
+			n, err := strconv.ParseInt(v, 10, 32)
+			if err != nil {
+				return fmt.Errorf("--%s: %q is not an integer", f.flag, v)
+			}
+			*p = int32(n)
+		}
+	}
+	return nil
+}

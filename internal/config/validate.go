@@ -1,0 +1,196 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/kubenat/kubenat/internal/model"
+)
+
+// fieldErrors collects validation problems, each naming the field (its
+// path in the file) and the flag that sets it.
+type fieldErrors []error
+
+func (e *fieldErrors) add(path, format string, args ...any) {
+	name := path
+	if f := FlagFor(fieldOf(path)); f != "" {
+		name += " (--" + f + ")"
+	}
+	*e = append(*e, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+}
+
+// fieldOf strips list indexes: "clusterCIDRs[1]" → "clusterCIDRs".
+func fieldOf(path string) string {
+	if i := strings.IndexByte(path, '['); i >= 0 {
+		return path[:i]
+	}
+	return path
+}
+
+// Validate checks every field and returns all problems found, joined; each
+// names the field and its flag, e.g.
+//
+//	clusterCIDRs[1] (--cluster-cidr): "10.0.0.0/33" is not a CIDR
+func (c *Configuration) Validate() error {
+	var errs fieldErrors
+	if c.APIVersion != APIVersion {
+		errs.add("apiVersion", "%q is not supported; use %s", c.APIVersion, APIVersion)
+	}
+	if c.Kind != Kind {
+		errs.add("kind", "%q is not supported; use %s", c.Kind, Kind)
+	}
+	if c.NodeName != "" {
+		if msgs := validation.IsDNS1123Subdomain(c.NodeName); len(msgs) > 0 {
+			errs.add("nodeName", "%q is not a valid node name: %s", c.NodeName, strings.Join(msgs, "; "))
+		}
+	}
+	if len(c.ClusterCIDRs) == 0 {
+		errs.add("clusterCIDRs", "at least one CIDR is required (the pod address range of the cluster)")
+	}
+	families := map[model.Family]string{}
+	for i, s := range c.ClusterCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			errs.add(fmt.Sprintf("clusterCIDRs[%d]", i), "%q is not a CIDR", s)
+			continue
+		}
+		f := model.FamilyOf(p.Addr())
+		if other, ok := families[f]; ok {
+			errs.add(fmt.Sprintf("clusterCIDRs[%d]", i), "%s: only one %s CIDR is allowed (%s is already given)", s, f, other)
+		}
+		families[f] = s
+	}
+	for i, s := range c.NodeIPs {
+		if _, err := netip.ParseAddr(s); err != nil {
+			errs.add(fmt.Sprintf("nodeIPs[%d]", i), "%q is not an IP address", s)
+		}
+	}
+	for i, s := range c.NodePortAddresses {
+		if s == "primary" {
+			continue
+		}
+		if _, err := netip.ParsePrefix(s); err != nil {
+			errs.add(fmt.Sprintf("nodePortAddresses[%d]", i), `%q must be "primary" or a CIDR`, s)
+		}
+	}
+	for i, s := range c.Masquerade.NonMasqueradeCIDRs {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			errs.add(fmt.Sprintf("masquerade.nonMasqueradeCIDRs[%d]", i), "%q is not a CIDR", s)
+		}
+	}
+	if c.ServiceProxyName == "" {
+		errs.add("serviceProxyName", "must not be empty")
+	} else if msgs := validation.IsValidLabelValue(c.ServiceProxyName); len(msgs) > 0 {
+		errs.add("serviceProxyName", "%q is not a valid label value: %s", c.ServiceProxyName, strings.Join(msgs, "; "))
+	}
+	if d, err := time.ParseDuration(c.MinSyncPeriod); err != nil {
+		errs.add("minSyncPeriod", "%q is not a duration (e.g. 100ms, 1s)", c.MinSyncPeriod)
+	} else if d < 0 || d > MaxMinSyncPeriod {
+		errs.add("minSyncPeriod", "%s is out of range 0s-%s", c.MinSyncPeriod, MaxMinSyncPeriod)
+	}
+	if c.MetricsBindAddress != "" {
+		if msg := checkHostPort(c.MetricsBindAddress); msg != "" {
+			errs.add("metricsBindAddress", "%q %s", c.MetricsBindAddress, msg)
+		}
+	}
+	cc := c.ClientConnection
+	if cc.ContentType != ContentTypeProtobuf && cc.ContentType != ContentTypeJSON {
+		errs.add("clientConnection.contentType", "%q is not supported; use %s or %s", cc.ContentType, ContentTypeProtobuf, ContentTypeJSON)
+	}
+	if cc.QPS < 0 {
+		errs.add("clientConnection.qps", "%v must not be negative", cc.QPS)
+	}
+	if cc.Burst < 0 {
+		errs.add("clientConnection.burst", "%d must not be negative", cc.Burst)
+	}
+	if c.Manifests != "" && cc.Kubeconfig != "" {
+		errs.add("manifests", "set either manifests or clientConnection.kubeconfig (--kubeconfig), not both")
+	}
+	return errors.Join(errs...)
+}
+
+// checkHostPort returns what is wrong with a bind address, or "".
+func checkHostPort(s string) string {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "is not host:port (e.g. 127.0.0.1:10249, or :10249 for all addresses)"
+	}
+	if host != "" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return "must have an IP address as host, or none"
+		}
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "has a port out of range 1-65535"
+	}
+	return ""
+}
+
+// SyncPeriod returns MinSyncPeriod as a duration (0 when it is invalid:
+// call Validate first).
+func (c *Configuration) SyncPeriod() time.Duration {
+	d, _ := time.ParseDuration(c.MinSyncPeriod)
+	return d
+}
+
+// NodeNameOrDefault returns NodeName, else $NODE_NAME, else the host name
+// in lower case (as the kubelet registers it).
+func (c *Configuration) NodeNameOrDefault() (string, error) {
+	if c.NodeName != "" {
+		return c.NodeName, nil
+	}
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n, nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("nodeName (--node-name) not set, $NODE_NAME empty, and the host name is unknown: %w", err)
+	}
+	return strings.ToLower(h), nil
+}
+
+// ModelConfig returns the model configuration this file describes, with
+// the node name resolved (NodeNameOrDefault). It fails when the
+// configuration does not Validate.
+func (c *Configuration) ModelConfig() (model.Config, error) {
+	if err := c.Validate(); err != nil {
+		return model.Config{}, err
+	}
+	name, err := c.NodeNameOrDefault()
+	if err != nil {
+		return model.Config{}, err
+	}
+	mc := model.Config{
+		NodeName:          name,
+		NodePortAddresses: append([]string(nil), c.NodePortAddresses...),
+		MasqueradeAll:     c.MasqueradeAll,
+		ProxyName:         c.ServiceProxyName,
+		Egress: model.EgressConfig{
+			NonMasqueradeCIDRs: []netip.Prefix{},
+			MasqLinkLocal:      c.Masquerade.MasqLinkLocal,
+			MasqLinkLocalIPv6:  c.Masquerade.MasqLinkLocalIPv6,
+		},
+	}
+	for _, s := range c.ClusterCIDRs {
+		mc.ClusterCIDRs = append(mc.ClusterCIDRs, netip.MustParsePrefix(s).Masked())
+	}
+	for _, s := range c.NodeIPs {
+		mc.NodeIPs = append(mc.NodeIPs, netip.MustParseAddr(s).Unmap())
+	}
+	for _, s := range c.Masquerade.NonMasqueradeCIDRs {
+		mc.Egress.NonMasqueradeCIDRs = append(mc.Egress.NonMasqueradeCIDRs, netip.MustParsePrefix(s).Masked())
+	}
+	if err := mc.Validate(); err != nil {
+		return model.Config{}, err
+	}
+	return mc, nil
+}
