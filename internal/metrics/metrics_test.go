@@ -1,0 +1,238 @@
+package metrics
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"github.com/kubenat/kubenat/internal/model"
+)
+
+// TestNamesFollowConventions runs Prometheus' own linter over every
+// kubenat_ metric.
+func TestNamesFollowConventions(t *testing.T) {
+	m := New("test")
+	m.HealthzResponse("/healthz", 200)
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), "kubenat_") {
+			n++
+		}
+	}
+	if n != 11 {
+		t.Errorf("%d kubenat_ metric families, want 11", n)
+	}
+	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, "kubenat_") {
+			t.Errorf("%s: %s", p.Metric, p.Text)
+		}
+	}
+}
+
+func TestReporter(t *testing.T) {
+	m := New("v1.2.3")
+	m.ObserveSync(true, 30*time.Millisecond)
+	m.ObserveSync(false, 2*time.Millisecond)
+	m.ObserveSync(false, 3*time.Millisecond)
+	m.SyncFailed()
+	m.ObserveNetworkProgramming(150 * time.Millisecond)
+	m.ObserveNetworkProgramming(-time.Second) // clock skew: dropped
+	m.SetPendingChanges(4)
+	m.SetProgrammed(3, 7)
+	m.SetInvalidObjects(2)
+	m.ConntrackEntriesDeleted(5)
+	m.ConntrackEntriesDeleted(1)
+	m.HealthzResponse("/healthz", 200)
+	m.HealthzResponse("/healthz", 503)
+	m.HealthzResponse("/healthz", 200)
+
+	for _, tc := range []struct {
+		metric string
+		want   float64
+	}{
+		{"kubenat_sync_failures_total", 1},
+		{"kubenat_pending_changes", 4},
+		{"kubenat_programmed_services", 3},
+		{"kubenat_programmed_endpoints", 7},
+		{"kubenat_invalid_objects", 2},
+		{"kubenat_conntrack_entries_deleted_total", 6},
+	} {
+		t.Run(tc.metric, func(t *testing.T) {
+			mfs, _ := m.Registry().Gather()
+			for _, mf := range mfs {
+				if mf.GetName() != tc.metric {
+					continue
+				}
+				got := mf.GetMetric()[0]
+				v := got.GetGauge().GetValue() + got.GetCounter().GetValue()
+				if v != tc.want {
+					t.Errorf("%s = %v, want %v", tc.metric, v, tc.want)
+				}
+				return
+			}
+			t.Errorf("%s not gathered", tc.metric)
+		})
+	}
+	if got := testutil.ToFloat64(m.healthz.WithLabelValues("/healthz", "200")); got != 2 {
+		t.Errorf("healthz 200 = %v, want 2", got)
+	}
+	if n := testutil.CollectAndCount(m.syncDuration); n != 2 {
+		t.Errorf("%d sync duration series, want full and partial", n)
+	}
+	text := scrape(t, m)
+	for _, want := range []string{
+		`kubenat_sync_duration_seconds_count{kind="full"} 1`,
+		`kubenat_sync_duration_seconds_count{kind="partial"} 2`,
+		`kubenat_network_programming_duration_seconds_count 1`,
+		`kubenat_network_programming_duration_seconds_bucket{le="0.25"} 1`,
+		`kubenat_build_info{go_version="go`,
+		`version="v1.2.3"} 1`,
+		"go_goroutines ",
+		"process_start_time_seconds ",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(text, "kubenat_sync_last_success_timestamp_seconds 0") {
+		t.Error("last success timestamp not set")
+	}
+}
+
+// scrape serves m on a free loopback port and fetches /metrics.
+func scrape(t *testing.T, m *Metrics) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr, err := m.Serve(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + addr.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /metrics: %v %v", resp.Status, err)
+	}
+	return string(b)
+}
+
+func TestServeReportsBusyPort(t *testing.T) {
+	ctx := t.Context()
+	a, err := New("x").Serve(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New("y").Serve(ctx, a.String())
+	if err == nil || !strings.Contains(err.Error(), "listening for metrics on "+a.String()) {
+		t.Errorf("second Serve on %s: %v, want an error naming the address", a, err)
+	}
+}
+
+func TestTriggerTimes(t *testing.T) {
+	start := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	ann := func(ts time.Time) map[string]string {
+		return map[string]string{AnnotationLastChangeTriggerTime: ts.Format(time.RFC3339Nano)}
+	}
+	at := func(s int) time.Time { return start.Add(time.Duration(s) * time.Second) }
+	type ev struct {
+		name    string
+		ann     map[string]string
+		deleted bool
+	}
+	tests := []struct {
+		name   string
+		events []ev
+		want   []time.Time
+	}{
+		{"new trigger times are pending", []ev{{"a", ann(at(1)), false}, {"b", ann(at(2)), false}}, []time.Time{at(1), at(2)}},
+		{"an unchanged annotation is not a new change", []ev{{"a", ann(at(1)), false}, {"a", ann(at(1)), false}}, []time.Time{at(1)}},
+		{"a changed annotation is", []ev{{"a", ann(at(1)), false}, {"a", ann(at(3)), false}}, []time.Time{at(1), at(3)}},
+		{"changes before the start are ignored", []ev{{"a", ann(at(-5)), false}}, nil},
+		{"no annotation, or a bad one", []ev{{"a", nil, false}, {"b", map[string]string{AnnotationLastChangeTriggerTime: "yesterday"}, false}}, nil},
+		{"a recreated slice counts again", []ev{{"a", ann(at(1)), false}, {"a", nil, true}, {"a", ann(at(1)), false}}, []time.Time{at(1), at(1)}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tt := NewTriggerTimes(start)
+			for _, e := range tc.events {
+				if e.deleted {
+					tt.SliceDeleted("ns", e.name)
+				} else {
+					tt.SliceChanged("ns", e.name, e.ann)
+				}
+			}
+			got := tt.Take()
+			if len(got) != len(tc.want) {
+				t.Fatalf("Take = %v, want %v", got, tc.want)
+			}
+			for i := range got {
+				if !got[i].Equal(tc.want[i]) {
+					t.Errorf("Take = %v, want %v", got, tc.want)
+				}
+			}
+			if again := tt.Take(); len(again) != 0 {
+				t.Errorf("second Take = %v, want nothing", again)
+			}
+		})
+	}
+}
+
+func TestStateCounter(t *testing.T) {
+	key := func(n string) model.ServiceKey { return model.ServiceKey{Namespace: "ns", Name: n} }
+	port := func(eps int) model.ServicePort {
+		sp := model.ServicePort{}
+		for i := range eps {
+			sp.Endpoints = append(sp.Endpoints, model.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), Port: 80})
+		}
+		return sp
+	}
+	st := &model.State{Services: map[model.ServiceKey][]model.ServicePort{
+		key("a"): {port(2), port(2)},
+		key("b"): {port(0)},
+	}}
+	c := NewStateCounter()
+	steps := []struct {
+		name      string
+		change    func()
+		delta     model.Delta
+		svcs, eps int
+	}{
+		{"full count", func() {}, model.Delta{Full: true}, 2, 4},
+		{"a Service gains endpoints", func() { st.Services[key("b")] = []model.ServicePort{port(3)} }, model.Delta{Changed: []model.ServiceKey{key("b")}}, 2, 7},
+		{"a Service goes away", func() { delete(st.Services, key("a")) }, model.Delta{Changed: []model.ServiceKey{key("a")}}, 1, 3},
+		{"unchanged Services are not recounted", func() { st.Services[key("c")] = []model.ServicePort{port(1)} }, model.Delta{}, 1, 3},
+		{"a full delta recounts", func() {}, model.Delta{Full: true}, 2, 4},
+	}
+	for _, s := range steps {
+		s.change()
+		svcs, eps := c.Update(st, s.delta)
+		if svcs != s.svcs || eps != s.eps {
+			t.Errorf("%s: %d Services, %d endpoints; want %d, %d", s.name, svcs, eps, s.svcs, s.eps)
+		}
+	}
+}
+
+func TestNopIsAReporter(t *testing.T) {
+	var r Reporter = Nop
+	r.ObserveSync(true, time.Second)
+	r.ConntrackEntriesDeleted(3)
+}
