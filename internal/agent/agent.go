@@ -19,14 +19,17 @@ import (
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/healthcheck"
 	"github.com/kubenat/kubenat/internal/ipmasq"
+	"github.com/kubenat/kubenat/internal/events"
+	"github.com/kubenat/kubenat/internal/metrics"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
 )
 
 // Source delivers objects to a Sink.
 type Source interface {
-	// Load delivers the current content once and calls Synced.
-	Load(sink Sink) error
+	// Load delivers the current content once and calls Synced. ctx bounds
+	// the wait for the content.
+	Load(ctx context.Context, sink Sink) error
 	// Run delivers the content, then every change, until ctx ends.
 	Run(ctx context.Context, sink Sink) error
 }
@@ -50,6 +53,11 @@ type Options struct {
 	// HealthTimeout is how long a change may wait to be programmed before
 	// the agent reports itself unhealthy; default 60s.
 	HealthTimeout time.Duration
+	// Metrics receives the agent's measurements; nil means metrics.Nop.
+	Metrics metrics.Reporter
+	// Events records problems with a Service as Kubernetes Events on it;
+	// nil means events.Nop.
+	Events events.Recorder
 }
 
 // Agent programs the node's datapath from the objects a Source delivers.
@@ -72,6 +80,10 @@ type Agent struct {
 	warnings     []string
 	reported     map[string]bool
 	kick         chan struct{}
+	pending      int                   // changes since the last successful sync
+	triggers     *metrics.TriggerTimes // EndpointSlice changes not programmed yet
+	counter      *metrics.StateCounter // programmed Services and endpoints
+	recount      bool                  // a sync failed: recount everything on the next success
 }
 
 // New returns an Agent for opts.
@@ -93,6 +105,12 @@ func New(opts Options) (*Agent, error) {
 		}
 		opts.Runner = r
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.Nop
+	}
+	if opts.Events == nil {
+		opts.Events = events.Nop
+	}
 	cleaner, err := conntrack.NewCleaner()
 	if err != nil {
 		klog.ErrorS(err, "Stale UDP conntrack entries will not be cleared")
@@ -109,12 +127,14 @@ func New(opts Options) (*Agent, error) {
 		builder:  model.NewBuilder(opts.Config),
 		reported: map[string]bool{},
 		kick:     make(chan struct{}, 1),
+		triggers: metrics.NewTriggerTimes(time.Now()),
+		counter:  metrics.NewStateCounter(),
 	}, nil
 }
 
 // SyncOnce loads src once and programs the result.
 func (a *Agent) SyncOnce(ctx context.Context, src Source) error {
-	if err := src.Load(a); err != nil {
+	if err := src.Load(ctx, a); err != nil {
 		return fmt.Errorf("loading objects: %w", err)
 	}
 	return a.sync(ctx)
@@ -177,7 +197,9 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 			}
 		}
 		last = time.Now()
-		if err := a.sync(ctx); err != nil {
+		if err := a.sync(ctx); errors.Is(err, errNotSynced) {
+			continue // Synced will kick again
+		} else if err != nil {
 			klog.ErrorS(err, "Sync failed; will retry", "after", backoff)
 			retry = time.After(backoff)
 			backoff = min(2*backoff, 30*time.Second)
@@ -264,9 +286,12 @@ func (a *Agent) sync(ctx context.Context) error {
 		if a.pendingSince.IsZero() {
 			a.pendingSince = pending
 		}
+		a.recount = true
 		a.mu.Unlock()
+		a.opts.Metrics.SyncFailed()
 		return err
 	}
+	a.observe(st, delta, res.Full, start)
 	services := len(st.Services)
 	a.health.Updated()
 	a.health.SetNodeEligible(!st.Node.Terminating)
@@ -322,10 +347,29 @@ func (a *Agent) clearConntrack(rules []conntrack.Rule) {
 	}
 	if n > 0 {
 		klog.InfoS("Deleted stale UDP conntrack entries", "count", n)
+		a.opts.Metrics.ConntrackEntriesDeleted(n)
 	}
 }
 
-// report logs input problems not reported before.
+// observe reports a successful sync to the metrics. The caller holds mu.
+func (a *Agent) observe(st *model.State, delta model.Delta, full bool, start time.Time) {
+	now := time.Now()
+	m := a.opts.Metrics
+	m.ObserveSync(full, now.Sub(start))
+	for _, t := range a.triggers.Take() {
+		m.ObserveNetworkProgramming(now.Sub(t))
+	}
+	a.pending = 0
+	m.SetPendingChanges(0)
+	if a.recount {
+		delta.Full, a.recount = true, false
+	}
+	m.SetProgrammed(a.counter.Update(st, delta))
+	m.SetInvalidObjects(len(a.sourceErrs) + len(st.Errors))
+}
+
+// report logs input problems not reported before, and records those about
+// a Service as a Warning event on it.
 func (a *Agent) report(st *model.State) {
 	now := map[string]bool{}
 	for _, w := range a.warnings {
@@ -339,6 +383,15 @@ func (a *Agent) report(st *model.State) {
 			msg := e.Error()
 			if !a.reported[msg] {
 				klog.ErrorS(nil, "Invalid input; the other objects are served", "problem", msg)
+				var oe *model.ObjectError
+				if errors.As(e, &oe) && oe.Kind == "Service" {
+					detail := oe.Msg
+					if oe.Field != "" {
+						detail = oe.Field + ": " + detail
+					}
+					a.opts.Events.Eventf(model.ServiceKey{Namespace: oe.Namespace, Name: oe.Name},
+						v1.EventTypeWarning, "NotProgrammed", "%s", detail)
+				}
 			}
 			now[msg] = true
 		}
@@ -362,6 +415,8 @@ func (a *Agent) changed() {
 		a.pendingSince = time.Now()
 	}
 	a.health.QueuedUpdate()
+	a.pending++
+	a.opts.Metrics.SetPendingChanges(a.pending)
 	select {
 	case a.kick <- struct{}{}:
 	default:
@@ -389,6 +444,7 @@ func (a *Agent) SetEndpointSlice(s *discovery.EndpointSlice, origin string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.builder.SetEndpointSlice(s, origin)
+	a.triggers.SliceChanged(s.Namespace, s.Name, s.Annotations)
 	a.changed()
 }
 
@@ -397,6 +453,7 @@ func (a *Agent) DeleteEndpointSlice(namespace, name string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.builder.DeleteEndpointSlice(namespace, name)
+	a.triggers.SliceDeleted(namespace, name)
 	a.changed()
 }
 

@@ -50,7 +50,7 @@ type chanSource struct {
 	ops chan func(Sink)
 }
 
-func (c chanSource) Load(sink Sink) error { return nil }
+func (c chanSource) Load(context.Context, Sink) error { return nil }
 
 func (c chanSource) Run(ctx context.Context, sink Sink) error {
 	for {

@@ -29,8 +29,9 @@ func NewManifestSource(dir string) *ManifestSource {
 		Poll: 10 * time.Second, Debounce: 100 * time.Millisecond}
 }
 
-// Load reads the directory once and delivers its content.
-func (m *ManifestSource) Load(sink Sink) error {
+// Load reads the directory once and delivers its content. Reading does
+// not block, so ctx is not consulted.
+func (m *ManifestSource) Load(_ context.Context, sink Sink) error {
 	snap, err := m.reader.Read()
 	if err != nil {
 		return err
@@ -51,7 +52,7 @@ func (m *ManifestSource) Run(ctx context.Context, sink Sink) error {
 	if err := w.Add(m.reader.Dir()); err != nil {
 		return fmt.Errorf("watching manifest directory %s: %w", m.reader.Dir(), err)
 	}
-	if err := m.Load(sink); err != nil {
+	if err := m.Load(ctx, sink); err != nil {
 		return err
 	}
 	poll := time.NewTicker(m.Poll)
