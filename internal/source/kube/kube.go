@@ -1,0 +1,318 @@
+// Package kube is the Kubernetes API source of the agent: client-go shared
+// informers on Services, EndpointSlices and this node's Node object feed
+// an agent.Sink, the same way the manifest source does.
+//
+// What is watched, and how:
+//
+//   - Services and EndpointSlices without the service.kubernetes.io/headless
+//     label, selected by the API server (as kube-proxy does). The
+//     service.kubernetes.io/service-proxy-name label is filtered here: an
+//     object labelled with another proxy's name is dropped, one labelled
+//     with kubenat's name (Options.ProxyName) is served. A label selector
+//     cannot say "absent or equal to X", so these objects still reach the
+//     informer's cache; a Service that moves between proxies is deleted
+//     from, or added to, the sink.
+//   - The Node named Options.NodeName, by field selector. Its updates reach
+//     the sink only when a field the datapath depends on changes (see
+//     nodeChanged): the kubelet's status heartbeats would otherwise rebuild
+//     every Service every few seconds.
+//
+// The sink's Synced is called only after every informer has listed its
+// objects and the handlers have delivered all of them, so a restarted
+// agent never programs a partial (or empty) ruleset. The informers'
+// reflectors re-watch from the last resourceVersion when a watch ends
+// (timeouts, API server restarts) and re-list when that version is too
+// old; a re-list delivers the differences as updates and deletions.
+package kube
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+
+	"github.com/kubenat/kubenat/internal/agent"
+	"github.com/kubenat/kubenat/internal/model"
+)
+
+// Options configure a Source.
+type Options struct {
+	// NodeName is the Node whose object is watched. Required.
+	NodeName string
+	// ProxyName is the service.kubernetes.io/service-proxy-name value that
+	// names kubenat; empty means model.DefaultProxyName.
+	ProxyName string
+	// Resync is the informers' resync period: how often every cached
+	// object is delivered again although unchanged. 0 (the default)
+	// disables it; the datapath does not need it.
+	Resync time.Duration
+}
+
+// Source watches the Kubernetes API. It runs once: call Load or Run, once.
+type Source struct {
+	opts          Options
+	factory       informers.SharedInformerFactory
+	nodeFactory   informers.SharedInformerFactory
+	services      cache.SharedIndexInformer
+	slices        cache.SharedIndexInformer
+	node          cache.SharedIndexInformer
+	serviceLister corelisters.ServiceLister
+	nodeLister    corelisters.NodeLister
+}
+
+// New returns a Source reading with client. The informers are created
+// here and started by Load or Run.
+func New(client kubernetes.Interface, opts Options) (*Source, error) {
+	if opts.NodeName == "" {
+		return nil, fmt.Errorf("kubernetes source: the node name is required")
+	}
+	if opts.ProxyName == "" {
+		opts.ProxyName = model.DefaultProxyName
+	}
+	notHeadless, err := labels.NewRequirement(model.LabelHeadless, selection.DoesNotExist, nil)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes source: building the label selector: %w", err)
+	}
+	selector := labels.NewSelector().Add(*notHeadless).String()
+	s := &Source{opts: opts}
+	s.factory = informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }),
+		informers.WithTransform(dropManagedFields))
+	s.nodeFactory = informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector(metav1.ObjectNameField, opts.NodeName).String()
+		}),
+		informers.WithTransform(dropManagedFields))
+	svcInf := s.factory.Core().V1().Services()
+	s.services, s.serviceLister = svcInf.Informer(), svcInf.Lister()
+	s.slices = s.factory.Discovery().V1().EndpointSlices().Informer()
+	nodeInf := s.nodeFactory.Core().V1().Nodes()
+	s.node, s.nodeLister = nodeInf.Informer(), nodeInf.Lister()
+	return s, nil
+}
+
+// dropManagedFields removes metadata.managedFields, which kubenat never
+// reads, before objects are cached: it is often the largest part of them.
+func dropManagedFields(obj any) (any, error) {
+	if a, err := meta.Accessor(obj); err == nil {
+		a.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+// Service returns the cached Service namespace/name, or nil. It is an
+// events.ServiceLookup, valid once Load or Run has started.
+func (s *Source) Service(namespace, name string) *v1.Service {
+	svc, err := s.serviceLister.Services(namespace).Get(name)
+	if err != nil {
+		return nil
+	}
+	return svc
+}
+
+// Load delivers the current objects to sink, calls Synced and stops
+// watching. It fails when ctx ends before the caches have synced.
+func (s *Source) Load(ctx context.Context, sink agent.Sink) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	synced, err := s.start(ctx, sink)
+	if err != nil {
+		return err
+	}
+	if !synced {
+		return fmt.Errorf("kubernetes source: the caches did not sync: %w", context.Cause(ctx))
+	}
+	return nil
+}
+
+// Run delivers the current objects, calls sink.Synced, then delivers every
+// change until ctx ends, and returns nil. API errors are retried by the
+// informers for as long as ctx lasts; until the first sync nothing is
+// delivered as Synced.
+func (s *Source) Run(ctx context.Context, sink agent.Sink) error {
+	if _, err := s.start(ctx, sink); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// start registers the handlers, starts the informers and waits for them
+// to sync; it reports whether they did before ctx ended. The informers
+// stop when ctx ends; start waits for that in the background.
+func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
+	regs := make([]cache.ResourceEventHandlerRegistration, 0, 3)
+	for _, h := range []struct {
+		inf cache.SharedIndexInformer
+		h   cache.ResourceEventHandler
+	}{
+		{s.services, serviceHandler(sink, s.opts.ProxyName)},
+		{s.slices, sliceHandler(sink, s.opts.ProxyName)},
+		{s.node, nodeHandler(sink)},
+	} {
+		reg, err := h.inf.AddEventHandler(h.h)
+		if err != nil {
+			return false, fmt.Errorf("kubernetes source: registering an event handler: %w", err)
+		}
+		regs = append(regs, reg)
+	}
+	start := time.Now()
+	klog.InfoS("Watching the Kubernetes API", "node", s.opts.NodeName, "proxyName", s.opts.ProxyName)
+	s.factory.Start(ctx.Done())
+	s.nodeFactory.Start(ctx.Done())
+	go func() {
+		<-ctx.Done()
+		s.factory.Shutdown()
+		s.nodeFactory.Shutdown()
+	}()
+	syncs := make([]cache.InformerSynced, len(regs))
+	for i, r := range regs {
+		syncs[i] = r.HasSynced
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
+		return false, nil
+	}
+	klog.InfoS("Kubernetes API caches synced", "duration", time.Since(start),
+		"services", len(s.services.GetStore().ListKeys()), "endpointSlices", len(s.slices.GetStore().ListKeys()))
+	if _, err := s.nodeLister.Get(s.opts.NodeName); apierrors.IsNotFound(err) {
+		klog.InfoS("Warning: this node's Node object does not exist; NodePorts are served only on the configured node IPs until it does", "node", s.opts.NodeName)
+	}
+	sink.Synced()
+	return true, nil
+}
+
+// otherProxy reports whether an object's labels name another service proxy.
+func otherProxy(l map[string]string, proxyName string) bool {
+	name, ok := l[model.LabelServiceProxyName]
+	return ok && name != proxyName
+}
+
+// key returns namespace and name of obj, which may be a tombstone.
+func key(obj any) (namespace, name string, ok bool) {
+	if t, isTomb := obj.(cache.DeletedFinalStateUnknown); isTomb {
+		ns, n, err := cache.SplitMetaNamespaceKey(t.Key)
+		return ns, n, err == nil
+	}
+	a, err := meta.Accessor(obj)
+	if err != nil {
+		return "", "", false
+	}
+	return a.GetNamespace(), a.GetName(), true
+}
+
+func serviceHandler(sink agent.Sink, proxyName string) cache.ResourceEventHandler {
+	set := func(obj any) {
+		svc, ok := obj.(*v1.Service)
+		if !ok {
+			return
+		}
+		if otherProxy(svc.Labels, proxyName) {
+			// It may have been ours before this update.
+			sink.DeleteService(svc.Namespace, svc.Name)
+			return
+		}
+		klog.V(4).InfoS("Service changed", "service", klog.KObj(svc), "resourceVersion", svc.ResourceVersion)
+		sink.SetService(svc, "")
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if svc, ok := obj.(*v1.Service); ok && otherProxy(svc.Labels, proxyName) {
+				return
+			}
+			set(obj)
+		},
+		UpdateFunc: func(_, obj any) { set(obj) },
+		DeleteFunc: func(obj any) {
+			if ns, name, ok := key(obj); ok {
+				klog.V(4).InfoS("Service deleted", "service", klog.KRef(ns, name))
+				sink.DeleteService(ns, name)
+			}
+		},
+	}
+}
+
+func sliceHandler(sink agent.Sink, proxyName string) cache.ResourceEventHandler {
+	set := func(obj any) {
+		s, ok := obj.(*discovery.EndpointSlice)
+		if !ok {
+			return
+		}
+		if otherProxy(s.Labels, proxyName) {
+			sink.DeleteEndpointSlice(s.Namespace, s.Name)
+			return
+		}
+		klog.V(4).InfoS("EndpointSlice changed", "endpointSlice", klog.KObj(s), "resourceVersion", s.ResourceVersion)
+		sink.SetEndpointSlice(s, "")
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if s, ok := obj.(*discovery.EndpointSlice); ok && otherProxy(s.Labels, proxyName) {
+				return
+			}
+			set(obj)
+		},
+		UpdateFunc: func(_, obj any) { set(obj) },
+		DeleteFunc: func(obj any) {
+			if ns, name, ok := key(obj); ok {
+				klog.V(4).InfoS("EndpointSlice deleted", "endpointSlice", klog.KRef(ns, name))
+				sink.DeleteEndpointSlice(ns, name)
+			}
+		},
+	}
+}
+
+func nodeHandler(sink agent.Sink) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if n, ok := obj.(*v1.Node); ok {
+				klog.V(2).InfoS("Node seen", "node", klog.KObj(n))
+				sink.SetNode(n, "")
+			}
+		},
+		UpdateFunc: func(oldObj, obj any) {
+			old, ok1 := oldObj.(*v1.Node)
+			n, ok2 := obj.(*v1.Node)
+			if !ok1 || !ok2 || !nodeChanged(old, n) {
+				return
+			}
+			klog.V(2).InfoS("Node changed", "node", klog.KObj(n))
+			sink.SetNode(n, "")
+		},
+		DeleteFunc: func(obj any) {
+			if _, name, ok := key(obj); ok {
+				klog.InfoS("Node deleted", "node", name)
+				sink.DeleteNode(name)
+			}
+		},
+	}
+}
+
+// nodeChanged reports whether an update of the Node changes anything the
+// datapath may depend on: its addresses, pod CIDRs, labels (topology),
+// taints, or whether it is being deleted. Anything else (conditions,
+// heartbeats, images, annotations) is ignored. A model that starts reading
+// another field of the Node must be added here.
+func nodeChanged(old, n *v1.Node) bool {
+	return !reflect.DeepEqual(old.Status.Addresses, n.Status.Addresses) ||
+		old.Spec.PodCIDR != n.Spec.PodCIDR ||
+		!slices.Equal(old.Spec.PodCIDRs, n.Spec.PodCIDRs) ||
+		!maps.Equal(old.Labels, n.Labels) ||
+		!reflect.DeepEqual(old.Spec.Taints, n.Spec.Taints) ||
+		(old.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil)
+}
