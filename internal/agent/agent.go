@@ -17,9 +17,9 @@ import (
 
 	"github.com/kubenat/kubenat/internal/conntrack"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
+	"github.com/kubenat/kubenat/internal/events"
 	"github.com/kubenat/kubenat/internal/healthcheck"
 	"github.com/kubenat/kubenat/internal/ipmasq"
-	"github.com/kubenat/kubenat/internal/events"
 	"github.com/kubenat/kubenat/internal/metrics"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
@@ -149,6 +149,7 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	a.svcHealth = healthcheck.NewServiceHealth(ctx, a.health, nil, func(k model.ServiceKey, err error) {
 		if err != nil {
 			klog.ErrorS(err, "Service health check not served", "service", k.String())
+			a.opts.Events.Eventf(k, v1.EventTypeWarning, "FailedToStartServiceHealthcheck", "%v", err)
 		}
 	})
 	a.mu.Unlock()
@@ -225,7 +226,7 @@ func (a *Agent) setEgress(e model.EgressConfig) {
 // cannot be bound (e.g. while the previous agent is still exiting).
 func (a *Agent) serveHealthz(ctx context.Context) {
 	for {
-		err := a.health.Serve(ctx, a.opts.HealthzBindAddress)
+		err := metrics.ServeHTTP(ctx, a.opts.HealthzBindAddress, metrics.CountResponses(a.opts.Metrics, a.health.Handler()))
 		if ctx.Err() != nil {
 			return
 		}

@@ -21,11 +21,13 @@ package config
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"time"
 
+	yamlv3 "go.yaml.in/yaml/v3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
@@ -43,6 +45,7 @@ const (
 const (
 	DefaultMinSyncPeriod      = 100 * time.Millisecond
 	DefaultMetricsBindAddress = "127.0.0.1:10249"
+	DefaultHealthzBindAddress = "0.0.0.0:10256"
 	DefaultQPS                = 5
 	DefaultBurst              = 10
 	// MaxMinSyncPeriod bounds minSyncPeriod: longer would leave changes
@@ -95,6 +98,11 @@ type Configuration struct {
 	// served on, at /metrics. Empty disables the server. Default
 	// "127.0.0.1:10249". Flag --metrics-bind-address.
 	MetricsBindAddress string `json:"metricsBindAddress"`
+	// HealthzBindAddress is the host:port of the kube-proxy compatible
+	// /healthz and /livez endpoints, which load balancers and the kubelet
+	// probe. Empty disables them. Default "0.0.0.0:10256".
+	// Flag --healthz-bind-address.
+	HealthzBindAddress string `json:"healthzBindAddress"`
 	// ClientConnection configures the connection to the Kubernetes API.
 	ClientConnection ClientConnection `json:"clientConnection"`
 	// Manifests is a directory of Kubernetes YAML manifests to read the
@@ -116,6 +124,12 @@ type Masquerade struct {
 	// MasqLinkLocalIPv6 masquerades traffic to fe80::/10 too. Default
 	// false. Flag --masq-link-local-ipv6.
 	MasqLinkLocalIPv6 bool `json:"masqLinkLocalIPv6"`
+	// ConfigFile is an ip-masq-agent configuration file (nonMasqueradeCIDRs,
+	// masqLinkLocal, masqLinkLocalIPv6) read at start and followed for
+	// changes; a bad version is reported and the last good one kept. It
+	// replaces the three fields above, which must then keep their
+	// defaults. Flag --masquerade-config.
+	ConfigFile string `json:"configFile,omitempty"`
 }
 
 // ClientConnection configures the Kubernetes API client.
@@ -143,6 +157,7 @@ func Default() *Configuration {
 		Kind:               Kind,
 		MinSyncPeriod:      DefaultMinSyncPeriod.String(),
 		MetricsBindAddress: DefaultMetricsBindAddress,
+		HealthzBindAddress: DefaultHealthzBindAddress,
 		ClientConnection:   ClientConnection{QPS: DefaultQPS, Burst: DefaultBurst},
 	}
 	c.setDefaults()
@@ -217,11 +232,43 @@ func Load(path string) (*Configuration, error) {
 	return c, nil
 }
 
-// Encode returns the configuration as YAML, every field spelled out.
+// Encode returns the configuration as YAML, every field spelled out, in
+// the order of the type's fields (apiVersion and kind first).
 func (c *Configuration) Encode() ([]byte, error) {
-	out, err := yaml.Marshal(c)
+	js, err := json.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the configuration: %w", err)
 	}
-	return out, nil
+	// JSON is YAML: decoding it into a node keeps the field order, and
+	// clearing the styles turns flow style ({...}, "...") into block style.
+	var doc yamlv3.Node
+	if err := yamlv3.Unmarshal(js, &doc); err != nil {
+		return nil, fmt.Errorf("encoding the configuration: %w", err)
+	}
+	blockStyle(&doc)
+	var buf bytes.Buffer
+	enc := yamlv3.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(&doc); err != nil {
+		return nil, fmt.Errorf("encoding the configuration: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// blockStyle clears the presentation style of n and its children, except
+// where a plain scalar would be read back as another type or value.
+func blockStyle(n *yamlv3.Node) {
+	if n.Kind == yamlv3.ScalarNode && n.Tag == "!!str" {
+		// Keep quotes only when needed ("", "true", "10", "a: b").
+		n.Style = 0
+		var back any
+		if out, err := yamlv3.Marshal(n); err != nil || yamlv3.Unmarshal(out, &back) != nil || back != n.Value {
+			n.Style = yamlv3.DoubleQuotedStyle
+		}
+	} else {
+		n.Style = 0
+	}
+	for _, child := range n.Content {
+		blockStyle(child)
+	}
 }

@@ -2,6 +2,8 @@ package config
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -41,6 +43,7 @@ masquerade:
 serviceProxyName: other
 minSyncPeriod: 1s
 metricsBindAddress: 0.0.0.0:9999
+healthzBindAddress: 127.0.0.1:10256
 clientConnection:
   kubeconfig: /etc/kubenat/kubeconfig
   contentType: application/json
@@ -50,7 +53,7 @@ clientConnection:
 			ClusterCIDRs: []string{"10.244.0.0/16", "fd00:244::/56"}, NodeIPs: []string{"192.168.100.11"},
 			NodePortAddresses: []string{"192.168.100.0/24"}, MasqueradeAll: true,
 			Masquerade:       Masquerade{NonMasqueradeCIDRs: []string{"10.0.0.0/8"}, MasqLinkLocal: true, MasqLinkLocalIPv6: true},
-			ServiceProxyName: "other", MinSyncPeriod: "1s", MetricsBindAddress: "0.0.0.0:9999",
+			ServiceProxyName: "other", MinSyncPeriod: "1s", MetricsBindAddress: "0.0.0.0:9999", HealthzBindAddress: "127.0.0.1:10256",
 			ClientConnection: ClientConnection{Kubeconfig: "/etc/kubenat/kubeconfig", ContentType: ContentTypeJSON, QPS: 20, Burst: 40}}},
 		{name: "explicit zero values are kept", in: header + "minSyncPeriod: 0s\nmetricsBindAddress: \"\"\nmasquerade:\n  nonMasqueradeCIDRs: []\n",
 			want: withDefaults(func(c *Configuration) {
@@ -149,6 +152,13 @@ func TestValidate(t *testing.T) {
 			[]string{"must have an IP address as host"}},
 		{"metrics port out of range", func(c *Configuration) { c.MetricsBindAddress = "127.0.0.1:70000" },
 			[]string{"port out of range"}},
+		{"masquerade file alone", func(c *Configuration) { c.Masquerade.ConfigFile = "/etc/ip-masq-agent/config" }, nil},
+		{"masquerade file and inline settings", func(c *Configuration) {
+			c.Masquerade.ConfigFile = "/etc/ip-masq-agent/config"
+			c.Masquerade.MasqLinkLocal = true
+		}, []string{"masquerade.configFile (--masquerade-config): replaces masquerade.nonMasqueradeCIDRs"}},
+		{"bad healthz address", func(c *Configuration) { c.HealthzBindAddress = "10256" },
+			[]string{`healthzBindAddress (--healthz-bind-address): "10256" is not host:port`}},
 		{"bad content type", func(c *Configuration) { c.ClientConnection.ContentType = "text/plain" },
 			[]string{`clientConnection.contentType (--kube-api-content-type): "text/plain" is not supported`}},
 		{"negative qps and burst", func(c *Configuration) { c.ClientConnection.QPS, c.ClientConnection.Burst = -1, -1 },
@@ -303,7 +313,7 @@ func TestEncodeRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(back, c) {
 		t.Errorf("round trip:\n%s\ngave %+v\nwant %+v", out, back, c)
 	}
-	if !strings.HasPrefix(string(out), "apiVersion: kubenat.io/v1alpha1\n") {
+	if !strings.HasPrefix(string(out), "apiVersion: kubenat.io/v1alpha1\nkind: KubenatConfiguration\n") {
 		t.Errorf("Encode output does not start with the apiVersion:\n%s", out)
 	}
 }
@@ -332,6 +342,25 @@ func TestModelConfig(t *testing.T) {
 	if !reflect.DeepEqual(mc, want) {
 		t.Errorf("ModelConfig =\n%+v\nwant\n%+v", mc, want)
 	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "masq"), []byte("nonMasqueradeCIDRs: [100.64.0.0/10]\nmasqLinkLocal: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.Masquerade = Masquerade{NonMasqueradeCIDRs: Default().Masquerade.NonMasqueradeCIDRs, ConfigFile: filepath.Join(dir, "masq")}
+	mc, err = c.ModelConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (model.EgressConfig{NonMasqueradeCIDRs: []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")}, MasqLinkLocal: true}); !reflect.DeepEqual(mc.Egress, want) {
+		t.Errorf("egress from the masquerade file = %+v, want %+v", mc.Egress, want)
+	}
+	if err := os.WriteFile(c.Masquerade.ConfigFile, []byte("nonMasqueradeCIDRs: [nope]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ModelConfig(); err == nil || !strings.Contains(err.Error(), "masquerade.configFile") {
+		t.Errorf("a bad masquerade file gave %v, want an error naming masquerade.configFile", err)
+	}
+	c.Masquerade = Default().Masquerade
 	c.NodeName = "explicit"
 	if mc, _ := c.ModelConfig(); mc.NodeName != "explicit" {
 		t.Errorf("node name %q, want the configured one", mc.NodeName)

@@ -6,12 +6,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/kubenat/kubenat/internal/ipmasq"
 	"github.com/kubenat/kubenat/internal/model"
 )
 
@@ -96,9 +98,18 @@ func (c *Configuration) Validate() error {
 	} else if d < 0 || d > MaxMinSyncPeriod {
 		errs.add("minSyncPeriod", "%s is out of range 0s-%s", c.MinSyncPeriod, MaxMinSyncPeriod)
 	}
-	if c.MetricsBindAddress != "" {
-		if msg := checkHostPort(c.MetricsBindAddress); msg != "" {
-			errs.add("metricsBindAddress", "%q %s", c.MetricsBindAddress, msg)
+	if m := c.Masquerade; m.ConfigFile != "" && (m.MasqLinkLocal || m.MasqLinkLocalIPv6 || !slices.Equal(m.NonMasqueradeCIDRs, Default().Masquerade.NonMasqueradeCIDRs)) {
+		errs.add("masquerade.configFile", "replaces masquerade.nonMasqueradeCIDRs, masqLinkLocal and masqLinkLocalIPv6 (flags --non-masquerade-cidr, --masq-link-local, --masq-link-local-ipv6); set one or the other")
+	}
+	for _, b := range []struct{ path, addr string }{
+		{"metricsBindAddress", c.MetricsBindAddress},
+		{"healthzBindAddress", c.HealthzBindAddress},
+	} {
+		if b.addr == "" {
+			continue
+		}
+		if msg := checkHostPort(b.addr); msg != "" {
+			errs.add(b.path, "%q %s", b.addr, msg)
 		}
 	}
 	cc := c.ClientConnection
@@ -159,8 +170,10 @@ func (c *Configuration) NodeNameOrDefault() (string, error) {
 }
 
 // ModelConfig returns the model configuration this file describes, with
-// the node name resolved (NodeNameOrDefault). It fails when the
-// configuration does not Validate.
+// the node name resolved (NodeNameOrDefault) and, when
+// masquerade.configFile is set, the egress settings read from that file.
+// It fails when the configuration does not Validate or the file cannot be
+// used.
 func (c *Configuration) ModelConfig() (model.Config, error) {
 	if err := c.Validate(); err != nil {
 		return model.Config{}, err
@@ -188,6 +201,13 @@ func (c *Configuration) ModelConfig() (model.Config, error) {
 	}
 	for _, s := range c.Masquerade.NonMasqueradeCIDRs {
 		mc.Egress.NonMasqueradeCIDRs = append(mc.Egress.NonMasqueradeCIDRs, netip.MustParsePrefix(s).Masked())
+	}
+	if path := c.Masquerade.ConfigFile; path != "" {
+		egress, _, err := ipmasq.Load(path)
+		if err != nil {
+			return model.Config{}, fmt.Errorf("masquerade.configFile (--masquerade-config): %w", err)
+		}
+		mc.Egress = egress
 	}
 	if err := mc.Validate(); err != nil {
 		return model.Config{}, err

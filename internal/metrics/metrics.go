@@ -241,3 +241,40 @@ func (m *Metrics) Serve(ctx context.Context, addr string) (net.Addr, error) {
 	}()
 	return l.Addr(), nil
 }
+
+// CountResponses wraps a health handler so that every response is counted
+// with HealthzResponse (by request path and status code).
+func CountResponses(r Reporter, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(rec, req)
+		r.HealthzResponse(req.URL.Path, rec.code)
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// ServeHTTP listens on addr and serves h until ctx ends, then returns nil;
+// it returns the error if addr cannot be bound or serving fails.
+func ServeHTTP(ctx context.Context, addr string, h http.Handler) error {
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	stop := context.AfterFunc(ctx, func() { _ = srv.Close() })
+	defer stop()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving on %s: %w", addr, err)
+	}
+	return nil
+}

@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -235,4 +236,49 @@ func TestNopIsAReporter(t *testing.T) {
 	var r Reporter = Nop
 	r.ObserveSync(true, time.Second)
 	r.ConntrackEntriesDeleted(3)
+}
+
+func TestCountResponses(t *testing.T) {
+	m := New("x")
+	h := CountResponses(m, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_, _ = w.Write([]byte("{}"))
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	l, err := (&net.ListenConfig{}).Listen(ctx, "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	done := make(chan error, 1)
+	go func() { done <- ServeHTTP(ctx, addr, h) }()
+	get := func(path string) {
+		for range 50 {
+			resp, err := http.Get("http://" + addr + path)
+			if err == nil {
+				resp.Body.Close()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("GET %s failed", path)
+	}
+	get("/healthz")
+	get("/livez")
+	get("/livez")
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("ServeHTTP after cancel: %v", err)
+	}
+	for _, tc := range []struct {
+		path, code string
+		want       float64
+	}{{"/healthz", "503", 1}, {"/livez", "200", 2}} {
+		if got := testutil.ToFloat64(m.healthz.WithLabelValues(tc.path, tc.code)); got != tc.want {
+			t.Errorf("%s %s: %v responses counted, want %v", tc.path, tc.code, got, tc.want)
+		}
+	}
 }
