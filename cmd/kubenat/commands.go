@@ -4,59 +4,52 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/klog/v2"
 
 	"github.com/kubenat/kubenat/internal/agent"
+	"github.com/kubenat/kubenat/internal/config"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
 	"github.com/kubenat/kubenat/internal/source/manifest"
-	"github.com/kubenat/kubenat/internal/version"
 )
 
 func newAgentCmd() *cobra.Command {
 	var nf nodeFlags
 	var once bool
-	var minSync time.Duration
-	var healthz string
+	var configFile, writeConfigTo string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Program this node's kernel from Services, EndpointSlices and the Node, and keep it up to date",
 		Long: `agent programs this node's nftables from Kubernetes objects and keeps them up to
-date. With --once it syncs once and exits. On SIGTERM it exits and leaves the
-rules in place, so established connections survive a restart.`,
+date. The objects come from exactly one source: the Kubernetes API
+(--kubeconfig, or the in-cluster configuration when run in a pod) or a
+directory of manifests (--manifests). Nothing is programmed before the source
+has delivered its complete content. With --once it syncs once and exits. On
+SIGTERM it exits and leaves the rules in place, so established connections
+survive a restart.
+
+Settings come from --config (a KubenatConfiguration file) and flags; a flag
+given on the command line overrides the file. --write-config-to prints the
+effective configuration and exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := nf.config()
+			cfg, err := agentConfig(cmd.Flags(), configFile)
 			if err != nil {
 				return err
 			}
-			if nf.manifests == "" {
-				return errors.New("--manifests is required")
+			if writeConfigTo != "" {
+				return writeConfig(cmd.OutOrStdout(), cfg, writeConfigTo)
 			}
-			cfg.FallbackNodeIPs = agent.DefaultRouteAddrs()
-			a, err := agent.New(agent.Options{Config: cfg, MinSyncPeriod: minSync, HealthzBindAddress: healthz,
-				MasqueradeConfig: nf.masqConfig})
-			if err != nil {
-				return err
-			}
-			klog.InfoS("Starting kubenat agent", "version", version.String(), "node", cfg.NodeName, "manifests", nf.manifests)
-			src := agent.NewManifestSource(nf.manifests)
-			if once {
-				return a.SyncOnce(cmd.Context(), src)
-			}
-			err = a.Run(cmd.Context(), src)
-			klog.InfoS("kubenat agent stopped; the programmed rules stay in place")
-			return err
+			return runAgent(cmd.Context(), cfg, once)
 		},
 	}
 	nf.register(cmd.Flags())
+	config.RegisterFlags(cmd.Flags())
 	cmd.Flags().BoolVar(&once, "once", false, "sync once and exit")
-	cmd.Flags().DurationVar(&minSync, "min-sync-period", 100*time.Millisecond, "least time between two syncs; changes meanwhile are batched")
-	cmd.Flags().StringVar(&healthz, "healthz-bind-address", "0.0.0.0:10256", `address of the kube-proxy compatible /healthz and /livez ("" disables)`)
+	cmd.Flags().StringVar(&configFile, "config", "", "KubenatConfiguration file (apiVersion kubenat.io/v1alpha1); flags override it")
+	cmd.Flags().StringVar(&writeConfigTo, "write-config-to", "", `write the effective configuration to this file ("-" for stdout) and exit`)
 	return cmd
 }
 

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/kubenat/kubenat/internal/agent"
+	"github.com/kubenat/kubenat/internal/config"
+	"github.com/kubenat/kubenat/internal/events"
+	"github.com/kubenat/kubenat/internal/metrics"
+	"github.com/kubenat/kubenat/internal/source/kube"
+	"github.com/kubenat/kubenat/internal/version"
+)
+
+// onceTimeout bounds `agent --once` waiting for the API's initial lists.
+const onceTimeout = 2 * time.Minute
+
+// agentConfig returns the effective configuration: the file at path (or
+// the defaults), overridden by the flags set on the command line, and
+// validated.
+func agentConfig(fs *pflag.FlagSet, path string) (*config.Configuration, error) {
+	cfg := config.Default()
+	if path != "" {
+		var err error
+		if cfg, err = config.Load(path); err != nil {
+			return nil, err
+		}
+	}
+	if err := cfg.ApplyFlags(fs); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n  %s", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+	}
+	return cfg, nil
+}
+
+// writeConfig writes cfg as YAML to path, or to stdout for "-".
+func writeConfig(stdout io.Writer, cfg *config.Configuration, path string) error {
+	out, err := cfg.Encode()
+	if err != nil {
+		return err
+	}
+	if path == "-" {
+		_, err = stdout.Write(out)
+		return err
+	}
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		return fmt.Errorf("writing the configuration: %w", err)
+	}
+	return nil
+}
+
+// runAgent runs the agent with cfg until ctx ends (or once).
+func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
+	mc, err := cfg.ModelConfig()
+	if err != nil {
+		return err
+	}
+	mc.FallbackNodeIPs = agent.DefaultRouteAddrs()
+	m := metrics.New(version.Version)
+	opts := agent.Options{
+		Config:             mc,
+		MinSyncPeriod:      cfg.SyncPeriod(),
+		HealthzBindAddress: cfg.HealthzBindAddress,
+		MasqueradeConfig:   cfg.Masquerade.ConfigFile,
+		Metrics:            m,
+	}
+	var src agent.Source
+	sourceName := "manifests " + cfg.Manifests
+	if cfg.Manifests != "" {
+		src = agent.NewManifestSource(cfg.Manifests)
+	} else {
+		restCfg, where, err := restConfig(cfg)
+		if err != nil {
+			return err
+		}
+		sourceName = "Kubernetes API " + restCfg.Host + " (" + where + ")"
+		client, err := kubernetes.NewForConfig(restCfg)
+		if err != nil {
+			return fmt.Errorf("creating the Kubernetes client: %w", err)
+		}
+		ks, err := kube.New(client, kube.Options{NodeName: mc.NodeName, ProxyName: mc.ProxyName})
+		if err != nil {
+			return err
+		}
+		src = ks
+		if !once {
+			rec := events.New(ctx, client, mc.NodeName, ks.Service)
+			defer rec.Shutdown()
+			opts.Events = rec
+		}
+	}
+	a, err := agent.New(opts)
+	if err != nil {
+		return err
+	}
+	klog.InfoS("Starting kubenat agent", "version", version.String(), "node", mc.NodeName, "source", sourceName,
+		"minSyncPeriod", cfg.SyncPeriod())
+	if once {
+		ctx, cancel := context.WithTimeout(ctx, onceTimeout)
+		defer cancel()
+		return a.SyncOnce(ctx, src)
+	}
+	if cfg.MetricsBindAddress != "" {
+		addr, err := m.Serve(ctx, cfg.MetricsBindAddress)
+		if err != nil {
+			return err
+		}
+		klog.InfoS("Serving metrics", "address", "http://"+addr.String()+"/metrics")
+	}
+	err = a.Run(ctx, src)
+	klog.InfoS("kubenat agent stopped; the programmed rules stay in place")
+	return err
+}
+
+// restConfig returns the client configuration: from the kubeconfig file
+// when one is set, else in-cluster when running in a pod. It says which.
+func restConfig(cfg *config.Configuration) (*rest.Config, string, error) {
+	cc := cfg.ClientConnection
+	var rc *rest.Config
+	var where string
+	switch {
+	case cc.Kubeconfig != "":
+		var err error
+		rc, err = clientcmd.BuildConfigFromFlags("", cc.Kubeconfig)
+		if err != nil {
+			return nil, "", fmt.Errorf("loading the kubeconfig %s: %w", cc.Kubeconfig, err)
+		}
+		where = "kubeconfig " + cc.Kubeconfig
+	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
+		var err error
+		rc, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, "", fmt.Errorf("loading the in-cluster configuration: %w", err)
+		}
+		where = "in-cluster"
+	default:
+		return nil, "", errors.New("no source of objects: give --kubeconfig FILE (or run in a pod, where the in-cluster configuration is used) or --manifests DIR")
+	}
+	rc.ContentType = cc.ContentType
+	rc.AcceptContentTypes = cc.ContentType
+	if cc.ContentType == config.ContentTypeProtobuf {
+		rc.AcceptContentTypes = cc.ContentType + "," + config.ContentTypeJSON
+	}
+	rc.QPS, rc.Burst = cc.QPS, int(cc.Burst)
+	rc.UserAgent = "kubenat/" + version.Version
+	return rc, where, nil
+}

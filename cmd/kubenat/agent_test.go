@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kubenat/kubenat/internal/config"
+)
+
+// commandOnlyFlags are agent flags that are not configuration fields.
+var commandOnlyFlags = []string{"once", "config", "write-config-to", "help"}
+
+// TestAgentFlagsAreConfigurationFields keeps the agent's flags and the
+// configuration file in step: a flag that is neither a field nor listed
+// here would be silently ignored by the agent.
+func TestAgentFlagsAreConfigurationFields(t *testing.T) {
+	cmd := newAgentCmd()
+	fields := config.FlagNames()
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if !slices.Contains(fields, f.Name) && !slices.Contains(commandOnlyFlags, f.Name) {
+			t.Errorf("flag --%s is not a configuration field: add it to internal/config", f.Name)
+		}
+	})
+	for _, name := range fields {
+		if cmd.Flags().Lookup(name) == nil {
+			t.Errorf("configuration field flag --%s is not defined on the agent", name)
+		}
+	}
+}
+
+// TestAgentFlagDefaultsMatchTheConfiguration checks that flags defined by
+// the shared node flags show the configuration's defaults.
+func TestAgentFlagDefaultsMatchTheConfiguration(t *testing.T) {
+	ref := pflag.NewFlagSet("ref", pflag.ContinueOnError)
+	config.RegisterFlags(ref)
+	newAgentCmd().Flags().VisitAll(func(f *pflag.Flag) {
+		r := ref.Lookup(f.Name)
+		if r == nil {
+			return
+		}
+		if _, list := f.Value.(pflag.SliceValue); list {
+			return // nil lists mean "the configuration's default"
+		}
+		if f.DefValue != r.DefValue {
+			t.Errorf("--%s defaults to %q, the configuration to %q", f.Name, f.DefValue, r.DefValue)
+		}
+	})
+}
+
+func runCmd(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestAgentConfiguration(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "kubenat.yaml")
+	if err := os.WriteFile(file, []byte(`apiVersion: kubenat.io/v1alpha1
+kind: KubenatConfiguration
+clusterCIDRs: [10.244.0.0/16]
+minSyncPeriod: 2s
+masqueradeAll: true
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("apiVersion: kubenat.io/v1alpha1\nkind: KubenatConfiguration\nminSyncPerod: 1s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		want    []string // substrings of the output
+		wantErr []string // substrings of the error
+	}{
+		{name: "flags alone", args: []string{"--cluster-cidr=10.1.0.0/16"},
+			want: []string{"clusterCIDRs:\n  - 10.1.0.0/16\n", "minSyncPeriod: 100ms\n", "metricsBindAddress: 127.0.0.1:10249\n"}},
+		{name: "the file", args: []string{"--config", file},
+			want: []string{"clusterCIDRs:\n  - 10.244.0.0/16\n", "minSyncPeriod: 2s\n", "masqueradeAll: true\n"}},
+		{name: "flags override the file", args: []string{"--config", file, "--min-sync-period=250ms", "--masquerade-all=false", "--kubeconfig=/k"},
+			want: []string{"minSyncPeriod: 250ms\n", "masqueradeAll: false\n", "kubeconfig: /k\n", "clusterCIDRs:\n  - 10.244.0.0/16\n"}},
+		{name: "unknown field in the file", args: []string{"--config", bad},
+			wantErr: []string{`unknown field "minSyncPerod"`}},
+		{name: "invalid values", args: []string{"--cluster-cidr=nope", "--metrics-bind-address=:0x"},
+			wantErr: []string{"invalid configuration", `clusterCIDRs[0] (--cluster-cidr): "nope" is not a CIDR`, "metricsBindAddress"}},
+		{name: "two sources", args: []string{"--cluster-cidr=10.1.0.0/16", "--manifests=/m", "--kubeconfig=/k"},
+			wantErr: []string{"set either manifests or clientConnection.kubeconfig"}},
+		{name: "missing file", args: []string{"--config", filepath.Join(dir, "none.yaml")},
+			wantErr: []string{"reading the configuration file"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := runCmd(t, append([]string{"agent", "--write-config-to", "-"}, tc.args...)...)
+			if len(tc.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("succeeded:\n%s", out)
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not contain %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			// What was written is a valid configuration file that says the same.
+			c, err := config.Decode([]byte(out))
+			if err != nil {
+				t.Fatalf("the written configuration does not decode: %v\n%s", err, out)
+			}
+			again, _ := c.Encode()
+			if string(again) != out {
+				t.Errorf("re-encoding changed it:\n%s\nvs\n%s", out, again)
+			}
+		})
+	}
+
+	t.Run("to a file", func(t *testing.T) {
+		path := filepath.Join(dir, "written.yaml")
+		if _, err := runCmd(t, "agent", "--config", file, "--node-name=node-a", "--write-config-to", path); err != nil {
+			t.Fatal(err)
+		}
+		c, err := config.Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.NodeName != "node-a" || c.SyncPeriod().String() != "2s" {
+			t.Errorf("written configuration %+v", c)
+		}
+	})
+}
+
+func TestAgentNeedsASource(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	_, err := runCmd(t, "agent", "--cluster-cidr=10.1.0.0/16", "--node-name=n", "--metrics-bind-address=", "--healthz-bind-address=")
+	if err == nil || !strings.Contains(err.Error(), "no source of objects") {
+		t.Errorf("agent without a source: %v", err)
+	}
+}
