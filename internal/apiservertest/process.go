@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // process is one supervised child process (etcd or kube-apiserver).
@@ -24,14 +26,16 @@ type process struct {
 // startProcess starts bin with args, appending its stdout and stderr to
 // logPath. The process runs in its own process group, so stop can signal it
 // and anything it spawned, and a terminal's Ctrl-C reaches only the test
-// process.
+// process. With netns non-empty it runs in that network namespace: the
+// forking thread enters it (and, being locked and never released, dies
+// with it), so the test process's other threads stay where they are.
 //
 // The child gets SIGKILL from the kernel if the test process dies (panic,
 // timeout, SIGINT, SIGKILL): PR_SET_PDEATHSIG fires when the *thread* that
 // forked the child exits, so the forking goroutine locks its OS thread and
 // keeps it until the child has exited. Without that lock the Go runtime could
 // retire the thread and kill a healthy child.
-func startProcess(name, bin string, args []string, logPath string) (*process, error) {
+func startProcess(name, bin string, args []string, logPath, netns string) (*process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open %s log: %w", name, err)
@@ -54,6 +58,12 @@ func startProcess(name, bin string, args []string, logPath string) (*process, er
 		// after the child has been reaped.
 		runtime.LockOSThread()
 		defer logFile.Close()
+		if netns != "" {
+			if err := enterNetNS(netns); err != nil {
+				started <- err
+				return
+			}
+		}
 		if err := cmd.Start(); err != nil {
 			started <- err
 			return
@@ -143,4 +153,18 @@ func logTail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return string(bytes.Join(lines, []byte("\n")))
+}
+
+// enterNetNS switches the calling (locked) thread into the named network
+// namespace for good.
+func enterNetNS(name string) error {
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", name, err)
+	}
+	defer h.Close()
+	if err := netns.Set(h); err != nil {
+		return fmt.Errorf("enter network namespace %s: %w", name, err)
+	}
+	return nil
 }

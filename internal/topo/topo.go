@@ -129,6 +129,14 @@ var (
 	ExternalAddr6 = netip.MustParseAddr("2001:db8:51::10")
 )
 
+// ControlPlaneAddr and ControlPlaneAddr6 are the LAN addresses
+// conventionally given to a control-plane host (AddLANHost), e.g. a
+// kube-apiserver for tests.
+var (
+	ControlPlaneAddr  = netip.MustParseAddr("192.168.100.5")
+	ControlPlaneAddr6 = netip.MustParseAddr("fd00:100::5")
+)
+
 // NodeAddr returns the LAN address of node i.
 func NodeAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{192, 168, 100, byte(11 + i)}) }
 
@@ -339,6 +347,25 @@ func (c *Cluster) addNode(ctx context.Context, i int, spec NodeSpec) (*Node, err
 		}
 	}
 	return n, nil
+}
+
+// AddLANHost creates a host plugged into the LAN switch with addresses
+// addr and addr6 and the router as its default gateway, like a machine
+// beside the nodes (e.g. the control plane at ControlPlaneAddr). Destroy
+// removes it with the rest of the cluster.
+func (c *Cluster) AddLANHost(ctx context.Context, name string, addr, addr6 netip.Addr) (*Host, error) {
+	h, err := c.newHost(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	h.Addr, h.Addr6 = addr, addr6
+	if err := c.attachLAN(ctx, h, "eth0"); err != nil {
+		return nil, err
+	}
+	if err := c.defaultRoute(ctx, h); err != nil {
+		return nil, err
+	}
+	return h, nil
 }
 
 // AddPod creates a pod on node n with the next free address of its range.
