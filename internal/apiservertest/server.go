@@ -89,6 +89,12 @@ type Options struct {
 	// overrides the default value.
 	ExtraAPIServerArgs []string
 
+	// AuthorizationMode is kube-apiserver's --authorization-mode. Empty
+	// means AlwaysAllow; "RBAC" enforces roles (the test's token stays in
+	// system:masters, which may do everything, including impersonating a
+	// ServiceAccount to check its permissions).
+	AuthorizationMode string
+
 	// NetNS, when set, names a network namespace (under /run/netns, e.g. a
 	// topo host's) that etcd and kube-apiserver run in instead of the test
 	// process's own: then processes in other namespaces of a test topology
@@ -115,6 +121,7 @@ type Server struct {
 	token        string
 	serviceCIDRs []netip.Prefix
 	extraArgs    []string
+	authzMode    string
 	netns        string     // network namespace of the processes; "" = ours
 	addr         netip.Addr // kube-apiserver's bind and advertise address
 	etcdURL      string
@@ -180,8 +187,12 @@ func Start(ctx context.Context, tb testing.TB, opts Options) (*Server, error) {
 		dir:          dir,
 		serviceCIDRs: cidrs,
 		extraArgs:    append([]string(nil), opts.ExtraAPIServerArgs...),
+		authzMode:    opts.AuthorizationMode,
 		netns:        opts.NetNS,
 		addr:         opts.Address,
+	}
+	if s.authzMode == "" {
+		s.authzMode = "AlwaysAllow"
 	}
 	if !s.addr.IsValid() {
 		s.addr = netip.MustParseAddr("127.0.0.1")
@@ -315,7 +326,7 @@ func (s *Server) apiserverArgs() []string {
 		"--cert-dir=" + filepath.Join(s.dir, "certs"),
 		"--etcd-servers=" + s.etcdURL,
 		"--endpoint-reconciler-type=none",
-		"--authorization-mode=AlwaysAllow",
+		"--authorization-mode=" + s.authzMode,
 		"--token-auth-file=" + filepath.Join(s.dir, "tokens.csv"),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + keyFile,
