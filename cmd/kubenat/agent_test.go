@@ -157,3 +157,39 @@ func TestAgentNeedsASource(t *testing.T) {
 		t.Errorf("agent without a source: %v", err)
 	}
 }
+
+func TestRestConfig(t *testing.T) {
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://192.0.2.1:6443"}}]
+users: [{name: u, user: {token: secret}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	cfg := config.Default()
+	cfg.ClientConnection.Kubeconfig = kubeconfig
+	cfg.ClientConnection.QPS, cfg.ClientConnection.Burst = 7, 9
+	rc, where, err := restConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Host != "https://192.0.2.1:6443" || rc.BearerToken != "secret" || where != "kubeconfig "+kubeconfig {
+		t.Errorf("config %s %q from %q", rc.Host, rc.BearerToken, where)
+	}
+	if rc.QPS != 7 || rc.Burst != 9 || rc.ContentType != config.ContentTypeProtobuf ||
+		rc.AcceptContentTypes != config.ContentTypeProtobuf+","+config.ContentTypeJSON || !strings.HasPrefix(rc.UserAgent, "kubenat/") {
+		t.Errorf("client settings: qps %v burst %d content %q accept %q agent %q", rc.QPS, rc.Burst, rc.ContentType, rc.AcceptContentTypes, rc.UserAgent)
+	}
+
+	// In a pod without the service account files, the error says so.
+	cfg.ClientConnection.Kubeconfig = ""
+	t.Setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+	t.Setenv("KUBERNETES_SERVICE_PORT", "443")
+	if _, _, err := restConfig(cfg); err == nil || !strings.Contains(err.Error(), "in-cluster") {
+		t.Errorf("in-cluster without a token: %v", err)
+	}
+}
