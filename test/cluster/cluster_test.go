@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubenat/kubenat/internal/netnstest"
 	"github.com/kubenat/kubenat/internal/topo"
 )
 
@@ -57,6 +58,26 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 			if len(srcs) != 1 || !srcs[cli.Addr] {
 				t.Errorf("%s saw %v through the ClusterIP, want the pod's own address %s", srv, srcs, cli.Addr)
 			}
+		}
+	})
+
+	t.Run("agent --once programs a node from the API and exits", func(t *testing.T) {
+		nodeB := c.Node("node-b")
+		out, err := netnstest.Kubenat(t, &nodeB.Host, "agent", "--once", "--kubeconfig", e.srv.KubeconfigPath(),
+			"--node-name", "node-b", "--cluster-cidr", topo.ClusterCIDR.String())
+		if err != nil {
+			t.Fatalf("kubenat agent --once: %v\n%s", err, out)
+		}
+		got, err := programmed(&nodeB.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := vip.String()[:strings.LastIndex(vip.String(), ":")] + " . tcp . 80 -> " + web1.Addr.String() + " . 8080"
+		if !got[want] {
+			t.Errorf("node-b's rules lack %q: %v", want, got)
+		}
+		if _, msg := eventually(0, servedBy(&nodeB.Host, nodePort(nodeB, svc, "http"), "web-1", "web-2")); msg != "" {
+			t.Errorf("node-b's NodePort: %s", msg)
 		}
 	})
 
