@@ -114,11 +114,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		return a.SyncOnce(ctx, src)
 	}
 	if cfg.MetricsBindAddress != "" {
-		addr, err := m.Serve(ctx, cfg.MetricsBindAddress)
-		if err != nil {
-			return err
-		}
-		klog.InfoS("Serving metrics", "address", "http://"+addr.String()+"/metrics")
+		go m.Run(ctx, cfg.MetricsBindAddress)
 	}
 	err = a.Run(ctx, src)
 	klog.InfoS("kubenat agent stopped; the programmed rules stay in place")

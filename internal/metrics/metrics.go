@@ -217,29 +217,30 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg, EnableOpenMetrics: true})
 }
 
-// Serve listens on addr (host:port) and serves the metrics at /metrics
-// until ctx ends. It returns once listening, with the bound address (addr
-// may have port 0); a port that cannot be bound is an error. Errors after
-// that are logged.
-func (m *Metrics) Serve(ctx context.Context, addr string) (net.Addr, error) {
-	var lc net.ListenConfig
-	l, err := lc.Listen(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listening for metrics on %s: %w", addr, err)
-	}
+// retryInterval is how long Run waits before binding its address again.
+const retryInterval = 5 * time.Second
+
+// Run serves the metrics at /metrics on addr (host:port) until ctx ends.
+// While addr cannot be bound (e.g. the previous agent on this host network
+// is still exiting) it logs the error and tries again every 5 s: metrics
+// never stop the agent.
+func (m *Metrics) Run(ctx context.Context, addr string) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	go func() {
-		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			klog.ErrorS(err, "Metrics server stopped", "address", l.Addr().String())
+	for {
+		err := serve(ctx, addr, mux, func(a net.Addr) {
+			klog.InfoS("Serving metrics", "address", "http://"+a.String()+"/metrics")
+		})
+		if ctx.Err() != nil {
+			return
 		}
-	}()
-	return l.Addr(), nil
+		klog.ErrorS(err, "Metrics server failed; retrying", "address", addr, "after", retryInterval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retryInterval):
+		}
+	}
 }
 
 // CountResponses wraps a health handler so that every response is counted
@@ -265,10 +266,18 @@ func (s *statusRecorder) WriteHeader(code int) {
 // ServeHTTP listens on addr and serves h until ctx ends, then returns nil;
 // it returns the error if addr cannot be bound or serving fails.
 func ServeHTTP(ctx context.Context, addr string, h http.Handler) error {
+	return serve(ctx, addr, h, nil)
+}
+
+// serve is ServeHTTP, calling listening (if not nil) once addr is bound.
+func serve(ctx context.Context, addr string, h http.Handler, listening func(net.Addr)) error {
 	var lc net.ListenConfig
 	l, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	if listening != nil {
+		listening(l.Addr())
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	stop := context.AfterFunc(ctx, func() { _ = srv.Close() })

@@ -115,16 +115,21 @@ func TestReporter(t *testing.T) {
 	}
 }
 
-// scrape serves m on a free loopback port and fetches /metrics.
+// scrape runs m's server on a free loopback port and fetches /metrics.
 func scrape(t *testing.T, m *Metrics) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr, err := m.Serve(ctx, "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	addr := freeAddr(t)
+	go m.Run(ctx, addr)
+	var resp *http.Response
+	var err error
+	for range 100 {
+		if resp, err = http.Get("http://" + addr + "/metrics"); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	resp, err := http.Get("http://" + addr.String() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,15 +141,26 @@ func scrape(t *testing.T, m *Metrics) string {
 	return string(b)
 }
 
-func TestServeReportsBusyPort(t *testing.T) {
-	ctx := t.Context()
-	a, err := New("x").Serve(ctx, "127.0.0.1:0")
+// freeAddr returns a loopback address with a port free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = New("y").Serve(ctx, a.String())
-	if err == nil || !strings.Contains(err.Error(), "listening for metrics on "+a.String()) {
-		t.Errorf("second Serve on %s: %v, want an error naming the address", a, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestServeHTTPReportsABusyPort(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	err = ServeHTTP(t.Context(), l.Addr().String(), http.NotFoundHandler())
+	if err == nil || !strings.Contains(err.Error(), "listening on "+l.Addr().String()) {
+		t.Errorf("ServeHTTP on a busy port: %v, want an error naming the address", err)
 	}
 }
 
@@ -247,12 +263,7 @@ func TestCountResponses(t *testing.T) {
 		_, _ = w.Write([]byte("{}"))
 	}))
 	ctx, cancel := context.WithCancel(context.Background())
-	l, err := (&net.ListenConfig{}).Listen(ctx, "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddr(t)
 	done := make(chan error, 1)
 	go func() { done <- ServeHTTP(ctx, addr, h) }()
 	get := func(path string) {

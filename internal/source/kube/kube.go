@@ -191,7 +191,7 @@ func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
 	klog.InfoS("Kubernetes API caches synced", "duration", time.Since(start),
 		"services", len(s.services.GetStore().ListKeys()), "endpointSlices", len(s.slices.GetStore().ListKeys()))
 	if _, err := s.nodeLister.Get(s.opts.NodeName); apierrors.IsNotFound(err) {
-		klog.InfoS("Warning: this node's Node object does not exist; NodePorts are served only on the configured node IPs until it does", "node", s.opts.NodeName)
+		klog.InfoS("This node's Node object does not exist (yet): NodePorts use the configured node IPs, else the default routes' addresses", "node", s.opts.NodeName)
 	}
 	sink.Synced()
 	return true, nil
