@@ -170,7 +170,8 @@ func TestAgentReportsMetricsAndEvents(t *testing.T) {
 	src.ops <- func(s Sink) { s.SetService(older, "") }
 	src.ops <- func(s Sink) { s.SetService(younger, "") }
 	waitFor(t, "an event", func() bool { return len(ev.list()) == 1 })
-	if got := ev.list()[0]; !strings.HasPrefix(got, "default/second Warning NotProgrammed: spec.ports: ExternalIP frontend 192.168.201.10:80/TCP is already used by Service default/first") {
+	if got := ev.list()[0]; !strings.HasPrefix(got, "default/second Warning NotProgrammed: ") ||
+		!strings.Contains(got, "192.168.201.10") || !strings.Contains(got, "default/first") {
 		t.Errorf("event %q", got)
 	}
 	waitFor(t, "the invalid object count", func() bool { return rm.get(func(r *recordingMetrics) bool { return r.invalid == 1 }) })
