@@ -50,6 +50,7 @@ type svcServer struct {
 	port   uint16
 	local  int
 	cancel context.CancelFunc // nil when the port could not be bound
+	done   chan struct{}      // closed when the server has stopped
 	err    error
 }
 
@@ -118,7 +119,10 @@ func (s *ServiceHealth) Ports() map[model.ServiceKey]uint16 {
 
 func (s *ServiceHealth) stop(srv *svcServer) {
 	if srv.cancel != nil {
+		// Wait for the listener to close, so the port is free (and no
+		// longer answers) when Update returns.
 		srv.cancel()
+		<-srv.done
 	}
 	delete(s.services, srv.key)
 	if srv.err != nil {
@@ -141,9 +145,12 @@ func (s *ServiceHealth) start(srv *svcServer) {
 		srv.err = nil
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
-	srv.cancel = cancel
-	key := srv.key
-	go func() { _ = serveUntil(ctx, l, s.handler(key)) }()
+	srv.cancel, srv.done = cancel, make(chan struct{})
+	key, done := srv.key, srv.done
+	go func() {
+		defer close(done)
+		_ = serveUntil(ctx, l, s.handler(key))
+	}()
 }
 
 func (s *ServiceHealth) handler(key model.ServiceKey) http.Handler {
