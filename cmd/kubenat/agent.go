@@ -19,6 +19,7 @@ import (
 	"github.com/kubenat/kubenat/internal/config"
 	"github.com/kubenat/kubenat/internal/events"
 	"github.com/kubenat/kubenat/internal/metrics"
+	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/source/kube"
 	"github.com/kubenat/kubenat/internal/version"
 )
@@ -77,30 +78,14 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		MasqueradeConfig:   cfg.Masquerade.ConfigFile,
 		Metrics:            m,
 	}
-	var src agent.Source
-	sourceName := "manifests " + cfg.Manifests
-	if cfg.Manifests != "" {
-		src = agent.NewManifestSource(cfg.Manifests)
-	} else {
-		restCfg, where, err := restConfig(cfg)
-		if err != nil {
-			return err
-		}
-		sourceName = "Kubernetes API " + restCfg.Host + " (" + where + ")"
-		client, err := kubernetes.NewForConfig(restCfg)
-		if err != nil {
-			return fmt.Errorf("creating the Kubernetes client: %w", err)
-		}
-		ks, err := kube.New(client, kube.Options{NodeName: mc.NodeName, ProxyName: mc.ProxyName})
-		if err != nil {
-			return err
-		}
-		src = ks
-		if !once {
-			rec := events.New(ctx, client, mc.NodeName, ks.Service)
-			defer rec.Shutdown()
-			opts.Events = rec
-		}
+	src, client, sourceName, err := newSource(cfg, mc)
+	if err != nil {
+		return err
+	}
+	if ks, ok := src.(*kube.Source); ok && !once {
+		rec := events.New(ctx, client, mc.NodeName, ks.Service)
+		defer rec.Shutdown()
+		opts.Events = rec
 	}
 	a, err := agent.New(opts)
 	if err != nil {
@@ -119,6 +104,27 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 	err = a.Run(ctx, src)
 	klog.InfoS("kubenat agent stopped; the programmed rules stay in place")
 	return err
+}
+
+// newSource returns the configured source of objects: the manifest
+// directory, or the Kubernetes API (with its client). It says which.
+func newSource(cfg *config.Configuration, mc model.Config) (agent.Source, kubernetes.Interface, string, error) {
+	if cfg.Manifests != "" {
+		return agent.NewManifestSource(cfg.Manifests), nil, "manifests " + cfg.Manifests, nil
+	}
+	restCfg, where, err := restConfig(cfg)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("creating the Kubernetes client: %w", err)
+	}
+	ks, err := kube.New(client, kube.Options{NodeName: mc.NodeName, ProxyName: mc.ProxyName})
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return ks, client, "Kubernetes API " + restCfg.Host + " (" + where + ")", nil
 }
 
 // restConfig returns the client configuration: from the kubeconfig file

@@ -1,22 +1,21 @@
 package main
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/kubenat/kubenat/internal/agent"
 	"github.com/kubenat/kubenat/internal/config"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
-	"github.com/kubenat/kubenat/internal/source/manifest"
 )
 
 func newAgentCmd() *cobra.Command {
-	var nf nodeFlags
 	var once bool
 	var configFile, writeConfigTo string
 	cmd := &cobra.Command{
@@ -45,25 +44,25 @@ effective configuration and exits.`,
 			return runAgent(cmd.Context(), cfg, once)
 		},
 	}
-	nf.register(cmd.Flags())
-	config.RegisterFlags(cmd.Flags())
+	registerInputFlags(cmd.Flags(), &configFile)
 	cmd.Flags().BoolVar(&once, "once", false, "sync once and exit")
-	cmd.Flags().StringVar(&configFile, "config", "", "KubenatConfiguration file (apiVersion kubenat.io/v1alpha1); flags override it")
 	cmd.Flags().StringVar(&writeConfigTo, "write-config-to", "", `write the effective configuration to this file ("-" for stdout) and exit`)
 	return cmd
 }
 
 func newRenderCmd() *cobra.Command {
-	var nf nodeFlags
+	var configFile string
 	cmd := &cobra.Command{
 		Use:   "render",
 		Short: "Print the nftables ruleset the agent would program (no root needed)",
 		Long: `render prints, in nft syntax, exactly the ruleset "kubenat agent" programs for
-the same inputs. Problems in the input are reported on stderr; the objects
-they concern are left out and the rest is rendered.`,
+the same inputs: it takes the agent's flags and configuration file, and reads
+the same source (--manifests or the Kubernetes API). Problems in the input are
+reported on stderr; the objects they concern are left out and the rest is
+rendered.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := loadState(&nf)
+			st, err := loadState(cmd.Context(), cmd.Flags(), configFile)
 			if err != nil {
 				return err
 			}
@@ -71,49 +70,53 @@ they concern are left out and the rest is rendered.`,
 			return nil
 		},
 	}
-	nf.register(cmd.Flags())
+	registerInputFlags(cmd.Flags(), &configFile)
 	return cmd
 }
 
-// loadState reads the manifests once and builds the State, printing input
-// problems to stderr. tweaks adjust the configuration first (e.g. with what
-// only the node itself knows).
-func loadState(nf *nodeFlags, tweaks ...func(*model.Config) error) (*model.State, error) {
-	cfg, err := nf.config()
+// registerInputFlags defines the flags that describe the node and where its
+// objects come from, shared by agent, render and trace: every configuration
+// field's flag and --config.
+func registerInputFlags(fs *pflag.FlagSet, configFile *string) {
+	config.RegisterFlags(fs)
+	fs.StringVar(configFile, "config", "", "KubenatConfiguration file (apiVersion kubenat.io/v1alpha1); flags override it")
+}
+
+// loadState reads the configured source once and builds the State,
+// printing input problems to stderr. tweaks adjust the model configuration
+// first (e.g. with what only the node itself knows).
+func loadState(ctx context.Context, fs *pflag.FlagSet, configFile string, tweaks ...func(*model.Config) error) (*model.State, error) {
+	cfg, err := agentConfig(fs, configFile)
 	if err != nil {
 		return nil, err
 	}
+	mc, err := cfg.ModelConfig()
+	if err != nil {
+		return nil, err
+	}
+	mc.FallbackNodeIPs = agent.DefaultRouteAddrs()
 	for _, tweak := range tweaks {
-		if err := tweak(&cfg); err != nil {
+		if err := tweak(&mc); err != nil {
 			return nil, err
 		}
 	}
-	if nf.manifests == "" {
-		return nil, errors.New("--manifests is required")
-	}
-	cfg.FallbackNodeIPs = agent.DefaultRouteAddrs()
-	snap, err := manifest.NewReader(nf.manifests).Read()
+	src, _, _, err := newSource(cfg, mc)
 	if err != nil {
 		return nil, err
 	}
-	b := model.NewBuilder(cfg)
-	for _, n := range snap.Nodes {
-		b.SetNode(n, snap.Origins[manifest.Ref{Kind: "Node", Name: n.Name}])
+	ctx, cancel := context.WithTimeout(ctx, onceTimeout)
+	defer cancel()
+	snap, err := agent.Collect(ctx, mc, src)
+	if err != nil {
+		return nil, err
 	}
-	for _, s := range snap.Services {
-		b.SetService(s, snap.Origins[manifest.Ref{Kind: "Service", Namespace: s.Namespace, Name: s.Name}])
-	}
-	for _, s := range snap.EndpointSlices {
-		b.SetEndpointSlice(s, snap.Origins[manifest.Ref{Kind: "EndpointSlice", Namespace: s.Namespace, Name: s.Name}])
-	}
-	st, _ := b.Build()
 	for _, w := range snap.Warnings {
 		fmt.Fprintln(os.Stderr, "warning:", w)
 	}
-	for _, e := range append(snap.Errors, st.Errors...) {
+	for _, e := range append(snap.SourceErrors, snap.State.Errors...) {
 		fmt.Fprintln(os.Stderr, "error:", e)
 	}
-	return st, nil
+	return snap.State, nil
 }
 
 func newCleanupCmd() *cobra.Command {

@@ -46,7 +46,7 @@ func (f *traceFlags) packet() (trace.Packet, error) {
 }
 
 func newTraceCmd() *cobra.Command {
-	var nf nodeFlags
+	var configFile string
 	var tf traceFlags
 	cmd := &cobra.Command{
 		Use:   "trace --src IP[:PORT] --dst IP:PORT [--proto tcp|udp|sctp] [--local | --iif NAME] [node flags]",
@@ -63,7 +63,8 @@ The packet comes from the network unless --local says the node generates it
 (a source that is one of the node's addresses counts as local too). --iif
 names the interface it arrives on, for the record.
 
-No root is needed: trace reads the manifests, not the kernel.
+No root is needed: trace reads the objects (the manifests or the Kubernetes
+API, as the agent does), not the kernel.
 
 With --live, on a node running kubenat (as root, in its network namespace),
 trace also follows a real packet through the kernel: it adds a table of its
@@ -92,7 +93,7 @@ is awaited for --timeout. See docs/trace.md.`,
 					return err
 				})
 			}
-			st, err := loadState(&nf, tweaks...)
+			st, err := loadState(cmd.Context(), cmd.Flags(), configFile, tweaks...)
 			if err != nil {
 				return err
 			}
@@ -109,7 +110,7 @@ is awaited for --timeout. See docs/trace.md.`,
 			return r.WriteText(cmd.OutOrStdout())
 		},
 	}
-	nf.register(cmd.Flags())
+	registerInputFlags(cmd.Flags(), &configFile)
 	fs := cmd.Flags()
 	fs.StringVar(&tf.src, "src", "", "source IP or IP:port of the packet")
 	fs.StringVar(&tf.dst, "dst", "", "destination IP:port of the packet ([IPv6]:port for IPv6)")

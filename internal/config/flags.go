@@ -28,7 +28,7 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.NodeName }},
 	{path: "clusterCIDRs", flag: "cluster-cidr", help: "pod address range of the cluster, one per family (repeatable or comma-separated)",
 		ptr: func(c *Configuration) any { return &c.ClusterCIDRs }},
-	{path: "nodeIPs", flag: "node-ip", help: "this node's IP address (repeatable; default: the Node object's addresses)",
+	{path: "nodeIPs", flag: "node-ip", help: "this node's IP address (repeatable; default: the Node object's addresses, else the source addresses of the default routes)",
 		ptr: func(c *Configuration) any { return &c.NodeIPs }},
 	{path: "nodePortAddresses", flag: "nodeport-addresses", help: `addresses NodePorts are served on: "primary" and/or CIDRs`,
 		ptr: func(c *Configuration) any { return &c.NodePortAddresses }},

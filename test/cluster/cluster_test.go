@@ -81,6 +81,19 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		}
 	})
 
+	t.Run("render and trace read the API like the agent", func(t *testing.T) {
+		nodeB := c.Node("node-b")
+		args := []string{"--kubeconfig", e.srv.KubeconfigPath(), "--node-name", "node-b", "--cluster-cidr", topo.ClusterCIDR.String()}
+		out, err := netnstest.Kubenat(t, &nodeB.Host, append([]string{"render"}, args...)...)
+		if err != nil || !strings.Contains(out, web1.Addr.String()+" . 8080") || !strings.Contains(out, "table ip kubenat {") {
+			t.Errorf("render from the API: %v\n%s", err, out)
+		}
+		out, err = netnstest.Kubenat(t, &nodeB.Host, append([]string{"trace", "--src", cli.Addr.String(), "--dst", vip.String()}, args...)...)
+		if err != nil || !strings.Contains(out, "Service default/web") || !strings.Contains(out, web2.Addr.String()+":8080") {
+			t.Errorf("trace from the API: %v\n%s", err, out)
+		}
+	})
+
 	t.Run("scale up and down: traffic follows the endpoints", func(t *testing.T) {
 		for _, step := range []struct {
 			name string
