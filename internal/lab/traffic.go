@@ -30,12 +30,8 @@ type Answer struct {
 // serveHTTP starts an HTTP server on port (all addresses) inside h that
 // answers every request with a JSON Answer. It returns its stop function.
 func serveHTTP(h *topo.Host, name, node string, port uint16) (func(), error) {
-	var l net.Listener
-	if err := topo.InNS(h.NS, func() error {
-		var err error
-		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	}); err != nil {
+	l, err := topo.Listen(h, fmt.Sprintf(":%d", port))
+	if err != nil {
 		return nil, fmt.Errorf("starting the HTTP server of %s: %w", name, err)
 	}
 	srv := &http.Server{

@@ -249,3 +249,17 @@ func HTTPGet(ctx context.Context, h *Host, url string) (int, http.Header, string
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	return resp.StatusCode, resp.Header, string(b), err
 }
+
+// Listen opens a TCP listener on addr (e.g. ":8080") inside h's namespace.
+func Listen(h *Host, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := InNS(h.NS, func() error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s in %s: %w", addr, h.Name, err)
+	}
+	return l, nil
+}

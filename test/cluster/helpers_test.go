@@ -294,13 +294,9 @@ func eventually(timeout time.Duration, check func() string) (time.Duration, stri
 // serveStream listens on port in h and, on each connection, answers every
 // line with "<name> <line>" until the peer closes.
 func serveStream(h *topo.Host, name string, port int) (net.Listener, error) {
-	var l net.Listener
-	if err := topo.InNS(h.NS, func() error {
-		var err error
-		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("stream server in %s: %w", h.Name, err)
+	l, err := topo.Listen(h, fmt.Sprintf(":%d", port))
+	if err != nil {
+		return nil, err
 	}
 	go func() {
 		for {

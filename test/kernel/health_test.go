@@ -3,7 +3,6 @@ package kernel
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,12 +31,8 @@ func TestHealthChecks(t *testing.T) {
 	e.writeService(t, lb("web", 1, 32000, e.ep("l1"), e.ep("l2"), e.ep("r1")))
 
 	// Something already listens on the port another Service asks for.
-	var busy net.Listener
-	if err := topo.InNS(nodeA.NS, func() error {
-		var err error
-		busy, err = net.Listen("tcp", ":32001")
-		return err
-	}); err != nil {
+	busy, err := topo.Listen(&nodeA.Host, ":32001")
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer busy.Close()

@@ -217,61 +217,47 @@ func key(obj any) (namespace, name string, ok bool) {
 }
 
 func serviceHandler(sink agent.Sink, proxyName string) cache.ResourceEventHandler {
-	set := func(obj any) {
-		svc, ok := obj.(*v1.Service)
-		if !ok {
-			return
-		}
-		if otherProxy(svc.Labels, proxyName) {
-			// It may have been ours before this update.
-			sink.DeleteService(svc.Namespace, svc.Name)
-			return
-		}
-		klog.V(4).InfoS("Service changed", "service", klog.KObj(svc), "resourceVersion", svc.ResourceVersion)
-		sink.SetService(svc, "")
-	}
-	return cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) {
-			if svc, ok := obj.(*v1.Service); ok && otherProxy(svc.Labels, proxyName) {
-				return
-			}
-			set(obj)
-		},
-		UpdateFunc: func(_, obj any) { set(obj) },
-		DeleteFunc: func(obj any) {
-			if ns, name, ok := key(obj); ok {
-				klog.V(4).InfoS("Service deleted", "service", klog.KRef(ns, name))
-				sink.DeleteService(ns, name)
-			}
-		},
-	}
+	return proxiedHandler("Service", proxyName,
+		func(svc *v1.Service) { sink.SetService(svc, "") }, sink.DeleteService)
 }
 
 func sliceHandler(sink agent.Sink, proxyName string) cache.ResourceEventHandler {
-	set := func(obj any) {
-		s, ok := obj.(*discovery.EndpointSlice)
+	return proxiedHandler("EndpointSlice", proxyName,
+		func(s *discovery.EndpointSlice) { sink.SetEndpointSlice(s, "") }, sink.DeleteEndpointSlice)
+}
+
+// proxiedHandler passes objects of type T (Services or EndpointSlices) to
+// set and deletions to del, leaving out objects labelled for another
+// service proxy; an object that gets such a label is deleted, since it may
+// have been ours before the update.
+func proxiedHandler[T interface {
+	*v1.Service | *discovery.EndpointSlice
+	metav1.Object
+}](kind, proxyName string, set func(T), del func(namespace, name string)) cache.ResourceEventHandler {
+	update := func(obj any) {
+		o, ok := obj.(T)
 		if !ok {
 			return
 		}
-		if otherProxy(s.Labels, proxyName) {
-			sink.DeleteEndpointSlice(s.Namespace, s.Name)
+		if otherProxy(o.GetLabels(), proxyName) {
+			del(o.GetNamespace(), o.GetName())
 			return
 		}
-		klog.V(4).InfoS("EndpointSlice changed", "endpointSlice", klog.KObj(s), "resourceVersion", s.ResourceVersion)
-		sink.SetEndpointSlice(s, "")
+		klog.V(4).InfoS(kind+" changed", "object", klog.KObj(o), "resourceVersion", o.GetResourceVersion())
+		set(o)
 	}
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
-			if s, ok := obj.(*discovery.EndpointSlice); ok && otherProxy(s.Labels, proxyName) {
+			if o, ok := obj.(T); ok && otherProxy(o.GetLabels(), proxyName) {
 				return
 			}
-			set(obj)
+			update(obj)
 		},
-		UpdateFunc: func(_, obj any) { set(obj) },
+		UpdateFunc: func(_, obj any) { update(obj) },
 		DeleteFunc: func(obj any) {
 			if ns, name, ok := key(obj); ok {
-				klog.V(4).InfoS("EndpointSlice deleted", "endpointSlice", klog.KRef(ns, name))
-				sink.DeleteEndpointSlice(ns, name)
+				klog.V(4).InfoS(kind+" deleted", "object", klog.KRef(ns, name))
+				del(ns, name)
 			}
 		},
 	}
