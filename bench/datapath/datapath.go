@@ -1,0 +1,705 @@
+// Package datapath measures what a Service costs a new connection: the
+// rate of connect+reset cycles one client thread achieves, and the connect
+// latency, from a pod to a ClusterIP and from an external client to a
+// NodePort, with N other Services installed, for kubenat and for
+// kube-proxy's iptables structure (loaded with iptables-restore, legacy and
+// nft back ends), against connecting to the pod IP with no ruleset at all
+// (the physical limit). It also measures the throughput of one established
+// TCP flow with and without NAT.
+//
+// The topology is node-a, with five server pods backing the target Service
+// and a client pod, node-b with one server pod and one client pod and no
+// ruleset ever (the no-ruleset baseline, measured in the same rounds), and
+// the external client on the LAN: all network namespaces of a
+// topo.Cluster. The target Service is the one
+// evaluated last: its KUBE-SERVICES and KUBE-NODEPORTS rules come after
+// every other Service's, and for kubenat it uses the last lb chain (it has
+// 5 endpoints, the other Services 1 to 5).
+package datapath
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/kubenat/kubenat/bench/kubeproxy"
+	"github.com/kubenat/kubenat/bench/loadgen"
+	"github.com/kubenat/kubenat/bench/nsrun"
+	"github.com/kubenat/kubenat/bench/workload"
+	"github.com/kubenat/kubenat/internal/dataplane/nftables"
+	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/model"
+	"github.com/kubenat/kubenat/internal/topo"
+)
+
+// Rulesets.
+const (
+	// None is no ruleset at all: the node only routes and bridges.
+	None = "none"
+	// Kubenat is kubenat's nftables ruleset, programmed by its backend.
+	Kubenat = "kubenat"
+	// IPTablesNFT is kube-proxy's iptables structure loaded with
+	// iptables-nft-restore (Debian's default iptables).
+	IPTablesNFT = "iptables-nft"
+	// IPTablesLegacy is the same loaded with iptables-legacy-restore.
+	IPTablesLegacy = "iptables-legacy"
+	// Floor is a hand-written nftables ruleset of three rules that DNATs
+	// the target Service only (one rule per path, plus the masquerade):
+	// the least any conntrack-based NAT can cost, whatever the number of
+	// Services.
+	Floor = "nft-floor"
+)
+
+// Paths a connection takes.
+const (
+	// PodToClusterIP: client pod → target ClusterIP:80 (DNAT, no SNAT).
+	PodToClusterIP = "pod → ClusterIP"
+	// ExternalToNodePort: external client → node-a:NodePort (DNAT + SNAT).
+	ExternalToNodePort = "external → NodePort"
+	// PodToPodIP: client pod → server pod IP:8080, no Service.
+	PodToPodIP = "pod → pod IP"
+	// ExternalToPodIP: external client → server pod IP:8080, routed by
+	// node-a, no Service.
+	ExternalToPodIP = "external → pod IP"
+)
+
+// The target Service: port "http" (connect loops) and port "bulk"
+// (throughput), each with a NodePort.
+const (
+	targetVIP      = "10.111.255.250"
+	servicePort    = 80
+	serverPort     = 8080 // an Acceptor: accept and close
+	targetNodePort = 32767
+	bulkPort       = 81
+	bulkServerPort = 8081 // a discarding Server
+	bulkNodePort   = 32766
+	servers        = 5
+)
+
+// Namespaces creates the clusters a stage runs in. release removes the
+// cluster's namespaces; it is safe to call more than once.
+type Namespaces interface {
+	Cluster(ctx context.Context, spec topo.Spec) (c *topo.Cluster, release func(), err error)
+}
+
+// Options say what to measure.
+type Options struct {
+	// Sizes are the numbers of other Services (N).
+	Sizes []int
+	// Rulesets to measure besides None (which is always measured).
+	Rulesets []string
+	// Repeats of each measurement.
+	Repeats int
+	// Warmup and Duration of each connect loop.
+	Warmup, Duration time.Duration
+	// ThroughputSizes are the N at which throughput is measured (nil: the
+	// smallest and largest of Sizes); ThroughputDuration is each transfer's
+	// length (0 skips throughput).
+	ThroughputSizes    []int
+	ThroughputDuration time.Duration
+	// LoadTimeout bounds programming one ruleset; a ruleset that takes
+	// longer is recorded as not loaded and skipped at that size.
+	LoadTimeout time.Duration
+	// Log receives progress lines; nil discards them.
+	Log func(format string, args ...any)
+}
+
+// Sample is one connect loop.
+type Sample struct {
+	Rate   float64 `json:"rate"`   // connections per second
+	P50    int64   `json:"p50_ns"` // connect latency
+	P99    int64   `json:"p99_ns"`
+	Max    int64   `json:"max_ns"`
+	Slow   int     `json:"slow_connects"` // connects over 100 ms
+	Conns  int     `json:"connections"`
+	Errors int     `json:"errors"`
+	// Load is the 1-minute load average when the sample was taken.
+	Load float64 `json:"load1"`
+	// Conntrack is the number of entries in node-a's conntrack table
+	// after the loop (0 when nothing enables connection tracking).
+	Conntrack int `json:"conntrack_entries"`
+}
+
+// Point is the repeats of one (ruleset, path, N).
+type Point struct {
+	Ruleset  string   `json:"ruleset"`
+	Path     string   `json:"path"`
+	Services int      `json:"services"`
+	Samples  []Sample `json:"samples"`
+}
+
+// Load is the programming of one ruleset at one N.
+type Load struct {
+	Ruleset  string  `json:"ruleset"`
+	Services int     `json:"services"`
+	Seconds  float64 `json:"seconds"` // wall time; 0 with Error set
+	Rules    int     `json:"rules,omitempty"`
+	Error    string  `json:"error,omitempty"`
+}
+
+// Throughput is the repeats of one bulk transfer measurement.
+type Throughput struct {
+	Ruleset  string    `json:"ruleset"`
+	Path     string    `json:"path"`
+	Services int       `json:"services"`
+	Samples  []float64 `json:"bytes_per_second"`
+}
+
+// Results are everything the stage measured.
+type Results struct {
+	Options struct {
+		Repeats            int     `json:"repeats"`
+		WarmupSeconds      float64 `json:"warmup_seconds"`
+		DurationSeconds    float64 `json:"duration_seconds"`
+		ThroughputDuration float64 `json:"throughput_seconds"`
+	} `json:"options"`
+	Points      []Point      `json:"points"`
+	Loads       []Load       `json:"loads"`
+	Throughputs []Throughput `json:"throughputs"`
+}
+
+// Find returns the point for (ruleset, path, services), or nil.
+func (r *Results) Find(ruleset, path string, services int) *Point {
+	for i := range r.Points {
+		p := &r.Points[i]
+		if p.Ruleset == ruleset && p.Path == path && p.Services == services {
+			return p
+		}
+	}
+	return nil
+}
+
+func (o *Options) defaults() {
+	if len(o.Sizes) == 0 {
+		o.Sizes = []int{10, 1000, 10000, 50000}
+	}
+	if o.Rulesets == nil {
+		o.Rulesets = []string{Kubenat, Floor, IPTablesNFT, IPTablesLegacy}
+	}
+	if o.Repeats == 0 {
+		o.Repeats = 3
+	}
+	if o.Duration == 0 {
+		o.Duration = 3 * time.Second
+	}
+	if o.ThroughputSizes == nil && len(o.Sizes) > 0 {
+		lo, hi := o.Sizes[0], o.Sizes[0]
+		for _, n := range o.Sizes {
+			lo, hi = min(lo, n), max(hi, n)
+		}
+		o.ThroughputSizes = []int{lo}
+		if hi != lo {
+			o.ThroughputSizes = append(o.ThroughputSizes, hi)
+		}
+	}
+	if o.LoadTimeout == 0 {
+		o.LoadTimeout = 10 * time.Minute
+	}
+	if o.Log == nil {
+		o.Log = func(string, ...any) {}
+	}
+}
+
+// Run measures every size in a fresh cluster of its own.
+func Run(ctx context.Context, ns Namespaces, o Options) (*Results, error) {
+	o.defaults()
+	res := &Results{}
+	res.Options.Repeats = o.Repeats
+	res.Options.WarmupSeconds = o.Warmup.Seconds()
+	res.Options.DurationSeconds = o.Duration.Seconds()
+	res.Options.ThroughputDuration = o.ThroughputDuration.Seconds()
+	for _, n := range o.Sizes {
+		if err := runSize(ctx, ns, o, n, res); err != nil {
+			return res, fmt.Errorf("datapath with %d Services: %w", n, err)
+		}
+	}
+	return res, nil
+}
+
+// bed is the cluster of one size.
+type bed struct {
+	c       *topo.Cluster
+	node    *topo.Node // node-a: the rulesets under test
+	cli     *topo.Pod
+	servers []*topo.Pod
+	bare    *topo.Node        // node-b: never any ruleset
+	objs    *workload.Cluster // the other Services, then the target
+	n       int
+}
+
+func runSize(ctx context.Context, ns Namespaces, o Options, n int, res *Results) error {
+	spec := topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a"}, {Name: "node-b", Pods: []string{"srv-b", "cli-b"}}}}
+	for i := range servers {
+		spec.Nodes[0].Pods = append(spec.Nodes[0].Pods, fmt.Sprintf("srv-%d", i+1))
+	}
+	spec.Nodes[0].Pods = append(spec.Nodes[0].Pods, "cli")
+	c, release, err := ns.Cluster(ctx, spec)
+	if err != nil {
+		return err
+	}
+	defer release()
+	b := &bed{c: c, node: c.Nodes[0], cli: c.Pod("cli"), bare: c.Nodes[1], n: n}
+	for i := range servers {
+		b.servers = append(b.servers, c.Pod(fmt.Sprintf("srv-%d", i+1)))
+	}
+	if err := b.setup(ctx); err != nil {
+		return err
+	}
+	for _, p := range append([]*topo.Pod{c.Pod("srv-b")}, b.servers...) {
+		a, err := loadgen.ServeAcceptClose(&p.Host, serverPort)
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		s, err := loadgen.Serve(&p.Host, bulkServerPort)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+	}
+	if b.objs, err = objects(n, b.servers); err != nil {
+		return err
+	}
+
+	vip := netip.MustParseAddr(targetVIP)
+	bareIP := c.Pod("srv-b").Addr
+	direct := []path{
+		{PodToPodIP, &c.Pod("cli-b").Host, netip.AddrPortFrom(bareIP, serverPort), netip.AddrPortFrom(bareIP, bulkServerPort)},
+		{ExternalToPodIP, c.Client, netip.AddrPortFrom(bareIP, serverPort), netip.AddrPortFrom(bareIP, bulkServerPort)},
+	}
+	podIP := b.servers[0].Addr
+	services := []path{
+		{PodToClusterIP, &b.cli.Host, netip.AddrPortFrom(vip, servicePort), netip.AddrPortFrom(vip, bulkPort)},
+		{ExternalToNodePort, c.Client, netip.AddrPortFrom(b.node.Addr, targetNodePort), netip.AddrPortFrom(b.node.Addr, bulkNodePort)},
+		{PodToPodIP, &b.cli.Host, netip.AddrPortFrom(podIP, serverPort), netip.AddrPortFrom(podIP, bulkServerPort)},
+	}
+	tput := false
+	for _, s := range o.ThroughputSizes {
+		tput = tput || (s == n && o.ThroughputDuration > 0)
+	}
+
+	// Phase 1: the rulesets nftables holds (kubenat, the floor,
+	// iptables-nft) are loaded once and switched on one at a time by
+	// making the others' tables dormant (no hooks: no cost, and no
+	// conntrack when all are dormant), so every repeat measures every
+	// ruleset within seconds of the others.
+	arms := []*arm{{ruleset: None, paths: direct}}
+	for _, rs := range o.Rulesets {
+		if rs == IPTablesLegacy {
+			continue
+		}
+		o.Log("datapath N=%d: loading %s", n, rs)
+		load, err := b.load(ctx, o, rs)
+		res.Loads = append(res.Loads, load)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			o.Log("datapath N=%d: %s not loaded: %v", n, rs, err)
+			if cerr := b.unload(ctx, rs); cerr != nil {
+				return cerr
+			}
+			continue
+		}
+		o.Log("datapath N=%d: %s loaded in %.2fs", n, rs, load.Seconds)
+		arms = append(arms, &arm{ruleset: rs, paths: services, tables: nftTables[rs]})
+		if err := b.activate(ctx, arms, nil); err != nil {
+			return err
+		}
+	}
+	if err := b.rounds(ctx, o, arms, tput, res); err != nil {
+		return err
+	}
+	if err := b.activate(ctx, arms, nil); err != nil {
+		return err
+	}
+	for _, a := range arms[1:] {
+		if err := b.unload(ctx, a.ruleset); err != nil {
+			return err
+		}
+	}
+
+	// Phase 2: iptables-legacy, whose tables cannot be switched off.
+	for _, rs := range o.Rulesets {
+		if rs != IPTablesLegacy {
+			continue
+		}
+		o.Log("datapath N=%d: loading %s", n, rs)
+		load, err := b.load(ctx, o, rs)
+		res.Loads = append(res.Loads, load)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			o.Log("datapath N=%d: %s not loaded: %v", n, rs, err)
+			continue
+		}
+		o.Log("datapath N=%d: %s loaded in %.2fs", n, rs, load.Seconds)
+		if err := b.rounds(ctx, o, []*arm{{ruleset: rs, paths: services}}, tput, res); err != nil {
+			return err
+		}
+		if err := b.unload(ctx, rs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nftTables are the nftables tables each switchable ruleset consists of.
+var nftTables = map[string][]string{
+	Kubenat:     {"ip " + nftables.DefaultTable, "ip6 " + nftables.DefaultTable},
+	Floor:       {"ip " + floorTable},
+	IPTablesNFT: {"ip nat", "ip filter"},
+}
+
+// arm is a ruleset with the paths measured under it.
+type arm struct {
+	ruleset string
+	paths   []path
+	tables  []string // nftables tables; empty for None
+	points  []int    // indexes in Results.Points, per path
+	tputs   []int    // indexes in Results.Throughputs, per path
+}
+
+// activate makes on's tables live and every other arm's dormant (on nil:
+// all dormant), in one transaction.
+func (b *bed) activate(ctx context.Context, arms []*arm, on *arm) error {
+	var script strings.Builder
+	for _, a := range arms {
+		for _, t := range a.tables {
+			if a == on {
+				fmt.Fprintf(&script, "add table %s { }\n", t)
+			} else {
+				fmt.Fprintf(&script, "add table %s { flags dormant; }\n", t)
+			}
+		}
+	}
+	if script.Len() == 0 {
+		return nil
+	}
+	_, err := nsrun.NewNFT(b.node.NS).Run(ctx, script.String())
+	if err != nil {
+		return fmt.Errorf("switching rulesets: %w", err)
+	}
+	return nil
+}
+
+// rounds measures every arm's paths once per repeat (connect loops, then
+// throughput when tput is set).
+func (b *bed) rounds(ctx context.Context, o Options, arms []*arm, tput bool, res *Results) error {
+	for _, a := range arms {
+		for _, p := range a.paths {
+			res.Points = append(res.Points, Point{Ruleset: a.ruleset, Path: p.name, Services: b.n})
+			a.points = append(a.points, len(res.Points)-1)
+			if tput && (p.name != PodToPodIP || a.ruleset == None) {
+				res.Throughputs = append(res.Throughputs, Throughput{Ruleset: a.ruleset, Path: p.name, Services: b.n})
+				a.tputs = append(a.tputs, len(res.Throughputs)-1)
+			} else {
+				a.tputs = append(a.tputs, -1)
+			}
+		}
+	}
+	switchable := len(arms) > 1 || len(arms[0].tables) > 0
+	for r := range o.Repeats {
+		for _, a := range arms {
+			if switchable {
+				if err := b.activate(ctx, arms, a); err != nil {
+					return err
+				}
+			}
+			for i, p := range a.paths {
+				if err := b.flushConntrack(ctx, a.ruleset); err != nil {
+					return err
+				}
+				cr, err := loadgen.ConnectLoop(ctx, p.from, p.dst, o.Warmup, o.Duration)
+				if err != nil {
+					return fmt.Errorf("%s, %s: %w", a.ruleset, p.name, err)
+				}
+				s := Sample{Rate: cr.Rate(), P50: int64(cr.Percentile(50)), P99: int64(cr.Percentile(99)),
+					Max: int64(cr.Percentile(100)), Slow: cr.Slow,
+					Conns: cr.Connections, Errors: cr.Errors, Load: loadAvg(), Conntrack: b.conntrackCount(ctx, a.ruleset)}
+				res.Points[a.points[i]].Samples = append(res.Points[a.points[i]].Samples, s)
+				o.Log("datapath N=%d %s, %s #%d: %.0f conn/s, p50 %v, p99 %v, max %v (%d > 100 ms), errors %d, conntrack %d, load %.2f",
+					b.n, a.ruleset, p.name, r+1, s.Rate, time.Duration(s.P50), time.Duration(s.P99), time.Duration(s.Max), s.Slow,
+					s.Errors, s.Conntrack, s.Load)
+			}
+		}
+	}
+	if !tput {
+		return nil
+	}
+	for range o.Repeats {
+		for _, a := range arms {
+			if switchable {
+				if err := b.activate(ctx, arms, a); err != nil {
+					return err
+				}
+			}
+			for i, p := range a.paths {
+				if a.tputs[i] < 0 {
+					continue
+				}
+				bps, err := loadgen.Throughput(ctx, p.from, p.bulk, o.Warmup, o.ThroughputDuration)
+				if err != nil {
+					return fmt.Errorf("%s, %s: %w", a.ruleset, p.name, err)
+				}
+				res.Throughputs[a.tputs[i]].Samples = append(res.Throughputs[a.tputs[i]].Samples, bps)
+				o.Log("datapath N=%d %s, %s: %.2f Gbit/s", b.n, a.ruleset, p.name, bps*8/1e9)
+			}
+		}
+	}
+	return nil
+}
+
+// conntrackCount returns the number of connections the node of ruleset's
+// paths tracks, -1 when unknown.
+func (b *bed) conntrackCount(ctx context.Context, ruleset string) int {
+	node := b.node
+	if ruleset == None {
+		node = b.bare
+	}
+	out, err := nsrun.Exec(ctx, node.NS, nil, "conntrack", "-C")
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// setup tunes the clients and servers for connect loops (wide source port
+// ranges, long accept queues) and routes the external client to node-b's
+// pods through node-b (the no-ruleset baseline).
+func (b *bed) setup(ctx context.Context) error {
+	for _, p := range []*topo.Pod{b.cli, b.c.Pod("cli-b")} {
+		if err := b.c.SetSysctls(ctx, &p.Host, map[string]string{"net/ipv4/ip_local_port_range": "1024 65535"}); err != nil {
+			return err
+		}
+	}
+	if err := b.c.SetSysctls(ctx, b.c.Client, map[string]string{"net/ipv4/ip_local_port_range": "1024 65535"}); err != nil {
+		return err
+	}
+	for _, p := range append([]*topo.Pod{b.c.Pod("srv-b")}, b.servers...) {
+		if err := b.c.SetSysctls(ctx, &p.Host, map[string]string{
+			"net/core/somaxconn": "65535", "net/ipv4/tcp_max_syn_backlog": "65535",
+		}); err != nil {
+			return err
+		}
+	}
+	return b.c.AddRoute(ctx, b.c.Client, b.bare.PodCIDR, b.bare.Addr)
+}
+
+// path is where a client connects: dst for connect loops, bulk for the
+// throughput flow.
+type path struct {
+	name      string
+	from      *topo.Host
+	dst, bulk netip.AddrPort
+}
+
+// flushConntrack empties the connection tracking table of the node of
+// ruleset's paths, so that every loop starts from the same state.
+func (b *bed) flushConntrack(ctx context.Context, ruleset string) error {
+	node := b.node
+	if ruleset == None {
+		node = b.bare
+	}
+	out, err := nsrun.Exec(ctx, node.NS, nil, "conntrack", "-F")
+	if err != nil && !strings.Contains(out, "flushed") {
+		return err
+	}
+	return nil
+}
+
+// load programs ruleset on node-a and returns what it cost.
+func (b *bed) load(ctx context.Context, o Options, ruleset string) (Load, error) {
+	l := Load{Ruleset: ruleset, Services: b.n}
+	lctx, cancel := context.WithTimeout(ctx, o.LoadTimeout)
+	defer cancel()
+	start := time.Now()
+	var err error
+	switch ruleset {
+	case Kubenat:
+		err = b.loadKubenat(lctx)
+	case Floor:
+		_, err = nsrun.NewNFT(b.node.NS).Run(lctx, b.floorScript())
+	case IPTablesNFT, IPTablesLegacy:
+		var script bytes.Buffer
+		kp := kubeProxyServices(b.objs)
+		l.Rules = kubeproxy.Rules(kp)
+		if err = kubeproxy.Write(&script, kp, topo.ClusterCIDR); err == nil {
+			start = time.Now()
+			_, err = nsrun.Exec(lctx, b.node.NS, &script, ruleset+"-restore")
+		}
+	default:
+		err = fmt.Errorf("unknown ruleset %q", ruleset)
+	}
+	if err != nil {
+		if lctx.Err() == context.DeadlineExceeded {
+			err = fmt.Errorf("not loaded within %v", o.LoadTimeout)
+		}
+		l.Error = err.Error()
+		return l, err
+	}
+	l.Seconds = time.Since(start).Seconds()
+	return l, nil
+}
+
+// config is kubenat's configuration for node-a.
+func (b *bed) config() model.Config {
+	return model.Config{NodeName: b.node.Name, ClusterCIDRs: []netip.Prefix{topo.ClusterCIDR}}
+}
+
+func (b *bed) loadKubenat(ctx context.Context) error {
+	mb := model.NewBuilder(b.config())
+	mb.SetNode(k8sobj.Node(b.node.Name, []string{b.node.Addr.String()}, []string{b.node.PodCIDR.String()}), "bench")
+	for _, s := range b.objs.Services {
+		mb.SetService(s, "bench")
+	}
+	for _, s := range b.objs.EndpointSlices {
+		mb.SetEndpointSlice(s, "bench")
+	}
+	st, d := mb.Build()
+	if len(st.Errors) > 0 {
+		return fmt.Errorf("the benchmark's objects are invalid: %v", st.Errors[0])
+	}
+	_, err := nftables.New(nsrun.NewNFT(b.node.NS), nftables.Options{}).Sync(ctx, st, d)
+	return err
+}
+
+// unload removes ruleset from node-a.
+func (b *bed) unload(ctx context.Context, ruleset string) error {
+	switch ruleset {
+	case Kubenat:
+		return nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{})
+	case Floor:
+		_, err := nsrun.NewNFT(b.node.NS).Run(ctx, "add table ip "+floorTable+"\ndelete table ip "+floorTable+"\n")
+		return err
+	case IPTablesNFT:
+		// iptables-nft keeps its rules in these nftables tables.
+		_, err := nsrun.Exec(ctx, b.node.NS, strings.NewReader(
+			"add table ip nat\ndelete table ip nat\nadd table ip filter\ndelete table ip filter\n"), "nft", "-f", "-")
+		return err
+	case IPTablesLegacy:
+		// Legacy tables cannot be unregistered: empty them. Later rulesets
+		// at this size see empty legacy nat and filter tables (their hooks
+		// cost a few ns per packet); IPTablesLegacy comes last by default.
+		_, err := nsrun.Exec(ctx, b.node.NS, strings.NewReader("*nat\nCOMMIT\n*filter\nCOMMIT\n"), "iptables-legacy-restore")
+		return err
+	}
+	return nil
+}
+
+// floorTable is the table of the Floor ruleset.
+const floorTable = "benchfloor"
+
+// floorScript returns the Floor ruleset: DNAT of the target ClusterIP and
+// NodePorts to the servers at random, and masquerade of the NodePort
+// traffic.
+func (b *bed) floorScript() string {
+	pick := func(port int) string {
+		var m strings.Builder
+		for i, p := range b.servers {
+			if i > 0 {
+				m.WriteString(", ")
+			}
+			fmt.Fprintf(&m, "%d : %s . %d", i, p.Addr, port)
+		}
+		return fmt.Sprintf("dnat ip to numgen random mod %d map { %s }", len(b.servers), m.String())
+	}
+	var rules strings.Builder
+	for _, r := range []struct{ port, nodePort, target int }{
+		{servicePort, targetNodePort, serverPort}, {bulkPort, bulkNodePort, bulkServerPort},
+	} {
+		fmt.Fprintf(&rules, "\t\tip daddr %s tcp dport %d %s\n", targetVIP, r.port, pick(r.target))
+		fmt.Fprintf(&rules, "\t\tip daddr %s tcp dport %d meta mark set 0x4000 %s\n", b.node.Addr, r.nodePort, pick(r.target))
+	}
+	return fmt.Sprintf(`table ip %s {
+	chain pre {
+		type nat hook prerouting priority -100; policy accept;
+%s	}
+	chain post {
+		type nat hook postrouting priority 100; policy accept;
+		meta mark 0x4000 masquerade fully-random
+	}
+}
+`, floorTable, rules.String())
+}
+
+// objects returns n other Services (1 to 5 endpoints each, every 20th a
+// NodePort Service) followed by the target Service, whose 5 endpoints are
+// the server pods.
+func objects(n int, srv []*topo.Pod) (*workload.Cluster, error) {
+	c, err := workload.Generate(workload.Spec{Services: n, EndpointsCycle: 5, NodePortEvery: 20, NodeName: "node-a"})
+	if err != nil {
+		return nil, err
+	}
+	svc := workload.NewService("target", netip.MustParseAddr(targetVIP), servicePort, serverPort, targetNodePort)
+	svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: "bulk", Protocol: v1.ProtocolTCP,
+		Port: bulkPort, TargetPort: intstr.FromInt32(bulkServerPort), NodePort: bulkNodePort})
+	var eps []workload.Endpoint
+	for _, p := range srv {
+		eps = append(eps, workload.Endpoint{Addr: p.Addr, Node: "node-a", Ready: true})
+	}
+	sl := workload.NewSlice("target-0", "target", serverPort, eps)
+	name, proto, port := "bulk", v1.ProtocolTCP, int32(bulkServerPort)
+	sl.Ports = append(sl.Ports, discovery.EndpointPort{Name: &name, Protocol: &proto, Port: &port})
+	c.Services = append(c.Services, svc)
+	c.SlicesOf = append(c.SlicesOf, []int{len(c.EndpointSlices)})
+	c.EndpointSlices = append(c.EndpointSlices, sl)
+	return c, nil
+}
+
+// kubeProxyServices converts the generated objects, in order, for the
+// kube-proxy renderer: one entry per Service port.
+func kubeProxyServices(c *workload.Cluster) []kubeproxy.Service {
+	out := make([]kubeproxy.Service, 0, len(c.Services))
+	for i, svc := range c.Services {
+		for _, p := range svc.Spec.Ports {
+			s := kubeproxy.Service{
+				Namespace: svc.Namespace, Name: svc.Name, Port: p.Name,
+				ClusterIP:   netip.MustParseAddr(svc.Spec.ClusterIP),
+				ServicePort: uint16(p.Port), NodePort: uint16(p.NodePort),
+			}
+			for _, j := range c.SlicesOf[i] {
+				sl := c.EndpointSlices[j]
+				for _, sp := range sl.Ports {
+					if sp.Name == nil || *sp.Name != p.Name || sp.Port == nil {
+						continue
+					}
+					for _, ep := range sl.Endpoints {
+						if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+							continue
+						}
+						s.Endpoints = append(s.Endpoints, netip.AddrPortFrom(netip.MustParseAddr(ep.Addresses[0]), uint16(*sp.Port)))
+					}
+				}
+			}
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// loadAvg returns the 1-minute load average, 0 when unknown.
+func loadAvg() float64 {
+	out, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	var l float64
+	fmt.Sscanf(string(out), "%f", &l)
+	return l
+}
