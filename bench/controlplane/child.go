@@ -1,0 +1,239 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"net/netip"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+
+	"github.com/kubenat/kubenat/bench/workload"
+	"github.com/kubenat/kubenat/internal/agent"
+	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/model"
+	"github.com/kubenat/kubenat/internal/nft"
+)
+
+// childJob is what the parent sends the child on stdin.
+type childJob struct {
+	Job
+	NodeAddr string `json:"node_addr"`
+	PodCIDR  string `json:"pod_cidr"`
+}
+
+// MaybeChild runs the control-plane child and exits when the process was
+// started as one (ChildEnv set); otherwise it returns at once. Call it
+// first thing in main (or TestMain).
+func MaybeChild() {
+	if os.Getenv(ChildEnv) != "controlplane" {
+		return
+	}
+	if err := child(os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "control-plane child:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// commit is one nftables transaction the agent ran.
+type commit struct {
+	start, end time.Time
+	full       bool
+	bytes      int
+	err        error
+}
+
+// timingRunner reports every transaction the agent runs.
+type timingRunner struct {
+	inner   nft.Runner
+	commits chan commit
+}
+
+func (t *timingRunner) Name() string { return t.inner.Name() }
+
+func (t *timingRunner) Run(ctx context.Context, script string) (string, error) {
+	start := time.Now()
+	out, err := t.inner.Run(ctx, script)
+	t.commits <- commit{start: start, end: time.Now(), full: strings.HasPrefix(script, "add table"), bytes: len(script), err: err}
+	return out, err
+}
+
+// memSource delivers generated objects, as an informer's initial list
+// would, then nothing: the child makes changes through the Sink itself.
+type memSource struct {
+	node *v1.Node
+	objs *workload.Cluster
+}
+
+func (m *memSource) Load(sink agent.Sink) error {
+	sink.SetNode(m.node, "bench")
+	for _, s := range m.objs.Services {
+		sink.SetService(s, "bench")
+	}
+	for _, s := range m.objs.EndpointSlices {
+		sink.SetEndpointSlice(s, "bench")
+	}
+	sink.Synced()
+	return nil
+}
+
+func (m *memSource) Run(ctx context.Context, sink agent.Sink) error {
+	if err := m.Load(sink); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func child(in io.Reader, out io.Writer) error {
+	var j childJob
+	if err := json.NewDecoder(in).Decode(&j); err != nil {
+		return fmt.Errorf("reading the job: %w", err)
+	}
+	objs, err := workload.Generate(j.Workload)
+	if err != nil {
+		return err
+	}
+	res := Result{Job: j.Job, Services: len(objs.Services)}
+	for _, sl := range objs.EndpointSlices {
+		res.Endpoints += len(sl.Endpoints)
+	}
+	node := k8sobj.Node("node-a", []string{j.NodeAddr}, []string{j.PodCIDR})
+	runtime.GC()
+	debug.FreeOSMemory()
+	res.ObjectsRSS = vmRSS()
+
+	inner, err := nft.New()
+	if err != nil {
+		return err
+	}
+	tr := &timingRunner{inner: inner, commits: make(chan commit, 64)}
+	cfg := model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+	a, err := agent.New(agent.Options{Config: cfg, Runner: tr, MinSyncPeriod: j.MinSyncPeriod})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+
+	ru0 := rusage()
+	t0 := time.Now()
+	go func() { done <- a.Run(ctx, &memSource{node: node, objs: objs}) }()
+	c, err := next(tr.commits, done, 30*time.Minute)
+	if err != nil {
+		return fmt.Errorf("cold sync: %w", err)
+	}
+	ru1 := rusage()
+	res.ColdSeconds = c.end.Sub(t0).Seconds()
+	res.ColdNFTSeconds = c.end.Sub(c.start).Seconds()
+	res.ColdScriptBytes = c.bytes
+	res.ColdUserCPU, res.ColdSysCPU = cpu(ru0, ru1)
+
+	// Changes: flip the readiness of the first endpoint of a random
+	// Service (a readiness probe failing, then passing again).
+	rng := rand.New(rand.NewSource(j.Seed))
+	slices := make(map[int]*discovery.EndpointSlice)
+	time.Sleep(j.Interval)
+	ru2 := rusage()
+	for range j.Changes {
+		k := rng.Intn(len(objs.Services))
+		idx := objs.SlicesOf[k][0]
+		sl := slices[idx]
+		if sl == nil {
+			sl = objs.EndpointSlices[idx]
+		}
+		if len(sl.Endpoints) == 0 {
+			continue
+		}
+		sl = flipReady(sl)
+		slices[idx] = sl
+		t := time.Now()
+		a.SetEndpointSlice(sl, "bench")
+		c, err := next(tr.commits, done, 10*time.Minute)
+		if err != nil {
+			return fmt.Errorf("change %d: %w", len(res.ChangeLatencies), err)
+		}
+		res.ChangeLatencies = append(res.ChangeLatencies, int64(c.end.Sub(t)))
+		res.ChangeNFT = append(res.ChangeNFT, int64(c.end.Sub(c.start)))
+		if c.full {
+			res.ChangeFullSyncs++
+		}
+		time.Sleep(j.Interval)
+	}
+	ru3 := rusage()
+	res.ChangesUserCPU, res.ChangesSysCPU = cpu(ru2, ru3)
+	cancel()
+	if err := <-done; err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	res.HeapInuse = int64(ms.HeapInuse)
+	runtime.KeepAlive(objs)
+	return json.NewEncoder(out).Encode(res)
+}
+
+// next waits for the agent's next transaction.
+func next(commits <-chan commit, done <-chan error, timeout time.Duration) (commit, error) {
+	select {
+	case c := <-commits:
+		if c.err != nil {
+			return c, fmt.Errorf("the transaction failed: %w", c.err)
+		}
+		return c, nil
+	case err := <-done:
+		return commit{}, fmt.Errorf("the agent stopped: %v", err)
+	case <-time.After(timeout):
+		return commit{}, errors.New("no transaction within " + timeout.String())
+	}
+}
+
+// flipReady returns a copy of sl whose first endpoint's readiness is
+// flipped.
+func flipReady(sl *discovery.EndpointSlice) *discovery.EndpointSlice {
+	n := sl.DeepCopy()
+	c := &n.Endpoints[0].Conditions
+	ready := c.Ready == nil || *c.Ready
+	ready = !ready
+	c.Ready = &ready
+	return n
+}
+
+func rusage() syscall.Rusage {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru
+}
+
+func cpu(a, b syscall.Rusage) (user, sys float64) {
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	return tv(b.Utime) - tv(a.Utime), tv(b.Stime) - tv(a.Stime)
+}
+
+// vmRSS returns the process's current resident set size in bytes.
+func vmRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}

@@ -1,0 +1,173 @@
+// Package controlplane measures kubenat's agent: the time from an empty
+// kernel to every rule programmed, the time from one endpoint change
+// reaching the agent to the nftables transaction that applies it being
+// committed, and the agent's peak memory and CPU time.
+//
+// Each scale runs in a child process of its own (the benchmark binary
+// re-executed inside a fresh network namespace with `ip netns exec`), so
+// peak RSS and CPU time belong to that scale alone. The child generates the
+// objects first (what an informer cache would hold), then starts a real
+// agent.Agent whose Source delivers them, and drives endpoint changes
+// through the agent's Sink interface, as informer events would. Commit
+// times come from a wrapper around the agent's nft.Runner.
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/kubenat/kubenat/bench/workload"
+	"github.com/kubenat/kubenat/internal/topo"
+)
+
+// ChildEnv is the environment variable that turns the benchmark binary (or
+// test binary) into a control-plane child; see MaybeChild.
+const ChildEnv = "KUBENAT_BENCH_CHILD"
+
+// Job is one control-plane measurement.
+type Job struct {
+	// Name labels the scale in reports, e.g. "10,000 × 5".
+	Name     string        `json:"name"`
+	Workload workload.Spec `json:"workload"`
+	// Changes is the number of endpoint changes to time.
+	Changes int `json:"changes"`
+	// Interval separates changes; it should exceed MinSyncPeriod so that
+	// batching never delays a change.
+	Interval time.Duration `json:"interval"`
+	// MinSyncPeriod is the agent's batching period.
+	MinSyncPeriod time.Duration `json:"min_sync_period"`
+	// Seed picks the Services that change.
+	Seed int64 `json:"seed"`
+}
+
+// Result is what one job measured.
+type Result struct {
+	Job Job `json:"job"`
+	// Services, Endpoints are the generated counts.
+	Services  int `json:"services"`
+	Endpoints int `json:"endpoints"`
+
+	// ColdSeconds: first object delivered → first (full) transaction
+	// committed. ColdNFTSeconds is the part spent in libnftables (parsing
+	// the script and the kernel committing it), ColdScriptBytes its size.
+	ColdSeconds     float64 `json:"cold_seconds"`
+	ColdNFTSeconds  float64 `json:"cold_nft_seconds"`
+	ColdScriptBytes int     `json:"cold_script_bytes"`
+	// ColdUserCPU, ColdSysCPU are the agent process's CPU seconds during
+	// the cold sync (libnftables runs in-process; the kernel's commit work
+	// is system time of the process).
+	ColdUserCPU float64 `json:"cold_user_cpu_seconds"`
+	ColdSysCPU  float64 `json:"cold_sys_cpu_seconds"`
+
+	// ChangeLatencies: change delivered → transaction committed, ns, in
+	// the order the changes were made; ChangeNFT: the libnftables part.
+	ChangeLatencies []int64 `json:"change_latencies_ns"`
+	ChangeNFT       []int64 `json:"change_nft_ns"`
+	// ChangeFullSyncs counts changes that were applied by replacing the
+	// tables instead of incrementally.
+	ChangeFullSyncs int `json:"change_full_syncs"`
+	// ChangesUserCPU, ChangesSysCPU are the CPU seconds of all changes.
+	ChangesUserCPU float64 `json:"changes_user_cpu_seconds"`
+	ChangesSysCPU  float64 `json:"changes_sys_cpu_seconds"`
+
+	// ObjectsRSS is the process RSS after generating the objects, before
+	// the agent starts (bytes): the share of the informer-cache stand-in.
+	ObjectsRSS int64 `json:"objects_rss_bytes"`
+	// PeakRSS is the process's peak RSS (bytes), as the parent saw it.
+	PeakRSS int64 `json:"peak_rss_bytes"`
+	// HeapInuse is the Go heap in use at the end (bytes).
+	HeapInuse int64 `json:"heap_inuse_bytes"`
+	// TotalUserCPU, TotalSysCPU are the whole child's CPU seconds,
+	// generation of the objects included.
+	TotalUserCPU float64 `json:"total_user_cpu_seconds"`
+	TotalSysCPU  float64 `json:"total_sys_cpu_seconds"`
+	// Load is the 1-minute load average before and after.
+	LoadBefore float64 `json:"load1_before"`
+	LoadAfter  float64 `json:"load1_after"`
+}
+
+// Namespaces creates the clusters jobs run in (see datapath.Namespaces).
+type Namespaces interface {
+	Cluster(ctx context.Context, spec topo.Spec) (c *topo.Cluster, release func(), err error)
+}
+
+// Run runs each job in a child process inside node-a of a fresh cluster
+// and returns the results in order. exe is the binary to re-execute; it
+// must call MaybeChild first thing.
+func Run(ctx context.Context, ns Namespaces, exe string, jobs []Job, log func(string, ...any)) ([]Result, error) {
+	if log == nil {
+		log = func(string, ...any) {}
+	}
+	var out []Result
+	for _, j := range jobs {
+		log("control plane %s: starting", j.Name)
+		r, err := runJob(ctx, ns, exe, j)
+		if err != nil {
+			return out, fmt.Errorf("control plane %s: %w", j.Name, err)
+		}
+		log("control plane %s: cold %.3fs (nft %.3fs), %d changes, peak RSS %d MiB",
+			j.Name, r.ColdSeconds, r.ColdNFTSeconds, len(r.ChangeLatencies), r.PeakRSS>>20)
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func runJob(ctx context.Context, ns Namespaces, exe string, j Job) (Result, error) {
+	c, release, err := ns.Cluster(ctx, topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a"}}})
+	if err != nil {
+		return Result{}, err
+	}
+	defer release()
+	node := c.Nodes[0]
+	in, err := json.Marshal(childJob{Job: j, NodeAddr: node.Addr.String(), PodCIDR: node.PodCIDR.String()})
+	if err != nil {
+		return Result{}, err
+	}
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", node.NS, exe)
+	cmd.Env = append(os.Environ(), ChildEnv+"=controlplane")
+	cmd.Stdin = bytes.NewReader(in)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	before := loadAvg()
+	if err := cmd.Run(); err != nil {
+		return Result{}, fmt.Errorf("child: %w: %s", err, tail(stderr.String()))
+	}
+	var r Result
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		return Result{}, fmt.Errorf("reading the child's result: %w: %s", err, tail(stdout.String()))
+	}
+	// `ip netns exec` execs the child in place: the process the parent
+	// waited for is the child.
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		r.PeakRSS = ru.Maxrss << 10
+	}
+	r.TotalUserCPU = cmd.ProcessState.UserTime().Seconds()
+	r.TotalSysCPU = cmd.ProcessState.SystemTime().Seconds()
+	r.LoadBefore, r.LoadAfter = before, loadAvg()
+	return r, nil
+}
+
+func tail(s string) string {
+	if len(s) > 4000 {
+		return "…" + s[len(s)-4000:]
+	}
+	return s
+}
+
+// loadAvg returns the 1-minute load average, 0 when unknown.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	var l float64
+	fmt.Sscanf(string(b), "%f", &l)
+	return l
+}
