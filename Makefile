@@ -1,0 +1,14 @@
+# kubenat's make targets. `make bench` runs the benchmark suite (root, about
+# 25 minutes) and rewrites docs/benchmarks.md and docs/bench/.
+GO ?= go
+
+.PHONY: bench bench-quick
+
+bench:
+	./scripts/install-deps.sh
+	$(GO) run ./bench/cmd/kubenat-bench -out docs
+
+# A few minutes' check of the suite; writes to /tmp/kubenat-bench-quick.
+bench-quick:
+	./scripts/install-deps.sh
+	$(GO) run ./bench/cmd/kubenat-bench -quick -out /tmp/kubenat-bench-quick
