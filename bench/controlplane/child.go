@@ -9,8 +9,10 @@ import (
 	"math/rand"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -114,8 +116,14 @@ func child(in io.Reader, out io.Writer) error {
 	runtime.GC()
 	debug.FreeOSMemory()
 	res.ObjectsRSS = vmRSS()
+	resetPeakRSS()
 
-	inner, err := nft.New()
+	var inner nft.Runner
+	if j.NFTBinary {
+		inner, err = nft.NewBinary("")
+	} else {
+		inner, err = nft.New()
+	}
 	if err != nil {
 		return err
 	}
@@ -175,6 +183,14 @@ func child(in io.Reader, out io.Writer) error {
 	}
 	ru3 := rusage()
 	res.ChangesUserCPU, res.ChangesSysCPU = cpu(ru2, ru3)
+	res.SteadyRSS = vmRSS()
+	res.PeakRSS = procStatus("VmHWM")
+	if dir := os.Getenv(ProfileEnv); dir != "" {
+		// While the agent still holds its state.
+		if err := writeHeapProfile(filepath.Join(dir, fmt.Sprintf("heap-%d.pprof", res.Services))); err != nil {
+			return err
+		}
+	}
 	cancel()
 	if err := <-done; err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -182,8 +198,23 @@ func child(in io.Reader, out io.Writer) error {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	res.HeapInuse = int64(ms.HeapInuse)
+
 	runtime.KeepAlive(objs)
 	return json.NewEncoder(out).Encode(res)
+}
+
+// writeHeapProfile writes the in-use heap profile to file.
+func writeHeapProfile(file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", file, err)
+	}
+	return f.Close()
 }
 
 // next waits for the agent's next transaction.
@@ -224,16 +255,25 @@ func cpu(a, b syscall.Rusage) (user, sys float64) {
 }
 
 // vmRSS returns the process's current resident set size in bytes.
-func vmRSS() int64 {
+func vmRSS() int64 { return procStatus("VmRSS") }
+
+// procStatus returns a size field of /proc/self/status in bytes, 0 when
+// unknown.
+func procStatus(field string) int64 {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field+":" {
 			kb, _ := strconv.ParseInt(f[1], 10, 64)
 			return kb << 10
 		}
 	}
 	return 0
 }
+
+// resetPeakRSS resets VmHWM to the current RSS (writing 5 to
+// /proc/self/clear_refs), so that the peak does not count the generation
+// of the objects. Best effort.
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }

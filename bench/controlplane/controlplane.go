@@ -30,6 +30,10 @@ import (
 // test binary) into a control-plane child; see MaybeChild.
 const ChildEnv = "KUBENAT_BENCH_CHILD"
 
+// ProfileEnv names a directory where each child writes the heap profile
+// of its agent at the end (heap-<Services>.pprof), for `go tool pprof`.
+const ProfileEnv = "KUBENAT_BENCH_PROFILE_DIR"
+
 // Job is one control-plane measurement.
 type Job struct {
 	// Name labels the scale in reports, e.g. "10,000 × 5".
@@ -44,6 +48,10 @@ type Job struct {
 	MinSyncPeriod time.Duration `json:"min_sync_period"`
 	// Seed picks the Services that change.
 	Seed int64 `json:"seed"`
+	// NFTBinary makes the agent pipe its scripts to the nft binary instead
+	// of running libnftables in-process (the parse then happens in nft's
+	// own process, outside the agent's RSS).
+	NFTBinary bool `json:"nft_binary,omitempty"`
 }
 
 // Result is what one job measured.
@@ -79,8 +87,14 @@ type Result struct {
 	// ObjectsRSS is the process RSS after generating the objects, before
 	// the agent starts (bytes): the share of the informer-cache stand-in.
 	ObjectsRSS int64 `json:"objects_rss_bytes"`
-	// PeakRSS is the process's peak RSS (bytes), as the parent saw it.
+	// PeakRSS is the agent process's own peak RSS (VmHWM, bytes).
 	PeakRSS int64 `json:"peak_rss_bytes"`
+	// PeakRSSWithHelpers is the peak RSS the parent saw (getrusage), which
+	// also covers processes the agent ran (the nft binary, if used).
+	PeakRSSWithHelpers int64 `json:"peak_rss_with_helpers_bytes"`
+	// SteadyRSS is the RSS after the changes (bytes): what the agent
+	// keeps between full syncs.
+	SteadyRSS int64 `json:"steady_rss_bytes"`
 	// HeapInuse is the Go heap in use at the end (bytes).
 	HeapInuse int64 `json:"heap_inuse_bytes"`
 	// TotalUserCPU, TotalSysCPU are the whole child's CPU seconds,
@@ -146,7 +160,7 @@ func runJob(ctx context.Context, ns Namespaces, exe string, j Job) (Result, erro
 	// `ip netns exec` execs the child in place: the process the parent
 	// waited for is the child.
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		r.PeakRSS = ru.Maxrss << 10
+		r.PeakRSSWithHelpers = ru.Maxrss << 10
 	}
 	r.TotalUserCPU = cmd.ProcessState.UserTime().Seconds()
 	r.TotalSysCPU = cmd.ProcessState.SystemTime().Seconds()
