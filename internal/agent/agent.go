@@ -190,6 +190,11 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		case <-retry:
 		}
 		retry = nil
+		if !a.sourceSynced() {
+			// Objects are still arriving; Synced kicks again when the
+			// initial content is complete. Not an error: nothing to retry.
+			continue
+		}
 		if wait := a.opts.MinSyncPeriod - time.Since(last); wait > 0 {
 			select {
 			case <-ctx.Done():
@@ -261,6 +266,14 @@ func (a *Agent) refreshLocalAddrs() {
 	cfg.LocalAddrs = addrs
 	a.builder.SetConfig(cfg)
 	a.changed()
+}
+
+// sourceSynced reports whether the source has delivered its initial
+// content.
+func (a *Agent) sourceSynced() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.synced
 }
 
 // errNotSynced is returned when the source has not delivered its initial
