@@ -11,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/model"
 )
 
@@ -83,6 +84,9 @@ func TestAgentProgramsOnlyAfterSyncAndBatches(t *testing.T) {
 	a, err := New(Options{
 		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
 		Runner: run, MinSyncPeriod: 200 * time.Millisecond,
+		// One transaction even for the first sync (the fake runner would
+		// let the backend create the tables in several).
+		NFT: nftables.Options{InitialChunk: -1},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -16,12 +16,18 @@ import (
 // remove (elements, and the chains and sets of affinity Services), also in
 // one transaction. It never reads the kernel ruleset back.
 //
+// The exception is the first Sync of a Backend when the kernel has no
+// kubenat table yet (the node's first start since boot): it creates the
+// tables, then fills them a group of Services per transaction (see
+// initialSync), which bounds the memory libnftables needs.
+//
 // A Backend is not safe for concurrent use.
 type Backend struct {
 	run nft.Runner
 	o   Options
 
 	synced        bool
+	triedInitial  bool
 	masqueradeAll bool
 	t             *tables
 }
@@ -57,10 +63,22 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 	return SyncResult{Elements: n}, nil
 }
 
-// fullSync replaces both tables with the rendering of st.
+// fullSync replaces both tables with the rendering of st. The Backend's
+// first full sync tries initialSync first.
 func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, error) {
 	b.synced = false
 	t := tablesOf(st)
+	if !b.triedInitial && b.o.InitialChunk > 0 {
+		b.triedInitial = true
+		created, err := b.initialSync(ctx, st, t)
+		if err != nil {
+			return SyncResult{}, err
+		}
+		if created {
+			b.t, b.masqueradeAll, b.synced = t, st.Config.MasqueradeAll, true
+			return SyncResult{Full: true}, nil
+		}
+	}
 	var sb strings.Builder
 	for _, a := range families {
 		// "add" first makes the delete succeed when the table is absent.
@@ -74,6 +92,87 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 	}
 	b.t, b.masqueradeAll, b.synced = t, st.Config.MasqueradeAll, true
 	return SyncResult{Full: true}, nil
+}
+
+// initialSync programs t into tables that do not exist yet, in several
+// transactions. The first creates both tables with every set, map and
+// chain, but only the node's elements; it fails, changing nothing, when a
+// table exists, and initialSync then returns false (the caller replaces
+// the tables in one transaction instead). Each next transaction adds
+// everything a group of Services (in name order) contributes, about
+// Options.InitialChunk elements: its own sets and chains, then its
+// elements. A Service is thus either absent or completely programmed at
+// any time, and libnftables holds one group's parsed elements instead of
+// all of them (~700 MB at 50,000 Services × 5 endpoints). An error after
+// the first transaction is returned; the tables stay partly filled until
+// the next full sync replaces them.
+func (b *Backend) initialSync(ctx context.Context, st *model.State, t *tables) (bool, error) {
+	node := newContent()
+	for _, e := range nodeElems(st) {
+		node.add(e)
+	}
+	var sb strings.Builder
+	for _, a := range families {
+		fmt.Fprintf(&sb, "create table %s %s\n", a.name, b.o.Table)
+	}
+	for _, a := range families {
+		t.writeSkeleton(&sb, a, b.o, st.Config.MasqueradeAll, node)
+	}
+	if _, err := b.run.Run(ctx, sb.String()); err != nil {
+		return false, nil // a table exists (or the script is wrong: the replacement will say)
+	}
+
+	type id struct {
+		f        model.Family
+		set, key string
+	}
+	added := map[id]bool{} // elements several contributors share, once added
+	keys := st.SortedKeys()
+	for first := 0; first < len(keys); {
+		last, n := first, 0
+		for last < len(keys) && (n == 0 || n+len(t.byService[keys[last]].elems) <= b.o.InitialChunk) {
+			n += len(t.byService[keys[last]].elems)
+			last++
+		}
+		sb.Reset()
+		for _, a := range families {
+			tbl := a.name + " " + b.o.Table
+			var els []elem
+			for _, k := range keys[first:last] {
+				c := t.byService[k]
+				for _, s := range c.sets {
+					if s.f == a.f {
+						fmt.Fprintf(&sb, "add set %s %s { %s }\n", tbl, s.name, a.affinitySetDecl(b.o))
+					}
+				}
+				for _, ch := range c.chains {
+					if ch.f == a.f {
+						fmt.Fprintf(&sb, "add chain %s %s\n", tbl, ch.name)
+						writeRules(&sb, tbl, ch.name, ch.rules, false)
+					}
+				}
+				for _, e := range c.elems {
+					if e.f != a.f {
+						continue
+					}
+					if r := t.content.fams[e.f].sets[e.set][e.key]; r != nil && r.n > 1 {
+						i := id{e.f, e.set, e.key}
+						if added[i] {
+							continue
+						}
+						added[i] = true
+					}
+					els = append(els, e)
+				}
+			}
+			writeElems(&sb, "add", a, tbl, els, nil, true)
+		}
+		if _, err := b.run.Run(ctx, sb.String()); err != nil {
+			return false, fmt.Errorf("programming Services %s to %s into the new kubenat tables: %w", keys[first], keys[last-1], err)
+		}
+		first = last
+	}
+	return true, nil
 }
 
 // snapshot is what incremental compares before and after: per family, the

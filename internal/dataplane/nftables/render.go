@@ -101,9 +101,22 @@ func setKind(decl string) string {
 // maps in use, the Services' own sets, the static chains and the Services'
 // own chains.
 func (t *tables) write(b *strings.Builder, a fam, o Options, masqueradeAll bool) {
-	fc := t.content.fams[a.f]
-	objs := t.objects[a.f]
-	d := fc.dynamic()
+	t.writeBlock(b, a, o, masqueradeAll, t.content, t.objects[a.f])
+}
+
+// writeSkeleton writes one family's table block with the sets, maps and
+// chains write declares, but only the elements of elems (the node's) and
+// none of the Services' own sets and chains.
+func (t *tables) writeSkeleton(b *strings.Builder, a fam, o Options, masqueradeAll bool, elems *content) {
+	t.writeBlock(b, a, o, masqueradeAll, elems, &famObjects{})
+}
+
+// writeBlock writes a table block declaring t's static sets and chains and
+// backends maps, with the elements of elems and the Services' sets and
+// chains of objs.
+func (t *tables) writeBlock(b *strings.Builder, a fam, o Options, masqueradeAll bool, elems *content, objs *famObjects) {
+	fc := elems.fams[a.f]
+	d := t.content.fams[a.f].dynamic()
 	fmt.Fprintf(b, "table %s %s {\n", a.name, o.Table)
 	writeSet := func(name, decl string) {
 		fmt.Fprintf(b, "\t%s %s {\n", setKind(decl), name)

@@ -47,7 +47,15 @@ type Options struct {
 	// AffinitySize bounds each endpoint's set of affine clients; default
 	// 65535.
 	AffinitySize int
+	// InitialChunk is the number of elements one transaction adds when
+	// the tables are created from scratch (see Backend); default
+	// DefaultInitialChunk; negative programs them in one transaction.
+	InitialChunk int
 }
+
+// DefaultInitialChunk is the default Options.InitialChunk: about 4,000
+// Services of 5 endpoints, ~30 MB of libnftables memory.
+const DefaultInitialChunk = 20000
 
 func (o Options) withDefaults() Options {
 	if o.Table == "" {
@@ -58,6 +66,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.AffinitySize == 0 {
 		o.AffinitySize = 65535
+	}
+	if o.InitialChunk == 0 {
+		o.InitialChunk = DefaultInitialChunk
 	}
 	return o
 }
