@@ -15,6 +15,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -54,13 +55,13 @@ type commit struct {
 	start, end time.Time
 	full       bool
 	bytes      int
-	err        error
 }
 
-// timingRunner reports every transaction the agent runs.
+// timingRunner records every transaction the agent runs.
 type timingRunner struct {
-	inner   nft.Runner
-	commits chan commit
+	inner nft.Runner
+	mu    sync.Mutex
+	done  []commit
 }
 
 func (t *timingRunner) Name() string { return t.inner.Name() }
@@ -68,8 +69,22 @@ func (t *timingRunner) Name() string { return t.inner.Name() }
 func (t *timingRunner) Run(ctx context.Context, script string) (string, error) {
 	start := time.Now()
 	out, err := t.inner.Run(ctx, script)
-	t.commits <- commit{start: start, end: time.Now(), full: strings.HasPrefix(script, "add table"), bytes: len(script), err: err}
+	if err == nil {
+		t.mu.Lock()
+		t.done = append(t.done, commit{start: start, end: time.Now(), full: strings.HasPrefix(script, "add table") ||
+			strings.HasPrefix(script, "create table"), bytes: len(script)})
+		t.mu.Unlock()
+	}
 	return out, err
+}
+
+// take returns the transactions committed since the last take.
+func (t *timingRunner) take() []commit {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := t.done
+	t.done = nil
+	return out
 }
 
 // memSource delivers generated objects, as an informer's initial list
@@ -127,9 +142,11 @@ func child(in io.Reader, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	tr := &timingRunner{inner: inner, commits: make(chan commit, 64)}
+	tr := &timingRunner{inner: inner}
 	cfg := model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
-	a, err := agent.New(agent.Options{Config: cfg, Runner: tr, MinSyncPeriod: j.MinSyncPeriod})
+	syncs := make(chan agent.SyncReport, 1024)
+	a, err := agent.New(agent.Options{Config: cfg, Runner: tr, MinSyncPeriod: j.MinSyncPeriod,
+		OnSync: func(r agent.SyncReport) { syncs <- r }})
 	if err != nil {
 		return err
 	}
@@ -140,14 +157,17 @@ func child(in io.Reader, out io.Writer) error {
 	ru0 := rusage()
 	t0 := time.Now()
 	go func() { done <- a.Run(ctx, &memSource{node: node, objs: objs}) }()
-	c, err := next(tr.commits, done, 30*time.Minute)
+	cs, err := next(syncs, tr, done, 30*time.Minute)
 	if err != nil {
 		return fmt.Errorf("cold sync: %w", err)
 	}
 	ru1 := rusage()
-	res.ColdSeconds = c.end.Sub(t0).Seconds()
-	res.ColdNFTSeconds = c.end.Sub(c.start).Seconds()
-	res.ColdScriptBytes = c.bytes
+	res.ColdSeconds = cs[len(cs)-1].end.Sub(t0).Seconds()
+	for _, c := range cs {
+		res.ColdNFTSeconds += c.end.Sub(c.start).Seconds()
+		res.ColdScriptBytes += c.bytes
+	}
+	res.ColdTransactions = len(cs)
 	res.ColdUserCPU, res.ColdSysCPU = cpu(ru0, ru1)
 
 	// Changes: flip the readiness of the first endpoint of a random
@@ -170,15 +190,19 @@ func child(in io.Reader, out io.Writer) error {
 		slices[idx] = sl
 		t := time.Now()
 		a.SetEndpointSlice(sl, "bench")
-		c, err := next(tr.commits, done, 10*time.Minute)
+		cs, err := next(syncs, tr, done, 10*time.Minute)
 		if err != nil {
 			return fmt.Errorf("change %d: %w", len(res.ChangeLatencies), err)
 		}
-		res.ChangeLatencies = append(res.ChangeLatencies, int64(c.end.Sub(t)))
-		res.ChangeNFT = append(res.ChangeNFT, int64(c.end.Sub(c.start)))
-		if c.full {
-			res.ChangeFullSyncs++
+		res.ChangeLatencies = append(res.ChangeLatencies, int64(cs[len(cs)-1].end.Sub(t)))
+		var nftTime time.Duration
+		for _, c := range cs {
+			nftTime += c.end.Sub(c.start)
+			if c.full {
+				res.ChangeFullSyncs++
+			}
 		}
+		res.ChangeNFT = append(res.ChangeNFT, int64(nftTime))
 		time.Sleep(j.Interval)
 	}
 	ru3 := rusage()
@@ -195,6 +219,7 @@ func child(in io.Reader, out io.Writer) error {
 	if err := <-done; err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	res.HeapInuse = int64(ms.HeapInuse)
@@ -217,18 +242,22 @@ func writeHeapProfile(file string) error {
 	return f.Close()
 }
 
-// next waits for the agent's next transaction.
-func next(commits <-chan commit, done <-chan error, timeout time.Duration) (commit, error) {
-	select {
-	case c := <-commits:
-		if c.err != nil {
-			return c, fmt.Errorf("the transaction failed: %w", c.err)
+// next waits for the agent's next successful sync and returns the
+// transactions it committed.
+func next(syncs <-chan agent.SyncReport, tr *timingRunner, done <-chan error, timeout time.Duration) ([]commit, error) {
+	deadline := time.After(timeout)
+	for {
+		select {
+		case <-syncs:
+			// A sync with nothing to do (e.g. a retry) commits nothing.
+			if cs := tr.take(); len(cs) > 0 {
+				return cs, nil
+			}
+		case err := <-done:
+			return nil, fmt.Errorf("the agent stopped: %v", err)
+		case <-deadline:
+			return nil, errors.New("no sync within " + timeout.String())
 		}
-		return c, nil
-	case err := <-done:
-		return commit{}, fmt.Errorf("the agent stopped: %v", err)
-	case <-time.After(timeout):
-		return commit{}, errors.New("no transaction within " + timeout.String())
 	}
 }
 

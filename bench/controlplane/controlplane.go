@@ -61,12 +61,14 @@ type Result struct {
 	Services  int `json:"services"`
 	Endpoints int `json:"endpoints"`
 
-	// ColdSeconds: first object delivered → first (full) transaction
-	// committed. ColdNFTSeconds is the part spent in libnftables (parsing
-	// the script and the kernel committing it), ColdScriptBytes its size.
-	ColdSeconds     float64 `json:"cold_seconds"`
-	ColdNFTSeconds  float64 `json:"cold_nft_seconds"`
-	ColdScriptBytes int     `json:"cold_script_bytes"`
+	// ColdSeconds: first object delivered → the last transaction of the
+	// agent's first sync committed. ColdNFTSeconds is the part spent in
+	// libnftables (parsing the scripts and the kernel committing them),
+	// ColdScriptBytes their size, ColdTransactions their number.
+	ColdSeconds      float64 `json:"cold_seconds"`
+	ColdNFTSeconds   float64 `json:"cold_nft_seconds"`
+	ColdScriptBytes  int     `json:"cold_script_bytes"`
+	ColdTransactions int     `json:"cold_transactions"`
 	// ColdUserCPU, ColdSysCPU are the agent process's CPU seconds during
 	// the cold sync (libnftables runs in-process; the kernel's commit work
 	// is system time of the process).
@@ -95,7 +97,8 @@ type Result struct {
 	// SteadyRSS is the RSS after the changes (bytes): what the agent
 	// keeps between full syncs.
 	SteadyRSS int64 `json:"steady_rss_bytes"`
-	// HeapInuse is the Go heap in use at the end (bytes).
+	// HeapInuse is the live Go heap at the end, after a collection
+	// (bytes), the objects included.
 	HeapInuse int64 `json:"heap_inuse_bytes"`
 	// TotalUserCPU, TotalSysCPU are the whole child's CPU seconds,
 	// generation of the objects included.

@@ -309,16 +309,18 @@ func writeControlPlane(w io.Writer, cs []controlplane.Result, charts map[string]
 	p("flips the readiness of the first endpoint of a random Service (a probe failing, then passing: the\n")
 	p("Service's endpoint count changes 5 → 4 → 5) through the agent's Sink, as an informer event would,\n")
 	p("and times each change from the Sink call to the commit of the transaction that applies it. Changes\n")
-	p("are spaced by more than the agent's min-sync-period (100 ms), so batching never delays them. RSS is\n")
-	p("the child's peak (getrusage), objects included; CPU is user + system time of the process (the\n")
-	p("kernel's commit work runs in the process's system time).\n\n")
-	p("| scale | cold sync | of which libnftables | cold CPU (user + sys) | change p50 | change p99 | change max | full resyncs | peak RSS | objects alone | Go heap at end |\n")
-	p("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("are spaced by more than the agent's min-sync-period (100 ms), so batching never delays them. Peak RSS\n")
+	p("is the agent process's own high-water mark (VmHWM, reset after the objects were generated, so it\n")
+	p("counts them but not their generation); \"objects alone\" is the RSS before the agent started; the\n")
+	p("live Go heap is measured after a collection at the end. CPU is user + system time of the process\n")
+	p("(libnftables runs in-process, and the kernel's commit work is the process's system time).\n\n")
+	p("| scale | cold sync | of which libnftables | transactions | cold CPU (user + sys) | change p50 | change p99 | change max | full resyncs | peak RSS | RSS after the changes | objects alone | live Go heap |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range cs {
-		p("| %s | %s | %s | %.2f + %.2f s | %s | %s | %s | %d of %d | %d MiB | %d MiB | %d MiB |\n",
-			c.Job.Name, secs(c.ColdSeconds), secs(c.ColdNFTSeconds), c.ColdUserCPU, c.ColdSysCPU,
+		p("| %s | %s | %s | %d | %.2f + %.2f s | %s | %s | %s | %d of %d | %d MiB | %d MiB | %d MiB | %d MiB |\n",
+			c.Job.Name, secs(c.ColdSeconds), secs(c.ColdNFTSeconds), c.ColdTransactions, c.ColdUserCPU, c.ColdSysCPU,
 			secs(PercentileNS(c.ChangeLatencies, 50)), secs(PercentileNS(c.ChangeLatencies, 99)), secs(PercentileNS(c.ChangeLatencies, 100)),
-			c.ChangeFullSyncs, len(c.ChangeLatencies), c.PeakRSS>>20, c.ObjectsRSS>>20, c.HeapInuse>>20)
+			c.ChangeFullSyncs, len(c.ChangeLatencies), c.PeakRSS>>20, c.SteadyRSS>>20, c.ObjectsRSS>>20, c.HeapInuse>>20)
 	}
 	p("\n")
 	p("CPU for all changes together, and the libnftables part of one change (p50):\n\n| scale | changes | CPU (user + sys) | libnftables p50 | script of the cold sync |\n|---|---|---|---|---|\n")
