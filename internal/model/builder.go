@@ -328,8 +328,8 @@ func (b *Builder) resolve(k ServiceKey) bool {
 		nb.conflicts = nil
 		entry := b.services[k]
 		for _, sp := range nb.ports {
-			kept := make([]Frontend, 0, len(sp.Frontends))
-			for _, f := range sp.Frontends {
+			var kept []Frontend // nil while every frontend is this Service's
+			for i, f := range sp.Frontends {
 				fk := f.Key(sp.Name.Protocol)
 				if o := b.owner(fk); o != k {
 					nb.conflicts = append(nb.conflicts, &ObjectError{
@@ -337,12 +337,24 @@ func (b *Builder) resolve(k ServiceKey) bool {
 						Field: "spec.ports",
 						Msg:   fmt.Sprintf("%s frontend %s is already used by Service %s; not programmed", f.Kind, fk, o),
 					})
+					if kept == nil {
+						kept = append(make([]Frontend, 0, len(sp.Frontends)), sp.Frontends[:i]...)
+					}
 					continue
 				}
-				kept = append(kept, f)
+				if kept != nil {
+					kept = append(kept, f)
+				}
 			}
-			sp.Frontends = kept
+			if kept != nil {
+				sp.Frontends = kept
+			}
 			ports = append(ports, sp)
+		}
+		if len(nb.conflicts) == 0 {
+			// Nothing was taken away: the State shares the built ports
+			// (neither is ever modified in place).
+			ports = nb.ports
 		}
 	}
 	old, had := b.state.Services[k]

@@ -250,7 +250,23 @@ func buildService(svc *v1.Service, endpointSlices []*discovery.EndpointSlice, no
 // SelectEndpoints splits a port's endpoints into the cluster group (ready
 // endpoints, or when none is ready, the serving terminating ones) and the
 // local group (the same rule applied to this node's endpoints).
+//
+// When every endpoint of a group is ready, the group is all itself (with its
+// capacity clipped, so appending to it copies): most Services are in that
+// case, and sharing saves a copy of their endpoints (~20 MB at 50,000
+// Services × 5 endpoints).
 func SelectEndpoints(all []Endpoint) (cluster, local []Endpoint) {
+	allReady, allLocal := true, true
+	for _, ep := range all {
+		allReady = allReady && ep.Ready
+		allLocal = allLocal && ep.Local
+	}
+	if allReady && len(all) > 0 {
+		cluster = all[:len(all):len(all)]
+		if allLocal {
+			return cluster, cluster
+		}
+	}
 	pick := func(localOnly bool) []Endpoint {
 		var ready, terminating []Endpoint
 		for _, ep := range all {
@@ -269,7 +285,10 @@ func SelectEndpoints(all []Endpoint) (cluster, local []Endpoint) {
 		}
 		return terminating
 	}
-	return pick(false), pick(true)
+	if cluster == nil {
+		cluster = pick(false)
+	}
+	return cluster, pick(true)
 }
 
 // collectEndpoints gathers the endpoints of one Service port and family
