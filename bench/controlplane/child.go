@@ -209,6 +209,10 @@ func child(in io.Reader, out io.Writer) error {
 	res.ChangesUserCPU, res.ChangesSysCPU = cpu(ru2, ru3)
 	res.SteadyRSS = vmRSS()
 	res.PeakRSS = procStatus("VmHWM")
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	res.HeapInuse = int64(ms.HeapInuse)
 	if dir := os.Getenv(ProfileEnv); dir != "" {
 		// While the agent still holds its state.
 		if err := writeHeapProfile(filepath.Join(dir, fmt.Sprintf("heap-%d.pprof", res.Services))); err != nil {
@@ -219,10 +223,6 @@ func child(in io.Reader, out io.Writer) error {
 	if err := <-done; err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	res.HeapInuse = int64(ms.HeapInuse)
 
 	runtime.KeepAlive(objs)
 	return json.NewEncoder(out).Encode(res)
