@@ -209,8 +209,10 @@ func child(in io.Reader, out io.Writer) error {
 	res.ChangesUserCPU, res.ChangesSysCPU = cpu(ru2, ru3)
 	res.SteadyRSS = vmRSS()
 	res.PeakRSS = procStatus("VmHWM")
-	runtime.GC()
 	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	res.GoHeapResident = int64(ms.HeapSys - ms.HeapReleased)
+	runtime.GC()
 	runtime.ReadMemStats(&ms)
 	res.HeapInuse = int64(ms.HeapInuse)
 	if dir := os.Getenv(ProfileEnv); dir != "" {

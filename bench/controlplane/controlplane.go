@@ -97,6 +97,10 @@ type Result struct {
 	// SteadyRSS is the RSS after the changes (bytes): what the agent
 	// keeps between full syncs.
 	SteadyRSS int64 `json:"steady_rss_bytes"`
+	// GoHeapResident is the Go heap's share of SteadyRSS (heap spans
+	// obtained from the system and not returned, bytes); the rest is
+	// mostly C memory (libnftables, through glibc malloc).
+	GoHeapResident int64 `json:"go_heap_resident_bytes"`
 	// HeapInuse is the live Go heap at the end, after a collection
 	// (bytes), the objects included.
 	HeapInuse int64 `json:"heap_inuse_bytes"`
