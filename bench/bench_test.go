@@ -109,12 +109,12 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"## Datapath", "## Control plane", "pod → ClusterIP", "bench/datapath-rate.png"} {
+	for _, want := range []string{"## Datapath", "## Control plane", "pod → ClusterIP", "bench/datapath-rate-pod.png"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("benchmarks.md lacks %q", want)
 		}
 	}
-	for _, f := range []string{"datapath-rate.png", "datapath-latency.png", "datapath-throughput.png", "controlplane-change.png", "results.json"} {
+	for _, f := range []string{"datapath-rate-pod.png", "datapath-latency-external.png", "datapath-throughput.png", "controlplane-change.png", "results.json"} {
 		if st, err := os.Stat(filepath.Join(dir, "bench", f)); err != nil || st.Size() == 0 {
 			t.Errorf("bench/%s not written: %v", f, err)
 		}

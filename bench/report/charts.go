@@ -9,10 +9,24 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
 
 	"github.com/kubenat/kubenat/bench/datapath"
 )
+
+// commaTicks labels the default ticks with thousands separators.
+type commaTicks struct{}
+
+func (commaTicks) Ticks(lo, hi float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i := range ts {
+		if ts[i].Label != "" {
+			if ts[i].Value == float64(int(ts[i].Value)) {
+				ts[i].Label = thousands(int(ts[i].Value))
+			}
+		}
+	}
+	return ts
+}
 
 // series is one line of a chart: medians with min–max error bars.
 type series struct {
@@ -59,6 +73,8 @@ func (lc lineChart) save(file string) error {
 	if lc.logY {
 		p.Y.Scale = plot.LogScale{}
 		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	} else {
+		p.Y.Tick.Marker = commaTicks{}
 	}
 	for i, s := range lc.series {
 		if len(s.x) == 0 {
@@ -110,6 +126,10 @@ func (lc lineChart) save(file string) error {
 	p.Legend.ThumbnailWidth = vg.Points(20)
 	p.Legend.Padding = vg.Points(1)
 	p.Y.Min = min(p.Y.Min, 0)
+	if !lc.logY {
+		// Room above the data for the legend.
+		p.Y.Max *= 1.0 + 0.09*float64(len(lc.series)+len(lc.targets))
+	}
 	if lc.logY {
 		p.Y.Min = 0
 		for _, s := range lc.series {
@@ -120,7 +140,7 @@ func (lc lineChart) save(file string) error {
 			}
 		}
 		p.Y.Min /= 2
-		p.Y.Max *= 2
+		p.Y.Max *= 4 * float64(len(lc.series)+len(lc.targets))
 	}
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, file)
 }
@@ -137,25 +157,25 @@ func writeCharts(dir string, r *Results) (map[string]chart, error) {
 		return nil
 	}
 	if d := r.Datapath; d != nil && len(d.Points) > 0 {
-		var rate, lat lineChart
-		rate.xLabel, rate.yLabel = "other Services installed", "new connections per second"
-		lat.xLabel, lat.yLabel, lat.logY = "other Services installed", "connect latency p50 (s)", true
-		for _, pp := range []struct{ direct, svc, short string }{
-			{datapath.PodToPodIP, datapath.PodToClusterIP, "pod"},
-			{datapath.ExternalToPodIP, datapath.ExternalToNodePort, "external"},
+		for _, pp := range []struct{ direct, svc, key, file string }{
+			{datapath.PodToPodIP, datapath.PodToClusterIP, "pod", "pod"},
+			{datapath.ExternalToPodIP, datapath.ExternalToNodePort, "external", "external"},
 		} {
+			var rate, lat lineChart
+			rate.xLabel, rate.yLabel = "other Services installed", "new connections per second"
+			lat.xLabel, lat.yLabel, lat.logY = "other Services installed", "connect latency p50 (s)", true
 			rate.series = append(rate.series, rateSeries(d, datapath.None, pp.direct, pp.direct+", no ruleset", true))
 			lat.series = append(lat.series, latSeries(d, datapath.None, pp.direct, pp.direct+", no ruleset", true))
 			for _, rs := range rulesets(d) {
-				rate.series = append(rate.series, rateSeries(d, rs, pp.svc, rs+" "+pp.svc, false))
-				lat.series = append(lat.series, latSeries(d, rs, pp.svc, rs+" "+pp.svc, false))
+				rate.series = append(rate.series, rateSeries(d, rs, pp.svc, rs, false))
+				lat.series = append(lat.series, latSeries(d, rs, pp.svc, rs, false))
 			}
-		}
-		if err := save("rate", "datapath-rate.png", "New connections per second (one client thread)", rate); err != nil {
-			return nil, err
-		}
-		if err := save("latency", "datapath-latency.png", "Connect latency, p50", lat); err != nil {
-			return nil, err
+			if err := save("rate-"+pp.key, "datapath-rate-"+pp.file+".png", pp.svc+": new connections per second (one client thread)", rate); err != nil {
+				return nil, err
+			}
+			if err := save("latency-"+pp.key, "datapath-latency-"+pp.file+".png", pp.svc+": connect latency, p50", lat); err != nil {
+				return nil, err
+			}
 		}
 		if len(d.Throughputs) > 0 {
 			if err := throughputChart(filepath.Join(dir, "datapath-throughput.png"), d); err != nil {
@@ -229,42 +249,81 @@ func latSeries(d *datapath.Results, ruleset, path, name string, dashed bool) ser
 	return s
 }
 
-// throughputChart draws one bar per (ruleset, path, N) measured.
+// throughputChart draws grouped bars: one group per ruleset, one bar per
+// (path, number of Services).
 func throughputChart(file string, d *datapath.Results) error {
 	p := plot.New()
 	p.Title.Text = "Throughput of one established TCP flow"
-	p.Y.Label.Text = "Gbit/s (median; bars: min–max)"
+	p.Y.Label.Text = "Gbit/s (median; whiskers: min–max)"
 	p.Add(plotter.NewGrid())
-	var vals plotter.Values
-	var names []string
-	var errs plotter.YErrors
-	var xys plotter.XYs
-	for i, t := range d.Throughputs {
-		s := Summarize(t.Samples)
-		vals = append(vals, s.Median*8/1e9)
-		names = append(names, fmt.Sprintf("%s\n%s\nN=%s", t.Ruleset, t.Path, thousands(t.Services)))
-		xys = append(xys, plotter.XY{X: float64(i), Y: s.Median * 8 / 1e9})
-		errs = append(errs, struct{ Low, High float64 }{(s.Median - s.Min) * 8 / 1e9, (s.Max - s.Median) * 8 / 1e9})
+	groups := append([]string{datapath.None}, rulesets(d)...)
+	type bar struct {
+		pod  bool
+		size int
 	}
-	bars, err := plotter.NewBarChart(vals, vg.Points(14))
-	if err != nil {
-		return fmt.Errorf("drawing the throughput chart: %w", err)
+	var bars []bar
+	for _, t := range d.Throughputs {
+		b := bar{pod: t.Path == datapath.PodToClusterIP || t.Path == datapath.PodToPodIP, size: t.Services}
+		if !slices.Contains(bars, b) {
+			bars = append(bars, b)
+		}
 	}
-	bars.Color = plotutil.Color(0)
-	p.Add(bars)
-	eb, err := plotter.NewYErrorBars(struct {
-		plotter.XYs
-		plotter.YErrors
-	}{xys, errs})
-	if err != nil {
-		return fmt.Errorf("drawing the throughput chart: %w", err)
+	slices.SortFunc(bars, func(a, b bar) int {
+		if a.pod != b.pod {
+			if a.pod {
+				return -1
+			}
+			return 1
+		}
+		return a.size - b.size
+	})
+	width := vg.Points(12)
+	// Bars of a group sit 0.18 data units apart (~13 pt at this size);
+	// XMin places them in data units, so the whiskers can follow.
+	step := 0.18
+	for i, b := range bars {
+		vals := make(plotter.Values, len(groups))
+		var xys plotter.XYs
+		var errs plotter.YErrors
+		for g, rs := range groups {
+			for _, t := range d.Throughputs {
+				pod := t.Path == datapath.PodToClusterIP || t.Path == datapath.PodToPodIP
+				if t.Ruleset != rs || pod != b.pod || t.Services != b.size {
+					continue
+				}
+				s := Summarize(t.Samples)
+				vals[g] = s.Median * 8 / 1e9
+				xys = append(xys, plotter.XY{X: float64(g) + step*(float64(i)-float64(len(bars)-1)/2), Y: vals[g]})
+				errs = append(errs, struct{ Low, High float64 }{(s.Median - s.Min) * 8 / 1e9, (s.Max - s.Median) * 8 / 1e9})
+			}
+		}
+		bc, err := plotter.NewBarChart(vals, width)
+		if err != nil {
+			return fmt.Errorf("drawing the throughput chart: %w", err)
+		}
+		bc.Color = plotutil.Color(i)
+		bc.LineStyle.Width = 0
+		bc.XMin = step * (float64(i) - float64(len(bars)-1)/2)
+		p.Add(bc)
+		from := "the external client"
+		if b.pod {
+			from = "a pod"
+		}
+		p.Legend.Add(fmt.Sprintf("from %s, %s other Services", from, thousands(b.size)), bc)
+		if len(xys) > 0 {
+			eb, err := plotter.NewYErrorBars(struct {
+				plotter.XYs
+				plotter.YErrors
+			}{xys, errs})
+			if err != nil {
+				return fmt.Errorf("drawing the throughput chart: %w", err)
+			}
+			p.Add(eb)
+		}
 	}
-	p.Add(eb)
-	p.NominalX(names...)
-	p.X.Tick.Label.Rotation = 1.2
-	p.X.Tick.Label.XAlign = draw.XRight
-	p.X.Tick.Label.YAlign = draw.YCenter
+	p.NominalX(groups...)
+	p.Legend.Top = true
 	p.Y.Min = 0
-	w := vg.Length(max(7, float64(len(vals))*0.45)) * vg.Inch
-	return p.Save(w, 5*vg.Inch, file)
+	p.Y.Max *= 1.45
+	return p.Save(8*vg.Inch, 4.5*vg.Inch, file)
 }

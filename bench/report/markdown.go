@@ -196,9 +196,9 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 	p("sits in kubenat's last lb-N chain. %d repeats, interleaved across paths.\n\n", d.Options.Repeats)
 
 	rs := rulesets(d)
-	for _, group := range []struct{ svc, direct string }{
-		{datapath.PodToClusterIP, datapath.PodToPodIP},
-		{datapath.ExternalToNodePort, datapath.ExternalToPodIP},
+	for _, group := range []struct{ svc, direct, key string }{
+		{datapath.PodToClusterIP, datapath.PodToPodIP, "pod"},
+		{datapath.ExternalToNodePort, datapath.ExternalToPodIP, "external"},
 	} {
 		p("### %s: new connections per second\n\n", group.svc)
 		p("| Services | %s, no ruleset |", group.direct)
@@ -240,10 +240,10 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 			p("\n")
 		}
 		p("\n")
-	}
-	for _, key := range []string{"rate", "latency"} {
-		if c, ok := charts[key]; ok {
-			p("![%s](%s)\n\n", c.title, c.file)
+		for _, key := range []string{"rate-" + group.key, "latency-" + group.key} {
+			if c, ok := charts[key]; ok {
+				p("![%s](%s)\n\n", c.title, c.file)
+			}
 		}
 	}
 
