@@ -25,6 +25,7 @@ import (
 	"github.com/kubenat/kubenat/bench/workload"
 	"github.com/kubenat/kubenat/internal/agent"
 	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/metrics"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
 )
@@ -87,6 +88,15 @@ func (t *timingRunner) take() []commit {
 	return out
 }
 
+// syncReporter tells the child about every successful sync of the agent
+// (ObserveSync) and ignores the other metrics.
+type syncReporter struct {
+	metrics.Reporter
+	syncs chan<- bool
+}
+
+func (r syncReporter) ObserveSync(full bool, _ time.Duration) { r.syncs <- full }
+
 // memSource delivers generated objects, as an informer's initial list
 // would, then nothing: the child makes changes through the Sink itself.
 type memSource struct {
@@ -94,7 +104,7 @@ type memSource struct {
 	objs *workload.Cluster
 }
 
-func (m *memSource) Load(sink agent.Sink) error {
+func (m *memSource) Load(_ context.Context, sink agent.Sink) error {
 	sink.SetNode(m.node, "bench")
 	for _, s := range m.objs.Services {
 		sink.SetService(s, "bench")
@@ -107,7 +117,7 @@ func (m *memSource) Load(sink agent.Sink) error {
 }
 
 func (m *memSource) Run(ctx context.Context, sink agent.Sink) error {
-	if err := m.Load(sink); err != nil {
+	if err := m.Load(ctx, sink); err != nil {
 		return err
 	}
 	<-ctx.Done()
@@ -144,9 +154,9 @@ func child(in io.Reader, out io.Writer) error {
 	}
 	tr := &timingRunner{inner: inner}
 	cfg := model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
-	syncs := make(chan agent.SyncReport, 1024)
+	syncs := make(chan bool, 1024)
 	a, err := agent.New(agent.Options{Config: cfg, Runner: tr, MinSyncPeriod: j.MinSyncPeriod,
-		OnSync: func(r agent.SyncReport) { syncs <- r }})
+		Metrics: syncReporter{Reporter: metrics.Nop, syncs: syncs}})
 	if err != nil {
 		return err
 	}
@@ -246,7 +256,7 @@ func writeHeapProfile(file string) error {
 
 // next waits for the agent's next successful sync and returns the
 // transactions it committed.
-func next(syncs <-chan agent.SyncReport, tr *timingRunner, done <-chan error, timeout time.Duration) ([]commit, error) {
+func next(syncs <-chan bool, tr *timingRunner, done <-chan error, timeout time.Duration) ([]commit, error) {
 	deadline := time.After(timeout)
 	for {
 		select {
