@@ -43,7 +43,7 @@ func TestSmoke(t *testing.T) {
 	o := Options{
 		Stages: []string{StageControlPlane, StageDatapath},
 		Datapath: datapath.Options{
-			Sizes: []int{10}, Repeats: 1,
+			Sizes: []int{20}, Repeats: 1,
 			Warmup: 50 * time.Millisecond, Duration: 200 * time.Millisecond,
 			ThroughputDuration: 200 * time.Millisecond, LoadTimeout: time.Minute,
 		},
@@ -63,16 +63,19 @@ func TestSmoke(t *testing.T) {
 	}
 
 	d := res.Datapath
-	for _, rs := range []string{datapath.Kubenat, datapath.Floor, datapath.IPTablesNFT, datapath.IPTablesLegacy} {
+	for _, rs := range []string{datapath.Kubenat, datapath.KubenatTen, datapath.Floor, datapath.IPTablesNFT, datapath.IPTablesLegacy} {
 		for _, p := range []string{datapath.PodToClusterIP, datapath.ExternalToNodePort, datapath.PodToPodIP} {
-			pt := d.Find(rs, p, 10)
+			if rs == datapath.KubenatTen && p == datapath.PodToPodIP {
+				continue
+			}
+			pt := d.Find(rs, p, 20)
 			if pt == nil || len(pt.Samples) != 1 || pt.Samples[0].Conns == 0 {
 				t.Errorf("%s, %s: no connections measured: %+v", rs, p, pt)
 			}
 		}
 	}
 	for _, p := range []string{datapath.PodToPodIP, datapath.ExternalToPodIP} {
-		pt := d.Find(datapath.None, p, 10)
+		pt := d.Find(datapath.None, p, 20)
 		if pt == nil || len(pt.Samples) != 1 || pt.Samples[0].Conns == 0 {
 			t.Errorf("no ruleset, %s: no connections measured: %+v", p, pt)
 		} else if ct := pt.Samples[0].Conntrack; ct != 0 {

@@ -48,6 +48,12 @@ const (
 	None = "none"
 	// Kubenat is kubenat's nftables ruleset, programmed by its backend.
 	Kubenat = "kubenat"
+	// KubenatTen is kubenat's ruleset for the target and only 10 other
+	// Services, in a table of its own ("kubenat10"), measured in the same
+	// rounds as Kubenat at every size above 10: the reference for "the
+	// rate at 10 Services" under the same conditions (separate clusters
+	// and minutes apart, rates drift by ~10 % for all paths alike).
+	KubenatTen = "kubenat-10"
 	// IPTablesNFT is kube-proxy's iptables structure loaded with
 	// iptables-nft-restore (Debian's default iptables).
 	IPTablesNFT = "iptables-nft"
@@ -316,6 +322,15 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, res *Results)
 		if err := b.activate(ctx, arms, nil); err != nil {
 			return err
 		}
+		if rs == Kubenat && n > 10 {
+			if err := b.loadKubenatTen(ctx); err != nil {
+				return fmt.Errorf("loading %s: %w", KubenatTen, err)
+			}
+			arms = append(arms, &arm{ruleset: KubenatTen, paths: services[:2], tables: nftTables[KubenatTen]})
+			if err := b.activate(ctx, arms, nil); err != nil {
+				return err
+			}
+		}
 	}
 	if err := b.rounds(ctx, o, arms, tput, res); err != nil {
 		return err
@@ -358,6 +373,7 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, res *Results)
 // nftTables are the nftables tables each switchable ruleset consists of.
 var nftTables = map[string][]string{
 	Kubenat:     {"ip " + nftables.DefaultTable, "ip6 " + nftables.DefaultTable},
+	KubenatTen:  {"ip " + tenTable, "ip6 " + tenTable},
 	Floor:       {"ip " + floorTable},
 	IPTablesNFT: {"ip nat", "ip filter"},
 }
@@ -401,7 +417,7 @@ func (b *bed) rounds(ctx context.Context, o Options, arms []*arm, tput bool, res
 		for _, p := range a.paths {
 			res.Points = append(res.Points, Point{Ruleset: a.ruleset, Path: p.name, Services: b.n})
 			a.points = append(a.points, len(res.Points)-1)
-			if tput && (p.name != PodToPodIP || a.ruleset == None) {
+			if tput && (p.name != PodToPodIP || a.ruleset == None) && a.ruleset != KubenatTen {
 				res.Throughputs = append(res.Throughputs, Throughput{Ruleset: a.ruleset, Path: p.name, Services: b.n})
 				a.tputs = append(a.tputs, len(res.Throughputs)-1)
 			} else {
@@ -563,19 +579,36 @@ func (b *bed) config() model.Config {
 }
 
 func (b *bed) loadKubenat(ctx context.Context) error {
+	return b.program(ctx, b.objs, nftables.Options{})
+}
+
+// tenTable is the table of the KubenatTen ruleset.
+const tenTable = "kubenat10"
+
+// loadKubenatTen programs the target and 10 other Services into tenTable.
+func (b *bed) loadKubenatTen(ctx context.Context) error {
+	objs, err := objects(10, b.servers)
+	if err != nil {
+		return err
+	}
+	return b.program(ctx, objs, nftables.Options{Table: tenTable})
+}
+
+// program builds kubenat's State for objs and programs it on node-a.
+func (b *bed) program(ctx context.Context, objs *workload.Cluster, o nftables.Options) error {
 	mb := model.NewBuilder(b.config())
 	mb.SetNode(k8sobj.Node(b.node.Name, []string{b.node.Addr.String()}, []string{b.node.PodCIDR.String()}), "bench")
-	for _, s := range b.objs.Services {
+	for _, s := range objs.Services {
 		mb.SetService(s, "bench")
 	}
-	for _, s := range b.objs.EndpointSlices {
+	for _, s := range objs.EndpointSlices {
 		mb.SetEndpointSlice(s, "bench")
 	}
 	st, d := mb.Build()
 	if len(st.Errors) > 0 {
 		return fmt.Errorf("the benchmark's objects are invalid: %v", st.Errors[0])
 	}
-	_, err := nftables.New(nsrun.NewNFT(b.node.NS), nftables.Options{}).Sync(ctx, st, d)
+	_, err := nftables.New(nsrun.NewNFT(b.node.NS), o).Sync(ctx, st, d)
 	return err
 }
 
@@ -584,6 +617,8 @@ func (b *bed) unload(ctx context.Context, ruleset string) error {
 	switch ruleset {
 	case Kubenat:
 		return nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{})
+	case KubenatTen:
+		return nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: tenTable})
 	case Floor:
 		_, err := nsrun.NewNFT(b.node.NS).Run(ctx, "add table ip "+floorTable+"\ndelete table ip "+floorTable+"\n")
 		return err

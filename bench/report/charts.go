@@ -167,6 +167,9 @@ func writeCharts(dir string, r *Results) (map[string]chart, error) {
 			rate.series = append(rate.series, rateSeries(d, datapath.None, pp.direct, pp.direct+", no ruleset", true))
 			lat.series = append(lat.series, latSeries(d, datapath.None, pp.direct, pp.direct+", no ruleset", true))
 			for _, rs := range rulesets(d) {
+				if rs == datapath.KubenatTen {
+					continue // same as kubenat at 10, per size
+				}
 				rate.series = append(rate.series, rateSeries(d, rs, pp.svc, rs, false))
 				lat.series = append(lat.series, latSeries(d, rs, pp.svc, rs, false))
 			}
@@ -256,7 +259,12 @@ func throughputChart(file string, d *datapath.Results) error {
 	p.Title.Text = "Throughput of one established TCP flow"
 	p.Y.Label.Text = "Gbit/s (median; whiskers: min–max)"
 	p.Add(plotter.NewGrid())
-	groups := append([]string{datapath.None}, rulesets(d)...)
+	groups := []string{datapath.None}
+	for _, rs := range rulesets(d) {
+		if rs != datapath.KubenatTen {
+			groups = append(groups, rs)
+		}
+	}
 	type bar struct {
 		pod  bool
 		size int

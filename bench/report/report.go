@@ -47,6 +47,8 @@ type Meta struct {
 	NFTRunner  string    `json:"nft_runner"`
 	LoadBefore string    `json:"loadavg_before"`
 	LoadAfter  string    `json:"loadavg_after"`
+	// Merged says which stages come from an earlier run, if any.
+	Merged string `json:"merged,omitempty"`
 }
 
 // CollectMeta describes this machine. dir is a directory inside the

@@ -5,6 +5,7 @@
 //
 //	go run ./bench/cmd/kubenat-bench [-quick] [-stages datapath,controlplane,micro] [-out docs]
 //	go run ./bench/cmd/kubenat-bench -render docs/bench/results.json   # rewrite the doc only
+//	go run ./bench/cmd/kubenat-bench -stages datapath -merge docs/bench/results.json
 //
 // Every namespace it creates is removed when it ends, also on SIGINT or
 // SIGTERM; namespaces left by a killed run are removed by the next one.
@@ -18,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -43,6 +45,7 @@ func run() error {
 		stages   = flag.String("stages", "", "comma-separated stages to run: micro, controlplane, datapath (default all)")
 		out      = flag.String("out", "docs", "directory for benchmarks.md and bench/ (charts, results.json)")
 		render   = flag.String("render", "", "only rewrite the report from this results.json")
+		merge    = flag.String("merge", "", "take the stages not run from this results.json (e.g. re-run only -stages datapath)")
 		sizes    = flag.String("sizes", "", "datapath: comma-separated numbers of other Services (default 10,1000,10000,50000)")
 		repeats  = flag.Int("repeats", 0, "datapath: repeats of each measurement (default 5)")
 		duration = flag.Duration("duration", 0, "datapath: length of each connect loop (default 2s)")
@@ -52,15 +55,11 @@ func run() error {
 	flag.Parse()
 
 	if *render != "" {
-		b, err := os.ReadFile(*render)
+		r, err := readResults(*render)
 		if err != nil {
 			return err
 		}
-		var r report.Results
-		if err := json.Unmarshal(b, &r); err != nil {
-			return fmt.Errorf("reading %s: %w", *render, err)
-		}
-		return report.Write(*out, &r)
+		return report.Write(*out, r)
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it builds network namespaces and programs their firewalls")
@@ -108,13 +107,46 @@ func run() error {
 	env := nsenv.New()
 	defer env.Close()
 
+	var prev *report.Results
+	if *merge != "" {
+		if prev, err = readResults(*merge); err != nil {
+			return err
+		}
+	}
 	res, runErr := bench.Run(ctx, env, o)
 	if runErr != nil && ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", runErr)
+	}
+	if prev != nil {
+		ran := func(s string) bool { return o.Stages == nil || slices.Contains(o.Stages, s) }
+		if !ran(bench.StageDatapath) {
+			res.Datapath = prev.Datapath
+		}
+		if !ran(bench.StageControlPlane) {
+			res.ControlPlane = prev.ControlPlane
+		}
+		if !ran(bench.StageMicro) {
+			res.Micro, res.MicroRaw = prev.Micro, prev.MicroRaw
+		}
+		res.Meta.Merged = fmt.Sprintf("stages not run here come from the run of %s (commit %s)",
+			prev.Meta.Started.Format("2006-01-02 15:04 UTC"), prev.Meta.Commit)
 	}
 	if err := report.Write(*out, res); err != nil {
 		return errors.Join(runErr, err)
 	}
 	o.Log("wrote %s/benchmarks.md", *out)
 	return runErr
+}
+
+// readResults reads a results.json written by an earlier run.
+func readResults(file string) (*report.Results, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var r report.Results
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", file, err)
+	}
+	return &r, nil
 }
