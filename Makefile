@@ -1,5 +1,5 @@
 # kubenat's make targets. `make bench` runs the benchmark suite (root, about
-# 25 minutes) and rewrites docs/benchmarks.md and docs/bench/.
+# 30 minutes) and rewrites docs/benchmarks.md and docs/bench/.
 GO ?= go
 
 .PHONY: bench bench-quick

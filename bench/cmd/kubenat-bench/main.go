@@ -1,7 +1,7 @@
 // Command kubenat-bench runs kubenat's benchmark suite and writes
 // docs/benchmarks.md, its charts and the raw results. It needs root (it
 // builds network namespaces), iproute2, nftables, iptables (legacy and nft)
-// and conntrack, and takes 15 to 25 minutes; -quick takes a few.
+// and conntrack, and takes about 30 minutes; -quick takes a few.
 //
 //	go run ./bench/cmd/kubenat-bench [-quick] [-stages datapath,controlplane,micro] [-out docs]
 //	go run ./bench/cmd/kubenat-bench -render docs/bench/results.json   # rewrite the doc only
