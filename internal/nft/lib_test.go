@@ -45,13 +45,10 @@ func TestLibAfterLargeScript(t *testing.T) {
 	if _, err := run("add element ip libtest s { 192.168.0.1 }"); err != nil {
 		t.Fatal(err)
 	}
-	out, err := run("list set ip libtest s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"10.1.17.111", "10.255.255.255", "192.168.0.1"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("the set lacks %s", want)
+	for _, want := range []string{"10.0.0.0", "10.1.17.111", "10.255.255.255", "192.168.0.1"} {
+		out, err := run("get element ip libtest s { " + want + " }")
+		if err != nil || !strings.Contains(out, want) {
+			t.Errorf("the set lacks %s: %v\n%s", want, err, out)
 		}
 	}
 }
