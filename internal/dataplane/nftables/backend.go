@@ -29,8 +29,21 @@ type Backend struct {
 	synced        bool
 	triedInitial  bool
 	masqueradeAll bool
-	t             *tables
+	// What the kernel holds, in brief: the number of elements of each set
+	// and map per family (which backends maps exist), and, for the sets in
+	// which several Services may need the same element (sharedSets), each
+	// element's number of contributors. Everything else a Service
+	// contributes is recomputed from its previous ports (model.Delta.Old),
+	// so the Backend keeps no copy of the ruleset.
+	counts map[model.Family]map[string]int
+	shared map[model.Family]map[string]map[string]int
 }
+
+// sharedSets are the sets whose elements several Services may contribute:
+// a ClusterIP (two Services on different ports of one address) and a pod
+// backing two Services. Every other element is keyed by a frontend, which
+// the model gives to one Service only.
+var sharedSets = map[string]bool{setClusterIPs: true, setHairpin: true}
 
 // New returns a Backend that applies scripts with run.
 func New(run nft.Runner, o Options) *Backend {
@@ -53,7 +66,7 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 	if len(d.Changed) == 0 {
 		return SyncResult{}, nil
 	}
-	script, n := b.incremental(st, d.Changed)
+	script, n := b.incremental(st, d)
 	if _, err := b.run.Run(ctx, script); err != nil {
 		// The bookkeeping now describes a state the kernel does not have:
 		// replace everything on the next Sync.
@@ -75,7 +88,7 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 			return SyncResult{}, err
 		}
 		if created {
-			b.t, b.masqueradeAll, b.synced = t, st.Config.MasqueradeAll, true
+			b.remember(t, st.Config.MasqueradeAll)
 			return SyncResult{Full: true}, nil
 		}
 	}
@@ -90,8 +103,49 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 	if _, err := b.run.Run(ctx, sb.String()); err != nil {
 		return SyncResult{}, fmt.Errorf("replacing the kubenat tables: %w", err)
 	}
-	b.t, b.masqueradeAll, b.synced = t, st.Config.MasqueradeAll, true
+	b.remember(t, st.Config.MasqueradeAll)
 	return SyncResult{Full: true}, nil
+}
+
+// remember records, after a full sync of t, what incremental syncs need.
+func (b *Backend) remember(t *tables, masqueradeAll bool) {
+	b.counts = map[model.Family]map[string]int{}
+	b.shared = map[model.Family]map[string]map[string]int{}
+	for _, a := range families {
+		counts := map[string]int{}
+		shared := map[string]map[string]int{}
+		for set, m := range t.content.fams[a.f].sets {
+			counts[set] = len(m)
+			if sharedSets[set] {
+				refs := make(map[string]int, len(m))
+				for k, r := range m {
+					refs[k] = r.n
+				}
+				shared[set] = refs
+			}
+		}
+		b.counts[a.f], b.shared[a.f] = counts, shared
+	}
+	b.masqueradeAll, b.synced = masqueradeAll, true
+}
+
+// dynamic returns the backends maps in use in family f.
+func (b *Backend) dynamic(f model.Family) dynamic {
+	var d dynamic
+	for set, n := range b.counts[f] {
+		if n == 0 {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(set, localBackendsPrefix):
+			d.localBackends = append(d.localBackends, mapSize(set))
+		case strings.HasPrefix(set, backendsPrefix):
+			d.backends = append(d.backends, mapSize(set))
+		}
+	}
+	slices.Sort(d.backends)
+	slices.Sort(d.localBackends)
+	return d
 }
 
 // initialSync programs t into tables that do not exist yet, in several
@@ -130,16 +184,21 @@ func (b *Backend) initialSync(ctx context.Context, st *model.State, t *tables) (
 	keys := st.SortedKeys()
 	for first := 0; first < len(keys); {
 		last, n := first, 0
-		for last < len(keys) && (n == 0 || n+len(t.byService[keys[last]].elems) <= b.o.InitialChunk) {
-			n += len(t.byService[keys[last]].elems)
+		var group []contrib
+		for last < len(keys) && n <= b.o.InitialChunk {
+			c := serviceContrib(st.Services[keys[last]])
+			if n > 0 && n+len(c.elems) > b.o.InitialChunk {
+				break
+			}
+			group = append(group, c)
+			n += len(c.elems)
 			last++
 		}
 		sb.Reset()
 		for _, a := range families {
 			tbl := a.name + " " + b.o.Table
 			var els []elem
-			for _, k := range keys[first:last] {
-				c := t.byService[k]
+			for _, c := range group {
 				for _, s := range c.sets {
 					if s.f == a.f {
 						fmt.Fprintf(&sb, "add set %s %s { %s }\n", tbl, s.name, a.affinitySetDecl(b.o))
@@ -175,118 +234,125 @@ func (b *Backend) initialSync(ctx context.Context, st *model.State, t *tables) (
 	return true, nil
 }
 
-// snapshot is what incremental compares before and after: per family, the
-// backends maps in use and the Services' own sets and chains.
-type snapshot struct {
-	dyn    dynamic
-	sets   map[string]bool
-	chains map[string][]string
-}
-
-func (b *Backend) snapshot(f model.Family, names map[string]bool) snapshot {
-	objs := b.t.objects[f]
-	s := snapshot{dyn: b.t.content.fams[f].dynamic(), sets: map[string]bool{}, chains: map[string][]string{}}
-	for n := range names {
-		if objs.sets[n] {
-			s.sets[n] = true
-		}
-		if r, ok := objs.chains[n]; ok {
-			s.chains[n] = r
-		}
-	}
-	return s
-}
-
-// incremental updates the bookkeeping for the changed Services and returns
-// the script that makes the kernel follow, and its number of element
-// operations.
-func (b *Backend) incremental(st *model.State, changed []model.ServiceKey) (string, int) {
-	// The objects the changed Services own, before and after.
-	names := map[model.Family]map[string]bool{}
-	for _, a := range families {
-		names[a.f] = map[string]bool{}
-	}
-	note := func(c contrib) {
+// objectsOf returns the sets and chains (with their rules) some Services
+// own in family f.
+func objectsOf(cs []contrib, f model.Family) (sets map[string]bool, chains map[string][]string) {
+	sets, chains = map[string]bool{}, map[string][]string{}
+	for _, c := range cs {
 		for _, s := range c.sets {
-			names[s.f][s.name] = true
+			if s.f == f {
+				sets[s.name] = true
+			}
 		}
 		for _, ch := range c.chains {
-			names[ch.f][ch.name] = true
+			if ch.f == f {
+				chains[ch.name] = ch.rules
+			}
 		}
 	}
-	news := map[model.ServiceKey]contrib{}
-	for _, k := range changed {
-		note(b.t.byService[k])
-		if ports, ok := st.Services[k]; ok {
-			c := serviceContrib(ports)
-			news[k] = c
-			note(c)
-		}
-	}
-	before := map[model.Family]snapshot{}
-	for _, a := range families {
-		before[a.f] = b.snapshot(a.f, names[a.f])
+	return sets, chains
+}
+
+// incremental returns the script that takes the kernel from the changed
+// Services' previous ports (d.Old) to their ports in st, and its number of
+// element operations, and updates the bookkeeping.
+func (b *Backend) incremental(st *model.State, d model.Delta) (string, int) {
+	var olds, news []contrib
+	for _, k := range d.Changed {
+		olds = append(olds, serviceContrib(d.Old[k]))
+		news = append(news, serviceContrib(st.Services[k]))
 	}
 
-	// Element changes, netted per element: a key leaving one Service and
-	// joining another in the same sync is not touched.
+	// Element changes, netted per element: a frontend leaving one Service
+	// for another in the same sync is only touched if its value changes.
 	type id struct {
 		f        model.Family
 		set, key string
 	}
-	type was struct {
-		had bool
-		val string
+	type state struct {
+		had, has   bool
+		oldV, newV string
 	}
-	touched := map[id]was{}
+	touched := map[id]*state{}
 	var order []id
-	touch := func(e elem) {
+	touch := func(e elem) *state {
 		i := id{e.f, e.set, e.key}
-		if _, ok := touched[i]; ok {
-			return
-		}
-		r := b.t.content.fams[e.f].sets[e.set][e.key]
-		w := was{had: r != nil}
-		if r != nil {
-			w.val = r.val
-		}
-		touched[i] = w
-		order = append(order, i)
-	}
-	for _, k := range changed {
-		for _, e := range b.t.byService[k].elems {
-			touch(e)
-		}
-		b.t.removeService(k)
-		if c, ok := news[k]; ok {
-			for _, e := range c.elems {
-				touch(e)
+		st := touched[i]
+		if st == nil {
+			st = &state{}
+			if sharedSets[e.set] {
+				st.had = b.shared[e.f][e.set][e.key] > 0
 			}
-			b.t.addService(k, c)
+			touched[i] = st
+			order = append(order, i)
+		}
+		return st
+	}
+	refs := func(e elem) map[string]int {
+		m := b.shared[e.f][e.set]
+		if m == nil {
+			m = map[string]int{}
+			b.shared[e.f][e.set] = m
+		}
+		return m
+	}
+	for _, c := range olds {
+		for _, e := range c.elems {
+			st := touch(e)
+			if sharedSets[e.set] {
+				if m := refs(e); m[e.key] > 1 {
+					m[e.key]--
+				} else {
+					delete(m, e.key)
+				}
+				continue
+			}
+			st.had, st.oldV = true, e.val
+		}
+	}
+	for _, c := range news {
+		for _, e := range c.elems {
+			st := touch(e)
+			if sharedSets[e.set] {
+				refs(e)[e.key]++
+				continue
+			}
+			st.has, st.newV = true, e.val
 		}
 	}
 	var dels, adds []elem
+	before := map[model.Family]dynamic{}
+	for _, a := range families {
+		before[a.f] = b.dynamic(a.f)
+	}
 	for _, i := range order {
-		w := touched[i]
-		r := b.t.content.fams[i.f].sets[i.set][i.key]
+		st := touched[i]
+		if sharedSets[i.set] {
+			st.has = b.shared[i.f][i.set][i.key] > 0
+		}
 		switch {
-		case w.had && (r == nil || r.val != w.val):
+		case st.had && (!st.has || st.oldV != st.newV):
 			dels = append(dels, elem{f: i.f, set: i.set, key: i.key})
-			if r != nil {
-				adds = append(adds, elem{f: i.f, set: i.set, key: i.key, val: r.val})
+			b.counts[i.f][i.set]--
+			if st.has {
+				adds = append(adds, elem{f: i.f, set: i.set, key: i.key, val: st.newV})
+				b.counts[i.f][i.set]++
 			}
-		case !w.had && r != nil:
-			adds = append(adds, elem{f: i.f, set: i.set, key: i.key, val: r.val})
+		case !st.had && st.has:
+			adds = append(adds, elem{f: i.f, set: i.set, key: i.key, val: st.newV})
+			b.counts[i.f][i.set]++
 		}
 	}
 
 	var sb strings.Builder
 	for _, a := range families {
-		old, now := before[a.f], b.snapshot(a.f, names[a.f])
+		oldSets, oldChains := objectsOf(olds, a.f)
+		nowSets, nowChains := objectsOf(news, a.f)
+		oldDyn, nowDyn := before[a.f], b.dynamic(a.f)
 		tbl := a.name + " " + b.o.Table
-		newMaps, goneMaps := diffNames(old.dyn.mapNames(), now.dyn.mapNames())
-		newSets, goneSets := diffNames(sortedKeys(old.sets), sortedKeys(now.sets))
-		newChains, goneChains := diffNames(sortedKeys(old.chains), sortedKeys(now.chains))
+		newMaps, goneMaps := diffNames(oldDyn.mapNames(), nowDyn.mapNames())
+		newSets, goneSets := diffNames(sortedKeys(oldSets), sortedKeys(nowSets))
+		newChains, goneChains := diffNames(sortedKeys(oldChains), sortedKeys(nowChains))
 
 		// 1. New maps (each with its chain), sets and (empty) chains.
 		for _, name := range newMaps {
@@ -304,16 +370,16 @@ func (b *Backend) incremental(st *model.State, changed []model.ServiceKey) (stri
 		}
 		// 2. Rules: the load-balancing chains when the maps in use
 		// changed, and the Services' chains that are new or changed.
-		if !slices.Equal(old.dyn.mapNames(), now.dyn.mapNames()) {
-			for _, ch := range a.chains(b.o, b.masqueradeAll, now.dyn) {
+		if len(newMaps)+len(goneMaps) > 0 {
+			for _, ch := range a.chains(b.o, b.masqueradeAll, nowDyn) {
 				if ch.name == "lb" || ch.name == "lb-local" {
 					writeRules(&sb, tbl, ch.name, ch.rules, true)
 				}
 			}
 		}
-		for _, name := range sortedKeys(now.chains) {
-			rules := now.chains[name]
-			if prev, ok := old.chains[name]; !ok || !slices.Equal(prev, rules) {
+		for _, name := range sortedKeys(nowChains) {
+			rules := nowChains[name]
+			if prev, ok := oldChains[name]; !ok || !slices.Equal(prev, rules) {
 				writeRules(&sb, tbl, name, rules, ok)
 			}
 		}

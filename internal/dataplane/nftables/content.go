@@ -79,23 +79,6 @@ func (c *content) add(e elem) {
 	m[e.key] = &ref{val: e.val, n: 1}
 }
 
-// remove drops one contribution of e.
-func (c *content) remove(e elem) {
-	fc := c.fams[e.f]
-	m := fc.sets[e.set]
-	r := m[e.key]
-	if r == nil {
-		return
-	}
-	if r.n--; r.n > 0 {
-		return
-	}
-	delete(m, e.key)
-	if len(m) == 0 {
-		delete(fc.sets, e.set)
-	}
-}
-
 // dynamic returns the backends maps in use.
 func (fc *famContent) dynamic() dynamic {
 	var d dynamic

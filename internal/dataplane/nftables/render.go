@@ -29,56 +29,32 @@ type famObjects struct {
 
 // tables is the complete content of both tables.
 type tables struct {
-	content   *content
-	objects   map[model.Family]*famObjects
-	byService map[model.ServiceKey]contrib
-}
-
-func newTables() *tables {
-	t := &tables{content: newContent(), objects: map[model.Family]*famObjects{}, byService: map[model.ServiceKey]contrib{}}
-	for _, a := range families {
-		t.objects[a.f] = &famObjects{sets: map[string]bool{}, chains: map[string][]string{}}
-	}
-	return t
+	content *content
+	objects map[model.Family]*famObjects
 }
 
 // tablesOf computes the content of a State.
 func tablesOf(st *model.State) *tables {
-	t := newTables()
+	t := &tables{content: newContent(), objects: map[model.Family]*famObjects{}}
+	for _, a := range families {
+		t.objects[a.f] = &famObjects{sets: map[string]bool{}, chains: map[string][]string{}}
+	}
 	for _, e := range nodeElems(st) {
 		t.content.add(e)
 	}
-	for k, ports := range st.Services {
-		t.addService(k, serviceContrib(ports))
+	for _, ports := range st.Services {
+		c := serviceContrib(ports)
+		for _, e := range c.elems {
+			t.content.add(e)
+		}
+		for _, s := range c.sets {
+			t.objects[s.f].sets[s.name] = true
+		}
+		for _, ch := range c.chains {
+			t.objects[ch.f].chains[ch.name] = ch.rules
+		}
 	}
 	return t
-}
-
-func (t *tables) addService(k model.ServiceKey, c contrib) {
-	t.byService[k] = c
-	for _, e := range c.elems {
-		t.content.add(e)
-	}
-	for _, s := range c.sets {
-		t.objects[s.f].sets[s.name] = true
-	}
-	for _, ch := range c.chains {
-		t.objects[ch.f].chains[ch.name] = ch.rules
-	}
-}
-
-func (t *tables) removeService(k model.ServiceKey) {
-	c := t.byService[k]
-	delete(t.byService, k)
-	for _, e := range c.elems {
-		t.content.remove(e)
-	}
-	for _, s := range c.sets {
-		delete(t.objects[s.f].sets, s.name)
-	}
-	for _, ch := range c.chains {
-		delete(t.objects[ch.f].chains, ch.name)
-	}
 }
 
 func sortedKeys[V any](m map[string]V) []string {
