@@ -76,19 +76,116 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 	return SyncResult{Elements: n}, nil
 }
 
-// fullSync replaces both tables with the rendering of st. The Backend's
+// plan is a State taken apart for a full sync: the node's elements, each
+// Service's contribution (in name order), and the bookkeeping the Backend
+// keeps afterwards. Unlike Render, it groups nothing by set: a full sync
+// streams each Service's elements after the tables' skeleton, so it needs
+// no map of every element.
+type plan struct {
+	node     *content
+	services []contrib
+	counts   map[model.Family]map[string]int
+	shared   map[model.Family]map[string]map[string]int
+}
+
+func planOf(st *model.State) *plan {
+	p := &plan{node: newContent(), counts: map[model.Family]map[string]int{}, shared: map[model.Family]map[string]map[string]int{}}
+	for _, a := range families {
+		p.counts[a.f] = map[string]int{}
+		p.shared[a.f] = map[string]map[string]int{}
+	}
+	for _, e := range nodeElems(st) {
+		p.node.add(e)
+	}
+	for _, k := range st.SortedKeys() {
+		c := serviceContrib(st.Services[k])
+		p.services = append(p.services, c)
+		for _, e := range c.elems {
+			if !sharedSets[e.set] {
+				p.counts[e.f][e.set]++
+				continue
+			}
+			refs := p.shared[e.f][e.set]
+			if refs == nil {
+				refs = map[string]int{}
+				p.shared[e.f][e.set] = refs
+			}
+			if refs[e.key] == 0 {
+				p.counts[e.f][e.set]++
+			}
+			refs[e.key]++
+		}
+	}
+	return p
+}
+
+// dynamic returns the backends maps a plan uses in family f.
+func (p *plan) dynamic(f model.Family) dynamic { return dynamicOf(p.counts[f]) }
+
+// writeSkeleton writes one family's table: every static set (with the
+// node's elements), the backends maps in use, and the chains, but nothing
+// of the Services.
+func (p *plan) writeSkeleton(sb *strings.Builder, a fam, o Options, masqueradeAll bool) {
+	t := &tables{content: p.node, objects: map[model.Family]*famObjects{a.f: {}}}
+	t.writeBlock(sb, a, o, masqueradeAll, p.dynamic(a.f))
+}
+
+// writeServices writes what the Services cs contribute to the tables:
+// their own sets and chains, then their elements. Elements of shared sets
+// already in added are skipped (and recorded there).
+func writeServices(sb *strings.Builder, o Options, cs []contrib, added map[elemID]bool) {
+	for _, a := range families {
+		tbl := a.name + " " + o.Table
+		var els []elem
+		for _, c := range cs {
+			for _, s := range c.sets {
+				if s.f == a.f {
+					fmt.Fprintf(sb, "add set %s %s { %s }\n", tbl, s.name, a.affinitySetDecl(o))
+				}
+			}
+			for _, ch := range c.chains {
+				if ch.f == a.f {
+					fmt.Fprintf(sb, "add chain %s %s\n", tbl, ch.name)
+					writeRules(sb, tbl, ch.name, ch.rules, false)
+				}
+			}
+			for _, e := range c.elems {
+				if e.f != a.f {
+					continue
+				}
+				if sharedSets[e.set] {
+					i := elemID{e.f, e.set, e.key}
+					if added[i] {
+						continue
+					}
+					added[i] = true
+				}
+				els = append(els, e)
+			}
+		}
+		writeElems(sb, "add", a, tbl, els, nil, true)
+	}
+}
+
+// elemID identifies an element.
+type elemID struct {
+	f        model.Family
+	set, key string
+}
+
+// fullSync replaces both tables with st in one transaction. The Backend's
 // first full sync tries initialSync first.
 func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, error) {
 	b.synced = false
-	t := tablesOf(st)
+	p := planOf(st)
 	if !b.triedInitial && b.o.InitialChunk > 0 {
 		b.triedInitial = true
-		created, err := b.initialSync(ctx, st, t)
+		created, err := b.initialSync(ctx, st, p)
 		if err != nil {
 			return SyncResult{}, err
 		}
 		if created {
-			b.remember(t, st.Config.MasqueradeAll)
+			b.remember(p, st.Config.MasqueradeAll)
 			return SyncResult{Full: true}, nil
 		}
 	}
@@ -98,41 +195,71 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 		fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, b.o.Table, a.name, b.o.Table)
 	}
 	for _, a := range families {
-		t.write(&sb, a, b.o, st.Config.MasqueradeAll)
+		p.writeSkeleton(&sb, a, b.o, st.Config.MasqueradeAll)
 	}
+	writeServices(&sb, b.o, p.services, map[elemID]bool{})
 	if _, err := b.run.Run(ctx, sb.String()); err != nil {
 		return SyncResult{}, fmt.Errorf("replacing the kubenat tables: %w", err)
 	}
-	b.remember(t, st.Config.MasqueradeAll)
+	b.remember(p, st.Config.MasqueradeAll)
 	return SyncResult{Full: true}, nil
 }
 
-// remember records, after a full sync of t, what incremental syncs need.
-func (b *Backend) remember(t *tables, masqueradeAll bool) {
-	b.counts = map[model.Family]map[string]int{}
-	b.shared = map[model.Family]map[string]map[string]int{}
+// initialSync programs p into tables that do not exist yet, in several
+// transactions. The first creates both tables with every set, map and
+// chain, but only the node's elements; it fails, changing nothing, when a
+// table exists, and initialSync then returns false (the caller replaces
+// the tables in one transaction instead). Each next transaction adds
+// everything a group of Services (in name order) contributes, about
+// Options.InitialChunk elements: its own sets and chains, then its
+// elements. A Service is thus either absent or completely programmed at
+// any time, and libnftables holds one group's parsed elements instead of
+// all of them (~700 MB at 50,000 Services × 5 endpoints). An error after
+// the first transaction is returned; the tables stay partly filled until
+// the next full sync replaces them.
+func (b *Backend) initialSync(ctx context.Context, st *model.State, p *plan) (bool, error) {
+	var sb strings.Builder
 	for _, a := range families {
-		counts := map[string]int{}
-		shared := map[string]map[string]int{}
-		for set, m := range t.content.fams[a.f].sets {
-			counts[set] = len(m)
-			if sharedSets[set] {
-				refs := make(map[string]int, len(m))
-				for k, r := range m {
-					refs[k] = r.n
-				}
-				shared[set] = refs
-			}
-		}
-		b.counts[a.f], b.shared[a.f] = counts, shared
+		fmt.Fprintf(&sb, "create table %s %s\n", a.name, b.o.Table)
 	}
+	for _, a := range families {
+		p.writeSkeleton(&sb, a, b.o, st.Config.MasqueradeAll)
+	}
+	if _, err := b.run.Run(ctx, sb.String()); err != nil {
+		return false, nil // a table exists (or the script is wrong: the replacement will say)
+	}
+	added := map[elemID]bool{}
+	keys := st.SortedKeys()
+	for first := 0; first < len(p.services); {
+		last, n := first, 0
+		for last < len(p.services) && (n == 0 || n+len(p.services[last].elems) <= b.o.InitialChunk) {
+			n += len(p.services[last].elems)
+			last++
+		}
+		sb.Reset()
+		writeServices(&sb, b.o, p.services[first:last], added)
+		if _, err := b.run.Run(ctx, sb.String()); err != nil {
+			return false, fmt.Errorf("programming Services %s to %s into the new kubenat tables: %w", keys[first], keys[last-1], err)
+		}
+		first = last
+	}
+	return true, nil
+}
+
+// remember records, after a full sync of p, what incremental syncs need.
+func (b *Backend) remember(p *plan, masqueradeAll bool) {
+	b.counts, b.shared = p.counts, p.shared
 	b.masqueradeAll, b.synced = masqueradeAll, true
 }
 
 // dynamic returns the backends maps in use in family f.
-func (b *Backend) dynamic(f model.Family) dynamic {
+func (b *Backend) dynamic(f model.Family) dynamic { return dynamicOf(b.counts[f]) }
+
+// dynamicOf returns the backends maps that have elements, given the number
+// of elements of each set.
+func dynamicOf(counts map[string]int) dynamic {
 	var d dynamic
-	for set, n := range b.counts[f] {
+	for set, n := range counts {
 		if n == 0 {
 			continue
 		}
@@ -146,92 +273,6 @@ func (b *Backend) dynamic(f model.Family) dynamic {
 	slices.Sort(d.backends)
 	slices.Sort(d.localBackends)
 	return d
-}
-
-// initialSync programs t into tables that do not exist yet, in several
-// transactions. The first creates both tables with every set, map and
-// chain, but only the node's elements; it fails, changing nothing, when a
-// table exists, and initialSync then returns false (the caller replaces
-// the tables in one transaction instead). Each next transaction adds
-// everything a group of Services (in name order) contributes, about
-// Options.InitialChunk elements: its own sets and chains, then its
-// elements. A Service is thus either absent or completely programmed at
-// any time, and libnftables holds one group's parsed elements instead of
-// all of them (~700 MB at 50,000 Services × 5 endpoints). An error after
-// the first transaction is returned; the tables stay partly filled until
-// the next full sync replaces them.
-func (b *Backend) initialSync(ctx context.Context, st *model.State, t *tables) (bool, error) {
-	node := newContent()
-	for _, e := range nodeElems(st) {
-		node.add(e)
-	}
-	var sb strings.Builder
-	for _, a := range families {
-		fmt.Fprintf(&sb, "create table %s %s\n", a.name, b.o.Table)
-	}
-	for _, a := range families {
-		t.writeSkeleton(&sb, a, b.o, st.Config.MasqueradeAll, node)
-	}
-	if _, err := b.run.Run(ctx, sb.String()); err != nil {
-		return false, nil // a table exists (or the script is wrong: the replacement will say)
-	}
-
-	type id struct {
-		f        model.Family
-		set, key string
-	}
-	added := map[id]bool{} // elements several contributors share, once added
-	keys := st.SortedKeys()
-	for first := 0; first < len(keys); {
-		last, n := first, 0
-		var group []contrib
-		for last < len(keys) && n <= b.o.InitialChunk {
-			c := serviceContrib(st.Services[keys[last]])
-			if n > 0 && n+len(c.elems) > b.o.InitialChunk {
-				break
-			}
-			group = append(group, c)
-			n += len(c.elems)
-			last++
-		}
-		sb.Reset()
-		for _, a := range families {
-			tbl := a.name + " " + b.o.Table
-			var els []elem
-			for _, c := range group {
-				for _, s := range c.sets {
-					if s.f == a.f {
-						fmt.Fprintf(&sb, "add set %s %s { %s }\n", tbl, s.name, a.affinitySetDecl(b.o))
-					}
-				}
-				for _, ch := range c.chains {
-					if ch.f == a.f {
-						fmt.Fprintf(&sb, "add chain %s %s\n", tbl, ch.name)
-						writeRules(&sb, tbl, ch.name, ch.rules, false)
-					}
-				}
-				for _, e := range c.elems {
-					if e.f != a.f {
-						continue
-					}
-					if r := t.content.fams[e.f].sets[e.set][e.key]; r != nil && r.n > 1 {
-						i := id{e.f, e.set, e.key}
-						if added[i] {
-							continue
-						}
-						added[i] = true
-					}
-					els = append(els, e)
-				}
-			}
-			writeElems(&sb, "add", a, tbl, els, nil, true)
-		}
-		if _, err := b.run.Run(ctx, sb.String()); err != nil {
-			return false, fmt.Errorf("programming Services %s to %s into the new kubenat tables: %w", keys[first], keys[last-1], err)
-		}
-		first = last
-	}
-	return true, nil
 }
 
 // objectsOf returns the sets and chains (with their rules) some Services
@@ -265,10 +306,7 @@ func (b *Backend) incremental(st *model.State, d model.Delta) (string, int) {
 
 	// Element changes, netted per element: a frontend leaving one Service
 	// for another in the same sync is only touched if its value changes.
-	type id struct {
-		f        model.Family
-		set, key string
-	}
+	type id = elemID
 	type state struct {
 		had, has   bool
 		oldV, newV string

@@ -57,6 +57,17 @@ func canonical(t *testing.T, ns string) string {
 	return string(b)
 }
 
+// onlyConflicts fails the test if the model found problems other than the
+// frontend conflicts randomService makes on purpose.
+func onlyConflicts(t *testing.T, st *model.State) {
+	t.Helper()
+	for _, err := range st.Errors {
+		if !strings.Contains(err.Error(), "is already used by Service") {
+			t.Fatalf("model error %v", err)
+		}
+	}
+}
+
 // randomService returns a Service with random policies and endpoints.
 func randomService(r *rand.Rand, i int) k8sobj.Service {
 	s := k8sobj.Service{
@@ -143,11 +154,7 @@ func TestIncrementalMatchesFullRender(t *testing.T) {
 			}
 		}
 		st, d := b.Build()
-		for _, err := range st.Errors {
-			if !strings.Contains(err.Error(), "is already used by Service") {
-				t.Fatalf("step %d: model error %v", step, err)
-			}
-		}
+		onlyConflicts(t, st)
 		res, err := inc.Sync(ctx, st, d)
 		if err != nil {
 			t.Fatalf("step %d: incremental sync: %v", step, err)
@@ -161,6 +168,40 @@ func TestIncrementalMatchesFullRender(t *testing.T) {
 		}
 		if got, want := canonical(t, incNS), canonical(t, refNS); got != want {
 			t.Fatalf("step %d: incremental ruleset differs from the full rendering\nincremental:\n%s\nfull:\n%s", step, got, want)
+		}
+	}
+}
+
+// TestRenderMatchesFullSync: the kernel holds the same ruleset whether it
+// is loaded from Render's text (what `kubenat render` prints) or programmed
+// by the Backend's full sync, in one transaction or in chunks.
+func TestRenderMatchesFullSync(t *testing.T) {
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(5, 6))
+	b := model.NewBuilder(testConfig())
+	for i := range 40 {
+		svc, sl := randomService(r, i).Objects()
+		b.SetService(svc, "")
+		for _, x := range sl {
+			b.SetEndpointSlice(x, "")
+		}
+	}
+	st, d := b.Build()
+	onlyConflicts(t, st)
+
+	renderNS := netnstest.NewNamespace(t)
+	script := "add table ip kubenat\ndelete table ip kubenat\nadd table ip6 kubenat\ndelete table ip6 kubenat\n" + Render(st, Options{})
+	if _, err := runnerIn(renderNS).Run(ctx, script); err != nil {
+		t.Fatal(err)
+	}
+	want := canonical(t, renderNS)
+	for _, chunk := range []int{-1, 9} {
+		ns := netnstest.NewNamespace(t)
+		if _, err := New(runnerIn(ns), Options{InitialChunk: chunk}).Sync(ctx, st, d); err != nil {
+			t.Fatalf("full sync (chunk %d): %v", chunk, err)
+		}
+		if got := canonical(t, ns); got != want {
+			t.Errorf("full sync (chunk %d) differs from the rendering:\n%s\nrendering:\n%s", chunk, got, want)
 		}
 	}
 }

@@ -11,12 +11,17 @@ import (
 // Render returns the complete ruleset for st: the "ip" and "ip6" tables,
 // in nft syntax. Applying it with `nft -f` (after deleting kubenat's
 // tables) gives exactly what the agent programs.
+//
+// Render groups each set's elements, sorted, inside the set's declaration,
+// for people to read; the agent's full sync sends the same ruleset with the
+// elements added Service by Service (see plan), which needs far less
+// memory. The kernel ends up holding the same thing either way (tested).
 func Render(st *model.State, o Options) string {
 	o = o.withDefaults()
 	t := tablesOf(st)
 	var b strings.Builder
 	for _, a := range families {
-		t.write(&b, a, o, st.Config.MasqueradeAll)
+		t.writeBlock(&b, a, o, st.Config.MasqueradeAll, t.content.fams[a.f].dynamic())
 	}
 	return b.String()
 }
@@ -73,26 +78,12 @@ func setKind(decl string) string {
 	return "set"
 }
 
-// write writes one family's table block: the static sets, the backends
-// maps in use, the Services' own sets, the static chains and the Services'
-// own chains.
-func (t *tables) write(b *strings.Builder, a fam, o Options, masqueradeAll bool) {
-	t.writeBlock(b, a, o, masqueradeAll, t.content, t.objects[a.f])
-}
-
-// writeSkeleton writes one family's table block with the sets, maps and
-// chains write declares, but only the elements of elems (the node's) and
-// none of the Services' own sets and chains.
-func (t *tables) writeSkeleton(b *strings.Builder, a fam, o Options, masqueradeAll bool, elems *content) {
-	t.writeBlock(b, a, o, masqueradeAll, elems, &famObjects{})
-}
-
-// writeBlock writes a table block declaring t's static sets and chains and
-// backends maps, with the elements of elems and the Services' sets and
-// chains of objs.
-func (t *tables) writeBlock(b *strings.Builder, a fam, o Options, masqueradeAll bool, elems *content, objs *famObjects) {
-	fc := elems.fams[a.f]
-	d := t.content.fams[a.f].dynamic()
+// writeBlock writes one family's table block: the static sets, the
+// backends maps of d, the Services' own sets, the static chains, the
+// backends maps' chains and the Services' own chains, with t's elements.
+func (t *tables) writeBlock(b *strings.Builder, a fam, o Options, masqueradeAll bool, d dynamic) {
+	fc := t.content.fams[a.f]
+	objs := t.objects[a.f]
 	fmt.Fprintf(b, "table %s %s {\n", a.name, o.Table)
 	writeSet := func(name, decl string) {
 		fmt.Fprintf(b, "\t%s %s {\n", setKind(decl), name)
