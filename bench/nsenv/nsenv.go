@@ -10,12 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"regexp"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/kubenat/kubenat/internal/topo"
 )
@@ -27,38 +22,11 @@ type Env struct {
 	clusters map[*topo.Cluster]bool
 }
 
-var prefixRE = regexp.MustCompile(`^kb(\d+)x\d+-`)
-
 // New returns an Env after removing stale benchmark namespaces: those whose
 // names carry the pid of a process that no longer exists.
 func New() *Env {
-	removeStale()
+	topo.RemoveStale("kb")
 	return &Env{clusters: map[*topo.Cluster]bool{}}
-}
-
-func removeStale() {
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 {
-			continue
-		}
-		m := prefixRE.FindStringSubmatch(f[0])
-		if m == nil {
-			continue
-		}
-		pid, _ := strconv.Atoi(m[1])
-		if pid == os.Getpid() {
-			continue
-		}
-		if err := syscall.Kill(pid, 0); err == nil || err == syscall.EPERM {
-			continue // still running
-		}
-		_ = exec.Command("ip", "netns", "delete", f[0]).Run()
-	}
 }
 
 // Cluster builds spec. release destroys it (idempotent).

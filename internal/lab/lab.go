@@ -25,7 +25,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -584,35 +583,13 @@ func ReadState(path string) (*Topology, error) {
 
 // Alive reports whether the process that owns the lab still runs.
 func (t *Topology) Alive() bool {
-	if t.PID <= 0 {
-		return false
-	}
-	err := syscall.Kill(t.PID, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	return topo.ProcessAlive(t.PID)
 }
 
 // removeStale deletes namespaces of the form kl<pid>-… whose process is
 // gone (a lab killed with SIGKILL).
 func removeStale(log io.Writer) {
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || !strings.HasPrefix(f[0], "kl") {
-			continue
-		}
-		digits, _, ok := strings.Cut(f[0][2:], "-")
-		pid, err := strconv.Atoi(digits)
-		if !ok || err != nil || pid == os.Getpid() {
-			continue
-		}
-		if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
-			continue
-		}
-		if exec.Command("ip", "netns", "delete", f[0]).Run() == nil {
-			fmt.Fprintf(log, "lab: removed namespace %s left by process %d\n", f[0], pid)
-		}
+	for _, ns := range topo.RemoveStale("kl") {
+		fmt.Fprintf(log, "lab: removed namespace %s left by a process that is gone\n", ns)
 	}
 }

@@ -14,9 +14,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -73,36 +71,6 @@ func handleSignals() {
 	}()
 }
 
-var prefixRE = regexp.MustCompile(`^kt(\d+)x\d+-`)
-
-// removeStale deletes namespaces left by test processes that no longer
-// exist (killed with SIGKILL). Only names of this harness's form are
-// touched.
-func removeStale() {
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 {
-			continue
-		}
-		m := prefixRE.FindStringSubmatch(f[0])
-		if m == nil {
-			continue
-		}
-		pid, _ := strconv.Atoi(m[1])
-		if pid == os.Getpid() {
-			continue
-		}
-		if err := syscall.Kill(pid, 0); err == nil || err == syscall.EPERM {
-			continue // still running
-		}
-		_ = exec.Command("ip", "netns", "delete", f[0]).Run()
-	}
-}
-
 // reserve returns a new namespace-name prefix of this process ("kt<pid>x<n>-")
 // and its number, after checking kernel tests can run and (once) sweeping
 // namespaces of dead test processes.
@@ -110,7 +78,7 @@ func reserve(t testing.TB) (string, int) {
 	t.Helper()
 	Require(t)
 	live.once.Do(func() {
-		removeStale()
+		topo.RemoveStale("kt")
 		handleSignals()
 	})
 	live.Lock()

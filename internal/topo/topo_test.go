@@ -78,3 +78,25 @@ func TestDestroyRemovesEverything(t *testing.T) {
 		t.Errorf("a failed Build left namespaces:\n%s", namespaces(t))
 	}
 }
+
+// TestRemoveStale removes the namespaces of a process that is gone and
+// keeps those of a live one.
+func TestRemoveStale(t *testing.T) {
+	netnstest.Require(t)
+	dead := "ktstale" + "99999999x1-a" // above any pid_max
+	live := fmt.Sprintf("ktstale%dx1-a", os.Getpid())
+	for _, ns := range []string{dead, live} {
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
+	defer exec.Command("ip", "netns", "delete", live).Run()
+	defer exec.Command("ip", "netns", "delete", dead).Run()
+	removed := topo.RemoveStale("ktstale")
+	if len(removed) != 1 || removed[0] != dead {
+		t.Errorf("removed %v, want only %s", removed, dead)
+	}
+	if left := namespaces(t); strings.Contains(left, dead) || !strings.Contains(left, live) {
+		t.Errorf("namespaces after RemoveStale:\n%s", left)
+	}
+}

@@ -1,0 +1,51 @@
+package topo
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// ProcessAlive reports whether a process with this pid exists.
+func ProcessAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// RemoveStale deletes the namespaces whose names start with tag followed by
+// the pid of a process that no longer exists ("kt1234x5-node-a" for tag
+// "kt": left by a test, lab or benchmark killed with SIGKILL), and returns
+// their names. Namespaces of other forms, and of live processes, are left
+// alone.
+func RemoveStale(tag string) []string {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return nil
+	}
+	var removed []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(f[0], tag) {
+			continue
+		}
+		rest := f[0][len(tag):]
+		end := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' })
+		if end <= 0 {
+			continue
+		}
+		pid, err := strconv.Atoi(rest[:end])
+		if err != nil || pid == os.Getpid() || ProcessAlive(pid) {
+			continue
+		}
+		if exec.Command("ip", "netns", "delete", f[0]).Run() == nil {
+			removed = append(removed, f[0])
+		}
+	}
+	return removed
+}
