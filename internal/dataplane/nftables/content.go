@@ -81,21 +81,11 @@ func (c *content) add(e elem) {
 
 // dynamic returns the backends maps in use.
 func (fc *famContent) dynamic() dynamic {
-	var d dynamic
+	counts := make(map[string]int, len(fc.sets))
 	for name, m := range fc.sets {
-		if len(m) == 0 {
-			continue
-		}
-		switch {
-		case strings.HasPrefix(name, localBackendsPrefix):
-			d.localBackends = append(d.localBackends, mapSize(name))
-		case strings.HasPrefix(name, backendsPrefix):
-			d.backends = append(d.backends, mapSize(name))
-		}
+		counts[name] = len(m)
 	}
-	slices.Sort(d.backends)
-	slices.Sort(d.localBackends)
-	return d
+	return dynamicOf(counts)
 }
 
 // mapNames returns the names of a dynamic's backends maps.
