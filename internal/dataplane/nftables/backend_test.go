@@ -57,6 +57,21 @@ func canonical(t *testing.T, ns string) string {
 	return string(b)
 }
 
+// randomBuilder returns a Builder holding n random Services, and the
+// random source for more.
+func randomBuilder(seed uint64, n int) (*model.Builder, *rand.Rand) {
+	r := rand.New(rand.NewPCG(seed, seed+1))
+	b := model.NewBuilder(testConfig())
+	for i := range n {
+		svc, sl := randomService(r, i).Objects()
+		b.SetService(svc, "")
+		for _, x := range sl {
+			b.SetEndpointSlice(x, "")
+		}
+	}
+	return b, r
+}
+
 // onlyConflicts fails the test if the model found problems other than the
 // frontend conflicts randomService makes on purpose.
 func onlyConflicts(t *testing.T, st *model.State) {
@@ -177,15 +192,7 @@ func TestIncrementalMatchesFullRender(t *testing.T) {
 // by the Backend's full sync, in one transaction or in chunks.
 func TestRenderMatchesFullSync(t *testing.T) {
 	ctx := context.Background()
-	r := rand.New(rand.NewPCG(5, 6))
-	b := model.NewBuilder(testConfig())
-	for i := range 40 {
-		svc, sl := randomService(r, i).Objects()
-		b.SetService(svc, "")
-		for _, x := range sl {
-			b.SetEndpointSlice(x, "")
-		}
-	}
+	b, _ := randomBuilder(5, 40)
 	st, d := b.Build()
 	onlyConflicts(t, st)
 

@@ -2,7 +2,6 @@ package nftables
 
 import (
 	"context"
-	"math/rand/v2"
 	"testing"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -15,15 +14,7 @@ import (
 // tables replaces them, and goes on incrementally.
 func TestInitialSyncInChunks(t *testing.T) {
 	ctx := context.Background()
-	r := rand.New(rand.NewPCG(3, 4))
-	b := model.NewBuilder(testConfig())
-	for i := range 40 {
-		svc, sl := randomService(r, i).Objects()
-		b.SetService(svc, "")
-		for _, x := range sl {
-			b.SetEndpointSlice(x, "")
-		}
-	}
+	b, r := randomBuilder(3, 40)
 	st, d := b.Build()
 	onlyConflicts(t, st)
 
