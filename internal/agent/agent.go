@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -321,6 +322,13 @@ func (a *Agent) sync(ctx context.Context) error {
 			"elements", res.Elements, "services", services, "duration", time.Since(start))
 	}
 	a.clearConntrack(stale)
+	if res.Full {
+		// A full sync's transient garbage (every element as text, the
+		// scripts) is the agent's peak: give it back to the system rather
+		// than keep it as idle heap (at 50,000 Services RSS drops by ~40 %
+		// for one garbage collection).
+		go debug.FreeOSMemory()
+	}
 	return nil
 }
 
