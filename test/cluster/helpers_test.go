@@ -366,16 +366,24 @@ var backendRE = regexp.MustCompile(`(\d+\.\d+\.\d+\.\d+ \. [a-z]+ \. \d+)(?: \. 
 // programmed returns the frontend → endpoint pairs of h's kubenat table,
 // or nil when the table does not exist.
 func programmed(h *topo.Host) (map[string]bool, error) {
-	out, err := exec.Command("ip", "netns", "exec", h.NS, "nft", "list", "table", "ip", "kubenat").CombinedOutput()
-	if err != nil {
-		if strings.Contains(string(out), "No such file or directory") {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("listing the kubenat table in %s: %v: %s", h.Name, err, out)
-	}
 	pairs := map[string]bool{}
-	for _, m := range backendRE.FindAllStringSubmatch(string(out), -1) {
-		pairs[m[1]+" -> "+m[2]] = true
+	// While a full sync rebuilds existing tables, the standby tables hold
+	// the complete ruleset (see nftables.Backend): the datapath serves what
+	// either table holds.
+	for _, table := range []string{"kubenat", "kubenat-standby"} {
+		out, err := exec.Command("ip", "netns", "exec", h.NS, "nft", "list", "table", "ip", table).CombinedOutput()
+		if err != nil {
+			if strings.Contains(string(out), "No such file or directory") {
+				continue
+			}
+			return nil, fmt.Errorf("listing the %s table in %s: %v: %s", table, h.Name, err, out)
+		}
+		for _, m := range backendRE.FindAllStringSubmatch(string(out), -1) {
+			pairs[m[1]+" -> "+m[2]] = true
+		}
+	}
+	if len(pairs) == 0 {
+		return nil, nil
 	}
 	return pairs, nil
 }

@@ -11,15 +11,11 @@ import (
 )
 
 // Backend programs kubenat's nftables tables. The first Sync (and any Sync
-// after a failure, or with Delta.Full) replaces the tables in one
-// transaction; later Syncs apply only what the changed Services add or
-// remove (elements, and the chains and sets of affinity Services), also in
-// one transaction. It never reads the kernel ruleset back.
-//
-// The exception is the first Sync of a Backend when the kernel has no
-// kubenat table yet (the node's first start since boot): it creates the
-// tables, then fills them a group of Services per transaction (see
-// initialSync), which bounds the memory libnftables needs.
+// after a failure, or with Delta.Full) programs everything (see fullSync:
+// a group of Services per transaction, never leaving a Service without a
+// complete copy of its rules); later Syncs apply only what the changed
+// Services add or remove (elements, and the chains and sets of affinity
+// Services), in one transaction. It never reads the kernel ruleset back.
 //
 // A Backend is not safe for concurrent use.
 type Backend struct {
@@ -27,7 +23,6 @@ type Backend struct {
 	o   Options
 
 	synced        bool
-	triedInitial  bool
 	masqueradeAll bool
 	// What the kernel holds, in brief: the number of elements of each set
 	// and map per family (which backends maps exist), and, for the sets in
@@ -173,73 +168,127 @@ type elemID struct {
 	set, key string
 }
 
-// fullSync replaces both tables with st in one transaction. The Backend's
-// first full sync tries initialSync first.
+// fullSync programs st from scratch. With InitialChunk < 0 it replaces
+// the tables in one transaction. Otherwise it never puts every element in
+// one transaction (libnftables would hold them all: ~700 MB at 50,000
+// Services × 5 endpoints):
+//   - tables that do not exist yet are created, then filled a group of
+//     Services per transaction (fill);
+//   - tables that exist (an agent restarted, a configuration change) are
+//     rebuilt through standby tables: the standby tables are filled in
+//     groups, the old tables deleted in one transaction, refilled in groups,
+//     and the standby tables deleted. Both copies are live while they
+//     coexist and each holds every Service either completely or not at
+//     all, so at every moment every Service is served by at least one
+//     complete copy of its rules.
 func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, error) {
 	b.synced = false
 	p := planOf(st)
-	if !b.triedInitial && b.o.InitialChunk > 0 {
-		b.triedInitial = true
-		created, err := b.initialSync(ctx, st, p)
-		if err != nil {
+	if b.o.InitialChunk < 0 {
+		var sb strings.Builder
+		for _, a := range families {
+			// "add" first makes the delete succeed when the table is absent.
+			fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, b.o.Table, a.name, b.o.Table)
+		}
+		for _, a := range families {
+			p.writeSkeleton(&sb, a, b.o, st.Config.MasqueradeAll)
+		}
+		writeServices(&sb, b.o, p.services, map[elemID]bool{})
+		if _, err := b.run.Run(ctx, sb.String()); err != nil {
+			return SyncResult{}, fmt.Errorf("replacing the kubenat tables: %w", err)
+		}
+		b.remember(p, st.Config.MasqueradeAll)
+		return SyncResult{Full: true}, nil
+	}
+	created, err := b.fill(ctx, st, p, b.o, true)
+	if err != nil {
+		return SyncResult{}, err
+	}
+	if !created {
+		if err := b.rebuild(ctx, st, p); err != nil {
 			return SyncResult{}, err
 		}
-		if created {
-			b.remember(p, st.Config.MasqueradeAll)
-			return SyncResult{Full: true}, nil
-		}
-	}
-	var sb strings.Builder
-	for _, a := range families {
-		// "add" first makes the delete succeed when the table is absent.
-		fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, b.o.Table, a.name, b.o.Table)
-	}
-	for _, a := range families {
-		p.writeSkeleton(&sb, a, b.o, st.Config.MasqueradeAll)
-	}
-	writeServices(&sb, b.o, p.services, map[elemID]bool{})
-	if _, err := b.run.Run(ctx, sb.String()); err != nil {
-		return SyncResult{}, fmt.Errorf("replacing the kubenat tables: %w", err)
 	}
 	b.remember(p, st.Config.MasqueradeAll)
 	return SyncResult{Full: true}, nil
 }
 
-// initialSync programs p into tables that do not exist yet, in several
-// transactions. The first creates both tables with every set, map and
-// chain, but only the node's elements; it fails, changing nothing, when a
-// table exists, and initialSync then returns false (the caller replaces
-// the tables in one transaction instead). Each next transaction adds
-// everything a group of Services (in name order) contributes, about
-// Options.InitialChunk elements: its own sets and chains, then its
-// elements. A Service is thus either absent or completely programmed at
-// any time, and libnftables holds one group's parsed elements instead of
-// all of them (~700 MB at 50,000 Services × 5 endpoints). An error after
-// the first transaction is returned; the tables stay partly filled until
-// the next full sync replaces them.
-func (b *Backend) initialSync(ctx context.Context, st *model.State, p *plan) (bool, error) {
+// StandbyTable is the name, next to Options.Table, of the tables a full
+// sync of existing tables builds first (see fullSync). They exist only
+// while such a sync runs.
+func StandbyTable(table string) string { return table + "-standby" }
+
+// rebuild replaces existing tables with p through standby tables.
+func (b *Backend) rebuild(ctx context.Context, st *model.State, p *plan) error {
+	standby := b.o
+	standby.Table = StandbyTable(b.o.Table)
+	if _, err := b.fill(ctx, st, p, standby, false); err != nil {
+		_ = dropTables(ctx, b.run, standby.Table)
+		return err
+	}
+	if err := dropTables(ctx, b.run, b.o.Table); err != nil {
+		_ = dropTables(ctx, b.run, standby.Table)
+		return fmt.Errorf("deleting the previous kubenat tables: %w", err)
+	}
+	if _, err := b.fill(ctx, st, p, b.o, true); err != nil {
+		return err // the standby tables keep serving; the next full sync rebuilds
+	}
+	if err := dropTables(ctx, b.run, standby.Table); err != nil {
+		return fmt.Errorf("deleting the standby tables: %w", err)
+	}
+	return nil
+}
+
+// dropTables deletes both families' tables of that name, if they exist.
+func dropTables(ctx context.Context, run nft.Runner, table string) error {
 	var sb strings.Builder
 	for _, a := range families {
-		fmt.Fprintf(&sb, "create table %s %s\n", a.name, b.o.Table)
+		fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, table, a.name, table)
+	}
+	_, err := run.Run(ctx, sb.String())
+	return err
+}
+
+// fill programs p into the tables o names, in several transactions. The
+// first declares both tables with every set, map and chain, but only the
+// node's elements: with create, it fails, changing nothing, when a table
+// exists (fill then returns false); without, it replaces whatever tables
+// of that name exist. Each next transaction adds everything a group of
+// Services (in name order) contributes, about Options.InitialChunk
+// elements: its own sets and chains, then its elements. A Service is thus
+// either absent or completely programmed in these tables at any time. An
+// error after the first transaction is returned; the tables stay partly
+// filled until the next full sync.
+func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options, create bool) (bool, error) {
+	var sb strings.Builder
+	for _, a := range families {
+		if create {
+			fmt.Fprintf(&sb, "create table %s %s\n", a.name, o.Table)
+		} else {
+			fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, o.Table, a.name, o.Table)
+		}
 	}
 	for _, a := range families {
-		p.writeSkeleton(&sb, a, b.o, st.Config.MasqueradeAll)
+		p.writeSkeleton(&sb, a, o, st.Config.MasqueradeAll)
 	}
 	if _, err := b.run.Run(ctx, sb.String()); err != nil {
-		return false, nil // a table exists (or the script is wrong: the replacement will say)
+		if create {
+			return false, nil // a table exists (or the script is wrong: the rebuild will say)
+		}
+		return false, fmt.Errorf("creating the tables %s: %w", o.Table, err)
 	}
 	added := map[elemID]bool{}
 	keys := st.SortedKeys()
 	for first := 0; first < len(p.services); {
 		last, n := first, 0
-		for last < len(p.services) && (n == 0 || n+len(p.services[last].elems) <= b.o.InitialChunk) {
+		for last < len(p.services) && (n == 0 || n+len(p.services[last].elems) <= o.InitialChunk) {
 			n += len(p.services[last].elems)
 			last++
 		}
 		sb.Reset()
-		writeServices(&sb, b.o, p.services[first:last], added)
+		writeServices(&sb, o, p.services[first:last], added)
 		if _, err := b.run.Run(ctx, sb.String()); err != nil {
-			return false, fmt.Errorf("programming Services %s to %s into the new kubenat tables: %w", keys[first], keys[last-1], err)
+			return false, fmt.Errorf("programming Services %s to %s into the tables %s: %w", keys[first], keys[last-1], o.Table, err)
 		}
 		first = last
 	}
@@ -490,16 +539,14 @@ func writeElems(sb *strings.Builder, verb string, a fam, tbl string, els []elem,
 	}
 }
 
-// Cleanup deletes kubenat's tables, and nothing else. It succeeds when they
-// do not exist.
+// Cleanup deletes kubenat's tables (and standby tables a full sync may
+// have left), and nothing else. It succeeds when they do not exist.
 func Cleanup(ctx context.Context, run nft.Runner, o Options) error {
 	o = o.withDefaults()
-	var sb strings.Builder
-	for _, a := range families {
-		fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, o.Table, a.name, o.Table)
-	}
-	if _, err := run.Run(ctx, sb.String()); err != nil {
-		return fmt.Errorf("deleting the kubenat tables: %w", err)
+	for _, table := range []string{o.Table, StandbyTable(o.Table)} {
+		if err := dropTables(ctx, run, table); err != nil {
+			return fmt.Errorf("deleting the kubenat tables: %w", err)
+		}
 	}
 	return nil
 }

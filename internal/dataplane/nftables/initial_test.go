@@ -2,6 +2,9 @@ package nftables
 
 import (
 	"context"
+	"encoding/json"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -35,14 +38,28 @@ func TestInitialSyncInChunks(t *testing.T) {
 		t.Fatalf("chunked ruleset differs from the one-transaction one\nchunked:\n%s\none transaction:\n%s", got, want)
 	}
 
-	// A restarted agent finds the tables: one replacing transaction.
+	// A restarted agent finds the tables: it rebuilds them through standby
+	// tables, and every ClusterIP frontend stays programmed in one of them
+	// after every transaction.
+	want := clusterIPFrontends(t, chunkNS)
 	scripts = 0
-	be := New(counting, Options{InitialChunk: 7})
+	watching := watchingRunner{inner: counting, check: func() {
+		if got := clusterIPFrontends(t, chunkNS); !got.covers(want) {
+			t.Errorf("after script %d of the rebuild, some ClusterIP frontends are in no table", scripts)
+		}
+	}}
+	be := New(watching, Options{InitialChunk: 7})
 	if _, err := be.Sync(ctx, st, model.Delta{Full: true}); err != nil {
-		t.Fatalf("replacing sync: %v", err)
+		t.Fatalf("rebuilding sync: %v", err)
 	}
-	if scripts != 2 { // the refused creation, then the replacement
-		t.Errorf("replacing the tables took %d scripts, want 2", scripts)
+	if scripts < 6 {
+		t.Errorf("the rebuild took %d scripts; want the refused creation, two fills in groups and two deletions", scripts)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", chunkNS, "nft", "list", "tables").Output(); err != nil || strings.Contains(string(out), "standby") {
+		t.Errorf("tables after the rebuild: %s %v", out, err)
+	}
+	if got, want := canonical(t, chunkNS), canonical(t, refNS); got != want {
+		t.Fatalf("rebuilt ruleset differs from the one-transaction one\nrebuilt:\n%s\none transaction:\n%s", got, want)
 	}
 	svc, sl := randomService(r, 7).Objects()
 	b.SetService(svc, "")
@@ -75,4 +92,65 @@ func (c countingRunner) Name() string { return c.inner.Name() }
 func (c countingRunner) Run(ctx context.Context, s string) (string, error) {
 	*c.n++
 	return c.inner.Run(ctx, s)
+}
+
+// watchingRunner calls check after each script.
+type watchingRunner struct {
+	inner countingRunner
+	check func()
+}
+
+func (w watchingRunner) Name() string { return w.inner.Name() }
+
+func (w watchingRunner) Run(ctx context.Context, s string) (string, error) {
+	out, err := w.inner.Run(ctx, s)
+	w.check()
+	return out, err
+}
+
+// frontendSet is a set of "table family: element" strings, by element.
+type frontendSet map[string]bool
+
+func (f frontendSet) covers(other frontendSet) bool {
+	for k := range other {
+		if !f[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// clusterIPFrontends returns the elements of every clusterip-frontends set
+// in ns, whichever table holds them.
+func clusterIPFrontends(t *testing.T, ns string) frontendSet {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", ns, "nft", "-j", "list", "ruleset").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Nftables []map[string]json.RawMessage `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		t.Fatal(err)
+	}
+	got := frontendSet{}
+	for _, o := range doc.Nftables {
+		raw, ok := o["set"]
+		if !ok {
+			continue
+		}
+		var set struct {
+			Family string            `json:"family"`
+			Name   string            `json:"name"`
+			Elem   []json.RawMessage `json:"elem"`
+		}
+		if err := json.Unmarshal(raw, &set); err != nil || set.Name != setClusterIPFronts {
+			continue
+		}
+		for _, e := range set.Elem {
+			got[set.Family+": "+string(e)] = true
+		}
+	}
+	return got
 }
