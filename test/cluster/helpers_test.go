@@ -366,19 +366,21 @@ var backendRE = regexp.MustCompile(`(\d+\.\d+\.\d+\.\d+ \. [a-z]+ \. \d+)(?: \. 
 // programmed returns the frontend → endpoint pairs of h's kubenat table,
 // or nil when the table does not exist.
 func programmed(h *topo.Host) (map[string]bool, error) {
+	// One listing of the whole ruleset (nft retries it until it reads one
+	// consistent generation): while a full sync rebuilds existing tables,
+	// the standby tables hold the complete ruleset (see nftables.Backend),
+	// and the datapath serves what either table holds.
+	out, err := exec.Command("ip", "netns", "exec", h.NS, "nft", "list", "ruleset").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("listing the ruleset in %s: %v: %s", h.Name, err, out)
+	}
 	pairs := map[string]bool{}
-	// While a full sync rebuilds existing tables, the standby tables hold
-	// the complete ruleset (see nftables.Backend): the datapath serves what
-	// either table holds.
-	for _, table := range []string{"kubenat", "kubenat-standby"} {
-		out, err := exec.Command("ip", "netns", "exec", h.NS, "nft", "list", "table", "ip", table).CombinedOutput()
-		if err != nil {
-			if strings.Contains(string(out), "No such file or directory") {
-				continue
-			}
-			return nil, fmt.Errorf("listing the %s table in %s: %v: %s", table, h.Name, err, out)
+	for _, table := range strings.Split(string(out), "\ntable ")[0:] {
+		table = strings.TrimPrefix(table, "table ")
+		if !strings.HasPrefix(table, "ip kubenat {") && !strings.HasPrefix(table, "ip kubenat-standby {") {
+			continue
 		}
-		for _, m := range backendRE.FindAllStringSubmatch(string(out), -1) {
+		for _, m := range backendRE.FindAllStringSubmatch(table, -1) {
 			pairs[m[1]+" -> "+m[2]] = true
 		}
 	}
