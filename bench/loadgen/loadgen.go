@@ -20,7 +20,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -322,6 +321,3 @@ func Throughput(ctx context.Context, h *topo.Host, dst netip.AddrPort, warmup, d
 	}
 	return float64(n) / time.Since(t0).Seconds(), nil
 }
-
-// IsRefused reports whether err is a refused connection.
-func IsRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }

@@ -73,18 +73,17 @@ type Agent struct {
 	// on, changes are changes (on the first sync every Service looks new).
 	programmed bool
 
-	mu           sync.Mutex
-	builder      *model.Builder
-	synced       bool      // the source delivered its initial content
-	pendingSince time.Time // when the oldest change not yet programmed arrived
-	sourceErrs   []error
-	warnings     []string
-	reported     map[string]bool
-	kick         chan struct{}
-	pending      int                   // changes since the last successful sync
-	triggers     *metrics.TriggerTimes // EndpointSlice changes not programmed yet
-	counter      *metrics.StateCounter // programmed Services and endpoints
-	recount      bool                  // a sync failed: recount everything on the next success
+	mu         sync.Mutex
+	builder    *model.Builder
+	synced     bool // the source delivered its initial content
+	sourceErrs []error
+	warnings   []string
+	reported   map[string]bool
+	kick       chan struct{}
+	pending    int                   // changes since the last successful sync
+	triggers   *metrics.TriggerTimes // EndpointSlice changes not programmed yet
+	counter    *metrics.StateCounter // programmed Services and endpoints
+	recount    bool                  // a sync failed: recount everything on the next success
 }
 
 // New returns an Agent for opts.
@@ -290,17 +289,12 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	start := time.Now()
 	st, delta := a.builder.Build()
-	pending := a.pendingSince
-	a.pendingSince = time.Time{}
 	a.report(st)
 	// The backend only reads the changed Services of st, under the lock:
 	// sources may not change the Builder meanwhile.
 	res, err := a.backend.Sync(ctx, st, delta)
 	if err != nil {
 		// The backend replaces everything on the next Sync.
-		if a.pendingSince.IsZero() {
-			a.pendingSince = pending
-		}
 		a.recount = true
 		a.mu.Unlock()
 		a.opts.Metrics.SyncFailed()
@@ -421,21 +415,7 @@ func (a *Agent) report(st *model.State) {
 	a.reported = now
 }
 
-// Errors returns the input problems of the last sync.
-func (a *Agent) Errors() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var out []string
-	for k := range a.reported {
-		out = append(out, k)
-	}
-	return out
-}
-
 func (a *Agent) changed() {
-	if a.pendingSince.IsZero() {
-		a.pendingSince = time.Now()
-	}
 	a.health.QueuedUpdate()
 	a.pending++
 	a.opts.Metrics.SetPendingChanges(a.pending)

@@ -64,6 +64,29 @@ func (c chanSource) Run(ctx context.Context, sink Sink) error {
 	}
 }
 
+// runAgent starts an agent for node-a (cluster CIDR 10.244.0.0/16) with
+// opts, fed by the returned source; it is stopped, and must return no
+// error, when the test ends.
+func runAgent(t *testing.T, opts Options) chanSource {
+	t.Helper()
+	opts.Config = model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+	a, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	src := chanSource{ops: make(chan func(Sink))}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, src) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run returned %v", err)
+		}
+	})
+	return src
+}
+
 func service(name, ip string) *v1.Service {
 	return &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
 		Spec: v1.ServiceSpec{ClusterIP: ip, Ports: []v1.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80}}}}
@@ -81,21 +104,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func TestAgentProgramsOnlyAfterSyncAndBatches(t *testing.T) {
 	run := &fakeRunner{}
-	a, err := New(Options{
-		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
+	src := runAgent(t, Options{
 		Runner: run, MinSyncPeriod: 200 * time.Millisecond,
 		// One transaction even for the first sync (the fake runner would
 		// let the backend create the tables in several).
 		NFT: nftables.Options{InitialChunk: -1},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	src := chanSource{ops: make(chan func(Sink))}
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, src) }()
 
 	// Objects before Synced: nothing is programmed, however long we wait.
 	src.ops <- func(s Sink) { s.SetService(service("a", "10.96.0.1"), "") }
@@ -134,9 +148,5 @@ func TestAgentProgramsOnlyAfterSyncAndBatches(t *testing.T) {
 	waitFor(t, "the retry", func() bool { return run.count() == 4 })
 	if s := run.last(); !strings.Contains(s, "delete table ip kubenat") || strings.Contains(s, "10.96.0.1 ") {
 		t.Errorf("the retry is not a full replacement without the deleted Service:\n%s", s)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run returned %v", err)
 	}
 }

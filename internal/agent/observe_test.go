@@ -1,9 +1,7 @@
 package agent
 
 import (
-	"context"
 	"fmt"
-	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -114,20 +112,7 @@ func TestAgentReportsMetricsAndEvents(t *testing.T) {
 	run := &fakeRunner{}
 	rm := &recordingMetrics{}
 	ev := &recordingEvents{}
-	a, err := New(Options{
-		Config:  model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
-		Runner:  run,
-		Metrics: rm, Events: ev,
-		MinSyncPeriod: 10 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	src := chanSource{ops: make(chan func(Sink))}
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, src) }()
+	src := runAgent(t, Options{Runner: run, Metrics: rm, Events: ev, MinSyncPeriod: 10 * time.Millisecond})
 
 	// Before Synced: pending grows, nothing is observed.
 	src.ops <- func(s Sink) { s.SetService(service("web", "10.96.0.1"), "") }
@@ -197,8 +182,4 @@ func TestAgentReportsMetricsAndEvents(t *testing.T) {
 	waitFor(t, "the retry", func() bool {
 		return rm.get(func(r *recordingMetrics) bool { return r.pending == 0 && r.services == 3 && r.syncs[len(r.syncs)-1] })
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run returned %v", err)
-	}
 }

@@ -213,11 +213,6 @@ func (f *UDPFlow) Ping(timeout time.Duration) (Reply, error) {
 	return parseReply(strings.TrimSpace(string(buf[:n])))
 }
 
-// LocalAddr returns the flow's source address.
-func (f *UDPFlow) LocalAddr() netip.AddrPort {
-	return f.conn.LocalAddr().(*net.UDPAddr).AddrPort()
-}
-
 // Close closes the socket.
 func (f *UDPFlow) Close() error { return f.conn.Close() }
 
