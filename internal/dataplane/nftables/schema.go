@@ -11,10 +11,16 @@
 // rewritten, so the kernel does not re-validate the table's jump graph.
 //
 // Endpoint choice: the endpoints of a frontend are the elements
-// "frontend . i : endpoint" (i = 0..N-1) of the map backends-N, and a rule
-// per map in use picks `numgen random mod N`: equal probability, one hash
+// "frontend . i : endpoint" (i = 0..N-1) of the map backends-N, and the
+// chain lb-N picks `numgen random mod N` in it: equal probability, one hash
 // lookup, no per-Service chain or anonymous set (which the kernel loads in
-// quadratic time).
+// quadratic time). The lb chain jumps to each lb-N in use in turn, so a new
+// connection costs one lookup per distinct endpoint count, never per
+// Service.
+//
+// A full sync never sends every element in one transaction: see
+// Backend.fullSync (groups of Services, and standby tables when the tables
+// exist).
 //
 // ClientIP session affinity is the exception: a Service port with affinity
 // gets a chain per endpoint group and a dynamic set of client addresses per
