@@ -304,20 +304,16 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, res *Results)
 		if rs == IPTablesLegacy {
 			continue
 		}
-		o.Log("datapath N=%d: loading %s", n, rs)
-		load, err := b.load(ctx, o, rs)
-		res.Loads = append(res.Loads, load)
+		loaded, err := b.loadLogged(ctx, o, n, rs, res)
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			o.Log("datapath N=%d: %s not loaded: %v", n, rs, err)
-			if cerr := b.unload(ctx, rs); cerr != nil {
-				return cerr
+			return err
+		}
+		if !loaded {
+			if err := b.unload(ctx, rs); err != nil {
+				return err
 			}
 			continue
 		}
-		o.Log("datapath N=%d: %s loaded in %.2fs", n, rs, load.Seconds)
 		arms = append(arms, &arm{ruleset: rs, paths: services, tables: nftTables[rs]})
 		if err := b.activate(ctx, arms, nil); err != nil {
 			return err
@@ -349,17 +345,13 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, res *Results)
 		if rs != IPTablesLegacy {
 			continue
 		}
-		o.Log("datapath N=%d: loading %s", n, rs)
-		load, err := b.load(ctx, o, rs)
-		res.Loads = append(res.Loads, load)
+		loaded, err := b.loadLogged(ctx, o, n, rs, res)
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			o.Log("datapath N=%d: %s not loaded: %v", n, rs, err)
+			return err
+		}
+		if !loaded {
 			continue
 		}
-		o.Log("datapath N=%d: %s loaded in %.2fs", n, rs, load.Seconds)
 		if err := b.rounds(ctx, o, []*arm{{ruleset: rs, paths: services}}, tput, res); err != nil {
 			return err
 		}
@@ -537,6 +529,24 @@ func (b *bed) flushConntrack(ctx context.Context, ruleset string) error {
 		return err
 	}
 	return nil
+}
+
+// loadLogged loads a ruleset for n Services, records its load in res and
+// logs it. It returns false (and no error) when the ruleset could not be
+// loaded, so the run goes on without it; an error only when ctx ended.
+func (b *bed) loadLogged(ctx context.Context, o Options, n int, ruleset string, res *Results) (bool, error) {
+	o.Log("datapath N=%d: loading %s", n, ruleset)
+	load, err := b.load(ctx, o, ruleset)
+	res.Loads = append(res.Loads, load)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		o.Log("datapath N=%d: %s not loaded: %v", n, ruleset, err)
+		return false, nil
+	}
+	o.Log("datapath N=%d: %s loaded in %.2fs", n, ruleset, load.Seconds)
+	return true, nil
 }
 
 // load programs ruleset on node-a and returns what it cost.
