@@ -71,20 +71,25 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 	return SyncResult{Elements: n}, nil
 }
 
-// plan is a State taken apart for a full sync: the node's elements, each
-// Service's contribution (in name order), and the bookkeeping the Backend
-// keeps afterwards. Unlike Render, it groups nothing by set: a full sync
-// streams each Service's elements after the tables' skeleton, so it needs
-// no map of every element.
+// plan is a State taken apart for a full sync: the node's elements, the
+// Services in name order, and the bookkeeping the Backend keeps afterwards
+// (element counts per set, contributors of shared elements). It keeps no
+// Service's elements: a full sync streams them, a group of Services at a
+// time, after the tables' skeleton (see contribs), so at 50,000 Services it
+// never holds every element at once.
 type plan struct {
-	node     *content
-	services []contrib
-	counts   map[model.Family]map[string]int
-	shared   map[model.Family]map[string]map[string]int
+	node   *content
+	st     *model.State
+	keys   []model.ServiceKey
+	counts map[model.Family]map[string]int
+	shared map[model.Family]map[string]map[string]int
 }
 
+// planOf counts what st contributes; the contributions themselves are
+// computed again, a group at a time, when they are written.
 func planOf(st *model.State) *plan {
-	p := &plan{node: newContent(), counts: map[model.Family]map[string]int{}, shared: map[model.Family]map[string]map[string]int{}}
+	p := &plan{node: newContent(), st: st, keys: st.SortedKeys(),
+		counts: map[model.Family]map[string]int{}, shared: map[model.Family]map[string]map[string]int{}}
 	for _, a := range families {
 		p.counts[a.f] = map[string]int{}
 		p.shared[a.f] = map[string]map[string]int{}
@@ -92,10 +97,8 @@ func planOf(st *model.State) *plan {
 	for _, e := range nodeElems(st) {
 		p.node.add(e)
 	}
-	for _, k := range st.SortedKeys() {
-		c := serviceContrib(st.Services[k])
-		p.services = append(p.services, c)
-		for _, e := range c.elems {
+	for _, k := range p.keys {
+		for _, e := range serviceContrib(st.Services[k]).elems {
 			if !sharedSets[e.set] {
 				p.counts[e.f][e.set]++
 				continue
@@ -112,6 +115,30 @@ func planOf(st *model.State) *plan {
 		}
 	}
 	return p
+}
+
+// groups calls fn with the contributions of consecutive Services (in name
+// order) and the index of the first and last of them, about limit elements
+// a group (a Service is never split; limit < 0 makes one group). It stops
+// at the first error fn returns.
+func (p *plan) groups(limit int, fn func(cs []contrib, first, last int) error) error {
+	var group []contrib
+	n, first := 0, 0
+	for i, k := range p.keys {
+		c := serviceContrib(p.st.Services[k])
+		if limit >= 0 && len(group) > 0 && n+len(c.elems) > limit {
+			if err := fn(group, first, i-1); err != nil {
+				return err
+			}
+			group, n, first = nil, 0, i
+		}
+		group = append(group, c)
+		n += len(c.elems)
+	}
+	if len(group) == 0 {
+		return nil
+	}
+	return fn(group, first, len(p.keys)-1)
 }
 
 // dynamic returns the backends maps a plan uses in family f.
@@ -193,7 +220,10 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 		for _, a := range families {
 			p.writeSkeleton(&sb, a, b.o, st.Config.MasqueradeAll)
 		}
-		writeServices(&sb, b.o, p.services, map[elemID]bool{})
+		_ = p.groups(-1, func(cs []contrib, _, _ int) error {
+			writeServices(&sb, b.o, cs, map[elemID]bool{})
+			return nil
+		})
 		if _, err := b.run.Run(ctx, sb.String()); err != nil {
 			return SyncResult{}, fmt.Errorf("replacing the kubenat tables: %w", err)
 		}
@@ -278,19 +308,16 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 		return false, fmt.Errorf("creating the tables %s: %w", o.Table, err)
 	}
 	added := map[elemID]bool{}
-	keys := st.SortedKeys()
-	for first := 0; first < len(p.services); {
-		last, n := first, 0
-		for last < len(p.services) && (n == 0 || n+len(p.services[last].elems) <= o.InitialChunk) {
-			n += len(p.services[last].elems)
-			last++
-		}
+	err := p.groups(o.InitialChunk, func(cs []contrib, first, last int) error {
 		sb.Reset()
-		writeServices(&sb, o, p.services[first:last], added)
+		writeServices(&sb, o, cs, added)
 		if _, err := b.run.Run(ctx, sb.String()); err != nil {
-			return false, fmt.Errorf("programming Services %s to %s into the tables %s: %w", keys[first], keys[last-1], o.Table, err)
+			return fmt.Errorf("programming Services %s to %s into the tables %s: %w", p.keys[first], p.keys[last], o.Table, err)
 		}
-		first = last
+		return nil
+	})
+	if err != nil {
+		return false, err
 	}
 	return true, nil
 }
