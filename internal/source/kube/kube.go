@@ -93,27 +93,18 @@ func New(client kubernetes.Interface, opts Options) (*Source, error) {
 	s := &Source{opts: opts}
 	s.factory = informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }),
-		informers.WithTransform(dropManagedFields))
+		informers.WithTransform(trim))
 	s.nodeFactory = informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector(metav1.ObjectNameField, opts.NodeName).String()
 		}),
-		informers.WithTransform(dropManagedFields))
+		informers.WithTransform(trim))
 	svcInf := s.factory.Core().V1().Services()
 	s.services, s.serviceLister = svcInf.Informer(), svcInf.Lister()
 	s.slices = s.factory.Discovery().V1().EndpointSlices().Informer()
 	nodeInf := s.nodeFactory.Core().V1().Nodes()
 	s.node, s.nodeLister = nodeInf.Informer(), nodeInf.Lister()
 	return s, nil
-}
-
-// dropManagedFields removes metadata.managedFields, which kubenat never
-// reads, before objects are cached: it is often the largest part of them.
-func dropManagedFields(obj any) (any, error) {
-	if a, err := meta.Accessor(obj); err == nil {
-		a.SetManagedFields(nil)
-	}
-	return obj, nil
 }
 
 // Service returns the cached Service namespace/name, or nil. It is an
