@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -67,9 +68,11 @@ type Builder struct {
 	nodeErrs []error
 	view     nodeView
 
-	services    map[ServiceKey]*serviceEntry
-	slices      map[sliceRef]*sliceEntry
-	slicesBySvc map[ServiceKey]map[sliceRef]*discovery.EndpointSlice
+	services map[ServiceKey]*serviceEntry
+	slices   map[sliceRef]*sliceEntry
+	// slicesBySvc holds each Service's EndpointSlices sorted by name (a
+	// Service has one or a few: a slice costs far less than a map).
+	slicesBySvc map[ServiceKey][]*discovery.EndpointSlice
 
 	built  map[ServiceKey]*built
 	claims map[FrontendKey][]ServiceKey
@@ -88,7 +91,7 @@ func NewBuilder(cfg Config) *Builder {
 	b := &Builder{
 		services:    map[ServiceKey]*serviceEntry{},
 		slices:      map[sliceRef]*sliceEntry{},
-		slicesBySvc: map[ServiceKey]map[sliceRef]*discovery.EndpointSlice{},
+		slicesBySvc: map[ServiceKey][]*discovery.EndpointSlice{},
 		built:       map[ServiceKey]*built{},
 		claims:      map[FrontendKey][]ServiceKey{},
 		errServices: map[ServiceKey]bool{},
@@ -160,12 +163,9 @@ func (b *Builder) SetEndpointSlice(s *discovery.EndpointSlice, origin string) {
 	if owner.Name == "" {
 		return
 	}
-	m := b.slicesBySvc[owner]
-	if m == nil {
-		m = map[sliceRef]*discovery.EndpointSlice{}
-		b.slicesBySvc[owner] = m
-	}
-	m[ref] = s
+	list := b.slicesBySvc[owner]
+	i, _ := slices.BinarySearchFunc(list, s.Name, func(e *discovery.EndpointSlice, name string) int { return strings.Compare(e.Name, name) })
+	b.slicesBySvc[owner] = slices.Insert(list, i, s)
 	b.dirty[owner] = struct{}{}
 }
 
@@ -178,10 +178,12 @@ func (b *Builder) DeleteEndpointSlice(namespace, name string) {
 	}
 	delete(b.slices, ref)
 	delete(b.errSlices, ref)
-	if m := b.slicesBySvc[e.owner]; m != nil {
-		delete(m, ref)
-		if len(m) == 0 {
+	if list, ok := b.slicesBySvc[e.owner]; ok {
+		list = slices.DeleteFunc(list, func(s *discovery.EndpointSlice) bool { return s.Name == name })
+		if len(list) == 0 {
 			delete(b.slicesBySvc, e.owner)
+		} else {
+			b.slicesBySvc[e.owner] = list
 		}
 		b.dirty[e.owner] = struct{}{}
 	}
@@ -245,20 +247,7 @@ func (b *Builder) rebuild(k ServiceKey, resolve map[ServiceKey]struct{}) {
 	}
 	nb := &built{created: entry.svc.CreationTimestamp.Time}
 	if IgnoreReason(entry.svc, b.cfg.ProxyName) == "" {
-		var sl []*discovery.EndpointSlice
-		for _, s := range b.slicesBySvc[k] {
-			sl = append(sl, s)
-		}
-		slices.SortFunc(sl, func(a, c *discovery.EndpointSlice) int {
-			if a.Name < c.Name {
-				return -1
-			}
-			if a.Name > c.Name {
-				return 1
-			}
-			return 0
-		})
-		ports, errs, good := buildService(entry.svc, sl, &b.view, entry.origin)
+		ports, errs, good := buildService(entry.svc, b.slicesBySvc[k], &b.view, entry.origin)
 		nb.errs = errs
 		switch {
 		case good:

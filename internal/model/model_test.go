@@ -3,6 +3,7 @@ package model
 import (
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 var testCfg = Config{
@@ -513,5 +515,56 @@ func TestDecide(t *testing.T) {
 	}
 	if d := sp.Decide(LoadBalancerIP, FromOutside, false, false); d.Verdict != Drop {
 		t.Errorf("source outside loadBalancerSourceRanges: %+v", d)
+	}
+}
+
+// TestBuilderSlicesOfAService follows a Service's endpoints as its
+// EndpointSlices come, change owner and go, in any order.
+func TestBuilderSlicesOfAService(t *testing.T) {
+	s1 := slice("a", "a-1", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.1"})
+	s2 := slice("a", "a-2", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.2"})
+	s3 := slice("a", "a-3", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.3"})
+	s2b := slice("b", "a-2", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.2"}) // a-2 now labelled for b
+	type step struct {
+		set    *discovery.EndpointSlice
+		delete string
+		want   []string // endpoints of default/a
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"added out of order", []step{{set: s3, want: []string{"10.244.1.3"}}, {set: s1, want: []string{"10.244.1.1", "10.244.1.3"}},
+			{set: s2, want: []string{"10.244.1.1", "10.244.1.2", "10.244.1.3"}}}},
+		{"one of three deleted", []step{{set: s1}, {set: s2}, {set: s3}, {delete: "a-2", want: []string{"10.244.1.1", "10.244.1.3"}},
+			{delete: "a-1", want: []string{"10.244.1.3"}}, {delete: "a-3"}}},
+		{"replaced in place", []step{{set: s1}, {set: s2}, {set: slice("a", "a-1", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.9"}),
+			want: []string{"10.244.1.2", "10.244.1.9"}}}},
+		{"moved to another Service", []step{{set: s1}, {set: s2, want: []string{"10.244.1.1", "10.244.1.2"}}, {set: s2b, want: []string{"10.244.1.1"}}}},
+		{"deleting an unknown slice", []step{{set: s1}, {delete: "a-7", want: []string{"10.244.1.1"}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := NewBuilder(testCfg)
+			b.SetService(svc("a", func(s *v1.Service) { s.Spec.Ports[0].TargetPort = intstr.FromInt32(8080) }), "")
+			for i, s := range tt.steps {
+				if s.set != nil {
+					b.SetEndpointSlice(s.set, "")
+				} else {
+					b.DeleteEndpointSlice("default", s.delete)
+				}
+				st, _ := b.Build()
+				if s.want == nil && i < len(tt.steps)-1 {
+					continue
+				}
+				var got []string
+				for _, e := range st.Services[ServiceKey{"default", "a"}][0].Endpoints {
+					got = append(got, e.Addr.String())
+				}
+				if !slices.Equal(got, s.want) {
+					t.Errorf("step %d: endpoints %v, want %v", i, got, s.want)
+				}
+			}
+		})
 	}
 }
