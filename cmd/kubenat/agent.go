@@ -18,6 +18,7 @@ import (
 	"github.com/kubenat/kubenat/internal/agent"
 	"github.com/kubenat/kubenat/internal/config"
 	"github.com/kubenat/kubenat/internal/events"
+	"github.com/kubenat/kubenat/internal/memlimit"
 	"github.com/kubenat/kubenat/internal/metrics"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/source/kube"
@@ -70,6 +71,12 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		return err
 	}
 	mc.FallbackNodeIPs = agent.DefaultRouteAddrs()
+	switch soft, limit, err := memlimit.Apply(); {
+	case err != nil:
+		klog.InfoS("No Go memory limit from the cgroup", "err", err)
+	case soft > 0:
+		klog.InfoS("Go soft memory limit set from the cgroup's", "softLimitBytes", soft, "cgroupLimitBytes", limit)
+	}
 	m := metrics.New(version.Version)
 	opts := agent.Options{
 		Config:             mc,
