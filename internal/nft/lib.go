@@ -90,7 +90,7 @@ type Lib struct {
 
 // ReleaseThreshold is the script size from which Lib releases libnftables'
 // cache after the run. A group of Services of the nftables backend's full
-// sync (~20,000 elements, ~750 KB) is above it.
+// sync (~10,000 elements, ~370 KB) is above it.
 const ReleaseThreshold = 256 << 10
 
 // NewLib loads libnftables.so.1.
