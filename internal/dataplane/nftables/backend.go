@@ -75,7 +75,7 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 // Services in name order, and the bookkeeping the Backend keeps afterwards
 // (element counts per set, contributors of shared elements). It keeps no
 // Service's elements: a full sync streams them, a group of Services at a
-// time, after the tables' skeleton (see contribs), so at 50,000 Services it
+// time, after the tables' skeleton (see groups), so at 50,000 Services it
 // never holds every element at once.
 type plan struct {
 	node   *content
