@@ -215,24 +215,28 @@ func (a fam) chains(o Options, masqueradeAll bool, d dynamic) []chain {
 		chain{name: "refuse", rules: []string{"meta l4proto tcp reject with tcp reset", "reject"}},
 	)
 
-	var svc []string
-	if masqueradeAll {
-		svc = append(svc, fmt.Sprintf("%s @%s %s", key, setClusterIPFronts, mark))
-	} else {
-		svc = append(svc,
-			fmt.Sprintf("%s @%s %s != @%s %s", key, setClusterIPFronts, a.saddr, setLocalPodCIDRs, mark),
-			fmt.Sprintf("%s @%s fib saddr type local %s", key, setClusterIPFronts, mark))
-	}
-	svc = append(svc,
-		fmt.Sprintf("%s @%s %s", key, setExternalFronts, mark),
+	// nat-services classifies the frontend with one lookup; traffic to
+	// anything else leaves at once (no walk through lb).
+	svc := []string{
+		fmt.Sprintf("%s @%s goto nat-clusterip", key, setClusterIPFronts),
+		fmt.Sprintf("%s @%s %s goto lb", key, setExternalFronts, mark),
 		fmt.Sprintf("%s @%s goto external-local", key, setLocalFronts),
-		"goto lb")
+	}
+	clusterIP := []string{fmt.Sprintf("%s goto lb", mark)}
+	if !masqueradeAll {
+		clusterIP = []string{
+			fmt.Sprintf("%s != @%s %s goto lb", a.saddr, setLocalPodCIDRs, mark),
+			fmt.Sprintf("fib saddr type local %s goto lb", mark),
+			"goto lb",
+		}
+	}
 	cs = append(cs,
 		chain{name: "nat-prerouting", hook: "type nat hook prerouting priority -100; policy accept;",
 			rules: []string{"jump nat-services"}},
 		chain{name: "nat-output", hook: "type nat hook output priority -100; policy accept;",
 			rules: []string{"jump nat-services"}},
 		chain{name: "nat-services", rules: svc},
+		chain{name: "nat-clusterip", rules: clusterIP},
 		chain{name: "external-local", rules: []string{
 			fmt.Sprintf("fib saddr type local %s goto lb", mark),
 			fmt.Sprintf("%s @%s goto lb", a.saddr, setLocalPodCIDRs),
