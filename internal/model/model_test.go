@@ -568,3 +568,23 @@ func TestBuilderSlicesOfAService(t *testing.T) {
 		})
 	}
 }
+
+// TestBuilderDuplicateEndpointFirstSliceWins: an endpoint listed in two
+// slices of a Service (as during an EndpointSlice controller's move) is
+// taken from the slice first by name, whatever order the slices came in.
+func TestBuilderDuplicateEndpointFirstSliceWins(t *testing.T) {
+	ready := slice("a", "a-1", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.5", ready: ptr(true)})
+	notReady := slice("a", "a-2", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.5", ready: ptr(false)})
+	for _, order := range [][]*discovery.EndpointSlice{{ready, notReady}, {notReady, ready}} {
+		b := NewBuilder(testCfg)
+		b.SetService(svc("a", func(s *v1.Service) { s.Spec.Ports[0].TargetPort = intstr.FromInt32(8080) }), "")
+		for _, s := range order {
+			b.SetEndpointSlice(s, "")
+		}
+		st, _ := b.Build()
+		eps := st.Services[ServiceKey{"default", "a"}][0].Endpoints
+		if len(eps) != 1 || !eps[0].Ready {
+			t.Errorf("slices added %s then %s: endpoints %+v, want one, ready (from a-1)", order[0].Name, order[1].Name, eps)
+		}
+	}
+}

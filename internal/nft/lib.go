@@ -77,11 +77,11 @@ import (
 // group of Services of a full sync) succeeds, Lib releases in the
 // background the cache libnftables keeps of it and returns the freed
 // memory to the system. Without that the cache grows with every group of
-// a full sync (~130 MB more peak RSS at 50,000 Services × 5 endpoints),
+// a full sync (~100 MiB more peak RSS at 50,000 Services × 5 endpoints),
 // and after a single-transaction full sync it holds ~700 MB of parsed
 // elements that the next Run would spend ~0.5 s freeing. A Run that starts
-// meanwhile waits for the release; incremental changes (a few KB) never
-// trigger one.
+// meanwhile waits for the release. A change of a few Services (a few KB)
+// does not trigger one; a large batch of changes may.
 type Lib struct {
 	mu   sync.Mutex
 	lib  C.struct_nftlib

@@ -215,8 +215,9 @@ func (a fam) chains(o Options, masqueradeAll bool, d dynamic) []chain {
 		chain{name: "refuse", rules: []string{"meta l4proto tcp reject with tcp reset", "reject"}},
 	)
 
-	// nat-services classifies the frontend with one lookup; traffic to
-	// anything else leaves at once (no walk through lb).
+	// nat-services classifies the frontend (one lookup per frontend set,
+	// up to the set that holds it: every frontend is in exactly one);
+	// traffic to anything else leaves at once (no walk through lb).
 	svc := []string{
 		fmt.Sprintf("%s @%s goto nat-clusterip", key, setClusterIPFronts),
 		fmt.Sprintf("%s @%s %s goto lb", key, setExternalFronts, mark),

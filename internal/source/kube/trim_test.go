@@ -84,6 +84,12 @@ func TestTrimKeepsWhatTheModelReads(t *testing.T) {
 	// LoadBalancer Service.
 	objs[1].(*v1.Service).Annotations = map[string]string{model.AnnotationSourceRanges: "198.51.100.0/24"}
 	withAPINoise(objs)
+	// Read too: the creation time decides frontend conflicts between
+	// Services, the deletion time makes the Node terminating.
+	for i, o := range objs {
+		o.(metav1.Object).SetCreationTimestamp(metav1.Unix(1700000000+int64(i), 0))
+	}
+	node.DeletionTimestamp = ptr.To(metav1.Unix(1800000000, 0))
 
 	trimmed := make([]any, len(objs))
 	for i, o := range objs {
@@ -125,6 +131,12 @@ func TestTrimKeepsWhatTheModelReads(t *testing.T) {
 		if m.GetManagedFields() != nil || m.GetOwnerReferences() != nil || m.GetUID() == "" || m.GetResourceVersion() == "" {
 			t.Errorf("trimmed %T %s: managedFields %v, ownerReferences %v, uid %q, resourceVersion %q",
 				o, m.GetName(), m.GetManagedFields(), m.GetOwnerReferences(), m.GetUID(), m.GetResourceVersion())
+		}
+		orig := objs[i].(metav1.Object)
+		created, origCreated := m.GetCreationTimestamp(), orig.GetCreationTimestamp()
+		if !created.Equal(&origCreated) || !m.GetDeletionTimestamp().Equal(orig.GetDeletionTimestamp()) {
+			t.Errorf("trimmed %T %s: creation %v, deletion %v; want %v, %v", o, m.GetName(),
+				m.GetCreationTimestamp(), m.GetDeletionTimestamp(), orig.GetCreationTimestamp(), orig.GetDeletionTimestamp())
 		}
 		if _, ok := m.GetAnnotations()["kubectl.kubernetes.io/last-applied-configuration"]; ok {
 			t.Errorf("trimmed %T %s keeps last-applied-configuration", o, m.GetName())
