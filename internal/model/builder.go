@@ -36,8 +36,10 @@ type serviceEntry struct {
 	origin string
 }
 
+// sliceEntry is what the Builder keeps of an EndpointSlice: not the object,
+// only its parsed endpoints (sliceData) and its problems.
 type sliceEntry struct {
-	slice  *discovery.EndpointSlice
+	data   sliceData
 	origin string
 	owner  ServiceKey
 	errs   []error
@@ -72,7 +74,9 @@ type Builder struct {
 	slices   map[sliceRef]*sliceEntry
 	// slicesBySvc holds each Service's EndpointSlices sorted by name (a
 	// Service has one or a few: a slice costs far less than a map).
-	slicesBySvc map[ServiceKey][]*discovery.EndpointSlice
+	slicesBySvc map[ServiceKey][]*sliceEntry
+	// names holds one copy of each node and port name the slices use.
+	names map[string]string
 
 	built  map[ServiceKey]*built
 	claims map[FrontendKey][]ServiceKey
@@ -91,7 +95,8 @@ func NewBuilder(cfg Config) *Builder {
 	b := &Builder{
 		services:    map[ServiceKey]*serviceEntry{},
 		slices:      map[sliceRef]*sliceEntry{},
-		slicesBySvc: map[ServiceKey][]*discovery.EndpointSlice{},
+		slicesBySvc: map[ServiceKey][]*sliceEntry{},
+		names:       map[string]string{},
 		built:       map[ServiceKey]*built{},
 		claims:      map[FrontendKey][]ServiceKey{},
 		errServices: map[ServiceKey]bool{},
@@ -156,17 +161,28 @@ func (b *Builder) SetEndpointSlice(s *discovery.EndpointSlice, origin string) {
 	ref := sliceRef{s.Namespace, s.Name}
 	b.DeleteEndpointSlice(ref.Namespace, ref.Name)
 	owner := ServiceKey{Namespace: s.Namespace, Name: s.Labels[LabelServiceName]}
-	b.slices[ref] = &sliceEntry{slice: s, origin: origin, owner: owner, errs: validateSlice(s, origin)}
-	if len(b.slices[ref].errs) > 0 {
+	e := &sliceEntry{data: parseSlice(s, b.intern), origin: origin, owner: owner, errs: validateSlice(s, origin)}
+	b.slices[ref] = e
+	if len(e.errs) > 0 {
 		b.errSlices[ref] = true
 	}
 	if owner.Name == "" {
 		return
 	}
 	list := b.slicesBySvc[owner]
-	i, _ := slices.BinarySearchFunc(list, s.Name, func(e *discovery.EndpointSlice, name string) int { return strings.Compare(e.Name, name) })
-	b.slicesBySvc[owner] = slices.Insert(list, i, s)
+	i, _ := slices.BinarySearchFunc(list, s.Name, func(e *sliceEntry, name string) int { return strings.Compare(e.data.name, name) })
+	b.slicesBySvc[owner] = slices.Insert(list, i, e)
 	b.dirty[owner] = struct{}{}
+}
+
+// intern returns the Builder's copy of s.
+func (b *Builder) intern(s string) string {
+	if c, ok := b.names[s]; ok {
+		return c
+	}
+	s = strings.Clone(s)
+	b.names[s] = s
+	return s
 }
 
 // DeleteEndpointSlice removes an EndpointSlice.
@@ -179,7 +195,7 @@ func (b *Builder) DeleteEndpointSlice(namespace, name string) {
 	delete(b.slices, ref)
 	delete(b.errSlices, ref)
 	if list, ok := b.slicesBySvc[e.owner]; ok {
-		list = slices.DeleteFunc(list, func(s *discovery.EndpointSlice) bool { return s.Name == name })
+		list = slices.DeleteFunc(list, func(s *sliceEntry) bool { return s == e })
 		if len(list) == 0 {
 			delete(b.slicesBySvc, e.owner)
 		} else {

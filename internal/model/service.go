@@ -62,7 +62,7 @@ type nodeView struct {
 // buildService computes the ports of one Service. It returns the ports and
 // the problems found; ok is false when the Service cannot be programmed at
 // all (the caller then keeps its last good version).
-func buildService(svc *v1.Service, endpointSlices []*discovery.EndpointSlice, node *nodeView, origin string) (ports []ServicePort, errs []error, ok bool) {
+func buildService(svc *v1.Service, endpointSlices []*sliceEntry, node *nodeView, origin string) (ports []ServicePort, errs []error, ok bool) {
 	e := &objErrs{kind: "Service", ns: svc.Namespace, name: svc.Name, origin: origin}
 	spec := &svc.Spec
 
@@ -238,7 +238,7 @@ func buildService(svc *v1.Service, endpointSlices []*discovery.EndpointSlice, no
 			if spec.Type == v1.ServiceTypeLoadBalancer && etpLocal && spec.HealthCheckNodePort > 0 {
 				sp.HealthCheckNodePort = uint16(spec.HealthCheckNodePort)
 			}
-			sp.Endpoints = collectEndpoints(endpointSlices, p.Name, proto, f, node.name, &errs)
+			sp.Endpoints = collectEndpoints(endpointSlices, p.Name, proto, f, node.name)
 			sp.ClusterEndpoints, sp.LocalEndpoints = SelectEndpoints(sp.Endpoints)
 			ports = append(ports, sp)
 		}
@@ -291,63 +291,104 @@ func SelectEndpoints(all []Endpoint) (cluster, local []Endpoint) {
 	return cluster, pick(true)
 }
 
-// collectEndpoints gathers the endpoints of one Service port and family
-// from the Service's EndpointSlices. Slices are matched by address type;
-// ports by name and protocol, so named target ports may resolve to a
-// different number on each endpoint.
-func collectEndpoints(endpointSlices []*discovery.EndpointSlice, portName string, proto Protocol, f Family, nodeName string, errs *[]error) []Endpoint {
-	want := discovery.AddressTypeIPv4
-	if f == IPv6 {
-		want = discovery.AddressTypeIPv6
+// sliceData is what the model keeps of an EndpointSlice: its endpoints and
+// ports parsed once, when the slice arrives, so that the typed object (about
+// three times larger) need not be kept. Ports and endpoints that cannot be
+// used (reported by validateSlice) are left out.
+type sliceData struct {
+	name      string
+	family    Family // 0: a type kubenat does not proxy (FQDN) or an unknown one
+	ports     []slicePort
+	endpoints []sliceEndpoint
+}
+
+type slicePort struct {
+	name  string
+	proto Protocol
+	port  uint16
+}
+
+type sliceEndpoint struct {
+	addr                        netip.Addr
+	node                        string
+	ready, serving, terminating bool
+}
+
+// parseSlice returns what collectEndpoints needs of s. intern returns one
+// shared copy of a string (node and port names repeat across slices).
+func parseSlice(s *discovery.EndpointSlice, intern func(string) string) sliceData {
+	d := sliceData{name: s.Name}
+	switch s.AddressType {
+	case discovery.AddressTypeIPv4:
+		d.family = IPv4
+	case discovery.AddressTypeIPv6:
+		d.family = IPv6
+	default:
+		return d
 	}
-	seen := map[netip.AddrPort]bool{}
-	var out []Endpoint
-	for _, s := range endpointSlices {
-		if s.AddressType != want {
+	for _, sp := range s.Ports {
+		p, err := parseProtocolPtr(sp.Protocol)
+		if err != nil || sp.Port == nil || *sp.Port < 1 || *sp.Port > 65535 {
 			continue
 		}
-		for _, sp := range s.Ports {
-			name := ""
-			if sp.Name != nil {
-				name = *sp.Name
-			}
-			p, _ := parseProtocolPtr(sp.Protocol)
-			if name != portName || p != proto || sp.Port == nil {
+		name := ""
+		if sp.Name != nil {
+			name = intern(*sp.Name)
+		}
+		d.ports = append(d.ports, slicePort{name: name, proto: p, port: uint16(*sp.Port)})
+	}
+	d.endpoints = make([]sliceEndpoint, 0, len(s.Endpoints))
+	for _, ep := range s.Endpoints {
+		if len(ep.Addresses) == 0 {
+			continue
+		}
+		a, err := netip.ParseAddr(ep.Addresses[0])
+		if err != nil || FamilyOf(a) != d.family {
+			continue
+		}
+		c := ep.Conditions
+		ready := c.Ready == nil || *c.Ready
+		serving := ready
+		if c.Serving != nil {
+			serving = *c.Serving
+		}
+		node := ""
+		if ep.NodeName != nil {
+			node = intern(*ep.NodeName)
+		}
+		d.endpoints = append(d.endpoints, sliceEndpoint{addr: a.Unmap(), node: node,
+			ready: ready, serving: serving, terminating: c.Terminating != nil && *c.Terminating})
+	}
+	return d
+}
+
+// collectEndpoints gathers the endpoints of one Service port and family
+// from the Service's EndpointSlices (in name order: an endpoint listed by
+// two slices is taken from the first). Slices are matched by address type;
+// ports by name and protocol, so named target ports may resolve to a
+// different number on each endpoint.
+func collectEndpoints(endpointSlices []*sliceEntry, portName string, proto Protocol, f Family, nodeName string) []Endpoint {
+	seen := map[netip.AddrPort]bool{}
+	var out []Endpoint
+	for _, e := range endpointSlices {
+		s := &e.data
+		if s.family != f {
+			continue
+		}
+		for _, sp := range s.ports {
+			if sp.name != portName || sp.proto != proto {
 				continue
 			}
-			port := *sp.Port
-			if port < 1 || port > 65535 {
-				continue // reported by validateSlice
-			}
-			for _, ep := range s.Endpoints {
-				if len(ep.Addresses) == 0 {
-					continue
-				}
-				a, err := netip.ParseAddr(ep.Addresses[0])
-				if err != nil || FamilyOf(a) != f {
-					continue // reported by validateSlice
-				}
-				a = a.Unmap()
-				ap := netip.AddrPortFrom(a, uint16(port))
+			for _, ep := range s.endpoints {
+				ap := netip.AddrPortFrom(ep.addr, sp.port)
 				if seen[ap] {
 					continue
 				}
 				seen[ap] = true
-				c := ep.Conditions
-				ready := c.Ready == nil || *c.Ready
-				serving := ready
-				if c.Serving != nil {
-					serving = *c.Serving
-				}
-				terminating := c.Terminating != nil && *c.Terminating
-				node := ""
-				if ep.NodeName != nil {
-					node = *ep.NodeName
-				}
 				out = append(out, Endpoint{
-					Addr: a, Port: uint16(port), NodeName: node,
-					Local: node != "" && node == nodeName,
-					Ready: ready && !terminating, Serving: serving, Terminating: terminating,
+					Addr: ep.addr, Port: sp.port, NodeName: ep.node,
+					Local: ep.node != "" && ep.node == nodeName,
+					Ready: ep.ready && !ep.terminating, Serving: ep.serving, Terminating: ep.terminating,
 				})
 			}
 		}
