@@ -1,5 +1,5 @@
-// Package kube is the Kubernetes API source of the agent: client-go shared
-// informers on Services, EndpointSlices and this node's Node object feed
+// Package kube is the Kubernetes API source of the agent: client-go
+// list-watches of Services, EndpointSlices and this node's Node object feed
 // an agent.Sink, the same way the manifest source does.
 //
 // What is watched, and how:
@@ -9,20 +9,24 @@
 //     service.kubernetes.io/service-proxy-name label is filtered here: an
 //     object labelled with another proxy's name is dropped, one labelled
 //     with kubenat's name (Options.ProxyName) is served. A label selector
-//     cannot say "absent or equal to X", so these objects still reach the
-//     informer's cache; a Service that moves between proxies is deleted
-//     from, or added to, the sink.
+//     cannot say "absent or equal to X", so these objects still reach
+//     kubenat; one that moves between proxies is deleted from, or added
+//     to, the sink.
+//   - Services and the Node go through shared informers, whose caches hold
+//     them trimmed to what kubenat reads (trim). EndpointSlices, the bulk
+//     of a large cluster, are not cached at all (sliceWatch): the sink keeps
+//     what it needs of each.
 //   - The Node named Options.NodeName, by field selector. Its updates reach
 //     the sink only when a field the datapath depends on changes (see
 //     nodeChanged): the kubelet's status heartbeats would otherwise rebuild
 //     every Service every few seconds.
 //
-// The sink's Synced is called only after every informer has listed its
-// objects and the handlers have delivered all of them, so a restarted
-// agent never programs a partial (or empty) ruleset. The informers'
-// reflectors re-watch from the last resourceVersion when a watch ends
-// (timeouts, API server restarts) and re-list when that version is too
-// old; a re-list delivers the differences as updates and deletions.
+// The sink's Synced is called only after every list-watch has listed its
+// objects and delivered all of them, so a restarted agent never programs a
+// partial (or empty) ruleset. The reflectors re-watch from the last
+// resourceVersion when a watch ends (timeouts, API server restarts) and
+// re-list when that version is too old; a re-list delivers the differences
+// as updates and deletions.
 package kube
 
 import (
@@ -34,7 +38,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -69,8 +72,9 @@ type Source struct {
 	opts          Options
 	factory       informers.SharedInformerFactory
 	nodeFactory   informers.SharedInformerFactory
+	client        kubernetes.Interface
+	selector      string // of Services and EndpointSlices
 	services      cache.SharedIndexInformer
-	slices        cache.SharedIndexInformer
 	node          cache.SharedIndexInformer
 	serviceLister corelisters.ServiceLister
 	nodeLister    corelisters.NodeLister
@@ -90,7 +94,7 @@ func New(client kubernetes.Interface, opts Options) (*Source, error) {
 		return nil, fmt.Errorf("kubernetes source: building the label selector: %w", err)
 	}
 	selector := labels.NewSelector().Add(*notHeadless).String()
-	s := &Source{opts: opts}
+	s := &Source{opts: opts, client: client, selector: selector}
 	s.factory = informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }),
 		informers.WithTransform(trim))
@@ -101,7 +105,6 @@ func New(client kubernetes.Interface, opts Options) (*Source, error) {
 		informers.WithTransform(trim))
 	svcInf := s.factory.Core().V1().Services()
 	s.services, s.serviceLister = svcInf.Informer(), svcInf.Lister()
-	s.slices = s.factory.Discovery().V1().EndpointSlices().Informer()
 	nodeInf := s.nodeFactory.Core().V1().Nodes()
 	s.node, s.nodeLister = nodeInf.Informer(), nodeInf.Lister()
 	return s, nil
@@ -148,13 +151,12 @@ func (s *Source) Run(ctx context.Context, sink agent.Sink) error {
 // to sync; it reports whether they did before ctx ended. The informers
 // stop when ctx ends; start waits for that in the background.
 func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
-	regs := make([]cache.ResourceEventHandlerRegistration, 0, 3)
+	regs := make([]cache.ResourceEventHandlerRegistration, 0, 2)
 	for _, h := range []struct {
 		inf cache.SharedIndexInformer
 		h   cache.ResourceEventHandler
 	}{
 		{s.services, serviceHandler(sink, s.opts.ProxyName)},
-		{s.slices, sliceHandler(sink, s.opts.ProxyName)},
 		{s.node, nodeHandler(sink)},
 	} {
 		reg, err := h.inf.AddEventHandler(h.h)
@@ -165,22 +167,24 @@ func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
 	}
 	start := time.Now()
 	klog.InfoS("Watching the Kubernetes API", "node", s.opts.NodeName, "proxyName", s.opts.ProxyName)
+	slices := newSliceWatch(sliceListWatch(s.client, s.selector), s.opts.ProxyName, sink)
 	s.factory.Start(ctx.Done())
 	s.nodeFactory.Start(ctx.Done())
+	go slices.ctrl.RunWithContext(ctx)
 	go func() {
 		<-ctx.Done()
 		s.factory.Shutdown()
 		s.nodeFactory.Shutdown()
 	}()
-	syncs := make([]cache.InformerSynced, len(regs))
-	for i, r := range regs {
-		syncs[i] = r.HasSynced
+	syncs := []cache.InformerSynced{slices.ctrl.HasSynced}
+	for _, r := range regs {
+		syncs = append(syncs, r.HasSynced)
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
 		return false, nil
 	}
 	klog.InfoS("Kubernetes API caches synced", "duration", time.Since(start),
-		"services", len(s.services.GetStore().ListKeys()), "endpointSlices", len(s.slices.GetStore().ListKeys()))
+		"services", len(s.services.GetStore().ListKeys()), "endpointSlices", slices.count())
 	if _, err := s.nodeLister.Get(s.opts.NodeName); apierrors.IsNotFound(err) {
 		klog.InfoS("This node's Node object does not exist (yet): NodePorts use the configured node IPs, else the default routes' addresses", "node", s.opts.NodeName)
 	}
@@ -212,17 +216,12 @@ func serviceHandler(sink agent.Sink, proxyName string) cache.ResourceEventHandle
 		func(svc *v1.Service) { sink.SetService(svc, "") }, sink.DeleteService)
 }
 
-func sliceHandler(sink agent.Sink, proxyName string) cache.ResourceEventHandler {
-	return proxiedHandler("EndpointSlice", proxyName,
-		func(s *discovery.EndpointSlice) { sink.SetEndpointSlice(s, "") }, sink.DeleteEndpointSlice)
-}
-
-// proxiedHandler passes objects of type T (Services or EndpointSlices) to
+// proxiedHandler passes objects of type T (Services) to
 // set and deletions to del, leaving out objects labelled for another
 // service proxy; an object that gets such a label is deleted, since it may
 // have been ours before the update.
 func proxiedHandler[T interface {
-	*v1.Service | *discovery.EndpointSlice
+	*v1.Service
 	metav1.Object
 }](kind, proxyName string, set func(T), del func(namespace, name string)) cache.ResourceEventHandler {
 	update := func(obj any) {

@@ -1,0 +1,142 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/kubenat/kubenat/internal/model"
+)
+
+// eventSink records the EndpointSlice calls it gets, in order.
+type eventSink struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (s *eventSink) add(e string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = append(s.events, e)
+}
+
+func (s *eventSink) SetEndpointSlice(sl *discovery.EndpointSlice, _ string) {
+	s.add("set " + sl.Name + "@" + sl.ResourceVersion)
+}
+func (s *eventSink) DeleteEndpointSlice(_, name string)       { s.add("delete " + name) }
+func (s *eventSink) SetService(*v1.Service, string)           {}
+func (s *eventSink) DeleteService(string, string)             {}
+func (s *eventSink) SetNode(*v1.Node, string)                 {}
+func (s *eventSink) DeleteNode(string)                        {}
+func (s *eventSink) SourceErrors(errs []error, warn []string) {}
+func (s *eventSink) Synced()                                  {}
+
+func (s *eventSink) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Join(s.events, ", ")
+}
+
+// scriptedLW answers the reflector's lists and watches from a script:
+// lists[i] for the i-th list; each watch gets the next of watches, and an
+// "expired" error (which makes the reflector list again) when none is left.
+type scriptedLW struct {
+	mu      sync.Mutex
+	lists   [][]discovery.EndpointSlice
+	watches []*watch.FakeWatcher
+}
+
+func (l *scriptedLW) List(metav1.ListOptions) (runtime.Object, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.lists) == 0 {
+		return nil, fmt.Errorf("no more lists in the script")
+	}
+	items := l.lists[0]
+	l.lists = l.lists[1:]
+	return &discovery.EndpointSliceList{ListMeta: metav1.ListMeta{ResourceVersion: "100"}, Items: items}, nil
+}
+
+func (l *scriptedLW) Watch(metav1.ListOptions) (watch.Interface, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.watches) == 0 {
+		return nil, apierrors.NewResourceExpired("too old resource version")
+	}
+	w := l.watches[0]
+	l.watches = l.watches[1:]
+	return w, nil
+}
+
+// IsWatchListSemanticsUnSupported makes the reflector list and watch
+// (rather than stream the initial list), as the script expects.
+func (l *scriptedLW) IsWatchListSemanticsUnSupported() bool { return true }
+
+func testSlice(name, rv string, labels map[string]string) discovery.EndpointSlice {
+	l := map[string]string{discovery.LabelServiceName: "svc"}
+	for k, v := range labels {
+		l[k] = v
+	}
+	return discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, ResourceVersion: rv, Labels: l},
+		AddressType: discovery.AddressTypeIPv4}
+}
+
+// TestSliceWatch follows EndpointSlices through a list, watch events and a
+// re-list that misses a deletion: the sink gets every change, slices of
+// another proxy never, and the deletion the re-list implies.
+func TestSliceWatch(t *testing.T) {
+	other := map[string]string{model.LabelServiceProxyName: "other"}
+	w1 := watch.NewFakeWithChanSize(10, false)
+	lw := &scriptedLW{
+		lists: [][]discovery.EndpointSlice{
+			{testSlice("a", "1", nil), testSlice("b", "2", nil), testSlice("c", "3", other)},
+			// The re-list: d was deleted while no watch saw it; e is new.
+			{testSlice("a", "1", nil), testSlice("e", "8", nil)},
+		},
+		watches: []*watch.FakeWatcher{w1},
+	}
+	s := &eventSink{}
+	sw := newSliceWatch(lw, model.DefaultProxyName, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go sw.ctrl.RunWithContext(ctx)
+
+	waitFor := func(what, want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for s.String() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the sink got %q, want %q", what, s.String(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor("the list", "set a@1, set b@2")
+	if !sw.ctrl.HasSynced() {
+		t.Error("not synced after the list was delivered")
+	}
+	b := testSlice("b", "4", other) // b moves to another proxy
+	d := testSlice("d", "5", nil)
+	c := testSlice("c", "6", nil) // c moves to kubenat
+	w1.Modify(&b)
+	w1.Add(&d)
+	w1.Modify(&c)
+	waitFor("the watch", "set a@1, set b@2, delete b, set d@5, set c@6")
+	cDel := testSlice("c", "7", nil)
+	w1.Delete(&cDel)
+	w1.Stop() // the next watch is refused as expired: the reflector lists again
+	waitFor("the re-list", "set a@1, set b@2, delete b, set d@5, set c@6, delete c, set a@1, set e@8, delete d")
+	if got := sw.count(); got != 2 {
+		t.Errorf("%d slices known, want 2 (a and e)", got)
+	}
+}
