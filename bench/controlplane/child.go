@@ -97,8 +97,10 @@ type syncReporter struct {
 
 func (r syncReporter) ObserveSync(full bool, _ time.Duration) { r.syncs <- full }
 
-// memSource delivers generated objects, as an informer's initial list
-// would, then nothing: the child makes changes through the Sink itself.
+// memSource delivers generated objects, as the kube source's initial lists
+// would, then nothing: the child makes changes through the Sink itself. Like
+// the kube source, it keeps the Services (its Service informer caches them)
+// and lets each EndpointSlice go once delivered (it caches none).
 type memSource struct {
 	node *v1.Node
 	objs *workload.Cluster
@@ -109,8 +111,9 @@ func (m *memSource) Load(_ context.Context, sink agent.Sink) error {
 	for _, s := range m.objs.Services {
 		sink.SetService(s, "bench")
 	}
-	for _, s := range m.objs.EndpointSlices {
+	for i, s := range m.objs.EndpointSlices {
 		sink.SetEndpointSlice(s, "bench")
+		m.objs.EndpointSlices[i] = nil // the kube source does not keep them either
 	}
 	sink.Synced()
 	return nil
@@ -164,6 +167,7 @@ func child(in io.Reader, out io.Writer) error {
 	defer cancel()
 	done := make(chan error, 1)
 
+	slices := changedSlices(objs, j.Seed, j.Changes)
 	ru0 := rusage()
 	t0 := time.Now()
 	go func() { done <- a.Run(ctx, &memSource{node: node, objs: objs}) }()
@@ -183,16 +187,12 @@ func child(in io.Reader, out io.Writer) error {
 	// Changes: flip the readiness of the first endpoint of a random
 	// Service (a readiness probe failing, then passing again).
 	rng := rand.New(rand.NewSource(j.Seed))
-	slices := make(map[int]*discovery.EndpointSlice)
 	time.Sleep(j.Interval)
 	ru2 := rusage()
 	for range j.Changes {
 		k := rng.Intn(len(objs.Services))
 		idx := objs.SlicesOf[k][0]
 		sl := slices[idx]
-		if sl == nil {
-			sl = objs.EndpointSlices[idx]
-		}
 		if len(sl.Endpoints) == 0 {
 			continue
 		}
@@ -238,6 +238,19 @@ func child(in io.Reader, out io.Writer) error {
 
 	runtime.KeepAlive(objs)
 	return json.NewEncoder(out).Encode(res)
+}
+
+// changedSlices returns, by index, the EndpointSlices the change loop
+// (same seed, same number of changes) will modify: the child keeps those
+// and lets the others go once the source delivered them.
+func changedSlices(objs *workload.Cluster, seed int64, changes int) map[int]*discovery.EndpointSlice {
+	rng := rand.New(rand.NewSource(seed))
+	out := map[int]*discovery.EndpointSlice{}
+	for range changes {
+		idx := objs.SlicesOf[rng.Intn(len(objs.Services))][0]
+		out[idx] = objs.EndpointSlices[idx]
+	}
+	return out
 }
 
 // writeHeapProfile writes the in-use heap profile to file.

@@ -327,8 +327,10 @@ func writeControlPlane(w io.Writer, cs []controlplane.Result, charts map[string]
 	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
 	p("## Control plane\n\n")
 	p("Each scale runs in a fresh network namespace, in a child process of its own: it generates the\n")
-	p("objects (the stand-in for an informer cache), then starts the real agent (`internal/agent`, with\n")
-	p("libnftables in-process) whose source delivers them all, and times its first sync, to the commit of\n")
+	p("objects (the stand-in for what the kube source lists), then starts the real agent (`internal/agent`,\n")
+	p("with libnftables in-process) whose source delivers them all, keeping the Services (the kube source's\n")
+	p("Service informer caches them) and letting each EndpointSlice go once delivered (the kube source\n")
+	p("caches none: the agent keeps what it needs of each), and times its first sync, to the commit of\n")
 	p("the last of its transactions (on an empty kernel the tables are created a group of Services per\n")
 	p("transaction). Then it\n")
 	p("flips the readiness of the first endpoint of a random Service (a probe failing, then passing: the\n")
