@@ -25,6 +25,7 @@ import (
 	"github.com/kubenat/kubenat/bench/workload"
 	"github.com/kubenat/kubenat/internal/agent"
 	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/memlimit"
 	"github.com/kubenat/kubenat/internal/metrics"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
@@ -141,6 +142,7 @@ func child(in io.Reader, out io.Writer) error {
 		res.Endpoints += len(sl.Endpoints)
 	}
 	node := k8sobj.Node("node-a", []string{j.NodeAddr}, []string{j.PodCIDR})
+	memlimit.SetGCPercent() // as the agent binary does
 	runtime.GC()
 	debug.FreeOSMemory()
 	res.ObjectsRSS = vmRSS()

@@ -71,6 +71,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		return err
 	}
 	mc.FallbackNodeIPs = agent.DefaultRouteAddrs()
+	gcPercent := memlimit.SetGCPercent()
 	switch soft, limit, err := memlimit.Apply(); {
 	case err != nil:
 		klog.InfoS("No Go memory limit from the cgroup", "err", err)
@@ -99,7 +100,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		return err
 	}
 	klog.InfoS("Starting kubenat agent", "version", version.String(), "node", mc.NodeName, "source", sourceName,
-		"minSyncPeriod", cfg.SyncPeriod())
+		"minSyncPeriod", cfg.SyncPeriod(), "gcPercent", gcPercent)
 	if once {
 		ctx, cancel := context.WithTimeout(ctx, onceTimeout)
 		defer cancel()

@@ -3,6 +3,7 @@ package memlimit
 import (
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -58,5 +59,19 @@ func TestApplyLeavesGOMEMLIMITAlone(t *testing.T) {
 	t.Setenv("GOMEMLIMIT", "100MiB")
 	if soft, cg, err := Apply(); soft != 0 || cg != 0 || err != nil {
 		t.Fatalf("Apply with GOMEMLIMIT set = %d, %d, %v; want nothing done", soft, cg, err)
+	}
+}
+
+func TestSetGCPercent(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	t.Setenv("GOGC", "")
+	os.Unsetenv("GOGC")
+	if got := SetGCPercent(); got != GCPercent || debug.SetGCPercent(GCPercent) != GCPercent {
+		t.Errorf("without GOGC: SetGCPercent = %d, want %d in effect", got, GCPercent)
+	}
+	t.Setenv("GOGC", "200")
+	debug.SetGCPercent(200) // what the runtime read from GOGC at start
+	if got := SetGCPercent(); got != 200 || debug.SetGCPercent(200) != 200 {
+		t.Errorf("with GOGC=200: SetGCPercent = %d, want 200 left in effect", got)
 	}
 }
