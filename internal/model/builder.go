@@ -75,7 +75,8 @@ type Builder struct {
 	// slicesBySvc holds each Service's EndpointSlices sorted by name (a
 	// Service has one or a few: a slice costs far less than a map).
 	slicesBySvc map[ServiceKey][]*sliceEntry
-	// names holds one copy of each node and port name the slices use.
+	// names holds one copy of each node and port name the slices use. It
+	// is never pruned: such names are few and long-lived.
 	names map[string]string
 
 	built  map[ServiceKey]*built

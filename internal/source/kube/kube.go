@@ -61,8 +61,9 @@ type Options struct {
 	// ProxyName is the service.kubernetes.io/service-proxy-name value that
 	// names kubenat; empty means model.DefaultProxyName.
 	ProxyName string
-	// Resync is the informers' resync period: how often every cached
-	// object is delivered again although unchanged. 0 (the default)
+	// Resync is the Service and Node informers' resync period: how often
+	// every cached object is delivered again although unchanged (the
+	// EndpointSlices, which are not cached, are not). 0 (the default)
 	// disables it; the datapath does not need it.
 	Resync time.Duration
 }
