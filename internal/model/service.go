@@ -327,8 +327,10 @@ func parseSlice(s *discovery.EndpointSlice, intern func(string) string) sliceDat
 		return d
 	}
 	for _, sp := range s.Ports {
-		p, err := parseProtocolPtr(sp.Protocol)
-		if err != nil || sp.Port == nil || *sp.Port < 1 || *sp.Port > 65535 {
+		// An unknown protocol is reported by validateSlice and read as
+		// parseProtocol's fallback, as before slices were parsed once.
+		p, _ := parseProtocolPtr(sp.Protocol)
+		if sp.Port == nil || *sp.Port < 1 || *sp.Port > 65535 {
 			continue
 		}
 		name := ""

@@ -25,8 +25,8 @@
 // objects and delivered all of them, so a restarted agent never programs a
 // partial (or empty) ruleset. The reflectors re-watch from the last
 // resourceVersion when a watch ends (timeouts, API server restarts) and
-// re-list when that version is too old; a re-list delivers the differences
-// as updates and deletions.
+// re-list when that version is too old; a re-list delivers every object
+// again, and deletions for those it no longer has.
 package kube
 
 import (
@@ -171,13 +171,13 @@ func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
 	slices := newSliceWatch(sliceListWatch(s.client, s.selector), s.opts.ProxyName, sink)
 	s.factory.Start(ctx.Done())
 	s.nodeFactory.Start(ctx.Done())
-	go slices.ctrl.RunWithContext(ctx)
+	go slices.run(ctx)
 	go func() {
 		<-ctx.Done()
 		s.factory.Shutdown()
 		s.nodeFactory.Shutdown()
 	}()
-	syncs := []cache.InformerSynced{slices.ctrl.HasSynced}
+	syncs := []cache.InformerSynced{slices.hasSynced}
 	for _, r := range regs {
 		syncs = append(syncs, r.HasSynced)
 	}

@@ -109,7 +109,7 @@ func TestSliceWatch(t *testing.T) {
 	sw := newSliceWatch(lw, model.DefaultProxyName, s)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go sw.ctrl.RunWithContext(ctx)
+	go sw.run(ctx)
 
 	waitFor := func(what, want string) {
 		t.Helper()
@@ -122,7 +122,7 @@ func TestSliceWatch(t *testing.T) {
 		}
 	}
 	waitFor("the list", "set a@1, set b@2")
-	if !sw.ctrl.HasSynced() {
+	if !sw.hasSynced() {
 		t.Error("not synced after the list was delivered")
 	}
 	b := testSlice("b", "4", other) // b moves to another proxy
@@ -138,5 +138,69 @@ func TestSliceWatch(t *testing.T) {
 	waitFor("the re-list", "set a@1, set b@2, delete b, set d@5, set c@6, delete c, set a@1, set e@8, delete d")
 	if got := sw.count(); got != 2 {
 		t.Errorf("%d slices known, want 2 (a and e)", got)
+	}
+}
+
+// blockingSink blocks every delivery until release is closed, as the agent
+// does while it programs the kernel.
+type blockingSink struct {
+	eventSink
+	release chan struct{}
+}
+
+func (s *blockingSink) SetEndpointSlice(sl *discovery.EndpointSlice, origin string) {
+	<-s.release
+	s.eventSink.SetEndpointSlice(sl, origin)
+}
+
+// TestSliceWatchDoesNotWaitForTheSink: while the sink is busy, the watch
+// keeps being read (the slices are recorded), and everything is delivered,
+// in order, once the sink is free; the source is not synced before.
+func TestSliceWatchDoesNotWaitForTheSink(t *testing.T) {
+	w1 := watch.NewFakeWithChanSize(0, false) // a send waits for the reader
+	lw := &scriptedLW{lists: [][]discovery.EndpointSlice{{testSlice("a", "1", nil)}}, watches: []*watch.FakeWatcher{w1}}
+	s := &blockingSink{release: make(chan struct{})}
+	sw := newSliceWatch(lw, model.DefaultProxyName, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go sw.run(ctx)
+
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for i := range 20 {
+			sl := testSlice(fmt.Sprintf("n%02d", i), fmt.Sprint(10+i), nil)
+			w1.Add(&sl)
+		}
+	}()
+	select {
+	case <-sent:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch stopped being read while the sink was busy")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for sw.count() != 21 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slices recorded while the sink was busy, want 21", sw.count())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if sw.hasSynced() {
+		t.Error("synced before the sink got the listed slice")
+	}
+	close(s.release)
+	want := []string{"set a@1"}
+	for i := range 20 {
+		want = append(want, fmt.Sprintf("set n%02d@%d", i, 10+i))
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for s.String() != strings.Join(want, ", ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the sink got %q", s.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !sw.hasSynced() {
+		t.Error("not synced after everything was delivered")
 	}
 }
