@@ -222,15 +222,8 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 		{datapath.ExternalToNodePort, datapath.ExternalToPodIP, "external"},
 	} {
 		p("### %s: new connections per second\n\n", group.svc)
-		p("| Services | %s, no ruleset |", group.direct)
-		for _, r := range rs {
-			p(" %s |", r)
-		}
-		p(" kubenat vs 10 Services | kubenat vs no ruleset | kubenat vs nft-floor |\n|---|---|")
-		for range rs {
-			p("---|")
-		}
-		p("---|---|---|\n")
+		cols := append([]string{"Services", group.direct + ", no ruleset"}, rs...)
+		writeHeader(w, append(cols, "kubenat vs 10 Services", "kubenat vs no ruleset", "kubenat vs nft-floor")...)
 		for _, n := range sizes(d) {
 			direct := d.Find(datapath.None, group.direct, n)
 			p("| %s | %s |", thousands(n), fmtRate(rateStat(direct)))
@@ -243,15 +236,7 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 		}
 		p("\n")
 		p("Connect latency, p50 / p99 (median of the repeats' percentiles):\n\n")
-		p("| Services | %s, no ruleset |", group.direct)
-		for _, r := range rs {
-			p(" %s |", r)
-		}
-		p("\n|---|---|")
-		for range rs {
-			p("---|")
-		}
-		p("\n")
+		writeHeader(w, append([]string{"Services", group.direct + ", no ruleset"}, rs...)...)
 		for _, n := range sizes(d) {
 			direct := d.Find(datapath.None, group.direct, n)
 			p("| %s | %s / %s |", thousands(n), secs(latStat(direct, false).Median), secs(latStat(direct, true).Median))
@@ -273,15 +258,7 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 	p("pod → pod IP with each ruleset loaded (conntrack is on; kube-proxy's nat PREROUTING still walks\n")
 	p("KUBE-SERVICES for every new connection, Service or not):\n\n")
 	others := slices.DeleteFunc(slices.Clone(rs), func(r string) bool { return r == datapath.KubenatTen })
-	p("| Services | no ruleset |")
-	for _, r := range others {
-		p(" %s |", r)
-	}
-	p("\n|---|---|")
-	for range others {
-		p("---|")
-	}
-	p("\n")
+	writeHeader(w, append([]string{"Services", "no ruleset"}, others...)...)
 	for _, n := range sizes(d) {
 		p("| %s | %s |", thousands(n), fmtRate(rateStat(d.Find(datapath.None, datapath.PodToPodIP, n))))
 		for _, r := range others {
@@ -377,6 +354,11 @@ func writeMicro(w io.Writer, ms []Micro) {
 }
 
 // fmtRate formats a rate statistic as "41,200 (38,100–43,000)".
+// writeHeader writes a table's header row and its separator row.
+func writeHeader(w io.Writer, cols ...string) {
+	fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(cols, " | "), strings.Repeat("---|", len(cols)))
+}
+
 func fmtRate(s Stat) string {
 	if s.N == 0 {
 		return "–"
