@@ -162,7 +162,8 @@ func (b *Builder) SetEndpointSlice(s *discovery.EndpointSlice, origin string) {
 	ref := sliceRef{s.Namespace, s.Name}
 	b.DeleteEndpointSlice(ref.Namespace, ref.Name)
 	owner := ServiceKey{Namespace: s.Namespace, Name: s.Labels[LabelServiceName]}
-	e := &sliceEntry{data: parseSlice(s, b.intern), origin: origin, owner: owner, errs: validateSlice(s, origin)}
+	data, errs := parseSlice(s, origin, b.intern)
+	e := &sliceEntry{data: data, origin: origin, owner: owner, errs: errs}
 	b.slices[ref] = e
 	if len(e.errs) > 0 {
 		b.errSlices[ref] = true

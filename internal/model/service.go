@@ -294,7 +294,7 @@ func SelectEndpoints(all []Endpoint) (cluster, local []Endpoint) {
 // sliceData is what the model keeps of an EndpointSlice: its endpoints and
 // ports parsed once, when the slice arrives, so that the typed object (about
 // three times larger) need not be kept. Ports and endpoints that cannot be
-// used (reported by validateSlice) are left out.
+// used (parseSlice reports them) are left out.
 type sliceData struct {
 	name      string
 	family    Family // 0: a type kubenat does not proxy (FQDN) or an unknown one
@@ -314,23 +314,39 @@ type sliceEndpoint struct {
 	ready, serving, terminating bool
 }
 
-// parseSlice returns what collectEndpoints needs of s. intern returns one
-// shared copy of a string (node and port names repeat across slices).
-func parseSlice(s *discovery.EndpointSlice, intern func(string) string) sliceData {
+// parseSlice returns what collectEndpoints needs of s, and its problems:
+// bad endpoints and ports are reported and skipped, the rest of the slice
+// is used. origin names where s came from, for the errors; intern returns
+// one shared copy of a string (node and port names repeat across slices).
+func parseSlice(s *discovery.EndpointSlice, origin string, intern func(string) string) (sliceData, []error) {
 	d := sliceData{name: s.Name}
+	e := &objErrs{kind: "EndpointSlice", ns: s.Namespace, name: s.Name, origin: origin}
+	if s.Labels[LabelServiceName] == "" {
+		e.add("metadata.labels", "label %s is missing: the slice belongs to no Service", LabelServiceName)
+	}
 	switch s.AddressType {
 	case discovery.AddressTypeIPv4:
 		d.family = IPv4
 	case discovery.AddressTypeIPv6:
 		d.family = IPv6
+	case discovery.AddressTypeFQDN:
+		return d, e.errs // not proxied, not an error
 	default:
-		return d
+		e.add("addressType", "unknown address type %q", s.AddressType)
+		return d, e.errs
 	}
-	for _, sp := range s.Ports {
-		// An unknown protocol is reported by validateSlice and read as
-		// parseProtocol's fallback, as before slices were parsed once.
-		p, _ := parseProtocolPtr(sp.Protocol)
-		if sp.Port == nil || *sp.Port < 1 || *sp.Port > 65535 {
+	for i, sp := range s.Ports {
+		// An unknown protocol is reported and read as parseProtocol's
+		// fallback.
+		p, err := parseProtocolPtr(sp.Protocol)
+		if err != nil {
+			e.add(fmt.Sprintf("ports[%d].protocol", i), "%v", err)
+		}
+		if sp.Port == nil {
+			continue
+		}
+		if *sp.Port < 1 || *sp.Port > 65535 {
+			e.add(fmt.Sprintf("ports[%d].port", i), "%d is out of range 1-65535", *sp.Port)
 			continue
 		}
 		name := ""
@@ -340,12 +356,18 @@ func parseSlice(s *discovery.EndpointSlice, intern func(string) string) sliceDat
 		d.ports = append(d.ports, slicePort{name: name, proto: p, port: uint16(*sp.Port)})
 	}
 	d.endpoints = make([]sliceEndpoint, 0, len(s.Endpoints))
-	for _, ep := range s.Endpoints {
+	for i, ep := range s.Endpoints {
 		if len(ep.Addresses) == 0 {
+			e.add(fmt.Sprintf("endpoints[%d].addresses", i), "must list an address")
 			continue
 		}
 		a, err := netip.ParseAddr(ep.Addresses[0])
-		if err != nil || FamilyOf(a) != d.family {
+		switch {
+		case err != nil:
+			e.add(fmt.Sprintf("endpoints[%d].addresses[0]", i), "%q is not a valid IP address", ep.Addresses[0])
+			continue
+		case FamilyOf(a) != d.family:
+			e.add(fmt.Sprintf("endpoints[%d].addresses[0]", i), "%s is not an %s address", a, d.family)
 			continue
 		}
 		c := ep.Conditions
@@ -361,7 +383,7 @@ func parseSlice(s *discovery.EndpointSlice, intern func(string) string) sliceDat
 		d.endpoints = append(d.endpoints, sliceEndpoint{addr: a.Unmap(), node: node,
 			ready: ready, serving: serving, terminating: c.Terminating != nil && *c.Terminating})
 	}
-	return d
+	return d, e.errs
 }
 
 // collectEndpoints gathers the endpoints of one Service port and family
@@ -397,49 +419,6 @@ func collectEndpoints(endpointSlices []*sliceEntry, portName string, proto Proto
 	}
 	slices.SortFunc(out, compareEndpoints)
 	return out
-}
-
-// validateSlice reports the problems of one EndpointSlice. Bad endpoints
-// and ports are skipped; the rest of the slice is used.
-func validateSlice(s *discovery.EndpointSlice, origin string) []error {
-	e := &objErrs{kind: "EndpointSlice", ns: s.Namespace, name: s.Name, origin: origin}
-	if s.Labels[LabelServiceName] == "" {
-		e.add("metadata.labels", "label %s is missing: the slice belongs to no Service", LabelServiceName)
-	}
-	var fam Family
-	switch s.AddressType {
-	case discovery.AddressTypeIPv4:
-		fam = IPv4
-	case discovery.AddressTypeIPv6:
-		fam = IPv6
-	case discovery.AddressTypeFQDN:
-		return e.errs // not proxied, not an error
-	default:
-		e.add("addressType", "unknown address type %q", s.AddressType)
-		return e.errs
-	}
-	for i, p := range s.Ports {
-		if p.Port != nil && (*p.Port < 1 || *p.Port > 65535) {
-			e.add(fmt.Sprintf("ports[%d].port", i), "%d is out of range 1-65535", *p.Port)
-		}
-		if _, err := parseProtocolPtr(p.Protocol); err != nil {
-			e.add(fmt.Sprintf("ports[%d].protocol", i), "%v", err)
-		}
-	}
-	for i, ep := range s.Endpoints {
-		if len(ep.Addresses) == 0 {
-			e.add(fmt.Sprintf("endpoints[%d].addresses", i), "must list an address")
-			continue
-		}
-		a, err := netip.ParseAddr(ep.Addresses[0])
-		switch {
-		case err != nil:
-			e.add(fmt.Sprintf("endpoints[%d].addresses[0]", i), "%q is not a valid IP address", ep.Addresses[0])
-		case FamilyOf(a) != fam:
-			e.add(fmt.Sprintf("endpoints[%d].addresses[0]", i), "%s is not an %s address", a, fam)
-		}
-	}
-	return e.errs
 }
 
 func parsePolicy(p v1.ServiceExternalTrafficPolicy) (local bool, err error) {
