@@ -212,34 +212,25 @@ func key(obj any) (namespace, name string, ok bool) {
 	return a.GetNamespace(), a.GetName(), true
 }
 
+// serviceHandler passes Services to the sink, leaving out those labelled
+// for another service proxy; a Service that gets such a label is deleted,
+// since it may have been ours before the update.
 func serviceHandler(sink agent.Sink, proxyName string) cache.ResourceEventHandler {
-	return proxiedHandler("Service", proxyName,
-		func(svc *v1.Service) { sink.SetService(svc, "") }, sink.DeleteService)
-}
-
-// proxiedHandler passes objects of type T (Services) to
-// set and deletions to del, leaving out objects labelled for another
-// service proxy; an object that gets such a label is deleted, since it may
-// have been ours before the update.
-func proxiedHandler[T interface {
-	*v1.Service
-	metav1.Object
-}](kind, proxyName string, set func(T), del func(namespace, name string)) cache.ResourceEventHandler {
 	update := func(obj any) {
-		o, ok := obj.(T)
+		svc, ok := obj.(*v1.Service)
 		if !ok {
 			return
 		}
-		if otherProxy(o.GetLabels(), proxyName) {
-			del(o.GetNamespace(), o.GetName())
+		if otherProxy(svc.Labels, proxyName) {
+			sink.DeleteService(svc.Namespace, svc.Name)
 			return
 		}
-		klog.V(4).InfoS(kind+" changed", "object", klog.KObj(o), "resourceVersion", o.GetResourceVersion())
-		set(o)
+		klog.V(4).InfoS("Service changed", "object", klog.KObj(svc), "resourceVersion", svc.ResourceVersion)
+		sink.SetService(svc, "")
 	}
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
-			if o, ok := obj.(T); ok && otherProxy(o.GetLabels(), proxyName) {
+			if svc, ok := obj.(*v1.Service); ok && otherProxy(svc.Labels, proxyName) {
 				return
 			}
 			update(obj)
@@ -247,8 +238,8 @@ func proxiedHandler[T interface {
 		UpdateFunc: func(_, obj any) { update(obj) },
 		DeleteFunc: func(obj any) {
 			if ns, name, ok := key(obj); ok {
-				klog.V(4).InfoS(kind+" deleted", "object", klog.KRef(ns, name))
-				del(ns, name)
+				klog.V(4).InfoS("Service deleted", "object", klog.KRef(ns, name))
+				sink.DeleteService(ns, name)
 			}
 		},
 	}

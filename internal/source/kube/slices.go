@@ -27,7 +27,7 @@ import (
 // last resourceVersion, and a re-list delivers every listed slice again
 // and, for the keys it no longer has, deletions. Slices labelled for
 // another service proxy are not delivered (a slice that gets such a label
-// is deleted), as for the other objects (proxiedHandler).
+// is deleted), as for Services (serviceHandler).
 //
 // Deliveries go through a buffer, in order, drained by a goroutine of
 // their own (as an informer's listener does): the sink may block for a
