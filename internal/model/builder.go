@@ -31,8 +31,10 @@ func (d Delta) Empty() bool { return !d.Full && len(d.Changed) == 0 }
 
 type sliceRef struct{ Namespace, Name string }
 
+// serviceEntry is what the Builder keeps of a Service: not the object, only
+// its parsed spec.
 type serviceEntry struct {
-	svc    *v1.Service
+	data   *serviceData
 	origin string
 }
 
@@ -75,8 +77,8 @@ type Builder struct {
 	// slicesBySvc holds each Service's EndpointSlices sorted by name (a
 	// Service has one or a few: a slice costs far less than a map).
 	slicesBySvc map[ServiceKey][]*sliceEntry
-	// names holds one copy of each node and port name the slices use. It
-	// is never pruned: such names are few and long-lived.
+	// names holds one copy of each namespace, node and port name the
+	// objects use. It is never pruned: such names are few and long-lived.
 	names map[string]string
 
 	built  map[ServiceKey]*built
@@ -141,11 +143,12 @@ func (b *Builder) DeleteNode(name string) {
 	b.full = true
 }
 
-// SetService adds or replaces a Service.
+// SetService adds or replaces a Service. The Builder keeps what it needs of
+// svc, parsed; not svc itself.
 func (b *Builder) SetService(svc *v1.Service, origin string) {
-	k := ServiceKey{svc.Namespace, svc.Name}
-	b.services[k] = &serviceEntry{svc: svc, origin: origin}
-	b.dirty[k] = struct{}{}
+	d := parseService(svc, origin, b.intern)
+	b.services[d.key] = &serviceEntry{data: d, origin: origin}
+	b.dirty[d.key] = struct{}{}
 }
 
 // DeleteService removes a Service.
@@ -263,17 +266,18 @@ func (b *Builder) rebuild(k ServiceKey, resolve map[ServiceKey]struct{}) {
 		delete(b.built, k)
 		return
 	}
-	nb := &built{created: entry.svc.CreationTimestamp.Time}
-	if IgnoreReason(entry.svc, b.cfg.ProxyName) == "" {
-		ports, errs, good := buildService(entry.svc, b.slicesBySvc[k], &b.view, entry.origin)
-		nb.errs = errs
+	d := entry.data
+	nb := &built{created: d.created}
+	if d.id.ignoreReason(b.cfg.ProxyName) == "" {
 		switch {
-		case good:
-			nb.ports = ports
+		case len(d.errs) == 0:
+			nb.ports = buildService(d, b.slicesBySvc[k], &b.view)
 		case old != nil && len(old.ports) > 0:
 			nb.ports = old.ports
-			nb.errs = append(nb.errs, &ObjectError{Kind: "Service", Namespace: k.Namespace, Name: k.Name,
+			nb.errs = append(slices.Clip(d.errs), &ObjectError{Kind: "Service", Namespace: k.Namespace, Name: k.Name,
 				Origin: entry.origin, Msg: "keeping the last valid version programmed"})
+		default:
+			nb.errs = d.errs
 		}
 	}
 	b.built[k] = nb

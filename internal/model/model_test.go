@@ -336,6 +336,45 @@ func TestBuilderKeepsLastGoodVersion(t *testing.T) {
 	}
 }
 
+// TestBuilderKeepsNoObject: the Builder parses what it needs of each object
+// when it arrives (the source does not keep them): objects scribbled over
+// afterwards change nothing, also when every Service is rebuilt (a new
+// configuration, which may name another proxy).
+func TestBuilderKeepsNoObject(t *testing.T) {
+	labelled := svc("labelled", func(s *v1.Service) {
+		s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.20", []string{"10.96.0.20"}
+		s.Labels = map[string]string{LabelServiceProxyName: "other"}
+	})
+	objs := []any{svc("web"), slice("web", "web-1", discovery.AddressTypeIPv4, 8080, ep{ip: "10.0.1.5", node: "node-a"}), labelled}
+	b := NewBuilder(testCfg)
+	b.SetService(objs[0].(*v1.Service), "")
+	b.SetEndpointSlice(objs[1].(*discovery.EndpointSlice), "")
+	b.SetService(labelled, "")
+	st, _ := b.Build()
+	want := st.Services[ServiceKey{"default", "web"}]
+	if len(want) != 1 || len(want[0].Endpoints) != 1 || len(st.Services) != 1 {
+		t.Fatalf("first build: %v", st.Services)
+	}
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *v1.Service:
+			*o = v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "y"}}
+		case *discovery.EndpointSlice:
+			*o = discovery.EndpointSlice{}
+		}
+	}
+	cfg := testCfg
+	cfg.ProxyName = "other"
+	b.SetConfig(cfg)
+	st, _ = b.Build()
+	if len(st.Services) != 2 {
+		t.Fatalf("with proxy name %q: Services %v, want web and labelled", cfg.ProxyName, st.Services)
+	}
+	if got := st.Services[ServiceKey{"default", "web"}]; !reflect.DeepEqual(got, want) {
+		t.Errorf("after the objects changed under the Builder: %v, want %v", got, want)
+	}
+}
+
 func TestBuilderIsIncremental(t *testing.T) {
 	b := NewBuilder(testCfg)
 	b.SetService(svc("a"), "")

@@ -34,19 +34,43 @@ const maxAffinitySeconds = 86400
 // when it does: ExternalName Services, headless Services, and Services that
 // name another proxy in the service-proxy-name label.
 func IgnoreReason(svc *v1.Service, proxyName string) string {
+	return identityOf(svc).ignoreReason(proxyName)
+}
+
+// serviceIdentity is what decides whether kubenat serves a Service at all
+// (see IgnoreReason). The proxy name is compared when the State is built,
+// since the configuration may change it.
+type serviceIdentity struct {
+	externalName  bool
+	proxyLabel    string // the service-proxy-name label's value
+	hasProxyLabel bool
+	headlessLabel bool
+	clusterIPNone bool
+}
+
+func identityOf(svc *v1.Service) serviceIdentity {
+	name, hasName := svc.Labels[LabelServiceProxyName]
+	_, headless := svc.Labels[LabelHeadless]
+	return serviceIdentity{
+		externalName: svc.Spec.Type == v1.ServiceTypeExternalName,
+		proxyLabel:   name, hasProxyLabel: hasName,
+		headlessLabel: headless,
+		clusterIPNone: svc.Spec.ClusterIP == v1.ClusterIPNone,
+	}
+}
+
+func (id serviceIdentity) ignoreReason(proxyName string) string {
 	if proxyName == "" {
 		proxyName = DefaultProxyName
 	}
-	if svc.Spec.Type == v1.ServiceTypeExternalName {
+	switch {
+	case id.externalName:
 		return "type ExternalName is resolved by DNS, not proxied"
-	}
-	if name, ok := svc.Labels[LabelServiceProxyName]; ok && name != proxyName {
-		return fmt.Sprintf("label %s=%q names another proxy", LabelServiceProxyName, name)
-	}
-	if _, ok := svc.Labels[LabelHeadless]; ok {
+	case id.hasProxyLabel && id.proxyLabel != proxyName:
+		return fmt.Sprintf("label %s=%q names another proxy", LabelServiceProxyName, id.proxyLabel)
+	case id.headlessLabel:
 		return fmt.Sprintf("label %s marks it headless", LabelHeadless)
-	}
-	if svc.Spec.ClusterIP == v1.ClusterIPNone {
+	case id.clusterIPNone:
 		return "headless (clusterIP: None)"
 	}
 	return ""
@@ -59,11 +83,48 @@ type nodeView struct {
 	nodePortAddrs []netip.Addr // where NodePorts are served
 }
 
-// buildService computes the ports of one Service. It returns the ports and
-// the problems found; ok is false when the Service cannot be programmed at
-// all (the caller then keeps its last good version).
-func buildService(svc *v1.Service, endpointSlices []*sliceEntry, node *nodeView, origin string) (ports []ServicePort, errs []error, ok bool) {
-	e := &objErrs{kind: "Service", ns: svc.Namespace, name: svc.Name, origin: origin}
+// serviceData is what the model keeps of a Service: its spec parsed and
+// checked once, when the Service arrives, so that the typed object (several
+// times larger) need not be kept. Building its ports then only adds what
+// depends on the node and the endpoints.
+type serviceData struct {
+	key     ServiceKey
+	created time.Time
+	id      serviceIdentity
+	// errs are the Service's problems; with any, it cannot be programmed
+	// and nothing below is set.
+	errs []error
+
+	clusterIPs  []netip.Addr // at most one per family, in Families order
+	etpLocal    bool         // externalTrafficPolicy: Local, on an externally reachable Service
+	itpLocal    bool
+	affinity    time.Duration
+	ranges      []netip.Prefix // nil: no loadBalancerSourceRanges
+	externalIPs []netip.Addr
+	lbIPs       []netip.Addr
+	ports       []servicePortSpec
+	healthCheck uint16
+}
+
+// servicePortSpec is one entry of spec.ports.
+type servicePortSpec struct {
+	name     string
+	proto    Protocol
+	port     uint16
+	nodePort uint16
+}
+
+// parseService checks svc and returns what building its ports needs. origin
+// names where svc came from, for the errors; intern returns one shared copy
+// of a string (namespaces and port names repeat across Services).
+func parseService(svc *v1.Service, origin string, intern func(string) string) *serviceData {
+	d := &serviceData{
+		key:     ServiceKey{Namespace: intern(svc.Namespace), Name: strings.Clone(svc.Name)},
+		created: svc.CreationTimestamp.Time,
+		id:      identityOf(svc),
+	}
+	d.id.proxyLabel = strings.Clone(d.id.proxyLabel)
+	e := &objErrs{kind: "Service", ns: d.key.Namespace, name: d.key.Name, origin: origin}
 	spec := &svc.Spec
 
 	if msgs := validation.IsDNS1123Label(svc.Namespace); len(msgs) > 0 {
@@ -81,7 +142,7 @@ func buildService(svc *v1.Service, endpointSlices []*sliceEntry, node *nodeView,
 	if len(ips) == 0 {
 		e.add("spec.clusterIP", "must be set (kubenat programs a Service through its cluster IP)")
 	}
-	clusterIPs := map[Family]netip.Addr{}
+	var clusterIPs [len(Families)]netip.Addr
 	for i, s := range ips {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
@@ -90,11 +151,12 @@ func buildService(svc *v1.Service, endpointSlices []*sliceEntry, node *nodeView,
 		}
 		a = a.Unmap()
 		f := FamilyOf(a)
-		if _, dup := clusterIPs[f]; dup {
+		slot := &clusterIPs[slices.Index(Families[:], f)]
+		if slot.IsValid() {
 			e.add(fmt.Sprintf("spec.clusterIPs[%d]", i), "a second %s cluster IP %s", f, a)
 			continue
 		}
-		clusterIPs[f] = a
+		*slot = a
 	}
 	if spec.ClusterIP != "" && len(spec.ClusterIPs) > 0 && spec.ClusterIP != spec.ClusterIPs[0] {
 		e.add("spec.clusterIP", "%q differs from spec.clusterIPs[0] %q", spec.ClusterIP, spec.ClusterIPs[0])
@@ -153,6 +215,7 @@ func buildService(svc *v1.Service, endpointSlices []*sliceEntry, node *nodeView,
 	if len(spec.Ports) == 0 {
 		e.add("spec.ports", "must list at least one port")
 	}
+	ports := make([]servicePortSpec, 0, len(spec.Ports))
 	for i, p := range spec.Ports {
 		field := fmt.Sprintf("spec.ports[%d]", i)
 		proto, perr := parseProtocol(p.Protocol)
@@ -188,63 +251,89 @@ func buildService(svc *v1.Service, endpointSlices []*sliceEntry, node *nodeView,
 			}
 			seenNodePorts[nk] = i
 		}
+		ps := servicePortSpec{name: intern(p.Name), proto: proto, port: uint16(p.Port)}
+		if p.NodePort > 0 && spec.Type != v1.ServiceTypeClusterIP && spec.Type != "" {
+			ps.nodePort = uint16(p.NodePort)
+		}
+		ports = append(ports, ps)
 	}
 	if spec.HealthCheckNodePort < 0 || spec.HealthCheckNodePort > 65535 {
 		e.add("spec.healthCheckNodePort", "%d is out of range 1-65535", spec.HealthCheckNodePort)
 	}
 	if len(e.errs) > 0 {
-		return nil, e.errs, false
+		d.errs = e.errs
+		return d
 	}
 
-	etpLocal = etpLocal && externallyReachable
-	for _, f := range Families {
-		cip, ok := clusterIPs[f]
-		if !ok {
-			continue
+	for _, a := range clusterIPs {
+		if a.IsValid() {
+			d.clusterIPs = append(d.clusterIPs, a)
 		}
+	}
+	d.etpLocal = etpLocal && externallyReachable
+	d.itpLocal = itpLocal
+	d.affinity = affinity
+	d.ranges = ranges
+	d.externalIPs, d.lbIPs = externalIPs, lbIPs
+	d.ports = ports
+	if spec.Type == v1.ServiceTypeLoadBalancer && d.etpLocal && spec.HealthCheckNodePort > 0 {
+		d.healthCheck = uint16(spec.HealthCheckNodePort)
+	}
+	return d
+}
+
+// buildService computes the ports of one valid Service (d.errs is empty)
+// from its parsed spec, its EndpointSlices and the node.
+func buildService(d *serviceData, endpointSlices []*sliceEntry, node *nodeView) []ServicePort {
+	ports := make([]ServicePort, 0, len(d.clusterIPs)*len(d.ports))
+	for _, cip := range d.clusterIPs {
+		f := FamilyOf(cip)
 		nodePortAddrs := filterAddrs(node.nodePortAddrs, f)
-		for _, p := range spec.Ports {
-			proto, _ := parseProtocol(p.Protocol)
+		externalIPs := filterAddrs(d.externalIPs, f)
+		lbIPs := filterAddrs(d.lbIPs, f)
+		for _, p := range d.ports {
 			sp := ServicePort{
 				Name: ServicePortName{
-					ServiceKey: ServiceKey{Namespace: svc.Namespace, Name: svc.Name},
-					Port:       p.Name, Protocol: proto, Family: f,
+					ServiceKey: d.key,
+					Port:       p.name, Protocol: p.proto, Family: f,
 				},
 				ClusterIP:           cip,
-				Port:                uint16(p.Port),
-				ExternalPolicyLocal: etpLocal,
-				InternalPolicyLocal: itpLocal,
-				AffinityTimeout:     affinity,
+				Port:                p.port,
+				NodePort:            p.nodePort,
+				ExternalPolicyLocal: d.etpLocal,
+				InternalPolicyLocal: d.itpLocal,
+				AffinityTimeout:     d.affinity,
+				HealthCheckNodePort: d.healthCheck,
 			}
+			n := 1 + len(externalIPs) + len(lbIPs)
+			if p.nodePort > 0 {
+				n += len(nodePortAddrs)
+			}
+			sp.Frontends = make([]Frontend, 0, n)
 			sp.Frontends = append(sp.Frontends, Frontend{Kind: ClusterIP, Addr: cip, Port: sp.Port})
-			if p.NodePort > 0 && spec.Type != v1.ServiceTypeClusterIP && spec.Type != "" {
-				sp.NodePort = uint16(p.NodePort)
+			if p.nodePort > 0 {
 				for _, a := range nodePortAddrs {
 					sp.Frontends = append(sp.Frontends, Frontend{Kind: NodePort, Addr: a, Port: sp.NodePort})
 				}
 			}
-			for _, a := range filterAddrs(externalIPs, f) {
+			for _, a := range externalIPs {
 				sp.Frontends = append(sp.Frontends, Frontend{Kind: ExternalIP, Addr: a, Port: sp.Port})
 			}
-			fLB := filterAddrs(lbIPs, f)
-			for _, a := range fLB {
+			for _, a := range lbIPs {
 				sp.Frontends = append(sp.Frontends, Frontend{Kind: LoadBalancerIP, Addr: a, Port: sp.Port})
 			}
 			sp.Frontends = dedupFrontends(sp.Frontends)
-			if ranges != nil && len(fLB) > 0 {
-				sp.SourceRanges = effectiveSourceRanges(ranges, f, fLB, node.addrs)
+			if d.ranges != nil && len(lbIPs) > 0 {
+				sp.SourceRanges = effectiveSourceRanges(d.ranges, f, lbIPs, node.addrs)
 				sp.FirewallLB = true
 			}
-			if spec.Type == v1.ServiceTypeLoadBalancer && etpLocal && spec.HealthCheckNodePort > 0 {
-				sp.HealthCheckNodePort = uint16(spec.HealthCheckNodePort)
-			}
-			sp.Endpoints = collectEndpoints(endpointSlices, p.Name, proto, f, node.name)
+			sp.Endpoints = collectEndpoints(endpointSlices, p.name, p.proto, f, node.name)
 			sp.ClusterEndpoints, sp.LocalEndpoints = SelectEndpoints(sp.Endpoints)
 			ports = append(ports, sp)
 		}
 	}
 	slices.SortFunc(ports, compareServicePorts)
-	return ports, errs, true
+	return ports
 }
 
 // SelectEndpoints splits a port's endpoints into the cluster group (ready
@@ -392,8 +481,8 @@ func parseSlice(s *discovery.EndpointSlice, origin string, intern func(string) s
 // ports by name and protocol, so named target ports may resolve to a
 // different number on each endpoint.
 func collectEndpoints(endpointSlices []*sliceEntry, portName string, proto Protocol, f Family, nodeName string) []Endpoint {
-	seen := map[netip.AddrPort]bool{}
 	var out []Endpoint
+	seen := map[netip.AddrPort]bool{}
 	for _, e := range endpointSlices {
 		s := &e.data
 		if s.family != f {
