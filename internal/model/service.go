@@ -481,8 +481,23 @@ func parseSlice(s *discovery.EndpointSlice, origin string, intern func(string) s
 // ports by name and protocol, so named target ports may resolve to a
 // different number on each endpoint.
 func collectEndpoints(endpointSlices []*sliceEntry, portName string, proto Protocol, f Family, nodeName string) []Endpoint {
-	var out []Endpoint
-	seen := map[netip.AddrPort]bool{}
+	n := 0
+	for _, e := range endpointSlices {
+		if e.data.family == f {
+			for _, sp := range e.data.ports {
+				if sp.name == portName && sp.proto == proto {
+					n += len(e.data.endpoints)
+				}
+			}
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	// Sized for every candidate (duplicates are rare): appending would
+	// leave up to half of the array unused, and the State keeps it.
+	out := make([]Endpoint, 0, n)
+	seen := make(map[netip.AddrPort]bool, n)
 	for _, e := range endpointSlices {
 		s := &e.data
 		if s.family != f {
