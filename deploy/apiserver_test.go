@@ -92,7 +92,7 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 
 	ectx, ecancel := context.WithCancel(ctx)
 	defer ecancel()
-	rec := events.New(ectx, as, "node-a", src.Service)
+	rec := events.New(ectx, as, "node-a", src.ServiceUID)
 	defer rec.Shutdown()
 	rec.Eventf(model.ServiceKey{Namespace: "default", Name: "web"}, v1.EventTypeWarning, "NotProgrammed", "test event")
 	deadline := time.Now().Add(10 * time.Second)

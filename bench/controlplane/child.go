@@ -100,8 +100,8 @@ func (r syncReporter) ObserveSync(full bool, _ time.Duration) { r.syncs <- full 
 
 // memSource delivers generated objects, as the kube source's initial lists
 // would, then nothing: the child makes changes through the Sink itself. Like
-// the kube source, it keeps the Services (its Service informer caches them)
-// and lets each EndpointSlice go once delivered (it caches none).
+// the kube source, it lets each Service and EndpointSlice go once delivered
+// (it caches none).
 type memSource struct {
 	node *v1.Node
 	objs *workload.Cluster
@@ -109,8 +109,9 @@ type memSource struct {
 
 func (m *memSource) Load(_ context.Context, sink agent.Sink) error {
 	sink.SetNode(m.node, "bench")
-	for _, s := range m.objs.Services {
+	for i, s := range m.objs.Services {
 		sink.SetService(s, "bench")
+		m.objs.Services[i] = nil // the kube source does not keep them either
 	}
 	for i, s := range m.objs.EndpointSlices {
 		sink.SetEndpointSlice(s, "bench")

@@ -91,7 +91,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		return err
 	}
 	if ks, ok := src.(*kube.Source); ok && !once {
-		rec := events.New(ctx, client, mc.NodeName, ks.Service)
+		rec := events.New(ctx, client, mc.NodeName, ks.ServiceUID)
 		defer rec.Shutdown()
 		opts.Events = rec
 	}

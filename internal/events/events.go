@@ -13,6 +13,7 @@ import (
 	"fmt"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -40,9 +41,9 @@ type nop struct{}
 
 func (nop) Eventf(model.ServiceKey, string, string, string, ...any) {}
 
-// ServiceLookup returns the Service namespace/name as last seen (e.g. from
-// an informer's cache), or nil when it is unknown.
-type ServiceLookup func(namespace, name string) *v1.Service
+// ServiceLookup returns the UID of the Service namespace/name as last seen
+// (e.g. by the source's watch), or "" when it is unknown.
+type ServiceLookup func(namespace, name string) types.UID
 
 // KubeRecorder records events through the Kubernetes API as component
 // "kubenat" on this node. Repeated identical events are aggregated by
@@ -54,9 +55,9 @@ type KubeRecorder struct {
 }
 
 // New returns a KubeRecorder sending events with client until ctx ends or
-// Shutdown. lookup finds the Service object, so that the event refers to
-// its UID (kubectl describe matches on it); nil, or a Service it does not
-// know, gives a reference by namespace and name only.
+// Shutdown. lookup finds the Service's UID, so that the event refers to it
+// (kubectl describe matches on it); nil, or a Service it does not know,
+// gives a reference by namespace and name only.
 func New(ctx context.Context, client kubernetes.Interface, nodeName string, lookup ServiceLookup) *KubeRecorder {
 	b := record.NewBroadcaster(record.WithContext(ctx))
 	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
@@ -71,15 +72,14 @@ func New(ctx context.Context, client kubernetes.Interface, nodeName string, look
 // Eventf implements Recorder. It returns at once; the event is sent in the
 // background.
 func (r *KubeRecorder) Eventf(svc model.ServiceKey, eventType, reason, messageFmt string, args ...any) {
-	if r.lookup != nil {
-		if s := r.lookup(svc.Namespace, svc.Name); s != nil {
-			r.recorder.Eventf(s, eventType, reason, messageFmt, args...)
-			return
-		}
-	}
 	ref := &v1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: svc.Namespace, Name: svc.Name}
+	if r.lookup != nil {
+		ref.UID = r.lookup(svc.Namespace, svc.Name)
+	}
+	if ref.UID == "" {
+		klog.V(5).InfoS("Event on a Service of unknown UID", "service", svc.String(), "reason", reason, "message", fmt.Sprintf(messageFmt, args...))
+	}
 	r.recorder.Eventf(ref, eventType, reason, messageFmt, args...)
-	klog.V(5).InfoS("Event on a Service not in the cache", "service", svc.String(), "reason", reason, "message", fmt.Sprintf(messageFmt, args...))
 }
 
 // Shutdown stops sending events. Events not sent yet are dropped.

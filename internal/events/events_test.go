@@ -7,6 +7,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubenat/kubenat/internal/apiservertest"
@@ -32,11 +33,11 @@ func TestEventsReachTheAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lookup := func(ns, name string) *v1.Service {
+	lookup := func(ns, name string) types.UID {
 		if ns == svc.Namespace && name == svc.Name {
-			return svc
+			return svc.UID
 		}
-		return nil
+		return ""
 	}
 	rec := events.New(ctx, cs, "node-a", lookup)
 	t.Cleanup(rec.Shutdown)

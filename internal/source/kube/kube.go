@@ -12,10 +12,11 @@
 //     cannot say "absent or equal to X", so these objects still reach
 //     kubenat; one that moves between proxies is deleted from, or added
 //     to, the sink.
-//   - Services and the Node go through shared informers, whose caches hold
-//     them trimmed to what kubenat reads (trim). EndpointSlices, the bulk
-//     of a large cluster, are not cached at all (sliceWatch): the sink keeps
-//     what it needs of each.
+//   - Services and EndpointSlices, the bulk of a large cluster, are not
+//     cached (objectWatch): the sink keeps what it needs of each, and the
+//     source only their keys and UIDs (events name a Service by its UID).
+//     Objects are trimmed to what kubenat reads (trim) while they wait to
+//     be delivered.
 //   - The Node named Options.NodeName, by field selector. Its updates reach
 //     the sink only when a field the datapath depends on changes (see
 //     nodeChanged): the kubelet's status heartbeats would otherwise rebuild
@@ -44,6 +45,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -61,8 +63,8 @@ type Options struct {
 	// ProxyName is the service.kubernetes.io/service-proxy-name value that
 	// names kubenat; empty means model.DefaultProxyName.
 	ProxyName string
-	// Resync is the Service and Node informers' resync period: how often
-	// every cached object is delivered again although unchanged (the
+	// Resync is the Node informer's resync period: how often the cached
+	// Node is delivered again although unchanged (Services and
 	// EndpointSlices, which are not cached, are not). 0 (the default)
 	// disables it; the datapath does not need it.
 	Resync time.Duration
@@ -70,18 +72,15 @@ type Options struct {
 
 // Source watches the Kubernetes API. It runs once: call Load or Run, once.
 type Source struct {
-	opts          Options
-	factory       informers.SharedInformerFactory
-	nodeFactory   informers.SharedInformerFactory
-	client        kubernetes.Interface
-	selector      string // of Services and EndpointSlices
-	services      cache.SharedIndexInformer
-	node          cache.SharedIndexInformer
-	serviceLister corelisters.ServiceLister
-	nodeLister    corelisters.NodeLister
+	opts        Options
+	nodeFactory informers.SharedInformerFactory
+	node        cache.SharedIndexInformer
+	nodeLister  corelisters.NodeLister
+	services    *objectWatch
+	slices      *objectWatch
 }
 
-// New returns a Source reading with client. The informers are created
+// New returns a Source reading with client. The list-watches are created
 // here and started by Load or Run.
 func New(client kubernetes.Interface, opts Options) (*Source, error) {
 	if opts.NodeName == "" {
@@ -95,30 +94,24 @@ func New(client kubernetes.Interface, opts Options) (*Source, error) {
 		return nil, fmt.Errorf("kubernetes source: building the label selector: %w", err)
 	}
 	selector := labels.NewSelector().Add(*notHeadless).String()
-	s := &Source{opts: opts, client: client, selector: selector}
-	s.factory = informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }),
-		informers.WithTransform(trim))
+	s := &Source{opts: opts,
+		services: newObjectWatch(serviceKind, serviceKind.lw(client, selector), opts.ProxyName),
+		slices:   newObjectWatch(sliceKind, sliceKind.lw(client, selector), opts.ProxyName),
+	}
 	s.nodeFactory = informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector(metav1.ObjectNameField, opts.NodeName).String()
 		}),
 		informers.WithTransform(trim))
-	svcInf := s.factory.Core().V1().Services()
-	s.services, s.serviceLister = svcInf.Informer(), svcInf.Lister()
 	nodeInf := s.nodeFactory.Core().V1().Nodes()
 	s.node, s.nodeLister = nodeInf.Informer(), nodeInf.Lister()
 	return s, nil
 }
 
-// Service returns the cached Service namespace/name, or nil. It is an
-// events.ServiceLookup, valid once Load or Run has started.
-func (s *Source) Service(namespace, name string) *v1.Service {
-	svc, err := s.serviceLister.Services(namespace).Get(name)
-	if err != nil {
-		return nil
-	}
-	return svc
+// ServiceUID returns the UID of the Service namespace/name as last
+// delivered, or "" when it is unknown. It is an events.ServiceLookup.
+func (s *Source) ServiceUID(namespace, name string) types.UID {
+	return s.services.uid(namespace, name)
 }
 
 // Load delivers the current objects to sink, calls Synced and stops
@@ -138,7 +131,7 @@ func (s *Source) Load(ctx context.Context, sink agent.Sink) error {
 
 // Run delivers the current objects, calls sink.Synced, then delivers every
 // change until ctx ends, and returns nil. API errors are retried by the
-// informers for as long as ctx lasts; until the first sync nothing is
+// list-watches for as long as ctx lasts; until the first sync nothing is
 // delivered as Synced.
 func (s *Source) Run(ctx context.Context, sink agent.Sink) error {
 	if _, err := s.start(ctx, sink); err != nil {
@@ -148,44 +141,28 @@ func (s *Source) Run(ctx context.Context, sink agent.Sink) error {
 	return nil
 }
 
-// start registers the handlers, starts the informers and waits for them
-// to sync; it reports whether they did before ctx ended. The informers
-// stop when ctx ends; start waits for that in the background.
+// start registers the Node handler, starts the list-watches and waits for
+// them to deliver their initial lists; it reports whether they did before
+// ctx ended. They stop when ctx ends.
 func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
-	regs := make([]cache.ResourceEventHandlerRegistration, 0, 2)
-	for _, h := range []struct {
-		inf cache.SharedIndexInformer
-		h   cache.ResourceEventHandler
-	}{
-		{s.services, serviceHandler(sink, s.opts.ProxyName)},
-		{s.node, nodeHandler(sink)},
-	} {
-		reg, err := h.inf.AddEventHandler(h.h)
-		if err != nil {
-			return false, fmt.Errorf("kubernetes source: registering an event handler: %w", err)
-		}
-		regs = append(regs, reg)
+	reg, err := s.node.AddEventHandler(nodeHandler(sink))
+	if err != nil {
+		return false, fmt.Errorf("kubernetes source: registering an event handler: %w", err)
 	}
 	start := time.Now()
 	klog.InfoS("Watching the Kubernetes API", "node", s.opts.NodeName, "proxyName", s.opts.ProxyName)
-	slices := newSliceWatch(sliceListWatch(s.client, s.selector), s.opts.ProxyName, sink)
-	s.factory.Start(ctx.Done())
 	s.nodeFactory.Start(ctx.Done())
-	go slices.run(ctx)
+	go s.services.run(ctx, sink)
+	go s.slices.run(ctx, sink)
 	go func() {
 		<-ctx.Done()
-		s.factory.Shutdown()
 		s.nodeFactory.Shutdown()
 	}()
-	syncs := []cache.InformerSynced{slices.hasSynced}
-	for _, r := range regs {
-		syncs = append(syncs, r.HasSynced)
-	}
-	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
+	if !cache.WaitForCacheSync(ctx.Done(), reg.HasSynced, s.services.hasSynced, s.slices.hasSynced) {
 		return false, nil
 	}
 	klog.InfoS("Kubernetes API caches synced", "duration", time.Since(start),
-		"services", len(s.services.GetStore().ListKeys()), "endpointSlices", slices.count())
+		"services", s.services.count(), "endpointSlices", s.slices.count())
 	if _, err := s.nodeLister.Get(s.opts.NodeName); apierrors.IsNotFound(err) {
 		klog.InfoS("This node's Node object does not exist (yet): NodePorts use the configured node IPs, else the default routes' addresses", "node", s.opts.NodeName)
 	}
@@ -210,39 +187,6 @@ func key(obj any) (namespace, name string, ok bool) {
 		return "", "", false
 	}
 	return a.GetNamespace(), a.GetName(), true
-}
-
-// serviceHandler passes Services to the sink, leaving out those labelled
-// for another service proxy; a Service that gets such a label is deleted,
-// since it may have been ours before the update.
-func serviceHandler(sink agent.Sink, proxyName string) cache.ResourceEventHandler {
-	update := func(obj any) {
-		svc, ok := obj.(*v1.Service)
-		if !ok {
-			return
-		}
-		if otherProxy(svc.Labels, proxyName) {
-			sink.DeleteService(svc.Namespace, svc.Name)
-			return
-		}
-		klog.V(4).InfoS("Service changed", "object", klog.KObj(svc), "resourceVersion", svc.ResourceVersion)
-		sink.SetService(svc, "")
-	}
-	return cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) {
-			if svc, ok := obj.(*v1.Service); ok && otherProxy(svc.Labels, proxyName) {
-				return
-			}
-			update(obj)
-		},
-		UpdateFunc: func(_, obj any) { update(obj) },
-		DeleteFunc: func(obj any) {
-			if ns, name, ok := key(obj); ok {
-				klog.V(4).InfoS("Service deleted", "object", klog.KRef(ns, name))
-				sink.DeleteService(ns, name)
-			}
-		},
-	}
 }
 
 func nodeHandler(sink agent.Sink) cache.ResourceEventHandler {

@@ -336,8 +336,15 @@ func TestSource(t *testing.T) {
 		if !s2.synced || len(s2.content()) != len(want) {
 			t.Errorf("Load delivered %d objects (synced %v), want %d", len(s2.content()), s2.synced, len(want))
 		}
-		if got := src.Service("default", "svc-1"); got == nil || got.UID == "" {
-			t.Errorf("Service lookup = %v, want the cached Service", got)
+		svc, err := a.cs.CoreV1().Services("default").Get(ctx, "svc-1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := src.ServiceUID("default", "svc-1"); got != svc.UID {
+			t.Errorf("ServiceUID = %q, want %q", got, svc.UID)
+		}
+		if got := src.ServiceUID("default", "other"); got != "" {
+			t.Errorf("ServiceUID of another proxy's Service = %q, want none", got)
 		}
 	})
 }

@@ -9,9 +9,10 @@ import (
 	"github.com/kubenat/kubenat/internal/model"
 )
 
-// trim is the informers' transform: before an object is cached it drops
-// every field kubenat never reads, so that the caches, which hold every
-// Service and EndpointSlice of the cluster, stay small. What is kept:
+// trim is the list-watches' transform: before an object is queued (and,
+// for the Node, cached) it drops every field kubenat never reads, so that
+// the objects waiting for delivery, which during a list are every Service
+// and EndpointSlice of the cluster, stay small. What is kept:
 //
 //   - all objects: name, namespace, UID and resourceVersion (events refer
 //     to them), labels (service-proxy-name, headless, service-name,

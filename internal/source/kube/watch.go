@@ -3,11 +3,15 @@ package kube
 import (
 	"context"
 	"fmt"
+	"reflect"
+	"strings"
 	"sync"
 
+	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -16,72 +20,120 @@ import (
 	"github.com/kubenat/kubenat/internal/agent"
 )
 
-// sliceWatch lists and watches EndpointSlices without caching them, unlike
-// an informer: each slice goes to the sink, which keeps only what the
-// datapath needs of it (model.Builder parses it once), and sliceWatch
-// remembers only its key, to tell which slices a re-list no longer has.
-// At 50,000 Services the typed slices would otherwise take ~70 MB.
+// kind is a type of object an objectWatch delivers: what to list and watch,
+// and which sink calls receive it.
+type kind struct {
+	name   string         // "Service", for logs and errors
+	object runtime.Object // an empty object of the type
+	lw     func(client kubernetes.Interface, selector string) cache.ListerWatcher
+	set    func(sink agent.Sink, obj any)
+	delete func(sink agent.Sink, namespace, name string)
+}
+
+// The kinds the Source watches without caching them.
+var (
+	serviceKind = kind{
+		name: "Service", object: &v1.Service{},
+		lw: func(c kubernetes.Interface, sel string) cache.ListerWatcher {
+			return listWatch(sel,
+				func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+					return c.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
+				},
+				func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+					return c.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
+				})
+		},
+		set:    func(s agent.Sink, o any) { s.SetService(o.(*v1.Service), "") },
+		delete: func(s agent.Sink, ns, name string) { s.DeleteService(ns, name) },
+	}
+	sliceKind = kind{
+		name: "EndpointSlice", object: &discovery.EndpointSlice{},
+		lw: func(c kubernetes.Interface, sel string) cache.ListerWatcher {
+			return listWatch(sel,
+				func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+					return c.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o)
+				},
+				func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+					return c.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch(ctx, o)
+				})
+		},
+		set:    func(s agent.Sink, o any) { s.SetEndpointSlice(o.(*discovery.EndpointSlice), "") },
+		delete: func(s agent.Sink, ns, name string) { s.DeleteEndpointSlice(ns, name) },
+	}
+)
+
+// listWatch lists and watches, in every namespace, the objects selector
+// matches.
+func listWatch(selector string,
+	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)) cache.ListerWatcher {
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = selector
+			return list(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = selector
+			return watchFn(ctx, o)
+		},
+	}
+}
+
+// objectWatch lists and watches one kind of object without caching it,
+// unlike an informer: each object goes to the sink, which keeps only what
+// the datapath needs of it (model.Builder parses it once), and objectWatch
+// remembers only its key and UID, to tell which objects a re-list no longer
+// has and to let events name the object. At 50,000 Services the typed
+// Services and EndpointSlices would otherwise take ~100 MB.
 //
 // It is client-go's list-watch machinery (a reflector feeding a DeltaFIFO)
 // with the key set as the FIFO's "known objects": watches resume from the
-// last resourceVersion, and a re-list delivers every listed slice again
-// and, for the keys it no longer has, deletions. Slices labelled for
-// another service proxy are not delivered (a slice that gets such a label
-// is deleted), as for Services (serviceHandler).
+// last resourceVersion, and a re-list delivers every listed object again
+// and, for the keys it no longer has, deletions. Objects labelled for
+// another service proxy are not delivered (one that gets such a label is
+// deleted: it may have been served before).
 //
 // Deliveries go through a buffer, in order, drained by a goroutine of
 // their own (as an informer's listener does): the sink may block for a
 // whole sync (the agent holds its lock while it programs the kernel) and
 // the FIFO, and so the watch, must not wait for it.
-type sliceWatch struct {
+type objectWatch struct {
+	kind      kind
 	sink      agent.Sink
 	proxyName string
 	ctrl      cache.Controller
 
 	mu      sync.Mutex
-	keys    map[string]struct{}
-	pending []func()      // deliveries not made yet, in order
-	busy    bool          // a batch of pending is being delivered
-	wake    chan struct{} // capacity 1: pending has work
+	keys    map[string]types.UID // namespace/name → UID of the objects delivered
+	pending []func()             // deliveries not made yet, in order
+	busy    bool                 // a batch of pending is being delivered
+	wake    chan struct{}        // capacity 1: pending has work
 }
 
-func newSliceWatch(lw cache.ListerWatcher, proxyName string, sink agent.Sink) *sliceWatch {
-	w := &sliceWatch{sink: sink, proxyName: proxyName, keys: map[string]struct{}{}, wake: make(chan struct{}, 1)}
-	// Trimmed like the informers' objects: a slice waits in the queue until
-	// it is delivered.
+// newObjectWatch returns a watch of kind k through lw; run starts it.
+func newObjectWatch(k kind, lw cache.ListerWatcher, proxyName string) *objectWatch {
+	w := &objectWatch{kind: k, proxyName: proxyName, keys: map[string]types.UID{}, wake: make(chan struct{}, 1)}
+	// Trimmed like the Node informer's objects: an object waits in the
+	// queue until it is delivered.
 	fifo := cache.NewDeltaFIFOWithOptions(cache.DeltaFIFOOptions{KnownObjects: w, EmitDeltaTypeReplaced: true, Transformer: trim})
 	w.ctrl = cache.New(&cache.Config{
-		Queue: fifo, ListerWatcher: lw, ObjectType: &discovery.EndpointSlice{},
-		ObjectDescription: "EndpointSlices", Process: w.process,
+		Queue: fifo, ListerWatcher: lw, ObjectType: k.object,
+		ObjectDescription: k.name + "s", Process: w.process,
 	})
 	return w
 }
 
-// sliceListWatch lists and watches the EndpointSlices that selector
-// matches, in every namespace.
-func sliceListWatch(client kubernetes.Interface, selector string) cache.ListerWatcher {
-	return &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.LabelSelector = selector
-			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.LabelSelector = selector
-			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch(ctx, o)
-		},
-	}
-}
-
-// run lists, watches and delivers until ctx ends.
-func (w *sliceWatch) run(ctx context.Context) {
+// run lists, watches and delivers to sink until ctx ends. It runs once.
+func (w *objectWatch) run(ctx context.Context, sink agent.Sink) {
+	w.sink = sink
 	go w.deliver(ctx)
 	w.ctrl.RunWithContext(ctx)
 }
 
 // hasSynced reports whether the initial list has been delivered to the
-// sink: the FIFO has handed over every listed slice and the buffer is
+// sink: the FIFO has handed over every listed object and the buffer is
 // drained.
-func (w *sliceWatch) hasSynced() bool {
+func (w *objectWatch) hasSynced() bool {
 	if !w.ctrl.HasSynced() {
 		return false
 	}
@@ -91,7 +143,7 @@ func (w *sliceWatch) hasSynced() bool {
 }
 
 // deliver makes the buffered deliveries, in order, until ctx ends.
-func (w *sliceWatch) deliver(ctx context.Context) {
+func (w *objectWatch) deliver(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -112,7 +164,7 @@ func (w *sliceWatch) deliver(ctx context.Context) {
 }
 
 // enqueue buffers a delivery; called with w.mu held.
-func (w *sliceWatch) enqueue(f func()) {
+func (w *objectWatch) enqueue(f func()) {
 	w.pending = append(w.pending, f)
 	select {
 	case w.wake <- struct{}{}:
@@ -121,10 +173,10 @@ func (w *sliceWatch) enqueue(f func()) {
 }
 
 // ListKeys and GetByKey make the key set the DeltaFIFO's known objects.
-// The value of a known key is the key itself: a slice deleted while no
+// The value of a known key is the key itself: an object deleted while no
 // watch saw it reaches process as a cache.DeletedFinalStateUnknown, of
 // which only the key is used.
-func (w *sliceWatch) ListKeys() []string {
+func (w *objectWatch) ListKeys() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	out := make([]string, 0, len(w.keys))
@@ -134,25 +186,33 @@ func (w *sliceWatch) ListKeys() []string {
 	return out
 }
 
-func (w *sliceWatch) GetByKey(k string) (any, bool, error) {
+func (w *objectWatch) GetByKey(k string) (any, bool, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	_, ok := w.keys[k]
 	return cache.ExplicitKey(k), ok, nil
 }
 
-// count returns the number of slices delivered and not deleted.
-func (w *sliceWatch) count() int {
+// count returns the number of objects delivered and not deleted.
+func (w *objectWatch) count() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return len(w.keys)
 }
 
-// process records the newest state of one slice and buffers its delivery.
-func (w *sliceWatch) process(obj any, _ bool) error {
+// uid returns the UID of the object namespace/name as last delivered, or
+// "" when it is unknown (never delivered, deleted, or another proxy's).
+func (w *objectWatch) uid(namespace, name string) types.UID {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.keys[cache.NewObjectName(namespace, name).String()]
+}
+
+// process records the newest state of one object and buffers its delivery.
+func (w *objectWatch) process(obj any, _ bool) error {
 	deltas, ok := obj.(cache.Deltas)
 	if !ok || len(deltas) == 0 {
-		return fmt.Errorf("kubernetes source: unexpected %T from the EndpointSlice queue", obj)
+		return fmt.Errorf("kubernetes source: unexpected %T from the %s queue", obj, w.kind.name)
 	}
 	d := deltas.Newest()
 	w.mu.Lock()
@@ -161,33 +221,35 @@ func (w *sliceWatch) process(obj any, _ bool) error {
 		ns, name, ok := key(d.Object)
 		if ok && w.forget(ns, name) {
 			w.enqueue(func() {
-				klog.V(4).InfoS("EndpointSlice deleted", "object", klog.KRef(ns, name))
-				w.sink.DeleteEndpointSlice(ns, name)
+				klog.V(4).InfoS(w.kind.name+" deleted", "object", klog.KRef(ns, name))
+				w.kind.delete(w.sink, ns, name)
 			})
 		}
 		return nil
 	}
-	s, ok := d.Object.(*discovery.EndpointSlice)
-	if !ok {
-		return nil // not expected: the FIFO only holds slices (resync is off)
+	o, ok := d.Object.(metav1.Object)
+	if !ok || reflect.TypeOf(d.Object) != reflect.TypeOf(w.kind.object) {
+		return nil // not expected: the FIFO only holds this kind (resync is off)
 	}
-	if otherProxy(s.Labels, w.proxyName) {
-		if w.forget(s.Namespace, s.Name) {
-			w.enqueue(func() { w.sink.DeleteEndpointSlice(s.Namespace, s.Name) })
+	ns, name := o.GetNamespace(), o.GetName()
+	if otherProxy(o.GetLabels(), w.proxyName) {
+		if w.forget(ns, name) {
+			w.enqueue(func() { w.kind.delete(w.sink, ns, name) })
 		}
 		return nil
 	}
-	w.keys[cache.NewObjectName(s.Namespace, s.Name).String()] = struct{}{}
+	// A copy: the UID must not keep the buffer it was decoded from.
+	w.keys[cache.NewObjectName(ns, name).String()] = types.UID(strings.Clone(string(o.GetUID())))
 	w.enqueue(func() {
-		klog.V(4).InfoS("EndpointSlice changed", "object", klog.KObj(s), "resourceVersion", s.ResourceVersion)
-		w.sink.SetEndpointSlice(s, "")
+		klog.V(4).InfoS(w.kind.name+" changed", "object", klog.KRef(ns, name), "resourceVersion", o.GetResourceVersion())
+		w.kind.set(w.sink, d.Object)
 	})
 	return nil
 }
 
-// forget removes a slice's key and reports whether it was known; called
+// forget removes an object's key and reports whether it was known; called
 // with w.mu held.
-func (w *sliceWatch) forget(namespace, name string) bool {
+func (w *objectWatch) forget(namespace, name string) bool {
 	k := cache.NewObjectName(namespace, name).String()
 	_, ok := w.keys[k]
 	delete(w.keys, k)

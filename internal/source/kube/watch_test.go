@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -87,14 +88,15 @@ func testSlice(name, rv string, labels map[string]string) discovery.EndpointSlic
 	for k, v := range labels {
 		l[k] = v
 	}
-	return discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, ResourceVersion: rv, Labels: l},
+	return discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, ResourceVersion: rv, Labels: l,
+		UID: types.UID("uid-" + name)},
 		AddressType: discovery.AddressTypeIPv4}
 }
 
-// TestSliceWatch follows EndpointSlices through a list, watch events and a
+// TestObjectWatch follows EndpointSlices through a list, watch events and a
 // re-list that misses a deletion: the sink gets every change, slices of
 // another proxy never, and the deletion the re-list implies.
-func TestSliceWatch(t *testing.T) {
+func TestObjectWatch(t *testing.T) {
 	other := map[string]string{model.LabelServiceProxyName: "other"}
 	w1 := watch.NewFakeWithChanSize(10, false)
 	lw := &scriptedLW{
@@ -106,10 +108,10 @@ func TestSliceWatch(t *testing.T) {
 		watches: []*watch.FakeWatcher{w1},
 	}
 	s := &eventSink{}
-	sw := newSliceWatch(lw, model.DefaultProxyName, s)
+	sw := newObjectWatch(sliceKind, lw, model.DefaultProxyName)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go sw.run(ctx)
+	go sw.run(ctx, s)
 
 	waitFor := func(what, want string) {
 		t.Helper()
@@ -139,6 +141,11 @@ func TestSliceWatch(t *testing.T) {
 	if got := sw.count(); got != 2 {
 		t.Errorf("%d slices known, want 2 (a and e)", got)
 	}
+	for name, want := range map[string]types.UID{"a": "uid-a", "e": "uid-e", "d": "", "b": ""} {
+		if got := sw.uid("default", name); got != want {
+			t.Errorf("uid of %s = %q, want %q", name, got, want)
+		}
+	}
 }
 
 // blockingSink blocks every delivery until release is closed, as the agent
@@ -153,17 +160,17 @@ func (s *blockingSink) SetEndpointSlice(sl *discovery.EndpointSlice, origin stri
 	s.eventSink.SetEndpointSlice(sl, origin)
 }
 
-// TestSliceWatchDoesNotWaitForTheSink: while the sink is busy, the watch
+// TestObjectWatchDoesNotWaitForTheSink: while the sink is busy, the watch
 // keeps being read (the slices are recorded), and everything is delivered,
 // in order, once the sink is free; the source is not synced before.
-func TestSliceWatchDoesNotWaitForTheSink(t *testing.T) {
+func TestObjectWatchDoesNotWaitForTheSink(t *testing.T) {
 	w1 := watch.NewFakeWithChanSize(0, false) // a send waits for the reader
 	lw := &scriptedLW{lists: [][]discovery.EndpointSlice{{testSlice("a", "1", nil)}}, watches: []*watch.FakeWatcher{w1}}
 	s := &blockingSink{release: make(chan struct{})}
-	sw := newSliceWatch(lw, model.DefaultProxyName, s)
+	sw := newObjectWatch(sliceKind, lw, model.DefaultProxyName)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go sw.run(ctx)
+	go sw.run(ctx, s)
 
 	sent := make(chan struct{})
 	go func() {
