@@ -6,9 +6,9 @@
 // Each scale runs in a child process of its own (the benchmark binary
 // re-executed inside a fresh network namespace with `ip netns exec`), so
 // peak RSS and CPU time belong to that scale alone. The child generates the
-// objects first (what an informer cache would hold), then starts a real
-// agent.Agent whose Source delivers them, and drives endpoint changes
-// through the agent's Sink interface, as informer events would. Commit
+// objects first (what the kube source's initial lists would bring), then
+// starts a real agent.Agent whose Source delivers them, and drives endpoint
+// changes through the agent's Sink interface, as watch events would. Commit
 // times come from a wrapper around the agent's nft.Runner.
 package controlplane
 
@@ -87,7 +87,7 @@ type Result struct {
 	ChangesSysCPU  float64 `json:"changes_sys_cpu_seconds"`
 
 	// ObjectsRSS is the process RSS after generating the objects, before
-	// the agent starts (bytes): the share of the informer-cache stand-in.
+	// the agent starts (bytes): the share of the listed objects' stand-in.
 	ObjectsRSS int64 `json:"objects_rss_bytes"`
 	// PeakRSS is the agent process's own peak RSS (VmHWM, bytes).
 	PeakRSS int64 `json:"peak_rss_bytes"`
