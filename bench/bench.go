@@ -65,7 +65,7 @@ func DefaultOptions(quick bool) Options {
 		Duration:           2 * time.Second,
 		ThroughputDuration: 3 * time.Second,
 	}
-	changes := 200
+	changes, coldRepeats := 200, 5
 	scales := []int{1000, 10000, 50000}
 	big := 100000
 	o.MicroArgs = []string{"-count", "6"}
@@ -75,7 +75,7 @@ func DefaultOptions(quick bool) Options {
 		o.Datapath.Warmup = 200 * time.Millisecond
 		o.Datapath.Duration = time.Second
 		o.Datapath.ThroughputDuration = time.Second
-		changes = 20
+		changes, coldRepeats = 20, 2
 		scales = []int{1000, 10000}
 		big = 10000
 		o.MicroArgs = []string{"-count", "1", "-benchtime", "1x"}
@@ -86,6 +86,9 @@ func DefaultOptions(quick bool) Options {
 	// One change of the big Service moves all its elements (~1.5 s at
 	// 100,000): 100 changes, the minimum.
 	o.ControlPlane = append(o.ControlPlane, Job(fmt.Sprintf("1 × %s", thousands(big)), workload.Spec{Services: 1, Endpoints: big}, min(changes, 100)))
+	for i := range o.ControlPlane {
+		o.ControlPlane[i].Repeats = coldRepeats
+	}
 	return o
 }
 

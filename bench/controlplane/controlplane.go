@@ -41,6 +41,10 @@ type Job struct {
 	Workload workload.Spec `json:"workload"`
 	// Changes is the number of endpoint changes to time.
 	Changes int `json:"changes"`
+	// Repeats is how many times the cold sync is measured, each time in a
+	// fresh child and namespace; the changes are timed in the first run
+	// only. 0 means once.
+	Repeats int `json:"repeats,omitempty"`
 	// Interval separates changes; it should exceed MinSyncPeriod so that
 	// batching never delays a change.
 	Interval time.Duration `json:"interval"`
@@ -74,6 +78,11 @@ type Result struct {
 	// is system time of the process).
 	ColdUserCPU float64 `json:"cold_user_cpu_seconds"`
 	ColdSysCPU  float64 `json:"cold_sys_cpu_seconds"`
+
+	// Cold holds every run's cold sync (the first is the one above), for
+	// medians over Job.Repeats runs; empty in results from before repeats
+	// (see ColdRuns).
+	Cold []ColdRun `json:"cold_runs,omitempty"`
 
 	// ChangeLatencies: change delivered → transaction committed, ns, in
 	// the order the changes were made; ChangeNFT: the libnftables part.
@@ -118,6 +127,30 @@ type Namespaces interface {
 	Cluster(ctx context.Context, spec topo.Spec) (c *topo.Cluster, release func(), err error)
 }
 
+// ColdRun is one measurement of a cold sync: the fields of Result with the
+// same names.
+type ColdRun struct {
+	Seconds    float64 `json:"seconds"`
+	NFTSeconds float64 `json:"nft_seconds"`
+	UserCPU    float64 `json:"user_cpu_seconds"`
+	SysCPU     float64 `json:"sys_cpu_seconds"`
+	PeakRSS    int64   `json:"peak_rss_bytes"`
+}
+
+// coldRun returns r's own cold sync.
+func (r *Result) coldRun() ColdRun {
+	return ColdRun{Seconds: r.ColdSeconds, NFTSeconds: r.ColdNFTSeconds, UserCPU: r.ColdUserCPU, SysCPU: r.ColdSysCPU, PeakRSS: r.PeakRSS}
+}
+
+// ColdRuns returns every measured cold sync: Cold, or for results without
+// it the one run the Result describes.
+func (r *Result) ColdRuns() []ColdRun {
+	if len(r.Cold) > 0 {
+		return r.Cold
+	}
+	return []ColdRun{r.coldRun()}
+}
+
 // Run runs each job in a child process inside node-a of a fresh cluster
 // and returns the results in order. exe is the binary to re-execute; it
 // must call MaybeChild first thing.
@@ -134,6 +167,18 @@ func Run(ctx context.Context, ns Namespaces, exe string, jobs []Job, log func(st
 		}
 		log("control plane %s: cold %.3fs (nft %.3fs), %d changes, peak RSS %d MiB",
 			j.Name, r.ColdSeconds, r.ColdNFTSeconds, len(r.ChangeLatencies), r.PeakRSS>>20)
+		r.Cold = []ColdRun{r.coldRun()}
+		for i := 1; i < j.Repeats; i++ {
+			cj := j
+			cj.Changes = 0
+			c, err := runJob(ctx, ns, exe, cj)
+			if err != nil {
+				return out, fmt.Errorf("control plane %s, cold sync %d: %w", j.Name, i+1, err)
+			}
+			log("control plane %s: cold sync %d of %d: %.3fs (nft %.3fs), peak RSS %d MiB",
+				j.Name, i+1, j.Repeats, c.ColdSeconds, c.ColdNFTSeconds, c.PeakRSS>>20)
+			r.Cold = append(r.Cold, c.coldRun())
+		}
 		out = append(out, r)
 	}
 	return out, nil

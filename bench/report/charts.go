@@ -193,19 +193,23 @@ func writeCharts(dir string, r *Results) (map[string]chart, error) {
 		change.xLabel, change.yLabel, change.logY = "Services (× 5 endpoints)", "seconds", true
 		rss.xLabel, rss.yLabel = "Services (× 5 endpoints)", "MiB"
 		var total, nftPart, p50, p99, peak, objs series
-		total.name, nftPart.name = "empty → programmed", "of which libnftables"
+		total.name, nftPart.name = "empty → programmed (median)", "of which libnftables (median)"
 		p50.name, p99.name = "endpoint change p50", "endpoint change p99"
-		peak.name, objs.name = "agent peak RSS", "objects alone"
+		peak.name, objs.name = "agent peak RSS (median)", "objects alone"
 		for _, c := range cs {
 			if c.Services < 2 {
 				continue
 			}
 			x := float64(c.Services)
-			total.x, total.y = append(total.x, x), append(total.y, c.ColdSeconds)
-			nftPart.x, nftPart.y = append(nftPart.x, x), append(nftPart.y, c.ColdNFTSeconds)
+			var nftS []float64
+			for _, r := range c.ColdRuns() {
+				nftS = append(nftS, r.NFTSeconds)
+			}
+			total.x, total.y = append(total.x, x), append(total.y, coldStat(&c).Median)
+			nftPart.x, nftPart.y = append(nftPart.x, x), append(nftPart.y, Summarize(nftS).Median)
 			p50.x, p50.y = append(p50.x, x), append(p50.y, PercentileNS(c.ChangeLatencies, 50))
 			p99.x, p99.y = append(p99.x, x), append(p99.y, PercentileNS(c.ChangeLatencies, 99))
-			peak.x, peak.y = append(peak.x, x), append(peak.y, float64(c.PeakRSS>>20))
+			peak.x, peak.y = append(peak.x, x), append(peak.y, peakStat(&c).Median)
 			objs.x, objs.y = append(objs.x, x), append(objs.y, float64(c.ObjectsRSS>>20))
 		}
 		if len(total.x) > 0 {
