@@ -88,6 +88,7 @@ func DefaultOptions(quick bool) Options {
 	o.ControlPlane = append(o.ControlPlane, Job(fmt.Sprintf("1 × %s", thousands(big)), workload.Spec{Services: 1, Endpoints: big}, min(changes, 100)))
 	for i := range o.ControlPlane {
 		o.ControlPlane[i].Repeats = coldRepeats
+		o.ControlPlane[i].Restart = true
 	}
 	return o
 }

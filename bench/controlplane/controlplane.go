@@ -45,6 +45,10 @@ type Job struct {
 	// fresh child and namespace; the changes are timed in the first run
 	// only. 0 means once.
 	Repeats int `json:"repeats,omitempty"`
+	// Restart also measures, after the first run, a second child in the
+	// same namespace: an agent restarted over the tables the first one
+	// left (what an upgrade or a crash makes the agent do).
+	Restart bool `json:"restart,omitempty"`
 	// Interval separates changes; it should exceed MinSyncPeriod so that
 	// batching never delays a change.
 	Interval time.Duration `json:"interval"`
@@ -83,6 +87,9 @@ type Result struct {
 	// medians over Job.Repeats runs; empty in results from before repeats
 	// (see ColdRuns).
 	Cold []ColdRun `json:"cold_runs,omitempty"`
+	// Restart is the first sync of an agent restarted over the first
+	// run's tables (Job.Restart), nil when not measured.
+	Restart *ColdRun `json:"restart,omitempty"`
 
 	// ChangeLatencies: change delivered → transaction committed, ns, in
 	// the order the changes were made; ChangeNFT: the libnftables part.
@@ -167,10 +174,14 @@ func Run(ctx context.Context, ns Namespaces, exe string, jobs []Job, log func(st
 		}
 		log("control plane %s: cold %.3fs (nft %.3fs), %d changes, peak RSS %d MiB",
 			j.Name, r.ColdSeconds, r.ColdNFTSeconds, len(r.ChangeLatencies), r.PeakRSS>>20)
+		if r.Restart != nil {
+			log("control plane %s: restart over existing tables %.3fs (nft %.3fs), peak RSS %d MiB",
+				j.Name, r.Restart.Seconds, r.Restart.NFTSeconds, r.Restart.PeakRSS>>20)
+		}
 		r.Cold = []ColdRun{r.coldRun()}
 		for i := 1; i < j.Repeats; i++ {
 			cj := j
-			cj.Changes = 0
+			cj.Changes, cj.Restart = 0, false
 			c, err := runJob(ctx, ns, exe, cj)
 			if err != nil {
 				return out, fmt.Errorf("control plane %s, cold sync %d: %w", j.Name, i+1, err)
@@ -191,6 +202,24 @@ func runJob(ctx context.Context, ns Namespaces, exe string, j Job) (Result, erro
 	}
 	defer release()
 	node := c.Nodes[0]
+	r, err := runChild(ctx, node, exe, j)
+	if err != nil || !j.Restart {
+		return r, err
+	}
+	// The first agent left its tables in place, as it does when it stops.
+	rj := j
+	rj.Changes, rj.Restart = 0, false
+	rr, err := runChild(ctx, node, exe, rj)
+	if err != nil {
+		return r, fmt.Errorf("restart over existing tables: %w", err)
+	}
+	restart := rr.coldRun()
+	r.Restart = &restart
+	return r, nil
+}
+
+// runChild runs one child for j in node's namespace.
+func runChild(ctx context.Context, node *topo.Node, exe string, j Job) (Result, error) {
 	in, err := json.Marshal(childJob{Job: j, NodeAddr: node.Addr.String(), PodCIDR: node.PodCIDR.String()})
 	if err != nil {
 		return Result{}, err

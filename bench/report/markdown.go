@@ -116,6 +116,10 @@ func writeTargets(w io.Writer, r *Results) {
 			p99 := PercentileNS(c.ChangeLatencies, 99)
 			p("| one endpoint change at 50,000 Services < 20 ms (p99 of %d) | %s | %s |\n", len(c.ChangeLatencies), secs(p99), verdict(p99 < targetChangeP99At50k))
 			p("| agent peak RSS at 50,000 Services < 300 MiB (%s) | %s | %s |\n", runs, fmtMiB(rss), verdict(rss.Median < targetRSSAt50kMiB))
+			if rs := c.Restart; rs != nil {
+				mib := float64(rs.PeakRSS) / (1 << 20)
+				p("| the same, restarted over existing tables (one run) | %.0f MiB | %s |\n", mib, verdict(mib < targetRSSAt50kMiB))
+			}
 		}
 	}
 	p("\n")
@@ -337,6 +341,23 @@ func writeControlPlane(w io.Writer, cs []controlplane.Result, charts map[string]
 			c.ChangeFullSyncs, len(c.ChangeLatencies), fmtMiB(peakStat(&c)), c.SteadyRSS>>20, c.ObjectsRSS>>20, c.HeapInuse>>20)
 	}
 	p("\n")
+	var restarts []controlplane.Result
+	for _, c := range cs {
+		if c.Restart != nil {
+			restarts = append(restarts, c)
+		}
+	}
+	if len(restarts) > 0 {
+		p("An agent restarted over the tables of the first run (one run per scale, a fresh process in the same\n")
+		p("namespace): its first sync rebuilds the tables through standby tables, a group of Services per\n")
+		p("transaction (docs/design.md).\n\n")
+		writeHeader(w, "scale", "restart: first sync", "of which libnftables", "CPU (user + sys)", "peak RSS")
+		for _, c := range restarts {
+			rs := c.Restart
+			p("| %s | %s | %s | %.2f + %.2f s | %d MiB |\n", c.Job.Name, secs(rs.Seconds), secs(rs.NFTSeconds), rs.UserCPU, rs.SysCPU, rs.PeakRSS>>20)
+		}
+		p("\n")
+	}
 	p("CPU for all changes together, and the libnftables part of one change (p50):\n\n| scale | changes | CPU (user + sys) | libnftables p50 | script of the cold sync |\n|---|---|---|---|---|\n")
 	for _, c := range cs {
 		p("| %s | %d | %.2f + %.2f s | %s | %.1f MiB |\n", c.Job.Name, len(c.ChangeLatencies), c.ChangesUserCPU, c.ChangesSysCPU,
