@@ -80,12 +80,14 @@ import (
 // a full sync (~100 MiB more peak RSS at 50,000 Services × 5 endpoints),
 // and after a single-transaction full sync it holds ~700 MB of parsed
 // elements that the next Run would spend ~0.5 s freeing. A Run that starts
-// meanwhile waits for the release. A change of a few Services (a few KB)
-// does not trigger one; a large batch of changes may.
+// before the release makes it first, so that the next group of a full sync
+// never runs over the previous group's cache. A change of a few Services
+// (a few KB) does not trigger one; a large batch of changes may.
 type Lib struct {
-	mu   sync.Mutex
-	lib  C.struct_nftlib
-	nctx unsafe.Pointer
+	mu    sync.Mutex
+	lib   C.struct_nftlib
+	nctx  unsafe.Pointer
+	stale bool // the cache of a large script is still held
 }
 
 // ReleaseThreshold is the script size from which Lib releases libnftables'
@@ -123,6 +125,9 @@ func (l *Lib) Run(ctx context.Context, script string) (string, error) {
 			return "", errors.New("libnftables: creating a context failed")
 		}
 	}
+	if l.stale {
+		l.releaseLocked()
+	}
 	nctx := l.nctx
 	cs := C.CString(script)
 	defer C.free(unsafe.Pointer(cs))
@@ -134,22 +139,29 @@ func (l *Lib) Run(ctx context.Context, script string) (string, error) {
 		return out, &Error{Script: script, Output: errOut, Err: fmt.Errorf("libnftables returned %d", int(rc))}
 	}
 	if len(script) >= ReleaseThreshold {
+		l.stale = true
 		go l.release()
 	}
 	return out, nil
 }
 
-// release makes libnftables drop the cache it keeps of the last script and
-// returns freed heap memory to the system (malloc_trim). libnftables has
-// no call for that: listing a table that does not exist makes it discard
-// the old (now stale) cache and fetch only the list of tables. ("list
-// tables" would not do: nft 1.0.6 fetches every set element for it.)
+// release makes the pending release unless a Run made it already.
 func (l *Lib) release() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.nctx == nil {
-		return
+	if l.stale {
+		l.releaseLocked()
 	}
+}
+
+// releaseLocked makes libnftables drop the cache it keeps of the last
+// script and returns freed heap memory to the system (malloc_trim); called
+// with l.mu held and l.nctx set. libnftables has no call for that: listing
+// a table that does not exist makes it discard the old (now stale) cache
+// and fetch only the list of tables. ("list tables" would not do: nft
+// 1.0.6 fetches every set element for it.)
+func (l *Lib) releaseLocked() {
+	l.stale = false
 	cs := C.CString("list table ip kubenat-nft-release-cache")
 	defer C.free(unsafe.Pointer(cs))
 	C.nftlib_run(&l.lib, l.nctx, cs)
