@@ -307,19 +307,42 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 		}
 		return false, fmt.Errorf("creating the tables %s: %w", o.Table, err)
 	}
-	added := map[elemID]bool{}
-	err := p.groups(o.InitialChunk, func(cs []contrib, first, last int) error {
-		sb.Reset()
-		writeServices(&sb, o, cs, added)
-		if _, err := b.run.Run(ctx, sb.String()); err != nil {
-			return fmt.Errorf("programming Services %s to %s into the tables %s: %w", p.keys[first], p.keys[last], o.Table, err)
+	// The next group's script is written while libnftables runs the
+	// current one: Go's part and libnftables' part of a cold sync are of
+	// the same order, and they use different cores.
+	gctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	scripts := make(chan groupScript, 1)
+	go func() {
+		defer close(scripts)
+		added := map[elemID]bool{}
+		_ = p.groups(o.InitialChunk, func(cs []contrib, first, last int) error {
+			var sb strings.Builder
+			writeServices(&sb, o, cs, added)
+			select {
+			case scripts <- groupScript{script: sb.String(), first: first, last: last}:
+				return nil
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		})
+	}()
+	for g := range scripts {
+		if _, err := b.run.Run(ctx, g.script); err != nil {
+			cancel()
+			for range scripts { // the writer stops; wait for it
+			}
+			return false, fmt.Errorf("programming Services %s to %s into the tables %s: %w", p.keys[g.first], p.keys[g.last], o.Table, err)
 		}
-		return nil
-	})
-	if err != nil {
-		return false, err
 	}
 	return true, nil
+}
+
+// groupScript is the script that adds a group of Services (p.keys[first]
+// to p.keys[last]) to the tables.
+type groupScript struct {
+	script      string
+	first, last int
 }
 
 // remember records, after a full sync of p, what incremental syncs need.

@@ -3,9 +3,12 @@ package nftables
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/netnstest"
@@ -153,4 +156,44 @@ func clusterIPFrontends(t *testing.T, ns string) frontendSet {
 		}
 	}
 	return got
+}
+
+// failingRunner accepts every script but the failAt-th (counting from 1).
+type failingRunner struct {
+	failAt int
+	n      *int
+}
+
+func (f failingRunner) Name() string { return "failing" }
+
+func (f failingRunner) Run(_ context.Context, s string) (string, error) {
+	*f.n++
+	if *f.n == f.failAt {
+		return "", fmt.Errorf("refused script %d", *f.n)
+	}
+	return "", nil
+}
+
+// TestInitialSyncStopsAtAFailedGroup: when a group of Services fails, the
+// full sync runs no further group, names the failed group's Services, and
+// leaves no goroutine behind (the next group is written while one runs).
+func TestInitialSyncStopsAtAFailedGroup(t *testing.T) {
+	b, _ := randomBuilder(5, 60)
+	st, d := b.Build()
+	before := runtime.NumGoroutine()
+	var scripts int
+	_, err := New(failingRunner{failAt: 3, n: &scripts}, Options{InitialChunk: 7}).Sync(context.Background(), st, d)
+	if err == nil || !strings.Contains(err.Error(), "programming Services") || !strings.Contains(err.Error(), "refused script 3") {
+		t.Fatalf("Sync = %v, want the second group's failure", err)
+	}
+	if scripts != 3 {
+		t.Errorf("%d scripts run, want 3 (the tables, a group, the failed group)", scripts)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after the failed sync, %d before", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
