@@ -313,10 +313,14 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 	gctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	scripts := make(chan groupScript, 1)
+	var werr error // the writer's; read once scripts is closed
 	go func() {
 		defer close(scripts)
 		added := map[elemID]bool{}
-		_ = p.groups(o.InitialChunk, func(cs []contrib, first, last int) error {
+		werr = p.groups(o.InitialChunk, func(cs []contrib, first, last int) error {
+			if err := gctx.Err(); err != nil {
+				return err
+			}
 			var sb strings.Builder
 			writeServices(&sb, o, cs, added)
 			select {
@@ -334,6 +338,10 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 			}
 			return false, fmt.Errorf("programming Services %s to %s into the tables %s: %w", p.keys[g.first], p.keys[g.last], o.Table, err)
 		}
+	}
+	// The writer stops early only when ctx ends: the tables miss groups.
+	if werr != nil {
+		return false, fmt.Errorf("programming Services into the tables %s: %w", o.Table, werr)
 	}
 	return true, nil
 }

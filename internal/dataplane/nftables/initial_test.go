@@ -3,6 +3,7 @@ package nftables
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"runtime"
@@ -195,5 +196,43 @@ func TestInitialSyncStopsAtAFailedGroup(t *testing.T) {
 			t.Fatalf("%d goroutines after the failed sync, %d before", runtime.NumGoroutine(), before)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// cancellingRunner accepts every script and cancels the sync's context
+// during the cancelAt-th one (a transaction in progress completes).
+type cancellingRunner struct {
+	cancelAt int
+	cancel   context.CancelFunc
+	n        *int
+}
+
+func (c cancellingRunner) Name() string { return "cancelling" }
+
+func (c cancellingRunner) Run(ctx context.Context, _ string) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	*c.n++
+	if *c.n == c.cancelAt {
+		c.cancel()
+	}
+	return "", nil
+}
+
+// TestInitialSyncCancelledIsNotASuccess: a full sync whose context ends
+// between two groups reports the error, never success over partial tables
+// (the next group may already be written when the context ends).
+func TestInitialSyncCancelledIsNotASuccess(t *testing.T) {
+	b, _ := randomBuilder(5, 60)
+	st, d := b.Build()
+	for range 50 {
+		ctx, cancel := context.WithCancel(context.Background())
+		var scripts int
+		_, err := New(cancellingRunner{cancelAt: 2, cancel: cancel, n: &scripts}, Options{InitialChunk: 7}).Sync(ctx, st, d)
+		cancel()
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Sync after %d scripts = %v, want the cancellation", scripts, err)
+		}
 	}
 }
