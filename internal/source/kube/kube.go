@@ -115,7 +115,7 @@ func (s *Source) ServiceUID(namespace, name string) types.UID {
 }
 
 // Load delivers the current objects to sink, calls Synced and stops
-// watching. It fails when ctx ends before the caches have synced.
+// watching. It fails when ctx ends before every initial list was delivered.
 func (s *Source) Load(ctx context.Context, sink agent.Sink) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -124,7 +124,7 @@ func (s *Source) Load(ctx context.Context, sink agent.Sink) error {
 		return err
 	}
 	if !synced {
-		return fmt.Errorf("kubernetes source: the caches did not sync: %w", context.Cause(ctx))
+		return fmt.Errorf("kubernetes source: the initial lists were not all received: %w", context.Cause(ctx))
 	}
 	return nil
 }
@@ -161,7 +161,7 @@ func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
 	if !cache.WaitForCacheSync(ctx.Done(), reg.HasSynced, s.services.hasSynced, s.slices.hasSynced) {
 		return false, nil
 	}
-	klog.InfoS("Kubernetes API caches synced", "duration", time.Since(start),
+	klog.InfoS("Kubernetes API lists received", "duration", time.Since(start),
 		"services", s.services.count(), "endpointSlices", s.slices.count())
 	if _, err := s.nodeLister.Get(s.opts.NodeName); apierrors.IsNotFound(err) {
 		klog.InfoS("This node's Node object does not exist (yet): NodePorts use the configured node IPs, else the default routes' addresses", "node", s.opts.NodeName)

@@ -14,8 +14,8 @@ import (
 // the objects waiting for delivery, which during a list are every Service
 // and EndpointSlice of the cluster, stay small. What is kept:
 //
-//   - all objects: name, namespace, UID and resourceVersion (events refer
-//     to them), labels (service-proxy-name, headless, service-name,
+//   - all objects: name, namespace, UID (events refer to a Service by it)
+//     and resourceVersion (logged), labels (service-proxy-name, headless, service-name,
 //     topology), creation and deletion timestamps;
 //   - Service: the spec, status.loadBalancer, and of the annotations only
 //     the legacy load-balancer-source-ranges one;

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"reflect"
-	"strings"
 	"sync"
 
 	v1 "k8s.io/api/core/v1"
@@ -28,6 +27,9 @@ type kind struct {
 	lw     func(client kubernetes.Interface, selector string) cache.ListerWatcher
 	set    func(sink agent.Sink, obj any)
 	delete func(sink agent.Sink, namespace, name string)
+	// keepUID makes the watch remember each object's UID (events name a
+	// Service by it).
+	keepUID bool
 }
 
 // The kinds the Source watches without caching them.
@@ -43,8 +45,9 @@ var (
 					return c.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
 				})
 		},
-		set:    func(s agent.Sink, o any) { s.SetService(o.(*v1.Service), "") },
-		delete: func(s agent.Sink, ns, name string) { s.DeleteService(ns, name) },
+		set:     func(s agent.Sink, o any) { s.SetService(o.(*v1.Service), "") },
+		delete:  func(s agent.Sink, ns, name string) { s.DeleteService(ns, name) },
+		keepUID: true,
 	}
 	sliceKind = kind{
 		name: "EndpointSlice", object: &discovery.EndpointSlice{},
@@ -82,8 +85,8 @@ func listWatch(selector string,
 // objectWatch lists and watches one kind of object without caching it,
 // unlike an informer: each object goes to the sink, which keeps only what
 // the datapath needs of it (model.Builder parses it once), and objectWatch
-// remembers only its key and UID, to tell which objects a re-list no longer
-// has and to let events name the object. At 50,000 Services the typed
+// remembers only its key (and for Services its UID), to tell which objects
+// a re-list no longer has and to let events name the object. At 50,000 Services the typed
 // Services and EndpointSlices would otherwise take ~100 MB.
 //
 // It is client-go's list-watch machinery (a reflector feeding a DeltaFIFO)
@@ -104,7 +107,7 @@ type objectWatch struct {
 	ctrl      cache.Controller
 
 	mu      sync.Mutex
-	keys    map[string]types.UID // namespace/name → UID of the objects delivered
+	keys    map[string]types.UID // namespace/name (→ UID, with kind.keepUID) of the objects queued or delivered
 	pending []func()             // deliveries not made yet, in order
 	busy    bool                 // a batch of pending is being delivered
 	wake    chan struct{}        // capacity 1: pending has work
@@ -154,8 +157,9 @@ func (w *objectWatch) deliver(ctx context.Context) {
 		batch := w.pending
 		w.pending, w.busy = nil, true
 		w.mu.Unlock()
-		for _, f := range batch {
+		for i, f := range batch {
 			f()
+			batch[i] = nil // the object it delivered may go
 		}
 		w.mu.Lock()
 		w.busy = false
@@ -200,8 +204,9 @@ func (w *objectWatch) count() int {
 	return len(w.keys)
 }
 
-// uid returns the UID of the object namespace/name as last delivered, or
-// "" when it is unknown (never delivered, deleted, or another proxy's).
+// uid returns the UID of the object namespace/name as last queued for
+// delivery, or "" when it is unknown (never seen, deleted, another proxy's,
+// or of a kind whose UIDs are not kept).
 func (w *objectWatch) uid(namespace, name string) types.UID {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -238,8 +243,11 @@ func (w *objectWatch) process(obj any, _ bool) error {
 		}
 		return nil
 	}
-	// A copy: the UID must not keep the buffer it was decoded from.
-	w.keys[cache.NewObjectName(ns, name).String()] = types.UID(strings.Clone(string(o.GetUID())))
+	var uid types.UID
+	if w.kind.keepUID {
+		uid = o.GetUID()
+	}
+	w.keys[cache.NewObjectName(ns, name).String()] = uid
 	w.enqueue(func() {
 		klog.V(4).InfoS(w.kind.name+" changed", "object", klog.KRef(ns, name), "resourceVersion", o.GetResourceVersion())
 		w.kind.set(w.sink, d.Object)

@@ -108,7 +108,9 @@ func TestObjectWatch(t *testing.T) {
 		watches: []*watch.FakeWatcher{w1},
 	}
 	s := &eventSink{}
-	sw := newObjectWatch(sliceKind, lw, model.DefaultProxyName)
+	k := sliceKind
+	k.keepUID = true // as for Services
+	sw := newObjectWatch(k, lw, model.DefaultProxyName)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sw.run(ctx, s)
