@@ -186,6 +186,7 @@ func child(in io.Reader, out io.Writer) error {
 	}
 	res.ColdTransactions = len(cs)
 	res.ColdUserCPU, res.ColdSysCPU = cpu(ru0, ru1)
+	res.ColdPeakRSS = procStatus("VmHWM")
 
 	// Changes: flip the readiness of the first endpoint of a random
 	// Service (a readiness probe failing, then passing again).

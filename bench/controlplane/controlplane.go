@@ -105,8 +105,11 @@ type Result struct {
 	// ObjectsRSS is the process RSS after generating the objects, before
 	// the agent starts (bytes): the share of the listed objects' stand-in.
 	ObjectsRSS int64 `json:"objects_rss_bytes"`
-	// PeakRSS is the agent process's own peak RSS (VmHWM, bytes).
-	PeakRSS int64 `json:"peak_rss_bytes"`
+	// PeakRSS is the agent process's own peak RSS (VmHWM, bytes) over the
+	// whole run, changes included; ColdPeakRSS the peak when the cold sync
+	// ended (0 in results from before it was recorded).
+	PeakRSS     int64 `json:"peak_rss_bytes"`
+	ColdPeakRSS int64 `json:"cold_peak_rss_bytes,omitempty"`
 	// PeakRSSWithHelpers is the peak RSS the parent saw (getrusage), which
 	// also covers processes the agent ran (the nft binary, if used).
 	PeakRSSWithHelpers int64 `json:"peak_rss_with_helpers_bytes"`
@@ -135,7 +138,8 @@ type Namespaces interface {
 }
 
 // ColdRun is one measurement of a cold sync: the fields of Result with the
-// same names.
+// same names; PeakRSS is Result.ColdPeakRSS (the peak until the cold sync
+// ended).
 type ColdRun struct {
 	Seconds    float64 `json:"seconds"`
 	NFTSeconds float64 `json:"nft_seconds"`
@@ -146,7 +150,11 @@ type ColdRun struct {
 
 // coldRun returns r's own cold sync.
 func (r *Result) coldRun() ColdRun {
-	return ColdRun{Seconds: r.ColdSeconds, NFTSeconds: r.ColdNFTSeconds, UserCPU: r.ColdUserCPU, SysCPU: r.ColdSysCPU, PeakRSS: r.PeakRSS}
+	peak := r.ColdPeakRSS
+	if peak == 0 {
+		peak = r.PeakRSS
+	}
+	return ColdRun{Seconds: r.ColdSeconds, NFTSeconds: r.ColdNFTSeconds, UserCPU: r.ColdUserCPU, SysCPU: r.ColdSysCPU, PeakRSS: peak}
 }
 
 // ColdRuns returns every measured cold sync: Cold, or for results without
@@ -172,8 +180,8 @@ func Run(ctx context.Context, ns Namespaces, exe string, jobs []Job, log func(st
 		if err != nil {
 			return out, fmt.Errorf("control plane %s: %w", j.Name, err)
 		}
-		log("control plane %s: cold %.3fs (nft %.3fs), %d changes, peak RSS %d MiB",
-			j.Name, r.ColdSeconds, r.ColdNFTSeconds, len(r.ChangeLatencies), r.PeakRSS>>20)
+		log("control plane %s: cold %.3fs (nft %.3fs), %d changes, peak RSS %d MiB (%d MiB until the cold sync ended)",
+			j.Name, r.ColdSeconds, r.ColdNFTSeconds, len(r.ChangeLatencies), r.PeakRSS>>20, r.ColdPeakRSS>>20)
 		if r.Restart != nil {
 			log("control plane %s: restart over existing tables %.3fs (nft %.3fs), peak RSS %d MiB",
 				j.Name, r.Restart.Seconds, r.Restart.NFTSeconds, r.Restart.PeakRSS>>20)
@@ -184,10 +192,10 @@ func Run(ctx context.Context, ns Namespaces, exe string, jobs []Job, log func(st
 			cj.Changes, cj.Restart = 0, false
 			c, err := runJob(ctx, ns, exe, cj)
 			if err != nil {
-				return out, fmt.Errorf("control plane %s, cold sync %d: %w", j.Name, i+1, err)
+				return append(out, r), fmt.Errorf("control plane %s, cold sync %d: %w", j.Name, i+1, err)
 			}
 			log("control plane %s: cold sync %d of %d: %.3fs (nft %.3fs), peak RSS %d MiB",
-				j.Name, i+1, j.Repeats, c.ColdSeconds, c.ColdNFTSeconds, c.PeakRSS>>20)
+				j.Name, i+1, j.Repeats, c.ColdSeconds, c.ColdNFTSeconds, c.ColdPeakRSS>>20)
 			r.Cold = append(r.Cold, c.coldRun())
 		}
 		out = append(out, r)

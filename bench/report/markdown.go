@@ -115,10 +115,12 @@ func writeTargets(w io.Writer, r *Results) {
 			p("| 50,000 Services × 5 endpoints from empty < 10 s (%s) | %s | %s |\n", runs, fmtSecs(cold), verdict(cold.Median < targetCold50k))
 			p99 := PercentileNS(c.ChangeLatencies, 99)
 			p("| one endpoint change at 50,000 Services < 20 ms (p99 of %d) | %s | %s |\n", len(c.ChangeLatencies), secs(p99), verdict(p99 < targetChangeP99At50k))
-			p("| agent peak RSS at 50,000 Services < 300 MiB (%s) | %s | %s |\n", runs, fmtMiB(rss), verdict(rss.Median < targetRSSAt50kMiB))
+			p("| agent peak RSS at 50,000 Services < 300 MiB: cold sync (%s) | %s | %s |\n", runs, fmtMiB(rss), verdict(rss.Median < targetRSSAt50kMiB))
+			whole := Stat{Median: float64(c.PeakRSS) / (1 << 20), N: 1}
+			p("| the same, over the cold sync and the %d changes (first run) | %s | %s |\n", len(c.ChangeLatencies), fmtMiB(whole), verdict(whole.Median < targetRSSAt50kMiB))
 			if rs := c.Restart; rs != nil {
-				mib := float64(rs.PeakRSS) / (1 << 20)
-				p("| the same, restarted over existing tables (one run) | %.0f MiB | %s |\n", mib, verdict(mib < targetRSSAt50kMiB))
+				restart := Stat{Median: float64(rs.PeakRSS) / (1 << 20), N: 1}
+				p("| the same, restarted over existing tables (one run) | %s | %s |\n", fmtMiB(restart), verdict(restart.Median < targetRSSAt50kMiB))
 			}
 		}
 	}
@@ -324,21 +326,22 @@ func writeControlPlane(w io.Writer, cs []controlplane.Result, charts map[string]
 	p("counts them but not their generation); \"objects alone\" is the RSS before the agent started; the\n")
 	p("live Go heap is measured after a collection at the end. CPU is user + system time of the process\n")
 	p("(libnftables runs in-process, and the kernel's commit work is the process's system time).\n\n")
-	p("The cold sync, its CPU and the peak RSS are the median (min–max) of the runs counted in the\n")
-	p("table, each in a fresh child and namespace; the changes, the RSS after them and the heap are\n")
-	p("from the first run.\n\n")
+	p("The cold sync, its CPU and its peak RSS (until the cold sync ended) are the median (min–max) of\n")
+	p("the runs counted in the table, each in a fresh child and namespace; the changes, the peak RSS\n")
+	p("over the whole run, the RSS after the changes and the heap are from the first run.\n\n")
 	writeHeader(w, "scale", "runs", "cold sync", "of which libnftables", "transactions", "cold CPU (user + sys)", "change p50", "change p99", "change max",
-		"full resyncs", "peak RSS", "RSS after the changes", "objects alone", "live Go heap")
+		"full resyncs", "peak RSS, cold sync", "peak RSS, with the changes", "RSS after the changes", "objects alone", "live Go heap")
 	for _, c := range cs {
 		runs := c.ColdRuns()
 		var nftS, user, sys []float64
 		for _, r := range runs {
 			nftS, user, sys = append(nftS, r.NFTSeconds), append(user, r.UserCPU), append(sys, r.SysCPU)
 		}
-		p("| %s | %d | %s | %s | %d | %.2f + %.2f s | %s | %s | %s | %d of %d | %s | %d MiB | %d MiB | %d MiB |\n",
+		p("| %s | %d | %s | %s | %d | %.2f + %.2f s | %s | %s | %s | %d of %d | %s | %s | %d MiB | %d MiB | %d MiB |\n",
 			c.Job.Name, len(runs), fmtSecs(coldStat(&c)), fmtSecs(Summarize(nftS)), c.ColdTransactions, Summarize(user).Median, Summarize(sys).Median,
 			secs(PercentileNS(c.ChangeLatencies, 50)), secs(PercentileNS(c.ChangeLatencies, 99)), secs(PercentileNS(c.ChangeLatencies, 100)),
-			c.ChangeFullSyncs, len(c.ChangeLatencies), fmtMiB(peakStat(&c)), c.SteadyRSS>>20, c.ObjectsRSS>>20, c.HeapInuse>>20)
+			c.ChangeFullSyncs, len(c.ChangeLatencies), fmtMiB(peakStat(&c)), fmtMiB(Stat{Median: float64(c.PeakRSS) / (1 << 20), N: 1}),
+			c.SteadyRSS>>20, c.ObjectsRSS>>20, c.HeapInuse>>20)
 	}
 	p("\n")
 	var restarts []controlplane.Result
@@ -354,7 +357,8 @@ func writeControlPlane(w io.Writer, cs []controlplane.Result, charts map[string]
 		writeHeader(w, "scale", "restart: first sync", "of which libnftables", "CPU (user + sys)", "peak RSS")
 		for _, c := range restarts {
 			rs := c.Restart
-			p("| %s | %s | %s | %.2f + %.2f s | %d MiB |\n", c.Job.Name, secs(rs.Seconds), secs(rs.NFTSeconds), rs.UserCPU, rs.SysCPU, rs.PeakRSS>>20)
+			p("| %s | %s | %s | %.2f + %.2f s | %s |\n", c.Job.Name, secs(rs.Seconds), secs(rs.NFTSeconds), rs.UserCPU, rs.SysCPU,
+				fmtMiB(Stat{Median: float64(rs.PeakRSS) / (1 << 20), N: 1}))
 		}
 		p("\n")
 	}
