@@ -37,13 +37,7 @@ var (
 	serviceKind = kind{
 		name: "Service", object: &v1.Service{},
 		lw: func(c kubernetes.Interface, sel string) cache.ListerWatcher {
-			return listWatch(sel,
-				func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-					return c.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
-				},
-				func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-					return c.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
-				})
+			return listWatch(sel, c.CoreV1().Services(metav1.NamespaceAll))
 		},
 		set:     func(s agent.Sink, o any) { s.SetService(o.(*v1.Service), "") },
 		delete:  func(s agent.Sink, ns, name string) { s.DeleteService(ns, name) },
@@ -52,32 +46,30 @@ var (
 	sliceKind = kind{
 		name: "EndpointSlice", object: &discovery.EndpointSlice{},
 		lw: func(c kubernetes.Interface, sel string) cache.ListerWatcher {
-			return listWatch(sel,
-				func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-					return c.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o)
-				},
-				func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-					return c.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch(ctx, o)
-				})
+			return listWatch(sel, c.DiscoveryV1().EndpointSlices(metav1.NamespaceAll))
 		},
 		set:    func(s agent.Sink, o any) { s.SetEndpointSlice(o.(*discovery.EndpointSlice), "") },
 		delete: func(s agent.Sink, ns, name string) { s.DeleteEndpointSlice(ns, name) },
 	}
 )
 
-// listWatch lists and watches, in every namespace, the objects selector
-// matches.
-func listWatch(selector string,
-	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
-	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)) cache.ListerWatcher {
+// listerWatcher is the List and Watch of a typed client of one resource
+// (e.g. client.CoreV1().Services(namespace)).
+type listerWatcher[L runtime.Object] interface {
+	List(context.Context, metav1.ListOptions) (L, error)
+	Watch(context.Context, metav1.ListOptions) (watch.Interface, error)
+}
+
+// listWatch lists and watches through api the objects selector matches.
+func listWatch[L runtime.Object](selector string, api listerWatcher[L]) cache.ListerWatcher {
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.LabelSelector = selector
-			return list(ctx, o)
+			return api.List(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.LabelSelector = selector
-			return watchFn(ctx, o)
+			return api.Watch(ctx, o)
 		},
 	}
 }
