@@ -22,9 +22,9 @@ import (
 
 // Stages of the suite.
 const (
-	StageDatapath     = "datapath"
-	StageControlPlane = "controlplane"
-	StageMicro        = "micro"
+	StageDatapath     = report.StageDatapath
+	StageControlPlane = report.StageControlPlane
+	StageMicro        = report.StageMicro
 )
 
 // Namespaces creates the clusters the stages run in; see

@@ -30,6 +30,61 @@ type Results struct {
 	MicroRaw string `json:"micro_raw,omitempty"`
 }
 
+// Has reports whether r holds results of stage.
+func (r *Results) Has(stage string) bool {
+	switch stage {
+	case StageDatapath:
+		return r.Datapath != nil
+	case StageControlPlane:
+		return len(r.ControlPlane) > 0
+	case StageMicro:
+		return len(r.Micro) > 0 || r.MicroRaw != ""
+	}
+	return false
+}
+
+// The stages of the suite.
+const (
+	StageMicro        = "micro"
+	StageControlPlane = "controlplane"
+	StageDatapath     = "datapath"
+)
+
+// stages lists the stages in the order the suite runs them.
+var stages = [...]string{StageMicro, StageControlPlane, StageDatapath}
+
+// Merge records which run measured each stage, and takes from prev (an
+// earlier run's results; nil for none) the stages this run did not (ran
+// reports whether it did). A merged stage keeps the origin prev recorded
+// for it, which may be a run before prev.
+func (r *Results) Merge(prev *Results, ran func(stage string) bool) {
+	here := StageOrigin{Started: r.Meta.Started, Commit: r.Meta.Commit}
+	r.Meta.Stages = map[string]StageOrigin{}
+	var merged []string
+	for _, st := range stages {
+		switch {
+		case ran(st):
+			r.Meta.Stages[st] = here
+		case prev != nil && prev.Has(st):
+			switch st {
+			case StageDatapath:
+				r.Datapath = prev.Datapath
+			case StageControlPlane:
+				r.ControlPlane = prev.ControlPlane
+			case StageMicro:
+				r.Micro, r.MicroRaw = prev.Micro, prev.MicroRaw
+			}
+			origin, ok := prev.Meta.Stages[st]
+			if !ok {
+				origin = StageOrigin{Started: prev.Meta.Started, Commit: prev.Meta.Commit}
+			}
+			r.Meta.Stages[st] = origin
+			merged = append(merged, fmt.Sprintf("%s from %s", st, origin))
+		}
+	}
+	r.Meta.Merged = strings.Join(merged, "; ")
+}
+
 // Meta describes the machine and the run.
 type Meta struct {
 	Started    time.Time `json:"started"`
@@ -49,6 +104,20 @@ type Meta struct {
 	LoadAfter  string    `json:"loadavg_after"`
 	// Merged says which stages come from an earlier run, if any.
 	Merged string `json:"merged,omitempty"`
+	// Stages says, for each stage in the results, which run measured it
+	// (a stage merged from an earlier run keeps that run's origin).
+	Stages map[string]StageOrigin `json:"stages,omitempty"`
+}
+
+// StageOrigin is the run that measured a stage.
+type StageOrigin struct {
+	Started time.Time `json:"started"`
+	Commit  string    `json:"commit"`
+}
+
+// String returns "the run of <date> (commit <id>)".
+func (o StageOrigin) String() string {
+	return fmt.Sprintf("the run of %s (commit %s)", o.Started.Format("2006-01-02 15:04 UTC"), o.Commit)
 }
 
 // CollectMeta describes this machine. dir is a directory inside the

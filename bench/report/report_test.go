@@ -1,6 +1,14 @@
 package report
 
-import "testing"
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubenat/kubenat/bench/controlplane"
+	"github.com/kubenat/kubenat/bench/datapath"
+)
 
 func TestSummarize(t *testing.T) {
 	s := Summarize([]float64{5, 1, 3, 2})
@@ -50,5 +58,33 @@ func TestThousands(t *testing.T) {
 		if got := thousands(n); got != want {
 			t.Errorf("thousands(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// TestMergeKeepsEachStagesOrigin: a stage taken from an earlier run keeps
+// the origin that run recorded for it, through several merges.
+func TestMergeKeepsEachStagesOrigin(t *testing.T) {
+	at := func(h int) time.Time { return time.Date(2026, 11, 27, h, 0, 0, 0, time.UTC) }
+	only := func(stage string) func(string) bool { return func(s string) bool { return s == stage } }
+
+	full := &Results{Meta: Meta{Started: at(10), Commit: "aaa"}, Datapath: &datapath.Results{},
+		ControlPlane: []controlplane.Result{{}}, Micro: []Micro{{}}}
+	full.Merge(nil, func(string) bool { return true })
+	cp1 := &Results{Meta: Meta{Started: at(11), Commit: "bbb"}, ControlPlane: []controlplane.Result{{}}}
+	cp1.Merge(full, only(StageControlPlane))
+	cp2 := &Results{Meta: Meta{Started: at(12), Commit: "ccc"}, ControlPlane: []controlplane.Result{{}}}
+	cp2.Merge(cp1, only(StageControlPlane))
+
+	want := map[string]StageOrigin{
+		StageMicro: {at(10), "aaa"}, StageDatapath: {at(10), "aaa"}, StageControlPlane: {at(12), "ccc"},
+	}
+	if !reflect.DeepEqual(cp2.Meta.Stages, want) {
+		t.Errorf("stages %v, want %v", cp2.Meta.Stages, want)
+	}
+	if cp2.Datapath == nil || len(cp2.Micro) != 1 {
+		t.Error("the merged stages' results were not taken")
+	}
+	if got := cp2.Meta.Merged; !strings.Contains(got, "datapath from the run of 2026-11-27 10:00 UTC (commit aaa)") || strings.Contains(got, "bbb") {
+		t.Errorf("Merged = %q", got)
 	}
 }

@@ -117,20 +117,7 @@ func run() error {
 	if runErr != nil && ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", runErr)
 	}
-	if prev != nil {
-		ran := func(s string) bool { return o.Stages == nil || slices.Contains(o.Stages, s) }
-		if !ran(bench.StageDatapath) {
-			res.Datapath = prev.Datapath
-		}
-		if !ran(bench.StageControlPlane) {
-			res.ControlPlane = prev.ControlPlane
-		}
-		if !ran(bench.StageMicro) {
-			res.Micro, res.MicroRaw = prev.Micro, prev.MicroRaw
-		}
-		res.Meta.Merged = fmt.Sprintf("stages not run here come from the run of %s (commit %s)",
-			prev.Meta.Started.Format("2006-01-02 15:04 UTC"), prev.Meta.Commit)
-	}
+	res.Merge(prev, func(s string) bool { return o.Stages == nil || slices.Contains(o.Stages, s) })
 	if err := report.Write(*out, res); err != nil {
 		return errors.Join(runErr, err)
 	}
