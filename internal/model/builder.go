@@ -54,7 +54,19 @@ type built struct {
 	errs      []error       // problems of the current version of the object
 	conflicts []error       // frontends lost to another Service
 	created   time.Time
-	claimed   []FrontendKey
+}
+
+// claimed returns the frontends the built ports claim, each once.
+func (nb *built) claimed() []FrontendKey {
+	var out []FrontendKey
+	for _, sp := range nb.ports {
+		for _, f := range sp.Frontends {
+			if fk := f.Key(sp.Name.Protocol); !slices.Contains(out, fk) {
+				out = append(out, fk)
+			}
+		}
+	}
+	return out
 }
 
 // Builder keeps the input objects and builds the State incrementally: a
@@ -256,7 +268,7 @@ func (b *Builder) Build() (*State, Delta) {
 func (b *Builder) rebuild(k ServiceKey, resolve map[ServiceKey]struct{}) {
 	old := b.built[k]
 	if old != nil {
-		for _, fk := range old.claimed {
+		for _, fk := range old.claimed() {
 			b.unclaim(fk, k, resolve)
 		}
 	}
@@ -281,19 +293,10 @@ func (b *Builder) rebuild(k ServiceKey, resolve map[ServiceKey]struct{}) {
 		}
 	}
 	b.built[k] = nb
-	seen := map[FrontendKey]bool{}
-	for _, sp := range nb.ports {
-		for _, f := range sp.Frontends {
-			fk := f.Key(sp.Name.Protocol)
-			if seen[fk] {
-				continue
-			}
-			seen[fk] = true
-			nb.claimed = append(nb.claimed, fk)
-			b.claims[fk] = append(b.claims[fk], k)
-			for _, other := range b.claims[fk] {
-				resolve[other] = struct{}{}
-			}
+	for _, fk := range nb.claimed() {
+		b.claims[fk] = append(b.claims[fk], k)
+		for _, other := range b.claims[fk] {
+			resolve[other] = struct{}{}
 		}
 	}
 }
