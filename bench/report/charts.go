@@ -201,15 +201,11 @@ func writeCharts(dir string, r *Results) (map[string]chart, error) {
 				continue
 			}
 			x := float64(c.Services)
-			var nftS []float64
-			for _, r := range c.ColdRuns() {
-				nftS = append(nftS, r.NFTSeconds)
-			}
-			total.x, total.y = append(total.x, x), append(total.y, coldStat(&c).Median)
-			nftPart.x, nftPart.y = append(nftPart.x, x), append(nftPart.y, Summarize(nftS).Median)
+			total.x, total.y = append(total.x, x), append(total.y, coldStat(&c, coldSeconds).Median)
+			nftPart.x, nftPart.y = append(nftPart.x, x), append(nftPart.y, coldStat(&c, coldNFT).Median)
 			p50.x, p50.y = append(p50.x, x), append(p50.y, PercentileNS(c.ChangeLatencies, 50))
 			p99.x, p99.y = append(p99.x, x), append(p99.y, PercentileNS(c.ChangeLatencies, 99))
-			peak.x, peak.y = append(peak.x, x), append(peak.y, peakStat(&c).Median)
+			peak.x, peak.y = append(peak.x, x), append(peak.y, coldStat(&c, coldPeakMiB).Median)
 			objs.x, objs.y = append(objs.x, x), append(objs.y, float64(c.ObjectsRSS>>20))
 		}
 		if len(total.x) > 0 {

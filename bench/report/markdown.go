@@ -106,7 +106,7 @@ func writeTargets(w io.Writer, r *Results) {
 	}
 	for _, c := range r.ControlPlane {
 		w5 := c.Job.Workload.Endpoints == 5
-		cold, rss := coldStat(&c), peakStat(&c)
+		cold, rss := coldStat(&c, coldSeconds), coldStat(&c, coldPeakMiB)
 		runs := fmt.Sprintf("median of %d", cold.N)
 		switch {
 		case c.Services == 10000 && w5:
@@ -116,10 +116,10 @@ func writeTargets(w io.Writer, r *Results) {
 			p99 := PercentileNS(c.ChangeLatencies, 99)
 			p("| one endpoint change at 50,000 Services < 20 ms (p99 of %d) | %s | %s |\n", len(c.ChangeLatencies), secs(p99), verdict(p99 < targetChangeP99At50k))
 			p("| agent peak RSS at 50,000 Services < 300 MiB: cold sync (%s) | %s | %s |\n", runs, fmtMiB(rss), verdict(rss.Median < targetRSSAt50kMiB))
-			whole := Stat{Median: float64(c.PeakRSS) / (1 << 20), N: 1}
+			whole := one(mib(c.PeakRSS))
 			p("| the same, over the cold sync and the %d changes (first run) | %s | %s |\n", len(c.ChangeLatencies), fmtMiB(whole), verdict(whole.Median < targetRSSAt50kMiB))
 			if rs := c.Restart; rs != nil {
-				restart := Stat{Median: float64(rs.PeakRSS) / (1 << 20), N: 1}
+				restart := one(mib(rs.PeakRSS))
 				p("| the same, restarted over existing tables (one run) | %s | %s |\n", fmtMiB(restart), verdict(restart.Median < targetRSSAt50kMiB))
 			}
 		}
@@ -332,15 +332,11 @@ func writeControlPlane(w io.Writer, cs []controlplane.Result, charts map[string]
 	writeHeader(w, "scale", "runs", "cold sync", "of which libnftables", "transactions", "cold CPU (user + sys)", "change p50", "change p99", "change max",
 		"full resyncs", "peak RSS, cold sync", "peak RSS, with the changes", "RSS after the changes", "objects alone", "live Go heap")
 	for _, c := range cs {
-		runs := c.ColdRuns()
-		var nftS, user, sys []float64
-		for _, r := range runs {
-			nftS, user, sys = append(nftS, r.NFTSeconds), append(user, r.UserCPU), append(sys, r.SysCPU)
-		}
 		p("| %s | %d | %s | %s | %d | %.2f + %.2f s | %s | %s | %s | %d of %d | %s | %s | %d MiB | %d MiB | %d MiB |\n",
-			c.Job.Name, len(runs), fmtSecs(coldStat(&c)), fmtSecs(Summarize(nftS)), c.ColdTransactions, Summarize(user).Median, Summarize(sys).Median,
+			c.Job.Name, len(c.ColdRuns()), fmtSecs(coldStat(&c, coldSeconds)), fmtSecs(coldStat(&c, coldNFT)), c.ColdTransactions,
+			coldStat(&c, coldUser).Median, coldStat(&c, coldSys).Median,
 			secs(PercentileNS(c.ChangeLatencies, 50)), secs(PercentileNS(c.ChangeLatencies, 99)), secs(PercentileNS(c.ChangeLatencies, 100)),
-			c.ChangeFullSyncs, len(c.ChangeLatencies), fmtMiB(peakStat(&c)), fmtMiB(Stat{Median: float64(c.PeakRSS) / (1 << 20), N: 1}),
+			c.ChangeFullSyncs, len(c.ChangeLatencies), fmtMiB(coldStat(&c, coldPeakMiB)), fmtMiB(one(mib(c.PeakRSS))),
 			c.SteadyRSS>>20, c.ObjectsRSS>>20, c.HeapInuse>>20)
 	}
 	p("\n")
@@ -358,7 +354,7 @@ func writeControlPlane(w io.Writer, cs []controlplane.Result, charts map[string]
 		for _, c := range restarts {
 			rs := c.Restart
 			p("| %s | %s | %s | %.2f + %.2f s | %s |\n", c.Job.Name, secs(rs.Seconds), secs(rs.NFTSeconds), rs.UserCPU, rs.SysCPU,
-				fmtMiB(Stat{Median: float64(rs.PeakRSS) / (1 << 20), N: 1}))
+				fmtMiB(one(mib(rs.PeakRSS))))
 		}
 		p("\n")
 	}
@@ -404,23 +400,29 @@ func fmtRate(s Stat) string {
 	return fmt.Sprintf("%s (%s–%s)", thousands(int(math.Round(s.Median))), thousands(int(math.Round(s.Min))), thousands(int(math.Round(s.Max))))
 }
 
-// coldStat summarizes a control-plane scale's cold syncs (seconds).
-func coldStat(c *controlplane.Result) Stat {
+// coldStat summarizes one figure of a control-plane scale's cold syncs.
+func coldStat(c *controlplane.Result, field func(controlplane.ColdRun) float64) Stat {
 	var xs []float64
 	for _, r := range c.ColdRuns() {
-		xs = append(xs, r.Seconds)
+		xs = append(xs, field(r))
 	}
 	return Summarize(xs)
 }
 
-// peakStat summarizes a control-plane scale's peak RSS (MiB).
-func peakStat(c *controlplane.Result) Stat {
-	var xs []float64
-	for _, r := range c.ColdRuns() {
-		xs = append(xs, float64(r.PeakRSS)/(1<<20))
-	}
-	return Summarize(xs)
-}
+// Figures of a cold sync, for coldStat.
+var (
+	coldSeconds = func(r controlplane.ColdRun) float64 { return r.Seconds }
+	coldNFT     = func(r controlplane.ColdRun) float64 { return r.NFTSeconds }
+	coldUser    = func(r controlplane.ColdRun) float64 { return r.UserCPU }
+	coldSys     = func(r controlplane.ColdRun) float64 { return r.SysCPU }
+	coldPeakMiB = func(r controlplane.ColdRun) float64 { return mib(r.PeakRSS) }
+)
+
+// mib converts bytes to MiB.
+func mib(bytes int64) float64 { return float64(bytes) / (1 << 20) }
+
+// one is the Stat of a single measurement.
+func one(x float64) Stat { return Stat{Median: x, Min: x, Max: x, N: 1} }
 
 // fmtSecs formats a Stat of seconds as "median (min–max)".
 func fmtSecs(s Stat) string {
