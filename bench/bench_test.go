@@ -49,7 +49,7 @@ func TestSmoke(t *testing.T) {
 		},
 		ControlPlane: []controlplane.Job{
 			{Name: "20 × 2", Workload: workload.Spec{Services: 20, Endpoints: 2, NodePortEvery: 5}, Changes: 4,
-				Interval: 5 * time.Millisecond, Seed: 1},
+				Interval: 5 * time.Millisecond, Seed: 1, Repeats: 2, Restart: true},
 			{Name: "1 × 300", Workload: workload.Spec{Services: 1, Endpoints: 300}, Changes: 2,
 				Interval: 5 * time.Millisecond, Seed: 1},
 		},
@@ -101,6 +101,17 @@ func TestSmoke(t *testing.T) {
 		}
 		if c.ChangeFullSyncs != 0 {
 			t.Errorf("control plane %s: %d changes needed a full resync", c.Job.Name, c.ChangeFullSyncs)
+		}
+		if want := max(c.Job.Repeats, 1); len(c.Cold) != want {
+			t.Errorf("control plane %s: %d cold syncs measured, want %d", c.Job.Name, len(c.Cold), want)
+		}
+		for i, r := range c.Cold {
+			if r.Seconds <= 0 || r.PeakRSS <= 0 {
+				t.Errorf("control plane %s: cold sync %d: %+v", c.Job.Name, i+1, r)
+			}
+		}
+		if rs := c.Restart; (rs != nil) != c.Job.Restart || (rs != nil && (rs.Seconds <= 0 || rs.PeakRSS <= 0)) {
+			t.Errorf("control plane %s: restart %+v, want one measured: %v", c.Job.Name, rs, c.Job.Restart)
 		}
 	}
 
