@@ -14,7 +14,8 @@
 //     to, the sink.
 //   - Services and EndpointSlices, the bulk of a large cluster, are not
 //     cached (objectWatch): the sink keeps what it needs of each, and the
-//     source only their keys and UIDs (events name a Service by its UID).
+//     source only their keys and the Services' UIDs (events name a Service
+//     by its UID).
 //     Objects are trimmed to what kubenat reads (trim) while they wait to
 //     be delivered.
 //   - The Node named Options.NodeName, by field selector. Its updates reach
@@ -108,8 +109,8 @@ func New(client kubernetes.Interface, opts Options) (*Source, error) {
 	return s, nil
 }
 
-// ServiceUID returns the UID of the Service namespace/name as last
-// delivered, or "" when it is unknown. It is an events.ServiceLookup.
+// ServiceUID returns the UID of the Service namespace/name as last queued
+// for delivery, or "" when it is unknown. It is an events.ServiceLookup.
 func (s *Source) ServiceUID(namespace, name string) types.UID {
 	return s.services.uid(namespace, name)
 }

@@ -78,8 +78,9 @@ func listWatch[L runtime.Object](selector string, api listerWatcher[L]) cache.Li
 // unlike an informer: each object goes to the sink, which keeps only what
 // the datapath needs of it (model.Builder parses it once), and objectWatch
 // remembers only its key (and for Services its UID), to tell which objects
-// a re-list no longer has and to let events name the object. At 50,000 Services the typed
-// Services and EndpointSlices would otherwise take ~100 MB.
+// a re-list no longer has and to let events name the object. At 50,000
+// Services the typed Services and EndpointSlices would otherwise take
+// ~100 MB.
 //
 // It is client-go's list-watch machinery (a reflector feeding a DeltaFIFO)
 // with the key set as the FIFO's "known objects": watches resume from the
