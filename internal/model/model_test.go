@@ -250,9 +250,9 @@ func TestIgnoredServices(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := IgnoreReason(tc.svc, "")
+			got := identityOf(tc.svc).ignoreReason("")
 			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
-				t.Errorf("IgnoreReason = %q, want one mentioning %q", got, tc.want)
+				t.Errorf("ignore reason = %q, want one mentioning %q", got, tc.want)
 			}
 			st := Build(testCfg, Objects{Services: []*v1.Service{tc.svc}})
 			if _, programmed := st.Services[ServiceKey{"default", tc.svc.Name}]; programmed != (tc.want == "") {

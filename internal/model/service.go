@@ -30,15 +30,8 @@ const DefaultAffinityTimeout = 10800 * time.Second
 // maxAffinitySeconds is Kubernetes' upper bound for timeoutSeconds.
 const maxAffinitySeconds = 86400
 
-// IgnoreReason returns why kubenat does not program a Service at all, or ""
-// when it does: ExternalName Services, headless Services, and Services that
-// name another proxy in the service-proxy-name label.
-func IgnoreReason(svc *v1.Service, proxyName string) string {
-	return identityOf(svc).ignoreReason(proxyName)
-}
-
 // serviceIdentity is what decides whether kubenat serves a Service at all
-// (see IgnoreReason). The proxy name is compared when the State is built,
+// (see ignoreReason). The proxy name is compared when the State is built,
 // since the configuration may change it.
 type serviceIdentity struct {
 	externalName  bool
@@ -59,6 +52,9 @@ func identityOf(svc *v1.Service) serviceIdentity {
 	}
 }
 
+// ignoreReason returns why kubenat does not program the Service at all, or
+// "" when it does: ExternalName Services, headless Services, and Services
+// that name another proxy than proxyName in the service-proxy-name label.
 func (id serviceIdentity) ignoreReason(proxyName string) string {
 	if proxyName == "" {
 		proxyName = DefaultProxyName
