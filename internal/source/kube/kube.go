@@ -96,8 +96,8 @@ func New(client kubernetes.Interface, opts Options) (*Source, error) {
 	}
 	selector := labels.NewSelector().Add(*notHeadless).String()
 	s := &Source{opts: opts,
-		services: newObjectWatch(serviceKind, serviceKind.lw(client, selector), opts.ProxyName),
-		slices:   newObjectWatch(sliceKind, sliceKind.lw(client, selector), opts.ProxyName),
+		services: newObjectWatch(serviceKind, listWatch(selector, client.CoreV1().Services(metav1.NamespaceAll)), opts.ProxyName),
+		slices:   newObjectWatch(sliceKind, listWatch(selector, client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll)), opts.ProxyName),
 	}
 	s.nodeFactory = informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {

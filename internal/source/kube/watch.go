@@ -12,19 +12,17 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
 	"github.com/kubenat/kubenat/internal/agent"
 )
 
-// kind is a type of object an objectWatch delivers: what to list and watch,
-// and which sink calls receive it.
+// kind is a type of object an objectWatch delivers, and which sink calls
+// receive it.
 type kind struct {
 	name   string         // "Service", for logs and errors
 	object runtime.Object // an empty object of the type
-	lw     func(client kubernetes.Interface, selector string) cache.ListerWatcher
 	set    func(sink agent.Sink, obj any)
 	delete func(sink agent.Sink, namespace, name string)
 	// keepUID makes the watch remember each object's UID (events name a
@@ -36,18 +34,12 @@ type kind struct {
 var (
 	serviceKind = kind{
 		name: "Service", object: &v1.Service{},
-		lw: func(c kubernetes.Interface, sel string) cache.ListerWatcher {
-			return listWatch(sel, c.CoreV1().Services(metav1.NamespaceAll))
-		},
 		set:     func(s agent.Sink, o any) { s.SetService(o.(*v1.Service), "") },
 		delete:  func(s agent.Sink, ns, name string) { s.DeleteService(ns, name) },
 		keepUID: true,
 	}
 	sliceKind = kind{
 		name: "EndpointSlice", object: &discovery.EndpointSlice{},
-		lw: func(c kubernetes.Interface, sel string) cache.ListerWatcher {
-			return listWatch(sel, c.DiscoveryV1().EndpointSlices(metav1.NamespaceAll))
-		},
 		set:    func(s agent.Sink, o any) { s.SetEndpointSlice(o.(*discovery.EndpointSlice), "") },
 		delete: func(s agent.Sink, ns, name string) { s.DeleteEndpointSlice(ns, name) },
 	}
