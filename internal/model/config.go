@@ -39,6 +39,13 @@ type Config struct {
 	// ProxyName is the service-proxy-name label value that names this
 	// proxy; Services labelled with another name are ignored.
 	ProxyName string
+	// SocketLB says that the node's processes connect through the socket
+	// load balancer (see State.SocketEndpoints): their TCP connections to
+	// ClusterIPs are balanced at connect(), and TCP traffic between pods
+	// that no NAT could have touched is left untracked
+	// (State.TrackedEndpoints). Ignored with MasqueradeAll, which needs
+	// every ClusterIP connection to be translated by the kernel.
+	SocketLB bool
 }
 
 // EgressConfig is ip-masq-agent's configuration: which destinations pod

@@ -22,8 +22,8 @@ type Backend struct {
 	run nft.Runner
 	o   Options
 
-	synced        bool
-	masqueradeAll bool
+	synced bool
+	modes  modes
 	// What the kernel holds, in brief: the number of elements of each set
 	// and map per family (which backends maps exist), and, for the sets in
 	// which several Services may need the same element (sharedSets), each
@@ -38,7 +38,7 @@ type Backend struct {
 // a ClusterIP (two Services on different ports of one address) and a pod
 // backing two Services. Every other element is keyed by a frontend, which
 // the model gives to one Service only.
-var sharedSets = map[string]bool{setClusterIPs: true, setHairpin: true}
+var sharedSets = map[string]bool{setClusterIPs: true, setHairpin: true, setTrackedEndpoints: true}
 
 // New returns a Backend that applies scripts with run.
 func New(run nft.Runner, o Options) *Backend {
@@ -55,7 +55,7 @@ type SyncResult struct {
 // previous Sync; a full resync is done when d.Full is set or the previous
 // Sync failed. On error the kernel keeps its previous (complete) ruleset.
 func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (SyncResult, error) {
-	if !b.synced || d.Full || st.Config.MasqueradeAll != b.masqueradeAll {
+	if !b.synced || d.Full || modesOf(st) != b.modes {
 		return b.fullSync(ctx, st)
 	}
 	if len(d.Changed) == 0 {
@@ -98,7 +98,7 @@ func planOf(st *model.State) *plan {
 		p.node.add(e)
 	}
 	for _, k := range p.keys {
-		for _, e := range serviceContrib(st.Services[k]).elems {
+		for _, e := range serviceContrib(st, st.Services[k]).elems {
 			if !sharedSets[e.set] {
 				p.counts[e.f][e.set]++
 				continue
@@ -125,7 +125,7 @@ func (p *plan) groups(limit int, fn func(cs []contrib, first, last int) error) e
 	var group []contrib
 	n, first := 0, 0
 	for i, k := range p.keys {
-		c := serviceContrib(p.st.Services[k])
+		c := serviceContrib(p.st, p.st.Services[k])
 		if limit >= 0 && len(group) > 0 && n+len(c.elems) > limit {
 			if err := fn(group, first, i-1); err != nil {
 				return err
@@ -147,9 +147,9 @@ func (p *plan) dynamic(f model.Family) dynamic { return dynamicOf(p.counts[f]) }
 // writeSkeleton writes one family's table: every static set (with the
 // node's elements), the backends maps in use, and the chains, but nothing
 // of the Services.
-func (p *plan) writeSkeleton(sb *strings.Builder, a fam, o Options, masqueradeAll bool) {
+func (p *plan) writeSkeleton(sb *strings.Builder, a fam, o Options, m modes) {
 	t := &tables{content: p.node, objects: map[model.Family]*famObjects{a.f: {}}}
-	t.writeBlock(sb, a, o, masqueradeAll, p.dynamic(a.f))
+	t.writeBlock(sb, a, o, m, p.dynamic(a.f))
 }
 
 // writeServices writes what the Services cs contribute to the tables:
@@ -218,7 +218,7 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 			fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, b.o.Table, a.name, b.o.Table)
 		}
 		for _, a := range families {
-			p.writeSkeleton(&sb, a, b.o, st.Config.MasqueradeAll)
+			p.writeSkeleton(&sb, a, b.o, modesOf(st))
 		}
 		_ = p.groups(-1, func(cs []contrib, _, _ int) error {
 			writeServices(&sb, b.o, cs, map[elemID]bool{})
@@ -227,7 +227,7 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 		if _, err := b.run.Run(ctx, sb.String()); err != nil {
 			return SyncResult{}, fmt.Errorf("replacing the kubenat tables: %w", err)
 		}
-		b.remember(p, st.Config.MasqueradeAll)
+		b.remember(p, modesOf(st))
 		return SyncResult{Full: true}, nil
 	}
 	created, err := b.fill(ctx, st, p, b.o, true)
@@ -239,7 +239,7 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 			return SyncResult{}, err
 		}
 	}
-	b.remember(p, st.Config.MasqueradeAll)
+	b.remember(p, modesOf(st))
 	return SyncResult{Full: true}, nil
 }
 
@@ -299,7 +299,7 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 		}
 	}
 	for _, a := range families {
-		p.writeSkeleton(&sb, a, o, st.Config.MasqueradeAll)
+		p.writeSkeleton(&sb, a, o, modesOf(st))
 	}
 	if _, err := b.run.Run(ctx, sb.String()); err != nil {
 		if create {
@@ -354,9 +354,9 @@ type groupScript struct {
 }
 
 // remember records, after a full sync of p, what incremental syncs need.
-func (b *Backend) remember(p *plan, masqueradeAll bool) {
+func (b *Backend) remember(p *plan, m modes) {
 	b.counts, b.shared = p.counts, p.shared
-	b.masqueradeAll, b.synced = masqueradeAll, true
+	b.modes, b.synced = m, true
 }
 
 // dynamic returns the backends maps in use in family f.
@@ -407,8 +407,8 @@ func objectsOf(cs []contrib, f model.Family) (sets map[string]bool, chains map[s
 func (b *Backend) incremental(st *model.State, d model.Delta) (string, int) {
 	var olds, news []contrib
 	for _, k := range d.Changed {
-		olds = append(olds, serviceContrib(d.Old[k]))
-		news = append(news, serviceContrib(st.Services[k]))
+		olds = append(olds, serviceContrib(st, d.Old[k]))
+		news = append(news, serviceContrib(st, st.Services[k]))
 	}
 
 	// Element changes, netted per element: a frontend leaving one Service
@@ -516,7 +516,7 @@ func (b *Backend) incremental(st *model.State, d model.Delta) (string, int) {
 		// 2. Rules: the load-balancing chains when the maps in use
 		// changed, and the Services' chains that are new or changed.
 		if len(newMaps)+len(goneMaps) > 0 {
-			for _, ch := range a.chains(b.o, b.masqueradeAll, nowDyn) {
+			for _, ch := range a.chains(b.o, b.modes, nowDyn) {
 				if ch.name == "lb" || ch.name == "lb-local" {
 					writeRules(&sb, tbl, ch.name, ch.rules, true)
 				}

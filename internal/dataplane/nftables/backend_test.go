@@ -139,12 +139,23 @@ func randomService(r *rand.Rand, i int) k8sobj.Service {
 
 // TestIncrementalMatchesFullRender programs random sequences of changes
 // incrementally in one namespace and from scratch in another, and checks
-// the kernel holds the same ruleset in both after every step.
+// the kernel holds the same ruleset in both after every step; with the
+// socket load balancer too (the tracked endpoints are shared elements).
 func TestIncrementalMatchesFullRender(t *testing.T) {
+	for _, socketLB := range []bool{false, true} {
+		t.Run(fmt.Sprintf("socketLB=%v", socketLB), func(t *testing.T) {
+			cfg := testConfig()
+			cfg.SocketLB = socketLB
+			incrementalMatchesFullRender(t, cfg)
+		})
+	}
+}
+
+func incrementalMatchesFullRender(t *testing.T, cfg model.Config) {
 	incNS, refNS := netnstest.NewNamespace(t), netnstest.NewNamespace(t)
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(1, 2))
-	b := model.NewBuilder(testConfig())
+	b := model.NewBuilder(cfg)
 	inc := New(netnstest.NSRunner{NS: incNS}, Options{})
 	services := map[int]k8sobj.Service{}
 	for step := range 40 {

@@ -125,11 +125,19 @@ func frontendKey(addr netip.Addr, p model.Protocol, port uint16) string {
 	return fmt.Sprintf("%s . %s . %d", addr, proto(p), port)
 }
 
-// serviceContrib returns what one Service's ports contribute.
-func serviceContrib(ports []model.ServicePort) contrib {
+// serviceContrib returns what one Service's ports contribute to the
+// tables of st (whose configuration decides the tracked endpoints).
+func serviceContrib(st *model.State, ports []model.ServicePort) contrib {
 	var c contrib
 	for i := range ports {
-		c.addPort(&ports[i])
+		sp := &ports[i]
+		c.addPort(sp)
+		if sp.Name.Family != model.IPv4 {
+			continue // only IPv4 is ever untracked
+		}
+		for _, ep := range st.TrackedEndpoints(sp) {
+			c.elems = append(c.elems, elem{f: model.IPv4, set: setTrackedEndpoints, key: fmt.Sprintf("%s . %d", ep.Addr, ep.Port)})
+		}
 	}
 	return c
 }

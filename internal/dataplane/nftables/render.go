@@ -21,7 +21,7 @@ func Render(st *model.State, o Options) string {
 	t := tablesOf(st)
 	var b strings.Builder
 	for _, a := range families {
-		t.writeBlock(&b, a, o, st.Config.MasqueradeAll, t.content.fams[a.f].dynamic())
+		t.writeBlock(&b, a, o, modesOf(st), t.content.fams[a.f].dynamic())
 	}
 	return b.String()
 }
@@ -48,7 +48,7 @@ func tablesOf(st *model.State) *tables {
 		t.content.add(e)
 	}
 	for _, ports := range st.Services {
-		c := serviceContrib(ports)
+		c := serviceContrib(st, ports)
 		for _, e := range c.elems {
 			t.content.add(e)
 		}
@@ -81,7 +81,7 @@ func setKind(decl string) string {
 // writeBlock writes one family's table block: the static sets, the
 // backends maps of d, the Services' own sets, the static chains, the
 // backends maps' chains and the Services' own chains, with t's elements.
-func (t *tables) writeBlock(b *strings.Builder, a fam, o Options, masqueradeAll bool, d dynamic) {
+func (t *tables) writeBlock(b *strings.Builder, a fam, o Options, m modes, d dynamic) {
 	fc := t.content.fams[a.f]
 	objs := t.objects[a.f]
 	fmt.Fprintf(b, "table %s %s {\n", a.name, o.Table)
@@ -119,7 +119,7 @@ func (t *tables) writeBlock(b *strings.Builder, a fam, o Options, masqueradeAll 
 		}
 		b.WriteString("\t}\n")
 	}
-	for _, ch := range append(a.chains(o, masqueradeAll, d), a.lbMapChains(d)...) {
+	for _, ch := range append(a.chains(o, m, d), a.lbMapChains(d)...) {
 		writeChain(ch.name, ch.hook, ch.rules)
 	}
 	for _, name := range sortedKeys(objs.chains) {

@@ -43,6 +43,8 @@ func loadDir(t *testing.T, dir string, cfg model.Config) *model.State {
 func TestRenderGolden(t *testing.T) {
 	cfgMasqAll := testConfig()
 	cfgMasqAll.MasqueradeAll = true
+	cfgSocketLB := testConfig()
+	cfgSocketLB.SocketLB = true
 	tests := []struct {
 		name string
 		dir  string
@@ -50,6 +52,7 @@ func TestRenderGolden(t *testing.T) {
 	}{
 		{"basic", "../../../examples/basic", testConfig()},
 		{"basic-masquerade-all", "../../../examples/basic", cfgMasqAll},
+		{"basic-socket-lb", "../../../examples/basic", cfgSocketLB},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -76,9 +79,13 @@ func TestRenderLoads(t *testing.T) {
 	// Covered with real kernels by TestIncrementalMatchesFullRender, which
 	// loads full renderings of random states; here only the examples.
 	ns := newNamespace(t)
-	st := loadDir(t, "../../../examples/basic", testConfig())
-	script := "add table ip kubenat\ndelete table ip kubenat\nadd table ip6 kubenat\ndelete table ip6 kubenat\n" + Render(st, Options{})
-	if _, err := runnerIn(ns).Run(t.Context(), script); err != nil {
-		t.Fatal(err)
+	cfgSocketLB := testConfig()
+	cfgSocketLB.SocketLB = true
+	for _, cfg := range []model.Config{testConfig(), cfgSocketLB} {
+		st := loadDir(t, "../../../examples/basic", cfg)
+		script := "add table ip kubenat\ndelete table ip kubenat\nadd table ip6 kubenat\ndelete table ip6 kubenat\n" + Render(st, Options{})
+		if _, err := runnerIn(ns).Run(t.Context(), script); err != nil {
+			t.Fatalf("socket LB %v: %v", cfg.SocketLB, err)
+		}
 	}
 }

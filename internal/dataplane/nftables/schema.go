@@ -117,6 +117,7 @@ const (
 	setFirewallFronts   = "firewall-frontends"   // LoadBalancer frontends with source ranges
 	setFirewallAllow    = "firewall-allow"       // frontend . admitted source range
 	setHairpin          = "hairpin"              // local endpoint . itself
+	setTrackedEndpoints = "tracked-endpoints"    // TCP endpoints pod traffic may reach through DNAT (socket LB)
 	mapAffinitySvcs     = "affinity-services"    // frontend → goto its affinity chain
 	mapAffinityLocal    = "affinity-local-services"
 	backendsPrefix      = "backends-"       // backends-N: frontend [. i] → endpoint
@@ -139,6 +140,8 @@ func (a fam) setDecl(name string, o Options) string {
 		return "type " + a.frontendType() + " . " + a.addrType + "; flags interval;"
 	case name == setHairpin:
 		return "type " + a.addrType + " . " + a.addrType + ";"
+	case name == setTrackedEndpoints:
+		return "type " + a.addrType + " . inet_service;"
 	case name == mapAffinitySvcs || name == mapAffinityLocal:
 		return "type " + a.frontendType() + " : verdict;"
 	case strings.HasPrefix(name, backendsPrefix) || strings.HasPrefix(name, localBackendsPrefix):
@@ -162,7 +165,7 @@ var staticSets = []string{
 	setLocalPodCIDRs, setClusterCIDRs, setNoMasqCIDRs, setClusterIPs,
 	setClusterIPFronts, setExternalFronts, setLocalFronts,
 	setRejectFronts, setDropFronts, setLocalDropFronts,
-	setFirewallFronts, setFirewallAllow, setHairpin, mapAffinitySvcs, mapAffinityLocal,
+	setFirewallFronts, setFirewallAllow, setHairpin, setTrackedEndpoints, mapAffinitySvcs, mapAffinityLocal,
 }
 
 func backendsMap(local bool, n int) string {
@@ -193,13 +196,34 @@ type dynamic struct {
 	localBackends []int
 }
 
+// modes are the configuration choices the chains depend on.
+type modes struct {
+	masqueradeAll bool
+	socketLB      bool // model.State.SocketLBActive
+}
+
+func modesOf(st *model.State) modes {
+	return modes{masqueradeAll: st.Config.MasqueradeAll, socketLB: st.SocketLBActive()}
+}
+
 // chains returns the table's chains. They depend on the configuration and
 // on which maps exist, never on the number of Services.
-func (a fam) chains(o Options, masqueradeAll bool, d dynamic) []chain {
+func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	key := a.daddr + " . meta l4proto . th dport"
 	mark := fmt.Sprintf("meta mark set meta mark | 0x%x", o.MasqueradeMark)
 	var cs []chain
 
+	if m.socketLB && a.f == model.IPv4 {
+		// TCP between pods skips conntrack when no rule can have translated
+		// it (see model.State.TrackedEndpoints): not to or from an endpoint
+		// kept tracked, and not to a node address (the replies of
+		// masqueraded traffic).
+		cs = append(cs, chain{name: "raw-prerouting", hook: "type filter hook prerouting priority raw; policy accept;",
+			rules: []string{fmt.Sprintf("meta l4proto tcp %s @%s %s @%s fib daddr type != local "+
+				"%s . tcp sport != @%s %s . tcp dport != @%s notrack",
+				a.saddr, setClusterCIDRs, a.daddr, setClusterCIDRs,
+				a.saddr, setTrackedEndpoints, a.daddr, setTrackedEndpoints)}})
+	}
 	cs = append(cs,
 		chain{name: "filter-prerouting", hook: "type filter hook prerouting priority -110; policy accept;",
 			rules: []string{"ct state new jump filter-services"}},
@@ -224,7 +248,7 @@ func (a fam) chains(o Options, masqueradeAll bool, d dynamic) []chain {
 		fmt.Sprintf("%s @%s goto external-local", key, setLocalFronts),
 	}
 	clusterIP := []string{fmt.Sprintf("%s goto lb", mark)}
-	if !masqueradeAll {
+	if !m.masqueradeAll {
 		clusterIP = []string{
 			fmt.Sprintf("%s != @%s %s goto lb", a.saddr, setLocalPodCIDRs, mark),
 			fmt.Sprintf("fib saddr type local %s goto lb", mark),

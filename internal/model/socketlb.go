@@ -1,0 +1,62 @@
+package model
+
+// The socket load balancer rewrites a TCP connect() to a ClusterIP into a
+// connect() to one of the Service's endpoints, before any packet exists.
+// Such a connection is pod (or node) to pod from its first packet: no
+// DNAT, nothing for conntrack to undo, so TCP between pods can skip
+// connection tracking altogether, which is most of what a new connection
+// through a Service costs.
+//
+// Skipping conntrack is only correct for flows no rule translates. Pod to
+// pod TCP is translated by nftables in two cases, and the endpoints
+// involved are kept tracked (TrackedEndpoints):
+//   - ClusterIP ports the socket load balancer does not serve (session
+//     affinity, or IPv6): their DNAT needs conntrack to reverse the reply;
+//   - externalTrafficPolicy: Local ports: a pod of this node reaching the
+//     NodePort or a LoadBalancer IP is DNATed without masquerade, and a
+//     pod of another node reaching this node's NodePort keeps its address.
+// Every other translated flow is masqueraded to a node address, and its
+// replies (to a local address) stay tracked.
+
+// SocketLBActive reports whether the socket load balancer serves this
+// State: it is configured and MasqueradeAll is off.
+func (s *State) SocketLBActive() bool { return s.Config.SocketLB && !s.Config.MasqueradeAll }
+
+// SocketEndpoints returns the endpoints the socket load balancer spreads a
+// connect() to sp's ClusterIP over, and false when it leaves sp to the
+// kernel's rules: when it is not active, for non-TCP or IPv6 ports, ports
+// with ClientIP affinity, and ports without an endpoint for cluster traffic
+// (whose rules refuse or drop the connection).
+func (s *State) SocketEndpoints(sp *ServicePort) ([]Endpoint, bool) {
+	if !s.SocketLBActive() || sp.Name.Protocol != TCP || sp.Name.Family != IPv4 || sp.AffinityTimeout > 0 {
+		return nil, false
+	}
+	eps := sp.InternalEndpoints()
+	if len(eps) == 0 {
+		return nil, false
+	}
+	return eps, true
+}
+
+// TrackedEndpoints returns the endpoints of sp whose TCP traffic to and
+// from pods must stay tracked when the socket load balancer is active
+// (see the comment above): all of sp's endpoints when the kernel's rules
+// may DNAT pod traffic to them without masquerade, else none. It returns
+// nil when the socket load balancer is not active (then nothing is
+// untracked) and for non-TCP ports (only TCP is untracked).
+func (s *State) TrackedEndpoints(sp *ServicePort) []Endpoint {
+	if !s.SocketLBActive() || sp.Name.Protocol != TCP {
+		return nil
+	}
+	if _, ok := s.SocketEndpoints(sp); !ok {
+		return sp.Endpoints
+	}
+	if sp.ExternalPolicyLocal {
+		for _, fe := range sp.Frontends {
+			if fe.Kind.External() {
+				return sp.Endpoints
+			}
+		}
+	}
+	return nil
+}
