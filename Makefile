@@ -2,7 +2,7 @@
 # 30 minutes) and rewrites docs/benchmarks.md and docs/bench/.
 GO ?= go
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bpf
 
 bench:
 	./scripts/install-deps.sh
@@ -12,3 +12,9 @@ bench:
 bench-quick:
 	./scripts/install-deps.sh
 	$(GO) run ./bench/cmd/kubenat-bench -quick -out /tmp/kubenat-bench-quick
+
+# Regenerates the socket load balancer's eBPF object and its Go bindings
+# (internal/dataplane/socketlb/bpf_bpfel.{o,go}, committed: building kubenat
+# needs no clang) from bpf/connect4.c. Needs clang and libbpf-dev.
+bpf:
+	$(GO) generate ./internal/dataplane/socketlb

@@ -9,6 +9,7 @@ package netnstest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubenat/kubenat/internal/bpfsandbox"
 	"github.com/kubenat/kubenat/internal/topo"
 )
 
@@ -264,4 +266,36 @@ func (r NSRunner) Run(ctx context.Context, script string) (string, error) {
 		return string(out), fmt.Errorf("nft in %s: %w: %s\nscript:\n%s", r.NS, err, out, script)
 	}
 	return string(out), nil
+}
+
+// SocketLBSandbox moves the test process into a cgroup of its own and
+// mounts a bpf file system for it (see bpfsandbox), so that the socket
+// load balancer can be attached to the test's own cgroup and pinned
+// without reaching any other process of the machine. It returns the
+// cgroup's directory and the mount point. Both are removed when the test
+// ends (after the processes the test started are stopped, if they were
+// started after this call) or when the binary is interrupted. Processes
+// the test starts afterwards inherit the cgroup.
+func SocketLBSandbox(t testing.TB) (cgroup, bpffs string) {
+	t.Helper()
+	_, n := reserve(t)
+	bpfsandbox.RemoveStale("kubenat-t")
+	cg, err := bpfsandbox.NewCgroup("kubenat-t")
+	if err != nil {
+		t.Fatalf("socket LB sandbox: %v", err)
+	}
+	fs, err := bpfsandbox.NewBPFFS("kubenat-t")
+	if err != nil {
+		_ = cg.Remove()
+		t.Fatalf("socket LB sandbox: %v", err)
+	}
+	remove := func() error { return errors.Join(fs.Remove(), cg.Remove()) }
+	unregister := onInterrupt(n, func() { _ = remove() })
+	t.Cleanup(func() {
+		unregister()
+		if err := remove(); err != nil {
+			t.Errorf("removing the socket LB sandbox: %v", err)
+		}
+	})
+	return cg.Path, fs.Dir
 }

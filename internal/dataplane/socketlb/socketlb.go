@@ -1,0 +1,448 @@
+// Package socketlb is kubenat's socket load balancer: an eBPF program on
+// the cgroup connect4 hook that rewrites a TCP connect() to a ClusterIP
+// into a connect() to one of the Service's endpoints, chosen with equal
+// probability, before the first packet exists (bpf/connect4.c).
+//
+// It only accelerates: the nftables tables keep every rule, and a connect
+// the balancer does not rewrite (a frontend it does not hold, a Service
+// without endpoints, UDP, IPv6, a process outside the cgroup) is served by
+// them as before. Which ports it holds, and with which endpoints, is the
+// model's decision (model.State.SocketEndpoints).
+//
+// A port's endpoints are a group of slots in the backends map under a
+// group id; the frontends map points each frontend at its group. A change
+// writes the new group under a fresh id, switches the frontend to it in
+// one map update, then deletes the old group: a connect sees either group,
+// whole (the program looks again when a slot vanished under it).
+//
+// Changes are applied in two steps around the nftables sync: Update adds
+// and changes frontends, Prune removes those no longer wanted. A frontend
+// therefore leaves the balancer only after nftables is ready to serve it
+// (and to keep its endpoints tracked, see model.State.TrackedEndpoints),
+// and enters it before nftables stops tracking.
+package socketlb
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/kubenat/kubenat/internal/model"
+)
+
+// linkPin is the pinned name of the program's cgroup link in PinDir.
+const linkPin = "connect4"
+
+// Options configure a Balancer.
+type Options struct {
+	// Cgroup is the cgroup v2 directory whose processes (and those of its
+	// descendants) connect through the balancer: on a node, the root of
+	// the cgroup v2 hierarchy, so that every pod is served.
+	Cgroup string
+	// PinDir, when set, is a directory on a bpf file system (created when
+	// missing) where the link and the maps are pinned: the balancer keeps
+	// working after the process exits, and the next Open takes it over,
+	// maps and all. Empty: everything is released when the Balancer is
+	// closed.
+	PinDir string
+}
+
+// group is what the maps hold for one frontend.
+type group struct {
+	id       uint32
+	backends []bpfBackend
+}
+
+// Balancer keeps the balancer's maps in step with the model's State.
+// It is not safe for concurrent use.
+type Balancer struct {
+	objs   bpfObjects
+	link   link.Link
+	groups map[bpfFrontend]group // what the maps hold
+	used   map[uint32]bool       // group ids in use
+	nextID uint32
+	synced bool
+	prune  []bpfFrontend // removals Prune applies
+}
+
+// Open loads the program and attaches it to o.Cgroup, or, when o.PinDir
+// holds a balancer pinned by an earlier process, replaces that one's
+// program and takes over its maps (their content is kept until the first
+// Update says otherwise).
+func Open(o Options) (_ *Balancer, err error) {
+	spec, err := loadBpf()
+	if err != nil {
+		return nil, fmt.Errorf("reading the socket load balancer's program: %w", err)
+	}
+	var opts ebpf.CollectionOptions
+	if o.PinDir != "" {
+		if err := checkBPFFS(o.PinDir); err != nil {
+			return nil, err
+		}
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinByName
+		}
+		opts.Maps.PinPath = o.PinDir
+	}
+	b := &Balancer{groups: map[bpfFrontend]group{}, used: map[uint32]bool{}}
+	if err := spec.LoadAndAssign(&b.objs, &opts); err != nil {
+		return nil, fmt.Errorf("loading the socket load balancer (pinned in %q): %w", o.PinDir, err)
+	}
+	defer func() {
+		if err != nil {
+			b.objs.Close()
+		}
+	}()
+	if err := b.readMaps(); err != nil {
+		return nil, err
+	}
+	if err := b.attach(o); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// checkBPFFS returns an error unless dir is, or would be created, on a bpf
+// file system.
+func checkBPFFS(dir string) error {
+	probe := dir
+	for {
+		var st unix.Statfs_t
+		err := unix.Statfs(probe, &st)
+		if err == nil {
+			if st.Type != unix.BPF_FS_MAGIC {
+				return fmt.Errorf("socket load balancer pin directory %s: not on a bpf file system (mount one: mount -t bpf bpf /sys/fs/bpf)", dir)
+			}
+			return os.MkdirAll(dir, 0o700)
+		}
+		if !errors.Is(err, os.ErrNotExist) || filepath.Dir(probe) == probe {
+			return fmt.Errorf("socket load balancer pin directory %s: %w", dir, err)
+		}
+		probe = filepath.Dir(probe)
+	}
+}
+
+// attach links the program to the cgroup, or updates the pinned link.
+func (b *Balancer) attach(o Options) error {
+	prog := b.objs.KubenatConnect4
+	var ino uint64
+	if fi, err := os.Stat(o.Cgroup); err != nil {
+		return fmt.Errorf("socket load balancer cgroup: %w", err)
+	} else if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino // a cgroup's id is its directory's inode number
+	}
+	pin := filepath.Join(o.PinDir, linkPin)
+	if o.PinDir != "" {
+		l, err := link.LoadPinnedLink(pin, nil)
+		switch {
+		case err == nil:
+			if info, ierr := l.Info(); ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId != ino {
+				l.Close()
+				return fmt.Errorf("the socket load balancer pinned in %s is attached to another cgroup than %s (run kubenat cleanup first)", o.PinDir, o.Cgroup)
+			}
+			if err := l.Update(prog); err != nil {
+				l.Close()
+				return fmt.Errorf("replacing the socket load balancer's program: %w", err)
+			}
+			b.link = l
+			return nil
+		case !errors.Is(err, os.ErrNotExist):
+			return fmt.Errorf("opening the pinned socket load balancer: %w", err)
+		}
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: o.Cgroup, Attach: ebpf.AttachCGroupInet4Connect, Program: prog})
+	if err != nil {
+		return fmt.Errorf("attaching the socket load balancer to cgroup %s: %w", o.Cgroup, err)
+	}
+	if o.PinDir != "" {
+		if err := l.Pin(pin); err != nil {
+			l.Close()
+			return fmt.Errorf("pinning the socket load balancer: %w", err)
+		}
+	}
+	b.link = l
+	return nil
+}
+
+// readMaps learns what the (possibly pinned) maps hold, and deletes the
+// slots no frontend points at (left by a process stopped mid-change).
+func (b *Balancer) readMaps() error {
+	var fe bpfFrontend
+	var g bpfGroup
+	counts := map[uint32]uint32{}
+	it := b.objs.Frontends.Iterate()
+	for it.Next(&fe, &g) {
+		b.groups[fe] = group{id: g.Id, backends: make([]bpfBackend, g.Count)}
+		b.used[g.Id] = true
+		counts[g.Id] = g.Count
+		b.nextID = max(b.nextID, g.Id)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading the socket load balancer's frontends: %w", err)
+	}
+	slots := map[bpfSlot]bpfBackend{}
+	var orphans []bpfSlot
+	var s bpfSlot
+	var be bpfBackend
+	it = b.objs.Backends.Iterate()
+	for it.Next(&s, &be) {
+		if s.Index < counts[s.Id] {
+			slots[s] = be
+		} else {
+			orphans = append(orphans, s)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading the socket load balancer's backends: %w", err)
+	}
+	for _, g := range b.groups {
+		// A slot missing (a process stopped mid-change) stays zero: no
+		// endpoint equals it, so the next Update rewrites the group.
+		for i := range g.backends {
+			g.backends[i] = slots[bpfSlot{Id: g.id, Index: uint32(i)}]
+		}
+	}
+	return deleteAll(b.objs.Backends, orphans)
+}
+
+// Update adds the frontends st wants in the balancer and changes those
+// whose endpoints changed (all of st when d.Full or on the first Update;
+// else the Services d names). Frontends to remove are remembered for
+// Prune, which is called once nftables has been synced.
+func (b *Balancer) Update(st *model.State, d model.Delta) error {
+	want := map[bpfFrontend][]bpfBackend{}
+	candidates := map[bpfFrontend]bool{}
+	add := func(ports []model.ServicePort, wanted bool) {
+		for i := range ports {
+			sp := &ports[i]
+			fe, ok := frontendOf(sp)
+			if !ok {
+				continue
+			}
+			candidates[fe] = true
+			if !wanted {
+				continue
+			}
+			if eps, ok := st.SocketEndpoints(sp); ok {
+				want[fe] = backendsOf(eps)
+			}
+		}
+	}
+	full := d.Full || !b.synced
+	if full {
+		for _, ports := range st.Services {
+			add(ports, true)
+		}
+		for fe := range b.groups {
+			candidates[fe] = true
+		}
+	} else {
+		for _, k := range d.Changed {
+			add(d.Old[k], false)
+			add(st.Services[k], true)
+		}
+	}
+
+	var slots []bpfSlot
+	var backends []bpfBackend
+	var fes []bpfFrontend
+	var gs []bpfGroup
+	var stale []group
+	next := map[bpfFrontend]group{}
+	b.prune = b.prune[:0]
+	for fe := range candidates {
+		eps, wanted := want[fe]
+		old, had := b.groups[fe]
+		switch {
+		case !wanted:
+			if had {
+				b.prune = append(b.prune, fe)
+			}
+			continue
+		case had && slices.Equal(old.backends, eps):
+			continue
+		}
+		id := b.newID()
+		for i, be := range eps {
+			slots = append(slots, bpfSlot{Id: id, Index: uint32(i)})
+			backends = append(backends, be)
+		}
+		fes = append(fes, fe)
+		gs = append(gs, bpfGroup{Id: id, Count: uint32(len(eps))})
+		next[fe] = group{id: id, backends: eps}
+		if had {
+			stale = append(stale, old)
+		}
+	}
+	if err := batchUpdate(b.objs.Backends, slots, backends); err != nil {
+		b.synced = false
+		return fmt.Errorf("writing the socket load balancer's endpoints: %w", err)
+	}
+	if err := batchUpdate(b.objs.Frontends, fes, gs); err != nil {
+		b.synced = false
+		return fmt.Errorf("writing the socket load balancer's frontends: %w", err)
+	}
+	for fe, g := range next {
+		b.groups[fe] = g
+	}
+	if err := b.deleteGroups(stale); err != nil {
+		b.synced = false
+		return err
+	}
+	b.synced = true
+	return nil
+}
+
+// Prune removes the frontends the last Update found no longer wanted:
+// nftables serves them from now on.
+func (b *Balancer) Prune() error {
+	if len(b.prune) == 0 {
+		return nil
+	}
+	var stale []group
+	for _, fe := range b.prune {
+		stale = append(stale, b.groups[fe])
+	}
+	if err := deleteAll(b.objs.Frontends, b.prune); err != nil {
+		b.synced = false
+		return fmt.Errorf("removing %d frontends from the socket load balancer: %w", len(b.prune), err)
+	}
+	for _, fe := range b.prune {
+		delete(b.groups, fe)
+	}
+	b.prune = b.prune[:0]
+	if err := b.deleteGroups(stale); err != nil {
+		b.synced = false
+		return err
+	}
+	return nil
+}
+
+// Frontends returns the number of frontends the balancer holds.
+func (b *Balancer) Frontends() int { return len(b.groups) }
+
+// newID returns a group id no frontend uses.
+func (b *Balancer) newID() uint32 {
+	for {
+		b.nextID++
+		if b.nextID != 0 && !b.used[b.nextID] {
+			b.used[b.nextID] = true
+			return b.nextID
+		}
+	}
+}
+
+// deleteGroups deletes the slots of groups no frontend points at any more.
+func (b *Balancer) deleteGroups(gs []group) error {
+	var slots []bpfSlot
+	for _, g := range gs {
+		for i := range g.backends {
+			slots = append(slots, bpfSlot{Id: g.id, Index: uint32(i)})
+		}
+		delete(b.used, g.id)
+	}
+	if err := deleteAll(b.objs.Backends, slots); err != nil {
+		return fmt.Errorf("deleting %d endpoint slots of the socket load balancer: %w", len(slots), err)
+	}
+	return nil
+}
+
+// deleteAll deletes keys from m; keys already missing are skipped (a batch
+// stops at the first one, so the rest is deleted after it).
+func deleteAll[K any](m *ebpf.Map, keys []K) error {
+	for len(keys) > 0 {
+		n, err := m.BatchDelete(keys, nil)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ebpf.ErrKeyNotExist) || n >= len(keys) {
+			return err
+		}
+		keys = keys[n+1:]
+	}
+	return nil
+}
+
+func batchUpdate[K, V any](m *ebpf.Map, keys []K, vals []V) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	_, err := m.BatchUpdate(keys, vals, nil)
+	return err
+}
+
+// Close releases the balancer's file descriptors. A pinned balancer stays
+// attached and keeps working; an unpinned one is detached.
+func (b *Balancer) Close() error {
+	var errs []error
+	if b.link != nil {
+		errs = append(errs, b.link.Close())
+	}
+	errs = append(errs, b.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Cleanup detaches the balancer pinned in pinDir and removes its pins and
+// the directory. A missing directory is not an error.
+func Cleanup(pinDir string) error {
+	entries, err := os.ReadDir(pinDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading the socket load balancer's pins: %w", err)
+	}
+	if l, err := link.LoadPinnedLink(filepath.Join(pinDir, linkPin), nil); err == nil {
+		// Unpinning drops the last reference once the descriptor closes:
+		// the program is detached.
+		err := l.Unpin()
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("detaching the socket load balancer: %w", err)
+		}
+	}
+	for _, e := range entries {
+		if err := os.Remove(filepath.Join(pinDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("removing the socket load balancer's pins: %w", err)
+		}
+	}
+	if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing the socket load balancer's pins: %w", err)
+	}
+	return nil
+}
+
+// frontendOf returns sp's ClusterIP frontend as the balancer keys it, and
+// false for ports the balancer never holds (not TCP, not IPv4).
+func frontendOf(sp *model.ServicePort) (bpfFrontend, bool) {
+	if sp.Name.Protocol != model.TCP || sp.Name.Family != model.IPv4 || !sp.ClusterIP.Is4() {
+		return bpfFrontend{}, false
+	}
+	return bpfFrontend{Addr: addr4(sp.ClusterIP.As4()), Port: port(sp.Port), Proto: unix.IPPROTO_TCP}, true
+}
+
+func backendsOf(eps []model.Endpoint) []bpfBackend {
+	out := make([]bpfBackend, len(eps))
+	for i, ep := range eps {
+		out[i] = bpfBackend{Addr: addr4(ep.Addr.Unmap().As4()), Port: port(ep.Port)}
+	}
+	return out
+}
+
+// addr4 and port return what the program reads from a socket address:
+// network byte order, as stored in memory.
+func addr4(a [4]byte) uint32 { return binary.NativeEndian.Uint32(a[:]) }
+
+func port(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
+}

@@ -1,0 +1,204 @@
+package socketlb
+
+import (
+	"context"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/model"
+	"github.com/kubenat/kubenat/internal/netnstest"
+	"github.com/kubenat/kubenat/internal/topo"
+)
+
+const echoPort = 8080
+
+// lab is a node with three server pods and a client, no nftables at all:
+// a connect to a ClusterIP reaches a pod only if the balancer rewrote it.
+type lab struct {
+	c      *topo.Cluster
+	cli    *topo.Host
+	b      *model.Builder
+	slices map[string][]string // Service name → its EndpointSlices' names
+}
+
+func newLab(t *testing.T) *lab {
+	c := netnstest.NewCluster(t, topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a", Pods: []string{"web-1", "web-2", "web-3", "cli"}}}})
+	for _, p := range c.Nodes[0].Pods {
+		s, err := topo.ServeEcho(&p.Host, p.Name, echoPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Close)
+	}
+	b := model.NewBuilder(model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{topo.ClusterCIDR}, SocketLB: true})
+	n := c.Nodes[0]
+	b.SetNode(k8sobj.Node(n.Name, []string{n.Addr.String()}, []string{n.PodCIDR.String()}), "test")
+	return &lab{c: c, cli: &c.Pod("cli").Host, b: b, slices: map[string][]string{}}
+}
+
+// set gives the Builder s and its EndpointSlices, deleting the slices its
+// previous version had.
+func (l *lab) set(s k8sobj.Service) {
+	svc, slices := s.Objects()
+	l.b.SetService(svc, "test")
+	for _, name := range l.slices[s.Name] {
+		l.b.DeleteEndpointSlice(svc.Namespace, name)
+	}
+	l.slices[s.Name] = nil
+	for _, sl := range slices {
+		l.b.SetEndpointSlice(sl, "test")
+		l.slices[s.Name] = append(l.slices[s.Name], sl.Name)
+	}
+}
+
+func (l *lab) endpoints(names ...string) []k8sobj.Endpoint {
+	var out []k8sobj.Endpoint
+	for _, n := range names {
+		out = append(out, k8sobj.Endpoint{IP: l.c.Pod(n).Addr.String(), Node: "node-a"})
+	}
+	return out
+}
+
+// sync builds the State and applies it: Update, then Prune.
+func (l *lab) sync(t *testing.T, b *Balancer) {
+	t.Helper()
+	st, d := l.b.Build()
+	if len(st.Errors) > 0 {
+		t.Fatal(st.Errors)
+	}
+	if err := b.Update(st, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Prune(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// answers connects n times to dst and returns who answered, failing t
+// when a pod saw another source than the client's own address.
+func (l *lab) answers(t *testing.T, network string, dst netip.AddrPort, n int) (map[string]int, error) {
+	t.Helper()
+	hits := map[string]int{}
+	for range n {
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		r, err := topo.Dial(ctx, l.cli, network, dst, time.Second)
+		cancel()
+		if err != nil {
+			return hits, err
+		}
+		if r.Seen.Addr() != l.c.Pod("cli").Addr {
+			t.Errorf("%s answered %s having seen %s, want the client's address %s", r.Server, dst, r.Seen, l.c.Pod("cli").Addr)
+		}
+		hits[r.Server]++
+	}
+	return hits, nil
+}
+
+func TestBalancesConnectsToClusterIPs(t *testing.T) {
+	l := newLab(t)
+	cgroup, bpffs := netnstest.SocketLBSandbox(t)
+	pins := filepath.Join(bpffs, "kubenat")
+	vip := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.10"), 80)
+	sticky := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.50"), 80)
+	web := k8sobj.Service{Name: "web", ClusterIPs: []string{vip.Addr().String()},
+		Ports: []k8sobj.Port{
+			{Name: "http", Port: 80, TargetPort: echoPort},
+			{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: echoPort},
+		},
+		Endpoints: l.endpoints("web-1", "web-2", "web-3")}
+	l.set(web)
+	l.set(k8sobj.Service{Name: "sticky", ClusterIPs: []string{sticky.Addr().String()}, AffinitySeconds: 60,
+		Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}}, Endpoints: l.endpoints("web-1")})
+
+	b, err := Open(Options{Cgroup: cgroup, PinDir: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { b.Close() }()
+	l.sync(t, b)
+	if got := b.Frontends(); got != 1 {
+		t.Errorf("the balancer holds %d frontends, want 1 (web's TCP port; not UDP, not affinity)", got)
+	}
+
+	hits, err := l.answers(t, "tcp", vip, 60)
+	if err != nil {
+		t.Fatalf("connect to %s: %v", vip, err)
+	}
+	if len(hits) != 3 {
+		t.Errorf("answers %v: want all three pods", hits)
+	}
+	if _, err := l.answers(t, "udp", netip.AddrPortFrom(vip.Addr(), 53), 1); err == nil {
+		t.Errorf("UDP to %s:53 was answered: the balancer must leave UDP to the rules (there are none here)", vip.Addr())
+	}
+	if _, err := l.answers(t, "tcp", sticky, 1); err == nil {
+		t.Errorf("%s (ClientIP affinity) was answered: the balancer must leave it to the rules (there are none here)", sticky)
+	}
+
+	t.Run("an endpoint goes", func(t *testing.T) {
+		web.Endpoints = l.endpoints("web-1", "web-3")
+		l.set(web)
+		l.sync(t, b)
+		hits, err := l.answers(t, "tcp", vip, 40)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hits["web-2"] > 0 || len(hits) != 2 {
+			t.Errorf("answers %v: want web-1 and web-3 only", hits)
+		}
+	})
+
+	t.Run("pinned: it outlives the process's descriptors, and a new Open takes it over", func(t *testing.T) {
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.answers(t, "tcp", vip, 5); err != nil {
+			t.Fatalf("after Close: %v", err)
+		}
+		if b, err = Open(Options{Cgroup: cgroup, PinDir: pins}); err != nil {
+			t.Fatal(err)
+		}
+		if got := b.Frontends(); got != 1 {
+			t.Errorf("the reopened balancer holds %d frontends, want 1", got)
+		}
+		web.Endpoints = l.endpoints("web-2")
+		l.set(web)
+		l.sync(t, b)
+		hits, err := l.answers(t, "tcp", vip, 10)
+		if err != nil || len(hits) != 1 || hits["web-2"] != 10 {
+			t.Errorf("answers %v (%v): want web-2 only", hits, err)
+		}
+	})
+
+	t.Run("no endpoint: left to the rules", func(t *testing.T) {
+		web.Endpoints = nil
+		l.set(web)
+		l.sync(t, b)
+		if got := b.Frontends(); got != 0 {
+			t.Errorf("the balancer holds %d frontends, want 0", got)
+		}
+		if _, err := l.answers(t, "tcp", vip, 1); err == nil {
+			t.Errorf("%s was answered without endpoints", vip)
+		}
+	})
+
+	t.Run("cleanup detaches it", func(t *testing.T) {
+		web.Endpoints = l.endpoints("web-1")
+		l.set(web)
+		l.sync(t, b)
+		if _, err := l.answers(t, "tcp", vip, 1); err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+		if err := Cleanup(pins); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.answers(t, "tcp", vip, 1); err == nil {
+			t.Errorf("%s was answered after Cleanup", vip)
+		}
+	})
+}
