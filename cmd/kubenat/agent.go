@@ -17,6 +17,7 @@ import (
 
 	"github.com/kubenat/kubenat/internal/agent"
 	"github.com/kubenat/kubenat/internal/config"
+	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
 	"github.com/kubenat/kubenat/internal/events"
 	"github.com/kubenat/kubenat/internal/memlimit"
 	"github.com/kubenat/kubenat/internal/metrics"
@@ -85,6 +86,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		HealthzBindAddress: cfg.HealthzBindAddress,
 		MasqueradeConfig:   cfg.Masquerade.ConfigFile,
 		Metrics:            m,
+		SocketLB:           socketlb.Options{Cgroup: cfg.SocketLB.Cgroup, PinDir: cfg.SocketLB.PinDir},
 	}
 	src, client, sourceName, err := newSource(cfg, mc)
 	if err != nil {
@@ -99,6 +101,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 	if err != nil {
 		return err
 	}
+	defer a.Close()
 	klog.InfoS("Starting kubenat agent", "version", version.String(), "node", mc.NodeName, "source", sourceName,
 		"minSyncPeriod", cfg.SyncPeriod(), "gcPercent", gcPercent)
 	if once {

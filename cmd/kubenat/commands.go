@@ -11,6 +11,7 @@ import (
 	"github.com/kubenat/kubenat/internal/agent"
 	"github.com/kubenat/kubenat/internal/config"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
+	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
 )
@@ -120,7 +121,8 @@ func loadState(ctx context.Context, fs *pflag.FlagSet, configFile string, tweaks
 }
 
 func newCleanupCmd() *cobra.Command {
-	return &cobra.Command{
+	pinDir := config.DefaultBPFPinDir
+	cmd := &cobra.Command{
 		Use:   "cleanup",
 		Short: "Remove everything kubenat programmed in the kernel, and nothing else",
 		Args:  cobra.NoArgs,
@@ -129,6 +131,16 @@ func newCleanupCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// The balancer first: while it is attached, pod-to-pod TCP
+			// needs no rule; without it, the tables' untracked chain goes
+			// with them.
+			_, statErr := os.Stat(pinDir)
+			if err := socketlb.Cleanup(pinDir); err != nil {
+				return err
+			}
+			if statErr == nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed the socket load balancer pinned in %s\n", pinDir)
+			}
 			if err := nftables.Cleanup(cmd.Context(), run, nftables.Options{}); err != nil {
 				return err
 			}
@@ -136,4 +148,6 @@ func newCleanupCmd() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&pinDir, "bpf-pin-dir", pinDir, "directory where the socket load balancer is pinned")
+	return cmd
 }

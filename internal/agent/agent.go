@@ -18,6 +18,7 @@ import (
 
 	"github.com/kubenat/kubenat/internal/conntrack"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
+	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
 	"github.com/kubenat/kubenat/internal/events"
 	"github.com/kubenat/kubenat/internal/healthcheck"
 	"github.com/kubenat/kubenat/internal/ipmasq"
@@ -59,14 +60,21 @@ type Options struct {
 	// Events records problems with a Service as Kubernetes Events on it;
 	// nil means events.Nop.
 	Events events.Recorder
+	// SocketLB places the socket load balancer when Config.SocketLB is set
+	// (and MasqueradeAll is not). When it is off, a balancer pinned in
+	// SocketLB.PinDir by an earlier agent is removed.
+	SocketLB socketlb.Options
 }
 
 // Agent programs the node's datapath from the objects a Source delivers.
 type Agent struct {
 	opts    Options
 	backend *nftables.Backend
-	cleaner *conntrack.Cleaner // nil when conntrack netlink is unavailable
-	health  *healthcheck.ProxyHealth
+	// balancer is the socket load balancer; nil when it is off. It is
+	// updated before the nftables sync and pruned after it.
+	balancer *socketlb.Balancer
+	cleaner  *conntrack.Cleaner // nil when conntrack netlink is unavailable
+	health   *healthcheck.ProxyHealth
 	// svcHealth serves healthCheckNodePorts; nil until Run starts it.
 	svcHealth *healthcheck.ServiceHealth
 	// programmed is true once a sync succeeded in this process: from then
@@ -84,6 +92,7 @@ type Agent struct {
 	triggers   *metrics.TriggerTimes // EndpointSlice changes not programmed yet
 	counter    *metrics.StateCounter // programmed Services and endpoints
 	recount    bool                  // a sync failed: recount everything on the next success
+	fullNext   bool                  // a sync failed before the backend saw its changes
 }
 
 // New returns an Agent for opts.
@@ -119,7 +128,22 @@ func New(opts Options) (*Agent, error) {
 	if opts.HealthTimeout == 0 {
 		opts.HealthTimeout = 60 * time.Second
 	}
+	var balancer *socketlb.Balancer
+	switch {
+	case opts.Config.SocketLB && !opts.Config.MasqueradeAll:
+		if balancer, err = socketlb.Open(opts.SocketLB); err != nil {
+			return nil, err
+		}
+	case opts.SocketLB.PinDir != "":
+		if opts.Config.SocketLB {
+			klog.InfoS("The socket load balancer is off: masqueradeAll needs every ClusterIP connection translated by nftables")
+		}
+		if err := socketlb.Cleanup(opts.SocketLB.PinDir); err != nil {
+			return nil, fmt.Errorf("removing the socket load balancer of an earlier agent: %w", err)
+		}
+	}
 	return &Agent{
+		balancer: balancer,
 		opts:     opts,
 		health:   healthcheck.NewProxyHealth(opts.HealthTimeout),
 		cleaner:  cleaner,
@@ -130,6 +154,15 @@ func New(opts Options) (*Agent, error) {
 		triggers: metrics.NewTriggerTimes(time.Now()),
 		counter:  metrics.NewStateCounter(),
 	}, nil
+}
+
+// Close releases what the agent holds open. The datapath stays: the
+// nftables tables, and the socket load balancer when it is pinned.
+func (a *Agent) Close() error {
+	if a.balancer == nil {
+		return nil
+	}
+	return a.balancer.Close()
 }
 
 // SyncOnce loads src once and programs the result.
@@ -289,7 +322,21 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	start := time.Now()
 	st, delta := a.builder.Build()
+	if a.fullNext {
+		delta.Full, a.fullNext = true, false
+	}
 	a.report(st)
+	// The socket load balancer takes new frontends before nftables stops
+	// tracking their endpoints, and lets go of frontends only after
+	// nftables serves them (see socketlb).
+	if a.balancer != nil {
+		if err := a.balancer.Update(st, delta); err != nil {
+			a.fullNext, a.recount = true, true
+			a.mu.Unlock()
+			a.opts.Metrics.SyncFailed()
+			return fmt.Errorf("updating the socket load balancer: %w", err)
+		}
+	}
 	// The backend only reads the changed Services of st, under the lock:
 	// sources may not change the Builder meanwhile.
 	res, err := a.backend.Sync(ctx, st, delta)
@@ -299,6 +346,16 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.mu.Unlock()
 		a.opts.Metrics.SyncFailed()
 		return err
+	}
+	// A failed prune leaves frontends nftables serves anyway: the sync
+	// is complete, and returning the error makes the caller retry (the
+	// balancer then compares everything).
+	var pruneErr error
+	if a.balancer != nil {
+		if err := a.balancer.Prune(); err != nil {
+			pruneErr = fmt.Errorf("pruning the socket load balancer: %w", err)
+			a.opts.Metrics.SyncFailed()
+		}
 	}
 	a.observe(st, delta, res.Full, start)
 	services := len(st.Services)
@@ -323,7 +380,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		// for one garbage collection).
 		go debug.FreeOSMemory()
 	}
-	return nil
+	return pruneErr
 }
 
 // updateServiceHealth starts, updates and stops the healthCheckNodePort

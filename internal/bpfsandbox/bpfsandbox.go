@@ -26,6 +26,8 @@ import (
 type Cgroup struct {
 	// Path is the cgroup's directory: the cgroup to attach programs to.
 	Path string
+	// Rel is its path in the cgroup v2 hierarchy, relative to the root.
+	Rel  string
 	home string // the process's cgroup before
 }
 
@@ -42,7 +44,8 @@ func NewCgroup(tag string) (*Cgroup, error) {
 		return nil, err
 	}
 	home := filepath.Join(mnt, self)
-	c := &Cgroup{Path: filepath.Join(home, tag+strconv.Itoa(os.Getpid())), home: home}
+	rel := filepath.Join(self, tag+strconv.Itoa(os.Getpid()))
+	c := &Cgroup{Path: filepath.Join(mnt, rel), Rel: rel, home: home}
 	if err := os.Mkdir(c.Path, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("creating cgroup %s: %w", c.Path, err)
 	}
@@ -109,29 +112,37 @@ func ownCgroup() (string, error) {
 	return "", errors.New("the process has no cgroup v2 membership")
 }
 
-// BPFFS is a bpf file system mounted for the caller.
-type BPFFS struct {
+// Mount is a file system mounted for the caller.
+type Mount struct {
 	// Dir is the mount point.
 	Dir string
 }
 
 // NewBPFFS mounts a bpf file system on a new directory "<tag><pid>-*"
 // under the temporary directory.
-func NewBPFFS(tag string) (*BPFFS, error) {
+func NewBPFFS(tag string) (*Mount, error) { return mount(tag, "bpf", "mode=0700") }
+
+// NewCgroupView mounts the cgroup v2 hierarchy again on a new directory
+// "<tag><pid>-*" under the temporary directory: a view of the cgroups
+// that processes entering a network namespace with "ip netns exec" (which
+// mounts a fresh /sys) still see. A Cgroup is at Dir/Cgroup.Rel in it.
+func NewCgroupView(tag string) (*Mount, error) { return mount(tag, "cgroup2", "") }
+
+func mount(tag, fstype, data string) (*Mount, error) {
 	dir, err := os.MkdirTemp("", tag+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return nil, err
 	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+	if err := unix.Mount(fstype, dir, fstype, 0, data); err != nil {
 		os.Remove(dir)
-		return nil, fmt.Errorf("mounting a bpf file system on %s: %w", dir, err)
+		return nil, fmt.Errorf("mounting a %s file system on %s: %w", fstype, dir, err)
 	}
-	return &BPFFS{Dir: dir}, nil
+	return &Mount{Dir: dir}, nil
 }
 
-// Remove unmounts the file system (everything pinned in it is released)
-// and removes its directory.
-func (b *BPFFS) Remove() error {
+// Remove unmounts the file system (everything pinned in a bpf file system
+// is released) and removes its directory.
+func (b *Mount) Remove() error {
 	if err := unix.Unmount(b.Dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("unmounting %s: %w", b.Dir, err)
 	}

@@ -108,7 +108,31 @@ type Configuration struct {
 	// Manifests is a directory of Kubernetes YAML manifests to read the
 	// objects from instead of the API. Flag --manifests.
 	Manifests string `json:"manifests,omitempty"`
+	// SocketLB configures the socket load balancer (eBPF, connect-time
+	// load balancing of TCP ClusterIPs). Off by default.
+	SocketLB SocketLB `json:"socketLB"`
 }
+
+// SocketLB configures the socket load balancer: an eBPF program on the
+// cgroup connect hook that sends a TCP connect() to a ClusterIP straight
+// to an endpoint, so pod-to-pod TCP needs no NAT and no connection
+// tracking. See docs/design.md.
+type SocketLB struct {
+	// Cgroup is the cgroup v2 directory whose processes connect through the
+	// balancer: on a node, the root of the cgroup v2 hierarchy
+	// (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts), so that
+	// every pod is served. Empty (the default) turns the balancer off.
+	// Ignored with masqueradeAll. Flag --socket-lb-cgroup.
+	Cgroup string `json:"cgroup,omitempty"`
+	// PinDir is the directory, on a bpf file system, where the balancer is
+	// pinned so that it outlives the agent (it is the datapath between two
+	// agents, like the nftables tables). Default "/sys/fs/bpf/kubenat".
+	// Flag --bpf-pin-dir.
+	PinDir string `json:"pinDir"`
+}
+
+// DefaultBPFPinDir is the default SocketLB.PinDir.
+const DefaultBPFPinDir = "/sys/fs/bpf/kubenat"
 
 // Masquerade is ip-masq-agent's configuration: which destinations pod
 // traffic reaches with its own source address.
@@ -159,6 +183,7 @@ func Default() *Configuration {
 		MetricsBindAddress: DefaultMetricsBindAddress,
 		HealthzBindAddress: DefaultHealthzBindAddress,
 		ClientConnection:   ClientConnection{QPS: DefaultQPS, Burst: DefaultBurst},
+		SocketLB:           SocketLB{PinDir: DefaultBPFPinDir},
 	}
 	c.setDefaults()
 	return c

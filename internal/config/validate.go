@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -112,6 +113,14 @@ func (c *Configuration) Validate() error {
 			errs.add(b.path, "%q %s", b.addr, msg)
 		}
 	}
+	if lb := c.SocketLB; lb.Cgroup != "" {
+		if !filepath.IsAbs(lb.Cgroup) {
+			errs.add("socketLB.cgroup", "%q must be an absolute path (a cgroup v2 directory)", lb.Cgroup)
+		}
+		if !filepath.IsAbs(lb.PinDir) {
+			errs.add("socketLB.pinDir", "%q must be an absolute path on a bpf file system", lb.PinDir)
+		}
+	}
 	cc := c.ClientConnection
 	if cc.ContentType != ContentTypeProtobuf && cc.ContentType != ContentTypeJSON {
 		errs.add("clientConnection.contentType", "%q is not supported; use %s or %s", cc.ContentType, ContentTypeProtobuf, ContentTypeJSON)
@@ -187,6 +196,7 @@ func (c *Configuration) ModelConfig() (model.Config, error) {
 		NodePortAddresses: append([]string(nil), c.NodePortAddresses...),
 		MasqueradeAll:     c.MasqueradeAll,
 		ProxyName:         c.ServiceProxyName,
+		SocketLB:          c.SocketLB.Cgroup != "",
 		Egress: model.EgressConfig{
 			NonMasqueradeCIDRs: []netip.Prefix{},
 			MasqLinkLocal:      c.Masquerade.MasqLinkLocal,

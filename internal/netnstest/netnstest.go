@@ -272,24 +272,43 @@ func (r NSRunner) Run(ctx context.Context, script string) (string, error) {
 // mounts a bpf file system for it (see bpfsandbox), so that the socket
 // load balancer can be attached to the test's own cgroup and pinned
 // without reaching any other process of the machine. It returns the
-// cgroup's directory and the mount point. Both are removed when the test
-// ends (after the processes the test started are stopped, if they were
-// started after this call) or when the binary is interrupted. Processes
-// the test starts afterwards inherit the cgroup.
+// cgroup's directory, as seen from inside the test's namespaces too (in a
+// view of the cgroup hierarchy mounted for the test), and the bpf file
+// system's mount point. All is removed when the test ends (after the
+// processes the test started are stopped, if they were started after this
+// call) or when the binary is interrupted. Processes the test starts
+// afterwards inherit the cgroup.
 func SocketLBSandbox(t testing.TB) (cgroup, bpffs string) {
 	t.Helper()
 	_, n := reserve(t)
 	bpfsandbox.RemoveStale("kubenat-t")
+	var undo []func() error
+	remove := func() error {
+		var errs []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			errs = append(errs, undo[i]())
+		}
+		return errors.Join(errs...)
+	}
+	fail := func(err error) {
+		_ = remove()
+		t.Fatalf("socket LB sandbox: %v", err)
+	}
 	cg, err := bpfsandbox.NewCgroup("kubenat-t")
 	if err != nil {
-		t.Fatalf("socket LB sandbox: %v", err)
+		fail(err)
 	}
+	undo = append(undo, cg.Remove)
+	view, err := bpfsandbox.NewCgroupView("kubenat-t")
+	if err != nil {
+		fail(err)
+	}
+	undo = append(undo, view.Remove)
 	fs, err := bpfsandbox.NewBPFFS("kubenat-t")
 	if err != nil {
-		_ = cg.Remove()
-		t.Fatalf("socket LB sandbox: %v", err)
+		fail(err)
 	}
-	remove := func() error { return errors.Join(fs.Remove(), cg.Remove()) }
+	undo = append(undo, fs.Remove)
 	unregister := onInterrupt(n, func() { _ = remove() })
 	t.Cleanup(func() {
 		unregister()
@@ -297,5 +316,5 @@ func SocketLBSandbox(t testing.TB) (cgroup, bpffs string) {
 			t.Errorf("removing the socket LB sandbox: %v", err)
 		}
 	})
-	return cg.Path, fs.Dir
+	return filepath.Join(view.Dir, cg.Rel), fs.Dir
 }

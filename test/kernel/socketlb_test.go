@@ -1,0 +1,155 @@
+package kernel
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/netnstest"
+	"github.com/kubenat/kubenat/internal/topo"
+)
+
+// TestSocketLoadBalancer runs the agent on node-a with the socket load
+// balancer (attached to a cgroup of the test's own, which the test process
+// and so every client it runs is in) and plain nftables on node-b. Clients
+// are node-a's pods and the external client: node-b's pods would share
+// the test's cgroup, which a real node-b's pods do not.
+func TestSocketLoadBalancer(t *testing.T) {
+	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{
+		{Name: "node-a", Pods: []string{"web-1", "cli"}},
+		{Name: "node-b", Pods: []string{"web-2"}},
+	}})
+	cgroup, bpffs := netnstest.SocketLBSandbox(t)
+	pins := filepath.Join(bpffs, "kubenat")
+	a, b := e.c.Node("node-a"), e.c.Node("node-b")
+	cli, web1 := e.c.Pod("cli"), e.c.Pod("web-1")
+	both := []k8sobj.Endpoint{e.ep("web-1"), e.ep("web-2")}
+	web := k8sobj.Service{Name: "web", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.10"},
+		Ports: []k8sobj.Port{
+			{Name: "http", Port: 80, TargetPort: echoPort, NodePort: 30080},
+			{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: echoPort},
+		}, Endpoints: both}
+	e.writeService(t, web)
+	// The Services nftables must keep tracking use other target ports:
+	// tracking is decided per endpoint address and port, whatever the
+	// Service.
+	const otherPort = 8081
+	for _, p := range []string{"web-1", "web-2"} {
+		e.serve(&e.c.Pod(p).Host, p, otherPort)
+	}
+	e.writeService(t, k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60,
+		Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: otherPort}}, Endpoints: both})
+	e.writeService(t, k8sobj.Service{Name: "local", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.20"}, ETPLocal: true,
+		Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: otherPort, NodePort: 30081}}, Endpoints: []k8sobj.Endpoint{e.ep("web-2")}})
+	sync := func(t *testing.T, socketLB bool) {
+		t.Helper()
+		args := append(e.agentArgs(a), "--once", "--bpf-pin-dir", pins)
+		if socketLB {
+			args = append(args, "--socket-lb-cgroup", cgroup)
+		}
+		if out, err := netnstest.Kubenat(t, &a.Host, args...); err != nil {
+			t.Fatalf("kubenat agent on node-a: %v\n%s", err, out)
+		}
+		if out, err := netnstest.Kubenat(t, &b.Host, append(e.agentArgs(b), "--once")...); err != nil {
+			t.Fatalf("kubenat agent on node-b: %v\n%s", err, out)
+		}
+	}
+	// tracked counts node-a's conntrack entries of TCP connections from
+	// the client pod.
+	tracked := func(t *testing.T) int {
+		t.Helper()
+		out, _ := e.c.Exec(t.Context(), &a.Host, "conntrack", "-L", "-p", "tcp", "-s", cli.Addr.String())
+		return strings.Count(out, "tcp ")
+	}
+	flush := func(t *testing.T) {
+		t.Helper()
+		e.c.Exec(t.Context(), &a.Host, "conntrack", "-F")
+	}
+	vip := ap("10.96.0.10", 80)
+	sync(t, true)
+
+	t.Run("pod to ClusterIP: an endpoint answers, sees the pod, and nothing is tracked", func(t *testing.T) {
+		flush(t)
+		hits, seen := e.spread(t, &cli.Host, "tcp", vip, 40)
+		if len(hits) != 2 {
+			t.Errorf("answers %s: want web-1 and web-2", keys(hits))
+		}
+		for server, srcs := range seen {
+			if len(srcs) != 1 || !srcs[cli.Addr] {
+				t.Errorf("%s saw %v, want only the client pod %s", server, srcs, cli.Addr)
+			}
+		}
+		if n := tracked(t); n != 0 {
+			t.Errorf("node-a tracks %d connections of the client pod to the echo port, want 0 (balanced at connect, untracked)", n)
+		}
+	})
+	t.Run("UDP is left to nftables", func(t *testing.T) {
+		r := e.mustDial(t, &cli.Host, "udp", ap("10.96.0.10", 53))
+		if r.Seen.Addr() != cli.Addr {
+			t.Errorf("%s saw %s, want %s", r.Server, r.Seen, cli.Addr)
+		}
+	})
+	t.Run("affinity is left to nftables, and its replies stay tracked", func(t *testing.T) {
+		flush(t)
+		first := e.mustDial(t, &cli.Host, "tcp", ap("10.96.0.50", 80))
+		for range 5 {
+			if r := e.mustDial(t, &cli.Host, "tcp", ap("10.96.0.50", 80)); r.Server != first.Server {
+				t.Fatalf("affinity broken: %s then %s", first.Server, r.Server)
+			}
+		}
+		if n := tracked(t); n == 0 {
+			t.Errorf("node-a tracks no connection to the affinity Service's endpoints")
+		}
+	})
+	t.Run("externalTrafficPolicy Local NodePort from a pod: short-circuit, tracked replies", func(t *testing.T) {
+		r := e.mustDial(t, &cli.Host, "tcp", netip.AddrPortFrom(a.Addr, 30081))
+		if r.Server != "web-2" || r.Seen.Addr() != cli.Addr {
+			t.Errorf("got %v, want web-2 seeing the client pod %s", r, cli.Addr)
+		}
+	})
+	t.Run("external client to NodePort: DNAT and masquerade as before", func(t *testing.T) {
+		hits, seen := e.spread(t, e.c.Client, "tcp", netip.AddrPortFrom(a.Addr, 30080), 20)
+		if len(hits) != 2 {
+			t.Errorf("answers %s: want web-1 and web-2", keys(hits))
+		}
+		for server, srcs := range seen {
+			if srcs[e.c.Client.Addr] {
+				t.Errorf("%s saw the external client's address: not masqueraded", server)
+			}
+		}
+	})
+	t.Run("hairpin: the endpoint reaches itself directly", func(t *testing.T) {
+		_, seen := e.spread(t, &web1.Host, "tcp", vip, 20)
+		if srcs := seen["web-1"]; len(srcs) != 1 || !srcs[web1.Addr] {
+			t.Errorf("web-1 reaching itself saw %v, want its own address %s", srcs, web1.Addr)
+		}
+	})
+	t.Run("an endpoint goes", func(t *testing.T) {
+		web.Endpoints = []k8sobj.Endpoint{e.ep("web-2")}
+		e.writeService(t, web)
+		sync(t, true)
+		hits, _ := e.spread(t, &cli.Host, "tcp", vip, 10)
+		if hits["web-2"] != 10 {
+			t.Errorf("answers %s: want web-2 only", keys(hits))
+		}
+	})
+	t.Run("turned off: the pins go, nftables serves and tracks", func(t *testing.T) {
+		sync(t, false)
+		if _, err := os.Stat(pins); err == nil {
+			t.Errorf("%s still exists after an agent without the socket load balancer", pins)
+		}
+		flush(t)
+		hits, _ := e.spread(t, &cli.Host, "tcp", vip, 5)
+		if hits["web-2"] != 5 {
+			t.Errorf("answers %s: want web-2 only", keys(hits))
+		}
+		if n := tracked(t); n == 0 {
+			t.Errorf("node-a tracks no connection through the ClusterIP")
+		}
+	})
+}
