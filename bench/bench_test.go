@@ -63,7 +63,7 @@ func TestSmoke(t *testing.T) {
 	}
 
 	d := res.Datapath
-	for _, rs := range []string{datapath.Kubenat, datapath.KubenatTen, datapath.Floor, datapath.IPTablesNFT, datapath.IPTablesLegacy} {
+	for _, rs := range []string{datapath.Kubenat, datapath.KubenatTen, datapath.KubenatSocketLB, datapath.Floor, datapath.IPTablesNFT, datapath.IPTablesLegacy} {
 		for _, p := range []string{datapath.PodToClusterIP, datapath.ExternalToNodePort, datapath.PodToPodIP} {
 			if rs == datapath.KubenatTen && p == datapath.PodToPodIP {
 				continue
@@ -73,6 +73,11 @@ func TestSmoke(t *testing.T) {
 				t.Errorf("%s, %s: no connections measured: %+v", rs, p, pt)
 			}
 		}
+	}
+	// The balancer sends the pod's connects straight to the servers, and
+	// nothing tracks them.
+	if pt := d.Find(datapath.KubenatSocketLB, datapath.PodToClusterIP, 20); pt != nil && len(pt.Samples) == 1 && pt.Samples[0].Conntrack != 0 {
+		t.Errorf("%s, %s: node-a tracked %d connections, want 0", datapath.KubenatSocketLB, datapath.PodToClusterIP, pt.Samples[0].Conntrack)
 	}
 	for _, p := range []string{datapath.PodToPodIP, datapath.ExternalToPodIP} {
 		pt := d.Find(datapath.None, p, 20)

@@ -20,9 +20,11 @@ package datapath
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,7 +38,9 @@ import (
 	"github.com/kubenat/kubenat/bench/loadgen"
 	"github.com/kubenat/kubenat/bench/nsrun"
 	"github.com/kubenat/kubenat/bench/workload"
+	"github.com/kubenat/kubenat/internal/bpfsandbox"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
+	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
 	"github.com/kubenat/kubenat/internal/k8sobj"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/topo"
@@ -48,6 +52,12 @@ const (
 	None = "none"
 	// Kubenat is kubenat's nftables ruleset, programmed by its backend.
 	Kubenat = "kubenat"
+	// KubenatSocketLB is kubenat with the socket load balancer: the
+	// nftables ruleset of model.Config.SocketLB (pod-to-pod TCP untracked)
+	// in a table of its own ("kubenatslb"), and the eBPF connect4 balancer
+	// attached, while this ruleset is the live one, to a cgroup the
+	// benchmark process is moved into (no other process is affected).
+	KubenatSocketLB = "kubenat-socket-lb"
 	// KubenatTen is kubenat's ruleset for the target and only 10 other
 	// Services, in a table of its own ("kubenat10"), measured in the same
 	// rounds as Kubenat at every size above 10: the reference for "the
@@ -190,7 +200,7 @@ func (o *Options) defaults() {
 		o.Sizes = []int{10, 1000, 10000, 50000}
 	}
 	if o.Rulesets == nil {
-		o.Rulesets = []string{Kubenat, Floor, IPTablesNFT, IPTablesLegacy}
+		o.Rulesets = []string{Kubenat, KubenatSocketLB, Floor, IPTablesNFT, IPTablesLegacy}
 	}
 	if o.Repeats == 0 {
 		o.Repeats = 3
@@ -219,13 +229,24 @@ func (o *Options) defaults() {
 // Run measures every size in a fresh cluster of its own.
 func Run(ctx context.Context, ns Namespaces, o Options) (*Results, error) {
 	o.defaults()
+	var cgroup string
+	if slices.Contains(o.Rulesets, KubenatSocketLB) {
+		// The balancer serves the connects of this process only.
+		bpfsandbox.RemoveStale("kubenat-b")
+		cg, err := bpfsandbox.NewCgroup("kubenat-b")
+		if err != nil {
+			return nil, fmt.Errorf("a cgroup for %s: %w", KubenatSocketLB, err)
+		}
+		defer cg.Remove()
+		cgroup = cg.Path
+	}
 	res := &Results{}
 	res.Options.Repeats = o.Repeats
 	res.Options.WarmupSeconds = o.Warmup.Seconds()
 	res.Options.DurationSeconds = o.Duration.Seconds()
 	res.Options.ThroughputDuration = o.ThroughputDuration.Seconds()
 	for _, n := range o.Sizes {
-		if err := runSize(ctx, ns, o, n, res); err != nil {
+		if err := runSize(ctx, ns, o, n, cgroup, res); err != nil {
 			return res, fmt.Errorf("datapath with %d Services: %w", n, err)
 		}
 	}
@@ -241,9 +262,13 @@ type bed struct {
 	bare    *topo.Node        // node-b: never any ruleset
 	objs    *workload.Cluster // the other Services, then the target
 	n       int
+
+	cgroup   string       // the benchmark's cgroup, for KubenatSocketLB
+	slbState *model.State // what KubenatSocketLB's balancer holds
+	balancer *socketlb.Balancer
 }
 
-func runSize(ctx context.Context, ns Namespaces, o Options, n int, res *Results) error {
+func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string, res *Results) error {
 	spec := topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a"}, {Name: "node-b", Pods: []string{"srv-b", "cli-b"}}}}
 	for i := range servers {
 		spec.Nodes[0].Pods = append(spec.Nodes[0].Pods, fmt.Sprintf("srv-%d", i+1))
@@ -254,7 +279,8 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, res *Results)
 		return err
 	}
 	defer release()
-	b := &bed{c: c, node: c.Nodes[0], cli: c.Pod("cli"), bare: c.Nodes[1], n: n}
+	b := &bed{c: c, node: c.Nodes[0], cli: c.Pod("cli"), bare: c.Nodes[1], n: n, cgroup: cgroup}
+	defer b.detach()
 	for i := range servers {
 		b.servers = append(b.servers, c.Pod(fmt.Sprintf("srv-%d", i+1)))
 	}
@@ -364,10 +390,11 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, res *Results)
 
 // nftTables are the nftables tables each switchable ruleset consists of.
 var nftTables = map[string][]string{
-	Kubenat:     {"ip " + nftables.DefaultTable, "ip6 " + nftables.DefaultTable},
-	KubenatTen:  {"ip " + tenTable, "ip6 " + tenTable},
-	Floor:       {"ip " + floorTable},
-	IPTablesNFT: {"ip nat", "ip filter"},
+	Kubenat:         {"ip " + nftables.DefaultTable, "ip6 " + nftables.DefaultTable},
+	KubenatSocketLB: {"ip " + slbTable, "ip6 " + slbTable},
+	KubenatTen:      {"ip " + tenTable, "ip6 " + tenTable},
+	Floor:           {"ip " + floorTable},
+	IPTablesNFT:     {"ip nat", "ip filter"},
 }
 
 // arm is a ruleset with the paths measured under it.
@@ -399,7 +426,38 @@ func (b *bed) activate(ctx context.Context, arms []*arm, on *arm) error {
 	if err != nil {
 		return fmt.Errorf("switching rulesets: %w", err)
 	}
+	if on != nil && on.ruleset == KubenatSocketLB {
+		return b.attach()
+	}
+	return b.detach()
+}
+
+// attach attaches KubenatSocketLB's balancer to the benchmark's cgroup and
+// fills it: the same work as an agent's first sync.
+func (b *bed) attach() error {
+	if b.balancer != nil {
+		return nil
+	}
+	lb, err := socketlb.Open(socketlb.Options{Cgroup: b.cgroup})
+	if err != nil {
+		return err
+	}
+	if err := lb.Update(b.slbState, model.Delta{Full: true}); err != nil {
+		lb.Close()
+		return err
+	}
+	b.balancer = lb
 	return nil
+}
+
+// detach detaches the balancer (it is not pinned: closing it detaches it).
+func (b *bed) detach() error {
+	if b.balancer == nil {
+		return nil
+	}
+	err := b.balancer.Close()
+	b.balancer = nil
+	return err
 }
 
 // rounds measures every arm's paths once per repeat (connect loops, then
@@ -559,6 +617,8 @@ func (b *bed) load(ctx context.Context, o Options, ruleset string) (Load, error)
 	switch ruleset {
 	case Kubenat:
 		err = b.loadKubenat(lctx)
+	case KubenatSocketLB:
+		b.slbState, err = b.program(lctx, b.objs, nftables.Options{Table: slbTable}, true)
 	case Floor:
 		_, err = nsrun.NewNFT(b.node.NS).Run(lctx, b.floorScript())
 	case IPTablesNFT, IPTablesLegacy:
@@ -589,11 +649,15 @@ func (b *bed) config() model.Config {
 }
 
 func (b *bed) loadKubenat(ctx context.Context) error {
-	return b.program(ctx, b.objs, nftables.Options{})
+	_, err := b.program(ctx, b.objs, nftables.Options{}, false)
+	return err
 }
 
 // tenTable is the table of the KubenatTen ruleset.
 const tenTable = "kubenat10"
+
+// slbTable is the table of the KubenatSocketLB ruleset.
+const slbTable = "kubenatslb"
 
 // loadKubenatTen programs the target and 10 other Services into tenTable.
 func (b *bed) loadKubenatTen(ctx context.Context) error {
@@ -601,12 +665,16 @@ func (b *bed) loadKubenatTen(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return b.program(ctx, objs, nftables.Options{Table: tenTable})
+	_, err = b.program(ctx, objs, nftables.Options{Table: tenTable}, false)
+	return err
 }
 
-// program builds kubenat's State for objs and programs it on node-a.
-func (b *bed) program(ctx context.Context, objs *workload.Cluster, o nftables.Options) error {
-	mb := model.NewBuilder(b.config())
+// program builds kubenat's State for objs (with the socket load balancer
+// when socketLB is set) and programs its nftables ruleset on node-a.
+func (b *bed) program(ctx context.Context, objs *workload.Cluster, o nftables.Options, socketLB bool) (*model.State, error) {
+	cfg := b.config()
+	cfg.SocketLB = socketLB
+	mb := model.NewBuilder(cfg)
 	mb.SetNode(k8sobj.Node(b.node.Name, []string{b.node.Addr.String()}, []string{b.node.PodCIDR.String()}), "bench")
 	for _, s := range objs.Services {
 		mb.SetService(s, "bench")
@@ -616,10 +684,10 @@ func (b *bed) program(ctx context.Context, objs *workload.Cluster, o nftables.Op
 	}
 	st, d := mb.Build()
 	if len(st.Errors) > 0 {
-		return fmt.Errorf("the benchmark's objects are invalid: %v", st.Errors[0])
+		return nil, fmt.Errorf("the benchmark's objects are invalid: %v", st.Errors[0])
 	}
 	_, err := nftables.New(nsrun.NewNFT(b.node.NS), o).Sync(ctx, st, d)
-	return err
+	return st, err
 }
 
 // unload removes ruleset from node-a.
@@ -629,6 +697,9 @@ func (b *bed) unload(ctx context.Context, ruleset string) error {
 		return nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{})
 	case KubenatTen:
 		return nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: tenTable})
+	case KubenatSocketLB:
+		b.slbState = nil
+		return errors.Join(b.detach(), nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: slbTable}))
 	case Floor:
 		_, err := nsrun.NewNFT(b.node.NS).Run(ctx, "add table ip "+floorTable+"\ndelete table ip "+floorTable+"\n")
 		return err

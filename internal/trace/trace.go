@@ -140,6 +140,12 @@ type Result struct {
 	// RejectWith is how a rejected packet is refused: "TCP reset" or
 	// "ICMP port unreachable".
 	RejectWith string `json:"rejectWith,omitempty"`
+	// SocketLB is true when the socket load balancer serves the
+	// connection: a TCP connect() from this node (a pod or the node
+	// itself) to a ClusterIP goes to an endpoint from the start, so no
+	// packet carries the ClusterIP, and there is no DNAT, no masquerade and
+	// no conntrack entry.
+	SocketLB bool `json:"socketLB,omitempty"`
 	// DNAT is the destination rewrite of a forwarded packet.
 	DNAT *DNAT `json:"dnat,omitempty"`
 	// Masquerade is the source NAT decision; nil when no connection is made
@@ -337,6 +343,15 @@ func Trace(st *model.State, p Packet) (*Result, error) {
 	}
 	if r.Affinity.ClientIP {
 		r.Reason += " (or to the client's affinity endpoint)"
+	}
+	if _, ok := st.SocketEndpoints(sp); ok && fe.Kind == model.ClusterIP && class != model.FromOutside {
+		r.SocketLB = true
+		r.Reason = fmt.Sprintf("the socket load balancer connects the socket to one of %d candidate endpoints, chosen at random, at connect(): no packet carries the ClusterIP", len(r.Endpoints.Candidates))
+		for i := range r.Endpoints.Candidates {
+			r.Endpoints.Candidates[i].Masquerade, r.Endpoints.Candidates[i].MasqueradeRule = false, ""
+		}
+		r.Masquerade = &Masquerade{Rule: "the socket load balancer: the connection runs from the socket's own address to the endpoint, untracked (no NAT to undo)"}
+		return r, nil
 	}
 	r.DNAT = &DNAT{From: p.Dst}
 	masq := 0

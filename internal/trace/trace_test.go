@@ -234,3 +234,46 @@ func TestParse(t *testing.T) {
 		t.Error("ParseProtocol(icmp) succeeded")
 	}
 }
+
+// TestTraceSocketLB checks what Trace says when the socket load balancer
+// is on: connects from this node to a ClusterIP it holds go straight to an
+// endpoint; everything else is traced as nftables does it.
+func TestTraceSocketLB(t *testing.T) {
+	st := fixtureState(t, func(c *model.Config) { c.SocketLB = true })
+	for _, tc := range []struct {
+		name     string
+		p        Packet
+		socketLB bool
+	}{
+		{"pod to ClusterIP", pkt(podA, webVIP+":80"), true},
+		{"hairpin: no masquerade, the pod connects to itself", pkt(web1, webVIP+":80"), true},
+		{"node to ClusterIP", local(pkt(nodeA, webVIP+":80")), true},
+		{"pod on another node: its own node decides, here nftables", pkt(podB, webVIP+":80"), false},
+		{"UDP stays with nftables", udp(pkt(podA, webVIP+":53")), false},
+		{"NodePort stays with nftables", pkt(podA, nodeA+":30080"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := Trace(st, tc.p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Verdict != Forward || r.SocketLB != tc.socketLB {
+				t.Fatalf("verdict %s, socketLB %v; want forward, socketLB %v", r.Verdict, r.SocketLB, tc.socketLB)
+			}
+			if !tc.socketLB {
+				if r.DNAT == nil {
+					t.Errorf("no DNAT for a packet nftables translates")
+				}
+				return
+			}
+			if r.DNAT != nil || r.Masquerade == nil || r.Masquerade.Masquerade || !strings.Contains(r.Reason, "socket load balancer") {
+				t.Errorf("DNAT %v, masquerade %+v, reason %q; want no NAT and the socket load balancer named", r.DNAT, r.Masquerade, r.Reason)
+			}
+			for _, c := range r.Endpoints.Candidates {
+				if c.Masquerade {
+					t.Errorf("candidate %s is masqueraded", c.Addr)
+				}
+			}
+		})
+	}
+}

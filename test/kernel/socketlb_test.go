@@ -88,6 +88,20 @@ func TestSocketLoadBalancer(t *testing.T) {
 			t.Errorf("node-a tracks %d connections of the client pod to the echo port, want 0 (balanced at connect, untracked)", n)
 		}
 	})
+	t.Run("trace says so", func(t *testing.T) {
+		for dst, want := range map[string]string{
+			"10.96.0.10:80": "the socket load balancer connects the socket",
+			"10.96.0.50:80": "DNAT to one of 2 candidate endpoints",
+		} {
+			args := append(e.agentArgs(a), "--socket-lb-cgroup", cgroup, "--bpf-pin-dir", pins,
+				"--src", cli.Addr.String(), "--dst", dst, "--proto", "tcp")
+			args[0] = "trace"
+			out, err := netnstest.Kubenat(t, &a.Host, args...)
+			if err != nil || !strings.Contains(out, want) {
+				t.Errorf("kubenat trace to %s: %v\n%s\nwant %q", dst, err, out, want)
+			}
+		}
+	})
 	t.Run("UDP is left to nftables", func(t *testing.T) {
 		r := e.mustDial(t, &cli.Host, "udp", ap("10.96.0.10", 53))
 		if r.Seen.Addr() != cli.Addr {
