@@ -378,6 +378,25 @@ func TestChartValues(t *testing.T) {
 					}
 				}
 			}},
+		{"the socket load balancer: the host's cgroups and bpf file system, and the BPF capability",
+			map[string]any{"config": map[string]any{"clusterCIDRs": []any{"10.244.0.0/16"},
+				"socketLB": map[string]any{"cgroup": "/sys/fs/cgroup"}}},
+			func(t *testing.T, o objects) {
+				if got := agentConfig(t, o.cm).SocketLB.Cgroup; got != "/sys/fs/cgroup" {
+					t.Errorf("socketLB.cgroup %q", got)
+				}
+				c := container(t, o.ds)
+				mounts := map[string]bool{}
+				for _, m := range c.VolumeMounts {
+					mounts[m.MountPath] = true
+				}
+				if !mounts["/sys/fs/cgroup"] || !mounts["/sys/fs/bpf"] {
+					t.Errorf("mounts %v: want /sys/fs/cgroup and /sys/fs/bpf", mounts)
+				}
+				if caps := c.SecurityContext.Capabilities.Add; !slices.Contains(caps, "BPF") {
+					t.Errorf("capabilities %v: want BPF", caps)
+				}
+			}},
 		{"health endpoints disabled: no probe, no port",
 			map[string]any{"config": map[string]any{"clusterCIDRs": []any{"10.244.0.0/16"}, "healthzBindAddress": ""}},
 			func(t *testing.T, o objects) {
