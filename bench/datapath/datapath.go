@@ -76,6 +76,10 @@ const (
 	Floor = "nft-floor"
 )
 
+// rulesets are the rulesets Options.Rulesets may name (KubenatTen comes
+// with Kubenat), in the order they are measured by default.
+var rulesets = []string{Kubenat, KubenatSocketLB, Floor, IPTablesNFT, IPTablesLegacy}
+
 // Paths a connection takes.
 const (
 	// PodToClusterIP: client pod → target ClusterIP:80 (DNAT, no SNAT).
@@ -200,7 +204,7 @@ func (o *Options) defaults() {
 		o.Sizes = []int{10, 1000, 10000, 50000}
 	}
 	if o.Rulesets == nil {
-		o.Rulesets = []string{Kubenat, KubenatSocketLB, Floor, IPTablesNFT, IPTablesLegacy}
+		o.Rulesets = slices.Clone(rulesets)
 	}
 	if o.Repeats == 0 {
 		o.Repeats = 3
@@ -229,6 +233,11 @@ func (o *Options) defaults() {
 // Run measures every size in a fresh cluster of its own.
 func Run(ctx context.Context, ns Namespaces, o Options) (*Results, error) {
 	o.defaults()
+	for _, rs := range o.Rulesets {
+		if !slices.Contains(rulesets, rs) {
+			return nil, fmt.Errorf("unknown ruleset %q (known: %s)", rs, strings.Join(rulesets, ", "))
+		}
+	}
 	var cgroup string
 	if slices.Contains(o.Rulesets, KubenatSocketLB) {
 		// The balancer serves the connects of this process only.

@@ -341,8 +341,10 @@ func (a *Agent) sync(ctx context.Context) error {
 	// sources may not change the Builder meanwhile.
 	res, err := a.backend.Sync(ctx, st, delta)
 	if err != nil {
-		// The backend replaces everything on the next Sync.
-		a.recount = true
+		// The backend replaces everything on the next Sync; so does the
+		// socket load balancer, whose removals were not applied (the next
+		// Build's Delta would not name them again).
+		a.recount, a.fullNext = true, a.balancer != nil
 		a.mu.Unlock()
 		a.opts.Metrics.SyncFailed()
 		return err

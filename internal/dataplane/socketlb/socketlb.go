@@ -282,11 +282,23 @@ func (b *Balancer) Update(st *model.State, d model.Delta) error {
 			stale = append(stale, old)
 		}
 	}
-	if err := batchUpdate(b.objs.Backends, slots, backends); err != nil {
+	// On failure, the new groups no frontend points at are deleted again
+	// (best effort: what is left is found by the next Open), and the next
+	// Update compares everything.
+	undo := func() {
 		b.synced = false
+		_ = deleteAll(b.objs.Backends, slots)
+		for _, g := range next {
+			delete(b.used, g.id)
+		}
+	}
+	if err := batchUpdate(b.objs.Backends, slots, backends); err != nil {
+		undo()
 		return fmt.Errorf("writing the socket load balancer's endpoints: %w", err)
 	}
 	if err := batchUpdate(b.objs.Frontends, fes, gs); err != nil {
+		// Some frontends may point at their new group already: keep those
+		// groups' slots, and let the next Update rewrite everything.
 		b.synced = false
 		return fmt.Errorf("writing the socket load balancer's frontends: %w", err)
 	}
