@@ -53,7 +53,7 @@ const (
 	// Kubenat is kubenat's nftables ruleset, programmed by its backend.
 	Kubenat = "kubenat"
 	// KubenatSocketLB is kubenat with the socket load balancer: the
-	// nftables ruleset of model.Config.SocketLB (pod-to-pod TCP untracked)
+	// nftables ruleset of model.Config.SocketLB and UntrackPodTCP (pod-to-pod TCP untracked)
 	// in a table of its own ("kubenatslb"), and the eBPF connect4 balancer
 	// attached, while this ruleset is the live one, to a cgroup the
 	// benchmark process is moved into (no other process is affected).
@@ -682,7 +682,7 @@ func (b *bed) loadKubenatTen(ctx context.Context) error {
 // when socketLB is set) and programs its nftables ruleset on node-a.
 func (b *bed) program(ctx context.Context, objs *workload.Cluster, o nftables.Options, socketLB bool) (*model.State, error) {
 	cfg := b.config()
-	cfg.SocketLB = socketLB
+	cfg.SocketLB, cfg.UntrackPodTCP = socketLB, socketLB
 	mb := model.NewBuilder(cfg)
 	mb.SetNode(k8sobj.Node(b.node.Name, []string{b.node.Addr.String()}, []string{b.node.PodCIDR.String()}), "bench")
 	for _, s := range objs.Services {

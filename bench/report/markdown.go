@@ -235,7 +235,7 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 	p("ruleset: each repeat measures all of them within seconds. \"kubenat vs 10 Services\" divides by\n")
 	p("kubenat-10 of the same rounds (clusters built minutes apart differ by up to ~10 %% for every path\n")
 	p("alike). iptables-legacy, whose tables cannot be switched off, is measured after the others.\n")
-	p("kubenat-socket-lb is kubenat with the socket load balancer (`--socket-lb-cgroup`): the eBPF\n")
+	p("kubenat-socket-lb is kubenat with the socket load balancer (`--socket-lb-cgroup --untrack-pod-tcp`): the eBPF\n")
 	p("connect4 program sends a pod's connect() to the ClusterIP straight to an endpoint, and pod-to-pod\n")
 	p("TCP is untracked; its own table is switched like the others, and its program is attached (to a\n")
 	p("cgroup holding only the benchmark process) and filled from scratch each time it is switched on.\n")

@@ -129,6 +129,13 @@ type SocketLB struct {
 	// agents, like the nftables tables). Default "/sys/fs/bpf/kubenat".
 	// Flag --bpf-pin-dir.
 	PinDir string `json:"pinDir"`
+	// UntrackPodTCP also leaves TCP between pods untracked where no rule of
+	// kubenat's can have translated it: most of the remaining cost of a new
+	// connection. Only correct when every pod's connects go through the
+	// balancer (Cgroup is the cgroup v2 root, no VM-sandboxed pods) and no
+	// one else DNATs pod traffic to pods (e.g. a CNI's hostPorts reached
+	// from pods). Default false. Flag --untrack-pod-tcp.
+	UntrackPodTCP bool `json:"untrackPodTCP"`
 }
 
 // DefaultBPFPinDir is the default SocketLB.PinDir.

@@ -52,13 +52,14 @@ clientConnection:
 socketLB:
   cgroup: /sys/fs/cgroup
   pinDir: /sys/fs/bpf/kn
+  untrackPodTCP: true
 `, want: &Configuration{APIVersion: APIVersion, Kind: Kind, NodeName: "node-a",
 			ClusterCIDRs: []string{"10.244.0.0/16", "fd00:244::/56"}, NodeIPs: []string{"192.168.100.11"},
 			NodePortAddresses: []string{"192.168.100.0/24"}, MasqueradeAll: true,
 			Masquerade:       Masquerade{NonMasqueradeCIDRs: []string{"10.0.0.0/8"}, MasqLinkLocal: true, MasqLinkLocalIPv6: true},
 			ServiceProxyName: "other", MinSyncPeriod: "1s", MetricsBindAddress: "0.0.0.0:9999", HealthzBindAddress: "127.0.0.1:10256",
 			ClientConnection: ClientConnection{Kubeconfig: "/etc/kubenat/kubeconfig", ContentType: ContentTypeJSON, QPS: 20, Burst: 40},
-			SocketLB:         SocketLB{Cgroup: "/sys/fs/cgroup", PinDir: "/sys/fs/bpf/kn"}}},
+			SocketLB:         SocketLB{Cgroup: "/sys/fs/cgroup", PinDir: "/sys/fs/bpf/kn", UntrackPodTCP: true}}},
 		{name: "explicit zero values are kept", in: header + "minSyncPeriod: 0s\nmetricsBindAddress: \"\"\nmasquerade:\n  nonMasqueradeCIDRs: []\n",
 			want: withDefaults(func(c *Configuration) {
 				c.MinSyncPeriod, c.MetricsBindAddress, c.Masquerade.NonMasqueradeCIDRs = "0s", "", []string{}
@@ -145,6 +146,8 @@ func TestValidate(t *testing.T) {
 		{"bad proxy name", func(c *Configuration) { c.ServiceProxyName = "not a label" },
 			[]string{`serviceProxyName (--service-proxy-name): "not a label" is not a valid label value`}},
 		{"socket load balancer", func(c *Configuration) { c.SocketLB.Cgroup = "/sys/fs/cgroup" }, nil},
+		{"untracking without the balancer", func(c *Configuration) { c.SocketLB.UntrackPodTCP = true },
+			[]string{"socketLB.untrackPodTCP (--untrack-pod-tcp): needs the socket load balancer"}},
 		{"relative socket LB paths", func(c *Configuration) { c.SocketLB = SocketLB{Cgroup: "cgroup", PinDir: "bpf"} },
 			[]string{`socketLB.cgroup (--socket-lb-cgroup): "cgroup" must be an absolute path`,
 				`socketLB.pinDir (--bpf-pin-dir): "bpf" must be an absolute path`}},

@@ -64,6 +64,8 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.SocketLB.Cgroup }},
 	{path: "socketLB.pinDir", flag: "bpf-pin-dir", help: "directory on a bpf file system where the socket load balancer is pinned, so it outlives the agent",
 		ptr: func(c *Configuration) any { return &c.SocketLB.PinDir }},
+	{path: "socketLB.untrackPodTCP", flag: "untrack-pod-tcp", help: "with the socket load balancer, leave TCP between pods untracked where no kubenat rule can have translated it (faster; only correct when every pod connects through the balancer and no one else DNATs pod traffic to pods, e.g. hostPorts)",
+		ptr: func(c *Configuration) any { return &c.SocketLB.UntrackPodTCP }},
 }
 
 // FlagFor returns the name (without "--") of the flag that overrides the

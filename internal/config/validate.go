@@ -113,6 +113,9 @@ func (c *Configuration) Validate() error {
 			errs.add(b.path, "%q %s", b.addr, msg)
 		}
 	}
+	if lb := c.SocketLB; lb.UntrackPodTCP && lb.Cgroup == "" {
+		errs.add("socketLB.untrackPodTCP", "needs the socket load balancer (socketLB.cgroup, --socket-lb-cgroup)")
+	}
 	if lb := c.SocketLB; lb.Cgroup != "" {
 		if !filepath.IsAbs(lb.Cgroup) {
 			errs.add("socketLB.cgroup", "%q must be an absolute path (a cgroup v2 directory)", lb.Cgroup)
@@ -197,6 +200,7 @@ func (c *Configuration) ModelConfig() (model.Config, error) {
 		MasqueradeAll:     c.MasqueradeAll,
 		ProxyName:         c.ServiceProxyName,
 		SocketLB:          c.SocketLB.Cgroup != "",
+		UntrackPodTCP:     c.SocketLB.UntrackPodTCP,
 		Egress: model.EgressConfig{
 			NonMasqueradeCIDRs: []netip.Prefix{},
 			MasqLinkLocal:      c.Masquerade.MasqLinkLocal,

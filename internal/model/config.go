@@ -41,11 +41,15 @@ type Config struct {
 	ProxyName string
 	// SocketLB says that the node's processes connect through the socket
 	// load balancer (see State.SocketEndpoints): their TCP connections to
-	// ClusterIPs are balanced at connect(), and TCP traffic between pods
-	// that no NAT could have touched is left untracked
-	// (State.TrackedEndpoints). Ignored with MasqueradeAll, which needs
-	// every ClusterIP connection to be translated by the kernel.
+	// ClusterIPs are balanced at connect(). Ignored with MasqueradeAll,
+	// which needs every ClusterIP connection to be translated by the
+	// kernel.
 	SocketLB bool
+	// UntrackPodTCP, with SocketLB, leaves TCP between pods that no rule
+	// of kubenat's can have translated untracked (State.TrackedEndpoints):
+	// faster, but wrong for pods whose connects the balancer does not see
+	// and for DNAT that others do (e.g. hostPorts); see docs/design.md.
+	UntrackPodTCP bool
 }
 
 // EgressConfig is ip-masq-agent's configuration: which destinations pod

@@ -7,20 +7,26 @@ package model
 // connection tracking altogether, which is most of what a new connection
 // through a Service costs.
 //
-// Skipping conntrack is only correct for flows no rule translates. Pod to
-// pod TCP is translated by nftables in two cases, and the endpoints
-// involved are kept tracked (TrackedEndpoints):
+// Skipping conntrack (Config.UntrackPodTCP) is only correct for flows no
+// rule translates. Pod to pod TCP is translated by kubenat's rules in two
+// cases, and the endpoints involved are kept tracked (TrackedEndpoints):
 //   - ClusterIP ports the socket load balancer does not serve (session
 //     affinity, or IPv6): their DNAT needs conntrack to reverse the reply;
 //   - externalTrafficPolicy: Local ports: a pod of this node reaching the
 //     NodePort or a LoadBalancer IP is DNATed without masquerade, and a
 //     pod of another node reaching this node's NodePort keeps its address.
-// Every other translated flow is masqueraded to a node address, and its
-// replies (to a local address) stay tracked.
+// Every other flow kubenat translates is masqueraded to a node address,
+// and its replies (to a local address) stay tracked. DNAT done by others
+// (a CNI's hostPorts) and pods whose connects the balancer does not see
+// are not known here: that is why untracking is a choice of its own.
 
 // SocketLBActive reports whether the socket load balancer serves this
 // State: it is configured and MasqueradeAll is off.
 func (s *State) SocketLBActive() bool { return s.Config.SocketLB && !s.Config.MasqueradeAll }
+
+// UntrackActive reports whether pod-to-pod TCP is left untracked: the
+// socket load balancer is active and Config.UntrackPodTCP is set.
+func (s *State) UntrackActive() bool { return s.SocketLBActive() && s.Config.UntrackPodTCP }
 
 // SocketEndpoints returns the endpoints the socket load balancer spreads a
 // connect() to sp's ClusterIP over, and false when it leaves sp to the
@@ -39,13 +45,13 @@ func (s *State) SocketEndpoints(sp *ServicePort) ([]Endpoint, bool) {
 }
 
 // TrackedEndpoints returns the endpoints of sp whose TCP traffic to and
-// from pods must stay tracked when the socket load balancer is active
-// (see the comment above): all of sp's endpoints when the kernel's rules
-// may DNAT pod traffic to them without masquerade, else none. It returns
-// nil when the socket load balancer is not active (then nothing is
-// untracked) and for non-TCP ports (only TCP is untracked).
+// from pods must stay tracked when pod-to-pod TCP is untracked (see the
+// comment above): all of sp's endpoints when the kernel's rules may DNAT
+// pod traffic to them without masquerade, else none. It returns nil when
+// nothing is untracked (UntrackActive is false) and for non-TCP ports
+// (only TCP is untracked).
 func (s *State) TrackedEndpoints(sp *ServicePort) []Endpoint {
-	if !s.SocketLBActive() || sp.Name.Protocol != TCP {
+	if !s.UntrackActive() || sp.Name.Protocol != TCP {
 		return nil
 	}
 	if _, ok := s.SocketEndpoints(sp); !ok {

@@ -24,7 +24,7 @@ func TestSocketLBChoices(t *testing.T) {
 		}
 		return sp
 	}
-	on := Config{SocketLB: true}
+	on := Config{SocketLB: true, UntrackPodTCP: true}
 	tests := []struct {
 		name     string
 		cfg      Config
@@ -33,7 +33,11 @@ func TestSocketLBChoices(t *testing.T) {
 		tracked  []Endpoint
 	}{
 		{"off", Config{}, port(nil), nil, nil},
-		{"masqueradeAll turns it off", Config{SocketLB: true, MasqueradeAll: true}, port(nil), nil, nil},
+		{"masqueradeAll turns it off", Config{SocketLB: true, UntrackPodTCP: true, MasqueradeAll: true}, port(nil), nil, nil},
+		{"the balancer alone tracks everything", Config{SocketLB: true},
+			port(func(sp *ServicePort) { sp.AffinityTimeout = time.Hour }), nil, nil},
+		{"untracking without the balancer does nothing", Config{UntrackPodTCP: true},
+			port(func(sp *ServicePort) { sp.AffinityTimeout = time.Hour }), nil, nil},
 		{"plain TCP ClusterIP", on, port(nil), both, nil},
 		{"UDP is left to the rules and not tracked specially", on,
 			port(func(sp *ServicePort) { sp.Name.Protocol = UDP }), nil, nil},

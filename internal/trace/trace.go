@@ -143,8 +143,8 @@ type Result struct {
 	// SocketLB is true when the socket load balancer serves the
 	// connection: a TCP connect() from this node (a pod or the node
 	// itself) to a ClusterIP goes to an endpoint from the start, so no
-	// packet carries the ClusterIP, and there is no DNAT, no masquerade and
-	// no conntrack entry.
+	// packet carries the ClusterIP, and there is no DNAT and no masquerade
+	// (and, with UntrackPodTCP, no conntrack entry for a pod's).
 	SocketLB bool `json:"socketLB,omitempty"`
 	// DNAT is the destination rewrite of a forwarded packet.
 	DNAT *DNAT `json:"dnat,omitempty"`
@@ -350,7 +350,10 @@ func Trace(st *model.State, p Packet) (*Result, error) {
 		for i := range r.Endpoints.Candidates {
 			r.Endpoints.Candidates[i].Masquerade, r.Endpoints.Candidates[i].MasqueradeRule = false, ""
 		}
-		r.Masquerade = &Masquerade{Rule: "the socket load balancer: the connection runs from the socket's own address to the endpoint, untracked (no NAT to undo)"}
+		r.Masquerade = &Masquerade{Rule: "the socket load balancer: the connection runs from the socket's own address to the endpoint (no NAT to undo)"}
+		if st.UntrackActive() && class == model.FromLocalPod {
+			r.Masquerade.Rule += "; pod-to-pod TCP is untracked"
+		}
 		return r, nil
 	}
 	r.DNAT = &DNAT{From: p.Dst}

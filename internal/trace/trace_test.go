@@ -251,6 +251,7 @@ func TestTraceSocketLB(t *testing.T) {
 		{"pod on another node: its own node decides, here nftables", pkt(podB, webVIP+":80"), false},
 		{"UDP stays with nftables", udp(pkt(podA, webVIP+":53")), false},
 		{"NodePort stays with nftables", pkt(podA, nodeA+":30080"), false},
+		{"ClientIP affinity stays with nftables", pkt(podA, "10.96.0.50:80"), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := Trace(st, tc.p)

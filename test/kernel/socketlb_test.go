@@ -46,11 +46,16 @@ func TestSocketLoadBalancer(t *testing.T) {
 		Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: otherPort}}, Endpoints: both})
 	e.writeService(t, k8sobj.Service{Name: "local", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.20"}, ETPLocal: true,
 		Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: otherPort, NodePort: 30081}}, Endpoints: []k8sobj.Endpoint{e.ep("web-2")}})
-	sync := func(t *testing.T, socketLB bool) {
+	// sync runs the agents; mode is "" (nftables alone), "balancer" or
+	// "untracked" (the balancer and --untrack-pod-tcp).
+	sync := func(t *testing.T, mode string) {
 		t.Helper()
 		args := append(e.agentArgs(a), "--once", "--bpf-pin-dir", pins)
-		if socketLB {
+		if mode != "" {
 			args = append(args, "--socket-lb-cgroup", cgroup)
+		}
+		if mode == "untracked" {
+			args = append(args, "--untrack-pod-tcp")
 		}
 		if out, err := netnstest.Kubenat(t, &a.Host, args...); err != nil {
 			t.Fatalf("kubenat agent on node-a: %v\n%s", err, out)
@@ -59,19 +64,40 @@ func TestSocketLoadBalancer(t *testing.T) {
 			t.Fatalf("kubenat agent on node-b: %v\n%s", err, out)
 		}
 	}
-	// tracked counts node-a's conntrack entries of TCP connections from
-	// the client pod.
-	tracked := func(t *testing.T) int {
+	// tracked returns node-a's conntrack entries of TCP connections from
+	// the client pod, with extra conntrack filters.
+	tracked := func(t *testing.T, filter ...string) []string {
 		t.Helper()
-		out, _ := e.c.Exec(t.Context(), &a.Host, "conntrack", "-L", "-p", "tcp", "-s", cli.Addr.String())
-		return strings.Count(out, "tcp ")
+		out, _ := e.c.Exec(t.Context(), &a.Host, append([]string{"conntrack", "-L", "-p", "tcp", "-s", cli.Addr.String()}, filter...)...)
+		var entries []string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "tcp ") {
+				entries = append(entries, l)
+			}
+		}
+		return entries
 	}
 	flush := func(t *testing.T) {
 		t.Helper()
 		e.c.Exec(t.Context(), &a.Host, "conntrack", "-F")
 	}
 	vip := ap("10.96.0.10", 80)
-	sync(t, true)
+
+	t.Run("the balancer alone: balanced at connect, tracked as any pod-to-pod connection", func(t *testing.T) {
+		sync(t, "balancer")
+		flush(t)
+		hits, _ := e.spread(t, &cli.Host, "tcp", vip, 20)
+		if len(hits) != 2 {
+			t.Errorf("answers %s: want web-1 and web-2", keys(hits))
+		}
+		if n := len(tracked(t, "-d", web1.Addr.String(), "--dport", "8080")); n == 0 {
+			t.Errorf("no conntrack entry straight to web-1:8080: the connects were not balanced, or not tracked")
+		}
+		if n := len(tracked(t, "-d", vip.Addr().String())); n != 0 {
+			t.Errorf("%d conntrack entries to the ClusterIP: nftables translated what the balancer should have", n)
+		}
+	})
+	sync(t, "untracked")
 
 	t.Run("pod to ClusterIP: an endpoint answers, sees the pod, and nothing is tracked", func(t *testing.T) {
 		flush(t)
@@ -84,8 +110,8 @@ func TestSocketLoadBalancer(t *testing.T) {
 				t.Errorf("%s saw %v, want only the client pod %s", server, srcs, cli.Addr)
 			}
 		}
-		if n := tracked(t); n != 0 {
-			t.Errorf("node-a tracks %d connections of the client pod to the echo port, want 0 (balanced at connect, untracked)", n)
+		if n := len(tracked(t)); n != 0 {
+			t.Errorf("node-a tracks %d connections of the client pod, want 0 (balanced at connect, untracked)", n)
 		}
 	})
 	t.Run("trace says so", func(t *testing.T) {
@@ -116,8 +142,11 @@ func TestSocketLoadBalancer(t *testing.T) {
 				t.Fatalf("affinity broken: %s then %s", first.Server, r.Server)
 			}
 		}
-		if n := tracked(t); n == 0 {
-			t.Errorf("node-a tracks no connection to the affinity Service's endpoints")
+		// ASSURED: conntrack saw the replies, so it could reverse the DNAT
+		// (an untracked reply would also have failed the dial).
+		entries := tracked(t, "-d", "10.96.0.50")
+		if len(entries) == 0 || !strings.Contains(strings.Join(entries, "\n"), "ASSURED") {
+			t.Errorf("node-a's entries for the affinity Service: %q; want DNATed connections whose replies it saw (ASSURED)", entries)
 		}
 	})
 	t.Run("externalTrafficPolicy Local NodePort from a pod: short-circuit, tracked replies", func(t *testing.T) {
@@ -146,14 +175,14 @@ func TestSocketLoadBalancer(t *testing.T) {
 	t.Run("an endpoint goes", func(t *testing.T) {
 		web.Endpoints = []k8sobj.Endpoint{e.ep("web-2")}
 		e.writeService(t, web)
-		sync(t, true)
+		sync(t, "untracked")
 		hits, _ := e.spread(t, &cli.Host, "tcp", vip, 10)
 		if hits["web-2"] != 10 {
 			t.Errorf("answers %s: want web-2 only", keys(hits))
 		}
 	})
 	t.Run("turned off: the pins go, nftables serves and tracks", func(t *testing.T) {
-		sync(t, false)
+		sync(t, "")
 		if _, err := os.Stat(pins); err == nil {
 			t.Errorf("%s still exists after an agent without the socket load balancer", pins)
 		}
@@ -162,8 +191,8 @@ func TestSocketLoadBalancer(t *testing.T) {
 		if hits["web-2"] != 5 {
 			t.Errorf("answers %s: want web-2 only", keys(hits))
 		}
-		if n := tracked(t); n == 0 {
-			t.Errorf("node-a tracks no connection through the ClusterIP")
+		if entries := tracked(t, "-d", vip.Addr().String()); len(entries) != 5 {
+			t.Errorf("node-a's entries to the ClusterIP: %q; want the 5 connections, DNATed by nftables", entries)
 		}
 	})
 }

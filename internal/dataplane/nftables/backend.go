@@ -146,7 +146,8 @@ func (p *plan) dynamic(f model.Family) dynamic { return dynamicOf(p.counts[f]) }
 
 // writeSkeleton writes one family's table: every static set (with the
 // node's elements), the backends maps in use, and the chains, but nothing
-// of the Services.
+// of the Services. The caller decides whether m includes the untracked
+// chain, which is only correct once tracked-endpoints is complete.
 func (p *plan) writeSkeleton(sb *strings.Builder, a fam, o Options, m modes) {
 	t := &tables{content: p.node, objects: map[model.Family]*famObjects{a.f: {}}}
 	t.writeBlock(sb, a, o, m, p.dynamic(a.f))
@@ -298,8 +299,14 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 			fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, o.Table, a.name, o.Table)
 		}
 	}
+	// The untracked chain comes last, when tracked-endpoints is complete;
+	// standby tables never get it (their copy of the set is incomplete
+	// while they are filled, and a notrack in any table wins).
+	skeleton := modesOf(st)
+	untrack := skeleton.untrack && o.Table == b.o.Table
+	skeleton.untrack = false
 	for _, a := range families {
-		p.writeSkeleton(&sb, a, o, modesOf(st))
+		p.writeSkeleton(&sb, a, o, skeleton)
 	}
 	if _, err := b.run.Run(ctx, sb.String()); err != nil {
 		if create {
@@ -342,6 +349,17 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 	// The writer stops early only when ctx ends: the tables miss groups.
 	if werr != nil {
 		return false, fmt.Errorf("programming Services into the tables %s: %w", o.Table, werr)
+	}
+	if untrack {
+		a := famOf(model.IPv4)
+		tbl := a.name + " " + o.Table
+		ch := a.untrackedChain()
+		var sb strings.Builder
+		fmt.Fprintf(&sb, "add chain %s %s { %s }\n", tbl, ch.name, ch.hook)
+		writeRules(&sb, tbl, ch.name, ch.rules, false)
+		if _, err := b.run.Run(ctx, sb.String()); err != nil {
+			return false, fmt.Errorf("adding the untracked chain to the tables %s: %w", o.Table, err)
+		}
 	}
 	return true, nil
 }

@@ -145,7 +145,7 @@ func TestIncrementalMatchesFullRender(t *testing.T) {
 	for _, socketLB := range []bool{false, true} {
 		t.Run(fmt.Sprintf("socketLB=%v", socketLB), func(t *testing.T) {
 			cfg := testConfig()
-			cfg.SocketLB = socketLB
+			cfg.SocketLB, cfg.UntrackPodTCP = socketLB, socketLB
 			incrementalMatchesFullRender(t, cfg)
 		})
 	}

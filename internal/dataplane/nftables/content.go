@@ -135,6 +135,7 @@ func serviceContrib(st *model.State, ports []model.ServicePort) contrib {
 		if sp.Name.Family != model.IPv4 {
 			continue // only IPv4 is ever untracked
 		}
+		// Empty unless pod-to-pod TCP is untracked.
 		for _, ep := range st.TrackedEndpoints(sp) {
 			c.elems = append(c.elems, elem{f: model.IPv4, set: setTrackedEndpoints, key: fmt.Sprintf("%s . %d", ep.Addr, ep.Port)})
 		}

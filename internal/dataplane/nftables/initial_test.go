@@ -236,3 +236,53 @@ func TestInitialSyncCancelledIsNotASuccess(t *testing.T) {
 		}
 	}
 }
+
+// recordingRunner keeps the scripts it runs.
+type recordingRunner struct {
+	inner   netnstest.NSRunner
+	scripts *[]string
+}
+
+func (r recordingRunner) Name() string { return r.inner.Name() }
+
+func (r recordingRunner) Run(ctx context.Context, s string) (string, error) {
+	*r.scripts = append(*r.scripts, s)
+	return r.inner.Run(ctx, s)
+}
+
+// TestUntrackedChainComesLast: a full sync in groups adds the untracked
+// chain only in its last transaction, once tracked-endpoints is complete,
+// and never to the standby tables of a rebuild: until then every pod
+// flow is tracked.
+func TestUntrackedChainComesLast(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig()
+	cfg.SocketLB, cfg.UntrackPodTCP = true, true
+	b, _ := randomBuilder(4, 40)
+	b.SetConfig(cfg)
+	st, d := b.Build()
+	onlyConflicts(t, st)
+	var scripts []string
+	run := recordingRunner{inner: netnstest.NSRunner{NS: netnstest.NewNamespace(t)}, scripts: &scripts}
+	for _, full := range []string{"created", "rebuilt"} {
+		scripts = scripts[:0]
+		if _, err := New(run, Options{InitialChunk: 7}).Sync(ctx, st, d); err != nil {
+			t.Fatalf("%s: %v", full, err)
+		}
+		if len(scripts) < 4 {
+			t.Fatalf("%s in %d transactions; want groups", full, len(scripts))
+		}
+		for i, s := range scripts {
+			has := strings.Contains(s, "raw-prerouting")
+			if has && (i != len(scripts)-1 && !strings.Contains(scripts[i+1], "standby")) {
+				t.Errorf("%s: transaction %d of %d adds the untracked chain before the tables are complete", full, i+1, len(scripts))
+			}
+			if has && strings.Contains(s, StandbyTable(DefaultTable)) {
+				t.Errorf("%s: transaction %d adds the untracked chain to the standby tables", full, i+1)
+			}
+		}
+		if !strings.Contains(strings.Join(scripts, ""), "raw-prerouting") {
+			t.Errorf("%s: no transaction adds the untracked chain", full)
+		}
+	}
+}

@@ -44,7 +44,7 @@ func TestRenderGolden(t *testing.T) {
 	cfgMasqAll := testConfig()
 	cfgMasqAll.MasqueradeAll = true
 	cfgSocketLB := testConfig()
-	cfgSocketLB.SocketLB = true
+	cfgSocketLB.SocketLB, cfgSocketLB.UntrackPodTCP = true, true
 	tests := []struct {
 		name string
 		dir  string
@@ -80,7 +80,7 @@ func TestRenderLoads(t *testing.T) {
 	// loads full renderings of random states; here only the examples.
 	ns := newNamespace(t)
 	cfgSocketLB := testConfig()
-	cfgSocketLB.SocketLB = true
+	cfgSocketLB.SocketLB, cfgSocketLB.UntrackPodTCP = true, true
 	for _, cfg := range []model.Config{testConfig(), cfgSocketLB} {
 		st := loadDir(t, "../../../examples/basic", cfg)
 		script := "add table ip kubenat\ndelete table ip kubenat\nadd table ip6 kubenat\ndelete table ip6 kubenat\n" + Render(st, Options{})

@@ -199,11 +199,24 @@ type dynamic struct {
 // modes are the configuration choices the chains depend on.
 type modes struct {
 	masqueradeAll bool
-	socketLB      bool // model.State.SocketLBActive
+	untrack       bool // model.State.UntrackActive: the untracked chain
 }
 
 func modesOf(st *model.State) modes {
-	return modes{masqueradeAll: st.Config.MasqueradeAll, socketLB: st.SocketLBActive()}
+	return modes{masqueradeAll: st.Config.MasqueradeAll, untrack: st.UntrackActive()}
+}
+
+// untrackedChain is the chain that skips conntrack for TCP between pods
+// when no rule can have translated it (see model.State.TrackedEndpoints):
+// not to or from an endpoint kept tracked, and not to a node address (the
+// replies of masqueraded traffic). IPv4 only. A full sync adds it last,
+// once tracked-endpoints is complete (see Backend.fill).
+func (a fam) untrackedChain() chain {
+	return chain{name: "raw-prerouting", hook: "type filter hook prerouting priority raw; policy accept;",
+		rules: []string{fmt.Sprintf("meta l4proto tcp %s @%s %s @%s fib daddr type != local "+
+			"%s . tcp sport != @%s %s . tcp dport != @%s notrack",
+			a.saddr, setClusterCIDRs, a.daddr, setClusterCIDRs,
+			a.saddr, setTrackedEndpoints, a.daddr, setTrackedEndpoints)}}
 }
 
 // chains returns the table's chains. They depend on the configuration and
@@ -213,16 +226,8 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	mark := fmt.Sprintf("meta mark set meta mark | 0x%x", o.MasqueradeMark)
 	var cs []chain
 
-	if m.socketLB && a.f == model.IPv4 {
-		// TCP between pods skips conntrack when no rule can have translated
-		// it (see model.State.TrackedEndpoints): not to or from an endpoint
-		// kept tracked, and not to a node address (the replies of
-		// masqueraded traffic).
-		cs = append(cs, chain{name: "raw-prerouting", hook: "type filter hook prerouting priority raw; policy accept;",
-			rules: []string{fmt.Sprintf("meta l4proto tcp %s @%s %s @%s fib daddr type != local "+
-				"%s . tcp sport != @%s %s . tcp dport != @%s notrack",
-				a.saddr, setClusterCIDRs, a.daddr, setClusterCIDRs,
-				a.saddr, setTrackedEndpoints, a.daddr, setTrackedEndpoints)}})
+	if m.untrack && a.f == model.IPv4 {
+		cs = append(cs, a.untrackedChain())
 	}
 	cs = append(cs,
 		chain{name: "filter-prerouting", hook: "type filter hook prerouting priority -110; policy accept;",
