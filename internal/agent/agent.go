@@ -73,6 +73,11 @@ type Agent struct {
 	// balancer is the socket load balancer; nil when it is off. It is
 	// updated before the nftables sync and pruned after it.
 	balancer *socketlb.Balancer
+	// dropPins is the pin directory of a balancer to remove after the next
+	// successful nftables sync (which removes the untracked chain first):
+	// an earlier agent's, when the balancer is off, or this agent's after
+	// it failed.
+	dropPins string
 	cleaner  *conntrack.Cleaner // nil when conntrack netlink is unavailable
 	health   *healthcheck.ProxyHealth
 	// svcHealth serves healthCheckNodePorts; nil until Run starts it.
@@ -129,6 +134,7 @@ func New(opts Options) (*Agent, error) {
 		opts.HealthTimeout = 60 * time.Second
 	}
 	var balancer *socketlb.Balancer
+	var dropPins string
 	switch {
 	case opts.Config.SocketLB && !opts.Config.MasqueradeAll:
 		if balancer, err = socketlb.Open(opts.SocketLB); err != nil {
@@ -138,12 +144,11 @@ func New(opts Options) (*Agent, error) {
 		if opts.Config.SocketLB {
 			klog.InfoS("The socket load balancer is off: masqueradeAll needs every ClusterIP connection translated by nftables")
 		}
-		if err := socketlb.Cleanup(opts.SocketLB.PinDir); err != nil {
-			return nil, fmt.Errorf("removing the socket load balancer of an earlier agent: %w", err)
-		}
+		dropPins = opts.SocketLB.PinDir
 	}
 	return &Agent{
 		balancer: balancer,
+		dropPins: dropPins,
 		opts:     opts,
 		health:   healthcheck.NewProxyHealth(opts.HealthTimeout),
 		cleaner:  cleaner,
@@ -331,10 +336,18 @@ func (a *Agent) sync(ctx context.Context) error {
 	// nftables serves them (see socketlb).
 	if a.balancer != nil {
 		if err := a.balancer.Update(st, delta); err != nil {
-			a.fullNext, a.recount = true, true
-			a.mu.Unlock()
+			// nftables alone serves the node from now on: its rules are
+			// complete, and the untracked chain goes with this full sync
+			// before the balancer is removed.
+			klog.ErrorS(err, "The socket load balancer failed: turning it off, nftables serves every connection")
 			a.opts.Metrics.SyncFailed()
-			return fmt.Errorf("updating the socket load balancer: %w", err)
+			a.dropPins = a.opts.SocketLB.PinDir
+			_ = a.balancer.Close()
+			a.balancer = nil
+			cfg := a.builder.Config()
+			cfg.SocketLB = false
+			a.builder.SetConfig(cfg)
+			st, delta = a.builder.Build()
 		}
 	}
 	// The backend only reads the changed Services of st, under the lock:
@@ -348,6 +361,13 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.mu.Unlock()
 		a.opts.Metrics.SyncFailed()
 		return err
+	}
+	if a.dropPins != "" {
+		if err := socketlb.Cleanup(a.dropPins); err != nil {
+			klog.ErrorS(err, "Removing the socket load balancer failed; retrying after the next sync", "pinDir", a.dropPins)
+		} else {
+			a.dropPins = ""
+		}
 	}
 	// A failed prune leaves frontends nftables serves anyway: the sync
 	// is complete, and returning the error makes the caller retry (the

@@ -33,6 +33,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -78,6 +79,11 @@ type Balancer struct {
 // program and takes over its maps (their content is kept until the first
 // Update says otherwise).
 func Open(o Options) (_ *Balancer, err error) {
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones
+	// to the cgroup (then this does nothing).
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("lifting the memlock limit for the socket load balancer: %w", err)
+	}
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("reading the socket load balancer's program: %w", err)
@@ -121,7 +127,10 @@ func checkBPFFS(dir string) error {
 			if st.Type != unix.BPF_FS_MAGIC {
 				return fmt.Errorf("socket load balancer pin directory %s: not on a bpf file system (mount one: mount -t bpf bpf /sys/fs/bpf)", dir)
 			}
-			return os.MkdirAll(dir, 0o700)
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return fmt.Errorf("socket load balancer pin directory: %w", err)
+			}
+			return nil
 		}
 		if !errors.Is(err, os.ErrNotExist) || filepath.Dir(probe) == probe {
 			return fmt.Errorf("socket load balancer pin directory %s: %w", dir, err)
@@ -144,6 +153,7 @@ func (b *Balancer) attach(o Options) error {
 		l, err := link.LoadPinnedLink(pin, nil)
 		switch {
 		case err == nil:
+			// A kernel that cannot describe the link skips the check.
 			if info, ierr := l.Info(); ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId != ino {
 				l.Close()
 				return fmt.Errorf("the socket load balancer pinned in %s is attached to another cgroup than %s (run kubenat cleanup first)", o.PinDir, o.Cgroup)
@@ -214,9 +224,9 @@ func (b *Balancer) readMaps() error {
 }
 
 // Update adds the frontends st wants in the balancer and changes those
-// whose endpoints changed (all of st when d.Full or on the first Update;
-// else the Services d names). Frontends to remove are remembered for
-// Prune, which is called once nftables has been synced.
+// whose endpoints changed (all of st when d.Full, on the first Update and
+// after a failure; else the Services d names). Frontends to remove are
+// remembered for Prune, which is called once nftables has been synced.
 func (b *Balancer) Update(st *model.State, d model.Delta) error {
 	want := map[bpfFrontend][]bpfBackend{}
 	candidates := map[bpfFrontend]bool{}
@@ -403,7 +413,11 @@ func (b *Balancer) Close() error {
 }
 
 // Cleanup detaches the balancer pinned in pinDir and removes its pins and
-// the directory. A missing directory is not an error.
+// the directory. A missing directory is not an error. Removing the last
+// pin of the link detaches the program (no process holds the link once
+// its agent is gone), also without BPF privileges; with them, the link is
+// opened first so that the program is detached when Cleanup returns (the
+// kernel releases an unpinned link asynchronously).
 func Cleanup(pinDir string) error {
 	entries, err := os.ReadDir(pinDir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -413,14 +427,18 @@ func Cleanup(pinDir string) error {
 		return fmt.Errorf("reading the socket load balancer's pins: %w", err)
 	}
 	if l, err := link.LoadPinnedLink(filepath.Join(pinDir, linkPin), nil); err == nil {
-		// Unpinning drops the last reference once the descriptor closes:
-		// the program is detached.
-		err := l.Unpin()
-		l.Close()
-		if err != nil {
-			return fmt.Errorf("detaching the socket load balancer: %w", err)
-		}
+		defer l.Close()
 	}
+	// The link first: the program stops before its maps go.
+	slices.SortStableFunc(entries, func(a, b os.DirEntry) int {
+		if a.Name() == linkPin {
+			return -1
+		}
+		if b.Name() == linkPin {
+			return 1
+		}
+		return 0
+	})
 	for _, e := range entries {
 		if err := os.Remove(filepath.Join(pinDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("removing the socket load balancer's pins: %w", err)

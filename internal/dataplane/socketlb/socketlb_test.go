@@ -3,10 +3,13 @@ package socketlb
 import (
 	"context"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/kubenat/kubenat/internal/k8sobj"
@@ -165,6 +168,9 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 		if got := b.Frontends(); got != 1 {
 			t.Errorf("the reopened balancer holds %d frontends, want 1", got)
 		}
+		if n := attached(t, cgroup); n != 1 {
+			t.Errorf("%d programs on the cgroup's connect4 hook, want 1 (the new one replaces the old)", n)
+		}
 		web.Endpoints = l.endpoints("web-2")
 		l.set(web)
 		l.sync(t, b)
@@ -200,5 +206,23 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 		if _, err := l.answers(t, "tcp", vip, 1); err == nil {
 			t.Errorf("%s was answered after Cleanup", vip)
 		}
+		if n := attached(t, cgroup); n != 0 {
+			t.Errorf("%d programs on the cgroup's connect4 hook after Cleanup, want 0", n)
+		}
 	})
+}
+
+// attached returns the number of programs on cgroup's connect4 hook.
+func attached(t *testing.T, cgroup string) int {
+	t.Helper()
+	f, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(res.Programs)
 }
