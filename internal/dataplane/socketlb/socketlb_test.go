@@ -155,6 +155,32 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 		}
 	})
 
+	t.Run("affinity toggled, ClusterIP moved: the frontends follow", func(t *testing.T) {
+		web.AffinitySeconds = 30
+		l.set(web)
+		l.sync(t, b)
+		if got := b.Frontends(); got != 0 {
+			t.Errorf("with affinity the balancer holds %d frontends, want 0", got)
+		}
+		if _, err := l.answers(t, "tcp", vip, 1); err == nil {
+			t.Errorf("%s with affinity was answered (there are no rules here)", vip)
+		}
+		web.AffinitySeconds = 0
+		moved := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.11"), 80)
+		web.ClusterIPs = []string{moved.Addr().String()}
+		l.set(web)
+		l.sync(t, b)
+		if _, err := l.answers(t, "tcp", moved, 5); err != nil {
+			t.Errorf("the new ClusterIP %s: %v", moved, err)
+		}
+		if _, err := l.answers(t, "tcp", vip, 1); err == nil {
+			t.Errorf("the old ClusterIP %s is still balanced", vip)
+		}
+		web.ClusterIPs = []string{vip.Addr().String()}
+		l.set(web)
+		l.sync(t, b)
+	})
+
 	t.Run("pinned: it outlives the process's descriptors, and a new Open takes it over", func(t *testing.T) {
 		if err := b.Close(); err != nil {
 			t.Fatal(err)
