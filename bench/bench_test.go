@@ -63,7 +63,7 @@ func TestSmoke(t *testing.T) {
 	}
 
 	d := res.Datapath
-	for _, rs := range []string{datapath.Kubenat, datapath.KubenatTen, datapath.KubenatSocketLB, datapath.Floor, datapath.IPTablesNFT, datapath.IPTablesLegacy} {
+	for _, rs := range []string{datapath.Kubenat, datapath.KubenatTen, datapath.KubenatSocketLB, datapath.KubenatSocketLBUntracked, datapath.Floor, datapath.IPTablesNFT, datapath.IPTablesLegacy} {
 		for _, p := range []string{datapath.PodToClusterIP, datapath.ExternalToNodePort, datapath.PodToPodIP} {
 			if rs == datapath.KubenatTen && p == datapath.PodToPodIP {
 				continue
@@ -74,10 +74,13 @@ func TestSmoke(t *testing.T) {
 			}
 		}
 	}
-	// The balancer sends the pod's connects straight to the servers, and
-	// nothing tracks them.
-	if pt := d.Find(datapath.KubenatSocketLB, datapath.PodToClusterIP, 20); pt != nil && len(pt.Samples) == 1 && pt.Samples[0].Conntrack != 0 {
-		t.Errorf("%s, %s: node-a tracked %d connections, want 0", datapath.KubenatSocketLB, datapath.PodToClusterIP, pt.Samples[0].Conntrack)
+	// The balancer sends the pod's connects straight to the servers;
+	// untracked, nothing tracks them.
+	if pt := d.Find(datapath.KubenatSocketLBUntracked, datapath.PodToClusterIP, 20); pt != nil && len(pt.Samples) == 1 && pt.Samples[0].Conntrack != 0 {
+		t.Errorf("%s, %s: node-a tracked %d connections, want 0", datapath.KubenatSocketLBUntracked, datapath.PodToClusterIP, pt.Samples[0].Conntrack)
+	}
+	if pt := d.Find(datapath.KubenatSocketLB, datapath.PodToClusterIP, 20); pt != nil && len(pt.Samples) == 1 && pt.Samples[0].Conntrack == 0 {
+		t.Errorf("%s, %s: node-a tracked no connection; the balancer alone keeps conntrack", datapath.KubenatSocketLB, datapath.PodToClusterIP)
 	}
 	for _, p := range []string{datapath.PodToPodIP, datapath.ExternalToPodIP} {
 		pt := d.Find(datapath.None, p, 20)

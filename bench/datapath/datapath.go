@@ -52,12 +52,15 @@ const (
 	None = "none"
 	// Kubenat is kubenat's nftables ruleset, programmed by its backend.
 	Kubenat = "kubenat"
-	// KubenatSocketLB is kubenat with the socket load balancer: the
-	// nftables ruleset of model.Config.SocketLB and UntrackPodTCP (pod-to-pod TCP untracked)
-	// in a table of its own ("kubenatslb"), and the eBPF connect4 balancer
-	// attached, while this ruleset is the live one, to a cgroup the
-	// benchmark process is moved into (no other process is affected).
+	// KubenatSocketLB is kubenat with the socket load balancer
+	// (model.Config.SocketLB) in a table of its own ("kubenatslb"), and the
+	// eBPF connect4 balancer attached, while this ruleset is the live one,
+	// to a cgroup the benchmark process is moved into (no other process is
+	// affected). Connection tracking stays as it is.
 	KubenatSocketLB = "kubenat-socket-lb"
+	// KubenatSocketLBUntracked is the same with model.Config.UntrackPodTCP
+	// (pod-to-pod TCP untracked), in the table "kubenatslbu".
+	KubenatSocketLBUntracked = "kubenat-socket-lb-untracked"
 	// KubenatTen is kubenat's ruleset for the target and only 10 other
 	// Services, in a table of its own ("kubenat10"), measured in the same
 	// rounds as Kubenat at every size above 10: the reference for "the
@@ -78,7 +81,12 @@ const (
 
 // rulesets are the rulesets Options.Rulesets may name (KubenatTen comes
 // with Kubenat), in the order they are measured by default.
-var rulesets = []string{Kubenat, KubenatSocketLB, Floor, IPTablesNFT, IPTablesLegacy}
+var rulesets = []string{Kubenat, KubenatSocketLB, KubenatSocketLBUntracked, Floor, IPTablesNFT, IPTablesLegacy}
+
+// socketLB reports whether ruleset has the socket load balancer.
+func socketLB(ruleset string) bool {
+	return ruleset == KubenatSocketLB || ruleset == KubenatSocketLBUntracked
+}
 
 // Paths a connection takes.
 const (
@@ -239,7 +247,7 @@ func Run(ctx context.Context, ns Namespaces, o Options) (*Results, error) {
 		}
 	}
 	var cgroup string
-	if slices.Contains(o.Rulesets, KubenatSocketLB) {
+	if slices.ContainsFunc(o.Rulesets, socketLB) {
 		// The balancer serves the connects of this process only.
 		bpfsandbox.RemoveStale("kubenat-b")
 		cg, err := bpfsandbox.NewCgroup("kubenat-b")
@@ -272,9 +280,10 @@ type bed struct {
 	objs    *workload.Cluster // the other Services, then the target
 	n       int
 
-	cgroup   string       // the benchmark's cgroup, for KubenatSocketLB
-	slbState *model.State // what KubenatSocketLB's balancer holds
-	balancer *socketlb.Balancer
+	cgroup    string                  // the benchmark's cgroup, for the socket LB rulesets
+	slbStates map[string]*model.State // what each socket LB ruleset's balancer holds
+	balancer  *socketlb.Balancer
+	attached  string // the ruleset whose balancer is attached
 }
 
 func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string, res *Results) error {
@@ -399,11 +408,12 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 
 // nftTables are the nftables tables each switchable ruleset consists of.
 var nftTables = map[string][]string{
-	Kubenat:         {"ip " + nftables.DefaultTable, "ip6 " + nftables.DefaultTable},
-	KubenatSocketLB: {"ip " + slbTable, "ip6 " + slbTable},
-	KubenatTen:      {"ip " + tenTable, "ip6 " + tenTable},
-	Floor:           {"ip " + floorTable},
-	IPTablesNFT:     {"ip nat", "ip filter"},
+	Kubenat:                  {"ip " + nftables.DefaultTable, "ip6 " + nftables.DefaultTable},
+	KubenatSocketLB:          {"ip " + slbTable, "ip6 " + slbTable},
+	KubenatSocketLBUntracked: {"ip " + slbTable + "u", "ip6 " + slbTable + "u"},
+	KubenatTen:               {"ip " + tenTable, "ip6 " + tenTable},
+	Floor:                    {"ip " + floorTable},
+	IPTablesNFT:              {"ip nat", "ip filter"},
 }
 
 // arm is a ruleset with the paths measured under it.
@@ -435,27 +445,30 @@ func (b *bed) activate(ctx context.Context, arms []*arm, on *arm) error {
 	if err != nil {
 		return fmt.Errorf("switching rulesets: %w", err)
 	}
-	if on != nil && on.ruleset == KubenatSocketLB {
-		return b.attach()
+	if on != nil && socketLB(on.ruleset) {
+		return b.attach(on.ruleset)
 	}
 	return b.detach()
 }
 
-// attach attaches KubenatSocketLB's balancer to the benchmark's cgroup and
-// fills it: the same work as an agent's first sync.
-func (b *bed) attach() error {
-	if b.balancer != nil {
+// attach attaches ruleset's balancer to the benchmark's cgroup and fills
+// it: the same work as an agent's first sync.
+func (b *bed) attach(ruleset string) error {
+	if b.balancer != nil && b.attached == ruleset {
 		return nil
+	}
+	if err := b.detach(); err != nil {
+		return err
 	}
 	lb, err := socketlb.Open(socketlb.Options{Cgroup: b.cgroup})
 	if err != nil {
 		return err
 	}
-	if err := lb.Update(b.slbState, model.Delta{Full: true}); err != nil {
+	if err := lb.Update(b.slbStates[ruleset], model.Delta{Full: true}); err != nil {
 		lb.Close()
 		return err
 	}
-	b.balancer = lb
+	b.balancer, b.attached = lb, ruleset
 	return nil
 }
 
@@ -626,8 +639,13 @@ func (b *bed) load(ctx context.Context, o Options, ruleset string) (Load, error)
 	switch ruleset {
 	case Kubenat:
 		err = b.loadKubenat(lctx)
-	case KubenatSocketLB:
-		b.slbState, err = b.program(lctx, b.objs, nftables.Options{Table: slbTable}, true)
+	case KubenatSocketLB, KubenatSocketLBUntracked:
+		var st *model.State
+		st, err = b.program(lctx, b.objs, nftables.Options{Table: tableOf(ruleset)}, true, ruleset == KubenatSocketLBUntracked)
+		if b.slbStates == nil {
+			b.slbStates = map[string]*model.State{}
+		}
+		b.slbStates[ruleset] = st
 	case Floor:
 		_, err = nsrun.NewNFT(b.node.NS).Run(lctx, b.floorScript())
 	case IPTablesNFT, IPTablesLegacy:
@@ -658,15 +676,24 @@ func (b *bed) config() model.Config {
 }
 
 func (b *bed) loadKubenat(ctx context.Context) error {
-	_, err := b.program(ctx, b.objs, nftables.Options{}, false)
+	_, err := b.program(ctx, b.objs, nftables.Options{}, false, false)
 	return err
 }
 
 // tenTable is the table of the KubenatTen ruleset.
 const tenTable = "kubenat10"
 
-// slbTable is the table of the KubenatSocketLB ruleset.
+// slbTable is the table of the KubenatSocketLB ruleset ("u" is appended
+// for KubenatSocketLBUntracked's).
 const slbTable = "kubenatslb"
+
+// tableOf returns the nftables table of a socket LB ruleset.
+func tableOf(ruleset string) string {
+	if ruleset == KubenatSocketLBUntracked {
+		return slbTable + "u"
+	}
+	return slbTable
+}
 
 // loadKubenatTen programs the target and 10 other Services into tenTable.
 func (b *bed) loadKubenatTen(ctx context.Context) error {
@@ -674,15 +701,16 @@ func (b *bed) loadKubenatTen(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, err = b.program(ctx, objs, nftables.Options{Table: tenTable}, false)
+	_, err = b.program(ctx, objs, nftables.Options{Table: tenTable}, false, false)
 	return err
 }
 
 // program builds kubenat's State for objs (with the socket load balancer
-// when socketLB is set) and programs its nftables ruleset on node-a.
-func (b *bed) program(ctx context.Context, objs *workload.Cluster, o nftables.Options, socketLB bool) (*model.State, error) {
+// when withLB is set, and pod-to-pod TCP untracked when untrack is) and
+// programs its nftables ruleset on node-a.
+func (b *bed) program(ctx context.Context, objs *workload.Cluster, o nftables.Options, withLB, untrack bool) (*model.State, error) {
 	cfg := b.config()
-	cfg.SocketLB, cfg.UntrackPodTCP = socketLB, socketLB
+	cfg.SocketLB, cfg.UntrackPodTCP = withLB, untrack
 	mb := model.NewBuilder(cfg)
 	mb.SetNode(k8sobj.Node(b.node.Name, []string{b.node.Addr.String()}, []string{b.node.PodCIDR.String()}), "bench")
 	for _, s := range objs.Services {
@@ -706,9 +734,9 @@ func (b *bed) unload(ctx context.Context, ruleset string) error {
 		return nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{})
 	case KubenatTen:
 		return nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: tenTable})
-	case KubenatSocketLB:
-		b.slbState = nil
-		return errors.Join(b.detach(), nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: slbTable}))
+	case KubenatSocketLB, KubenatSocketLBUntracked:
+		delete(b.slbStates, ruleset)
+		return errors.Join(b.detach(), nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: tableOf(ruleset)}))
 	case Floor:
 		_, err := nsrun.NewNFT(b.node.NS).Run(ctx, "add table ip "+floorTable+"\ndelete table ip "+floorTable+"\n")
 		return err

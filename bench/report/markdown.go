@@ -104,16 +104,18 @@ func writeTargets(w io.Writer, r *Results) {
 			}
 			// The socket load balancer serves pod → ClusterIP only; its
 			// rate at 10 Services is measured in another cluster.
-			slb := median(d.Find(datapath.KubenatSocketLB, datapath.PodToClusterIP, n))
-			ten := median(d.Find(datapath.KubenatSocketLB, datapath.PodToClusterIP, 10))
-			direct := median(d.Find(datapath.None, datapath.PodToPodIP, n))
-			if slb == 0 || ten == 0 || direct == 0 {
-				continue
+			for _, rs := range []string{datapath.KubenatSocketLB, datapath.KubenatSocketLBUntracked} {
+				slb := median(d.Find(rs, datapath.PodToClusterIP, n))
+				ten := median(d.Find(rs, datapath.PodToClusterIP, 10))
+				direct := median(d.Find(datapath.None, datapath.PodToPodIP, n))
+				if slb == 0 || ten == 0 || direct == 0 {
+					continue
+				}
+				p("| %s, %s, at %s Services ≥ 95 %% of its rate at 10 (other rounds) | %.0f %% | %s |\n",
+					datapath.PodToClusterIP, rs, thousands(n), 100*slb/ten, verdict(slb/ten >= targetVsTen))
+				p("| %s, %s, at %s Services ≥ 90 %% of %s (no ruleset) | %.0f %% | %s |\n",
+					datapath.PodToClusterIP, rs, thousands(n), datapath.PodToPodIP, 100*slb/direct, verdict(slb/direct >= targetVsDirect))
 			}
-			p("| %s with the socket load balancer at %s Services ≥ 95 %% of its rate at 10 (other rounds) | %.0f %% | %s |\n",
-				datapath.PodToClusterIP, thousands(n), 100*slb/ten, verdict(slb/ten >= targetVsTen))
-			p("| %s with the socket load balancer at %s Services ≥ 90 %% of %s (no ruleset) | %.0f %% | %s |\n",
-				datapath.PodToClusterIP, thousands(n), datapath.PodToPodIP, 100*slb/direct, verdict(slb/direct >= targetVsDirect))
 		}
 	}
 	for _, c := range r.ControlPlane {
@@ -235,11 +237,12 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 	p("ruleset: each repeat measures all of them within seconds. \"kubenat vs 10 Services\" divides by\n")
 	p("kubenat-10 of the same rounds (clusters built minutes apart differ by up to ~10 %% for every path\n")
 	p("alike). iptables-legacy, whose tables cannot be switched off, is measured after the others.\n")
-	p("kubenat-socket-lb is kubenat with the socket load balancer (`--socket-lb-cgroup --untrack-pod-tcp`): the eBPF\n")
-	p("connect4 program sends a pod's connect() to the ClusterIP straight to an endpoint, and pod-to-pod\n")
-	p("TCP is untracked; its own table is switched like the others, and its program is attached (to a\n")
-	p("cgroup holding only the benchmark process) and filled from scratch each time it is switched on.\n")
-	p("NodePort traffic is still nftables' (DNAT, masquerade, conntrack).\n\n")
+	p("kubenat-socket-lb is kubenat with the socket load balancer (`--socket-lb-cgroup`): the eBPF\n")
+	p("connect4 program sends a pod's connect() to the ClusterIP straight to an endpoint;\n")
+	p("kubenat-socket-lb-untracked adds `--untrack-pod-tcp` (pod-to-pod TCP untracked). Each has its own\n")
+	p("table, switched like the others, and its program is attached (to a cgroup holding only the\n")
+	p("benchmark process) and filled from scratch each time it is switched on. NodePort traffic is still\n")
+	p("nftables' (DNAT, masquerade, conntrack).\n\n")
 
 	rs := rulesets(d)
 	for _, group := range []struct{ svc, direct, key string }{
@@ -249,9 +252,14 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 		p("### %s: new connections per second\n\n", group.svc)
 		cols := append([]string{"Services", group.direct + ", no ruleset"}, rs...)
 		cols = append(cols, "kubenat vs 10 Services", "kubenat vs no ruleset", "kubenat vs nft-floor")
-		slb := group.key == "pod" && slices.Contains(rs, datapath.KubenatSocketLB)
-		if slb {
-			cols = append(cols, "socket LB vs no ruleset")
+		var slb []string
+		if group.key == "pod" {
+			for _, r := range []string{datapath.KubenatSocketLB, datapath.KubenatSocketLBUntracked} {
+				if slices.Contains(rs, r) {
+					slb = append(slb, r)
+					cols = append(cols, r+" vs no ruleset")
+				}
+			}
 		}
 		writeHeader(w, cols...)
 		for _, n := range sizes(d) {
@@ -263,8 +271,8 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 			k, ten, dir := median(d.Find(datapath.Kubenat, group.svc, n)), tenRate(d, group.svc, n), median(direct)
 			floor := median(d.Find(datapath.Floor, group.svc, n))
 			p(" %s | %s | %s |", pct(k, ten), pct(k, dir), pct(k, floor))
-			if slb {
-				p(" %s |", pct(median(d.Find(datapath.KubenatSocketLB, group.svc, n)), dir))
+			for _, r := range slb {
+				p(" %s |", pct(median(d.Find(r, group.svc, n)), dir))
 			}
 			p("\n")
 		}
