@@ -129,13 +129,16 @@ var kubenatBin = struct {
 }{}
 
 // KubenatBinary builds cmd/kubenat once per test process and returns its
-// path.
+// path, in a temporary directory named for the process
+// ("kubenat-bin-<pid>-*"). A test process cannot remove it when it ends,
+// so each build first removes those of processes that no longer exist.
 func KubenatBinary(t testing.TB) string {
 	t.Helper()
 	kubenatBin.once.Do(func() {
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
-		dir, err := os.MkdirTemp("", "kubenat-bin-")
+		removeStaleBinaries()
+		dir, err := os.MkdirTemp("", fmt.Sprintf("kubenat-bin-%d-", os.Getpid()))
 		if err != nil {
 			kubenatBin.err = err
 			return
@@ -151,6 +154,19 @@ func KubenatBinary(t testing.TB) string {
 		t.Fatal(kubenatBin.err)
 	}
 	return kubenatBin.path
+}
+
+// removeStaleBinaries removes the directories KubenatBinary made for
+// processes that no longer exist.
+func removeStaleBinaries() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "kubenat-bin-*-*"))
+	for _, d := range dirs {
+		var pid int
+		if _, err := fmt.Sscanf(filepath.Base(d), "kubenat-bin-%d-", &pid); err != nil || pid == os.Getpid() || topo.ProcessAlive(pid) {
+			continue
+		}
+		os.RemoveAll(d)
+	}
 }
 
 // Kubenat runs the kubenat binary with args inside h's namespace and
