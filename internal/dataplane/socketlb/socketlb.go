@@ -6,8 +6,10 @@
 // It only accelerates: the nftables tables keep every rule, and a connect
 // the balancer does not rewrite (a frontend it does not hold, a Service
 // without endpoints, UDP, IPv6, a process outside the cgroup) is served by
-// them as before. Which ports it holds, and with which endpoints, is the
-// model's decision (model.State.SocketEndpoints).
+// them as before (with model.Config.UntrackPodTCP, only for the ports the
+// model keeps tracked: see model.State.TrackedEndpoints). Which ports it
+// holds, and with which endpoints, is the model's decision
+// (model.State.SocketEndpoints).
 //
 // A port's endpoints are a group of slots in the backends map under a
 // group id; the frontends map points each frontend at its group. A change
