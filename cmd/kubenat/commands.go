@@ -131,20 +131,21 @@ func newCleanupCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// The balancer first: while it is attached, pod-to-pod TCP
-			// needs no rule; without it, the tables' untracked chain goes
-			// with them.
-			_, statErr := os.Stat(pinDir)
-			if err := socketlb.Cleanup(pinDir); err != nil {
-				return err
-			}
-			if statErr == nil {
-				fmt.Fprintf(cmd.OutOrStdout(), "removed the socket load balancer pinned in %s\n", pinDir)
-			}
+			// The tables first, as the agent does: with the untracked chain
+			// gone, connects the balancer no longer rewrites are DNATed
+			// and tracked; the other way round, their replies would be
+			// untracked for a moment.
 			if err := nftables.Cleanup(cmd.Context(), run, nftables.Options{}); err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "removed the kubenat tables (ip, ip6)")
+			removed, err := socketlb.Cleanup(pinDir)
+			if err != nil {
+				return err
+			}
+			if removed {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed the socket load balancer pinned in %s\n", pinDir)
+			}
 			return nil
 		},
 	}

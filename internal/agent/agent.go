@@ -363,7 +363,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		return err
 	}
 	if a.dropPins != "" {
-		if err := socketlb.Cleanup(a.dropPins); err != nil {
+		if _, err := socketlb.Cleanup(a.dropPins); err != nil {
 			klog.ErrorS(err, "Removing the socket load balancer failed; retrying after the next sync", "pinDir", a.dropPins)
 		} else {
 			a.dropPins = ""

@@ -195,4 +195,17 @@ func TestSocketLoadBalancer(t *testing.T) {
 			t.Errorf("node-a's entries to the ClusterIP: %q; want the 5 connections, DNATed by nftables", entries)
 		}
 	})
+	t.Run("kubenat cleanup removes the tables and the balancer", func(t *testing.T) {
+		sync(t, "untracked")
+		out, err := netnstest.Kubenat(t, &a.Host, "cleanup", "--bpf-pin-dir", pins)
+		if err != nil || !strings.Contains(out, "removed the socket load balancer") {
+			t.Fatalf("cleanup: %v\n%s", err, out)
+		}
+		if _, err := os.Stat(pins); err == nil {
+			t.Errorf("%s still exists after cleanup", pins)
+		}
+		if r, err := e.dial(&cli.Host, "tcp", vip); err == nil {
+			t.Errorf("the ClusterIP still answers after cleanup (balancer or rules left): %v", r)
+		}
+	})
 }

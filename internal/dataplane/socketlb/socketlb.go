@@ -415,18 +415,19 @@ func (b *Balancer) Close() error {
 }
 
 // Cleanup detaches the balancer pinned in pinDir and removes its pins and
-// the directory. A missing directory is not an error. Removing the last
+// the directory, and reports whether there was one. A missing directory is
+// not an error. Removing the last
 // pin of the link detaches the program (no process holds the link once
 // its agent is gone), also without BPF privileges; with them, the link is
 // opened first so that the program is detached when Cleanup returns (the
 // kernel releases an unpinned link asynchronously).
-func Cleanup(pinDir string) error {
+func Cleanup(pinDir string) (removed bool, err error) {
 	entries, err := os.ReadDir(pinDir)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("reading the socket load balancer's pins: %w", err)
+		return false, fmt.Errorf("reading the socket load balancer's pins: %w", err)
 	}
 	if l, err := link.LoadPinnedLink(filepath.Join(pinDir, linkPin), nil); err == nil {
 		defer l.Close()
@@ -443,13 +444,13 @@ func Cleanup(pinDir string) error {
 	})
 	for _, e := range entries {
 		if err := os.Remove(filepath.Join(pinDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("removing the socket load balancer's pins: %w", err)
+			return false, fmt.Errorf("removing the socket load balancer's pins: %w", err)
 		}
 	}
 	if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("removing the socket load balancer's pins: %w", err)
+		return false, fmt.Errorf("removing the socket load balancer's pins: %w", err)
 	}
-	return nil
+	return true, nil
 }
 
 // frontendOf returns sp's ClusterIP frontend as the balancer keys it, and

@@ -226,8 +226,11 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 			t.Fatal(err)
 		}
 		b.Close()
-		if err := Cleanup(pins); err != nil {
-			t.Fatal(err)
+		if removed, err := Cleanup(pins); err != nil || !removed {
+			t.Fatalf("Cleanup: %v, %v; want the balancer removed", removed, err)
+		}
+		if removed, err := Cleanup(pins); err != nil || removed {
+			t.Errorf("a second Cleanup: %v, %v; want nothing to remove", removed, err)
 		}
 		if _, err := l.answers(t, "tcp", vip, 1); err == nil {
 			t.Errorf("%s was answered after Cleanup", vip)
