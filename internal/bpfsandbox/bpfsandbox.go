@@ -20,6 +20,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kubenat/kubenat/internal/topo"
 )
 
 // Cgroup is a cgroup v2 directory the calling process was moved into.
@@ -154,24 +156,12 @@ func (b *Mount) Remove() error {
 // their paths.
 func RemoveStale(tag string) []string {
 	var removed []string
-	deadPID := func(name string) bool {
-		rest, ok := strings.CutPrefix(name, tag)
-		if !ok {
-			return false
-		}
-		end := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' })
-		if end < 0 {
-			end = len(rest)
-		}
-		pid, err := strconv.Atoi(rest[:end])
-		return err == nil && pid != os.Getpid() && unix.Kill(pid, 0) == unix.ESRCH
-	}
 	if mnt, err := cgroup2Mount(); err == nil {
 		if self, err := ownCgroup(); err == nil {
 			home := filepath.Join(mnt, self)
 			entries, _ := os.ReadDir(home)
 			for _, e := range entries {
-				if e.IsDir() && deadPID(e.Name()) && os.Remove(filepath.Join(home, e.Name())) == nil {
+				if e.IsDir() && topo.OwnerGone(e.Name(), tag) && os.Remove(filepath.Join(home, e.Name())) == nil {
 					removed = append(removed, filepath.Join(home, e.Name()))
 				}
 			}
@@ -179,7 +169,7 @@ func RemoveStale(tag string) []string {
 	}
 	entries, _ := os.ReadDir(os.TempDir())
 	for _, e := range entries {
-		if !e.IsDir() || !deadPID(e.Name()) {
+		if !e.IsDir() || !topo.OwnerGone(e.Name(), tag) {
 			continue
 		}
 		dir := filepath.Join(os.TempDir(), e.Name())

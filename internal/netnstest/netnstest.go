@@ -161,11 +161,9 @@ func KubenatBinary(t testing.TB) string {
 func removeStaleBinaries() {
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "kubenat-bin-*-*"))
 	for _, d := range dirs {
-		var pid int
-		if _, err := fmt.Sscanf(filepath.Base(d), "kubenat-bin-%d-", &pid); err != nil || pid == os.Getpid() || topo.ProcessAlive(pid) {
-			continue
+		if topo.OwnerGone(filepath.Base(d), "kubenat-bin-") {
+			os.RemoveAll(d)
 		}
-		os.RemoveAll(d)
 	}
 }
 

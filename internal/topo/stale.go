@@ -18,6 +18,22 @@ func ProcessAlive(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
+// OwnerGone reports whether name is tag followed by the pid of a process
+// that no longer exists and is not this one ("kt1234x5-node-a", tag "kt"):
+// something a killed process named after itself and left behind.
+func OwnerGone(name, tag string) bool {
+	rest, ok := strings.CutPrefix(name, tag)
+	if !ok {
+		return false
+	}
+	end := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' })
+	if end < 0 {
+		end = len(rest)
+	}
+	pid, err := strconv.Atoi(rest[:end])
+	return err == nil && pid != os.Getpid() && !ProcessAlive(pid)
+}
+
 // RemoveStale deletes the namespaces whose names start with tag followed by
 // the pid of a process that no longer exists ("kt1234x5-node-a" for tag
 // "kt": left by a test, lab or benchmark killed with SIGKILL), and returns
@@ -31,16 +47,7 @@ func RemoveStale(tag string) []string {
 	var removed []string
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
-		if len(f) == 0 || !strings.HasPrefix(f[0], tag) {
-			continue
-		}
-		rest := f[0][len(tag):]
-		end := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' })
-		if end <= 0 {
-			continue
-		}
-		pid, err := strconv.Atoi(rest[:end])
-		if err != nil || pid == os.Getpid() || ProcessAlive(pid) {
+		if len(f) == 0 || !OwnerGone(f[0], tag) {
 			continue
 		}
 		if exec.Command("ip", "netns", "delete", f[0]).Run() == nil {

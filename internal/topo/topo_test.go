@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -98,5 +99,24 @@ func TestRemoveStale(t *testing.T) {
 	}
 	if left := namespaces(t); strings.Contains(left, dead) || !strings.Contains(left, live) {
 		t.Errorf("namespaces after RemoveStale:\n%s", left)
+	}
+}
+
+func TestOwnerGone(t *testing.T) {
+	self := strconv.Itoa(os.Getpid())
+	for _, tc := range []struct {
+		name string
+		want bool
+	}{
+		{"kt2147483647x1-node-a", true}, // no such process
+		{"kt2147483647", true},
+		{"kt" + self + "x1-node-a", false}, // this process
+		{"kt1x1-node-a", false},            // init is alive
+		{"kb2147483647x1-node-a", false},   // another tag
+		{"ktx1-node-a", false},             // no pid
+	} {
+		if got := topo.OwnerGone(tc.name, "kt"); got != tc.want {
+			t.Errorf("OwnerGone(%q, \"kt\") = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
