@@ -83,8 +83,8 @@ const (
 // with Kubenat), in the order they are measured by default.
 var rulesets = []string{Kubenat, KubenatSocketLB, KubenatSocketLBUntracked, Floor, IPTablesNFT, IPTablesLegacy}
 
-// socketLB reports whether ruleset has the socket load balancer.
-func socketLB(ruleset string) bool {
+// hasBalancer reports whether ruleset has the socket load balancer.
+func hasBalancer(ruleset string) bool {
 	return ruleset == KubenatSocketLB || ruleset == KubenatSocketLBUntracked
 }
 
@@ -247,7 +247,7 @@ func Run(ctx context.Context, ns Namespaces, o Options) (*Results, error) {
 		}
 	}
 	var cgroup string
-	if slices.ContainsFunc(o.Rulesets, socketLB) {
+	if slices.ContainsFunc(o.Rulesets, hasBalancer) {
 		// The balancer serves the connects of this process only.
 		bpfsandbox.RemoveStale("kubenat-b")
 		cg, err := bpfsandbox.NewCgroup("kubenat-b")
@@ -445,7 +445,7 @@ func (b *bed) activate(ctx context.Context, arms []*arm, on *arm) error {
 	if err != nil {
 		return fmt.Errorf("switching rulesets: %w", err)
 	}
-	if on != nil && socketLB(on.ruleset) {
+	if on != nil && hasBalancer(on.ruleset) {
 		return b.attach(on.ruleset)
 	}
 	return b.detach()

@@ -144,11 +144,11 @@ func mount(tag, fstype, data string) (*Mount, error) {
 
 // Remove unmounts the file system (everything pinned in a bpf file system
 // is released) and removes its directory.
-func (b *Mount) Remove() error {
-	if err := unix.Unmount(b.Dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("unmounting %s: %w", b.Dir, err)
+func (m *Mount) Remove() error {
+	if err := unix.Unmount(m.Dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("unmounting %s: %w", m.Dir, err)
 	}
-	return os.Remove(b.Dir)
+	return os.Remove(m.Dir)
 }
 
 // RemoveStale removes the cgroups and bpf file systems that NewCgroup and

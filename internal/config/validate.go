@@ -113,10 +113,10 @@ func (c *Configuration) Validate() error {
 			errs.add(b.path, "%q %s", b.addr, msg)
 		}
 	}
-	if lb := c.SocketLB; lb.UntrackPodTCP && lb.Cgroup == "" {
+	switch lb := c.SocketLB; {
+	case lb.Cgroup == "" && lb.UntrackPodTCP:
 		errs.add("socketLB.untrackPodTCP", "needs the socket load balancer (socketLB.cgroup, --socket-lb-cgroup)")
-	}
-	if lb := c.SocketLB; lb.Cgroup != "" {
+	case lb.Cgroup != "":
 		if !filepath.IsAbs(lb.Cgroup) {
 			errs.add("socketLB.cgroup", "%q must be an absolute path (a cgroup v2 directory)", lb.Cgroup)
 		}
