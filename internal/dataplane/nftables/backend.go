@@ -3,6 +3,7 @@ package nftables
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -303,8 +304,11 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 	// standby tables never get it (their copy of the set is incomplete
 	// while they are filled, and a notrack in any table wins).
 	skeleton := modesOf(st)
-	untrack := skeleton.untrack && o.Table == b.o.Table
-	skeleton.untrack = false
+	untrack := skeleton.untrack
+	if o.Table != b.o.Table {
+		untrack = netip.Prefix{}
+	}
+	skeleton.untrack = netip.Prefix{}
 	for _, a := range families {
 		p.writeSkeleton(&sb, a, o, skeleton)
 	}
@@ -350,10 +354,10 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 	if werr != nil {
 		return false, fmt.Errorf("programming Services into the tables %s: %w", o.Table, werr)
 	}
-	if untrack {
+	if untrack.IsValid() {
 		a := famOf(model.IPv4)
 		tbl := a.name + " " + o.Table
-		ch := a.untrackedChain()
+		ch := a.untrackedChain(untrack)
 		var sb strings.Builder
 		fmt.Fprintf(&sb, "add chain %s %s { %s }\n", tbl, ch.name, ch.hook)
 		writeRules(&sb, tbl, ch.name, ch.rules, false)

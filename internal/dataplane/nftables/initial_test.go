@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -283,6 +284,64 @@ func TestUntrackedChainComesLast(t *testing.T) {
 		}
 		if !strings.Contains(strings.Join(scripts, ""), "raw-prerouting") {
 			t.Errorf("%s: no transaction adds the untracked chain", full)
+		}
+	}
+}
+
+// TestUntrackedRuleFollowsTheConfig: the untracked rule matches the IPv4
+// cluster CIDR inline, so a configuration with another CIDR makes the
+// next sync full and leaves the kernel's rule on the new CIDR, and
+// turning untracking off removes the chain. After each step the kernel
+// holds what Render gives for the State.
+func TestUntrackedRuleFollowsTheConfig(t *testing.T) {
+	ctx := context.Background()
+	ns := netnstest.NewNamespace(t)
+	backend := New(runnerIn(ns), Options{})
+	b, _ := randomBuilder(3, 20)
+	untracked := func(cidr string) model.Config {
+		cfg := testConfig()
+		cfg.ClusterCIDRs[0] = netip.MustParsePrefix(cidr)
+		cfg.SocketLB, cfg.UntrackPodTCP = true, true
+		return cfg
+	}
+	off := untracked("10.240.0.0/12")
+	off.UntrackPodTCP = false
+	for i, step := range []struct {
+		cfg      model.Config
+		wantRule string // "" when there must be no untracked chain
+	}{
+		{untracked("10.244.0.0/16"), "ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 "},
+		{untracked("10.240.0.0/12"), "ip saddr 10.240.0.0/12 ip daddr 10.240.0.0/12 "},
+		{off, ""},
+	} {
+		b.SetConfig(step.cfg)
+		st, d := b.Build()
+		onlyConflicts(t, st)
+		res, err := backend.Sync(ctx, st, d)
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if i > 0 && !res.Full {
+			t.Errorf("step %d: a new cluster CIDR or untracking mode was applied incrementally", i)
+		}
+		outb, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "table", "ip", DefaultTable).CombinedOutput()
+		out := string(outb)
+		if err != nil {
+			t.Fatalf("step %d: %v: %s", i, err, out)
+		}
+		if got := strings.Contains(out, "raw-prerouting"); got != (step.wantRule != "") {
+			t.Errorf("step %d: untracked chain present = %v, want %v", i, got, step.wantRule != "")
+		}
+		if step.wantRule != "" && !strings.Contains(out, step.wantRule) {
+			t.Errorf("step %d: the untracked rule does not match %q:\n%s", i, step.wantRule, out)
+		}
+		refNS := netnstest.NewNamespace(t)
+		script := "add table ip kubenat\ndelete table ip kubenat\nadd table ip6 kubenat\ndelete table ip6 kubenat\n" + Render(st, Options{})
+		if _, err := runnerIn(refNS).Run(ctx, script); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := canonical(t, ns), canonical(t, refNS); got != want {
+			t.Errorf("step %d: the kernel differs from the rendering:\n%s\nrendering:\n%s", i, got, want)
 		}
 	}
 }

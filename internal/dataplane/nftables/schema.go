@@ -32,6 +32,7 @@ package nftables
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -199,23 +200,43 @@ type dynamic struct {
 // modes are the configuration choices the chains depend on.
 type modes struct {
 	masqueradeAll bool
-	untrack       bool // model.State.UntrackActive: the untracked chain
+	// untrack is the IPv4 cluster CIDR whose pod-to-pod TCP the untracked
+	// chain leaves untracked; the zero Prefix when there is no such chain
+	// (model.State.UntrackActive is false, or no IPv4 cluster CIDR).
+	untrack netip.Prefix
 }
 
 func modesOf(st *model.State) modes {
-	return modes{masqueradeAll: st.Config.MasqueradeAll, untrack: st.UntrackActive()}
+	m := modes{masqueradeAll: st.Config.MasqueradeAll}
+	if st.UntrackActive() {
+		// The configuration allows one cluster CIDR per family.
+		for _, p := range st.Config.ClusterCIDRs {
+			if p.Addr().Is4() {
+				m.untrack = p.Masked()
+				break
+			}
+		}
+	}
+	return m
 }
 
 // untrackedChain is the chain that skips conntrack for TCP between pods
-// when no rule can have translated it (see model.State.TrackedEndpoints):
-// not to or from an endpoint kept tracked, and not to a node address (the
-// replies of masqueraded traffic). IPv4 only. A full sync adds it last,
-// once tracked-endpoints is complete (see Backend.fill).
-func (a fam) untrackedChain() chain {
+// of the cluster CIDR cidr when no rule can have translated it (see
+// model.State.TrackedEndpoints): not to or from an endpoint kept tracked,
+// and not to a node address (the replies of masqueraded traffic). IPv4
+// only. A full sync adds it last, once tracked-endpoints is complete (see
+// Backend.fill).
+//
+// Its rule runs for every packet that enters the node, so it is ordered
+// and written for cost: the CIDR is matched inline (a mask and a compare;
+// the cluster-cidrs interval set costs a tree lookup per address), and
+// the node-address and tracked-endpoint checks come only for pod-to-pod
+// TCP. A new CIDR changes the modes, which makes the next sync full.
+func (a fam) untrackedChain(cidr netip.Prefix) chain {
 	return chain{name: "raw-prerouting", hook: "type filter hook prerouting priority raw; policy accept;",
-		rules: []string{fmt.Sprintf("meta l4proto tcp %s @%s %s @%s fib daddr type != local "+
+		rules: []string{fmt.Sprintf("meta l4proto tcp %s %s %s %s fib daddr type != local "+
 			"%s . tcp sport != @%s %s . tcp dport != @%s notrack",
-			a.saddr, setClusterCIDRs, a.daddr, setClusterCIDRs,
+			a.saddr, cidr, a.daddr, cidr,
 			a.saddr, setTrackedEndpoints, a.daddr, setTrackedEndpoints)}}
 }
 
@@ -226,8 +247,8 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	mark := fmt.Sprintf("meta mark set meta mark | 0x%x", o.MasqueradeMark)
 	var cs []chain
 
-	if m.untrack && a.f == model.IPv4 {
-		cs = append(cs, a.untrackedChain())
+	if m.untrack.IsValid() && a.f == model.IPv4 {
+		cs = append(cs, a.untrackedChain(m.untrack))
 	}
 	cs = append(cs,
 		chain{name: "filter-prerouting", hook: "type filter hook prerouting priority -110; policy accept;",
