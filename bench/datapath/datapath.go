@@ -67,6 +67,12 @@ const (
 	// rate at 10 Services" under the same conditions (separate clusters
 	// and minutes apart, rates drift by ~10 % for all paths alike).
 	KubenatTen = "kubenat-10"
+	// KubenatSocketLBTen and KubenatSocketLBUntrackedTen are the same
+	// references for the socket LB rulesets (tables "kubenatslb10" and
+	// "kubenatslbu10", their own balancer state), measured on pod →
+	// ClusterIP, the path the balancer serves.
+	KubenatSocketLBTen          = "kubenat-socket-lb-10"
+	KubenatSocketLBUntrackedTen = "kubenat-socket-lb-untracked-10"
 	// IPTablesNFT is kube-proxy's iptables structure loaded with
 	// iptables-nft-restore (Debian's default iptables).
 	IPTablesNFT = "iptables-nft"
@@ -79,13 +85,40 @@ const (
 	Floor = "nft-floor"
 )
 
-// rulesets are the rulesets Options.Rulesets may name (KubenatTen comes
-// with Kubenat), in the order they are measured by default.
+// rulesets are the rulesets Options.Rulesets may name (the 10-Service
+// references come with theirs, see TenOf), in the order they are measured
+// by default.
 var rulesets = []string{Kubenat, KubenatSocketLB, KubenatSocketLBUntracked, Floor, IPTablesNFT, IPTablesLegacy}
 
 // hasBalancer reports whether ruleset has the socket load balancer.
 func hasBalancer(ruleset string) bool {
-	return ruleset == KubenatSocketLB || ruleset == KubenatSocketLBUntracked
+	switch ruleset {
+	case KubenatSocketLB, KubenatSocketLBUntracked, KubenatSocketLBTen, KubenatSocketLBUntrackedTen:
+		return true
+	}
+	return false
+}
+
+// tens maps a ruleset to its reference: the same ruleset for the target
+// and only 10 other Services, measured in the same rounds at every size
+// above 10.
+var tens = map[string]string{
+	Kubenat:                  KubenatTen,
+	KubenatSocketLB:          KubenatSocketLBTen,
+	KubenatSocketLBUntracked: KubenatSocketLBUntrackedTen,
+}
+
+// TenOf returns ruleset's 10-Service reference, "" when it has none.
+func TenOf(ruleset string) string { return tens[ruleset] }
+
+// IsTen reports whether ruleset is a 10-Service reference.
+func IsTen(ruleset string) bool {
+	for _, t := range tens {
+		if t == ruleset {
+			return true
+		}
+	}
+	return false
 }
 
 // Paths a connection takes.
@@ -362,11 +395,15 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 		if err := b.activate(ctx, arms, nil); err != nil {
 			return err
 		}
-		if rs == Kubenat && n > 10 {
-			if err := b.loadKubenatTen(ctx); err != nil {
-				return fmt.Errorf("loading %s: %w", KubenatTen, err)
+		if ten := TenOf(rs); ten != "" && n > 10 {
+			if _, err := b.load(ctx, o, ten); err != nil {
+				return fmt.Errorf("loading %s: %w", ten, err)
 			}
-			arms = append(arms, &arm{ruleset: KubenatTen, paths: services[:2], tables: nftTables[KubenatTen]})
+			paths := services[:2]
+			if hasBalancer(ten) {
+				paths = services[:1] // the balancer serves pod → ClusterIP only
+			}
+			arms = append(arms, &arm{ruleset: ten, paths: paths, tables: nftTables[ten]})
 			if err := b.activate(ctx, arms, nil); err != nil {
 				return err
 			}
@@ -408,12 +445,14 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 
 // nftTables are the nftables tables each switchable ruleset consists of.
 var nftTables = map[string][]string{
-	Kubenat:                  {"ip " + nftables.DefaultTable, "ip6 " + nftables.DefaultTable},
-	KubenatSocketLB:          {"ip " + slbTable, "ip6 " + slbTable},
-	KubenatSocketLBUntracked: {"ip " + slbTable + "u", "ip6 " + slbTable + "u"},
-	KubenatTen:               {"ip " + tenTable, "ip6 " + tenTable},
-	Floor:                    {"ip " + floorTable},
-	IPTablesNFT:              {"ip nat", "ip filter"},
+	Kubenat:                     {"ip " + nftables.DefaultTable, "ip6 " + nftables.DefaultTable},
+	KubenatSocketLB:             {"ip " + slbTable, "ip6 " + slbTable},
+	KubenatSocketLBUntracked:    {"ip " + slbTable + "u", "ip6 " + slbTable + "u"},
+	KubenatTen:                  {"ip " + tenTable, "ip6 " + tenTable},
+	KubenatSocketLBTen:          {"ip " + slbTable + "10", "ip6 " + slbTable + "10"},
+	KubenatSocketLBUntrackedTen: {"ip " + slbTable + "u10", "ip6 " + slbTable + "u10"},
+	Floor:                       {"ip " + floorTable},
+	IPTablesNFT:                 {"ip nat", "ip filter"},
 }
 
 // arm is a ruleset with the paths measured under it.
@@ -489,7 +528,7 @@ func (b *bed) rounds(ctx context.Context, o Options, arms []*arm, tput bool, res
 		for _, p := range a.paths {
 			res.Points = append(res.Points, Point{Ruleset: a.ruleset, Path: p.name, Services: b.n})
 			a.points = append(a.points, len(res.Points)-1)
-			if tput && (p.name != PodToPodIP || a.ruleset == None) && a.ruleset != KubenatTen {
+			if tput && (p.name != PodToPodIP || a.ruleset == None) && !IsTen(a.ruleset) {
 				res.Throughputs = append(res.Throughputs, Throughput{Ruleset: a.ruleset, Path: p.name, Services: b.n})
 				a.tputs = append(a.tputs, len(res.Throughputs)-1)
 			} else {
@@ -637,11 +676,18 @@ func (b *bed) load(ctx context.Context, o Options, ruleset string) (Load, error)
 	start := time.Now()
 	var err error
 	switch ruleset {
-	case Kubenat:
-		err = b.loadKubenat(lctx)
-	case KubenatSocketLB, KubenatSocketLBUntracked:
+	case Kubenat, KubenatTen:
+		err = b.loadKubenat(lctx, ruleset)
+	case KubenatSocketLB, KubenatSocketLBUntracked, KubenatSocketLBTen, KubenatSocketLBUntrackedTen:
+		objs := b.objs
+		if IsTen(ruleset) {
+			if objs, err = objects(10, b.servers); err != nil {
+				break
+			}
+		}
+		untrack := ruleset == KubenatSocketLBUntracked || ruleset == KubenatSocketLBUntrackedTen
 		var st *model.State
-		st, err = b.program(lctx, b.objs, nftables.Options{Table: tableOf(ruleset)}, true, ruleset == KubenatSocketLBUntracked)
+		st, err = b.program(lctx, objs, nftables.Options{Table: tableOf(ruleset)}, true, untrack)
 		if b.slbStates == nil {
 			b.slbStates = map[string]*model.State{}
 		}
@@ -675,34 +721,31 @@ func (b *bed) config() model.Config {
 	return model.Config{NodeName: b.node.Name, ClusterCIDRs: []netip.Prefix{topo.ClusterCIDR}}
 }
 
-func (b *bed) loadKubenat(ctx context.Context) error {
-	_, err := b.program(ctx, b.objs, nftables.Options{}, false, false)
+// loadKubenat programs Kubenat, or KubenatTen (the target and 10 other
+// Services, in tenTable).
+func (b *bed) loadKubenat(ctx context.Context, ruleset string) error {
+	objs, o := b.objs, nftables.Options{}
+	if ruleset == KubenatTen {
+		var err error
+		if objs, err = objects(10, b.servers); err != nil {
+			return err
+		}
+		o.Table = tenTable
+	}
+	_, err := b.program(ctx, objs, o, false, false)
 	return err
 }
 
 // tenTable is the table of the KubenatTen ruleset.
 const tenTable = "kubenat10"
 
-// slbTable is the table of the KubenatSocketLB ruleset ("u" is appended
-// for KubenatSocketLBUntracked's).
+// slbTable is the table of the KubenatSocketLB ruleset; the others' are
+// named after it (see nftTables).
 const slbTable = "kubenatslb"
 
 // tableOf returns the nftables table of a socket LB ruleset.
 func tableOf(ruleset string) string {
-	if ruleset == KubenatSocketLBUntracked {
-		return slbTable + "u"
-	}
-	return slbTable
-}
-
-// loadKubenatTen programs the target and 10 other Services into tenTable.
-func (b *bed) loadKubenatTen(ctx context.Context) error {
-	objs, err := objects(10, b.servers)
-	if err != nil {
-		return err
-	}
-	_, err = b.program(ctx, objs, nftables.Options{Table: tenTable}, false, false)
-	return err
+	return strings.TrimPrefix(nftTables[ruleset][0], "ip ")
 }
 
 // program builds kubenat's State for objs (with the socket load balancer
@@ -734,7 +777,7 @@ func (b *bed) unload(ctx context.Context, ruleset string) error {
 		return nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{})
 	case KubenatTen:
 		return nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: tenTable})
-	case KubenatSocketLB, KubenatSocketLBUntracked:
+	case KubenatSocketLB, KubenatSocketLBUntracked, KubenatSocketLBTen, KubenatSocketLBUntrackedTen:
 		delete(b.slbStates, ruleset)
 		return errors.Join(b.detach(), nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: tableOf(ruleset)}))
 	case Floor:

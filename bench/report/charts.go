@@ -167,8 +167,8 @@ func writeCharts(dir string, r *Results) (map[string]chart, error) {
 			rate.series = append(rate.series, rateSeries(d, datapath.None, pp.direct, pp.direct+", no ruleset", true))
 			lat.series = append(lat.series, latSeries(d, datapath.None, pp.direct, pp.direct+", no ruleset", true))
 			for _, rs := range rulesets(d) {
-				if rs == datapath.KubenatTen {
-					continue // same as kubenat at 10, per size
+				if datapath.IsTen(rs) {
+					continue // the same as its ruleset at 10, per size
 				}
 				rate.series = append(rate.series, rateSeries(d, rs, pp.svc, rs, false))
 				lat.series = append(lat.series, latSeries(d, rs, pp.svc, rs, false))
@@ -261,7 +261,7 @@ func throughputChart(file string, d *datapath.Results) error {
 	p.Add(plotter.NewGrid())
 	groups := []string{datapath.None}
 	for _, rs := range rulesets(d) {
-		if rs != datapath.KubenatTen {
+		if !datapath.IsTen(rs) {
 			groups = append(groups, rs)
 		}
 	}

@@ -94,7 +94,7 @@ func writeTargets(w io.Writer, r *Results) {
 				{datapath.ExternalToNodePort, datapath.ExternalToPodIP},
 			} {
 				at := median(d.Find(datapath.Kubenat, pp.svc, n))
-				ten := tenRate(d, pp.svc, n)
+				ten := tenRate(d, datapath.Kubenat, pp.svc, n)
 				direct := median(d.Find(datapath.None, pp.direct, n))
 				if at == 0 || ten == 0 || direct == 0 {
 					continue
@@ -102,17 +102,20 @@ func writeTargets(w io.Writer, r *Results) {
 				p("| %s at %s Services ≥ 95 %% of the rate at 10 (same rounds) | %.0f %% | %s |\n", pp.svc, thousands(n), 100*at/ten, verdict(at/ten >= targetVsTen))
 				p("| %s at %s Services ≥ 90 %% of %s (no ruleset) | %.0f %% | %s |\n", pp.svc, thousands(n), pp.direct, 100*at/direct, verdict(at/direct >= targetVsDirect))
 			}
-			// The socket load balancer serves pod → ClusterIP only; its
-			// rate at 10 Services is measured in another cluster.
+			// The socket load balancer serves pod → ClusterIP only.
 			for _, rs := range []string{datapath.KubenatSocketLB, datapath.KubenatSocketLBUntracked} {
 				slb := median(d.Find(rs, datapath.PodToClusterIP, n))
-				ten := median(d.Find(rs, datapath.PodToClusterIP, 10))
+				ten := tenRate(d, rs, datapath.PodToClusterIP, n)
 				direct := median(d.Find(datapath.None, datapath.PodToPodIP, n))
 				if slb == 0 || ten == 0 || direct == 0 {
 					continue
 				}
-				p("| %s, %s, at %s Services ≥ 95 %% of its rate at 10 (other rounds) | %.0f %% | %s |\n",
-					datapath.PodToClusterIP, rs, thousands(n), 100*slb/ten, verdict(slb/ten >= targetVsTen))
+				rounds := "same rounds"
+				if median(d.Find(datapath.TenOf(rs), datapath.PodToClusterIP, n)) == 0 {
+					rounds = "other rounds" // results from before the references
+				}
+				p("| %s, %s, at %s Services ≥ 95 %% of its rate at 10 (%s) | %.0f %% | %s |\n",
+					datapath.PodToClusterIP, rs, thousands(n), rounds, 100*slb/ten, verdict(slb/ten >= targetVsTen))
 				p("| %s, %s, at %s Services ≥ 90 %% of %s (no ruleset) | %.0f %% | %s |\n",
 					datapath.PodToClusterIP, rs, thousands(n), datapath.PodToPodIP, 100*slb/direct, verdict(slb/direct >= targetVsDirect))
 			}
@@ -141,14 +144,19 @@ func writeTargets(w io.Writer, r *Results) {
 	p("\n")
 }
 
-// tenRate is the kubenat rate with 10 other Services that a rate at n
-// compares with: kubenat-10's, measured in the same rounds, when there is
-// one, else kubenat's at 10.
-func tenRate(d *datapath.Results, path string, n int) float64 {
-	if r := median(d.Find(datapath.KubenatTen, path, n)); r > 0 {
+// tenRate is the rate of ruleset with 10 other Services that its rate at
+// n compares with: its 10-Service reference's (datapath.TenOf), measured
+// in the same rounds, when there is one, else its own at 10.
+func tenRate(d *datapath.Results, ruleset, path string, n int) float64 {
+	if r := median(d.Find(datapath.TenOf(ruleset), path, n)); r > 0 {
 		return r
 	}
-	return median(d.Find(datapath.Kubenat, path, 10))
+	return median(d.Find(ruleset, path, 10))
+}
+
+// measured reports whether d has points of ruleset on path.
+func measured(d *datapath.Results, ruleset, path string) bool {
+	return slices.ContainsFunc(d.Points, func(pt datapath.Point) bool { return pt.Ruleset == ruleset && pt.Path == path })
 }
 
 func median(pt *datapath.Point) float64 {
@@ -242,7 +250,8 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 	p("kubenat-socket-lb-untracked adds `--untrack-pod-tcp` (pod-to-pod TCP untracked). Each has its own\n")
 	p("table, switched like the others, and its program is attached (to a cgroup holding only the\n")
 	p("benchmark process) and filled from scratch each time it is switched on. NodePort traffic is still\n")
-	p("nftables' (DNAT, masquerade, conntrack).\n\n")
+	p("nftables' (DNAT, masquerade, conntrack). Their 10-Service references, kubenat-socket-lb-10 and\n")
+	p("kubenat-socket-lb-untracked-10, are measured in the same rounds on pod → ClusterIP.\n\n")
 
 	rs := rulesets(d)
 	for _, group := range []struct{ svc, direct, key string }{
@@ -250,6 +259,8 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 		{datapath.ExternalToNodePort, datapath.ExternalToPodIP, "external"},
 	} {
 		p("### %s: new connections per second\n\n", group.svc)
+		// The balancer's 10-Service references measure pod → ClusterIP only.
+		rs := slices.DeleteFunc(slices.Clone(rs), func(r string) bool { return !measured(d, r, group.svc) })
 		cols := append([]string{"Services", group.direct + ", no ruleset"}, rs...)
 		cols = append(cols, "kubenat vs 10 Services", "kubenat vs no ruleset", "kubenat vs nft-floor")
 		var slb []string
@@ -268,7 +279,7 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 			for _, r := range rs {
 				p(" %s |", fmtRate(rateStat(d.Find(r, group.svc, n))))
 			}
-			k, ten, dir := median(d.Find(datapath.Kubenat, group.svc, n)), tenRate(d, group.svc, n), median(direct)
+			k, ten, dir := median(d.Find(datapath.Kubenat, group.svc, n)), tenRate(d, datapath.Kubenat, group.svc, n), median(direct)
 			floor := median(d.Find(datapath.Floor, group.svc, n))
 			p(" %s | %s | %s |", pct(k, ten), pct(k, dir), pct(k, floor))
 			for _, r := range slb {
@@ -299,7 +310,7 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 	p("### Traffic that is not for a Service\n\n")
 	p("pod → pod IP with each ruleset loaded (conntrack is on; kube-proxy's nat PREROUTING still walks\n")
 	p("KUBE-SERVICES for every new connection, Service or not):\n\n")
-	others := slices.DeleteFunc(slices.Clone(rs), func(r string) bool { return r == datapath.KubenatTen })
+	others := slices.DeleteFunc(slices.Clone(rs), datapath.IsTen)
 	writeHeader(w, append([]string{"Services", "no ruleset"}, others...)...)
 	for _, n := range sizes(d) {
 		p("| %s | %s |", thousands(n), fmtRate(rateStat(d.Find(datapath.None, datapath.PodToPodIP, n))))
