@@ -87,7 +87,7 @@ func TestSmoke(t *testing.T) {
 	if pt := d.Find(datapath.KubenatSocketLB, datapath.PodToClusterIP, 20); pt != nil && len(pt.Samples) == 1 && pt.Samples[0].Conntrack == 0 {
 		t.Errorf("%s, %s: node-a tracked no connection; the balancer alone keeps conntrack", datapath.KubenatSocketLB, datapath.PodToClusterIP)
 	}
-	for _, p := range []string{datapath.PodToPodIP, datapath.ExternalToPodIP} {
+	for _, p := range []string{datapath.PodToPodIP, datapath.ExternalToPodIP, datapath.PodToPodIPs, datapath.ExternalToPodIPs} {
 		pt := d.Find(datapath.None, p, 20)
 		if pt == nil || len(pt.Samples) != 1 || pt.Samples[0].Conns == 0 {
 			t.Errorf("no ruleset, %s: no connections measured: %+v", p, pt)

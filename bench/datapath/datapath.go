@@ -132,6 +132,13 @@ const (
 	// ExternalToPodIP: external client → server pod IP:8080, routed by
 	// node-a, no Service.
 	ExternalToPodIP = "external → pod IP"
+	// PodToPodIPs and ExternalToPodIPs are PodToPodIP and ExternalToPodIP
+	// to the five server pods of node-b, one picked at random for each
+	// connection (as the target Service spreads its connections over its
+	// five endpoints), with no ruleset: what connecting straight to a
+	// Service's pods costs, the spreading included.
+	PodToPodIPs      = "pod → 5 pod IPs"
+	ExternalToPodIPs = "external → 5 pod IPs"
 )
 
 // The target Service: port "http" (connect loops) and port "bulk"
@@ -320,10 +327,16 @@ type bed struct {
 }
 
 func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string, res *Results) error {
-	spec := topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a"}, {Name: "node-b", Pods: []string{"srv-b", "cli-b"}}}}
+	// node-b, which never has a ruleset, has as many server pods as
+	// node-a: srv-b and srv-b2 … srv-b5.
+	spec := topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a"}, {Name: "node-b", Pods: []string{"srv-b"}}}}
 	for i := range servers {
 		spec.Nodes[0].Pods = append(spec.Nodes[0].Pods, fmt.Sprintf("srv-%d", i+1))
+		if i > 0 {
+			spec.Nodes[1].Pods = append(spec.Nodes[1].Pods, fmt.Sprintf("srv-b%d", i+1))
+		}
 	}
+	spec.Nodes[1].Pods = append(spec.Nodes[1].Pods, "cli-b")
 	spec.Nodes[0].Pods = append(spec.Nodes[0].Pods, "cli")
 	c, release, err := ns.Cluster(ctx, spec)
 	if err != nil {
@@ -338,7 +351,7 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 	if err := b.setup(ctx); err != nil {
 		return err
 	}
-	for _, p := range append([]*topo.Pod{c.Pod("srv-b")}, b.servers...) {
+	for _, p := range append(b.bareServers(), b.servers...) {
 		a, err := loadgen.ServeAcceptClose(&p.Host, serverPort)
 		if err != nil {
 			return err
@@ -356,15 +369,21 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 
 	vip := netip.MustParseAddr(targetVIP)
 	bareIP := c.Pod("srv-b").Addr
+	var bareAll []netip.AddrPort
+	for _, p := range b.bareServers() {
+		bareAll = append(bareAll, netip.AddrPortFrom(p.Addr, serverPort))
+	}
 	direct := []path{
-		{PodToPodIP, &c.Pod("cli-b").Host, netip.AddrPortFrom(bareIP, serverPort), netip.AddrPortFrom(bareIP, bulkServerPort)},
-		{ExternalToPodIP, c.Client, netip.AddrPortFrom(bareIP, serverPort), netip.AddrPortFrom(bareIP, bulkServerPort)},
+		{name: PodToPodIP, from: &c.Pod("cli-b").Host, dst: netip.AddrPortFrom(bareIP, serverPort), bulk: netip.AddrPortFrom(bareIP, bulkServerPort)},
+		{name: ExternalToPodIP, from: c.Client, dst: netip.AddrPortFrom(bareIP, serverPort), bulk: netip.AddrPortFrom(bareIP, bulkServerPort)},
+		{name: PodToPodIPs, from: &c.Pod("cli-b").Host, dst: bareAll[0], spread: bareAll},
+		{name: ExternalToPodIPs, from: c.Client, dst: bareAll[0], spread: bareAll},
 	}
 	podIP := b.servers[0].Addr
 	services := []path{
-		{PodToClusterIP, &b.cli.Host, netip.AddrPortFrom(vip, servicePort), netip.AddrPortFrom(vip, bulkPort)},
-		{ExternalToNodePort, c.Client, netip.AddrPortFrom(b.node.Addr, targetNodePort), netip.AddrPortFrom(b.node.Addr, bulkNodePort)},
-		{PodToPodIP, &b.cli.Host, netip.AddrPortFrom(podIP, serverPort), netip.AddrPortFrom(podIP, bulkServerPort)},
+		{name: PodToClusterIP, from: &b.cli.Host, dst: netip.AddrPortFrom(vip, servicePort), bulk: netip.AddrPortFrom(vip, bulkPort)},
+		{name: ExternalToNodePort, from: c.Client, dst: netip.AddrPortFrom(b.node.Addr, targetNodePort), bulk: netip.AddrPortFrom(b.node.Addr, bulkNodePort)},
+		{name: PodToPodIP, from: &b.cli.Host, dst: netip.AddrPortFrom(podIP, serverPort), bulk: netip.AddrPortFrom(podIP, bulkServerPort)},
 	}
 	tput := false
 	for _, s := range o.ThroughputSizes {
@@ -528,7 +547,7 @@ func (b *bed) rounds(ctx context.Context, o Options, arms []*arm, tput bool, res
 		for _, p := range a.paths {
 			res.Points = append(res.Points, Point{Ruleset: a.ruleset, Path: p.name, Services: b.n})
 			a.points = append(a.points, len(res.Points)-1)
-			if tput && (p.name != PodToPodIP || a.ruleset == None) && !IsTen(a.ruleset) {
+			if tput && p.bulk.IsValid() && (p.name != PodToPodIP || a.ruleset == None) && !IsTen(a.ruleset) {
 				res.Throughputs = append(res.Throughputs, Throughput{Ruleset: a.ruleset, Path: p.name, Services: b.n})
 				a.tputs = append(a.tputs, len(res.Throughputs)-1)
 			} else {
@@ -548,7 +567,11 @@ func (b *bed) rounds(ctx context.Context, o Options, arms []*arm, tput bool, res
 				if err := b.flushConntrack(ctx, a.ruleset); err != nil {
 					return err
 				}
-				cr, err := loadgen.ConnectLoop(ctx, p.from, p.dst, o.Warmup, o.Duration)
+				dsts := p.spread
+				if dsts == nil {
+					dsts = []netip.AddrPort{p.dst}
+				}
+				cr, err := loadgen.ConnectLoopRandom(ctx, p.from, dsts, o.Warmup, o.Duration)
 				if err != nil {
 					return fmt.Errorf("%s, %s: %w", a.ruleset, p.name, err)
 				}
@@ -618,7 +641,7 @@ func (b *bed) setup(ctx context.Context) error {
 	if err := b.c.SetSysctls(ctx, b.c.Client, map[string]string{"net/ipv4/ip_local_port_range": "1024 65535"}); err != nil {
 		return err
 	}
-	for _, p := range append([]*topo.Pod{b.c.Pod("srv-b")}, b.servers...) {
+	for _, p := range append(b.bareServers(), b.servers...) {
 		if err := b.c.SetSysctls(ctx, &p.Host, map[string]string{
 			"net/core/somaxconn": "65535", "net/ipv4/tcp_max_syn_backlog": "65535",
 		}); err != nil {
@@ -628,12 +651,23 @@ func (b *bed) setup(ctx context.Context) error {
 	return b.c.AddRoute(ctx, b.c.Client, b.bare.PodCIDR, b.bare.Addr)
 }
 
-// path is where a client connects: dst for connect loops, bulk for the
-// throughput flow.
+// path is where a client connects: dst for connect loops (or one of
+// spread, at random, when it is set), bulk for the throughput flow (none
+// when invalid).
 type path struct {
 	name      string
 	from      *topo.Host
 	dst, bulk netip.AddrPort
+	spread    []netip.AddrPort
+}
+
+// bareServers returns node-b's server pods: srv-b, then srv-b2 … srv-b5.
+func (b *bed) bareServers() []*topo.Pod {
+	out := []*topo.Pod{b.c.Pod("srv-b")}
+	for i := 2; i <= servers; i++ {
+		out = append(out, b.c.Pod(fmt.Sprintf("srv-b%d", i)))
+	}
+	return out
 }
 
 // flushConntrack empties the connection tracking table of the node of

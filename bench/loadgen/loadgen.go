@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"runtime"
@@ -188,10 +189,25 @@ func Percentile(sorted []time.Duration, p float64) time.Duration {
 // early when ctx ends or when more than half of the attempts fail (a broken
 // path, not a slow one).
 func ConnectLoop(ctx context.Context, h *topo.Host, dst netip.AddrPort, warmup, d time.Duration) (ConnectResult, error) {
-	if !dst.Addr().Is4() {
-		return ConnectResult{}, fmt.Errorf("connect loop to %s: only IPv4 is supported", dst)
+	return ConnectLoopRandom(ctx, h, []netip.AddrPort{dst}, warmup, d)
+}
+
+// ConnectLoopRandom is ConnectLoop to a destination picked uniformly at
+// random among dsts for each connection, as a Service's load balancing
+// picks an endpoint: the rate of connecting straight to a Service's pods.
+// Errors name the first destination.
+func ConnectLoopRandom(ctx context.Context, h *topo.Host, dsts []netip.AddrPort, warmup, d time.Duration) (ConnectResult, error) {
+	if len(dsts) == 0 {
+		return ConnectResult{}, errors.New("connect loop: no destination")
 	}
-	sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+	sas := make([]*unix.SockaddrInet4, len(dsts))
+	for i, dst := range dsts {
+		if !dst.Addr().Is4() {
+			return ConnectResult{}, fmt.Errorf("connect loop to %s: only IPv4 is supported", dst)
+		}
+		sas[i] = &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+	}
+	dst := dsts[0]
 	var res ConnectResult
 	err := topo.InNS(h.NS, func() error {
 		lat := make([]time.Duration, 0, 1<<16)
@@ -209,6 +225,10 @@ func ConnectLoop(ctx context.Context, h *topo.Host, dst netip.AddrPort, warmup, 
 			tv := unix.NsecToTimeval((2 * time.Second).Nanoseconds())
 			if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
 				return 0, fmt.Errorf("SO_SNDTIMEO: %w", err)
+			}
+			sa := sas[0]
+			if len(sas) > 1 {
+				sa = sas[rand.IntN(len(sas))]
 			}
 			t0 := time.Now()
 			for {

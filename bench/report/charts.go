@@ -157,15 +157,18 @@ func writeCharts(dir string, r *Results) (map[string]chart, error) {
 		return nil
 	}
 	if d := r.Datapath; d != nil && len(d.Points) > 0 {
-		for _, pp := range []struct{ direct, svc, key, file string }{
-			{datapath.PodToPodIP, datapath.PodToClusterIP, "pod", "pod"},
-			{datapath.ExternalToPodIP, datapath.ExternalToNodePort, "external", "external"},
+		for _, pp := range []struct{ direct, spread, svc, key, file string }{
+			{datapath.PodToPodIP, datapath.PodToPodIPs, datapath.PodToClusterIP, "pod", "pod"},
+			{datapath.ExternalToPodIP, datapath.ExternalToPodIPs, datapath.ExternalToNodePort, "external", "external"},
 		} {
 			var rate, lat lineChart
 			rate.xLabel, rate.yLabel = "other Services installed", "new connections per second"
 			lat.xLabel, lat.yLabel, lat.logY = "other Services installed", "connect latency p50 (s)", true
 			rate.series = append(rate.series, rateSeries(d, datapath.None, pp.direct, pp.direct+", no ruleset", true))
 			lat.series = append(lat.series, latSeries(d, datapath.None, pp.direct, pp.direct+", no ruleset", true))
+			if measured(d, datapath.None, pp.spread) {
+				rate.series = append(rate.series, rateSeries(d, datapath.None, pp.spread, pp.spread+", no ruleset", true))
+			}
 			for _, rs := range rulesets(d) {
 				if datapath.IsTen(rs) {
 					continue // the same as its ruleset at 10, per size

@@ -89,9 +89,9 @@ func writeTargets(w io.Writer, r *Results) {
 	p("## Targets\n\n| target | measured | |\n|---|---|---|\n")
 	if d := r.Datapath; d != nil {
 		for _, n := range []int{10000, 50000} {
-			for _, pp := range []struct{ svc, direct string }{
-				{datapath.PodToClusterIP, datapath.PodToPodIP},
-				{datapath.ExternalToNodePort, datapath.ExternalToPodIP},
+			for _, pp := range []struct{ svc, direct, spread string }{
+				{datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs},
+				{datapath.ExternalToNodePort, datapath.ExternalToPodIP, datapath.ExternalToPodIPs},
 			} {
 				at := median(d.Find(datapath.Kubenat, pp.svc, n))
 				ten := tenRate(d, datapath.Kubenat, pp.svc, n)
@@ -101,6 +101,9 @@ func writeTargets(w io.Writer, r *Results) {
 				}
 				p("| %s at %s Services ≥ 95 %% of the rate at 10 (same rounds) | %.0f %% | %s |\n", pp.svc, thousands(n), 100*at/ten, verdict(at/ten >= targetVsTen))
 				p("| %s at %s Services ≥ 90 %% of %s (no ruleset) | %.0f %% | %s |\n", pp.svc, thousands(n), pp.direct, 100*at/direct, verdict(at/direct >= targetVsDirect))
+				if spread := median(d.Find(datapath.None, pp.spread, n)); spread > 0 {
+					p("| %s at %s Services ≥ 90 %% of %s (no ruleset; spread as the Service spreads) | %.0f %% | %s |\n", pp.svc, thousands(n), pp.spread, 100*at/spread, verdict(at/spread >= targetVsDirect))
+				}
 			}
 			// The socket load balancer serves pod → ClusterIP only.
 			for _, rs := range []string{datapath.KubenatSocketLB, datapath.KubenatSocketLBUntracked} {
@@ -118,6 +121,10 @@ func writeTargets(w io.Writer, r *Results) {
 					datapath.PodToClusterIP, rs, thousands(n), rounds, 100*slb/ten, verdict(slb/ten >= targetVsTen))
 				p("| %s, %s, at %s Services ≥ 90 %% of %s (no ruleset) | %.0f %% | %s |\n",
 					datapath.PodToClusterIP, rs, thousands(n), datapath.PodToPodIP, 100*slb/direct, verdict(slb/direct >= targetVsDirect))
+				if spread := median(d.Find(datapath.None, datapath.PodToPodIPs, n)); spread > 0 {
+					p("| %s, %s, at %s Services ≥ 90 %% of %s (no ruleset; spread as the Service spreads) | %.0f %% | %s |\n",
+						datapath.PodToClusterIP, rs, thousands(n), datapath.PodToPodIPs, 100*slb/spread, verdict(slb/spread >= targetVsDirect))
+				}
 			}
 		}
 	}
@@ -152,6 +159,32 @@ func tenRate(d *datapath.Results, ruleset, path string, n int) float64 {
 		return r
 	}
 	return median(d.Find(ruleset, path, 10))
+}
+
+// writeSpread writes the rate of connecting straight to the target's five
+// pods, one at random per connection, with no ruleset (spread), and each
+// ruleset's rate on svc as a share of it.
+func writeSpread(w io.Writer, d *datapath.Results, svc, direct, spread string, rs []string) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
+	p("The Service spreads its connections over five pods. Connecting straight to five pods, one picked\n")
+	p("at random for each connection, with no ruleset (%s) costs part of the gap to %s by itself:\n", spread, direct)
+	p("a one-thread loop wakes a different accepting thread each time, more often on an idle vCPU.\n")
+	p("Each ruleset's %s as a share of it:\n\n", svc)
+	rs = slices.DeleteFunc(slices.Clone(rs), datapath.IsTen)
+	cols := []string{"Services", spread + ", no ruleset", "vs " + direct}
+	for _, r := range rs {
+		cols = append(cols, r)
+	}
+	writeHeader(w, cols...)
+	for _, n := range sizes(d) {
+		sp := d.Find(datapath.None, spread, n)
+		p("| %s | %s | %s |", thousands(n), fmtRate(rateStat(sp)), pct(median(sp), median(d.Find(datapath.None, direct, n))))
+		for _, r := range rs {
+			p(" %s |", pct(median(d.Find(r, svc, n)), median(sp)))
+		}
+		p("\n")
+	}
+	p("\n")
 }
 
 // measured reports whether d has points of ruleset on path.
@@ -235,7 +268,9 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 	p("(SYN → SYN-ACK). node-a's conntrack table is flushed before each loop. Paths: a pod on node-a to the\n")
 	p("target Service's ClusterIP (DNAT); the external client to node-a's NodePort (DNAT + masquerade);\n")
 	p("and the same two without a Service, straight to a server pod's IP with **no ruleset at all** on the\n")
-	p("node (no conntrack either): the physical limit. The target Service has 5 endpoints (5 server pods);\n")
+	p("node (no conntrack either): the physical limit. The same two to node-b's five server pods, one picked\n")
+	p("at random for each connection (\"pod → 5 pod IPs\", \"external → 5 pod IPs\"), show what the spreading\n")
+	p("alone costs. The target Service has 5 endpoints (5 server pods);\n")
 	p("the N other Services have 1 to 5 endpoints (every 20th is a NodePort Service) and the target is\n")
 	p("evaluated last: its rules come last in kube-proxy's KUBE-SERVICES and KUBE-NODEPORTS chains, and it\n")
 	p("sits in kubenat's last lb-N chain. %d repeats. kubenat, kubenat-10 (kubenat's ruleset for the target and\n", d.Options.Repeats)
@@ -254,9 +289,9 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 	p("kubenat-socket-lb-untracked-10, are measured in the same rounds on pod → ClusterIP.\n\n")
 
 	rs := rulesets(d)
-	for _, group := range []struct{ svc, direct, key string }{
-		{datapath.PodToClusterIP, datapath.PodToPodIP, "pod"},
-		{datapath.ExternalToNodePort, datapath.ExternalToPodIP, "external"},
+	for _, group := range []struct{ svc, direct, spread, key string }{
+		{datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs, "pod"},
+		{datapath.ExternalToNodePort, datapath.ExternalToPodIP, datapath.ExternalToPodIPs, "external"},
 	} {
 		p("### %s: new connections per second\n\n", group.svc)
 		// The balancer's 10-Service references measure pod → ClusterIP only.
@@ -288,6 +323,9 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 			p("\n")
 		}
 		p("\n")
+		if measured(d, datapath.None, group.spread) {
+			writeSpread(w, d, group.svc, group.direct, group.spread, rs)
+		}
 		p("Connect latency, p50 / p99 (median of the repeats' percentiles):\n\n")
 		writeHeader(w, append([]string{"Services", group.direct + ", no ruleset"}, rs...)...)
 		for _, n := range sizes(d) {
