@@ -374,16 +374,16 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 		bareAll = append(bareAll, netip.AddrPortFrom(p.Addr, serverPort))
 	}
 	direct := []path{
-		{name: PodToPodIP, from: &c.Pod("cli-b").Host, dst: netip.AddrPortFrom(bareIP, serverPort), bulk: netip.AddrPortFrom(bareIP, bulkServerPort)},
-		{name: ExternalToPodIP, from: c.Client, dst: netip.AddrPortFrom(bareIP, serverPort), bulk: netip.AddrPortFrom(bareIP, bulkServerPort)},
-		{name: PodToPodIPs, from: &c.Pod("cli-b").Host, dst: bareAll[0], spread: bareAll},
-		{name: ExternalToPodIPs, from: c.Client, dst: bareAll[0], spread: bareAll},
+		{name: PodToPodIP, from: &c.Pod("cli-b").Host, dsts: []netip.AddrPort{netip.AddrPortFrom(bareIP, serverPort)}, bulk: netip.AddrPortFrom(bareIP, bulkServerPort)},
+		{name: ExternalToPodIP, from: c.Client, dsts: []netip.AddrPort{netip.AddrPortFrom(bareIP, serverPort)}, bulk: netip.AddrPortFrom(bareIP, bulkServerPort)},
+		{name: PodToPodIPs, from: &c.Pod("cli-b").Host, dsts: bareAll},
+		{name: ExternalToPodIPs, from: c.Client, dsts: bareAll},
 	}
 	podIP := b.servers[0].Addr
 	services := []path{
-		{name: PodToClusterIP, from: &b.cli.Host, dst: netip.AddrPortFrom(vip, servicePort), bulk: netip.AddrPortFrom(vip, bulkPort)},
-		{name: ExternalToNodePort, from: c.Client, dst: netip.AddrPortFrom(b.node.Addr, targetNodePort), bulk: netip.AddrPortFrom(b.node.Addr, bulkNodePort)},
-		{name: PodToPodIP, from: &b.cli.Host, dst: netip.AddrPortFrom(podIP, serverPort), bulk: netip.AddrPortFrom(podIP, bulkServerPort)},
+		{name: PodToClusterIP, from: &b.cli.Host, dsts: []netip.AddrPort{netip.AddrPortFrom(vip, servicePort)}, bulk: netip.AddrPortFrom(vip, bulkPort)},
+		{name: ExternalToNodePort, from: c.Client, dsts: []netip.AddrPort{netip.AddrPortFrom(b.node.Addr, targetNodePort)}, bulk: netip.AddrPortFrom(b.node.Addr, bulkNodePort)},
+		{name: PodToPodIP, from: &b.cli.Host, dsts: []netip.AddrPort{netip.AddrPortFrom(podIP, serverPort)}, bulk: netip.AddrPortFrom(podIP, bulkServerPort)},
 	}
 	tput := false
 	for _, s := range o.ThroughputSizes {
@@ -567,11 +567,7 @@ func (b *bed) rounds(ctx context.Context, o Options, arms []*arm, tput bool, res
 				if err := b.flushConntrack(ctx, a.ruleset); err != nil {
 					return err
 				}
-				dsts := p.spread
-				if dsts == nil {
-					dsts = []netip.AddrPort{p.dst}
-				}
-				cr, err := loadgen.ConnectLoopRandom(ctx, p.from, dsts, o.Warmup, o.Duration)
+				cr, err := loadgen.ConnectLoop(ctx, p.from, p.dsts, o.Warmup, o.Duration)
 				if err != nil {
 					return fmt.Errorf("%s, %s: %w", a.ruleset, p.name, err)
 				}
@@ -651,14 +647,14 @@ func (b *bed) setup(ctx context.Context) error {
 	return b.c.AddRoute(ctx, b.c.Client, b.bare.PodCIDR, b.bare.Addr)
 }
 
-// path is where a client connects: dst for connect loops (or one of
-// spread, at random, when it is set), bulk for the throughput flow (none
-// when invalid).
+// path is where a client connects: dsts for connect loops (one picked at
+// random for each connection when there are several), bulk for the
+// throughput flow (none when invalid).
 type path struct {
-	name      string
-	from      *topo.Host
-	dst, bulk netip.AddrPort
-	spread    []netip.AddrPort
+	name string
+	from *topo.Host
+	dsts []netip.AddrPort
+	bulk netip.AddrPort
 }
 
 // bareServers returns node-b's server pods: srv-b, then srv-b2 … srv-b5.

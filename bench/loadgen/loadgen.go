@@ -184,19 +184,13 @@ func Percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[rank]
 }
 
-// ConnectLoop opens and resets TCP connections from h to dst, one at a
-// time, for d (after warmup, whose connections are not counted). It stops
-// early when ctx ends or when more than half of the attempts fail (a broken
-// path, not a slow one).
-func ConnectLoop(ctx context.Context, h *topo.Host, dst netip.AddrPort, warmup, d time.Duration) (ConnectResult, error) {
-	return ConnectLoopRandom(ctx, h, []netip.AddrPort{dst}, warmup, d)
-}
-
-// ConnectLoopRandom is ConnectLoop to a destination picked uniformly at
-// random among dsts for each connection, as a Service's load balancing
-// picks an endpoint: the rate of connecting straight to a Service's pods.
-// Errors name the first destination.
-func ConnectLoopRandom(ctx context.Context, h *topo.Host, dsts []netip.AddrPort, warmup, d time.Duration) (ConnectResult, error) {
+// ConnectLoop opens and resets TCP connections from h, one at a time, for
+// d (after warmup, whose connections are not counted), each to a
+// destination picked uniformly at random among dsts (as a Service's load
+// balancing picks an endpoint; no pick when there is one). It stops early
+// when ctx ends or when more than half of the attempts fail (a broken
+// path, not a slow one). Errors name the first destination.
+func ConnectLoop(ctx context.Context, h *topo.Host, dsts []netip.AddrPort, warmup, d time.Duration) (ConnectResult, error) {
 	if len(dsts) == 0 {
 		return ConnectResult{}, errors.New("connect loop: no destination")
 	}

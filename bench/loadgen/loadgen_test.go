@@ -9,10 +9,10 @@ import (
 	"github.com/kubenat/kubenat/internal/topo"
 )
 
-// TestConnectLoopRandom: a loop over two destinations uses both. One
+// TestConnectLoop: a loop over two destinations uses both. One
 // accepts and one refuses (nothing listens), so a loop that stuck to
 // either would see no error or no connection.
-func TestConnectLoopRandom(t *testing.T) {
+func TestConnectLoop(t *testing.T) {
 	netnstest.Require(t)
 	h := &topo.Host{Name: "loadgen", NS: netnstest.NewNamespace(t)}
 	a, err := ServeAcceptClose(h, 8080)
@@ -32,7 +32,7 @@ func TestConnectLoopRandom(t *testing.T) {
 		{"an open and a closed port", []netip.AddrPort{open, closed}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res, err := ConnectLoopRandom(t.Context(), h, tc.dsts, 0, 100*time.Millisecond)
+			res, err := ConnectLoop(t.Context(), h, tc.dsts, 0, 100*time.Millisecond)
 			if err != nil {
 				t.Fatal(err)
 			}
