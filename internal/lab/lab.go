@@ -185,7 +185,9 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 	l = &Lab{log: o.Log}
 	l.PID, l.Prefix = os.Getpid(), o.Prefix
 	if o.Dir == "" {
-		if o.Dir, err = os.MkdirTemp("", "kubenat-lab-"); err != nil {
+		// Named for this process, so that a later lab removes it if this
+		// one is killed before it can (see removeStale).
+		if o.Dir, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", labDirTag, os.Getpid())); err != nil {
 			return nil, fmt.Errorf("creating the lab directory: %w", err)
 		}
 		l.ownDir = true
@@ -586,10 +588,18 @@ func (t *Topology) Alive() bool {
 	return topo.ProcessAlive(t.PID)
 }
 
-// removeStale deletes namespaces of the form kl<pid>-… whose process is
-// gone (a lab killed with SIGKILL).
+// removeStale deletes namespaces of the form kl<pid>-… and lab
+// directories of the form kubenat-lab-<pid>-… whose process is gone (a lab
+// killed with SIGKILL).
 func removeStale(log io.Writer) {
 	for _, ns := range topo.RemoveStale("kl") {
 		fmt.Fprintf(log, "lab: removed namespace %s left by a process that is gone\n", ns)
 	}
+	for _, d := range topo.RemoveStaleTempDirs(labDirTag) {
+		fmt.Fprintf(log, "lab: removed directory %s left by a process that is gone\n", d)
+	}
 }
+
+// labDirTag starts the name of a lab's own temporary directory, followed
+// by the pid of the process that made it.
+const labDirTag = "kubenat-lab-"

@@ -158,14 +158,7 @@ func KubenatBinary(t testing.TB) string {
 
 // removeStaleBinaries removes the directories KubenatBinary made for
 // processes that no longer exist.
-func removeStaleBinaries() {
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "kubenat-bin-*-*"))
-	for _, d := range dirs {
-		if topo.OwnerGone(filepath.Base(d), "kubenat-bin-") {
-			os.RemoveAll(d)
-		}
-	}
-}
+func removeStaleBinaries() { topo.RemoveStaleTempDirs("kubenat-bin-") }
 
 // Kubenat runs the kubenat binary with args inside h's namespace and
 // returns its combined output.

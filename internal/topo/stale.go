@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -52,6 +53,23 @@ func RemoveStale(tag string) []string {
 		}
 		if exec.Command("ip", "netns", "delete", f[0]).Run() == nil {
 			removed = append(removed, f[0])
+		}
+	}
+	return removed
+}
+
+// RemoveStaleTempDirs deletes the directories of the temporary directory
+// named tag, the pid of a process that no longer exists, a dash and
+// anything ("kubenat-lab-1234-567" for tag "kubenat-lab-": made with
+// os.MkdirTemp by a process killed before it could remove it), and
+// returns their paths. Names without the pid and its dash (an older
+// form) are left alone: their suffix is not a pid.
+func RemoveStaleTempDirs(tag string) []string {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), tag+"*-*"))
+	var removed []string
+	for _, d := range dirs {
+		if OwnerGone(filepath.Base(d), tag) && os.RemoveAll(d) == nil {
+			removed = append(removed, d)
 		}
 	}
 	return removed

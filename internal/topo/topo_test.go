@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -117,6 +119,43 @@ func TestOwnerGone(t *testing.T) {
 	} {
 		if got := topo.OwnerGone(tc.name, "kt"); got != tc.want {
 			t.Errorf("OwnerGone(%q, \"kt\") = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestRemoveStaleTempDirs: only the directories named for a process that
+// is gone are removed; those of live processes, other tags and the older
+// form without a pid stay.
+func TestRemoveStaleTempDirs(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	self := strconv.Itoa(os.Getpid())
+	cases := []struct {
+		name string
+		gone bool
+	}{
+		{"kubenat-x-2147483647-123", true}, // no such process
+		{"kubenat-x-" + self + "-123", false},
+		{"kubenat-x-1-123", false},          // init is alive
+		{"kubenat-x-2147483647", false},     // the older form: no pid
+		{"kubenat-y-2147483647-123", false}, // another tag
+	}
+	var want []string
+	for _, tc := range cases {
+		if err := os.Mkdir(filepath.Join(tmp, tc.name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if tc.gone {
+			want = append(want, filepath.Join(tmp, tc.name))
+		}
+	}
+	if removed := topo.RemoveStaleTempDirs("kubenat-x-"); !slices.Equal(removed, want) {
+		t.Errorf("removed %q, want %q", removed, want)
+	}
+	for _, tc := range cases {
+		_, err := os.Stat(filepath.Join(tmp, tc.name))
+		if exists := err == nil; exists == tc.gone {
+			t.Errorf("%s: exists = %v after the sweep, want %v", tc.name, exists, !tc.gone)
 		}
 	}
 }
