@@ -90,14 +90,28 @@ const (
 // by default.
 var rulesets = []string{Kubenat, KubenatSocketLB, KubenatSocketLBUntracked, Floor, IPTablesNFT, IPTablesLegacy}
 
-// hasBalancer reports whether ruleset has the socket load balancer.
-func hasBalancer(ruleset string) bool {
-	switch ruleset {
-	case KubenatSocketLB, KubenatSocketLBUntracked, KubenatSocketLBTen, KubenatSocketLBUntrackedTen:
-		return true
-	}
-	return false
+// variant is how one of kubenat's rulesets is built: its nftables table
+// (in both families), the configuration it is programmed with, and whether
+// it holds the target and only 10 other Services (a reference: see
+// KubenatTen).
+type variant struct {
+	table             string
+	balancer, untrack bool
+	ten               bool
 }
+
+// variants are kubenat's rulesets.
+var variants = map[string]variant{
+	Kubenat:                     {table: nftables.DefaultTable},
+	KubenatTen:                  {table: "kubenat10", ten: true},
+	KubenatSocketLB:             {table: "kubenatslb", balancer: true},
+	KubenatSocketLBTen:          {table: "kubenatslb10", balancer: true, ten: true},
+	KubenatSocketLBUntracked:    {table: "kubenatslbu", balancer: true, untrack: true},
+	KubenatSocketLBUntrackedTen: {table: "kubenatslbu10", balancer: true, untrack: true, ten: true},
+}
+
+// hasBalancer reports whether ruleset has the socket load balancer.
+func hasBalancer(ruleset string) bool { return variants[ruleset].balancer }
 
 // tens maps a ruleset to its reference: the same ruleset for the target
 // and only 10 other Services, measured in the same rounds at every size
@@ -112,14 +126,7 @@ var tens = map[string]string{
 func TenOf(ruleset string) string { return tens[ruleset] }
 
 // IsTen reports whether ruleset is a 10-Service reference.
-func IsTen(ruleset string) bool {
-	for _, t := range tens {
-		if t == ruleset {
-			return true
-		}
-	}
-	return false
-}
+func IsTen(ruleset string) bool { return variants[ruleset].ten }
 
 // Paths a connection takes.
 const (
@@ -410,7 +417,7 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 			}
 			continue
 		}
-		arms = append(arms, &arm{ruleset: rs, paths: services, tables: nftTables[rs]})
+		arms = append(arms, &arm{ruleset: rs, paths: services, tables: nftTables(rs)})
 		if err := b.activate(ctx, arms, nil); err != nil {
 			return err
 		}
@@ -422,7 +429,7 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 			if hasBalancer(ten) {
 				paths = services[:1] // the balancer serves pod → ClusterIP only
 			}
-			arms = append(arms, &arm{ruleset: ten, paths: paths, tables: nftTables[ten]})
+			arms = append(arms, &arm{ruleset: ten, paths: paths, tables: nftTables(ten)})
 			if err := b.activate(ctx, arms, nil); err != nil {
 				return err
 			}
@@ -462,16 +469,19 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 	return nil
 }
 
-// nftTables are the nftables tables each switchable ruleset consists of.
-var nftTables = map[string][]string{
-	Kubenat:                     {"ip " + nftables.DefaultTable, "ip6 " + nftables.DefaultTable},
-	KubenatSocketLB:             {"ip " + slbTable, "ip6 " + slbTable},
-	KubenatSocketLBUntracked:    {"ip " + slbTable + "u", "ip6 " + slbTable + "u"},
-	KubenatTen:                  {"ip " + tenTable, "ip6 " + tenTable},
-	KubenatSocketLBTen:          {"ip " + slbTable + "10", "ip6 " + slbTable + "10"},
-	KubenatSocketLBUntrackedTen: {"ip " + slbTable + "u10", "ip6 " + slbTable + "u10"},
-	Floor:                       {"ip " + floorTable},
-	IPTablesNFT:                 {"ip nat", "ip filter"},
+// nftTables returns the nftables tables a switchable ruleset consists of
+// (none for None and IPTablesLegacy).
+func nftTables(ruleset string) []string {
+	if v, ok := variants[ruleset]; ok {
+		return []string{"ip " + v.table, "ip6 " + v.table}
+	}
+	switch ruleset {
+	case Floor:
+		return []string{"ip " + floorTable}
+	case IPTablesNFT:
+		return []string{"ip nat", "ip filter"}
+	}
+	return nil
 }
 
 // arm is a ruleset with the paths measured under it.
@@ -705,26 +715,13 @@ func (b *bed) load(ctx context.Context, o Options, ruleset string) (Load, error)
 	defer cancel()
 	start := time.Now()
 	var err error
-	switch ruleset {
-	case Kubenat, KubenatTen:
-		err = b.loadKubenat(lctx, ruleset)
-	case KubenatSocketLB, KubenatSocketLBUntracked, KubenatSocketLBTen, KubenatSocketLBUntrackedTen:
-		objs := b.objs
-		if IsTen(ruleset) {
-			if objs, err = objects(10, b.servers); err != nil {
-				break
-			}
-		}
-		untrack := ruleset == KubenatSocketLBUntracked || ruleset == KubenatSocketLBUntrackedTen
-		var st *model.State
-		st, err = b.program(lctx, objs, nftables.Options{Table: tableOf(ruleset)}, true, untrack)
-		if b.slbStates == nil {
-			b.slbStates = map[string]*model.State{}
-		}
-		b.slbStates[ruleset] = st
-	case Floor:
+	v, isKubenat := variants[ruleset]
+	switch {
+	case isKubenat:
+		err = b.loadKubenat(lctx, ruleset, v)
+	case ruleset == Floor:
 		_, err = nsrun.NewNFT(b.node.NS).Run(lctx, b.floorScript())
-	case IPTablesNFT, IPTablesLegacy:
+	case ruleset == IPTablesNFT || ruleset == IPTablesLegacy:
 		var script bytes.Buffer
 		kp := kubeProxyServices(b.objs)
 		l.Rules = kubeproxy.Rules(kp)
@@ -751,39 +748,19 @@ func (b *bed) config() model.Config {
 	return model.Config{NodeName: b.node.Name, ClusterCIDRs: []netip.Prefix{topo.ClusterCIDR}}
 }
 
-// loadKubenat programs Kubenat, or KubenatTen (the target and 10 other
-// Services, in tenTable).
-func (b *bed) loadKubenat(ctx context.Context, ruleset string) error {
-	objs, o := b.objs, nftables.Options{}
-	if ruleset == KubenatTen {
+// loadKubenat builds kubenat's State for v (the benchmark's Services, or
+// the target and 10 others for a reference) and programs its nftables
+// ruleset on node-a; a balancer's State is kept for attach.
+func (b *bed) loadKubenat(ctx context.Context, ruleset string, v variant) error {
+	objs := b.objs
+	if v.ten {
 		var err error
 		if objs, err = objects(10, b.servers); err != nil {
 			return err
 		}
-		o.Table = tenTable
 	}
-	_, err := b.program(ctx, objs, o, false, false)
-	return err
-}
-
-// tenTable is the table of the KubenatTen ruleset.
-const tenTable = "kubenat10"
-
-// slbTable is the table of the KubenatSocketLB ruleset; the others' are
-// named after it (see nftTables).
-const slbTable = "kubenatslb"
-
-// tableOf returns the nftables table of a socket LB ruleset.
-func tableOf(ruleset string) string {
-	return strings.TrimPrefix(nftTables[ruleset][0], "ip ")
-}
-
-// program builds kubenat's State for objs (with the socket load balancer
-// when withLB is set, and pod-to-pod TCP untracked when untrack is) and
-// programs its nftables ruleset on node-a.
-func (b *bed) program(ctx context.Context, objs *workload.Cluster, o nftables.Options, withLB, untrack bool) (*model.State, error) {
 	cfg := b.config()
-	cfg.SocketLB, cfg.UntrackPodTCP = withLB, untrack
+	cfg.SocketLB, cfg.UntrackPodTCP = v.balancer, v.untrack
 	mb := model.NewBuilder(cfg)
 	mb.SetNode(k8sobj.Node(b.node.Name, []string{b.node.Addr.String()}, []string{b.node.PodCIDR.String()}), "bench")
 	for _, s := range objs.Services {
@@ -794,22 +771,29 @@ func (b *bed) program(ctx context.Context, objs *workload.Cluster, o nftables.Op
 	}
 	st, d := mb.Build()
 	if len(st.Errors) > 0 {
-		return nil, fmt.Errorf("the benchmark's objects are invalid: %v", st.Errors[0])
+		return fmt.Errorf("the benchmark's objects are invalid: %v", st.Errors[0])
 	}
-	_, err := nftables.New(nsrun.NewNFT(b.node.NS), o).Sync(ctx, st, d)
-	return st, err
+	if v.balancer {
+		if b.slbStates == nil {
+			b.slbStates = map[string]*model.State{}
+		}
+		b.slbStates[ruleset] = st
+	}
+	_, err := nftables.New(nsrun.NewNFT(b.node.NS), nftables.Options{Table: v.table}).Sync(ctx, st, d)
+	return err
 }
 
 // unload removes ruleset from node-a.
 func (b *bed) unload(ctx context.Context, ruleset string) error {
+	if v, ok := variants[ruleset]; ok {
+		var err error
+		if v.balancer {
+			delete(b.slbStates, ruleset)
+			err = b.detach()
+		}
+		return errors.Join(err, nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: v.table}))
+	}
 	switch ruleset {
-	case Kubenat:
-		return nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{})
-	case KubenatTen:
-		return nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: tenTable})
-	case KubenatSocketLB, KubenatSocketLBUntracked, KubenatSocketLBTen, KubenatSocketLBUntrackedTen:
-		delete(b.slbStates, ruleset)
-		return errors.Join(b.detach(), nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: tableOf(ruleset)}))
 	case Floor:
 		_, err := nsrun.NewNFT(b.node.NS).Run(ctx, "add table ip "+floorTable+"\ndelete table ip "+floorTable+"\n")
 		return err
