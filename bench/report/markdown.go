@@ -89,42 +89,8 @@ func writeTargets(w io.Writer, r *Results) {
 	p("## Targets\n\n| target | measured | |\n|---|---|---|\n")
 	if d := r.Datapath; d != nil {
 		for _, n := range []int{10000, 50000} {
-			for _, pp := range []struct{ svc, direct, spread string }{
-				{datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs},
-				{datapath.ExternalToNodePort, datapath.ExternalToPodIP, datapath.ExternalToPodIPs},
-			} {
-				at := median(d.Find(datapath.Kubenat, pp.svc, n))
-				ten := tenRate(d, datapath.Kubenat, pp.svc, n)
-				direct := median(d.Find(datapath.None, pp.direct, n))
-				if at == 0 || ten == 0 || direct == 0 {
-					continue
-				}
-				p("| %s at %s Services ≥ 95 %% of the rate at 10 (same rounds) | %.0f %% | %s |\n", pp.svc, thousands(n), 100*at/ten, verdict(at/ten >= targetVsTen))
-				p("| %s at %s Services ≥ 90 %% of %s (no ruleset) | %.0f %% | %s |\n", pp.svc, thousands(n), pp.direct, 100*at/direct, verdict(at/direct >= targetVsDirect))
-				if spread := median(d.Find(datapath.None, pp.spread, n)); spread > 0 {
-					p("| %s at %s Services ≥ 90 %% of %s (no ruleset; spread as the Service spreads) | %.0f %% | %s |\n", pp.svc, thousands(n), pp.spread, 100*at/spread, verdict(at/spread >= targetVsDirect))
-				}
-			}
-			// The socket load balancer serves pod → ClusterIP only.
-			for _, rs := range []string{datapath.KubenatSocketLB, datapath.KubenatSocketLBUntracked} {
-				slb := median(d.Find(rs, datapath.PodToClusterIP, n))
-				ten := tenRate(d, rs, datapath.PodToClusterIP, n)
-				direct := median(d.Find(datapath.None, datapath.PodToPodIP, n))
-				if slb == 0 || ten == 0 || direct == 0 {
-					continue
-				}
-				rounds := "same rounds"
-				if median(d.Find(datapath.TenOf(rs), datapath.PodToClusterIP, n)) == 0 {
-					rounds = "other rounds" // results from before the references
-				}
-				p("| %s, %s, at %s Services ≥ 95 %% of its rate at 10 (%s) | %.0f %% | %s |\n",
-					datapath.PodToClusterIP, rs, thousands(n), rounds, 100*slb/ten, verdict(slb/ten >= targetVsTen))
-				p("| %s, %s, at %s Services ≥ 90 %% of %s (no ruleset) | %.0f %% | %s |\n",
-					datapath.PodToClusterIP, rs, thousands(n), datapath.PodToPodIP, 100*slb/direct, verdict(slb/direct >= targetVsDirect))
-				if spread := median(d.Find(datapath.None, datapath.PodToPodIPs, n)); spread > 0 {
-					p("| %s, %s, at %s Services ≥ 90 %% of %s (no ruleset; spread as the Service spreads) | %.0f %% | %s |\n",
-						datapath.PodToClusterIP, rs, thousands(n), datapath.PodToPodIPs, 100*slb/spread, verdict(slb/spread >= targetVsDirect))
-				}
+			for _, tp := range targetPaths {
+				writeTargetRows(w, d, tp, n)
 			}
 		}
 	}
@@ -151,6 +117,47 @@ func writeTargets(w io.Writer, r *Results) {
 	p("\n")
 }
 
+// targetPath is a ruleset's Service path with its no-ruleset baselines:
+// to one pod (direct) and to the five pods at random (spread).
+type targetPath struct{ ruleset, svc, direct, spread string }
+
+// targetPaths are the datapath paths the targets are checked on; the
+// socket load balancer serves pod → ClusterIP only.
+var targetPaths = []targetPath{
+	{datapath.Kubenat, datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs},
+	{datapath.Kubenat, datapath.ExternalToNodePort, datapath.ExternalToPodIP, datapath.ExternalToPodIPs},
+	{datapath.KubenatSocketLB, datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs},
+	{datapath.KubenatSocketLBUntracked, datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs},
+}
+
+// writeTargetRows writes tp's target rows at n Services: its rate against
+// its rate at 10 and against the no-ruleset baselines (the spread one when
+// measured). Nothing when a rate is missing.
+func writeTargetRows(w io.Writer, d *datapath.Results, tp targetPath, n int) {
+	at := median(d.Find(tp.ruleset, tp.svc, n))
+	ten := tenRate(d, tp.ruleset, tp.svc, n)
+	direct := median(d.Find(datapath.None, tp.direct, n))
+	if at == 0 || ten == 0 || direct == 0 {
+		return
+	}
+	subject := fmt.Sprintf("%s at %s Services", tp.svc, thousands(n))
+	if tp.ruleset != datapath.Kubenat {
+		subject = fmt.Sprintf("%s, %s, at %s Services", tp.svc, tp.ruleset, thousands(n))
+	}
+	rounds := "same rounds"
+	if median(d.Find(datapath.TenOf(tp.ruleset), tp.svc, n)) == 0 {
+		rounds = "other rounds" // no reference measured with it
+	}
+	row := func(target string, ratio, want float64) {
+		fmt.Fprintf(w, "| %s ≥ %s | %.0f %% | %s |\n", subject, target, 100*ratio, verdict(ratio >= want))
+	}
+	row(fmt.Sprintf("95 %% of its rate at 10 (%s)", rounds), at/ten, targetVsTen)
+	row(fmt.Sprintf("90 %% of %s (no ruleset)", tp.direct), at/direct, targetVsDirect)
+	if spread := median(d.Find(datapath.None, tp.spread, n)); spread > 0 {
+		row(fmt.Sprintf("90 %% of %s (no ruleset; spread as the Service spreads)", tp.spread), at/spread, targetVsDirect)
+	}
+}
+
 // tenRate is the rate of ruleset with 10 other Services that its rate at
 // n compares with: its 10-Service reference's (datapath.TenOf), measured
 // in the same rounds, when there is one, else its own at 10.
@@ -171,11 +178,7 @@ func writeSpread(w io.Writer, d *datapath.Results, svc, direct, spread string, r
 	p("a one-thread loop wakes a different accepting thread each time, more often on an idle vCPU.\n")
 	p("Each ruleset's %s as a share of it:\n\n", svc)
 	rs = slices.DeleteFunc(slices.Clone(rs), datapath.IsTen)
-	cols := []string{"Services", spread + ", no ruleset", "vs " + direct}
-	for _, r := range rs {
-		cols = append(cols, r)
-	}
-	writeHeader(w, cols...)
+	writeHeader(w, append([]string{"Services", spread + ", no ruleset", "vs " + direct}, rs...)...)
 	for _, n := range sizes(d) {
 		sp := d.Find(datapath.None, spread, n)
 		p("| %s | %s | %s |", thousands(n), fmtRate(rateStat(sp)), pct(median(sp), median(d.Find(datapath.None, direct, n))))
