@@ -1,15 +1,19 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"k8s.io/klog/v2"
 )
 
 // localAddrs returns the unicast addresses configured on this network
-// namespace's interfaces (for nodePortAddresses CIDRs), sorted.
+// namespace's interfaces (model.Config.LocalAddrs), sorted.
 func localAddrs() ([]netip.Addr, error) {
 	list, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
@@ -37,15 +41,71 @@ func localAddrs() ([]netip.Addr, error) {
 // must see the node as the agent does (kubenat trace --live) use it.
 func LocalAddrs() ([]netip.Addr, error) { return localAddrs() }
 
-// needsLocalAddrs reports whether the configuration selects NodePort
-// addresses by CIDR, so the node's interface addresses matter.
-func needsLocalAddrs(nodePortAddresses []string) bool {
-	for _, s := range nodePortAddresses {
-		if s != "primary" {
-			return true
+// watchAddrs signals on changed each time an address is added to or
+// removed from an interface of this network namespace, and once after
+// each subscription (for changes made while none was open), until ctx
+// ends. A signal is never waited for: one pending signal stands for any
+// number of changes. A subscription that fails is opened again after
+// retry; the agent's periodic check covers the gap.
+func watchAddrs(ctx context.Context, changed chan<- struct{}, retry time.Duration) {
+	for {
+		err := subscribeAddrs(ctx, changed)
+		if ctx.Err() != nil {
+			return
+		}
+		klog.ErrorS(err, "Watching the node's addresses failed; subscribing again", "after", retry)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retry):
 		}
 	}
-	return false
+}
+
+// subscribeAddrs is one subscription of watchAddrs. It returns when ctx
+// ends, or with an error when the subscription fails or ends.
+func subscribeAddrs(ctx context.Context, changed chan<- struct{}) error {
+	updates := make(chan netlink.AddrUpdate, 64)
+	done := make(chan struct{})
+	err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{
+		ErrorCallback: func(err error) {
+			if ctx.Err() == nil {
+				klog.ErrorS(err, "Reading the node's address changes")
+			}
+		},
+		// Room for a burst (a CNI configuring many interfaces) before the
+		// kernel drops notifications, which ends the subscription.
+		ReceiveBufferSize: 1 << 20,
+	})
+	if err != nil {
+		close(done)
+		return fmt.Errorf("subscribing to the node's address changes: %w", err)
+	}
+	defer func() {
+		close(done) // closes the socket: the receiver ends and closes updates
+		for range updates {
+		}
+	}()
+	notify(changed)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-updates:
+			if !ok {
+				return errors.New("the subscription to the node's address changes ended")
+			}
+			notify(changed)
+		}
+	}
+}
+
+// notify signals on c unless a signal is already pending.
+func notify(c chan<- struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 // DefaultRouteAddrs returns, per family, the source address this network

@@ -105,7 +105,7 @@ func New(opts Options) (*Agent, error) {
 	if err := opts.Config.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration: %w", err)
 	}
-	if needsLocalAddrs(opts.Config.NodePortAddresses) && opts.Config.LocalAddrs == nil {
+	if opts.Config.NeedsLocalAddrs() && opts.Config.LocalAddrs == nil {
 		addrs, err := localAddrs()
 		if err != nil {
 			return nil, err
@@ -206,16 +206,32 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- src.Run(ctx, a) }()
 
-	var last time.Time
-	backoff := time.Second
-	var retry <-chan time.Time
+	// The node's addresses are followed when the rules depend on them:
+	// notified by the kernel, and checked every 10 s in case a
+	// notification was lost. Their changes are applied at once, without
+	// waiting for MinSyncPeriod (with untracked pod TCP, the replies to a
+	// new address are untracked until it is programmed).
+	addrsChanged := make(chan struct{}, 1)
+	if a.opts.Config.NeedsLocalAddrs() {
+		go watchAddrs(ctx, addrsChanged, time.Second)
+	}
 	addrCheck := time.NewTicker(10 * time.Second)
 	defer addrCheck.Stop()
+
+	var last time.Time // the last sync's start
+	backoff := time.Second
+	// due fires when the next sync is due: MinSyncPeriod after the last
+	// one once something changed, or after backoff when it failed (a
+	// change cuts that short to MinSyncPeriod again).
+	var due <-chan time.Time
+	retrying := false
 	for {
+		now := false
 		select {
 		case <-addrCheck.C:
-			a.refreshLocalAddrs()
-			continue
+			now = a.refreshLocalAddrs()
+		case <-addrsChanged:
+			now = a.refreshLocalAddrs()
 		case <-ctx.Done():
 			return nil
 		case err := <-srcErr:
@@ -225,31 +241,29 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 			<-ctx.Done()
 			return nil
 		case <-a.kick:
-		case <-retry:
-		}
-		retry = nil
-		if !a.sourceSynced() {
-			// Objects are still arriving; Synced kicks again when the
-			// initial content is complete. Not an error: nothing to retry.
-			continue
-		}
-		if wait := a.opts.MinSyncPeriod - time.Since(last); wait > 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(wait):
+			if due == nil || retrying {
+				due, retrying = time.After(max(0, a.opts.MinSyncPeriod-time.Since(last))), false
 			}
+		case <-due:
+			due, now = nil, true
 		}
-		last = time.Now()
-		if err := a.sync(ctx); errors.Is(err, errNotSynced) {
-			continue // Synced will kick again
-		} else if err != nil {
-			klog.ErrorS(err, "Sync failed; will retry", "after", backoff)
-			retry = time.After(backoff)
-			backoff = min(2*backoff, 30*time.Second)
+		if !now || !a.sourceSynced() {
+			// Objects may still be arriving; Synced kicks again when the
+			// initial content is complete.
 			continue
 		}
-		backoff = time.Second
+		due, retrying = nil, false // this sync takes every change so far
+		last = time.Now()
+		err := a.sync(ctx)
+		switch {
+		case errors.Is(err, errNotSynced): // Synced will kick again
+		case err != nil:
+			klog.ErrorS(err, "Sync failed; will retry", "after", backoff)
+			due, retrying = time.After(backoff), true
+			backoff = min(2*backoff, 30*time.Second)
+		default:
+			backoff = time.Second
+		}
 	}
 }
 
@@ -282,28 +296,27 @@ func (a *Agent) serveHealthz(ctx context.Context) {
 	}
 }
 
-// refreshLocalAddrs re-reads the node's addresses when NodePorts are
-// served on addresses selected by CIDR, and rebuilds everything if they
-// changed.
-func (a *Agent) refreshLocalAddrs() {
-	if !needsLocalAddrs(a.opts.Config.NodePortAddresses) {
-		return
+// refreshLocalAddrs re-reads the node's addresses when the rules depend
+// on them (model.Config.NeedsLocalAddrs) and records them if they changed,
+// which it reports.
+func (a *Agent) refreshLocalAddrs() bool {
+	if !a.opts.Config.NeedsLocalAddrs() {
+		return false
 	}
 	addrs, err := localAddrs()
 	if err != nil {
 		klog.ErrorS(err, "Reading the node's addresses failed")
-		return
+		return false
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	cfg := a.builder.Config()
-	if slices.Equal(cfg.LocalAddrs, addrs) {
-		return
+	if slices.Equal(a.builder.Config().LocalAddrs, addrs) {
+		return false
 	}
 	klog.InfoS("The node's addresses changed", "addresses", addrs)
-	cfg.LocalAddrs = addrs
-	a.builder.SetConfig(cfg)
+	a.builder.SetLocalAddrs(addrs)
 	a.changed()
+	return true
 }
 
 // sourceSynced reports whether the source has delivered its initial

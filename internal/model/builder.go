@@ -133,6 +133,20 @@ func (b *Builder) SetConfig(cfg Config) {
 	b.full = true
 }
 
+// SetLocalAddrs records the addresses of the node's interfaces
+// (Config.LocalAddrs). When NodePorts are selected by CIDR the frontends
+// may change, and the next Build is full. Otherwise no Service changes:
+// the State's Config carries the new addresses at once, and backends
+// compare the node's own elements (its addresses) on every sync.
+func (b *Builder) SetLocalAddrs(addrs []netip.Addr) {
+	b.cfg.LocalAddrs = addrs
+	if b.cfg.NodePortsByCIDR() {
+		b.full = true
+		return
+	}
+	b.state.Config.LocalAddrs = addrs
+}
+
 // Config returns the configuration in use.
 func (b *Builder) Config() Config { return b.cfg }
 

@@ -24,8 +24,12 @@ type Config struct {
 	// give an address (the agent fills in its default routes' sources).
 	FallbackNodeIPs []netip.Addr
 	// LocalAddrs are the addresses configured on this node's interfaces,
-	// used to match NodePortAddresses CIDRs. The agent fills them in; when
-	// empty, the node addresses are used.
+	// used to match NodePortAddresses CIDRs (when empty, the node
+	// addresses are used) and, with UntrackPodTCP, as the node's addresses
+	// whose traffic stays tracked: there they must be complete, or the
+	// replies to connections masqueraded to a missing address are left
+	// untracked. The agent fills them in and keeps them current (see
+	// NeedsLocalAddrs).
 	LocalAddrs []netip.Addr
 	// NodePortAddresses selects the addresses NodePorts are served on:
 	// "primary" (the node's primary address of each family) and/or CIDRs.
@@ -82,6 +86,22 @@ var (
 	linkLocal4 = netip.MustParsePrefix("169.254.0.0/16")
 	linkLocal6 = netip.MustParsePrefix("fe80::/10")
 )
+
+// NodePortsByCIDR reports whether NodePortAddresses selects addresses by
+// CIDR, so the NodePort frontends depend on LocalAddrs.
+func (c *Config) NodePortsByCIDR() bool {
+	for _, s := range c.NodePortAddresses {
+		if s != "primary" {
+			return true
+		}
+	}
+	return false
+}
+
+// NeedsLocalAddrs reports whether the rules depend on LocalAddrs: NodePorts
+// selected by CIDR, or pod-to-pod TCP left untracked (whatever SocketLB
+// says: the agent may turn the balancer on and off).
+func (c *Config) NeedsLocalAddrs() bool { return c.NodePortsByCIDR() || c.UntrackPodTCP }
 
 // NonMasqueradeCIDRs returns, for one family, every destination range pod
 // traffic reaches without SNAT: the configured (or default) ranges, the

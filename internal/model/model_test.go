@@ -466,6 +466,50 @@ func TestNodeInputs(t *testing.T) {
 	}
 }
 
+// TestSetLocalAddrs: new interface addresses rebuild every Service only
+// when NodePorts are selected by CIDR; otherwise no Service changes and
+// the State's Config carries them at once.
+func TestSetLocalAddrs(t *testing.T) {
+	addr := netip.MustParseAddr("192.168.50.7")
+	for _, tc := range []struct {
+		name       string
+		nodePorts  []string
+		full       bool
+		nodePorts2 []string // NodePort addresses after the change
+	}{
+		{"primary", nil, false, []string{"192.168.100.11"}},
+		{"by CIDR", []string{"primary", "192.168.50.0/24"}, true, []string{"192.168.50.7", "192.168.100.11"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testCfg
+			cfg.NodePortAddresses = tc.nodePorts
+			b := NewBuilder(cfg)
+			b.SetService(svc("web", func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeNodePort
+				s.Spec.Ports[0].NodePort = 30080
+			}), "test")
+			b.Build()
+			b.SetLocalAddrs([]netip.Addr{addr})
+			st, d := b.Build()
+			if d.Full != tc.full || (!tc.full && len(d.Changed) != 0) {
+				t.Errorf("delta %+v, want full %v", d, tc.full)
+			}
+			if !reflect.DeepEqual(st.Config.LocalAddrs, []netip.Addr{addr}) || !reflect.DeepEqual(b.Config().LocalAddrs, st.Config.LocalAddrs) {
+				t.Errorf("LocalAddrs: State %v, Builder %v", st.Config.LocalAddrs, b.Config().LocalAddrs)
+			}
+			var nps []string
+			for _, f := range st.Services[ServiceKey{"default", "web"}][0].Frontends {
+				if f.Kind == NodePort {
+					nps = append(nps, f.Addr.String())
+				}
+			}
+			if !reflect.DeepEqual(nps, tc.nodePorts2) {
+				t.Errorf("NodePort addresses %v, want %v", nps, tc.nodePorts2)
+			}
+		})
+	}
+}
+
 func TestEgressMasquerade(t *testing.T) {
 	st := Build(testCfg, Objects{})
 	tests := []struct {
