@@ -743,9 +743,12 @@ func (b *bed) load(ctx context.Context, o Options, ruleset string) (Load, error)
 	return l, nil
 }
 
-// config is kubenat's configuration for node-a.
+// config is kubenat's configuration for node-a. LocalAddrs are node-a's
+// addresses, as the agent would read them: untracked pod TCP keeps the
+// replies to them (to masqueraded NodePort connections) tracked.
 func (b *bed) config() model.Config {
-	return model.Config{NodeName: b.node.Name, ClusterCIDRs: []netip.Prefix{topo.ClusterCIDR}}
+	return model.Config{NodeName: b.node.Name, ClusterCIDRs: []netip.Prefix{topo.ClusterCIDR},
+		LocalAddrs: []netip.Addr{b.node.Addr, b.node.Gateway}}
 }
 
 // loadKubenat builds kubenat's State for v (the benchmark's Services, or

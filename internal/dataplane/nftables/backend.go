@@ -33,6 +33,9 @@ type Backend struct {
 	// so the Backend keeps no copy of the ruleset.
 	counts map[model.Family]map[string]int
 	shared map[model.Family]map[string]map[string]int
+	// node is the node's elements the kernel holds (nodeElems): they
+	// change without any Service changing (the node's addresses).
+	node []elem
 }
 
 // sharedSets are the sets whose elements several Services may contribute:
@@ -54,20 +57,24 @@ type SyncResult struct {
 
 // Sync makes the kernel match st. d says which Services changed since the
 // previous Sync; a full resync is done when d.Full is set or the previous
-// Sync failed. On error the kernel keeps its previous (complete) ruleset.
+// Sync failed. The node's elements (its addresses in node-addrs) are
+// compared on every Sync, so a change of them alone is a small
+// transaction too. On error the kernel keeps its previous (complete)
+// ruleset.
 func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (SyncResult, error) {
 	if !b.synced || d.Full || modesOf(st) != b.modes {
 		return b.fullSync(ctx, st)
 	}
-	if len(d.Changed) == 0 {
+	node := nodeElems(st)
+	if len(d.Changed) == 0 && slices.Equal(node, b.node) {
 		return SyncResult{}, nil
 	}
-	script, n := b.incremental(st, d)
+	script, n := b.incremental(st, d, node)
 	if _, err := b.run.Run(ctx, script); err != nil {
 		// The bookkeeping now describes a state the kernel does not have:
 		// replace everything on the next Sync.
 		b.synced = false
-		return SyncResult{}, fmt.Errorf("applying changes of %d Services: %w", len(d.Changed), err)
+		return SyncResult{}, fmt.Errorf("applying changes of %d Services and the node's elements: %w", len(d.Changed), err)
 	}
 	return SyncResult{Elements: n}, nil
 }
@@ -79,11 +86,12 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 // time, after the tables' skeleton (see groups), so at 50,000 Services it
 // never holds every element at once.
 type plan struct {
-	node   *content
-	st     *model.State
-	keys   []model.ServiceKey
-	counts map[model.Family]map[string]int
-	shared map[model.Family]map[string]map[string]int
+	nodeElems []elem
+	node      *content
+	st        *model.State
+	keys      []model.ServiceKey
+	counts    map[model.Family]map[string]int
+	shared    map[model.Family]map[string]map[string]int
 }
 
 // planOf counts what st contributes; the contributions themselves are
@@ -95,7 +103,8 @@ func planOf(st *model.State) *plan {
 		p.counts[a.f] = map[string]int{}
 		p.shared[a.f] = map[string]map[string]int{}
 	}
-	for _, e := range nodeElems(st) {
+	p.nodeElems = nodeElems(st)
+	for _, e := range p.nodeElems {
 		p.node.add(e)
 	}
 	for _, k := range p.keys {
@@ -377,7 +386,7 @@ type groupScript struct {
 
 // remember records, after a full sync of p, what incremental syncs need.
 func (b *Backend) remember(p *plan, m modes) {
-	b.counts, b.shared = p.counts, p.shared
+	b.counts, b.shared, b.node = p.counts, p.shared, p.nodeElems
 	b.modes, b.synced = m, true
 }
 
@@ -424,9 +433,10 @@ func objectsOf(cs []contrib, f model.Family) (sets map[string]bool, chains map[s
 }
 
 // incremental returns the script that takes the kernel from the changed
-// Services' previous ports (d.Old) to their ports in st, and its number of
-// element operations, and updates the bookkeeping.
-func (b *Backend) incremental(st *model.State, d model.Delta) (string, int) {
+// Services' previous ports (d.Old) to their ports in st, and from the
+// node's elements it holds to node, and its number of element operations,
+// and updates the bookkeeping.
+func (b *Backend) incremental(st *model.State, d model.Delta, node []elem) (string, int) {
 	var olds, news []contrib
 	for _, k := range d.Changed {
 		olds = append(olds, serviceContrib(st, d.Old[k]))
@@ -511,6 +521,10 @@ func (b *Backend) incremental(st *model.State, d model.Delta) (string, int) {
 		}
 	}
 
+	nodeDels, nodeAdds := diffElems(b.node, node)
+	dels, adds = append(dels, nodeDels...), append(adds, nodeAdds...)
+	b.node = node
+
 	var sb strings.Builder
 	for _, a := range families {
 		oldSets, oldChains := objectsOf(olds, a.f)
@@ -567,6 +581,22 @@ func (b *Backend) incremental(st *model.State, d model.Delta) (string, int) {
 		}
 	}
 	return sb.String(), len(dels) + len(adds)
+}
+
+// diffElems returns the elements only in old, and those only in now (or
+// whose value changed).
+func diffElems(old, now []elem) (dels, adds []elem) {
+	for _, e := range old {
+		if !slices.Contains(now, e) {
+			dels = append(dels, e)
+		}
+	}
+	for _, e := range now {
+		if !slices.Contains(old, e) {
+			adds = append(adds, e)
+		}
+	}
+	return dels, adds
 }
 
 // writeRules writes a chain's rules, flushing it first when it existed.

@@ -116,7 +116,30 @@ func nodeElems(st *model.State) []elem {
 			out = append(out, elem{f: a.f, set: setNoMasqCIDRs, key: p.String()})
 		}
 	}
+	if cidr := modesOf(st).untrack; cidr.IsValid() {
+		for _, addr := range untrackedNodeAddrs(st, cidr) {
+			out = append(out, elem{f: model.IPv4, set: setNodeAddrs, key: addr.String()})
+		}
+	}
 	return out
+}
+
+// untrackedNodeAddrs returns the node's addresses inside cidr, whose
+// traffic the untracked chain must leave tracked: the addresses of its
+// interfaces (Config.LocalAddrs) and of the Node object, sorted, without
+// duplicates. An address missing here would leave the replies to
+// connections masqueraded to it untracked, and so broken.
+func untrackedNodeAddrs(st *model.State, cidr netip.Prefix) []netip.Addr {
+	var out []netip.Addr
+	for _, list := range [][]netip.Addr{st.Config.LocalAddrs, st.Node.Addrs} {
+		for _, addr := range list {
+			if cidr.Contains(addr) {
+				out = append(out, addr)
+			}
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 func proto(p model.Protocol) string { return strings.ToLower(string(p)) }

@@ -345,3 +345,69 @@ func TestUntrackedRuleFollowsTheConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeAddrsFollowTheNode changes the node's addresses under untracked
+// pod TCP: each change is a small incremental transaction (no Service
+// changed), node-addrs keeps only IPv4 addresses inside the cluster CIDR,
+// and the kernel equals a fresh render after each step.
+func TestNodeAddrsFollowTheNode(t *testing.T) {
+	ctx := context.Background()
+	ns := netnstest.NewNamespace(t)
+	backend := New(runnerIn(ns), Options{})
+	b, _ := randomBuilder(3, 20)
+	cfg := testConfig()
+	cfg.SocketLB, cfg.UntrackPodTCP = true, true
+	b.SetConfig(cfg)
+	st, d := b.Build()
+	onlyConflicts(t, st)
+	if _, err := backend.Sync(ctx, st, d); err != nil {
+		t.Fatal(err)
+	}
+	addrs := func(s ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, a := range s {
+			out = append(out, netip.MustParseAddr(a))
+		}
+		return out
+	}
+	for i, step := range []struct {
+		local    []netip.Addr
+		want     string // node-addrs' elements, as nft lists them
+		elements int
+	}{
+		{addrs("192.168.100.11", "10.244.0.1", "fd00:244::1"), "10.244.0.1", 1},
+		{addrs("192.168.100.11", "10.244.0.1", "10.244.9.0"), "10.244.0.1, 10.244.9.0", 1},
+		{addrs("192.168.100.11", "10.244.9.0"), "10.244.9.0", 1},
+		{addrs("192.168.100.11"), "", 1},
+		{addrs("192.168.100.11"), "", 0},
+	} {
+		b.SetLocalAddrs(step.local)
+		st, d := b.Build()
+		res, err := backend.Sync(ctx, st, d)
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if res.Full || res.Elements != step.elements {
+			t.Errorf("step %d: full %v, %d element changes; want an incremental sync of %d", i, res.Full, res.Elements, step.elements)
+		}
+		out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "set", "ip", DefaultTable, setNodeAddrs).CombinedOutput()
+		if err != nil {
+			t.Fatalf("step %d: %v: %s", i, err, out)
+		}
+		got := ""
+		if _, after, ok := strings.Cut(string(out), "elements = { "); ok {
+			got, _, _ = strings.Cut(after, " }")
+		}
+		if got != step.want {
+			t.Errorf("step %d: node-addrs holds %q, want %q", i, got, step.want)
+		}
+		refNS := netnstest.NewNamespace(t)
+		script := "add table ip kubenat\ndelete table ip kubenat\nadd table ip6 kubenat\ndelete table ip6 kubenat\n" + Render(st, Options{})
+		if _, err := runnerIn(refNS).Run(ctx, script); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := canonical(t, ns), canonical(t, refNS); got != want {
+			t.Errorf("step %d: the kernel differs from the rendering:\n%s\nrendering:\n%s", i, got, want)
+		}
+	}
+}

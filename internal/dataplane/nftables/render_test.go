@@ -45,6 +45,10 @@ func TestRenderGolden(t *testing.T) {
 	cfgMasqAll.MasqueradeAll = true
 	cfgSocketLB := testConfig()
 	cfgSocketLB.SocketLB, cfgSocketLB.UntrackPodTCP = true, true
+	// node-addrs keeps the bridge address, not the LAN one (outside the
+	// cluster CIDR) nor the IPv6 one (IPv6 is never untracked).
+	cfgSocketLB.LocalAddrs = []netip.Addr{netip.MustParseAddr("192.168.100.11"), netip.MustParseAddr("10.244.1.1"),
+		netip.MustParseAddr("fd00:244::1")}
 	tests := []struct {
 		name string
 		dir  string
@@ -81,6 +85,10 @@ func TestRenderLoads(t *testing.T) {
 	ns := newNamespace(t)
 	cfgSocketLB := testConfig()
 	cfgSocketLB.SocketLB, cfgSocketLB.UntrackPodTCP = true, true
+	// node-addrs keeps the bridge address, not the LAN one (outside the
+	// cluster CIDR) nor the IPv6 one (IPv6 is never untracked).
+	cfgSocketLB.LocalAddrs = []netip.Addr{netip.MustParseAddr("192.168.100.11"), netip.MustParseAddr("10.244.1.1"),
+		netip.MustParseAddr("fd00:244::1")}
 	for _, cfg := range []model.Config{testConfig(), cfgSocketLB} {
 		st := loadDir(t, "../../../examples/basic", cfg)
 		script := "add table ip kubenat\ndelete table ip kubenat\nadd table ip6 kubenat\ndelete table ip6 kubenat\n" + Render(st, Options{})

@@ -119,6 +119,7 @@ const (
 	setFirewallAllow    = "firewall-allow"       // frontend . admitted source range
 	setHairpin          = "hairpin"              // local endpoint . itself
 	setTrackedEndpoints = "tracked-endpoints"    // TCP endpoints pod traffic may reach through DNAT (socket LB)
+	setNodeAddrs        = "node-addrs"           // this node's addresses in the untracked CIDR (socket LB)
 	mapAffinitySvcs     = "affinity-services"    // frontend → goto its affinity chain
 	mapAffinityLocal    = "affinity-local-services"
 	backendsPrefix      = "backends-"       // backends-N: frontend [. i] → endpoint
@@ -135,7 +136,7 @@ func (a fam) setDecl(name string, o Options) string {
 	switch {
 	case name == setLocalPodCIDRs || name == setClusterCIDRs || name == setNoMasqCIDRs:
 		return "type " + a.addrType + "; flags interval;"
-	case name == setClusterIPs:
+	case name == setClusterIPs || name == setNodeAddrs:
 		return "type " + a.addrType + ";"
 	case name == setFirewallAllow:
 		return "type " + a.frontendType() + " . " + a.addrType + "; flags interval;"
@@ -166,7 +167,8 @@ var staticSets = []string{
 	setLocalPodCIDRs, setClusterCIDRs, setNoMasqCIDRs, setClusterIPs,
 	setClusterIPFronts, setExternalFronts, setLocalFronts,
 	setRejectFronts, setDropFronts, setLocalDropFronts,
-	setFirewallFronts, setFirewallAllow, setHairpin, setTrackedEndpoints, mapAffinitySvcs, mapAffinityLocal,
+	setFirewallFronts, setFirewallAllow, setHairpin, setTrackedEndpoints, setNodeAddrs,
+	mapAffinitySvcs, mapAffinityLocal,
 }
 
 func backendsMap(local bool, n int) string {
@@ -223,20 +225,25 @@ func modesOf(st *model.State) modes {
 // untrackedChain is the chain that skips conntrack for TCP between pods
 // of the cluster CIDR cidr when no rule can have translated it (see
 // model.State.TrackedEndpoints): not to or from an endpoint kept tracked,
-// and not to a node address (the replies of masqueraded traffic). IPv4
-// only. A full sync adds it last, once tracked-endpoints is complete (see
-// Backend.fill).
+// and not to an address of this node (node-addrs: the replies of
+// masqueraded traffic, e.g. a NodePort connection SNATed to the bridge
+// address). IPv4 only. A full sync adds it last, once tracked-endpoints
+// and node-addrs are complete (see Backend.fill).
 //
 // Its rule runs for every packet that enters the node, so it is ordered
 // and written for cost: the CIDR is matched inline (a mask and a compare;
 // the cluster-cidrs interval set costs a tree lookup per address), and
-// the node-address and tracked-endpoint checks come only for pod-to-pod
-// TCP. A new CIDR changes the modes, which makes the next sync full.
+// the node-address and tracked-endpoint checks (hash lookups) come only
+// for pod-to-pod TCP. node-addrs replaces "fib daddr type local", a
+// routing lookup that cost more than both tracked-endpoint lookups
+// (docs/benchmarks.md); it is only as good as model.Config.LocalAddrs,
+// which the agent keeps in step with the node's interfaces. A new CIDR
+// changes the modes, which makes the next sync full.
 func (a fam) untrackedChain(cidr netip.Prefix) chain {
 	return chain{name: "raw-prerouting", hook: "type filter hook prerouting priority raw; policy accept;",
-		rules: []string{fmt.Sprintf("meta l4proto tcp %s %s %s %s fib daddr type != local "+
+		rules: []string{fmt.Sprintf("meta l4proto tcp %s %s %s %s %s != @%s "+
 			"%s . tcp sport != @%s %s . tcp dport != @%s notrack",
-			a.saddr, cidr, a.daddr, cidr,
+			a.saddr, cidr, a.daddr, cidr, a.daddr, setNodeAddrs,
 			a.saddr, setTrackedEndpoints, a.daddr, setTrackedEndpoints)}}
 }
 
