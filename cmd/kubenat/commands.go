@@ -60,7 +60,10 @@ func newRenderCmd() *cobra.Command {
 the same inputs: it takes the agent's flags and configuration file, and reads
 the same source (--manifests or the Kubernetes API). Problems in the input are
 reported on stderr; the objects they concern are left out and the rest is
-rendered.`,
+rendered. The one input it does not read is the addresses of this machine's
+interfaces, which the agent follows when --nodeport-addresses has CIDRs and
+for the untracked rule's node-addrs set: render uses the node's addresses
+(--node-ip or the Node object) alone, so that it can run anywhere.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := loadState(cmd.Context(), cmd.Flags(), configFile)
