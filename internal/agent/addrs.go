@@ -74,7 +74,10 @@ func subscribeAddrs(ctx context.Context, changed chan<- struct{}) error {
 			}
 		},
 		// Room for a burst (a CNI configuring many interfaces) before the
-		// kernel drops notifications, which ends the subscription.
+		// kernel drops notifications, which ends the subscription (the
+		// watch then subscribes again and re-reads). The kernel caps it at
+		// net.core.rmem_max; forcing it past that needs CAP_NET_ADMIN,
+		// and a refusal would end every subscription.
 		ReceiveBufferSize: 1 << 20,
 	})
 	if err != nil {

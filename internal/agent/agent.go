@@ -44,7 +44,9 @@ type Options struct {
 	// binary.
 	Runner nft.Runner
 	// MinSyncPeriod is the least time between two syncs: changes arriving
-	// meanwhile are batched into the next one.
+	// meanwhile are batched into the next one. The one exception: with
+	// Config.UntrackPodTCP, a change of the node's addresses is synced at
+	// once.
 	MinSyncPeriod time.Duration
 	// HealthzBindAddress is where /healthz and /livez are served (Run
 	// only); empty disables them.
@@ -208,30 +210,32 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 
 	// The node's addresses are followed when the rules depend on them:
 	// notified by the kernel, and checked every 10 s in case a
-	// notification was lost. Their changes are applied at once, without
-	// waiting for MinSyncPeriod (with untracked pod TCP, the replies to a
-	// new address are untracked until it is programmed).
+	// notification was lost. With untracked pod TCP their changes are
+	// applied at once, without waiting for MinSyncPeriod: the replies to
+	// a new address are untracked until it is programmed.
 	addrsChanged := make(chan struct{}, 1)
 	if a.opts.Config.NeedsLocalAddrs() {
 		go watchAddrs(ctx, addrsChanged, time.Second)
 	}
 	addrCheck := time.NewTicker(10 * time.Second)
 	defer addrCheck.Stop()
+	addrsNow := func() bool { return a.refreshLocalAddrs() && a.opts.Config.UntrackPodTCP }
 
 	var last time.Time // the last sync's start
 	backoff := time.Second
 	// due fires when the next sync is due: MinSyncPeriod after the last
-	// one once something changed, or after backoff when it failed (a
-	// change cuts that short to MinSyncPeriod again).
+	// one once something changed, or, after a failure, when both the
+	// backoff and MinSyncPeriod have passed (a change then brings it
+	// back to MinSyncPeriod).
 	var due <-chan time.Time
 	retrying := false
 	for {
 		now := false
 		select {
 		case <-addrCheck.C:
-			now = a.refreshLocalAddrs()
+			now = addrsNow()
 		case <-addrsChanged:
-			now = a.refreshLocalAddrs()
+			now = addrsNow()
 		case <-ctx.Done():
 			return nil
 		case err := <-srcErr:
@@ -252,14 +256,20 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 			// initial content is complete.
 			continue
 		}
-		due, retrying = nil, false // this sync takes every change so far
+		// This sync takes every change so far, including those whose kick
+		// is still pending.
+		due, retrying = nil, false
+		select {
+		case <-a.kick:
+		default:
+		}
 		last = time.Now()
 		err := a.sync(ctx)
 		switch {
 		case errors.Is(err, errNotSynced): // Synced will kick again
 		case err != nil:
 			klog.ErrorS(err, "Sync failed; will retry", "after", backoff)
-			due, retrying = time.After(backoff), true
+			due, retrying = time.After(max(backoff, a.opts.MinSyncPeriod-time.Since(last))), true
 			backoff = min(2*backoff, 30*time.Second)
 		default:
 			backoff = time.Second

@@ -91,7 +91,9 @@ type Configuration struct {
 	// MinSyncPeriod is the least time between two syncs of the kernel
 	// rules: changes arriving meanwhile are batched into one transaction.
 	// A change after a quiet period is applied at once; 0s syncs on every
-	// change. A Go duration ("100ms", "1s"), at most 1h. Default "100ms".
+	// change. With socketLB.untrackPodTCP, a change of the node's addresses
+	// is always synced at once. A Go duration ("100ms", "1s"), at most 1h.
+	// Default "100ms".
 	// Flag --min-sync-period.
 	MinSyncPeriod string `json:"minSyncPeriod"`
 	// MetricsBindAddress is the host:port the Prometheus metrics are

@@ -134,17 +134,17 @@ func (b *Builder) SetConfig(cfg Config) {
 }
 
 // SetLocalAddrs records the addresses of the node's interfaces
-// (Config.LocalAddrs). When NodePorts are selected by CIDR the frontends
-// may change, and the next Build is full. Otherwise no Service changes:
-// the State's Config carries the new addresses at once, and backends
-// compare the node's own elements (its addresses) on every sync.
+// (Config.LocalAddrs). The State's Config carries them at once (the State
+// of the previous Build changes too): backends compare the node's own
+// elements (its addresses) on every sync. Services change only when
+// NodePorts are selected by CIDR and the addresses they select change:
+// then the next Build is full.
 func (b *Builder) SetLocalAddrs(addrs []netip.Addr) {
 	b.cfg.LocalAddrs = addrs
-	if b.cfg.NodePortsByCIDR() {
-		b.full = true
-		return
-	}
 	b.state.Config.LocalAddrs = addrs
+	if b.cfg.NodePortsByCIDR() && !slices.Equal(nodePortAddrs(b.cfg, b.view.given), b.view.nodePortAddrs) {
+		b.full = true
+	}
 }
 
 // Config returns the configuration in use.
@@ -440,7 +440,7 @@ func (b *Builder) refreshNode() {
 	n.Addrs = uniqueAddrs(addrs)
 	b.state.Node = n
 	b.state.Config = b.cfg
-	b.view = nodeView{name: b.cfg.NodeName, addrs: n.Addrs, nodePortAddrs: nodePortAddrs(b.cfg, addrs)}
+	b.view = nodeView{name: b.cfg.NodeName, addrs: n.Addrs, nodePortAddrs: nodePortAddrs(b.cfg, addrs), given: addrs}
 }
 
 // nodePortAddrs returns the addresses NodePorts are served on.

@@ -467,8 +467,9 @@ func TestNodeInputs(t *testing.T) {
 }
 
 // TestSetLocalAddrs: new interface addresses rebuild every Service only
-// when NodePorts are selected by CIDR; otherwise no Service changes and
-// the State's Config carries them at once.
+// when NodePorts are selected by CIDR and the addresses they select
+// change; otherwise no Service changes and the State's Config carries
+// them at once.
 func TestSetLocalAddrs(t *testing.T) {
 	addr := netip.MustParseAddr("192.168.50.7")
 	for _, tc := range []struct {
@@ -479,6 +480,7 @@ func TestSetLocalAddrs(t *testing.T) {
 	}{
 		{"primary", nil, false, []string{"192.168.100.11"}},
 		{"by CIDR", []string{"primary", "192.168.50.0/24"}, true, []string{"192.168.50.7", "192.168.100.11"}},
+		{"by CIDR, outside it", []string{"primary", "192.168.60.0/24"}, false, []string{"192.168.100.11"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testCfg

@@ -77,6 +77,9 @@ type nodeView struct {
 	name          string
 	addrs         []netip.Addr // all node addresses
 	nodePortAddrs []netip.Addr // where NodePorts are served
+	// given are the node's addresses in the order given (the first of a
+	// family is its primary), from which nodePortAddrs was computed.
+	given []netip.Addr
 }
 
 // serviceData is what the model keeps of a Service: its spec parsed and
