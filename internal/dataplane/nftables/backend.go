@@ -521,7 +521,7 @@ func (b *Backend) incremental(st *model.State, d model.Delta, node []elem) (stri
 		}
 	}
 
-	nodeDels, nodeAdds := diffElems(b.node, node)
+	nodeDels, nodeAdds := diff(b.node, node)
 	dels, adds = append(dels, nodeDels...), append(adds, nodeAdds...)
 	b.node = node
 
@@ -531,9 +531,9 @@ func (b *Backend) incremental(st *model.State, d model.Delta, node []elem) (stri
 		nowSets, nowChains := objectsOf(news, a.f)
 		oldDyn, nowDyn := before[a.f], b.dynamic(a.f)
 		tbl := a.name + " " + b.o.Table
-		newMaps, goneMaps := diffNames(oldDyn.mapNames(), nowDyn.mapNames())
-		newSets, goneSets := diffNames(sortedKeys(oldSets), sortedKeys(nowSets))
-		newChains, goneChains := diffNames(sortedKeys(oldChains), sortedKeys(nowChains))
+		goneMaps, newMaps := diff(oldDyn.mapNames(), nowDyn.mapNames())
+		goneSets, newSets := diff(sortedKeys(oldSets), sortedKeys(nowSets))
+		goneChains, newChains := diff(sortedKeys(oldChains), sortedKeys(nowChains))
 
 		// 1. New maps (each with its chain), sets and (empty) chains.
 		for _, name := range newMaps {
@@ -583,22 +583,6 @@ func (b *Backend) incremental(st *model.State, d model.Delta, node []elem) (stri
 	return sb.String(), len(dels) + len(adds)
 }
 
-// diffElems returns the elements only in old, and those only in now (or
-// whose value changed).
-func diffElems(old, now []elem) (dels, adds []elem) {
-	for _, e := range old {
-		if !slices.Contains(now, e) {
-			dels = append(dels, e)
-		}
-	}
-	for _, e := range now {
-		if !slices.Contains(old, e) {
-			adds = append(adds, e)
-		}
-	}
-	return dels, adds
-}
-
 // writeRules writes a chain's rules, flushing it first when it existed.
 func writeRules(sb *strings.Builder, tbl, chain string, rules []string, flush bool) {
 	if flush {
@@ -609,19 +593,19 @@ func writeRules(sb *strings.Builder, tbl, chain string, rules []string, flush bo
 	}
 }
 
-// diffNames returns the names only in now, and the names only in old.
-func diffNames(old, now []string) (added, removed []string) {
-	for _, s := range now {
-		if !slices.Contains(old, s) {
-			added = append(added, s)
+// diff returns what is only in old, and what is only in now.
+func diff[T comparable](old, now []T) (removed, added []T) {
+	for _, x := range old {
+		if !slices.Contains(now, x) {
+			removed = append(removed, x)
 		}
 	}
-	for _, s := range old {
-		if !slices.Contains(now, s) {
-			removed = append(removed, s)
+	for _, x := range now {
+		if !slices.Contains(old, x) {
+			added = append(added, x)
 		}
 	}
-	return added, removed
+	return removed, added
 }
 
 // writeElems writes "add element"/"delete element" commands for one

@@ -91,9 +91,6 @@ func TestRenderLoads(t *testing.T) {
 		netip.MustParseAddr("fd00:244::1")}
 	for _, cfg := range []model.Config{testConfig(), cfgSocketLB} {
 		st := loadDir(t, "../../../examples/basic", cfg)
-		script := "add table ip kubenat\ndelete table ip kubenat\nadd table ip6 kubenat\ndelete table ip6 kubenat\n" + Render(st, Options{})
-		if _, err := runnerIn(ns).Run(t.Context(), script); err != nil {
-			t.Fatalf("socket LB %v: %v", cfg.SocketLB, err)
-		}
+		loadRendering(t, ns, st)
 	}
 }
