@@ -1,5 +1,5 @@
 # kubenat's make targets. `make bench` runs the benchmark suite (root, about
-# 30 minutes) and rewrites docs/benchmarks.md and docs/bench/.
+# 40 minutes: the datapath stage ~36, the control plane ~5) and rewrites docs/benchmarks.md and docs/bench/.
 GO ?= go
 
 .PHONY: bench bench-quick bpf
