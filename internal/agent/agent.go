@@ -268,8 +268,9 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		switch {
 		case errors.Is(err, errNotSynced): // Synced will kick again
 		case err != nil:
-			klog.ErrorS(err, "Sync failed; will retry", "after", backoff)
-			due, retrying = time.After(max(backoff, a.opts.MinSyncPeriod-time.Since(last))), true
+			wait := max(backoff, a.opts.MinSyncPeriod-time.Since(last))
+			klog.ErrorS(err, "Sync failed; will retry", "after", wait)
+			due, retrying = time.After(wait), true
 			backoff = min(2*backoff, 30*time.Second)
 		default:
 			backoff = time.Second

@@ -134,14 +134,12 @@ func (b *Builder) SetConfig(cfg Config) {
 }
 
 // SetLocalAddrs records the addresses of the node's interfaces
-// (Config.LocalAddrs). The State's Config carries them at once (the State
-// of the previous Build changes too): backends compare the node's own
-// elements (its addresses) on every sync. Services change only when
-// NodePorts are selected by CIDR and the addresses they select change:
-// then the next Build is full.
+// (Config.LocalAddrs); the next Build's State carries them, and backends
+// compare the node's own elements (its addresses) on every sync. Services
+// change only when NodePorts are selected by CIDR and the addresses they
+// select change: then the next Build is full.
 func (b *Builder) SetLocalAddrs(addrs []netip.Addr) {
 	b.cfg.LocalAddrs = addrs
-	b.state.Config.LocalAddrs = addrs
 	if b.cfg.NodePortsByCIDR() && !slices.Equal(nodePortAddrs(b.cfg, b.view.given), b.view.nodePortAddrs) {
 		b.full = true
 	}
@@ -271,6 +269,7 @@ func (b *Builder) Build() (*State, Delta) {
 		}
 	}
 	sortKeys(changed)
+	b.state.Config = b.cfg // SetLocalAddrs changes it without a full Build
 	b.dirty = map[ServiceKey]struct{}{}
 	b.full = false
 	b.collectErrors()

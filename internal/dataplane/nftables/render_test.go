@@ -21,6 +21,18 @@ func testConfig() model.Config {
 	}
 }
 
+// socketLBConfig is testConfig with the socket load balancer, untracked
+// pod TCP and interface addresses, of which node-addrs keeps the bridge
+// address only: not the LAN one (outside the cluster CIDR) nor the IPv6
+// one (IPv6 is never untracked).
+func socketLBConfig() model.Config {
+	cfg := testConfig()
+	cfg.SocketLB, cfg.UntrackPodTCP = true, true
+	cfg.LocalAddrs = []netip.Addr{netip.MustParseAddr("192.168.100.11"), netip.MustParseAddr("10.244.1.1"),
+		netip.MustParseAddr("fd00:244::1")}
+	return cfg
+}
+
 // loadDir builds the State of a manifest directory.
 func loadDir(t *testing.T, dir string, cfg model.Config) *model.State {
 	t.Helper()
@@ -43,12 +55,7 @@ func loadDir(t *testing.T, dir string, cfg model.Config) *model.State {
 func TestRenderGolden(t *testing.T) {
 	cfgMasqAll := testConfig()
 	cfgMasqAll.MasqueradeAll = true
-	cfgSocketLB := testConfig()
-	cfgSocketLB.SocketLB, cfgSocketLB.UntrackPodTCP = true, true
-	// node-addrs keeps the bridge address, not the LAN one (outside the
-	// cluster CIDR) nor the IPv6 one (IPv6 is never untracked).
-	cfgSocketLB.LocalAddrs = []netip.Addr{netip.MustParseAddr("192.168.100.11"), netip.MustParseAddr("10.244.1.1"),
-		netip.MustParseAddr("fd00:244::1")}
+	cfgSocketLB := socketLBConfig()
 	tests := []struct {
 		name string
 		dir  string
@@ -83,12 +90,7 @@ func TestRenderLoads(t *testing.T) {
 	// Covered with real kernels by TestIncrementalMatchesFullRender, which
 	// loads full renderings of random states; here only the examples.
 	ns := newNamespace(t)
-	cfgSocketLB := testConfig()
-	cfgSocketLB.SocketLB, cfgSocketLB.UntrackPodTCP = true, true
-	// node-addrs keeps the bridge address, not the LAN one (outside the
-	// cluster CIDR) nor the IPv6 one (IPv6 is never untracked).
-	cfgSocketLB.LocalAddrs = []netip.Addr{netip.MustParseAddr("192.168.100.11"), netip.MustParseAddr("10.244.1.1"),
-		netip.MustParseAddr("fd00:244::1")}
+	cfgSocketLB := socketLBConfig()
 	for _, cfg := range []model.Config{testConfig(), cfgSocketLB} {
 		st := loadDir(t, "../../../examples/basic", cfg)
 		loadRendering(t, ns, st)
