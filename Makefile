@@ -15,6 +15,6 @@ bench-quick:
 
 # Regenerates the socket load balancer's eBPF object and its Go bindings
 # (internal/dataplane/socketlb/bpf_bpfel.{o,go}, committed: building kubenat
-# needs no clang) from bpf/connect4.c. Needs clang and libbpf-dev.
+# needs no clang) from bpf/connect.c. Needs clang and libbpf-dev.
 bpf:
 	$(GO) generate ./internal/dataplane/socketlb

@@ -54,7 +54,7 @@ const (
 	Kubenat = "kubenat"
 	// KubenatSocketLB is kubenat with the socket load balancer
 	// (model.Config.SocketLB) in a table of its own ("kubenatslb"), and the
-	// eBPF connect4 balancer attached, while this ruleset is the live one,
+	// eBPF connect balancer attached, while this ruleset is the live one,
 	// to a cgroup the benchmark process is moved into (no other process is
 	// affected). Connection tracking stays as it is.
 	KubenatSocketLB = "kubenat-socket-lb"

@@ -9,12 +9,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // InNS runs fn on an OS thread switched into the named namespace. Sockets
@@ -152,16 +154,18 @@ func (s *EchoServer) Close() {
 	s.wg.Wait()
 }
 
-// Dial connects from h to dst over network ("tcp" or "udp"), and returns
-// the echo server's reply. A refused connection (TCP reset, ICMP port
-// unreachable) returns an error wrapping syscall.ECONNREFUSED; silence
+// Dial connects from h to dst over network, and returns the echo server's
+// reply. network is "tcp" or "udp", or one of two other ways clients make
+// TCP connections to an IPv4 address: "tcp4in6", an IPv6 socket connecting
+// to the IPv4-mapped address ::ffff:a.b.c.d (what Java does by default),
+// and "mptcp", a Multipath TCP socket. A refused connection (TCP reset, ICMP
+// port unreachable) returns an error wrapping syscall.ECONNREFUSED; silence
 // returns a timeout error.
 func Dial(ctx context.Context, h *Host, network string, dst netip.AddrPort, timeout time.Duration) (Reply, error) {
 	var conn net.Conn
-	d := net.Dialer{Timeout: timeout}
 	if err := InNS(h.NS, func() error {
 		var err error
-		conn, err = d.DialContext(ctx, network, dst.String())
+		conn, err = dial(ctx, network, dst, timeout)
 		return err
 	}); err != nil {
 		return Reply{}, err
@@ -178,6 +182,50 @@ func Dial(ctx context.Context, h *Host, network string, dst netip.AddrPort, time
 		return Reply{}, err
 	}
 	return parseReply(strings.TrimSpace(line))
+}
+
+// dial makes the connection Dial describes, in the current namespace.
+func dial(ctx context.Context, network string, dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	switch network {
+	case "tcp", "udp":
+		return d.DialContext(ctx, network, dst.String())
+	case "mptcp":
+		d.SetMultipathTCP(true)
+		return d.DialContext(ctx, "tcp", dst.String())
+	case "tcp4in6":
+		if !dst.Addr().Is4() {
+			return nil, fmt.Errorf("tcp4in6 dial to %s: not an IPv4 address", dst)
+		}
+		return dialMapped(dst, timeout)
+	}
+	return nil, fmt.Errorf("dial to %s: unknown network %q", dst, network)
+}
+
+// dialMapped connects an IPv6 TCP socket to the IPv4-mapped form of dst
+// (Go's net package never does: it dials IPv4 addresses with IPv4 sockets).
+func dialMapped(dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("tcp4in6 dial to %s: %w", dst, err)
+	}
+	f := os.NewFile(uintptr(fd), "tcp4in6")
+	defer f.Close()
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
+	if err := errors.Join(
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0),
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv), // bounds connect()
+	); err != nil {
+		return nil, fmt.Errorf("tcp4in6 dial to %s: %w", dst, err)
+	}
+	sa := &unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()} // ::ffff:a.b.c.d
+	if err := unix.Connect(fd, sa); err != nil {
+		if errors.Is(err, unix.EINPROGRESS) || errors.Is(err, unix.EAGAIN) {
+			err = fmt.Errorf("%w: %w", os.ErrDeadlineExceeded, err)
+		}
+		return nil, fmt.Errorf("tcp4in6 dial to %s: %w", dst, err)
+	}
+	return net.FileConn(f)
 }
 
 // UDPFlow is a long-lived UDP "connection" (one source port) that sends a

@@ -117,6 +117,27 @@ func TestSocketLoadBalancer(t *testing.T) {
 			t.Errorf("node-a tracks %d connections of the client pod, want 0 (balanced at connect, untracked)", n)
 		}
 	})
+	// Other sockets making the same TCP connection: an IPv6 socket to the
+	// IPv4-mapped ClusterIP (Java's default) meets the cgroup's connect6
+	// hook, not connect4. A connect the balancer missed would be DNATed
+	// by the rules, and its untracked replies never translated back.
+	for _, network := range []string{"tcp4in6", "mptcp"} {
+		t.Run(network+" sockets are balanced too", func(t *testing.T) {
+			flush(t)
+			hits, seen := e.spread(t, &cli.Host, network, vip, 20)
+			if len(hits) != 2 {
+				t.Errorf("answers %s: want web-1 and web-2", keys(hits))
+			}
+			for server, srcs := range seen {
+				if len(srcs) != 1 || !srcs[cli.Addr] {
+					t.Errorf("%s saw %v, want only the client pod %s", server, srcs, cli.Addr)
+				}
+			}
+			if n := len(tracked(t)); n != 0 {
+				t.Errorf("node-a tracks %d connections of the client pod, want 0", n)
+			}
+		})
+	}
 	t.Run("trace says so", func(t *testing.T) {
 		for dst, want := range map[string]string{
 			"10.96.0.10:80": "the socket load balancer connects the socket",

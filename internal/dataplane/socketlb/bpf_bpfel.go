@@ -47,6 +47,7 @@ const (
 	bpfMapBackends         = "backends"
 	bpfMapFrontends        = "frontends"
 	bpfProgKubenatConnect4 = "kubenat_connect4"
+	bpfProgKubenatConnect6 = "kubenat_connect6"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -92,6 +93,7 @@ type bpfSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
 	KubenatConnect4 *ebpf.ProgramSpec `ebpf:"kubenat_connect4"`
+	KubenatConnect6 *ebpf.ProgramSpec `ebpf:"kubenat_connect6"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -150,11 +152,13 @@ type bpfVariables struct {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
 	KubenatConnect4 *ebpf.Program `ebpf:"kubenat_connect4"`
+	KubenatConnect6 *ebpf.Program `ebpf:"kubenat_connect6"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.KubenatConnect4,
+		p.KubenatConnect6,
 	)
 }
 

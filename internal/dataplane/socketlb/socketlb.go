@@ -1,11 +1,14 @@
-// Package socketlb is kubenat's socket load balancer: an eBPF program on
-// the cgroup connect4 hook that rewrites a TCP connect() to a ClusterIP
-// into a connect() to one of the Service's endpoints, chosen with equal
-// probability, before the first packet exists (bpf/connect4.c).
+// Package socketlb is kubenat's socket load balancer: eBPF programs on
+// the cgroup connect4 and connect6 hooks that rewrite a TCP connect() to a
+// ClusterIP into a connect() to one of the Service's endpoints, chosen with
+// equal probability, before the first packet exists (bpf/connect.c). An
+// IPv6 socket connecting to the IPv4-mapped form of a ClusterIP
+// (::ffff:a.b.c.d, Java's default) is balanced the same way.
 //
 // It only accelerates: the nftables tables keep every rule, and a connect
 // the balancer does not rewrite (a frontend it does not hold, a Service
-// without endpoints, UDP, IPv6, a process outside the cgroup) is served by
+// without endpoints, UDP, IPv6 addresses, a process outside the cgroup) is
+// served by
 // them as before (with model.Config.UntrackPodTCP, only for the ports the
 // model keeps tracked: see model.State.TrackedEndpoints). Which ports it
 // holds, and with which endpoints, is the model's decision
@@ -41,8 +44,27 @@ import (
 	"github.com/kubenat/kubenat/internal/model"
 )
 
-// linkPin is the pinned name of the program's cgroup link in PinDir.
-const linkPin = "connect4"
+// hook is one of the cgroup hooks the balancer's programs are attached
+// to, and the name its link is pinned under in PinDir.
+type hook struct {
+	pin    string
+	attach ebpf.AttachType
+	prog   *ebpf.Program
+}
+
+// The names the hooks' links are pinned under.
+const (
+	connect4Pin = "connect4"
+	connect6Pin = "connect6"
+)
+
+// hooks returns the balancer's hooks.
+func (b *Balancer) hooks() []hook {
+	return []hook{
+		{connect4Pin, ebpf.AttachCGroupInet4Connect, b.objs.KubenatConnect4},
+		{connect6Pin, ebpf.AttachCGroupInet6Connect, b.objs.KubenatConnect6},
+	}
+}
 
 // Options configure a Balancer.
 type Options struct {
@@ -68,7 +90,7 @@ type group struct {
 // It is not safe for concurrent use.
 type Balancer struct {
 	objs   bpfObjects
-	link   link.Link
+	links  []link.Link
 	groups map[bpfFrontend]group // what the maps hold
 	used   map[uint32]bool       // group ids in use
 	nextID uint32
@@ -76,10 +98,11 @@ type Balancer struct {
 	prune  []bpfFrontend // removals Prune applies
 }
 
-// Open loads the program and attaches it to o.Cgroup, or, when o.PinDir
+// Open loads the programs and attaches them to o.Cgroup, or, when o.PinDir
 // holds a balancer pinned by an earlier process, replaces that one's
-// program and takes over its maps (their content is kept until the first
-// Update says otherwise).
+// programs and takes over its maps (their content is kept until the first
+// Update says otherwise). A hook the earlier balancer had no link on (one
+// from before kubenat had a connect6 program) gets a new one.
 func Open(o Options) (_ *Balancer, err error) {
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones
 	// to the cgroup (then this does nothing).
@@ -106,7 +129,7 @@ func Open(o Options) (_ *Balancer, err error) {
 	}
 	defer func() {
 		if err != nil {
-			b.objs.Close()
+			b.Close()
 		}
 	}()
 	if err := b.readMaps(); err != nil {
@@ -141,16 +164,28 @@ func checkBPFFS(dir string) error {
 	}
 }
 
-// attach links the program to the cgroup, or updates the pinned link.
+// attach links the programs to the cgroup, or updates the pinned links.
 func (b *Balancer) attach(o Options) error {
-	prog := b.objs.KubenatConnect4
 	var ino uint64
 	if fi, err := os.Stat(o.Cgroup); err != nil {
 		return fmt.Errorf("socket load balancer cgroup: %w", err)
 	} else if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		ino = st.Ino // a cgroup's id is its directory's inode number
 	}
-	pin := filepath.Join(o.PinDir, linkPin)
+	for _, h := range b.hooks() {
+		l, err := attachHook(o, ino, h)
+		if err != nil {
+			return err
+		}
+		b.links = append(b.links, l)
+	}
+	return nil
+}
+
+// attachHook links h's program to the cgroup (whose id is ino), or
+// updates h's pinned link.
+func attachHook(o Options, ino uint64, h hook) (link.Link, error) {
+	pin := filepath.Join(o.PinDir, h.pin)
 	if o.PinDir != "" {
 		l, err := link.LoadPinnedLink(pin, nil)
 		switch {
@@ -158,30 +193,28 @@ func (b *Balancer) attach(o Options) error {
 			// A kernel that cannot describe the link skips the check.
 			if info, ierr := l.Info(); ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId != ino {
 				l.Close()
-				return fmt.Errorf("the socket load balancer pinned in %s is attached to another cgroup than %s (run kubenat cleanup first)", o.PinDir, o.Cgroup)
+				return nil, fmt.Errorf("the socket load balancer pinned in %s is attached to another cgroup than %s (run kubenat cleanup first)", o.PinDir, o.Cgroup)
 			}
-			if err := l.Update(prog); err != nil {
+			if err := l.Update(h.prog); err != nil {
 				l.Close()
-				return fmt.Errorf("replacing the socket load balancer's program: %w", err)
+				return nil, fmt.Errorf("replacing the socket load balancer's %s program: %w", h.pin, err)
 			}
-			b.link = l
-			return nil
+			return l, nil
 		case !errors.Is(err, os.ErrNotExist):
-			return fmt.Errorf("opening the pinned socket load balancer: %w", err)
+			return nil, fmt.Errorf("opening the pinned socket load balancer (%s): %w", h.pin, err)
 		}
 	}
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: o.Cgroup, Attach: ebpf.AttachCGroupInet4Connect, Program: prog})
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: o.Cgroup, Attach: h.attach, Program: h.prog})
 	if err != nil {
-		return fmt.Errorf("attaching the socket load balancer to cgroup %s: %w", o.Cgroup, err)
+		return nil, fmt.Errorf("attaching the socket load balancer's %s program to cgroup %s: %w", h.pin, o.Cgroup, err)
 	}
 	if o.PinDir != "" {
 		if err := l.Pin(pin); err != nil {
 			l.Close()
-			return fmt.Errorf("pinning the socket load balancer: %w", err)
+			return nil, fmt.Errorf("pinning the socket load balancer's %s program: %w", h.pin, err)
 		}
 	}
-	b.link = l
-	return nil
+	return l, nil
 }
 
 // readMaps learns what the (possibly pinned) maps hold, and deletes the
@@ -407,20 +440,21 @@ func batchUpdate[K, V any](m *ebpf.Map, keys []K, vals []V) error {
 // attached and keeps working; an unpinned one is detached.
 func (b *Balancer) Close() error {
 	var errs []error
-	if b.link != nil {
-		errs = append(errs, b.link.Close())
+	for _, l := range b.links {
+		errs = append(errs, l.Close())
 	}
+	b.links = nil
 	errs = append(errs, b.objs.Close())
 	return errors.Join(errs...)
 }
 
 // Cleanup detaches the balancer pinned in pinDir and removes its pins and
 // the directory, and reports whether there was one. A missing directory is
-// not an error. Removing the last
-// pin of the link detaches the program (no process holds the link once
-// its agent is gone), also without BPF privileges; with them, the link is
-// opened first so that the program is detached when Cleanup returns (the
-// kernel releases an unpinned link asynchronously).
+// not an error. Removing the last pin of a link detaches its program (no
+// process holds the link once its agent is gone), also without BPF
+// privileges; with them, the links are opened first so that the programs
+// are detached when Cleanup returns (the kernel releases an unpinned link
+// asynchronously).
 func Cleanup(pinDir string) (removed bool, err error) {
 	entries, err := os.ReadDir(pinDir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -429,15 +463,19 @@ func Cleanup(pinDir string) (removed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("reading the socket load balancer's pins: %w", err)
 	}
-	if l, err := link.LoadPinnedLink(filepath.Join(pinDir, linkPin), nil); err == nil {
-		defer l.Close()
-	}
-	// The link first: the program stops before its maps go.
-	slices.SortStableFunc(entries, func(a, b os.DirEntry) int {
-		if a.Name() == linkPin {
-			return -1
+	linkPins := []string{connect4Pin, connect6Pin}
+	for _, name := range linkPins {
+		if l, err := link.LoadPinnedLink(filepath.Join(pinDir, name), nil); err == nil {
+			defer l.Close()
 		}
-		if b.Name() == linkPin {
+	}
+	// The links first: the programs stop before their maps go.
+	isLink := func(e os.DirEntry) bool { return slices.Contains(linkPins, e.Name()) }
+	slices.SortStableFunc(entries, func(a, b os.DirEntry) int {
+		switch {
+		case isLink(a) && !isLink(b):
+			return -1
+		case isLink(b) && !isLink(a):
 			return 1
 		}
 		return 0

@@ -2,6 +2,7 @@ package socketlb
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -135,6 +136,17 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 	if len(hits) != 3 {
 		t.Errorf("answers %v: want all three pods", hits)
 	}
+	// The same TCP connection made through other kinds of socket: an IPv6
+	// socket to the IPv4-mapped address (Java's default) meets the
+	// connect6 hook, not connect4; Multipath TCP has a socket of its own.
+	for _, network := range []string{"tcp4in6", "mptcp"} {
+		hits, err := l.answers(t, network, vip, 30)
+		if err != nil {
+			t.Errorf("%s connect to %s: %v", network, vip, err)
+		} else if len(hits) < 2 {
+			t.Errorf("%s answers %v: want the connects spread over the pods", network, hits)
+		}
+	}
 	if _, err := l.answers(t, "udp", netip.AddrPortFrom(vip.Addr(), 53), 1); err == nil {
 		t.Errorf("UDP to %s:53 was answered: the balancer must leave UDP to the rules (there are none here)", vip.Addr())
 	}
@@ -188,14 +200,31 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 		if _, err := l.answers(t, "tcp", vip, 5); err != nil {
 			t.Fatalf("after Close: %v", err)
 		}
+		// As an agent from before the connect6 program left it: only
+		// connect4 pinned. The new Open adds connect6.
+		c6, err := link.LoadPinnedLink(filepath.Join(pins, connect6Pin), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := errors.Join(os.Remove(filepath.Join(pins, connect6Pin)), c6.Close()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.answers(t, "tcp4in6", vip, 1); err == nil {
+			t.Fatalf("tcp4in6 to %s answered with connect6 detached (there are no rules here)", vip)
+		}
 		if b, err = Open(Options{Cgroup: cgroup, PinDir: pins}); err != nil {
 			t.Fatal(err)
+		}
+		if _, err := l.answers(t, "tcp4in6", vip, 5); err != nil {
+			t.Errorf("tcp4in6 after the new Open: %v", err)
 		}
 		if got := b.Frontends(); got != 1 {
 			t.Errorf("the reopened balancer holds %d frontends, want 1", got)
 		}
-		if n := attached(t, cgroup); n != 1 {
-			t.Errorf("%d programs on the cgroup's connect4 hook, want 1 (the new one replaces the old)", n)
+		for _, hook := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect} {
+			if n := attached(t, cgroup, hook); n != 1 {
+				t.Errorf("%d programs on the cgroup's %s hook, want 1 (the new one replaces the old)", n, hook)
+			}
 		}
 		web.Endpoints = l.endpoints("web-2")
 		l.set(web)
@@ -235,21 +264,23 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 		if _, err := l.answers(t, "tcp", vip, 1); err == nil {
 			t.Errorf("%s was answered after Cleanup", vip)
 		}
-		if n := attached(t, cgroup); n != 0 {
-			t.Errorf("%d programs on the cgroup's connect4 hook after Cleanup, want 0", n)
+		for _, hook := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect} {
+			if n := attached(t, cgroup, hook); n != 0 {
+				t.Errorf("%d programs on the cgroup's %s hook after Cleanup, want 0", n, hook)
+			}
 		}
 	})
 }
 
-// attached returns the number of programs on cgroup's connect4 hook.
-func attached(t *testing.T, cgroup string) int {
+// attached returns the number of programs on cgroup's hook.
+func attached(t *testing.T, cgroup string, hook ebpf.AttachType) int {
 	t.Helper()
 	f, err := os.Open(cgroup)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: hook})
 	if err != nil {
 		t.Fatal(err)
 	}

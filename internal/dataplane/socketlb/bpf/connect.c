@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// kubenat's socket load balancer: cgroup programs that rewrite the
+// destination of a TCP connect() to a Service frontend into one of the
+// Service's endpoints, chosen at random, before the first packet exists.
+// The connection then runs pod to pod: no DNAT, no conntrack entry for the
+// translation, nothing to undo on the way back.
+//
+// connect4 serves IPv4 sockets; connect6 serves IPv6 sockets connecting to
+// an IPv4-mapped address (::ffff:a.b.c.d), the same IPv4 connection made
+// through a dual-stack socket (Java's default). A Multipath TCP socket
+// meets these hooks as TCP. Frontends the maps do not hold (unknown
+// addresses, Services without endpoints, UDP, IPv6 addresses) are left
+// untouched: nftables then serves them as before, so the programs only
+// ever accelerate, they never decide alone.
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+// A frontend: destination address and port (network order) and protocol.
+struct frontend {
+	__u32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+// A frontend's current backend group: slots 0..count-1 of group id.
+// Userspace writes a new group under a fresh id, then swaps this value in
+// one update, then deletes the old group's slots.
+struct group {
+	__u32 id;
+	__u32 count;
+};
+
+struct slot {
+	__u32 id;
+	__u32 index;
+};
+
+// A backend: pod address and port (network order).
+struct backend {
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct frontend);
+	__type(value, struct group);
+} frontends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct slot);
+	__type(value, struct backend);
+} backends SEC(".maps");
+
+// pick returns one of fe's endpoints, or NULL when the maps hold none.
+static __always_inline struct backend *pick(struct frontend *fe)
+{
+	// A lookup can race with userspace replacing the group: the old
+	// group's slot may be gone by the time it is read. The new group is
+	// then already in place, so looking again finds it.
+	for (int try = 0; try < 3; try++) {
+		struct group *g = bpf_map_lookup_elem(&frontends, fe);
+		if (!g || g->count == 0)
+			return NULL;
+		struct slot s = {
+			.id = g->id,
+			.index = bpf_get_prandom_u32() % g->count,
+		};
+		struct backend *be = bpf_map_lookup_elem(&backends, &s);
+		if (be)
+			return be;
+	}
+	return NULL;
+}
+
+SEC("cgroup/connect4")
+int kubenat_connect4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 1;
+	struct frontend fe = {
+		.addr = ctx->user_ip4,
+		.port = (__u16)ctx->user_port,
+		.proto = IPPROTO_TCP,
+	};
+	struct backend *be = pick(&fe);
+	if (be) {
+		ctx->user_ip4 = be->addr;
+		ctx->user_port = be->port;
+	}
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int kubenat_connect6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 1;
+	// Only ::ffff:a.b.c.d: the kernel makes that an IPv4 connection,
+	// which connect4 never sees.
+	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 ||
+	    ctx->user_ip6[2] != bpf_htonl(0xffff))
+		return 1;
+	struct frontend fe = {
+		.addr = ctx->user_ip6[3],
+		.port = (__u16)ctx->user_port,
+		.proto = IPPROTO_TCP,
+	};
+	struct backend *be = pick(&fe);
+	if (be) {
+		ctx->user_ip6[3] = be->addr;
+		ctx->user_port = be->port;
+	}
+	return 1;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";
