@@ -284,7 +284,7 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 	p("kubenat-10 of the same rounds (clusters built minutes apart differ by up to ~10 %% for every path\n")
 	p("alike). iptables-legacy, whose tables cannot be switched off, is measured after the others.\n")
 	p("kubenat-socket-lb is kubenat with the socket load balancer (`--socket-lb-cgroup`): the eBPF\n")
-	p("connect4 program sends a pod's connect() to the ClusterIP straight to an endpoint;\n")
+	p("connect4/connect6 programs send a pod's connect() to the ClusterIP straight to an endpoint;\n")
 	p("kubenat-socket-lb-untracked adds `--untrack-pod-tcp` (pod-to-pod TCP untracked). Each has its own\n")
 	p("table, switched like the others, and its program is attached (to a cgroup holding only the\n")
 	p("benchmark process) and filled from scratch each time it is switched on. NodePort traffic is still\n")

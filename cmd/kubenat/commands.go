@@ -14,6 +14,7 @@ import (
 	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
+	"github.com/kubenat/kubenat/internal/trace/live"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -142,6 +143,11 @@ func newCleanupCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "removed the kubenat tables (ip, ip6)")
+			if removed, err := live.Cleanup(cmd.Context(), run); err != nil {
+				return err
+			} else if removed {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed the table of a live trace (%s)\n", live.Table)
+			}
 			removed, err := socketlb.Cleanup(pinDir)
 			if err != nil {
 				return err

@@ -130,6 +130,36 @@ func TestTraceLive(t *testing.T) {
 		}
 	})
 
+	nodePort := []string{"--src", e.c.Client.Addr.String(), "--dst", nodeA.Addr.String() + ":30080"}
+	dialNodePort := func() { e.mustDial(t, e.c.Client, "tcp", netip.AddrPortFrom(nodeA.Addr, 30080)) }
+	t.Run("one live trace at a time", func(t *testing.T) {
+		var second string
+		var secondErr error
+		out, err := e.traceLive(t, nodeA, nodePort, func() {
+			// The first trace holds the table and waits for its packet.
+			args := append(e.agentArgs(nodeA), "--live", "--timeout", "5s", "--local",
+				"--src", nodeA.Addr.String(), "--dst", "10.96.0.10:80")
+			args[0] = "trace"
+			second, secondErr = netnstest.Kubenat(t, &nodeA.Host, args...)
+			dialNodePort()
+		})
+		if err != nil {
+			t.Fatalf("the first trace: %v\n%s", err, out)
+		}
+		if secondErr == nil || !strings.Contains(second, "another live trace holds the table ip kubenat-trace") {
+			t.Errorf("a second trace while the first waited: %v\n%s\nwant it refused", secondErr, second)
+		}
+	})
+	t.Run("a table left by a killed trace is replaced", func(t *testing.T) {
+		stale := `create table ip kubenat-trace { comment "kubenat trace --live until 2000-01-01T00:00:00Z"; }`
+		if out, err := e.c.Exec(t.Context(), &nodeA.Host, "nft", stale); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if out, err := e.traceLive(t, nodeA, nodePort, dialNodePort); err != nil {
+			t.Fatalf("trace --live over a stale table: %v\n%s", err, out)
+		}
+	})
+
 	t.Run("no table is left behind", func(t *testing.T) {
 		out, err := e.c.Exec(t.Context(), &nodeA.Host, "nft", "list", "tables")
 		if err != nil {
@@ -137,6 +167,19 @@ func TestTraceLive(t *testing.T) {
 		}
 		if strings.Contains(out, live.Table) {
 			t.Errorf("tables after tracing:\n%s", out)
+		}
+	})
+	t.Run("kubenat cleanup removes a table a killed trace left", func(t *testing.T) {
+		stale := `create table ip6 kubenat-trace { comment "kubenat trace --live until 2000-01-01T00:00:00Z"; }`
+		if out, err := e.c.Exec(t.Context(), &nodeA.Host, "nft", stale); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		out, err := netnstest.Kubenat(t, &nodeA.Host, "cleanup", "--bpf-pin-dir", filepath.Join(t.TempDir(), "none"))
+		if err != nil || !strings.Contains(out, "removed the table of a live trace") {
+			t.Errorf("cleanup: %v\n%s", err, out)
+		}
+		if out, _ := e.c.Exec(t.Context(), &nodeA.Host, "nft", "list", "tables"); strings.Contains(out, "kubenat") {
+			t.Errorf("tables after cleanup:\n%s", out)
 		}
 	})
 }

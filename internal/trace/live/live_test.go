@@ -179,3 +179,34 @@ func TestMatchExpr(t *testing.T) {
 		t.Errorf("matchExpr = %q, want %q", got, want)
 	}
 }
+
+func TestHeldUntil(t *testing.T) {
+	until := time.Date(2026, 11, 27, 22, 50, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name, listing string
+		handle        string
+		until         time.Time
+		err           bool
+	}{
+		{name: "a trace's table",
+			listing: "table ip kubenat-trace { # handle 7\n\tcomment \"" + claimComment(until) + "\"\n\tchain output { # handle 1\n",
+			handle:  "7", until: until},
+		{name: "no comment (an older kubenat's)",
+			listing: "table ip6 kubenat-trace { # handle 12\n\tchain prerouting { # handle 1\n",
+			handle:  "12"},
+		{name: "someone else's comment",
+			listing: "table ip kubenat-trace { # handle 3\n\tcomment \"mine\"\n}\n",
+			handle:  "3"},
+		{name: "a comment naming no time",
+			listing: "table ip kubenat-trace { # handle 3\n\tcomment \"" + claimPrefix + "soon\"\n}\n",
+			handle:  "3"},
+		{name: "not a listing", listing: "Error: No such file or directory", err: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			handle, got, err := heldUntil(tc.listing)
+			if (err != nil) != tc.err || handle != tc.handle || !got.Equal(tc.until) {
+				t.Errorf("heldUntil = %q, %v, %v; want %q, %v, error %v", handle, got, err, tc.handle, tc.until, tc.err)
+			}
+		})
+	}
+}
