@@ -54,6 +54,9 @@ func InNS(name string, fn func() error) error {
 type Reply struct {
 	Server string
 	Seen   netip.AddrPort
+	// Peer is whom the client's socket says it is connected to
+	// (getpeername; IPv4-mapped addresses unmapped). Set by Dial.
+	Peer netip.AddrPort
 }
 
 // String returns "server (saw addr:port)".
@@ -181,7 +184,14 @@ func Dial(ctx context.Context, h *Host, network string, dst netip.AddrPort, time
 	if err != nil {
 		return Reply{}, err
 	}
-	return parseReply(strings.TrimSpace(line))
+	r, err := parseReply(strings.TrimSpace(line))
+	if err != nil {
+		return Reply{}, err
+	}
+	if peer, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil {
+		r.Peer = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
+	}
+	return r, nil
 }
 
 // dial makes the connection Dial describes, in the current namespace.

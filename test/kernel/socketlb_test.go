@@ -116,6 +116,9 @@ func TestSocketLoadBalancer(t *testing.T) {
 		if n := len(tracked(t)); n != 0 {
 			t.Errorf("node-a tracks %d connections of the client pod, want 0 (balanced at connect, untracked)", n)
 		}
+		if r := e.mustDial(t, &cli.Host, "tcp", vip); r.Peer != vip {
+			t.Errorf("the client's getpeername says %s (answered by %s), want the ClusterIP %s", r.Peer, r.Server, vip)
+		}
 	})
 	// Other sockets making the same TCP connection: an IPv6 socket to the
 	// IPv4-mapped ClusterIP (Java's default) meets the cgroup's connect6
@@ -135,6 +138,10 @@ func TestSocketLoadBalancer(t *testing.T) {
 			}
 			if n := len(tracked(t)); n != 0 {
 				t.Errorf("node-a tracks %d connections of the client pod, want 0", n)
+			}
+			// Multipath TCP's getpeername is not rewritten (docs/design.md).
+			if r := e.mustDial(t, &cli.Host, network, vip); network != "mptcp" && r.Peer != vip {
+				t.Errorf("the client's getpeername says %s (answered by %s), want the ClusterIP %s", r.Peer, r.Server, vip)
 			}
 		})
 	}

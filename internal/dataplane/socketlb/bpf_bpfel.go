@@ -34,6 +34,14 @@ type bpfGroup struct {
 	Count uint32
 }
 
+type bpfOrigin struct {
+	_            structs.HostLayout
+	FrontendAddr uint32
+	BackendAddr  uint32
+	FrontendPort uint16
+	BackendPort  uint16
+}
+
 type bpfSlot struct {
 	_     structs.HostLayout
 	Id    uint32
@@ -44,10 +52,13 @@ type bpfSlot struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapBackends         = "backends"
-	bpfMapFrontends        = "frontends"
-	bpfProgKubenatConnect4 = "kubenat_connect4"
-	bpfProgKubenatConnect6 = "kubenat_connect6"
+	bpfMapBackends             = "backends"
+	bpfMapFrontends            = "frontends"
+	bpfMapOrigins              = "origins"
+	bpfProgKubenatConnect4     = "kubenat_connect4"
+	bpfProgKubenatConnect6     = "kubenat_connect6"
+	bpfProgKubenatGetpeername4 = "kubenat_getpeername4"
+	bpfProgKubenatGetpeername6 = "kubenat_getpeername6"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -92,8 +103,10 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	KubenatConnect4 *ebpf.ProgramSpec `ebpf:"kubenat_connect4"`
-	KubenatConnect6 *ebpf.ProgramSpec `ebpf:"kubenat_connect6"`
+	KubenatConnect4     *ebpf.ProgramSpec `ebpf:"kubenat_connect4"`
+	KubenatConnect6     *ebpf.ProgramSpec `ebpf:"kubenat_connect6"`
+	KubenatGetpeername4 *ebpf.ProgramSpec `ebpf:"kubenat_getpeername4"`
+	KubenatGetpeername6 *ebpf.ProgramSpec `ebpf:"kubenat_getpeername6"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -102,6 +115,7 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	Backends  *ebpf.MapSpec `ebpf:"backends"`
 	Frontends *ebpf.MapSpec `ebpf:"frontends"`
+	Origins   *ebpf.MapSpec `ebpf:"origins"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -132,12 +146,14 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	Backends  *ebpf.Map `ebpf:"backends"`
 	Frontends *ebpf.Map `ebpf:"frontends"`
+	Origins   *ebpf.Map `ebpf:"origins"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Backends,
 		m.Frontends,
+		m.Origins,
 	)
 }
 
@@ -151,14 +167,18 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	KubenatConnect4 *ebpf.Program `ebpf:"kubenat_connect4"`
-	KubenatConnect6 *ebpf.Program `ebpf:"kubenat_connect6"`
+	KubenatConnect4     *ebpf.Program `ebpf:"kubenat_connect4"`
+	KubenatConnect6     *ebpf.Program `ebpf:"kubenat_connect6"`
+	KubenatGetpeername4 *ebpf.Program `ebpf:"kubenat_getpeername4"`
+	KubenatGetpeername6 *ebpf.Program `ebpf:"kubenat_getpeername6"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.KubenatConnect4,
 		p.KubenatConnect6,
+		p.KubenatGetpeername4,
+		p.KubenatGetpeername6,
 	)
 }
 

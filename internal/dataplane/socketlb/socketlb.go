@@ -3,7 +3,9 @@
 // ClusterIP into a connect() to one of the Service's endpoints, chosen with
 // equal probability, before the first packet exists (bpf/connect.c). An
 // IPv6 socket connecting to the IPv4-mapped form of a ClusterIP
-// (::ffff:a.b.c.d, Java's default) is balanced the same way.
+// (::ffff:a.b.c.d, Java's default) is balanced the same way. Programs on
+// the getpeername4/6 hooks make a balanced socket's getpeername() return
+// the ClusterIP it was connected to (not for Multipath TCP sockets).
 //
 // It only accelerates: the nftables tables keep every rule, and a connect
 // the balancer does not rewrite (a frontend it does not hold, a Service
@@ -52,17 +54,20 @@ type hook struct {
 	prog   *ebpf.Program
 }
 
-// The names the hooks' links are pinned under.
-const (
-	connect4Pin = "connect4"
-	connect6Pin = "connect6"
-)
+// hookPins are the names the links of the balancer's hooks are pinned
+// under in PinDir, in the order Balancer.hooks returns the hooks.
+func hookPins() []string {
+	return []string{"connect4", "connect6", "getpeername4", "getpeername6"}
+}
 
 // hooks returns the balancer's hooks.
 func (b *Balancer) hooks() []hook {
+	pins := hookPins()
 	return []hook{
-		{connect4Pin, ebpf.AttachCGroupInet4Connect, b.objs.KubenatConnect4},
-		{connect6Pin, ebpf.AttachCGroupInet6Connect, b.objs.KubenatConnect6},
+		{pins[0], ebpf.AttachCGroupInet4Connect, b.objs.KubenatConnect4},
+		{pins[1], ebpf.AttachCGroupInet6Connect, b.objs.KubenatConnect6},
+		{pins[2], ebpf.AttachCgroupInet4GetPeername, b.objs.KubenatGetpeername4},
+		{pins[3], ebpf.AttachCgroupInet6GetPeername, b.objs.KubenatGetpeername6},
 	}
 }
 
@@ -102,7 +107,8 @@ type Balancer struct {
 // holds a balancer pinned by an earlier process, replaces that one's
 // programs and takes over its maps (their content is kept until the first
 // Update says otherwise). A hook the earlier balancer had no link on (one
-// from before kubenat had a connect6 program) gets a new one.
+// from before kubenat had connect6 and getpeername programs) gets a new
+// one.
 func Open(o Options) (_ *Balancer, err error) {
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones
 	// to the cgroup (then this does nothing).
@@ -463,7 +469,7 @@ func Cleanup(pinDir string) (removed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("reading the socket load balancer's pins: %w", err)
 	}
-	linkPins := []string{connect4Pin, connect6Pin}
+	linkPins := hookPins()
 	for _, name := range linkPins {
 		if l, err := link.LoadPinnedLink(filepath.Join(pinDir, name), nil); err == nil {
 			defer l.Close()

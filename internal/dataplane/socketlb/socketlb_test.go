@@ -84,7 +84,8 @@ func (l *lab) sync(t *testing.T, b *Balancer) {
 }
 
 // answers connects n times to dst and returns who answered, failing t
-// when a pod saw another source than the client's own address.
+// when a pod saw another source than the client's own address, or when
+// the client's socket names another peer than dst.
 func (l *lab) answers(t *testing.T, network string, dst netip.AddrPort, n int) (map[string]int, error) {
 	t.Helper()
 	hits := map[string]int{}
@@ -97,6 +98,13 @@ func (l *lab) answers(t *testing.T, network string, dst netip.AddrPort, n int) (
 		}
 		if r.Seen.Addr() != l.c.Pod("cli").Addr {
 			t.Errorf("%s answered %s having seen %s, want the client's address %s", r.Server, dst, r.Seen, l.c.Pod("cli").Addr)
+		}
+		// There are no rules here: the balancer connected the socket,
+		// and getpeername must still say the ClusterIP. (Not for
+		// Multipath TCP: the connect hook sees its first subflow, not
+		// the socket the application holds.)
+		if network != "udp" && network != "mptcp" && r.Peer != dst {
+			t.Errorf("%s connect to %s answered by %s: getpeername says %s, want %s", network, dst, r.Server, r.Peer, dst)
 		}
 		hits[r.Server]++
 	}
@@ -200,14 +208,16 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 		if _, err := l.answers(t, "tcp", vip, 5); err != nil {
 			t.Fatalf("after Close: %v", err)
 		}
-		// As an agent from before the connect6 program left it: only
-		// connect4 pinned. The new Open adds connect6.
-		c6, err := link.LoadPinnedLink(filepath.Join(pins, connect6Pin), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := errors.Join(os.Remove(filepath.Join(pins, connect6Pin)), c6.Close()); err != nil {
-			t.Fatal(err)
+		// As an agent from before the connect6 and getpeername programs
+		// left it: only connect4 pinned. The new Open adds the others.
+		for _, pin := range hookPins()[1:] {
+			l, err := link.LoadPinnedLink(filepath.Join(pins, pin), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := errors.Join(os.Remove(filepath.Join(pins, pin)), l.Close()); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if _, err := l.answers(t, "tcp4in6", vip, 1); err == nil {
 			t.Fatalf("tcp4in6 to %s answered with connect6 detached (there are no rules here)", vip)
@@ -221,7 +231,7 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 		if got := b.Frontends(); got != 1 {
 			t.Errorf("the reopened balancer holds %d frontends, want 1", got)
 		}
-		for _, hook := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect} {
+		for _, hook := range allHooks {
 			if n := attached(t, cgroup, hook); n != 1 {
 				t.Errorf("%d programs on the cgroup's %s hook, want 1 (the new one replaces the old)", n, hook)
 			}
@@ -264,13 +274,17 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 		if _, err := l.answers(t, "tcp", vip, 1); err == nil {
 			t.Errorf("%s was answered after Cleanup", vip)
 		}
-		for _, hook := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect} {
+		for _, hook := range allHooks {
 			if n := attached(t, cgroup, hook); n != 0 {
 				t.Errorf("%d programs on the cgroup's %s hook after Cleanup, want 0", n, hook)
 			}
 		}
 	})
 }
+
+// allHooks are the cgroup hooks the balancer has a program on.
+var allHooks = []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect,
+	ebpf.AttachCgroupInet4GetPeername, ebpf.AttachCgroupInet6GetPeername}
 
 // attached returns the number of programs on cgroup's hook.
 func attached(t *testing.T, cgroup string, hook ebpf.AttachType) int {

@@ -9,7 +9,10 @@
 // connect4 serves IPv4 sockets; connect6 serves IPv6 sockets connecting to
 // an IPv4-mapped address (::ffff:a.b.c.d), the same IPv4 connection made
 // through a dual-stack socket (Java's default). A Multipath TCP socket
-// meets these hooks as TCP. Frontends the maps do not hold (unknown
+// meets these hooks as TCP. The frontend a socket was connected to is kept
+// with the socket (socket-local storage, freed with it), and getpeername4/6
+// return it instead of the endpoint: to the application, the connection is
+// to the ClusterIP it asked for. Frontends the maps do not hold (unknown
 // addresses, Services without endpoints, UDP, IPv6 addresses) are left
 // untouched: nftables then serves them as before, so the programs only
 // ever accelerate, they never decide alone.
@@ -63,6 +66,22 @@ struct {
 	__type(value, struct backend);
 } backends SEC(".maps");
 
+// A balanced socket's frontend and the endpoint it was sent to, as
+// getpeername would otherwise return them (network order).
+struct origin {
+	__u32 frontend_addr;
+	__u32 backend_addr;
+	__u16 frontend_port;
+	__u16 backend_port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct origin);
+} origins SEC(".maps");
+
 // pick returns one of fe's endpoints, or NULL when the maps hold none.
 static __always_inline struct backend *pick(struct frontend *fe)
 {
@@ -84,6 +103,34 @@ static __always_inline struct backend *pick(struct frontend *fe)
 	return NULL;
 }
 
+// remember keeps fe and be with the socket for getpeername. Without
+// memory for it, getpeername returns the endpoint: the connect goes on.
+static __always_inline void remember(struct bpf_sock_addr *ctx,
+				     struct frontend *fe, struct backend *be)
+{
+	struct origin *o = bpf_sk_storage_get(&origins, ctx->sk, 0,
+					      BPF_SK_STORAGE_GET_F_CREATE);
+	if (!o)
+		return;
+	o->frontend_addr = fe->addr;
+	o->frontend_port = fe->port;
+	o->backend_addr = be->addr;
+	o->backend_port = be->port;
+}
+
+// origin returns what the socket was connected to when its peer is still
+// the endpoint the balancer chose (a socket can be disconnected and
+// connected again elsewhere), else NULL.
+static __always_inline struct origin *origin(struct bpf_sock_addr *ctx,
+					     __u32 addr)
+{
+	struct origin *o = bpf_sk_storage_get(&origins, ctx->sk, 0, 0);
+	if (!o || o->backend_addr != addr ||
+	    o->backend_port != (__u16)ctx->user_port)
+		return NULL;
+	return o;
+}
+
 SEC("cgroup/connect4")
 int kubenat_connect4(struct bpf_sock_addr *ctx)
 {
@@ -96,6 +143,7 @@ int kubenat_connect4(struct bpf_sock_addr *ctx)
 	};
 	struct backend *be = pick(&fe);
 	if (be) {
+		remember(ctx, &fe, be);
 		ctx->user_ip4 = be->addr;
 		ctx->user_port = be->port;
 	}
@@ -119,8 +167,34 @@ int kubenat_connect6(struct bpf_sock_addr *ctx)
 	};
 	struct backend *be = pick(&fe);
 	if (be) {
+		remember(ctx, &fe, be);
 		ctx->user_ip6[3] = be->addr;
 		ctx->user_port = be->port;
+	}
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int kubenat_getpeername4(struct bpf_sock_addr *ctx)
+{
+	struct origin *o = origin(ctx, ctx->user_ip4);
+	if (o) {
+		ctx->user_ip4 = o->frontend_addr;
+		ctx->user_port = o->frontend_port;
+	}
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int kubenat_getpeername6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 ||
+	    ctx->user_ip6[2] != bpf_htonl(0xffff))
+		return 1;
+	struct origin *o = origin(ctx, ctx->user_ip6[3]);
+	if (o) {
+		ctx->user_ip6[3] = o->frontend_addr;
+		ctx->user_port = o->frontend_port;
 	}
 	return 1;
 }
