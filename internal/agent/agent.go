@@ -172,12 +172,13 @@ func (a *Agent) Close() error {
 	return a.balancer.Close()
 }
 
-// SyncOnce loads src once and programs the result.
+// SyncOnce loads src once and programs the result. Once started, the sync
+// runs to its end even if ctx ends (see Run).
 func (a *Agent) SyncOnce(ctx context.Context, src Source) error {
 	if err := src.Load(ctx, a); err != nil {
 		return fmt.Errorf("loading objects: %w", err)
 	}
-	return a.sync(ctx)
+	return a.sync(context.WithoutCancel(ctx))
 }
 
 // Run runs src and programs every change until ctx ends. It returns nil on
@@ -264,7 +265,9 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		default:
 		}
 		last = time.Now()
-		err := a.sync(ctx)
+		// A sync runs to its end, also on SIGTERM: a full sync stopped
+		// halfway would leave the rebuilt tables partly filled.
+		err := a.sync(context.WithoutCancel(ctx))
 		switch {
 		case errors.Is(err, errNotSynced): // Synced will kick again
 		case err != nil:

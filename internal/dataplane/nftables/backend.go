@@ -218,7 +218,11 @@ type elemID struct {
 //     and the standby tables deleted. Both copies are live while they
 //     coexist and each holds every Service either completely or not at
 //     all, so at every moment every Service is served by at least one
-//     complete copy of its rules.
+//     complete copy of its rules. (The untracked chain is taken out
+//     first and comes back last: see rebuild.)
+//
+// Creating fresh tables also deletes standby tables an interrupted
+// rebuild left behind.
 func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, error) {
 	b.synced = false
 	p := planOf(st)
@@ -245,10 +249,15 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 	if err != nil {
 		return SyncResult{}, err
 	}
-	if !created {
-		if err := b.rebuild(ctx, st, p); err != nil {
-			return SyncResult{}, err
+	if created {
+		// Standby tables an interrupted rebuild left (the agent killed
+		// after deleting the old tables) would keep DNATing by an older
+		// State.
+		if err := dropTables(ctx, b.run, StandbyTable(b.o.Table)); err != nil {
+			return SyncResult{}, fmt.Errorf("deleting standby tables left by an interrupted sync: %w", err)
 		}
+	} else if err := b.rebuild(ctx, st, p); err != nil {
+		return SyncResult{}, err
 	}
 	b.remember(p, modesOf(st))
 	return SyncResult{Full: true}, nil
@@ -260,7 +269,19 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 func StandbyTable(table string) string { return table + "-standby" }
 
 // rebuild replaces existing tables with p through standby tables.
+//
+// It first takes the untracked chain out of the existing tables: while
+// the standby tables are filled, they DNAT by the new State (the last
+// table to get a hook of the same priority runs first), and the old
+// chain would untrack the replies of connections they DNAT to endpoints
+// only the new State tracks (a new affinity Service, an
+// externalTrafficPolicy Local port, a node address). Until the rebuilt
+// tables get the chain back, with their sets complete, every flow is
+// tracked.
 func (b *Backend) rebuild(ctx context.Context, st *model.State, p *plan) error {
+	if err := dropUntracked(ctx, b.run, b.o.Table); err != nil {
+		return err
+	}
 	standby := b.o
 	standby.Table = StandbyTable(b.o.Table)
 	if _, err := b.fill(ctx, st, p, standby, false); err != nil {
@@ -271,11 +292,26 @@ func (b *Backend) rebuild(ctx context.Context, st *model.State, p *plan) error {
 		_ = dropTables(ctx, b.run, standby.Table)
 		return fmt.Errorf("deleting the previous kubenat tables: %w", err)
 	}
-	if _, err := b.fill(ctx, st, p, b.o, true); err != nil {
+	if _, err := b.fill(ctx, st, p, b.o, false); err != nil {
 		return err // the standby tables keep serving; the next full sync rebuilds
 	}
 	if err := dropTables(ctx, b.run, standby.Table); err != nil {
 		return fmt.Errorf("deleting the standby tables: %w", err)
+	}
+	return nil
+}
+
+// dropUntracked deletes the untracked chain of the IPv4 table of that
+// name, if it has one.
+func dropUntracked(ctx context.Context, run nft.Runner, table string) error {
+	a := famOf(model.IPv4)
+	tbl := a.name + " " + table
+	name := chainUntracked
+	// "add" first makes the delete succeed when the chain is absent; a
+	// chain is deleted empty.
+	script := fmt.Sprintf("add chain %s %s\nflush chain %s %s\ndelete chain %s %s\n", tbl, name, tbl, name, tbl, name)
+	if _, err := run.Run(ctx, script); err != nil {
+		return fmt.Errorf("removing the untracked chain from the tables %s: %w", table, err)
 	}
 	return nil
 }
@@ -323,7 +359,11 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 	}
 	if _, err := b.run.Run(ctx, sb.String()); err != nil {
 		if create {
-			return false, nil // a table exists (or the script is wrong: the rebuild will say)
+			// A table exists, or the script or the kernel failed: a
+			// rebuild replaces whatever is there, and reports its errors.
+			// (With a table present, nft 1.0.6 may fail on its maps
+			// before it finds the table, so the error does not tell.)
+			return false, nil
 		}
 		return false, fmt.Errorf("creating the tables %s: %w", o.Table, err)
 	}

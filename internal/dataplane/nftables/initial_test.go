@@ -253,8 +253,9 @@ func (r recordingRunner) Run(ctx context.Context, s string) (string, error) {
 
 // TestUntrackedChainComesLast: a full sync in groups adds the untracked
 // chain only in its last transaction, once tracked-endpoints is complete,
-// and never to the standby tables of a rebuild: until then every pod
-// flow is tracked.
+// and never to the standby tables of a rebuild; a rebuild takes the old
+// tables' chain out in its first transaction, before the standby tables
+// DNAT by the new State: until the end every pod flow is tracked.
 func TestUntrackedChainComesLast(t *testing.T) {
 	ctx := context.Background()
 	cfg := testConfig()
@@ -273,8 +274,12 @@ func TestUntrackedChainComesLast(t *testing.T) {
 		if len(scripts) < 4 {
 			t.Fatalf("%s in %d transactions; want groups", full, len(scripts))
 		}
+		// scripts[0] tried to create the tables, and found them.
+		if full == "rebuilt" && !strings.Contains(scripts[1], "delete chain ip kubenat raw-prerouting") {
+			t.Errorf("the rebuild's first transaction keeps the old untracked chain:\n%s", scripts[1])
+		}
 		for i, s := range scripts {
-			has := strings.Contains(s, "raw-prerouting")
+			has := strings.Contains(s, "priority raw") // the chain is added
 			if has && (i != len(scripts)-1 && !strings.Contains(scripts[i+1], "standby")) {
 				t.Errorf("%s: transaction %d of %d adds the untracked chain before the tables are complete", full, i+1, len(scripts))
 			}
@@ -282,7 +287,7 @@ func TestUntrackedChainComesLast(t *testing.T) {
 				t.Errorf("%s: transaction %d adds the untracked chain to the standby tables", full, i+1)
 			}
 		}
-		if !strings.Contains(strings.Join(scripts, ""), "raw-prerouting") {
+		if !strings.Contains(strings.Join(scripts, ""), "priority raw") {
 			t.Errorf("%s: no transaction adds the untracked chain", full)
 		}
 	}
@@ -399,5 +404,68 @@ func TestNodeAddrsFollowTheNode(t *testing.T) {
 		if got, want := canonical(t, ns), rendered(t, st); got != want {
 			t.Errorf("step %d: the kernel differs from the rendering:\n%s\nrendering:\n%s", i, got, want)
 		}
+	}
+}
+
+// refusingRunner runs scripts in a namespace, but refuses the first one
+// refuse matches (once).
+type refusingRunner struct {
+	inner   netnstest.NSRunner
+	refuse  func(script string) bool
+	refused *bool
+}
+
+func (r refusingRunner) Name() string { return r.inner.Name() }
+
+func (r refusingRunner) Run(ctx context.Context, s string) (string, error) {
+	if !*r.refused && r.refuse(s) {
+		*r.refused = true
+		return "", errors.New("refused")
+	}
+	return r.inner.Run(ctx, s)
+}
+
+// TestRebuildFailures: a rebuild whose new tables cannot be created after
+// the old ones were deleted reports the error (the standby tables keep
+// serving), never success over no tables; and standby tables an
+// interrupted rebuild left are deleted by the next full sync, which must
+// find none of an older State hooked.
+func TestRebuildFailures(t *testing.T) {
+	ctx := context.Background()
+	ns := netnstest.NewNamespace(t)
+	b, _ := randomBuilder(4, 40)
+	st, d := b.Build()
+	onlyConflicts(t, st)
+	tables := func() string {
+		out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "tables").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out)
+	}
+	refused := false
+	run := refusingRunner{inner: netnstest.NSRunner{NS: ns}, refused: &refused, refuse: func(s string) bool {
+		// The rebuilt tables' first transaction (not the standby's).
+		return strings.HasPrefix(s, "add table ip kubenat\ndelete table ip kubenat\n") && strings.Contains(s, "table ip kubenat {")
+	}}
+	if _, err := New(run, Options{InitialChunk: 7}).Sync(ctx, st, d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(run, Options{InitialChunk: 7}).Sync(ctx, st, d); err == nil || !refused {
+		t.Fatalf("a rebuild whose new tables were refused: Sync = %v, want the error", err)
+	}
+	if got := tables(); !strings.Contains(got, "table ip kubenat-standby") || strings.Contains(got, "table ip kubenat\n") {
+		t.Errorf("tables after the failed rebuild:\n%s\nwant only the standby tables, serving", got)
+	}
+	// As after an agent killed at that point: a new agent creates the
+	// tables afresh, and must drop the standby tables.
+	if _, err := New(run, Options{InitialChunk: 7}).Sync(ctx, st, d); err != nil {
+		t.Fatal(err)
+	}
+	if got := tables(); strings.Contains(got, "standby") {
+		t.Errorf("tables after the next full sync:\n%s\nwant no standby tables", got)
+	}
+	if got, want := canonical(t, ns), rendered(t, st); got != want {
+		t.Errorf("the kernel differs from a fresh render\nkernel:\n%s\nrender:\n%s", got, want)
 	}
 }

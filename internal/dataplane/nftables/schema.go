@@ -120,7 +120,9 @@ const (
 	setHairpin          = "hairpin"              // local endpoint . itself
 	setTrackedEndpoints = "tracked-endpoints"    // TCP endpoints pod traffic may reach through DNAT (socket LB)
 	setNodeAddrs        = "node-addrs"           // this node's addresses in the untracked CIDR (socket LB)
-	mapAffinitySvcs     = "affinity-services"    // frontend → goto its affinity chain
+
+	chainUntracked      = "raw-prerouting"    // the untracked chain (see fam.untrackedChain)
+	mapAffinitySvcs     = "affinity-services" // frontend → goto its affinity chain
 	mapAffinityLocal    = "affinity-local-services"
 	backendsPrefix      = "backends-"       // backends-N: frontend [. i] → endpoint
 	localBackendsPrefix = "local-backends-" // the same, for externalTrafficPolicy Local from outside
@@ -240,7 +242,7 @@ func modesOf(st *model.State) modes {
 // which the agent keeps in step with the node's interfaces. A new CIDR
 // changes the modes, which makes the next sync full.
 func (a fam) untrackedChain(cidr netip.Prefix) chain {
-	return chain{name: "raw-prerouting", hook: "type filter hook prerouting priority raw; policy accept;",
+	return chain{name: chainUntracked, hook: "type filter hook prerouting priority raw; policy accept;",
 		rules: []string{fmt.Sprintf("meta l4proto tcp %s %s %s %s %s != @%s "+
 			"%s . tcp sport != @%s %s . tcp dport != @%s notrack",
 			a.saddr, cidr, a.daddr, cidr, a.daddr, setNodeAddrs,
