@@ -100,6 +100,11 @@ type Agent struct {
 	counter    *metrics.StateCounter // programmed Services and endpoints
 	recount    bool                  // a sync failed: recount everything on the next success
 	fullNext   bool                  // a sync failed before the backend saw its changes
+	// unapplied is what the Builds of failed syncs said changed: the next
+	// sync applies it with its own Delta (health-check servers and
+	// conntrack cleanup work from the Delta, and Build reports a change
+	// once).
+	unapplied *model.Delta
 }
 
 // New returns an Agent for opts.
@@ -354,6 +359,9 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	start := time.Now()
 	st, delta := a.builder.Build()
+	if a.unapplied != nil {
+		delta, a.unapplied = a.unapplied.Then(delta), nil
+	}
 	if a.fullNext {
 		delta.Full, a.fullNext = true, false
 	}
@@ -374,7 +382,9 @@ func (a *Agent) sync(ctx context.Context) error {
 			cfg := a.builder.Config()
 			cfg.SocketLB = false
 			a.builder.SetConfig(cfg)
-			st, delta = a.builder.Build()
+			var again model.Delta
+			st, again = a.builder.Build()
+			delta = delta.Then(again)
 		}
 	}
 	// The backend only reads the changed Services of st, under the lock:
@@ -385,6 +395,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		// socket load balancer, whose removals were not applied (the next
 		// Build's Delta would not name them again).
 		a.recount, a.fullNext = true, a.balancer != nil
+		a.unapplied = &delta
 		a.mu.Unlock()
 		a.opts.Metrics.SyncFailed()
 		return err

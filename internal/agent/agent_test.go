@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -12,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
+	"github.com/kubenat/kubenat/internal/healthcheck"
+	"github.com/kubenat/kubenat/internal/k8sobj"
 	"github.com/kubenat/kubenat/internal/model"
 )
 
@@ -148,5 +151,51 @@ func TestAgentProgramsOnlyAfterSyncAndBatches(t *testing.T) {
 	waitFor(t, "the retry", func() bool { return run.count() == 4 })
 	if s := run.last(); !strings.Contains(s, "delete table ip kubenat") || strings.Contains(s, "10.96.0.1 ") {
 		t.Errorf("the retry is not a full replacement without the deleted Service:\n%s", s)
+	}
+}
+
+// TestFailedSyncChangesAreApplied: what changed in a sync that failed is
+// applied by the next one, also outside nftables: a LoadBalancer Service
+// with externalTrafficPolicy Local created then gets its health-check
+// server (the Builder reports a change once).
+func TestFailedSyncChangesAreApplied(t *testing.T) {
+	ctx := t.Context()
+	run := &fakeRunner{}
+	a, err := New(Options{Runner: run, NFT: nftables.Options{InitialChunk: -1},
+		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.svcHealth = healthcheck.NewServiceHealth(ctx, a.health, func(uint16) (net.Listener, error) {
+		return net.Listen("tcp", "127.0.0.1:0")
+	}, nil)
+	a.Synced()
+	if err := a.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	svc, slices := k8sobj.Service{Name: "lb", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.0.7"},
+		ETPLocal: true, HealthCheckNodePort: 32123, LoadBalancerIPs: []string{"192.0.2.7"},
+		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: 8080, NodePort: 30007}},
+		Endpoints: []k8sobj.Endpoint{{IP: "10.244.1.7", Node: "node-a"}}}.Objects()
+	a.SetService(svc, "test")
+	for _, s := range slices {
+		a.SetEndpointSlice(s, "test")
+	}
+	run.mu.Lock()
+	run.fail = true
+	run.mu.Unlock()
+	if err := a.sync(ctx); err == nil {
+		t.Fatal("the sync succeeded with a failing runner")
+	}
+	run.mu.Lock()
+	run.fail = false
+	run.mu.Unlock()
+	if err := a.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	key := model.ServiceKey{Namespace: svc.Namespace, Name: svc.Name}
+	if got := a.svcHealth.Ports()[key]; got != 32123 {
+		t.Errorf("health-check port of %s after the retry: %d, want 32123", key, got)
 	}
 }

@@ -29,6 +29,37 @@ type Delta struct {
 // Empty reports whether nothing changed.
 func (d Delta) Empty() bool { return !d.Full && len(d.Changed) == 0 }
 
+// Then returns the Delta from the State before d to the State after next,
+// where next is the Delta of the Build that followed d's: for a consumer
+// that did not apply d (a failed sync), so that what changed then is not
+// lost. A Service changed by both keeps its ports from before d (or their
+// absence); one changed and changed back is still listed, and a consumer
+// finds its ports equal.
+func (d Delta) Then(next Delta) Delta {
+	out := Delta{Full: d.Full || next.Full, Old: map[ServiceKey][]ServicePort{}}
+	seen := map[ServiceKey]bool{}
+	for _, k := range d.Changed {
+		seen[k] = true
+		if ports, ok := d.Old[k]; ok {
+			out.Old[k] = ports
+		}
+	}
+	for _, k := range next.Changed {
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		if ports, ok := next.Old[k]; ok {
+			out.Old[k] = ports
+		}
+	}
+	for k := range seen {
+		out.Changed = append(out.Changed, k)
+	}
+	sortKeys(out.Changed)
+	return out
+}
+
 type sliceRef struct{ Namespace, Name string }
 
 // serviceEntry is what the Builder keeps of a Service: not the object, only

@@ -673,3 +673,37 @@ func TestBuilderDuplicateEndpointFirstSliceWins(t *testing.T) {
 		}
 	}
 }
+
+func TestDeltaThen(t *testing.T) {
+	key := func(n string) ServiceKey { return ServiceKey{Namespace: "default", Name: n} }
+	ports := func(p uint16) []ServicePort { return []ServicePort{{Port: p}} }
+	for _, tc := range []struct {
+		name        string
+		first, next Delta
+		want        Delta
+	}{
+		{name: "disjoint changes are both kept",
+			first: Delta{Changed: []ServiceKey{key("b")}, Old: map[ServiceKey][]ServicePort{key("b"): ports(1)}},
+			next:  Delta{Changed: []ServiceKey{key("a")}, Old: map[ServiceKey][]ServicePort{key("a"): ports(2)}},
+			want: Delta{Changed: []ServiceKey{key("a"), key("b")},
+				Old: map[ServiceKey][]ServicePort{key("a"): ports(2), key("b"): ports(1)}}},
+		{name: "changed twice: the ports from before the first",
+			first: Delta{Changed: []ServiceKey{key("a")}, Old: map[ServiceKey][]ServicePort{key("a"): ports(1)}},
+			next:  Delta{Changed: []ServiceKey{key("a")}, Old: map[ServiceKey][]ServicePort{key("a"): ports(2)}},
+			want:  Delta{Changed: []ServiceKey{key("a")}, Old: map[ServiceKey][]ServicePort{key("a"): ports(1)}}},
+		{name: "created, then changed: still new",
+			first: Delta{Changed: []ServiceKey{key("a")}, Old: map[ServiceKey][]ServicePort{}},
+			next:  Delta{Changed: []ServiceKey{key("a")}, Old: map[ServiceKey][]ServicePort{key("a"): ports(2)}},
+			want:  Delta{Changed: []ServiceKey{key("a")}, Old: map[ServiceKey][]ServicePort{}}},
+		{name: "full if either is",
+			first: Delta{Full: true, Changed: []ServiceKey{key("a")}, Old: map[ServiceKey][]ServicePort{}},
+			next:  Delta{},
+			want:  Delta{Full: true, Changed: []ServiceKey{key("a")}, Old: map[ServiceKey][]ServicePort{}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.first.Then(tc.next); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Then = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
