@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -60,8 +59,7 @@ func (r Ref) String() string {
 
 // fileResult is what one file yielded.
 type fileResult struct {
-	modTime time.Time
-	size    int64
+	info    os.FileInfo // of the file a symlink points to
 	objects []object
 	err     error   // the file could not be parsed at all
 	docErrs []error // documents that could not be used
@@ -102,20 +100,27 @@ func (r *Reader) Read() (*Snapshot, error) {
 		if e.IsDir() || !isManifest(name) {
 			continue
 		}
-		present[name] = true
 		path := filepath.Join(r.dir, name)
-		info, err := e.Info()
+		// Stat, not the entry's Lstat: in a ConfigMap volume every file
+		// is a symlink through ..data, which an update swaps, and the
+		// symlinks themselves never change.
+		info, err := os.Stat(path)
 		if err != nil {
+			present[name] = true
 			snap.Errors = append(snap.Errors, fmt.Errorf("%s: %w", name, err))
 			continue
 		}
+		if info.IsDir() {
+			continue
+		}
+		present[name] = true
 		prev := r.files[name]
-		if prev != nil && prev.err == nil && prev.modTime.Equal(info.ModTime()) && prev.size == info.Size() {
+		if prev != nil && prev.err == nil && unchanged(prev.info, info) {
 			results = append(results, prev)
 			continue
 		}
 		res := readFile(path, name, prev)
-		res.modTime, res.size = info.ModTime(), info.Size()
+		res.info = info
 		if res.err != nil {
 			snap.Errors = append(snap.Errors, res.err)
 			if prev != nil && prev.err == nil {
@@ -156,6 +161,13 @@ func (r *Reader) Read() (*Snapshot, error) {
 		}
 	}
 	return snap, nil
+}
+
+// unchanged reports whether a file is the one read before, as it was: the
+// same file (a file replaced by rename, or by a swapped symlink, is
+// another), the same size, the same modification time.
+func unchanged(before, now os.FileInfo) bool {
+	return os.SameFile(before, now) && before.Size() == now.Size() && before.ModTime().Equal(now.ModTime())
 }
 
 // isManifest selects YAML and JSON files, skipping hidden and editor files.

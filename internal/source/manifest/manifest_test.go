@@ -160,3 +160,46 @@ func TestKeepsLastGoodContent(t *testing.T) {
 		t.Errorf("after removal: %d services", len(s.Services))
 	}
 }
+
+// TestConfigMapVolume: in a ConfigMap volume each file is a symlink
+// through ..data to a timestamped directory, and an update writes a new
+// directory and swaps ..data. The symlinks never change; the files they
+// lead to do, and must be read again (here with the same size and
+// modification time: only the file's identity tells).
+func TestConfigMapVolume(t *testing.T) {
+	dir := t.TempDir()
+	stamp := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	version := func(name, content string) {
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		write(t, filepath.Join(dir, name), "web.yaml", content)
+		if err := os.Chtimes(filepath.Join(dir, name, "web.yaml"), stamp, stamp); err != nil {
+			t.Fatal(err)
+		}
+		// The kubelet's swap: a new symlink renamed over ..data.
+		if err := os.Symlink(name, filepath.Join(dir, "..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..2026_11_27_12_00_00.1", goodService)
+	if err := os.Symlink("..data/web.yaml", filepath.Join(dir, "web.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(dir)
+	s, err := r.Read()
+	if err != nil || len(s.Services) != 1 || s.Services[0].Spec.ClusterIP != "10.96.0.10" {
+		t.Fatalf("first read: %v, %+v", err, s)
+	}
+	version("..2026_11_27_12_00_00.2", strings.Replace(goodService, "10.96.0.10", "10.96.0.99", 1))
+	s, err = r.Read()
+	if err != nil || len(s.Services) != 1 || s.Services[0].Spec.ClusterIP != "10.96.0.99" {
+		t.Errorf("after the ConfigMap update: %v, ClusterIP %v; want 10.96.0.99", err, s.Services)
+	}
+	if len(s.Errors) > 0 {
+		t.Errorf("errors: %q", errText(s))
+	}
+}
