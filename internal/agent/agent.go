@@ -592,11 +592,18 @@ func (a *Agent) DeleteNode(name string) {
 	a.changed()
 }
 
-// SourceErrors implements Sink.
+// SourceErrors implements Sink. A change of them alone (a manifest file broken, its previous content
+// kept) is a change: the next sync reports it (log, events, the
+// invalid-objects metric).
 func (a *Agent) SourceErrors(errs []error, warnings []string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	same := slices.Equal(warnings, a.warnings) &&
+		slices.EqualFunc(errs, a.sourceErrs, func(x, y error) bool { return x.Error() == y.Error() })
 	a.sourceErrs, a.warnings = errs, warnings
+	if !same && a.synced {
+		a.changed()
+	}
 }
 
 // Synced implements Sink.

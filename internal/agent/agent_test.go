@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/healthcheck"
 	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/metrics"
 	"github.com/kubenat/kubenat/internal/model"
 )
 
@@ -198,4 +201,27 @@ func TestFailedSyncChangesAreApplied(t *testing.T) {
 	if got := a.svcHealth.Ports()[key]; got != 32123 {
 		t.Errorf("health-check port of %s after the retry: %d, want 32123", key, got)
 	}
+}
+
+// invalidReporter records the invalid-objects gauge.
+type invalidReporter struct {
+	metrics.Reporter
+	n atomic.Int64
+}
+
+func (r *invalidReporter) SetInvalidObjects(n int) { r.n.Store(int64(n)) }
+
+// TestSourceErrorsAloneAreReported: a source whose only change is a new
+// error (a manifest file broken, its objects kept) still gets it
+// reported by a sync.
+func TestSourceErrorsAloneAreReported(t *testing.T) {
+	run := &fakeRunner{}
+	rep := &invalidReporter{Reporter: metrics.Nop}
+	src := runAgent(t, Options{Runner: run, Metrics: rep, NFT: nftables.Options{InitialChunk: -1}})
+	src.ops <- func(s Sink) { s.Synced() }
+	waitFor(t, "the first sync", func() bool { return run.count() == 1 })
+	src.ops <- func(s Sink) { s.SourceErrors([]error{errors.New("web.yaml: keeping its previous content")}, nil) }
+	waitFor(t, "the error reported", func() bool { return rep.n.Load() == 1 })
+	src.ops <- func(s Sink) { s.SourceErrors(nil, nil) }
+	waitFor(t, "the error gone", func() bool { return rep.n.Load() == 0 })
 }
