@@ -55,7 +55,8 @@ type Options struct {
 	// follows (Config.Egress holds its content at start).
 	MasqueradeConfig string
 	// HealthTimeout is how long a change may wait to be programmed before
-	// the agent reports itself unhealthy; default 60s.
+	// the agent reports itself unhealthy; default 60s plus MinSyncPeriod
+	// (a change waits up to MinSyncPeriod by design).
 	HealthTimeout time.Duration
 	// Metrics receives the agent's measurements; nil means metrics.Nop.
 	Metrics metrics.Reporter
@@ -138,7 +139,7 @@ func New(opts Options) (*Agent, error) {
 		cleaner = nil
 	}
 	if opts.HealthTimeout == 0 {
-		opts.HealthTimeout = 60 * time.Second
+		opts.HealthTimeout = 60*time.Second + opts.MinSyncPeriod
 	}
 	var balancer *socketlb.Balancer
 	var dropPins string

@@ -225,3 +225,23 @@ func TestSourceErrorsAloneAreReported(t *testing.T) {
 	src.ops <- func(s Sink) { s.SourceErrors(nil, nil) }
 	waitFor(t, "the error gone", func() bool { return rep.n.Load() == 0 })
 }
+
+// TestHealthTimeoutFollowsTheSyncPeriod: a change waits up to
+// MinSyncPeriod by design, so /healthz allows that much more than 60s.
+func TestHealthTimeoutFollowsTheSyncPeriod(t *testing.T) {
+	for _, tc := range []struct{ period, set, want time.Duration }{
+		{period: 100 * time.Millisecond, want: 60*time.Second + 100*time.Millisecond},
+		{period: time.Hour, want: time.Hour + time.Minute},
+		{period: time.Hour, set: 5 * time.Second, want: 5 * time.Second},
+	} {
+		a, err := New(Options{Runner: &fakeRunner{}, MinSyncPeriod: tc.period, HealthTimeout: tc.set,
+			Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := a.opts.HealthTimeout; got != tc.want {
+			t.Errorf("MinSyncPeriod %v, HealthTimeout %v: timeout %v, want %v", tc.period, tc.set, got, tc.want)
+		}
+		a.Close()
+	}
+}

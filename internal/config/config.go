@@ -93,7 +93,8 @@ type Configuration struct {
 	// A change after a quiet period is applied at once; 0s syncs on every
 	// change. With socketLB.untrackPodTCP, a change of the node's addresses
 	// is always synced at once. A Go duration ("100ms", "1s"), at most 1h.
-	// Default "100ms".
+	// Default "100ms". /healthz reports the agent unhealthy when a change
+	// has waited longer than 60s plus this period.
 	// Flag --min-sync-period.
 	MinSyncPeriod string `json:"minSyncPeriod"`
 	// MetricsBindAddress is the host:port the Prometheus metrics are

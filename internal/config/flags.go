@@ -44,7 +44,7 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.Masquerade.ConfigFile }},
 	{path: "serviceProxyName", flag: "service-proxy-name", help: "value of the service.kubernetes.io/service-proxy-name label that selects kubenat",
 		ptr: func(c *Configuration) any { return &c.ServiceProxyName }},
-	{path: "minSyncPeriod", flag: "min-sync-period", help: "least time between two syncs; changes meanwhile are batched (with --untrack-pod-tcp, a change of the node's addresses is synced at once)", duration: true,
+	{path: "minSyncPeriod", flag: "min-sync-period", help: "least time between two syncs; changes meanwhile are batched (with --untrack-pod-tcp, a change of the node's addresses is synced at once); /healthz fails when a change waited longer than 60s plus this", duration: true,
 		ptr: func(c *Configuration) any { return &c.MinSyncPeriod }},
 	{path: "metricsBindAddress", flag: "metrics-bind-address", help: `host:port of the Prometheus metrics server (/metrics); "" disables it`,
 		ptr: func(c *Configuration) any { return &c.MetricsBindAddress }},
