@@ -1,5 +1,7 @@
 package model
 
+import "slices"
+
 // The socket load balancer rewrites a TCP connect() to a ClusterIP into a
 // connect() to one of the Service's endpoints, before any packet exists.
 // Such a connection is pod (or node) to pod from its first packet: no
@@ -31,10 +33,15 @@ func (s *State) UntrackActive() bool { return s.SocketLBActive() && s.Config.Unt
 // SocketEndpoints returns the endpoints the socket load balancer spreads a
 // connect() to sp's ClusterIP over, and false when it leaves sp to the
 // kernel's rules: when it is not active, for non-TCP or IPv6 ports, ports
-// with ClientIP affinity, and ports without an endpoint for cluster traffic
-// (whose rules refuse or drop the connection).
+// with ClientIP affinity, ports whose ClusterIP frontend another Service
+// holds (see ServicePort.Frontends: the rules serve that one), and ports
+// without an endpoint for cluster traffic (whose rules refuse or drop the
+// connection).
 func (s *State) SocketEndpoints(sp *ServicePort) ([]Endpoint, bool) {
 	if !s.SocketLBActive() || sp.Name.Protocol != TCP || sp.Name.Family != IPv4 || sp.AffinityTimeout > 0 {
+		return nil, false
+	}
+	if !slices.ContainsFunc(sp.Frontends, func(f Frontend) bool { return f.Kind == ClusterIP }) {
 		return nil, false
 	}
 	eps := sp.InternalEndpoints()

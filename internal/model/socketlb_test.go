@@ -52,6 +52,8 @@ func TestSocketLBChoices(t *testing.T) {
 			port(func(sp *ServicePort) { sp.InternalPolicyLocal, sp.LocalEndpoints = true, nil }), nil, both},
 		{"externalTrafficPolicy Cluster NodePort: masqueraded, not tracked", on,
 			port(func(sp *ServicePort) { sp.Frontends = append(sp.Frontends, nodePort) }), both, nil},
+		{"a ClusterIP another Service holds (its externalIP, or a duplicate) is left to the rules", on,
+			port(func(sp *ServicePort) { sp.Frontends = []Frontend{nodePort} }), nil, both},
 		{"externalTrafficPolicy Local NodePort: tracked", on,
 			port(func(sp *ServicePort) { sp.Frontends, sp.ExternalPolicyLocal = append(sp.Frontends, nodePort), true }), both, both},
 	}
