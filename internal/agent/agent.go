@@ -146,6 +146,9 @@ func New(opts Options) (*Agent, error) {
 	switch {
 	case opts.Config.SocketLB && !opts.Config.MasqueradeAll:
 		if balancer, err = socketlb.Open(opts.SocketLB); err != nil {
+			if cleaner != nil {
+				cleaner.Close()
+			}
 			return nil, err
 		}
 	case opts.SocketLB.PinDir != "":
@@ -172,10 +175,14 @@ func New(opts Options) (*Agent, error) {
 // Close releases what the agent holds open. The datapath stays: the
 // nftables tables, and the socket load balancer when it is pinned.
 func (a *Agent) Close() error {
-	if a.balancer == nil {
-		return nil
+	var errs []error
+	if a.cleaner != nil {
+		errs = append(errs, a.cleaner.Close())
 	}
-	return a.balancer.Close()
+	if a.balancer != nil {
+		errs = append(errs, a.balancer.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // SyncOnce loads src once and programs the result. Once started, the sync
