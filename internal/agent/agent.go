@@ -211,7 +211,10 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		go a.serveHealthz(ctx)
 	}
 	if path := a.opts.MasqueradeConfig; path != "" {
-		go ipmasq.Watch(ctx, path, time.Second, ipmasq.Read(path), a.setEgress, func(err error) {
+		a.mu.Lock()
+		egress := a.builder.Config().Egress
+		a.mu.Unlock()
+		go ipmasq.Watch(ctx, path, time.Second, egress, a.setEgress, func(err error) {
 			if err != nil {
 				klog.ErrorS(err, "Invalid masquerade configuration")
 			} else {

@@ -18,6 +18,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"reflect"
 	"time"
 
 	kjson "sigs.k8s.io/json"
@@ -91,12 +92,16 @@ func Load(path string) (cfg model.EgressConfig, found bool, err error) {
 	return cfg, true, nil
 }
 
-// Watch polls path every interval and calls apply with each new valid
-// configuration, and report with each new problem (nil when a problem is
-// gone). It returns when ctx ends. ConfigMap volumes update files by
-// swapping symlinks, so the content is compared, not events.
-func Watch(ctx context.Context, path string, interval time.Duration, current []byte, apply func(model.EgressConfig), report func(error)) {
-	last := current
+// Watch polls path every interval and calls apply with each valid
+// configuration that differs from the one in use (current, at first), and
+// report with each new problem (nil when a problem is gone). It returns
+// when ctx ends. ConfigMap volumes update files by swapping symlinks, so
+// the content is compared, not events. The first poll compares the file
+// with current, not with what it held when current was read: an edit made
+// in between is applied.
+func Watch(ctx context.Context, path string, interval time.Duration, current model.EgressConfig, apply func(model.EgressConfig), report func(error)) {
+	var last []byte // the content current was parsed from, once read here
+	read := false
 	var lastErr string
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -110,7 +115,7 @@ func Watch(ctx context.Context, path string, interval time.Duration, current []b
 		if errors.Is(err, fs.ErrNotExist) {
 			data, err = nil, nil
 		}
-		if err == nil && bytes.Equal(data, last) {
+		if err == nil && read && bytes.Equal(data, last) {
 			continue
 		}
 		var cfg model.EgressConfig
@@ -128,14 +133,11 @@ func Watch(ctx context.Context, path string, interval time.Duration, current []b
 			lastErr = ""
 			report(nil)
 		}
-		last = data
+		last, read = data, true
+		if reflect.DeepEqual(cfg, current) {
+			continue
+		}
+		current = cfg
 		apply(cfg)
 	}
-}
-
-// Read returns the file's bytes (nil when it does not exist), the starting
-// point for Watch.
-func Read(path string) []byte {
-	data, _ := os.ReadFile(path)
-	return data
 }

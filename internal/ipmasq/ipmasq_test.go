@@ -52,7 +52,11 @@ func TestWatchKeepsLastGood(t *testing.T) {
 	var mu sync.Mutex
 	var applied []model.EgressConfig
 	var problems []string
-	go Watch(ctx, path, 10*time.Millisecond, nil, func(c model.EgressConfig) {
+	start, err := Parse(nil) // no file: the defaults
+	if err != nil {
+		t.Fatal(err)
+	}
+	go Watch(ctx, path, 10*time.Millisecond, start, func(c model.EgressConfig) {
 		mu.Lock()
 		applied = append(applied, c)
 		mu.Unlock()
