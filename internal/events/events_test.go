@@ -64,12 +64,15 @@ func TestEventsReachTheAPI(t *testing.T) {
 	}
 }
 
+// waitForEvent returns the first NotProgrammed event on the Service: the
+// API server records events of its own on Services (a ClusterIP repair
+// racing the allocation: ClusterIPNotAllocated).
 func waitForEvent(t *testing.T, cs kubernetes.Interface, svcName string) *v1.Event {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		list, err := cs.CoreV1().Events("default").List(t.Context(), metav1.ListOptions{
-			FieldSelector: "involvedObject.kind=Service,involvedObject.name=" + svcName,
+			FieldSelector: "involvedObject.kind=Service,involvedObject.name=" + svcName + ",reason=NotProgrammed",
 		})
 		if err != nil {
 			t.Fatal(err)
