@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -58,6 +59,9 @@ type Options struct {
 	// the agent reports itself unhealthy; default 60s plus MinSyncPeriod
 	// (a change waits up to MinSyncPeriod by design).
 	HealthTimeout time.Duration
+	// HoldCheckPeriod is how often endpoints held for open connections
+	// (nftables.Options.InUse) are checked; default 30s.
+	HoldCheckPeriod time.Duration
 	// Metrics receives the agent's measurements; nil means metrics.Nop.
 	Metrics metrics.Reporter
 	// Events records problems with a Service as Kubernetes Events on it;
@@ -82,7 +86,10 @@ type Agent struct {
 	// it failed.
 	dropPins string
 	cleaner  *conntrack.Cleaner // nil when conntrack netlink is unavailable
-	health   *healthcheck.ProxyHealth
+	// inspector reads conntrack for the nftables backend (Options.InUse),
+	// during syncs; nil when conntrack netlink is unavailable.
+	inspector *conntrack.Cleaner
+	health    *healthcheck.ProxyHealth
 	// svcHealth serves healthCheckNodePorts; nil until Run starts it.
 	svcHealth *healthcheck.ServiceHealth
 	// programmed is true once a sync succeeded in this process: from then
@@ -138,6 +145,19 @@ func New(opts Options) (*Agent, error) {
 		klog.ErrorS(err, "Stale UDP conntrack entries will not be cleared")
 		cleaner = nil
 	}
+	// With untracked pod TCP, endpoints whose DNATed connections are still
+	// open stay tracked after their Service lets go of them.
+	var inspector *conntrack.Cleaner
+	if opts.Config.UntrackPodTCP && opts.NFT.InUse == nil {
+		if inspector, err = conntrack.NewCleaner(); err != nil {
+			klog.ErrorS(err, "Connections nftables DNATed to an endpoint no Service keeps tracked any more will lose their replies")
+			inspector = nil
+		} else {
+			opts.NFT.InUse = func(_ context.Context, cidr netip.Prefix) (map[netip.AddrPort]bool, error) {
+				return inspector.DNATed(cidr)
+			}
+		}
+	}
 	if opts.HealthTimeout == 0 {
 		opts.HealthTimeout = 60*time.Second + opts.MinSyncPeriod
 	}
@@ -146,8 +166,10 @@ func New(opts Options) (*Agent, error) {
 	switch {
 	case opts.Config.SocketLB && !opts.Config.MasqueradeAll:
 		if balancer, err = socketlb.Open(opts.SocketLB); err != nil {
-			if cleaner != nil {
-				cleaner.Close()
+			for _, c := range []*conntrack.Cleaner{cleaner, inspector} {
+				if c != nil {
+					c.Close()
+				}
 			}
 			return nil, err
 		}
@@ -158,17 +180,18 @@ func New(opts Options) (*Agent, error) {
 		dropPins = opts.SocketLB.PinDir
 	}
 	return &Agent{
-		balancer: balancer,
-		dropPins: dropPins,
-		opts:     opts,
-		health:   healthcheck.NewProxyHealth(opts.HealthTimeout),
-		cleaner:  cleaner,
-		backend:  nftables.New(opts.Runner, opts.NFT),
-		builder:  model.NewBuilder(opts.Config),
-		reported: map[string]bool{},
-		kick:     make(chan struct{}, 1),
-		triggers: metrics.NewTriggerTimes(time.Now()),
-		counter:  metrics.NewStateCounter(),
+		balancer:  balancer,
+		dropPins:  dropPins,
+		opts:      opts,
+		health:    healthcheck.NewProxyHealth(opts.HealthTimeout),
+		cleaner:   cleaner,
+		inspector: inspector,
+		backend:   nftables.New(opts.Runner, opts.NFT),
+		builder:   model.NewBuilder(opts.Config),
+		reported:  map[string]bool{},
+		kick:      make(chan struct{}, 1),
+		triggers:  metrics.NewTriggerTimes(time.Now()),
+		counter:   metrics.NewStateCounter(),
 	}, nil
 }
 
@@ -176,8 +199,10 @@ func New(opts Options) (*Agent, error) {
 // nftables tables, and the socket load balancer when it is pinned.
 func (a *Agent) Close() error {
 	var errs []error
-	if a.cleaner != nil {
-		errs = append(errs, a.cleaner.Close())
+	for _, c := range []*conntrack.Cleaner{a.cleaner, a.inspector} {
+		if c != nil {
+			errs = append(errs, c.Close())
+		}
 	}
 	if a.balancer != nil {
 		errs = append(errs, a.balancer.Close())
@@ -236,6 +261,10 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	}
 	addrCheck := time.NewTicker(10 * time.Second)
 	defer addrCheck.Stop()
+	// Endpoints held in tracked-endpoints for open connections (see
+	// nftables.Options.InUse) are let go of once those are closed.
+	holdCheck := time.NewTicker(a.holdCheckPeriod())
+	defer holdCheck.Stop()
 	addrsNow := func() bool { return a.refreshLocalAddrs() && a.opts.Config.UntrackPodTCP }
 
 	var last time.Time // the last sync's start
@@ -251,6 +280,8 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		select {
 		case <-addrCheck.C:
 			now = addrsNow()
+		case <-holdCheck.C:
+			a.releaseHolds(ctx)
 		case <-addrsChanged:
 			now = addrsNow()
 		case <-ctx.Done():
@@ -294,6 +325,34 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		default:
 			backoff = time.Second
 		}
+	}
+}
+
+// holdCheckPeriod is how often held endpoints are checked: about how long
+// the connections' last replies may come after they closed.
+func (a *Agent) holdCheckPeriod() time.Duration {
+	if a.opts.HoldCheckPeriod > 0 {
+		return a.opts.HoldCheckPeriod
+	}
+	return 30 * time.Second
+}
+
+// releaseHolds lets the backend let go of the held endpoints no connection
+// uses any more.
+func (a *Agent) releaseHolds(ctx context.Context) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.backend.Holds() == 0 {
+		return
+	}
+	before := a.backend.Holds()
+	n, err := a.backend.ReleaseHolds(context.WithoutCancel(ctx))
+	if err != nil {
+		klog.ErrorS(err, "Releasing held endpoints failed; retrying later", "held", n)
+		return
+	}
+	if n < before {
+		klog.V(2).InfoS("Released held endpoints: their connections are closed", "released", before-n, "held", n)
 	}
 }
 

@@ -16,7 +16,10 @@ import (
 	"github.com/kubenat/kubenat/internal/model"
 )
 
-const protoUDP = 17
+const (
+	protoTCP = 6
+	protoUDP = 17
+)
 
 // Rule selects UDP conntrack entries to delete: the original destination is
 // one of Frontends and, when Endpoints is not nil, the reply source (the
@@ -150,6 +153,29 @@ func (c *Cleaner) Clear(rules []Rule) (int, error) {
 		deleted++
 	}
 	return deleted, nil
+}
+
+// DNATed returns the endpoints (address and TCP port) of the TCP
+// connections conntrack translated the destination of, but not the
+// source, from a source inside cidr to an endpoint inside cidr: pod
+// connections to a Service DNATed without masquerade, whose replies need
+// the reverse translation (see nftables.Options.InUse).
+func (c *Cleaner) DNATed(cidr netip.Prefix) (map[netip.AddrPort]bool, error) {
+	flows, err := c.conn.Dump(nil)
+	if err != nil {
+		return nil, fmt.Errorf("dumping conntrack entries: %w", err)
+	}
+	out := map[netip.AddrPort]bool{}
+	for _, f := range flows {
+		if f.TupleOrig.Proto.Protocol != protoTCP || !f.Status.DstNAT() || f.Status.SrcNAT() {
+			continue
+		}
+		src, ep := f.TupleOrig.IP.SourceAddress.Unmap(), f.TupleReply.IP.SourceAddress.Unmap()
+		if cidr.Contains(src) && cidr.Contains(ep) {
+			out[netip.AddrPortFrom(ep, f.TupleReply.Proto.SourcePort)] = true
+		}
+	}
+	return out, nil
 }
 
 // Matches reports whether any rule selects the flow.

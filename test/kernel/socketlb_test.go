@@ -1,7 +1,10 @@
 package kernel
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -315,4 +318,133 @@ func TestUntrackedFollowsNodeAddresses(t *testing.T) {
 	}); msg != "" {
 		t.Errorf("%s\nagent:\n%s", msg, p.Output())
 	}
+}
+
+// TestUntrackedKeepsDNATedConnections: with untracked pod TCP, a
+// connection nftables DNATed (an affinity Service, which the balancer
+// leaves to the rules) keeps working after its Service lets go of the
+// endpoint — deleted, or its affinity removed — as with conntrack alone:
+// the endpoint stays in tracked-endpoints while conntrack holds the
+// connection, so its replies are still translated back. Once the
+// connection is gone, the next sync lets go of it.
+func TestUntrackedKeepsDNATedConnections(t *testing.T) {
+	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a", Pods: []string{"web-1", "cli"}}}})
+	cgroup, bpffs := netnstest.SocketLBSandbox(t)
+	a, cli, web1 := e.c.Node("node-a"), e.c.Pod("cli"), e.c.Pod("web-1")
+	const linePort = 8082
+	serveLines(t, &web1.Host, linePort)
+	sticky := k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60,
+		Ports: []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: linePort}}, Endpoints: []k8sobj.Endpoint{e.ep("web-1")}}
+	sync := func(t *testing.T) {
+		t.Helper()
+		args := append(e.agentArgs(a), "--once", "--socket-lb-cgroup", cgroup,
+			"--bpf-pin-dir", filepath.Join(bpffs, "kubenat"), "--untrack-pod-tcp")
+		if out, err := netnstest.Kubenat(t, &a.Host, args...); err != nil {
+			t.Fatalf("kubenat agent: %v\n%s", err, out)
+		}
+	}
+	tracked := func(t *testing.T) bool {
+		t.Helper()
+		out, err := e.c.Exec(t.Context(), &a.Host, "nft", "list", "set", "ip", "kubenat", "tracked-endpoints")
+		if err != nil {
+			t.Fatalf("listing tracked-endpoints: %v\n%s", err, out)
+		}
+		return strings.Contains(out, fmt.Sprintf("%s . %d", web1.Addr, linePort))
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(t *testing.T)
+	}{
+		{"the Service is deleted", func(t *testing.T) {
+			if err := removeManifest(e, "default-sticky.yaml"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"the Service loses its affinity (the balancer takes it)", func(t *testing.T) {
+			plain := sticky
+			plain.AffinitySeconds = 0
+			e.writeService(t, plain)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.writeService(t, sticky)
+			sync(t)
+			conn := dialLines(t, &cli.Host, ap("10.96.0.50", 80))
+			conn.exchange(t, "before")
+			tc.change(t)
+			sync(t)
+			if !tracked(t) {
+				t.Errorf("web-1:%d left tracked-endpoints while a DNATed connection uses it", linePort)
+			}
+			conn.exchange(t, "after")
+			conn.Close()
+			// The connection gone from conntrack, a sync lets go of it.
+			e.c.Exec(t.Context(), &a.Host, "conntrack", "-D", "-p", "tcp", "--reply-src", web1.Addr.String())
+			sync(t)
+			if tracked(t) {
+				t.Errorf("web-1:%d still in tracked-endpoints after its connection closed", linePort)
+			}
+		})
+	}
+}
+
+// lineConn is a client connection to a line echo server.
+type lineConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+// dialLines connects from h to dst.
+func dialLines(t *testing.T, h *topo.Host, dst netip.AddrPort) *lineConn {
+	t.Helper()
+	var c net.Conn
+	if err := topo.InNS(h.NS, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", dst.String(), 2*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("connecting to %s: %v", dst, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &lineConn{Conn: c, r: bufio.NewReader(c)}
+}
+
+// exchange sends a line and expects it back within 2 s.
+func (c *lineConn) exchange(t *testing.T, line string) {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := fmt.Fprintln(c, line); err != nil {
+		t.Fatalf("sending %q: %v", line, err)
+	}
+	got, err := c.r.ReadString('\n')
+	if err != nil || strings.TrimSpace(got) != line {
+		t.Fatalf("echo of %q: %q, %v", line, got, err)
+	}
+}
+
+// serveLines runs, in h, a TCP server on port that echoes every line
+// until the client closes.
+func serveLines(t *testing.T, h *topo.Host, port uint16) {
+	t.Helper()
+	var l net.Listener
+	if err := topo.InNS(h.NS, func() error {
+		var err error
+		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
 }

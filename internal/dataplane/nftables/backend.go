@@ -36,6 +36,10 @@ type Backend struct {
 	// node is the node's elements the kernel holds (nodeElems): they
 	// change without any Service changing (the node's addresses).
 	node []elem
+	// holds are the tracked-endpoints keys kept for connections that
+	// still use them (see Options.InUse); each counts as one contributor
+	// in shared.
+	holds map[string]bool
 }
 
 // sharedSets are the sets whose elements several Services may contribute:
@@ -87,7 +91,8 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 // never holds every element at once.
 type plan struct {
 	nodeElems []elem
-	node      *content
+	node      *content // nodeElems, and the held endpoints
+	holds     map[string]bool
 	st        *model.State
 	keys      []model.ServiceKey
 	counts    map[model.Family]map[string]int
@@ -226,6 +231,7 @@ type elemID struct {
 func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, error) {
 	b.synced = false
 	p := planOf(st)
+	b.holdInPlan(ctx, p, modesOf(st).untrack)
 	if b.o.InitialChunk < 0 {
 		var sb strings.Builder
 		for _, a := range families {
@@ -426,8 +432,89 @@ type groupScript struct {
 
 // remember records, after a full sync of p, what incremental syncs need.
 func (b *Backend) remember(p *plan, m modes) {
-	b.counts, b.shared, b.node = p.counts, p.shared, p.nodeElems
+	b.counts, b.shared, b.node, b.holds = p.counts, p.shared, p.nodeElems, p.holds
 	b.modes, b.synced = m, true
+}
+
+// holdInPlan adds to p the endpoints connections still use that p leaves
+// out of tracked-endpoints: every endpoint Options.InUse names (what the
+// kernel held before is not known after a restart or a failed sync, and
+// a full sync rebuilds the set).
+func (b *Backend) holdInPlan(ctx context.Context, p *plan, untrack netip.Prefix) {
+	p.holds = map[string]bool{}
+	if b.o.InUse == nil || !untrack.IsValid() {
+		return
+	}
+	used, err := b.o.InUse(ctx, untrack)
+	if err != nil {
+		return // nothing known to hold
+	}
+	var keys []string
+	for ep := range used {
+		keys = append(keys, endpointKey(ep))
+	}
+	slices.Sort(keys)
+	wanted := p.shared[model.IPv4][setTrackedEndpoints]
+	if wanted == nil {
+		wanted = map[string]int{}
+		p.shared[model.IPv4][setTrackedEndpoints] = wanted
+	}
+	for _, k := range keys {
+		if wanted[k] > 0 {
+			continue
+		}
+		wanted[k] = 1
+		p.holds[k] = true
+		p.counts[model.IPv4][setTrackedEndpoints]++
+		p.node.add(elem{f: model.IPv4, set: setTrackedEndpoints, key: k})
+	}
+}
+
+// Holds returns the number of endpoints held in tracked-endpoints for
+// connections that still use them (see Options.InUse).
+func (b *Backend) Holds() int { return len(b.holds) }
+
+// ReleaseHolds lets go of the held endpoints no connection uses any more
+// (asking Options.InUse), in one transaction, and returns how many are
+// still held. A failed transaction makes the next Sync full.
+func (b *Backend) ReleaseHolds(ctx context.Context) (int, error) {
+	if !b.synced || len(b.holds) == 0 {
+		return len(b.holds), nil
+	}
+	used, err := b.o.InUse(ctx, b.modes.untrack)
+	if err != nil {
+		return len(b.holds), fmt.Errorf("reading the connections of held endpoints: %w", err)
+	}
+	inUse := map[string]bool{}
+	for ep := range used {
+		inUse[endpointKey(ep)] = true
+	}
+	refs := b.shared[model.IPv4][setTrackedEndpoints]
+	var dels []elem
+	for _, k := range sortedKeys(b.holds) {
+		if inUse[k] {
+			continue
+		}
+		delete(b.holds, k)
+		if refs[k] > 1 { // a Service wants it again
+			refs[k]--
+			continue
+		}
+		delete(refs, k)
+		b.counts[model.IPv4][setTrackedEndpoints]--
+		dels = append(dels, elem{f: model.IPv4, set: setTrackedEndpoints, key: k})
+	}
+	if len(dels) == 0 {
+		return len(b.holds), nil
+	}
+	a := famOf(model.IPv4)
+	var sb strings.Builder
+	writeElems(&sb, "delete", a, a.name+" "+b.o.Table, dels, nil, false)
+	if _, err := b.run.Run(ctx, sb.String()); err != nil {
+		b.synced = false
+		return len(b.holds), fmt.Errorf("releasing %d held endpoints: %w", len(dels), err)
+	}
+	return len(b.holds), nil
 }
 
 // dynamic returns the backends maps in use in family f.
@@ -537,6 +624,21 @@ func (b *Backend) incremental(st *model.State, d model.Delta, node []elem) (stri
 			st.has, st.newV = true, e.val
 		}
 	}
+	// Endpoints leaving tracked-endpoints stay, held, until ReleaseHolds
+	// finds no connection using them (see Options.InUse): reading
+	// conntrack here would make this sync as slow as a dump of it.
+	if b.o.InUse != nil && b.modes.untrack.IsValid() {
+		for _, i := range order {
+			if i.set == setTrackedEndpoints && touched[i].had && b.shared[i.f][i.set][i.key] == 0 {
+				b.shared[i.f][i.set][i.key] = 1
+				if b.holds == nil {
+					b.holds = map[string]bool{}
+				}
+				b.holds[i.key] = true
+			}
+		}
+	}
+
 	var dels, adds []elem
 	before := map[model.Family]dynamic{}
 	for _, a := range families {

@@ -160,11 +160,14 @@ func serviceContrib(st *model.State, ports []model.ServicePort) contrib {
 		}
 		// Empty unless pod-to-pod TCP is untracked.
 		for _, ep := range st.TrackedEndpoints(sp) {
-			c.elems = append(c.elems, elem{f: model.IPv4, set: setTrackedEndpoints, key: fmt.Sprintf("%s . %d", ep.Addr, ep.Port)})
+			c.elems = append(c.elems, elem{f: model.IPv4, set: setTrackedEndpoints, key: endpointKey(ep.AddrPort())})
 		}
 	}
 	return c
 }
+
+// endpointKey is the key of ep in tracked-endpoints.
+func endpointKey(ep netip.AddrPort) string { return fmt.Sprintf("%s . %d", ep.Addr(), ep.Port()) }
 
 // portID names a Service port in chain and set names:
 // "namespace/name/proto/port". Names are DNS labels, so it is a valid nft

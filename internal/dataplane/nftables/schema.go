@@ -31,6 +31,7 @@
 package nftables
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -58,6 +59,18 @@ type Options struct {
 	// the tables are created from scratch (see Backend); default
 	// DefaultInitialChunk; negative programs them in one transaction.
 	InitialChunk int
+	// InUse, when set, returns the TCP endpoints inside cidr (the IPv4
+	// cluster CIDR) that hold connections the rules DNATed from pods
+	// without masquerade (from conntrack: see conntrack.Cleaner.DNATed).
+	// With pod-to-pod TCP untracked, an endpoint no Service wants in
+	// tracked-endpoints any more (the Service was deleted, lost its
+	// affinity, its endpoint was relabelled...) stays there, held: the
+	// replies of such connections still need their reverse translation.
+	// Backend.ReleaseHolds lets go of the held endpoints InUse does not
+	// name. A full sync holds every endpoint InUse names (after a restart
+	// what the kernel held is not known). Nil: endpoints leave at once.
+	// Not used by Render.
+	InUse func(ctx context.Context, cidr netip.Prefix) (map[netip.AddrPort]bool, error)
 }
 
 // DefaultInitialChunk is the default Options.InitialChunk: about 1,100

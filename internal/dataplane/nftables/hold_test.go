@@ -1,0 +1,117 @@
+package nftables
+
+import (
+	"context"
+	"maps"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/model"
+	"github.com/kubenat/kubenat/internal/netnstest"
+)
+
+// TestHeldEndpoints: with untracked pod TCP, an endpoint leaving
+// tracked-endpoints stays, held, until ReleaseHolds finds it unused
+// (Options.InUse); a full sync holds what InUse names; a Service wanting
+// a held endpoint again keeps it after the release.
+func TestHeldEndpoints(t *testing.T) {
+	ctx := context.Background()
+	ns := netnstest.NewNamespace(t)
+	inUse := map[netip.AddrPort]bool{}
+	o := Options{InUse: func(_ context.Context, cidr netip.Prefix) (map[netip.AddrPort]bool, error) {
+		if cidr != netip.MustParsePrefix("10.244.0.0/16") {
+			t.Errorf("InUse asked for %s, want the IPv4 cluster CIDR", cidr)
+		}
+		return maps.Clone(inUse), nil
+	}}
+	b := model.NewBuilder(socketLBConfig())
+	sticky, slices := k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60,
+		Ports:     []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: 8080}},
+		Endpoints: []k8sobj.Endpoint{{IP: "10.244.1.10", Node: "node-a"}}}.Objects()
+	ep := netip.MustParseAddrPort("10.244.1.10:8080")
+	set := func() {
+		b.SetService(sticky, "test")
+		for _, sl := range slices {
+			b.SetEndpointSlice(sl, "test")
+		}
+	}
+	del := func() {
+		b.DeleteService(model.ServiceKey{Namespace: sticky.Namespace, Name: sticky.Name})
+		for _, sl := range slices {
+			b.DeleteEndpointSlice(sl.Namespace, sl.Name)
+		}
+	}
+	members := func() string {
+		out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "set", "ip", DefaultTable, setTrackedEndpoints).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		_, after, _ := strings.Cut(string(out), "elements = { ")
+		got, _, _ := strings.Cut(after, " }")
+		return got
+	}
+	backend := New(runnerIn(ns), o)
+	sync := func(step string, full bool) *model.State {
+		st, d := b.Build()
+		res, err := backend.Sync(ctx, st, d)
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		if res.Full != full {
+			t.Errorf("%s: full sync %v, want %v", step, res.Full, full)
+		}
+		return st
+	}
+	release := func(step string, wantHeld int) {
+		n, err := backend.ReleaseHolds(ctx)
+		if err != nil || n != wantHeld || backend.Holds() != wantHeld {
+			t.Errorf("%s: ReleaseHolds = %d, %v (Holds %d); want %d held", step, n, err, backend.Holds(), wantHeld)
+		}
+	}
+	check := func(step, want string) {
+		t.Helper()
+		if got := members(); got != want {
+			t.Errorf("%s: tracked-endpoints holds %q, want %q", step, got, want)
+		}
+	}
+
+	set()
+	sync("first", true)
+	check("first", "10.244.1.10 . 8080")
+
+	inUse[ep] = true
+	del()
+	sync("deleted while in use", false)
+	check("deleted while in use", "10.244.1.10 . 8080")
+	release("still in use", 1)
+	check("still in use", "10.244.1.10 . 8080")
+
+	set()
+	sync("wanted again", false)
+	delete(inUse, ep)
+	release("unused, but wanted", 0)
+	check("unused, but wanted", "10.244.1.10 . 8080")
+
+	// A sync never reads conntrack: what leaves is held until released.
+	del()
+	st := sync("deleted, unused", false)
+	check("deleted, unused", "10.244.1.10 . 8080")
+	release("released", 0)
+	check("released", "")
+	if got, want := canonical(t, ns), rendered(t, st); got != want {
+		t.Errorf("without holds the kernel differs from the rendering:\n%s\nrendering:\n%s", got, want)
+	}
+
+	// A new backend (an agent restarted) holds what conntrack names.
+	inUse[netip.MustParseAddrPort("10.244.2.20:9090")] = true
+	backend = New(runnerIn(ns), o)
+	sync("restarted", true)
+	check("restarted", "10.244.2.20 . 9090")
+	release("restarted, in use", 1)
+	clear(inUse)
+	release("restarted, closed", 0)
+	check("restarted, closed", "")
+}
