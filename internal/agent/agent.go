@@ -470,9 +470,12 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.opts.Metrics.SyncFailed()
 		return err
 	}
+	// A balancer left pinned keeps rewriting connects from maps nobody
+	// updates: the error makes the caller retry soon, as for a prune.
+	var pinsErr error
 	if a.dropPins != "" {
 		if _, err := socketlb.Cleanup(a.dropPins); err != nil {
-			klog.ErrorS(err, "Removing the socket load balancer failed; retrying after the next sync", "pinDir", a.dropPins)
+			pinsErr = fmt.Errorf("removing the socket load balancer pinned in %s: %w", a.dropPins, err)
 		} else {
 			a.dropPins = ""
 		}
@@ -510,7 +513,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		// for one garbage collection).
 		go debug.FreeOSMemory()
 	}
-	return pruneErr
+	return errors.Join(pinsErr, pruneErr)
 }
 
 // updateServiceHealth starts, updates and stops the healthCheckNodePort
