@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,10 +17,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
+	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
 	"github.com/kubenat/kubenat/internal/healthcheck"
 	"github.com/kubenat/kubenat/internal/k8sobj"
 	"github.com/kubenat/kubenat/internal/metrics"
 	"github.com/kubenat/kubenat/internal/model"
+	"github.com/kubenat/kubenat/internal/netnstest"
 )
 
 // fakeRunner records the scripts it is asked to apply.
@@ -70,12 +74,14 @@ func (c chanSource) Run(ctx context.Context, sink Sink) error {
 	}
 }
 
-// runAgent starts an agent for node-a (cluster CIDR 10.244.0.0/16) with
-// opts, fed by the returned source; it is stopped, and must return no
-// error, when the test ends.
+// runAgent starts an agent with opts (by default for node-a, cluster CIDR
+// 10.244.0.0/16), fed by the returned source; it is stopped, and must
+// return no error, when the test ends.
 func runAgent(t *testing.T, opts Options) chanSource {
 	t.Helper()
-	opts.Config = model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+	if opts.Config.NodeName == "" {
+		opts.Config = model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+	}
 	a, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -89,6 +95,7 @@ func runAgent(t *testing.T, opts Options) chanSource {
 		if err := <-done; err != nil {
 			t.Errorf("Run returned %v", err)
 		}
+		a.Close()
 	})
 	return src
 }
@@ -244,4 +251,58 @@ func TestHealthTimeoutFollowsTheSyncPeriod(t *testing.T) {
 		}
 		a.Close()
 	}
+}
+
+// TestHeldEndpointsAreReleased: with untracked pod TCP, an endpoint its
+// Service lets go of stays in tracked-endpoints while conntrack (here a
+// stand-in) has connections DNATed to it, and the agent lets go of it on
+// its own once they are gone.
+func TestHeldEndpointsAreReleased(t *testing.T) {
+	cgroup, bpffs := netnstest.SocketLBSandbox(t)
+	var mu sync.Mutex
+	ep := netip.MustParseAddrPort("10.244.1.10:8080")
+	inUse := map[netip.AddrPort]bool{ep: true}
+	run := &fakeRunner{}
+	src := runAgent(t, Options{Runner: run, HoldCheckPeriod: 20 * time.Millisecond,
+		SocketLB: socketlb.Options{Cgroup: cgroup, PinDir: filepath.Join(bpffs, "kubenat")},
+		NFT: nftables.Options{InitialChunk: -1, InUse: func(context.Context, netip.Prefix) (map[netip.AddrPort]bool, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return maps.Clone(inUse), nil
+		}},
+		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+			SocketLB: true, UntrackPodTCP: true, LocalAddrs: []netip.Addr{netip.MustParseAddr("10.244.1.1")}},
+	})
+	svc, slices := k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60,
+		Ports:     []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: 8080}},
+		Endpoints: []k8sobj.Endpoint{{IP: ep.Addr().String(), Node: "node-a"}}}.Objects()
+	src.ops <- func(s Sink) {
+		s.SetService(svc, "test")
+		for _, sl := range slices {
+			s.SetEndpointSlice(sl, "test")
+		}
+		s.Synced()
+	}
+	waitFor(t, "the first sync", func() bool { return run.count() > 0 && strings.Contains(run.last(), "10.244.1.10 . 8080") })
+	released := func() bool {
+		run.mu.Lock()
+		defer run.mu.Unlock()
+		for _, s := range run.scripts {
+			if strings.Contains(s, "delete element ip kubenat tracked-endpoints") {
+				return true
+			}
+		}
+		return false
+	}
+	n := run.count()
+	src.ops <- func(s Sink) { s.DeleteService(svc.Namespace, svc.Name) }
+	waitFor(t, "the deletion's sync", func() bool { return run.count() > n })
+	time.Sleep(200 * time.Millisecond) // ten hold checks
+	if released() {
+		t.Fatalf("tracked-endpoints lost %s while conntrack has connections to it", ep)
+	}
+	mu.Lock()
+	clear(inUse)
+	mu.Unlock()
+	waitFor(t, "the endpoint released", released)
 }
