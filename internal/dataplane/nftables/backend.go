@@ -235,8 +235,11 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 	if b.o.InitialChunk < 0 {
 		var sb strings.Builder
 		for _, a := range families {
-			// "add" first makes the delete succeed when the table is absent.
-			fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, b.o.Table, a.name, b.o.Table)
+			// "add" first makes the delete succeed when the table is
+			// absent. Standby tables an interrupted rebuild left go too.
+			for _, t := range []string{b.o.Table, StandbyTable(b.o.Table)} {
+				fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, t, a.name, t)
+			}
 		}
 		for _, a := range families {
 			p.writeSkeleton(&sb, a, b.o, modesOf(st))
@@ -258,15 +261,37 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 	if created {
 		// Standby tables an interrupted rebuild left (the agent killed
 		// after deleting the old tables) would keep DNATing by an older
-		// State.
+		// State; they go before the untracked chain comes.
 		if err := dropTables(ctx, b.run, StandbyTable(b.o.Table)); err != nil {
 			return SyncResult{}, fmt.Errorf("deleting standby tables left by an interrupted sync: %w", err)
 		}
 	} else if err := b.rebuild(ctx, st, p); err != nil {
 		return SyncResult{}, err
 	}
+	if err := b.addUntracked(ctx, modesOf(st).untrack); err != nil {
+		return SyncResult{}, err
+	}
 	b.remember(p, modesOf(st))
 	return SyncResult{Full: true}, nil
+}
+
+// addUntracked adds the untracked chain (when cidr is valid) to the
+// tables, last: once tracked-endpoints and node-addrs are complete, and no
+// other copy of the rules (standby tables) DNATs by another State.
+func (b *Backend) addUntracked(ctx context.Context, cidr netip.Prefix) error {
+	if !cidr.IsValid() {
+		return nil
+	}
+	a := famOf(model.IPv4)
+	tbl := a.name + " " + b.o.Table
+	ch := a.untrackedChain(cidr)
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "add chain %s %s { %s }\n", tbl, ch.name, ch.hook)
+	writeRules(&sb, tbl, ch.name, ch.rules, false)
+	if _, err := b.run.Run(ctx, sb.String()); err != nil {
+		return fmt.Errorf("adding the untracked chain to the tables %s: %w", b.o.Table, err)
+	}
+	return nil
 }
 
 // StandbyTable is the name, next to Options.Table, of the tables a full
@@ -351,14 +376,10 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 			fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, o.Table, a.name, o.Table)
 		}
 	}
-	// The untracked chain comes last, when tracked-endpoints is complete;
-	// standby tables never get it (their copy of the set is incomplete
-	// while they are filled, and a notrack in any table wins).
+	// The untracked chain comes after (addUntracked); standby tables never
+	// get it (their copy of the set is incomplete while they are filled,
+	// and a notrack in any table wins).
 	skeleton := modesOf(st)
-	untrack := skeleton.untrack
-	if o.Table != b.o.Table {
-		untrack = netip.Prefix{}
-	}
 	skeleton.untrack = netip.Prefix{}
 	for _, a := range families {
 		p.writeSkeleton(&sb, a, o, skeleton)
@@ -409,17 +430,6 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 	if werr != nil {
 		return false, fmt.Errorf("programming Services into the tables %s: %w", o.Table, werr)
 	}
-	if untrack.IsValid() {
-		a := famOf(model.IPv4)
-		tbl := a.name + " " + o.Table
-		ch := a.untrackedChain(untrack)
-		var sb strings.Builder
-		fmt.Fprintf(&sb, "add chain %s %s { %s }\n", tbl, ch.name, ch.hook)
-		writeRules(&sb, tbl, ch.name, ch.rules, false)
-		if _, err := b.run.Run(ctx, sb.String()); err != nil {
-			return false, fmt.Errorf("adding the untracked chain to the tables %s: %w", o.Table, err)
-		}
-	}
 	return true, nil
 }
 
@@ -439,21 +449,22 @@ func (b *Backend) remember(p *plan, m modes) {
 // holdInPlan adds to p the endpoints connections still use that p leaves
 // out of tracked-endpoints: every endpoint Options.InUse names (what the
 // kernel held before is not known after a restart or a failed sync, and
-// a full sync rebuilds the set).
+// a full sync rebuilds the set). When InUse fails, the endpoints held so
+// far stay held.
 func (b *Backend) holdInPlan(ctx context.Context, p *plan, untrack netip.Prefix) {
 	p.holds = map[string]bool{}
 	if b.o.InUse == nil || !untrack.IsValid() {
 		return
 	}
-	used, err := b.o.InUse(ctx, untrack)
-	if err != nil {
-		return // nothing known to hold
-	}
 	var keys []string
-	for ep := range used {
-		keys = append(keys, endpointKey(ep))
+	if used, err := b.o.InUse(ctx, untrack); err != nil {
+		keys = sortedKeys(b.holds)
+	} else {
+		for ep := range used {
+			keys = append(keys, endpointKey(ep))
+		}
+		slices.Sort(keys)
 	}
-	slices.Sort(keys)
 	wanted := p.shared[model.IPv4][setTrackedEndpoints]
 	if wanted == nil {
 		wanted = map[string]int{}
@@ -476,7 +487,8 @@ func (b *Backend) Holds() int { return len(b.holds) }
 
 // ReleaseHolds lets go of the held endpoints no connection uses any more
 // (asking Options.InUse), in one transaction, and returns how many are
-// still held. A failed transaction makes the next Sync full.
+// still held. When the transaction fails nothing changes: the next call
+// tries again.
 func (b *Backend) ReleaseHolds(ctx context.Context) (int, error) {
 	if !b.synced || len(b.holds) == 0 {
 		return len(b.holds), nil
@@ -490,29 +502,31 @@ func (b *Backend) ReleaseHolds(ctx context.Context) (int, error) {
 		inUse[endpointKey(ep)] = true
 	}
 	refs := b.shared[model.IPv4][setTrackedEndpoints]
-	var dels []elem
+	var gone []string // released holds
+	var dels []elem   // and the elements no Service wants either
 	for _, k := range sortedKeys(b.holds) {
 		if inUse[k] {
 			continue
 		}
-		delete(b.holds, k)
-		if refs[k] > 1 { // a Service wants it again
-			refs[k]--
-			continue
+		gone = append(gone, k)
+		if refs[k] == 1 {
+			dels = append(dels, elem{f: model.IPv4, set: setTrackedEndpoints, key: k})
 		}
-		delete(refs, k)
-		b.counts[model.IPv4][setTrackedEndpoints]--
-		dels = append(dels, elem{f: model.IPv4, set: setTrackedEndpoints, key: k})
 	}
-	if len(dels) == 0 {
-		return len(b.holds), nil
+	if len(dels) > 0 {
+		a := famOf(model.IPv4)
+		var sb strings.Builder
+		writeElems(&sb, "delete", a, a.name+" "+b.o.Table, dels, nil, false)
+		if _, err := b.run.Run(ctx, sb.String()); err != nil {
+			return len(b.holds), fmt.Errorf("releasing %d held endpoints: %w", len(dels), err)
+		}
 	}
-	a := famOf(model.IPv4)
-	var sb strings.Builder
-	writeElems(&sb, "delete", a, a.name+" "+b.o.Table, dels, nil, false)
-	if _, err := b.run.Run(ctx, sb.String()); err != nil {
-		b.synced = false
-		return len(b.holds), fmt.Errorf("releasing %d held endpoints: %w", len(dels), err)
+	for _, k := range gone {
+		delete(b.holds, k)
+		if refs[k]--; refs[k] == 0 {
+			delete(refs, k)
+			b.counts[model.IPv4][setTrackedEndpoints]--
+		}
 	}
 	return len(b.holds), nil
 }
