@@ -60,7 +60,8 @@ type Options struct {
 	// (a change waits up to MinSyncPeriod by design).
 	HealthTimeout time.Duration
 	// HoldCheckPeriod is how often endpoints held for open connections
-	// (nftables.Options.InUse) are checked; default 30s.
+	// (nftables.Options.InUse) are checked: about how long such an
+	// endpoint stays tracked after its last connection; default 30s.
 	HoldCheckPeriod time.Duration
 	// Metrics receives the agent's measurements; nil means metrics.Nop.
 	Metrics metrics.Reporter
@@ -86,10 +87,7 @@ type Agent struct {
 	// it failed.
 	dropPins string
 	cleaner  *conntrack.Cleaner // nil when conntrack netlink is unavailable
-	// inspector reads conntrack for the nftables backend (Options.InUse),
-	// during syncs; nil when conntrack netlink is unavailable.
-	inspector *conntrack.Cleaner
-	health    *healthcheck.ProxyHealth
+	health   *healthcheck.ProxyHealth
 	// svcHealth serves healthCheckNodePorts; nil until Run starts it.
 	svcHealth *healthcheck.ServiceHealth
 	// programmed is true once a sync succeeded in this process: from then
@@ -146,17 +144,20 @@ func New(opts Options) (*Agent, error) {
 		cleaner = nil
 	}
 	// With untracked pod TCP, endpoints whose DNATed connections are still
-	// open stay tracked after their Service lets go of them.
-	var inspector *conntrack.Cleaner
-	if opts.Config.UntrackPodTCP && opts.NFT.InUse == nil {
-		if inspector, err = conntrack.NewCleaner(); err != nil {
-			klog.ErrorS(err, "Connections nftables DNATed to an endpoint no Service keeps tracked any more will lose their replies")
-			inspector = nil
-		} else {
-			opts.NFT.InUse = func(_ context.Context, cidr netip.Prefix) (map[netip.AddrPort]bool, error) {
-				return inspector.DNATed(cidr)
+	// open stay tracked after their Service lets go of them. The backend
+	// reads conntrack from the Run goroutine (syncs, releaseHolds), as
+	// clearConntrack does: one socket serves both.
+	if opts.Config.UntrackPodTCP && opts.NFT.InUse == nil && cleaner != nil {
+		opts.NFT.InUse = func(_ context.Context, cidr netip.Prefix) (map[netip.AddrPort]bool, error) {
+			used, err := cleaner.DNATed(cidr)
+			if err != nil {
+				klog.ErrorS(err, "Reading conntrack for the endpoints DNATed connections use failed; keeping them tracked")
 			}
+			return used, err
 		}
+	}
+	if opts.HoldCheckPeriod == 0 {
+		opts.HoldCheckPeriod = 30 * time.Second
 	}
 	if opts.HealthTimeout == 0 {
 		opts.HealthTimeout = 60*time.Second + opts.MinSyncPeriod
@@ -166,10 +167,8 @@ func New(opts Options) (*Agent, error) {
 	switch {
 	case opts.Config.SocketLB && !opts.Config.MasqueradeAll:
 		if balancer, err = socketlb.Open(opts.SocketLB); err != nil {
-			for _, c := range []*conntrack.Cleaner{cleaner, inspector} {
-				if c != nil {
-					c.Close()
-				}
+			if cleaner != nil {
+				cleaner.Close()
 			}
 			return nil, err
 		}
@@ -180,18 +179,17 @@ func New(opts Options) (*Agent, error) {
 		dropPins = opts.SocketLB.PinDir
 	}
 	return &Agent{
-		balancer:  balancer,
-		dropPins:  dropPins,
-		opts:      opts,
-		health:    healthcheck.NewProxyHealth(opts.HealthTimeout),
-		cleaner:   cleaner,
-		inspector: inspector,
-		backend:   nftables.New(opts.Runner, opts.NFT),
-		builder:   model.NewBuilder(opts.Config),
-		reported:  map[string]bool{},
-		kick:      make(chan struct{}, 1),
-		triggers:  metrics.NewTriggerTimes(time.Now()),
-		counter:   metrics.NewStateCounter(),
+		balancer: balancer,
+		dropPins: dropPins,
+		opts:     opts,
+		health:   healthcheck.NewProxyHealth(opts.HealthTimeout),
+		cleaner:  cleaner,
+		backend:  nftables.New(opts.Runner, opts.NFT),
+		builder:  model.NewBuilder(opts.Config),
+		reported: map[string]bool{},
+		kick:     make(chan struct{}, 1),
+		triggers: metrics.NewTriggerTimes(time.Now()),
+		counter:  metrics.NewStateCounter(),
 	}, nil
 }
 
@@ -199,10 +197,8 @@ func New(opts Options) (*Agent, error) {
 // nftables tables, and the socket load balancer when it is pinned.
 func (a *Agent) Close() error {
 	var errs []error
-	for _, c := range []*conntrack.Cleaner{a.cleaner, a.inspector} {
-		if c != nil {
-			errs = append(errs, c.Close())
-		}
+	if a.cleaner != nil {
+		errs = append(errs, a.cleaner.Close())
 	}
 	if a.balancer != nil {
 		errs = append(errs, a.balancer.Close())
@@ -263,7 +259,7 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	defer addrCheck.Stop()
 	// Endpoints held in tracked-endpoints for open connections (see
 	// nftables.Options.InUse) are let go of once those are closed.
-	holdCheck := time.NewTicker(a.holdCheckPeriod())
+	holdCheck := time.NewTicker(a.opts.HoldCheckPeriod)
 	defer holdCheck.Stop()
 	addrsNow := func() bool { return a.refreshLocalAddrs() && a.opts.Config.UntrackPodTCP }
 
@@ -328,24 +324,15 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	}
 }
 
-// holdCheckPeriod is how often held endpoints are checked: about how long
-// the connections' last replies may come after they closed.
-func (a *Agent) holdCheckPeriod() time.Duration {
-	if a.opts.HoldCheckPeriod > 0 {
-		return a.opts.HoldCheckPeriod
-	}
-	return 30 * time.Second
-}
-
 // releaseHolds lets the backend let go of the held endpoints no connection
-// uses any more.
+// uses any more. Like sync, it runs in the Run goroutine, the only one
+// that uses the backend; it does not take mu, so the sources are not held
+// up while conntrack is read.
 func (a *Agent) releaseHolds(ctx context.Context) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.backend.Holds() == 0 {
+	before := a.backend.Holds()
+	if before == 0 {
 		return
 	}
-	before := a.backend.Holds()
 	n, err := a.backend.ReleaseHolds(context.WithoutCancel(ctx))
 	if err != nil {
 		klog.ErrorS(err, "Releasing held endpoints failed; retrying later", "held", n)
@@ -476,6 +463,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	if a.dropPins != "" {
 		if _, err := socketlb.Cleanup(a.dropPins); err != nil {
 			pinsErr = fmt.Errorf("removing the socket load balancer pinned in %s: %w", a.dropPins, err)
+			a.opts.Metrics.SyncFailed()
 		} else {
 			a.dropPins = ""
 		}
