@@ -10,9 +10,8 @@
 // It only accelerates: the nftables tables keep every rule, and a connect
 // the balancer does not rewrite (a frontend it does not hold, a Service
 // without endpoints, UDP, IPv6 addresses, a process outside the cgroup) is
-// served by
-// them as before (with model.Config.UntrackPodTCP, only for the ports the
-// model keeps tracked: see model.State.TrackedEndpoints). Which ports it
+// served by them as before (with model.Config.UntrackPodTCP, only for the
+// ports the model keeps tracked: see model.State.TrackedEndpoints). Which ports it
 // holds, and with which endpoints, is the model's decision
 // (model.State.SocketEndpoints).
 //
@@ -47,27 +46,20 @@ import (
 )
 
 // hook is one of the cgroup hooks the balancer's programs are attached
-// to, and the name its link is pinned under in PinDir.
+// to: the name its link is pinned under in PinDir, and its program.
 type hook struct {
 	pin    string
 	attach ebpf.AttachType
-	prog   *ebpf.Program
-}
-
-// hookPins are the names the links of the balancer's hooks are pinned
-// under in PinDir, in the order Balancer.hooks returns the hooks.
-func hookPins() []string {
-	return []string{"connect4", "connect6", "getpeername4", "getpeername6"}
+	prog   func(*bpfObjects) *ebpf.Program
 }
 
 // hooks returns the balancer's hooks.
-func (b *Balancer) hooks() []hook {
-	pins := hookPins()
+func hooks() []hook {
 	return []hook{
-		{pins[0], ebpf.AttachCGroupInet4Connect, b.objs.KubenatConnect4},
-		{pins[1], ebpf.AttachCGroupInet6Connect, b.objs.KubenatConnect6},
-		{pins[2], ebpf.AttachCgroupInet4GetPeername, b.objs.KubenatGetpeername4},
-		{pins[3], ebpf.AttachCgroupInet6GetPeername, b.objs.KubenatGetpeername6},
+		{"connect4", ebpf.AttachCGroupInet4Connect, func(o *bpfObjects) *ebpf.Program { return o.KubenatConnect4 }},
+		{"connect6", ebpf.AttachCGroupInet6Connect, func(o *bpfObjects) *ebpf.Program { return o.KubenatConnect6 }},
+		{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *bpfObjects) *ebpf.Program { return o.KubenatGetpeername4 }},
+		{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *bpfObjects) *ebpf.Program { return o.KubenatGetpeername6 }},
 	}
 }
 
@@ -178,8 +170,8 @@ func (b *Balancer) attach(o Options) error {
 	} else if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		ino = st.Ino // a cgroup's id is its directory's inode number
 	}
-	for _, h := range b.hooks() {
-		l, err := attachHook(o, ino, h)
+	for _, h := range hooks() {
+		l, err := attachHook(o, ino, h.pin, h.attach, h.prog(&b.objs))
 		if err != nil {
 			return err
 		}
@@ -188,10 +180,10 @@ func (b *Balancer) attach(o Options) error {
 	return nil
 }
 
-// attachHook links h's program to the cgroup (whose id is ino), or
-// updates h's pinned link.
-func attachHook(o Options, ino uint64, h hook) (link.Link, error) {
-	pin := filepath.Join(o.PinDir, h.pin)
+// attachHook links prog to the cgroup's (whose id is ino) hook attach,
+// or updates the link pinned under name.
+func attachHook(o Options, ino uint64, name string, attach ebpf.AttachType, prog *ebpf.Program) (link.Link, error) {
+	pin := filepath.Join(o.PinDir, name)
 	if o.PinDir != "" {
 		l, err := link.LoadPinnedLink(pin, nil)
 		switch {
@@ -201,23 +193,23 @@ func attachHook(o Options, ino uint64, h hook) (link.Link, error) {
 				l.Close()
 				return nil, fmt.Errorf("the socket load balancer pinned in %s is attached to another cgroup than %s (run kubenat cleanup first)", o.PinDir, o.Cgroup)
 			}
-			if err := l.Update(h.prog); err != nil {
+			if err := l.Update(prog); err != nil {
 				l.Close()
-				return nil, fmt.Errorf("replacing the socket load balancer's %s program: %w", h.pin, err)
+				return nil, fmt.Errorf("replacing the socket load balancer's %s program: %w", name, err)
 			}
 			return l, nil
 		case !errors.Is(err, os.ErrNotExist):
-			return nil, fmt.Errorf("opening the pinned socket load balancer (%s): %w", h.pin, err)
+			return nil, fmt.Errorf("opening the pinned socket load balancer (%s): %w", name, err)
 		}
 	}
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: o.Cgroup, Attach: h.attach, Program: h.prog})
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: o.Cgroup, Attach: attach, Program: prog})
 	if err != nil {
-		return nil, fmt.Errorf("attaching the socket load balancer's %s program to cgroup %s: %w", h.pin, o.Cgroup, err)
+		return nil, fmt.Errorf("attaching the socket load balancer's %s program to cgroup %s: %w", name, o.Cgroup, err)
 	}
 	if o.PinDir != "" {
 		if err := l.Pin(pin); err != nil {
 			l.Close()
-			return nil, fmt.Errorf("pinning the socket load balancer's %s program: %w", h.pin, err)
+			return nil, fmt.Errorf("pinning the socket load balancer's %s program: %w", name, err)
 		}
 	}
 	return l, nil
@@ -469,7 +461,10 @@ func Cleanup(pinDir string) (removed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("reading the socket load balancer's pins: %w", err)
 	}
-	linkPins := hookPins()
+	var linkPins []string
+	for _, h := range hooks() {
+		linkPins = append(linkPins, h.pin)
+	}
 	for _, name := range linkPins {
 		if l, err := link.LoadPinnedLink(filepath.Join(pinDir, name), nil); err == nil {
 			defer l.Close()

@@ -210,7 +210,8 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 		}
 		// As an agent from before the connect6 and getpeername programs
 		// left it: only connect4 pinned. The new Open adds the others.
-		for _, pin := range hookPins()[1:] {
+		for _, h := range hooks()[1:] {
+			pin := h.pin
 			l, err := link.LoadPinnedLink(filepath.Join(pins, pin), nil)
 			if err != nil {
 				t.Fatal(err)
