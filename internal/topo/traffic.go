@@ -202,7 +202,17 @@ func dial(ctx context.Context, network string, dst netip.AddrPort, timeout time.
 		return d.DialContext(ctx, network, dst.String())
 	case "mptcp":
 		d.SetMultipathTCP(true)
-		return d.DialContext(ctx, "tcp", dst.String())
+		c, err := d.DialContext(ctx, "tcp", dst.String())
+		if err != nil {
+			return nil, err
+		}
+		// Go falls back to plain TCP where the kernel has no MPTCP (or
+		// the peer does not answer with it): that would test nothing.
+		if mp, err := c.(*net.TCPConn).MultipathTCP(); err != nil || !mp {
+			c.Close()
+			return nil, fmt.Errorf("mptcp dial to %s: the connection is not Multipath TCP (%v)", dst, err)
+		}
+		return c, nil
 	case "tcp4in6":
 		if !dst.Addr().Is4() {
 			return nil, fmt.Errorf("tcp4in6 dial to %s: not an IPv4 address", dst)
