@@ -73,8 +73,9 @@ new connections of the packet's 5-tuple, prints every rule the packet hit and
 the conntrack entry it created beside the model's answer, flags any
 disagreement (exit status 1), and removes its table. A --local packet is sent
 by trace itself (a TCP connect or a UDP datagram from --src); any other packet
-is awaited for --timeout. One live trace per node at a time: a second one is
-refused while the first holds the table. See docs/trace.md.`,
+is awaited for --timeout. One live trace per node (and address family) at a
+time: a second one is refused while the first holds the table. See
+docs/trace.md.`,
 		Example: `  kubenat trace --manifests examples/basic --node-name node-a --cluster-cidr 10.244.0.0/16 \
     --src 192.168.100.50 --dst 192.168.100.11:30080
   kubenat trace ... --src 10.244.1.10 --dst 10.96.0.10:80 --json`,

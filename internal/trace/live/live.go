@@ -544,18 +544,13 @@ func masqText(k Kernel) string {
 
 // Cleanup removes the tables of live traces in both families (a running
 // trace's, which then fails, or one a killed trace left), and reports
-// whether there were any.
+// whether there were any. Each table is looked up by name: nft 1.0.6
+// fetches every set element of every table for "list tables".
 func Cleanup(ctx context.Context, run nft.Runner) (bool, error) {
-	out, err := run.Run(ctx, "list tables\n")
-	if err != nil {
-		return false, fmt.Errorf("listing tables: %w", err)
-	}
 	var script strings.Builder
-	for _, line := range strings.Split(out, "\n") {
-		for _, fam := range []string{"ip", "ip6"} {
-			if strings.TrimSpace(line) == fmt.Sprintf("table %s %s", fam, Table) {
-				fmt.Fprintf(&script, "delete table %s %s\n", fam, Table)
-			}
+	for _, fam := range []string{"ip", "ip6"} {
+		if _, err := run.Run(ctx, fmt.Sprintf("list table %s %s\n", fam, Table)); err == nil {
+			fmt.Fprintf(&script, "delete table %s %s\n", fam, Table)
 		}
 	}
 	if script.Len() == 0 {
