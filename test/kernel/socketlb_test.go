@@ -324,9 +324,9 @@ func TestUntrackedFollowsNodeAddresses(t *testing.T) {
 // connection nftables DNATed (an affinity Service, which the balancer
 // leaves to the rules) keeps working after its Service lets go of the
 // endpoint — deleted, or its affinity removed — as with conntrack alone:
-// the endpoint stays in tracked-endpoints while conntrack holds the
-// connection, so its replies are still translated back. Once the
-// connection is gone, the next sync lets go of it.
+// the running agent keeps the endpoint in tracked-endpoints (held), so
+// its replies are still translated back. A restarted agent holds it too,
+// from conntrack, and lets go of it once the connection is gone.
 func TestUntrackedKeepsDNATedConnections(t *testing.T) {
 	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a", Pods: []string{"web-1", "cli"}}}})
 	cgroup, bpffs := netnstest.SocketLBSandbox(t)
@@ -335,21 +335,22 @@ func TestUntrackedKeepsDNATedConnections(t *testing.T) {
 	serveLines(t, &web1.Host, linePort)
 	sticky := k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60,
 		Ports: []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: linePort}}, Endpoints: []k8sobj.Endpoint{e.ep("web-1")}}
-	sync := func(t *testing.T) {
-		t.Helper()
-		args := append(e.agentArgs(a), "--once", "--socket-lb-cgroup", cgroup,
-			"--bpf-pin-dir", filepath.Join(bpffs, "kubenat"), "--untrack-pod-tcp")
-		if out, err := netnstest.Kubenat(t, &a.Host, args...); err != nil {
-			t.Fatalf("kubenat agent: %v\n%s", err, out)
+	args := append(e.agentArgs(a), "--socket-lb-cgroup", cgroup,
+		"--bpf-pin-dir", filepath.Join(bpffs, "kubenat"), "--untrack-pod-tcp")
+	// list returns what nft lists, nothing before the agent made it.
+	list := func(t *testing.T, what ...string) string {
+		out, err := e.c.Exec(t.Context(), &a.Host, append([]string{"nft", "list"}, what...)...)
+		if err != nil {
+			return ""
 		}
+		return out
 	}
 	tracked := func(t *testing.T) bool {
-		t.Helper()
-		out, err := e.c.Exec(t.Context(), &a.Host, "nft", "list", "set", "ip", "kubenat", "tracked-endpoints")
-		if err != nil {
-			t.Fatalf("listing tracked-endpoints: %v\n%s", err, out)
-		}
-		return strings.Contains(out, fmt.Sprintf("%s . %d", web1.Addr, linePort))
+		return strings.Contains(list(t, "set", "ip", "kubenat", "tracked-endpoints"), fmt.Sprintf("%s . %d", web1.Addr, linePort))
+	}
+	// affine reports whether the rules DNAT the ClusterIP with affinity.
+	affine := func(t *testing.T) bool {
+		return strings.Contains(list(t, "map", "ip", "kubenat", "affinity-services"), "10.96.0.50")
 	}
 	for _, tc := range []struct {
 		name   string
@@ -368,19 +369,47 @@ func TestUntrackedKeepsDNATedConnections(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e.writeService(t, sticky)
-			sync(t)
+			agent := netnstest.StartKubenat(t, &a.Host, args...)
+			if msg := eventually(10*time.Second, func() string {
+				if !affine(t) || !tracked(t) {
+					return "the affinity Service is not programmed"
+				}
+				return ""
+			}); msg != "" {
+				t.Fatalf("%s\n%s", msg, agent.Output())
+			}
 			conn := dialLines(t, &cli.Host, ap("10.96.0.50", 80))
 			conn.exchange(t, "before")
 			tc.change(t)
-			sync(t)
+			if msg := eventually(10*time.Second, func() string {
+				if affine(t) {
+					return "the change is not programmed"
+				}
+				return ""
+			}); msg != "" {
+				t.Fatalf("%s\n%s", msg, agent.Output())
+			}
 			if !tracked(t) {
 				t.Errorf("web-1:%d left tracked-endpoints while a DNATed connection uses it", linePort)
 			}
 			conn.exchange(t, "after")
+			if err := agent.Stop(5 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			// A restarted agent learns the connection from conntrack.
+			if out, err := netnstest.Kubenat(t, &a.Host, append(args, "--once")...); err != nil {
+				t.Fatalf("kubenat agent --once: %v\n%s", err, out)
+			}
+			if !tracked(t) {
+				t.Errorf("web-1:%d left tracked-endpoints on a restart while a DNATed connection uses it", linePort)
+			}
+			conn.exchange(t, "after a restart")
 			conn.Close()
 			// The connection gone from conntrack, a sync lets go of it.
 			e.c.Exec(t.Context(), &a.Host, "conntrack", "-D", "-p", "tcp", "--reply-src", web1.Addr.String())
-			sync(t)
+			if out, err := netnstest.Kubenat(t, &a.Host, append(args, "--once")...); err != nil {
+				t.Fatalf("kubenat agent --once: %v\n%s", err, out)
+			}
 			if tracked(t) {
 				t.Errorf("web-1:%d still in tracked-endpoints after its connection closed", linePort)
 			}
