@@ -326,3 +326,76 @@ func Listen(h *Host, addr string) (net.Listener, error) {
 	}
 	return l, nil
 }
+
+// ServeStream listens on port in h and, on each connection, answers every
+// line with "<name> <line>" until the peer closes: a server for
+// long-lived connections (see OpenStream). The listener is the caller's
+// to close.
+func ServeStream(h *Host, name string, port uint16) (net.Listener, error) {
+	l, err := Listen(h, fmt.Sprintf(":%d", port))
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if _, err := fmt.Fprintf(c, "%s %s", name, line); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l, nil
+}
+
+// Stream is a long-lived TCP connection to a ServeStream server.
+type Stream struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// OpenStream connects from h to dst.
+func OpenStream(from *Host, dst netip.AddrPort) (*Stream, error) {
+	var conn net.Conn
+	if err := InNS(from.NS, func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", dst.String(), 2*time.Second)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return &Stream{conn: conn, r: bufio.NewReader(conn)}, nil
+}
+
+// Ping sends a line and returns the name of the server that echoed it,
+// within 2 s.
+func (s *Stream) Ping(msg string) (string, error) {
+	_ = s.conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := fmt.Fprintf(s.conn, "%s\n", msg); err != nil {
+		return "", err
+	}
+	line, err := s.r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	server, echoed, _ := strings.Cut(strings.TrimSpace(line), " ")
+	if echoed != msg {
+		return "", fmt.Errorf("echoed %q, want %q", echoed, msg)
+	}
+	return server, nil
+}
+
+// Close closes the connection.
+func (s *Stream) Close() error { return s.conn.Close() }

@@ -195,12 +195,12 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	})
 
 	t.Run("API server restart: the rules stay, and the agent resyncs", func(t *testing.T) {
-		st, err := openStream(&cli.Host, vipStream)
+		st, err := topo.OpenStream(&cli.Host, vipStream)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer st.Close()
-		first, err := st.ping("before")
+		first, err := st.Ping("before")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,7 +235,7 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		for f := range failures {
 			t.Errorf("a new connection failed during the API server restart: %s", f)
 		}
-		if server, err := st.ping("after"); err != nil || server != first {
+		if server, err := st.Ping("after"); err != nil || server != first {
 			t.Errorf("established connection after the restart: %q, %v; want %s", server, err, first)
 		}
 		t.Logf("API server restart took %v; %d new connections during it all succeeded", restart.Round(time.Millisecond), n)
@@ -258,11 +258,11 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 			if unreachable {
 				name = "API unreachable until after the restart"
 			}
-			st, err := openStream(&cli.Host, vipStream)
+			st, err := topo.OpenStream(&cli.Host, vipStream)
 			if err != nil {
 				t.Fatal(err)
 			}
-			first, err := st.ping("before")
+			first, err := st.Ping("before")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -274,7 +274,7 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 			if err := e.agent.Stop(10 * time.Second); err != nil {
 				t.Fatalf("%s: stopping the agent: %v", name, err)
 			}
-			if server, err := st.ping("agent down"); err != nil || server != first {
+			if server, err := st.Ping("agent down"); err != nil || server != first {
 				t.Errorf("%s: established connection with the agent stopped: %q, %v", name, server, err)
 			}
 			var heal func()
@@ -307,7 +307,7 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 			for _, pr := range problems {
 				t.Errorf("%s: while restarting: %s", name, pr)
 			}
-			if server, err := st.ping("after"); err != nil || server != first {
+			if server, err := st.Ping("after"); err != nil || server != first {
 				t.Errorf("%s: established connection after the restart: %q, %v; want %s", name, server, err, first)
 			}
 			st.Close()

@@ -11,7 +11,6 @@
 package cluster
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -102,7 +101,7 @@ func (e *env) serve(p *topo.Pod) {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(s.Close)
-	l, err := serveStream(&p.Host, p.Name, streamPort)
+	l, err := topo.ServeStream(&p.Host, p.Name, streamPort)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -290,74 +289,6 @@ func eventually(timeout time.Duration, check func() string) (time.Duration, stri
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-// serveStream listens on port in h and, on each connection, answers every
-// line with "<name> <line>" until the peer closes.
-func serveStream(h *topo.Host, name string, port int) (net.Listener, error) {
-	l, err := topo.Listen(h, fmt.Sprintf(":%d", port))
-	if err != nil {
-		return nil, err
-	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if _, err := fmt.Fprintf(c, "%s %s", name, line); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return l, nil
-}
-
-// stream is a long-lived TCP connection to a stream server.
-type stream struct {
-	conn net.Conn
-	r    *bufio.Reader
-}
-
-func openStream(from *topo.Host, dst netip.AddrPort) (*stream, error) {
-	var conn net.Conn
-	if err := topo.InNS(from.NS, func() error {
-		var err error
-		conn, err = net.DialTimeout("tcp", dst.String(), 2*time.Second)
-		return err
-	}); err != nil {
-		return nil, err
-	}
-	return &stream{conn: conn, r: bufio.NewReader(conn)}, nil
-}
-
-// ping sends a line and returns the name of the server that echoed it.
-func (s *stream) ping(msg string) (string, error) {
-	_ = s.conn.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := fmt.Fprintf(s.conn, "%s\n", msg); err != nil {
-		return "", err
-	}
-	line, err := s.r.ReadString('\n')
-	if err != nil {
-		return "", err
-	}
-	server, echoed, _ := strings.Cut(strings.TrimSpace(line), " ")
-	if echoed != msg {
-		return "", fmt.Errorf("echoed %q, want %q", echoed, msg)
-	}
-	return server, nil
-}
-
-func (s *stream) Close() error { return s.conn.Close() }
 
 // backendRE matches the elements of the backends maps in
 // `nft list table ip kubenat`: "frontend . proto . port [. i] : endpoint . port".

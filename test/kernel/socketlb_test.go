@@ -1,10 +1,7 @@
 package kernel
 
 import (
-	"bufio"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -332,7 +329,11 @@ func TestUntrackedKeepsDNATedConnections(t *testing.T) {
 	cgroup, bpffs := netnstest.SocketLBSandbox(t)
 	a, cli, web1 := e.c.Node("node-a"), e.c.Pod("cli"), e.c.Pod("web-1")
 	const linePort = 8082
-	serveLines(t, &web1.Host, linePort)
+	l, err := topo.ServeStream(&web1.Host, "web-1", linePort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
 	sticky := k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60,
 		Ports: []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: linePort}}, Endpoints: []k8sobj.Endpoint{e.ep("web-1")}}
 	args := append(e.agentArgs(a), "--socket-lb-cgroup", cgroup,
@@ -378,8 +379,18 @@ func TestUntrackedKeepsDNATedConnections(t *testing.T) {
 			}); msg != "" {
 				t.Fatalf("%s\n%s", msg, agent.Output())
 			}
-			conn := dialLines(t, &cli.Host, ap("10.96.0.50", 80))
-			conn.exchange(t, "before")
+			conn, err := topo.OpenStream(&cli.Host, ap("10.96.0.50", 80))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			exchange := func(msg string) {
+				t.Helper()
+				if server, err := conn.Ping(msg); err != nil || server != "web-1" {
+					t.Fatalf("%q over the connection: answered by %q, %v; want web-1", msg, server, err)
+				}
+			}
+			exchange("before")
 			tc.change(t)
 			if msg := eventually(10*time.Second, func() string {
 				if affine(t) {
@@ -392,7 +403,7 @@ func TestUntrackedKeepsDNATedConnections(t *testing.T) {
 			if !tracked(t) {
 				t.Errorf("web-1:%d left tracked-endpoints while a DNATed connection uses it", linePort)
 			}
-			conn.exchange(t, "after")
+			exchange("after")
 			if err := agent.Stop(5 * time.Second); err != nil {
 				t.Fatal(err)
 			}
@@ -403,7 +414,7 @@ func TestUntrackedKeepsDNATedConnections(t *testing.T) {
 			if !tracked(t) {
 				t.Errorf("web-1:%d left tracked-endpoints on a restart while a DNATed connection uses it", linePort)
 			}
-			conn.exchange(t, "after a restart")
+			exchange("after a restart")
 			conn.Close()
 			// The connection gone from conntrack, a sync lets go of it.
 			e.c.Exec(t.Context(), &a.Host, "conntrack", "-D", "-p", "tcp", "--reply-src", web1.Addr.String())
@@ -415,65 +426,4 @@ func TestUntrackedKeepsDNATedConnections(t *testing.T) {
 			}
 		})
 	}
-}
-
-// lineConn is a client connection to a line echo server.
-type lineConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-// dialLines connects from h to dst.
-func dialLines(t *testing.T, h *topo.Host, dst netip.AddrPort) *lineConn {
-	t.Helper()
-	var c net.Conn
-	if err := topo.InNS(h.NS, func() error {
-		var err error
-		c, err = net.DialTimeout("tcp", dst.String(), 2*time.Second)
-		return err
-	}); err != nil {
-		t.Fatalf("connecting to %s: %v", dst, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &lineConn{Conn: c, r: bufio.NewReader(c)}
-}
-
-// exchange sends a line and expects it back within 2 s.
-func (c *lineConn) exchange(t *testing.T, line string) {
-	t.Helper()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := fmt.Fprintln(c, line); err != nil {
-		t.Fatalf("sending %q: %v", line, err)
-	}
-	got, err := c.r.ReadString('\n')
-	if err != nil || strings.TrimSpace(got) != line {
-		t.Fatalf("echo of %q: %q, %v", line, got, err)
-	}
-}
-
-// serveLines runs, in h, a TCP server on port that echoes every line
-// until the client closes.
-func serveLines(t *testing.T, h *topo.Host, port uint16) {
-	t.Helper()
-	var l net.Listener
-	if err := topo.InNS(h.NS, func() error {
-		var err error
-		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
 }
