@@ -104,12 +104,10 @@ type Agent struct {
 	pending    int                   // changes since the last successful sync
 	triggers   *metrics.TriggerTimes // EndpointSlice changes not programmed yet
 	counter    *metrics.StateCounter // programmed Services and endpoints
-	recount    bool                  // a sync failed: recount everything on the next success
-	fullNext   bool                  // a sync failed before the backend saw its changes
 	// unapplied is what the Builds of failed syncs said changed: the next
-	// sync applies it with its own Delta (health-check servers and
-	// conntrack cleanup work from the Delta, and Build reports a change
-	// once).
+	// sync applies it with its own Delta (Build reports a change once,
+	// and the balancer, the health-check servers, the conntrack cleanup
+	// and the programmed-objects counter work from the Delta).
 	unapplied *model.Delta
 }
 
@@ -419,9 +417,6 @@ func (a *Agent) sync(ctx context.Context) error {
 	if a.unapplied != nil {
 		delta, a.unapplied = a.unapplied.Then(delta), nil
 	}
-	if a.fullNext {
-		delta.Full, a.fullNext = true, false
-	}
 	a.report(st)
 	// The socket load balancer takes new frontends before nftables stops
 	// tracking their endpoints, and lets go of frontends only after
@@ -448,10 +443,9 @@ func (a *Agent) sync(ctx context.Context) error {
 	// sources may not change the Builder meanwhile.
 	res, err := a.backend.Sync(ctx, st, delta)
 	if err != nil {
-		// The backend replaces everything on the next Sync; so does the
-		// socket load balancer, whose removals were not applied (the next
-		// Build's Delta would not name them again).
-		a.recount, a.fullNext = true, a.balancer != nil
+		// The backend replaces everything on the next Sync; everything
+		// else gets this Delta again with the next one (the balancer's
+		// removals, for one, were not applied).
 		a.unapplied = &delta
 		a.mu.Unlock()
 		a.opts.Metrics.SyncFailed()
@@ -555,9 +549,6 @@ func (a *Agent) observe(st *model.State, delta model.Delta, full bool, start tim
 	}
 	a.pending = 0
 	m.SetPendingChanges(0)
-	if a.recount {
-		delta.Full, a.recount = true, false
-	}
 	m.SetProgrammed(a.counter.Update(st, delta))
 	m.SetInvalidObjects(len(a.sourceErrs) + len(st.Errors))
 }

@@ -171,7 +171,8 @@ func TestAgentProgramsOnlyAfterSyncAndBatches(t *testing.T) {
 func TestFailedSyncChangesAreApplied(t *testing.T) {
 	ctx := t.Context()
 	run := &fakeRunner{}
-	a, err := New(Options{Runner: run, NFT: nftables.Options{InitialChunk: -1},
+	rep := &programmedReporter{Reporter: metrics.Nop}
+	a, err := New(Options{Runner: run, Metrics: rep, NFT: nftables.Options{InitialChunk: -1},
 		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
 	if err != nil {
 		t.Fatal(err)
@@ -208,6 +209,19 @@ func TestFailedSyncChangesAreApplied(t *testing.T) {
 	if got := a.svcHealth.Ports()[key]; got != 32123 {
 		t.Errorf("health-check port of %s after the retry: %d, want 32123", key, got)
 	}
+	if rep.services != 1 || rep.endpoints != 1 {
+		t.Errorf("programmed after the retry: %d Services, %d endpoints; want 1 and 1", rep.services, rep.endpoints)
+	}
+}
+
+// programmedReporter records the programmed-objects gauges.
+type programmedReporter struct {
+	metrics.Reporter
+	services, endpoints int
+}
+
+func (r *programmedReporter) SetProgrammed(services, endpoints int) {
+	r.services, r.endpoints = services, endpoints
 }
 
 // invalidReporter records the invalid-objects gauge.
