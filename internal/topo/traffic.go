@@ -119,6 +119,15 @@ func ServeEcho(h *Host, name string, port uint16) (*EchoServer, error) {
 
 func (s *EchoServer) serveTCP(l net.Listener) {
 	defer s.wg.Done()
+	serveEach(l, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "%s %s\n", s.name, c.RemoteAddr())
+	})
+}
+
+// serveEach accepts connections on l until it is closed, and runs handle
+// for each in a goroutine of its own, closing the connection after.
+func serveEach(l net.Listener, handle func(net.Conn)) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -126,8 +135,7 @@ func (s *EchoServer) serveTCP(l net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(c, "%s %s\n", s.name, c.RemoteAddr())
+			handle(c)
 		}()
 	}
 }
@@ -336,27 +344,18 @@ func ServeStream(h *Host, name string, port uint16) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	go func() {
+	go serveEach(l, func(c net.Conn) {
+		r := bufio.NewReader(c)
 		for {
-			c, err := l.Accept()
+			line, err := r.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if _, err := fmt.Fprintf(c, "%s %s", name, line); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := fmt.Fprintf(c, "%s %s", name, line); err != nil {
+				return
+			}
 		}
-	}()
+	})
 	return l, nil
 }
 
