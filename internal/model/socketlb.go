@@ -13,12 +13,14 @@ import "slices"
 // rule translates. Pod to pod TCP is translated by kubenat's rules in two
 // cases, and the endpoints involved are kept tracked (TrackedEndpoints):
 //   - ClusterIP ports the socket load balancer does not serve (session
-//     affinity, or IPv6): their DNAT needs conntrack to reverse the reply;
+//     affinity): their DNAT needs conntrack to reverse the reply;
 //   - externalTrafficPolicy: Local ports: a pod of this node reaching the
 //     NodePort or a LoadBalancer IP is DNATed without masquerade, and a
 //     pod of another node reaching this node's NodePort keeps its address.
 // Every other flow kubenat translates is masqueraded to a node address,
-// and its replies (to a local address) stay tracked. DNAT done by others
+// and its replies (to a local address) stay tracked. Only IPv4 is ever
+// untracked: IPv6 connections the balancer serves stay tracked, without
+// NAT. DNAT done by others
 // (a CNI's hostPorts) and pods whose connects the balancer does not see
 // are not known here: that is why untracking is a choice of its own.
 
@@ -32,13 +34,13 @@ func (s *State) UntrackActive() bool { return s.SocketLBActive() && s.Config.Unt
 
 // SocketEndpoints returns the endpoints the socket load balancer spreads a
 // connect() to sp's ClusterIP over, and false when it leaves sp to the
-// kernel's rules: when it is not active, for non-TCP or IPv6 ports, ports
+// kernel's rules: when it is not active, for non-TCP ports, ports
 // with ClientIP affinity, ports whose ClusterIP frontend another Service
 // holds (see ServicePort.Frontends: the rules serve that one), and ports
 // without an endpoint for cluster traffic (whose rules refuse or drop the
 // connection).
 func (s *State) SocketEndpoints(sp *ServicePort) ([]Endpoint, bool) {
-	if !s.SocketLBActive() || sp.Name.Protocol != TCP || sp.Name.Family != IPv4 || sp.AffinityTimeout > 0 {
+	if !s.SocketLBActive() || sp.Name.Protocol != TCP || sp.AffinityTimeout > 0 {
 		return nil, false
 	}
 	if !slices.ContainsFunc(sp.Frontends, func(f Frontend) bool { return f.Kind == ClusterIP }) {
@@ -55,10 +57,10 @@ func (s *State) SocketEndpoints(sp *ServicePort) ([]Endpoint, bool) {
 // from pods must stay tracked when pod-to-pod TCP is untracked (see the
 // comment above): all of sp's endpoints when the kernel's rules may DNAT
 // pod traffic to them without masquerade, else none. It returns nil when
-// nothing is untracked (UntrackActive is false) and for non-TCP ports
-// (only TCP is untracked).
+// nothing is untracked (UntrackActive is false) and for non-TCP or IPv6
+// ports (only IPv4 TCP is untracked).
 func (s *State) TrackedEndpoints(sp *ServicePort) []Endpoint {
-	if !s.UntrackActive() || sp.Name.Protocol != TCP {
+	if !s.UntrackActive() || sp.Name.Protocol != TCP || sp.Name.Family != IPv4 {
 		return nil
 	}
 	if _, ok := s.SocketEndpoints(sp); !ok {

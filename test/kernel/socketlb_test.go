@@ -47,6 +47,9 @@ func TestSocketLoadBalancer(t *testing.T) {
 	}
 	e.writeService(t, k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60,
 		Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: otherPort}}, Endpoints: both})
+	e.writeService(t, k8sobj.Service{Name: "web6", ClusterIPs: []string{"fd00:96::10"},
+		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}},
+		Endpoints: []k8sobj.Endpoint{{IP: web1.Addr6.String(), Node: "node-a"}, {IP: e.c.Pod("web-2").Addr6.String(), Node: "node-b"}}})
 	e.writeService(t, k8sobj.Service{Name: "local", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.20"}, ETPLocal: true,
 		Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: otherPort, NodePort: 30081}}, Endpoints: []k8sobj.Endpoint{e.ep("web-2")}})
 	// sync runs the agents; mode is "" (nftables alone), "balancer" or
@@ -128,17 +131,44 @@ func TestSocketLoadBalancer(t *testing.T) {
 			}
 		})
 	}
+	t.Run("pod to an IPv6 ClusterIP: balanced at connect, tracked without NAT", func(t *testing.T) {
+		flush(t)
+		vip6 := ap("fd00:96::10", 80)
+		hits, seen := e.spread(t, &cli.Host, "tcp", vip6, 30)
+		if len(hits) != 2 {
+			t.Errorf("answers %s: want web-1 and web-2", keys(hits))
+		}
+		for server, srcs := range seen {
+			if len(srcs) != 1 || !srcs[cli.Addr6] {
+				t.Errorf("%s saw %v, want only the client pod %s", server, srcs, cli.Addr6)
+			}
+		}
+		if r := e.mustDial(t, &cli.Host, "tcp", vip6); r.Peer != vip6 {
+			t.Errorf("the client's getpeername says %s (answered by %s), want the ClusterIP %s", r.Peer, r.Server, vip6)
+		}
+		// Only IPv4 is untracked: the connections are tracked, to the
+		// pods themselves.
+		out, _ := e.c.Exec(t.Context(), &a.Host, "conntrack", "-L", "-f", "ipv6", "-p", "tcp", "-s", cli.Addr6.String())
+		if !strings.Contains(out, "dst="+web1.Addr6.String()) || strings.Contains(out, "dst="+vip6.Addr().String()) {
+			t.Errorf("node-a's IPv6 entries of the client pod:\n%s\nwant connections straight to the pods, none to the ClusterIP", out)
+		}
+	})
 	t.Run("trace says so", func(t *testing.T) {
-		for dst, want := range map[string]string{
-			"10.96.0.10:80": "the socket load balancer connects the socket",
-			"10.96.0.50:80": "DNAT to one of 2 candidate endpoints",
+		for _, tc := range []struct {
+			src            netip.Addr
+			dst, want, not string
+		}{
+			{cli.Addr, "10.96.0.10:80", "pod-to-pod TCP is untracked", ""},
+			{cli.Addr6, "[fd00:96::10]:80", "the socket load balancer connects the socket", "untracked"},
+			{cli.Addr, "10.96.0.50:80", "DNAT to one of 2 candidate endpoints", ""},
 		} {
-			args := append(e.agentArgs(a), "--socket-lb-cgroup", cgroup, "--bpf-pin-dir", pins,
-				"--src", cli.Addr.String(), "--dst", dst, "--proto", "tcp")
+			dst, want := tc.dst, tc.want
+			args := append(e.agentArgs(a), "--socket-lb-cgroup", cgroup, "--bpf-pin-dir", pins, "--untrack-pod-tcp",
+				"--src", tc.src.String(), "--dst", dst, "--proto", "tcp")
 			args[0] = "trace"
 			out, err := netnstest.Kubenat(t, &a.Host, args...)
-			if err != nil || !strings.Contains(out, want) {
-				t.Errorf("kubenat trace to %s: %v\n%s\nwant %q", dst, err, out, want)
+			if err != nil || !strings.Contains(out, want) || (tc.not != "" && strings.Contains(out, tc.not)) {
+				t.Errorf("kubenat trace to %s: %v\n%s\nwant %q, and not %q", dst, err, out, want, tc.not)
 			}
 		}
 	})

@@ -20,9 +20,24 @@ type bpfBackend struct {
 	Pad  uint16
 }
 
+type bpfBackend6 struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+	Port uint16
+	Pad  uint16
+}
+
 type bpfFrontend struct {
 	_     structs.HostLayout
 	Addr  uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type bpfFrontend6 struct {
+	_     structs.HostLayout
+	Addr  [4]uint32
 	Port  uint16
 	Proto uint8
 	Pad   uint8
@@ -42,6 +57,14 @@ type bpfOrigin struct {
 	BackendPort  uint16
 }
 
+type bpfOrigin6 struct {
+	_            structs.HostLayout
+	FrontendAddr [4]uint32
+	BackendAddr  [4]uint32
+	FrontendPort uint16
+	BackendPort  uint16
+}
+
 type bpfSlot struct {
 	_     structs.HostLayout
 	Id    uint32
@@ -53,8 +76,11 @@ type bpfSlot struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapBackends             = "backends"
+	bpfMapBackends6            = "backends6"
 	bpfMapFrontends            = "frontends"
+	bpfMapFrontends6           = "frontends6"
 	bpfMapOrigins              = "origins"
+	bpfMapOrigins6             = "origins6"
 	bpfProgKubenatConnect4     = "kubenat_connect4"
 	bpfProgKubenatConnect6     = "kubenat_connect6"
 	bpfProgKubenatGetpeername4 = "kubenat_getpeername4"
@@ -113,9 +139,12 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Backends  *ebpf.MapSpec `ebpf:"backends"`
-	Frontends *ebpf.MapSpec `ebpf:"frontends"`
-	Origins   *ebpf.MapSpec `ebpf:"origins"`
+	Backends   *ebpf.MapSpec `ebpf:"backends"`
+	Backends6  *ebpf.MapSpec `ebpf:"backends6"`
+	Frontends  *ebpf.MapSpec `ebpf:"frontends"`
+	Frontends6 *ebpf.MapSpec `ebpf:"frontends6"`
+	Origins    *ebpf.MapSpec `ebpf:"origins"`
+	Origins6   *ebpf.MapSpec `ebpf:"origins6"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -144,16 +173,22 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Backends  *ebpf.Map `ebpf:"backends"`
-	Frontends *ebpf.Map `ebpf:"frontends"`
-	Origins   *ebpf.Map `ebpf:"origins"`
+	Backends   *ebpf.Map `ebpf:"backends"`
+	Backends6  *ebpf.Map `ebpf:"backends6"`
+	Frontends  *ebpf.Map `ebpf:"frontends"`
+	Frontends6 *ebpf.Map `ebpf:"frontends6"`
+	Origins    *ebpf.Map `ebpf:"origins"`
+	Origins6   *ebpf.Map `ebpf:"origins6"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Backends,
+		m.Backends6,
 		m.Frontends,
+		m.Frontends6,
 		m.Origins,
+		m.Origins6,
 	)
 }
 

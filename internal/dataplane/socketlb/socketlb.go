@@ -1,22 +1,24 @@
 // Package socketlb is kubenat's socket load balancer: eBPF programs on
 // the cgroup connect4 and connect6 hooks that rewrite a TCP connect() to a
 // ClusterIP into a connect() to one of the Service's endpoints, chosen with
-// equal probability, before the first packet exists (bpf/connect.c). An
-// IPv6 socket connecting to the IPv4-mapped form of a ClusterIP
-// (::ffff:a.b.c.d, Java's default) is balanced the same way. Programs on
+// equal probability, before the first packet exists (bpf/connect.c), for
+// IPv4 and IPv6 ClusterIPs. An IPv6 socket connecting to the IPv4-mapped
+// form of a ClusterIP (::ffff:a.b.c.d, Java's default) is balanced the same
+// way. Programs on
 // the getpeername4/6 hooks make a balanced socket's getpeername() return
 // the ClusterIP it was connected to (not for Multipath TCP sockets).
 //
 // It only accelerates: the nftables tables keep every rule, and a connect
 // the balancer does not rewrite (a frontend it does not hold, a Service
-// without endpoints, UDP, IPv6 addresses, a process outside the cgroup) is
+// without endpoints, UDP, a process outside the cgroup) is
 // served by them as before (with model.Config.UntrackPodTCP, only for the
 // ports the model keeps tracked: see model.State.TrackedEndpoints). Which ports it
 // holds, and with which endpoints, is the model's decision
 // (model.State.SocketEndpoints).
 //
 // A port's endpoints are a group of slots in the backends map under a
-// group id; the frontends map points each frontend at its group. A change
+// group id; the frontends map points each frontend at its group. Each
+// address family has its own pair of maps. A change
 // writes the new group under a fresh id, switches the frontend to it in
 // one map update, then deletes the old group: a connect sees either group,
 // whole (the program looks again when a slot vanished under it).
@@ -77,10 +79,28 @@ type Options struct {
 	PinDir string
 }
 
-// group is what the maps hold for one frontend.
-type group struct {
+// group is what the maps hold for one frontend: its id and its backends
+// (B: bpfBackend or bpfBackend6).
+type group[B comparable] struct {
 	id       uint32
-	backends []bpfBackend
+	backends []B
+}
+
+// table is one address family's frontends and backends maps (F: the
+// family's frontend key, B: its backend) and what they hold.
+type table[F, B comparable] struct {
+	name      string // "IPv4" or "IPv6", for errors
+	frontends *ebpf.Map
+	backends  *ebpf.Map
+	groups    map[F]group[B] // what the maps hold
+	used      map[uint32]bool
+	nextID    uint32
+	prune     []F // removals Prune applies
+}
+
+func newTable[F, B comparable](name string, frontends, backends *ebpf.Map) *table[F, B] {
+	return &table[F, B]{name: name, frontends: frontends, backends: backends,
+		groups: map[F]group[B]{}, used: map[uint32]bool{}}
 }
 
 // Balancer keeps the balancer's maps in step with the model's State.
@@ -88,11 +108,9 @@ type group struct {
 type Balancer struct {
 	objs   bpfObjects
 	links  []link.Link
-	groups map[bpfFrontend]group // what the maps hold
-	used   map[uint32]bool       // group ids in use
-	nextID uint32
+	v4     *table[bpfFrontend, bpfBackend]
+	v6     *table[bpfFrontend6, bpfBackend6]
 	synced bool
-	prune  []bpfFrontend // removals Prune applies
 }
 
 // Open loads the programs and attaches them to o.Cgroup, or, when o.PinDir
@@ -100,7 +118,7 @@ type Balancer struct {
 // programs and takes over its maps (their content is kept until the first
 // Update says otherwise). A hook the earlier balancer had no link on (one
 // from before kubenat had connect6 and getpeername programs) gets a new
-// one.
+// one, and maps it did not have (the IPv6 ones) are created empty.
 func Open(o Options) (_ *Balancer, err error) {
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones
 	// to the cgroup (then this does nothing).
@@ -121,7 +139,7 @@ func Open(o Options) (_ *Balancer, err error) {
 		}
 		opts.Maps.PinPath = o.PinDir
 	}
-	b := &Balancer{groups: map[bpfFrontend]group{}, used: map[uint32]bool{}}
+	b := &Balancer{}
 	if err := spec.LoadAndAssign(&b.objs, &opts); err != nil {
 		return nil, fmt.Errorf("loading the socket load balancer (pinned in %q): %w", o.PinDir, err)
 	}
@@ -130,7 +148,12 @@ func Open(o Options) (_ *Balancer, err error) {
 			b.Close()
 		}
 	}()
-	if err := b.readMaps(); err != nil {
+	b.v4 = newTable[bpfFrontend, bpfBackend]("IPv4", b.objs.Frontends, b.objs.Backends)
+	b.v6 = newTable[bpfFrontend6, bpfBackend6]("IPv6", b.objs.Frontends6, b.objs.Backends6)
+	if err := b.v4.read(); err != nil {
+		return nil, err
+	}
+	if err := b.v6.read(); err != nil {
 		return nil, err
 	}
 	if err := b.attach(o); err != nil {
@@ -215,27 +238,27 @@ func attachHook(o Options, ino uint64, name string, attach ebpf.AttachType, prog
 	return l, nil
 }
 
-// readMaps learns what the (possibly pinned) maps hold, and deletes the
-// slots no frontend points at (left by a process stopped mid-change).
-func (b *Balancer) readMaps() error {
-	var fe bpfFrontend
+// read learns what the (possibly pinned) maps hold, and deletes the slots
+// no frontend points at (left by a process stopped mid-change).
+func (t *table[F, B]) read() error {
+	var fe F
 	var g bpfGroup
 	counts := map[uint32]uint32{}
-	it := b.objs.Frontends.Iterate()
+	it := t.frontends.Iterate()
 	for it.Next(&fe, &g) {
-		b.groups[fe] = group{id: g.Id, backends: make([]bpfBackend, g.Count)}
-		b.used[g.Id] = true
+		t.groups[fe] = group[B]{id: g.Id, backends: make([]B, g.Count)}
+		t.used[g.Id] = true
 		counts[g.Id] = g.Count
-		b.nextID = max(b.nextID, g.Id)
+		t.nextID = max(t.nextID, g.Id)
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading the socket load balancer's frontends: %w", err)
+		return fmt.Errorf("reading the socket load balancer's %s frontends: %w", t.name, err)
 	}
-	slots := map[bpfSlot]bpfBackend{}
+	slots := map[bpfSlot]B{}
 	var orphans []bpfSlot
 	var s bpfSlot
-	var be bpfBackend
-	it = b.objs.Backends.Iterate()
+	var be B
+	it = t.backends.Iterate()
 	for it.Next(&s, &be) {
 		if s.Index < counts[s.Id] {
 			slots[s] = be
@@ -244,16 +267,16 @@ func (b *Balancer) readMaps() error {
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading the socket load balancer's backends: %w", err)
+		return fmt.Errorf("reading the socket load balancer's %s backends: %w", t.name, err)
 	}
-	for _, g := range b.groups {
+	for _, g := range t.groups {
 		// A slot missing (a process stopped mid-change) stays zero: no
 		// endpoint equals it, so the next Update rewrites the group.
 		for i := range g.backends {
 			g.backends[i] = slots[bpfSlot{Id: g.id, Index: uint32(i)}]
 		}
 	}
-	return deleteAll(b.objs.Backends, orphans)
+	return deleteAll(t.backends, orphans)
 }
 
 // Update adds the frontends st wants in the balancer and changes those
@@ -261,21 +284,20 @@ func (b *Balancer) readMaps() error {
 // after a failure; else the Services d names). Frontends to remove are
 // remembered for Prune, which is called once nftables has been synced.
 func (b *Balancer) Update(st *model.State, d model.Delta) error {
-	want := map[bpfFrontend][]bpfBackend{}
-	candidates := map[bpfFrontend]bool{}
+	w4, w6 := newWants[bpfFrontend, bpfBackend](), newWants[bpfFrontend6, bpfBackend6]()
 	add := func(ports []model.ServicePort, wanted bool) {
 		for i := range ports {
 			sp := &ports[i]
-			fe, ok := frontendOf(sp)
-			if !ok {
+			if sp.Name.Protocol != model.TCP {
 				continue
 			}
-			candidates[fe] = true
-			if !wanted {
-				continue
-			}
-			if eps, ok := st.SocketEndpoints(sp); ok {
-				want[fe] = backendsOf(eps)
+			eps, ok := st.SocketEndpoints(sp)
+			ok = ok && wanted
+			switch {
+			case sp.Name.Family == model.IPv4 && sp.ClusterIP.Is4():
+				w4.add(frontend4(sp), eps, ok, backend4)
+			case sp.Name.Family == model.IPv6 && sp.ClusterIP.Is6():
+				w6.add(frontend6(sp), eps, ok, backend6)
 			}
 		}
 	}
@@ -284,43 +306,87 @@ func (b *Balancer) Update(st *model.State, d model.Delta) error {
 		for _, ports := range st.Services {
 			add(ports, true)
 		}
-		for fe := range b.groups {
-			candidates[fe] = true
-		}
+		w4.candidatesFrom(b.v4)
+		w6.candidatesFrom(b.v6)
 	} else {
 		for _, k := range d.Changed {
 			add(d.Old[k], false)
 			add(st.Services[k], true)
 		}
 	}
+	b.synced = false
+	if err := b.v4.update(w4); err != nil {
+		return err
+	}
+	if err := b.v6.update(w6); err != nil {
+		return err
+	}
+	b.synced = true
+	return nil
+}
 
+// wants is what an Update wants of one table: the frontends it looks at,
+// and the backends of those it wants balanced.
+type wants[F, B comparable] struct {
+	candidates map[F]bool
+	want       map[F][]B
+}
+
+func newWants[F, B comparable]() wants[F, B] {
+	return wants[F, B]{candidates: map[F]bool{}, want: map[F][]B{}}
+}
+
+func (w wants[F, B]) add(fe F, eps []model.Endpoint, wanted bool, backend func(model.Endpoint) B) {
+	w.candidates[fe] = true
+	if !wanted {
+		return
+	}
+	out := make([]B, len(eps))
+	for i, ep := range eps {
+		out[i] = backend(ep)
+	}
+	w.want[fe] = out
+}
+
+// candidatesFrom adds every frontend t holds (a full Update removes those
+// no longer wanted).
+func (w wants[F, B]) candidatesFrom(t *table[F, B]) {
+	for fe := range t.groups {
+		w.candidates[fe] = true
+	}
+}
+
+// update writes w's groups to t: new groups under fresh ids, then the
+// frontends switched to them, then the old groups deleted. Frontends to
+// remove are remembered for prune.
+func (t *table[F, B]) update(w wants[F, B]) error {
 	var slots []bpfSlot
-	var backends []bpfBackend
-	var fes []bpfFrontend
+	var backends []B
+	var fes []F
 	var gs []bpfGroup
-	var stale []group
-	next := map[bpfFrontend]group{}
-	b.prune = b.prune[:0]
-	for fe := range candidates {
-		eps, wanted := want[fe]
-		old, had := b.groups[fe]
+	var stale []group[B]
+	next := map[F]group[B]{}
+	t.prune = t.prune[:0]
+	for fe := range w.candidates {
+		eps, wanted := w.want[fe]
+		old, had := t.groups[fe]
 		switch {
 		case !wanted:
 			if had {
-				b.prune = append(b.prune, fe)
+				t.prune = append(t.prune, fe)
 			}
 			continue
 		case had && slices.Equal(old.backends, eps):
 			continue
 		}
-		id := b.newID()
+		id := t.newID()
 		for i, be := range eps {
 			slots = append(slots, bpfSlot{Id: id, Index: uint32(i)})
 			backends = append(backends, be)
 		}
 		fes = append(fes, fe)
 		gs = append(gs, bpfGroup{Id: id, Count: uint32(len(eps))})
-		next[fe] = group{id: id, backends: eps}
+		next[fe] = group[B]{id: id, backends: eps}
 		if had {
 			stale = append(stale, old)
 		}
@@ -328,84 +394,81 @@ func (b *Balancer) Update(st *model.State, d model.Delta) error {
 	// On failure, the new groups no frontend points at are deleted again
 	// (best effort: what is left is found by the next Open), and the next
 	// Update compares everything.
-	undo := func() {
-		b.synced = false
-		_ = deleteAll(b.objs.Backends, slots)
+	if err := batchUpdate(t.backends, slots, backends); err != nil {
+		_ = deleteAll(t.backends, slots)
 		for _, g := range next {
-			delete(b.used, g.id)
+			delete(t.used, g.id)
 		}
+		return fmt.Errorf("writing the socket load balancer's %s endpoints: %w", t.name, err)
 	}
-	if err := batchUpdate(b.objs.Backends, slots, backends); err != nil {
-		undo()
-		return fmt.Errorf("writing the socket load balancer's endpoints: %w", err)
-	}
-	if err := batchUpdate(b.objs.Frontends, fes, gs); err != nil {
+	if err := batchUpdate(t.frontends, fes, gs); err != nil {
 		// Some frontends may point at their new group already: keep those
 		// groups' slots, and let the next Update rewrite everything.
-		b.synced = false
-		return fmt.Errorf("writing the socket load balancer's frontends: %w", err)
+		return fmt.Errorf("writing the socket load balancer's %s frontends: %w", t.name, err)
 	}
 	for fe, g := range next {
-		b.groups[fe] = g
+		t.groups[fe] = g
 	}
-	if err := b.deleteGroups(stale); err != nil {
-		b.synced = false
-		return err
-	}
-	b.synced = true
-	return nil
+	return t.deleteGroups(stale)
 }
 
 // Prune removes the frontends the last Update found no longer wanted:
 // nftables serves them from now on.
 func (b *Balancer) Prune() error {
-	if len(b.prune) == 0 {
-		return nil
-	}
-	var stale []group
-	for _, fe := range b.prune {
-		stale = append(stale, b.groups[fe])
-	}
-	if err := deleteAll(b.objs.Frontends, b.prune); err != nil {
+	if err := b.v4.applyPrune(); err != nil {
 		b.synced = false
-		return fmt.Errorf("removing %d frontends from the socket load balancer: %w", len(b.prune), err)
+		return err
 	}
-	for _, fe := range b.prune {
-		delete(b.groups, fe)
-	}
-	b.prune = b.prune[:0]
-	if err := b.deleteGroups(stale); err != nil {
+	if err := b.v6.applyPrune(); err != nil {
 		b.synced = false
 		return err
 	}
 	return nil
 }
 
-// Frontends returns the number of frontends the balancer holds.
-func (b *Balancer) Frontends() int { return len(b.groups) }
+func (t *table[F, B]) applyPrune() error {
+	if len(t.prune) == 0 {
+		return nil
+	}
+	var stale []group[B]
+	for _, fe := range t.prune {
+		stale = append(stale, t.groups[fe])
+	}
+	if err := deleteAll(t.frontends, t.prune); err != nil {
+		return fmt.Errorf("removing %d %s frontends from the socket load balancer: %w", len(t.prune), t.name, err)
+	}
+	for _, fe := range t.prune {
+		delete(t.groups, fe)
+	}
+	t.prune = t.prune[:0]
+	return t.deleteGroups(stale)
+}
 
-// newID returns a group id no frontend uses.
-func (b *Balancer) newID() uint32 {
+// Frontends returns the number of frontends the balancer holds.
+func (b *Balancer) Frontends() int { return len(b.v4.groups) + len(b.v6.groups) }
+
+// newID returns a group id no frontend of t uses.
+func (t *table[F, B]) newID() uint32 {
 	for {
-		b.nextID++
-		if b.nextID != 0 && !b.used[b.nextID] {
-			b.used[b.nextID] = true
-			return b.nextID
+		t.nextID++
+		if t.nextID != 0 && !t.used[t.nextID] {
+			t.used[t.nextID] = true
+			return t.nextID
 		}
 	}
 }
 
 // deleteGroups deletes the slots of groups no frontend points at any more.
-func (b *Balancer) deleteGroups(gs []group) error {
+func (t *table[F, B]) deleteGroups(gs []group[B]) error {
 	var slots []bpfSlot
 	for _, g := range gs {
 		for i := range g.backends {
 			slots = append(slots, bpfSlot{Id: g.id, Index: uint32(i)})
 		}
-		delete(b.used, g.id)
+		delete(t.used, g.id)
 	}
-	if err := deleteAll(b.objs.Backends, slots); err != nil {
-		return fmt.Errorf("deleting %d endpoint slots of the socket load balancer: %w", len(slots), err)
+	if err := deleteAll(t.backends, slots); err != nil {
+		return fmt.Errorf("deleting %d %s endpoint slots of the socket load balancer: %w", len(slots), t.name, err)
 	}
 	return nil
 }
@@ -492,26 +555,35 @@ func Cleanup(pinDir string) (removed bool, err error) {
 	return true, nil
 }
 
-// frontendOf returns sp's ClusterIP frontend as the balancer keys it, and
-// false for ports the balancer never holds (not TCP, not IPv4).
-func frontendOf(sp *model.ServicePort) (bpfFrontend, bool) {
-	if sp.Name.Protocol != model.TCP || sp.Name.Family != model.IPv4 || !sp.ClusterIP.Is4() {
-		return bpfFrontend{}, false
-	}
-	return bpfFrontend{Addr: addr4(sp.ClusterIP.As4()), Port: port(sp.Port), Proto: unix.IPPROTO_TCP}, true
+// frontend4 and frontend6 return sp's ClusterIP frontend as the programs
+// key it; backend4 and backend6 an endpoint as they store it.
+func frontend4(sp *model.ServicePort) bpfFrontend {
+	return bpfFrontend{Addr: addr4(sp.ClusterIP.As4()), Port: port(sp.Port), Proto: unix.IPPROTO_TCP}
 }
 
-func backendsOf(eps []model.Endpoint) []bpfBackend {
-	out := make([]bpfBackend, len(eps))
-	for i, ep := range eps {
-		out[i] = bpfBackend{Addr: addr4(ep.Addr.Unmap().As4()), Port: port(ep.Port)}
+func frontend6(sp *model.ServicePort) bpfFrontend6 {
+	return bpfFrontend6{Addr: addr6(sp.ClusterIP.As16()), Port: port(sp.Port), Proto: unix.IPPROTO_TCP}
+}
+
+func backend4(ep model.Endpoint) bpfBackend {
+	return bpfBackend{Addr: addr4(ep.Addr.Unmap().As4()), Port: port(ep.Port)}
+}
+
+func backend6(ep model.Endpoint) bpfBackend6 {
+	return bpfBackend6{Addr: addr6(ep.Addr.As16()), Port: port(ep.Port)}
+}
+
+// addr4, addr6 and port return what the programs read from a socket
+// address: network byte order, as stored in memory.
+func addr4(a [4]byte) uint32 { return binary.NativeEndian.Uint32(a[:]) }
+
+func addr6(a [16]byte) [4]uint32 {
+	var out [4]uint32
+	for i := range out {
+		out[i] = binary.NativeEndian.Uint32(a[4*i:])
 	}
 	return out
 }
-
-// addr4 and port return what the program reads from a socket address:
-// network byte order, as stored in memory.
-func addr4(a [4]byte) uint32 { return binary.NativeEndian.Uint32(a[:]) }
 
 func port(p uint16) uint16 {
 	var b [2]byte

@@ -68,6 +68,15 @@ func (l *lab) endpoints(names ...string) []k8sobj.Endpoint {
 	return out
 }
 
+// endpoints6 returns the pods' IPv6 endpoints.
+func (l *lab) endpoints6(names ...string) []k8sobj.Endpoint {
+	var out []k8sobj.Endpoint
+	for _, n := range names {
+		out = append(out, k8sobj.Endpoint{IP: l.c.Pod(n).Addr6.String(), Node: "node-a"})
+	}
+	return out
+}
+
 // sync builds the State and applies it: Update, then Prune.
 func (l *lab) sync(t *testing.T, b *Balancer) {
 	t.Helper()
@@ -96,8 +105,12 @@ func (l *lab) answers(t *testing.T, network string, dst netip.AddrPort, n int) (
 		if err != nil {
 			return hits, err
 		}
-		if r.Seen.Addr() != l.c.Pod("cli").Addr {
-			t.Errorf("%s answered %s having seen %s, want the client's address %s", r.Server, dst, r.Seen, l.c.Pod("cli").Addr)
+		want := l.c.Pod("cli").Addr
+		if dst.Addr().Is6() && !dst.Addr().Is4In6() {
+			want = l.c.Pod("cli").Addr6
+		}
+		if r.Seen.Addr().Unmap() != want {
+			t.Errorf("%s answered %s having seen %s, want the client's address %s", r.Server, dst, r.Seen, want)
 		}
 		// There are no rules here: the balancer connected the socket,
 		// and getpeername must still say the ClusterIP. (Not for
@@ -209,7 +222,13 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 			t.Fatalf("after Close: %v", err)
 		}
 		// As an agent from before the connect6 and getpeername programs
-		// left it: only connect4 pinned. The new Open adds the others.
+		// and the IPv6 maps left it: only connect4 and the IPv4 maps
+		// pinned. The new Open adds the others.
+		for _, m := range []string{"frontends6", "backends6", "origins6"} {
+			if err := os.Remove(filepath.Join(pins, m)); err != nil {
+				t.Fatal(err)
+			}
+		}
 		for _, h := range hooks()[1:] {
 			pin := h.pin
 			l, err := link.LoadPinnedLink(filepath.Join(pins, pin), nil)
@@ -279,6 +298,75 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 			if n := attached(t, cgroup, hook); n != 0 {
 				t.Errorf("%d programs on the cgroup's %s hook after Cleanup, want 0", n, hook)
 			}
+		}
+	})
+}
+
+func TestBalancesIPv6ClusterIPs(t *testing.T) {
+	l := newLab(t)
+	cgroup, bpffs := netnstest.SocketLBSandbox(t)
+	vip := netip.MustParseAddrPort("10.96.0.20:80")
+	vip6 := netip.MustParseAddrPort("[fd00:96::20]:80")
+	dual := k8sobj.Service{Name: "dual", ClusterIPs: []string{vip.Addr().String(), vip6.Addr().String()},
+		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}},
+		Endpoints: append(l.endpoints("web-1", "web-2", "web-3"), l.endpoints6("web-1", "web-2", "web-3")...)}
+	l.set(dual)
+	b, err := Open(Options{Cgroup: cgroup, PinDir: filepath.Join(bpffs, "kubenat")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { b.Close() }()
+	l.sync(t, b)
+	if got := b.Frontends(); got != 2 {
+		t.Errorf("the balancer holds %d frontends, want 2 (one per family)", got)
+	}
+	// answers checks the source each pod saw and what getpeername says.
+	for _, dst := range []netip.AddrPort{vip6, vip} {
+		hits, err := l.answers(t, "tcp", dst, 40)
+		if err != nil {
+			t.Fatalf("connect to %s: %v", dst, err)
+		}
+		if len(hits) != 3 {
+			t.Errorf("%s: answers %v, want all three pods", dst, hits)
+		}
+	}
+
+	t.Run("the IPv6 endpoints change alone", func(t *testing.T) {
+		dual.Endpoints = append(l.endpoints("web-1", "web-2", "web-3"), l.endpoints6("web-3")...)
+		l.set(dual)
+		l.sync(t, b)
+		if hits, err := l.answers(t, "tcp", vip6, 10); err != nil || hits["web-3"] != 10 {
+			t.Errorf("%s: answers %v (%v), want web-3 only", vip6, hits, err)
+		}
+		if hits, err := l.answers(t, "tcp", vip, 40); err != nil || len(hits) != 3 {
+			t.Errorf("%s: answers %v (%v), want all three pods", vip, hits, err)
+		}
+	})
+
+	t.Run("reopened from the pins", func(t *testing.T) {
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if b, err = Open(Options{Cgroup: cgroup, PinDir: filepath.Join(bpffs, "kubenat")}); err != nil {
+			t.Fatal(err)
+		}
+		if got := b.Frontends(); got != 2 {
+			t.Errorf("the reopened balancer holds %d frontends, want 2", got)
+		}
+	})
+
+	t.Run("no IPv6 endpoint: the IPv6 frontend goes", func(t *testing.T) {
+		dual.Endpoints = l.endpoints("web-1")
+		l.set(dual)
+		l.sync(t, b)
+		if got := b.Frontends(); got != 1 {
+			t.Errorf("the balancer holds %d frontends, want 1", got)
+		}
+		if _, err := l.answers(t, "tcp", vip6, 1); err == nil {
+			t.Errorf("%s was answered without IPv6 endpoints (there are no rules here)", vip6)
+		}
+		if hits, err := l.answers(t, "tcp", vip, 5); err != nil || hits["web-1"] != 5 {
+			t.Errorf("%s: answers %v (%v), want web-1 only", vip, hits, err)
 		}
 	})
 }

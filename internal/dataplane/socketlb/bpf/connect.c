@@ -6,16 +6,17 @@
 // The connection then runs pod to pod: no DNAT, no conntrack entry for the
 // translation, nothing to undo on the way back.
 //
-// connect4 serves IPv4 sockets; connect6 serves IPv6 sockets connecting to
-// an IPv4-mapped address (::ffff:a.b.c.d), the same IPv4 connection made
-// through a dual-stack socket (Java's default). A Multipath TCP socket
-// meets these hooks as TCP. The frontend a socket was connected to is kept
-// with the socket (socket-local storage, freed with it), and getpeername4/6
-// return it instead of the endpoint: to the application, the connection is
-// to the ClusterIP it asked for. Frontends the maps do not hold (unknown
-// addresses, Services without endpoints, UDP, IPv6 addresses) are left
-// untouched: nftables then serves them as before, so the programs only
-// ever accelerate, they never decide alone.
+// connect4 serves IPv4 sockets; connect6 serves IPv6 sockets, both to IPv6
+// frontends (the *6 maps) and to IPv4-mapped ones (::ffff:a.b.c.d, the
+// same IPv4 connection made through a dual-stack socket, Java's default,
+// served from the IPv4 maps). A Multipath TCP socket meets these hooks as
+// TCP. The frontend a socket was connected to is kept with the socket
+// (socket-local storage, freed with it), and getpeername4/6 return it
+// instead of the endpoint: to the application, the connection is to the
+// ClusterIP it asked for. Frontends the maps do not hold (unknown
+// addresses, Services without endpoints, UDP) are left untouched:
+// nftables then serves them as before, so the programs only ever
+// accelerate, they never decide alone.
 
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -82,6 +83,50 @@ struct {
 	__type(value, struct origin);
 } origins SEC(".maps");
 
+// The IPv6 forms of the above. Groups are numbered apart from IPv4's.
+struct frontend6 {
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct backend6 {
+	__u32 addr[4];
+	__u16 port;
+	__u16 pad;
+};
+
+struct origin6 {
+	__u32 frontend_addr[4];
+	__u32 backend_addr[4];
+	__u16 frontend_port;
+	__u16 backend_port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct frontend6);
+	__type(value, struct group);
+} frontends6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct slot);
+	__type(value, struct backend6);
+} backends6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct origin6);
+} origins6 SEC(".maps");
+
 // pick returns one of fe's endpoints, or NULL when the maps hold none.
 static __always_inline struct backend *pick(struct frontend *fe)
 {
@@ -131,6 +176,62 @@ static __always_inline struct origin *origin(struct bpf_sock_addr *ctx,
 	return o;
 }
 
+// pick6, remember6 and origin6 are pick, remember and origin for IPv6
+// frontends.
+static __always_inline struct backend6 *pick6(struct frontend6 *fe)
+{
+	for (int try = 0; try < 3; try++) {
+		struct group *g = bpf_map_lookup_elem(&frontends6, fe);
+		if (!g || g->count == 0)
+			return NULL;
+		struct slot s = {
+			.id = g->id,
+			.index = bpf_get_prandom_u32() % g->count,
+		};
+		struct backend6 *be = bpf_map_lookup_elem(&backends6, &s);
+		if (be)
+			return be;
+	}
+	return NULL;
+}
+
+static __always_inline void remember6(struct bpf_sock_addr *ctx,
+				      struct frontend6 *fe, struct backend6 *be)
+{
+	struct origin6 *o = bpf_sk_storage_get(&origins6, ctx->sk, 0,
+					       BPF_SK_STORAGE_GET_F_CREATE);
+	if (!o)
+		return;
+	for (int i = 0; i < 4; i++) {
+		o->frontend_addr[i] = fe->addr[i];
+		o->backend_addr[i] = be->addr[i];
+	}
+	o->frontend_port = fe->port;
+	o->backend_port = be->port;
+}
+
+static __always_inline struct origin6 *origin6(struct bpf_sock_addr *ctx)
+{
+	struct origin6 *o = bpf_sk_storage_get(&origins6, ctx->sk, 0, 0);
+	if (!o || o->backend_port != (__u16)ctx->user_port)
+		return NULL;
+	// ctx fields are read with constant offsets only (the verifier
+	// refuses a computed one), hence no loops over user_ip6.
+	if (o->backend_addr[0] != ctx->user_ip6[0] ||
+	    o->backend_addr[1] != ctx->user_ip6[1] ||
+	    o->backend_addr[2] != ctx->user_ip6[2] ||
+	    o->backend_addr[3] != ctx->user_ip6[3])
+		return NULL;
+	return o;
+}
+
+// v4mapped reports whether the socket address is ::ffff:a.b.c.d.
+static __always_inline int v4mapped(struct bpf_sock_addr *ctx)
+{
+	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 &&
+	       ctx->user_ip6[2] == bpf_htonl(0xffff);
+}
+
 SEC("cgroup/connect4")
 int kubenat_connect4(struct bpf_sock_addr *ctx)
 {
@@ -155,22 +256,42 @@ int kubenat_connect6(struct bpf_sock_addr *ctx)
 {
 	if (ctx->protocol != IPPROTO_TCP)
 		return 1;
-	// Only ::ffff:a.b.c.d: the kernel makes that an IPv4 connection,
-	// which connect4 never sees.
-	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 ||
-	    ctx->user_ip6[2] != bpf_htonl(0xffff))
-		return 1;
-	struct frontend fe = {
-		.addr = ctx->user_ip6[3],
-		.port = (__u16)ctx->user_port,
-		.proto = IPPROTO_TCP,
-	};
-	struct backend *be = pick(&fe);
-	if (be) {
+	// One store to user_port, after the branches: clang would otherwise
+	// merge the branches' stores through a computed ctx pointer, which
+	// the verifier refuses.
+	__u16 port;
+	if (v4mapped(ctx)) {
+		// The kernel makes this an IPv4 connection, which connect4
+		// never sees.
+		struct frontend fe = {
+			.addr = ctx->user_ip6[3],
+			.port = (__u16)ctx->user_port,
+			.proto = IPPROTO_TCP,
+		};
+		struct backend *be = pick(&fe);
+		if (!be)
+			return 1;
 		remember(ctx, &fe, be);
 		ctx->user_ip6[3] = be->addr;
-		ctx->user_port = be->port;
+		port = be->port;
+	} else {
+		struct frontend6 fe = {
+			.addr = { ctx->user_ip6[0], ctx->user_ip6[1],
+				  ctx->user_ip6[2], ctx->user_ip6[3] },
+			.port = (__u16)ctx->user_port,
+			.proto = IPPROTO_TCP,
+		};
+		struct backend6 *be = pick6(&fe);
+		if (!be)
+			return 1;
+		remember6(ctx, &fe, be);
+		ctx->user_ip6[0] = be->addr[0];
+		ctx->user_ip6[1] = be->addr[1];
+		ctx->user_ip6[2] = be->addr[2];
+		ctx->user_ip6[3] = be->addr[3];
+		port = be->port;
 	}
+	ctx->user_port = port;
 	return 1;
 }
 
@@ -188,14 +309,24 @@ int kubenat_getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername6")
 int kubenat_getpeername6(struct bpf_sock_addr *ctx)
 {
-	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 ||
-	    ctx->user_ip6[2] != bpf_htonl(0xffff))
-		return 1;
-	struct origin *o = origin(ctx, ctx->user_ip6[3]);
-	if (o) {
+	__u16 port; // stored once, as in connect6
+	if (v4mapped(ctx)) {
+		struct origin *o = origin(ctx, ctx->user_ip6[3]);
+		if (!o)
+			return 1;
 		ctx->user_ip6[3] = o->frontend_addr;
-		ctx->user_port = o->frontend_port;
+		port = o->frontend_port;
+	} else {
+		struct origin6 *o = origin6(ctx);
+		if (!o)
+			return 1;
+		ctx->user_ip6[0] = o->frontend_addr[0];
+		ctx->user_ip6[1] = o->frontend_addr[1];
+		ctx->user_ip6[2] = o->frontend_addr[2];
+		ctx->user_ip6[3] = o->frontend_addr[3];
+		port = o->frontend_port;
 	}
+	ctx->user_port = port;
 	return 1;
 }
 
