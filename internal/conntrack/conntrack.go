@@ -290,11 +290,12 @@ func destination(f ct.Flow) netip.AddrPort {
 // connections to a Service DNATed without masquerade, whose replies need
 // the reverse translation (see nftables.Options.InUse).
 //
-// The kernel is asked for the IPv4 entries with DNAT only (a status
-// filter, Linux 5.15 and later; before, every entry is read): a dump of
-// every entry costs ~1 s and ~250 MB of allocations per 100,000 entries.
+// The kernel is asked for the entries of cidr's family with DNAT only (a
+// status filter, Linux 5.15 and later; before, every entry is read): a
+// dump of every entry costs ~1 s and ~250 MB of allocations per 100,000
+// entries.
 func (c *Cleaner) DNATed(cidr netip.Prefix) (map[netip.AddrPort]bool, error) {
-	flows, err := c.conn.DumpFilter(ct.NewFilter().Family(netfilter.ProtoIPv4).Status(ct.StatusDstNAT), nil)
+	flows, err := c.conn.DumpFilter(ct.NewFilter().Family(familyOf(cidr.Addr())).Status(ct.StatusDstNAT), nil)
 	if err != nil {
 		flows, err = c.conn.Dump(nil)
 	}

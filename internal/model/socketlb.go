@@ -18,9 +18,7 @@ import "slices"
 //     NodePort or a LoadBalancer IP is DNATed without masquerade, and a
 //     pod of another node reaching this node's NodePort keeps its address.
 // Every other flow kubenat translates is masqueraded to a node address,
-// and its replies (to a local address) stay tracked. Only IPv4 is ever
-// untracked: IPv6 connections the balancer serves stay tracked, without
-// NAT. DNAT done by others
+// and its replies (to a local address) stay tracked. DNAT done by others
 // (a CNI's hostPorts) and pods whose connects the balancer does not see
 // are not known here: that is why untracking is a choice of its own.
 
@@ -57,10 +55,10 @@ func (s *State) SocketEndpoints(sp *ServicePort) ([]Endpoint, bool) {
 // from pods must stay tracked when pod-to-pod TCP is untracked (see the
 // comment above): all of sp's endpoints when the kernel's rules may DNAT
 // pod traffic to them without masquerade, else none. It returns nil when
-// nothing is untracked (UntrackActive is false) and for non-TCP or IPv6
-// ports (only IPv4 TCP is untracked).
+// nothing is untracked (UntrackActive is false) and for non-TCP ports
+// (only TCP is untracked).
 func (s *State) TrackedEndpoints(sp *ServicePort) []Endpoint {
-	if !s.UntrackActive() || sp.Name.Protocol != TCP || sp.Name.Family != IPv4 {
+	if !s.UntrackActive() || sp.Name.Protocol != TCP {
 		return nil
 	}
 	if _, ok := s.SocketEndpoints(sp); !ok {

@@ -31,8 +31,13 @@ func TestSocketLoadBalancer(t *testing.T) {
 	pins := filepath.Join(bpffs, "kubenat")
 	a, b := e.c.Node("node-a"), e.c.Node("node-b")
 	cli, web1 := e.c.Pod("cli"), e.c.Pod("web-1")
-	both := []k8sobj.Endpoint{e.ep("web-1"), e.ep("web-2")}
-	web := k8sobj.Service{Name: "web", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.10"},
+	// Dual-stack: every check below runs in both families.
+	ep6 := func(pod string) k8sobj.Endpoint {
+		p := e.c.Pod(pod)
+		return k8sobj.Endpoint{IP: p.Addr6.String(), Node: p.Node.Name}
+	}
+	both := []k8sobj.Endpoint{e.ep("web-1"), e.ep("web-2"), ep6("web-1"), ep6("web-2")}
+	web := k8sobj.Service{Name: "web", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.10", "fd00:96::10"},
 		Ports: []k8sobj.Port{
 			{Name: "http", Port: 80, TargetPort: echoPort, NodePort: 30080},
 			{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: echoPort},
@@ -45,13 +50,10 @@ func TestSocketLoadBalancer(t *testing.T) {
 	for _, p := range []string{"web-1", "web-2"} {
 		e.serve(&e.c.Pod(p).Host, p, otherPort)
 	}
-	e.writeService(t, k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60,
+	e.writeService(t, k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50", "fd00:96::50"}, AffinitySeconds: 60,
 		Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: otherPort}}, Endpoints: both})
-	e.writeService(t, k8sobj.Service{Name: "web6", ClusterIPs: []string{"fd00:96::10"},
-		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}},
-		Endpoints: []k8sobj.Endpoint{{IP: web1.Addr6.String(), Node: "node-a"}, {IP: e.c.Pod("web-2").Addr6.String(), Node: "node-b"}}})
-	e.writeService(t, k8sobj.Service{Name: "local", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.20"}, ETPLocal: true,
-		Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: otherPort, NodePort: 30081}}, Endpoints: []k8sobj.Endpoint{e.ep("web-2")}})
+	e.writeService(t, k8sobj.Service{Name: "local", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.20", "fd00:96::20"}, ETPLocal: true,
+		Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: otherPort, NodePort: 30081}}, Endpoints: []k8sobj.Endpoint{e.ep("web-2"), ep6("web-2")}})
 	// sync runs the agents; mode is "" (nftables alone), "balancer" or
 	// "untracked" (the balancer and --untrack-pod-tcp).
 	sync := func(t *testing.T, mode string) {
@@ -71,10 +73,14 @@ func TestSocketLoadBalancer(t *testing.T) {
 		}
 	}
 	// tracked returns node-a's conntrack entries of TCP connections from
-	// the client pod, with extra conntrack filters.
-	tracked := func(t *testing.T, filter ...string) []string {
+	// the client pod's address src, with extra conntrack filters.
+	tracked := func(t *testing.T, src netip.Addr, filter ...string) []string {
 		t.Helper()
-		out, _ := e.c.Exec(t.Context(), &a.Host, append([]string{"conntrack", "-L", "-p", "tcp", "-s", cli.Addr.String()}, filter...)...)
+		family := "ipv4"
+		if src.Is6() {
+			family = "ipv6"
+		}
+		out, _ := e.c.Exec(t.Context(), &a.Host, append([]string{"conntrack", "-L", "-f", family, "-p", "tcp", "-s", src.String()}, filter...)...)
 		var entries []string
 		for _, l := range strings.Split(out, "\n") {
 			if strings.HasPrefix(l, "tcp ") {
@@ -96,10 +102,10 @@ func TestSocketLoadBalancer(t *testing.T) {
 		if len(hits) != 2 {
 			t.Errorf("answers %s: want web-1 and web-2", keys(hits))
 		}
-		if n := len(tracked(t, "-d", web1.Addr.String(), "--dport", "8080")); n == 0 {
+		if n := len(tracked(t, cli.Addr, "-d", web1.Addr.String(), "--dport", "8080")); n == 0 {
 			t.Errorf("no conntrack entry straight to web-1:8080: the connects were not balanced, or not tracked")
 		}
-		if n := len(tracked(t, "-d", vip.Addr().String())); n != 0 {
+		if n := len(tracked(t, cli.Addr, "-d", vip.Addr().String())); n != 0 {
 			t.Errorf("%d conntrack entries to the ClusterIP: nftables translated what the balancer should have", n)
 		}
 	})
@@ -122,7 +128,7 @@ func TestSocketLoadBalancer(t *testing.T) {
 					t.Errorf("%s saw %v, want only the client pod %s", server, srcs, cli.Addr)
 				}
 			}
-			if n := len(tracked(t)); n != 0 {
+			if n := len(tracked(t, cli.Addr)); n != 0 {
 				t.Errorf("node-a tracks %d connections of the client pod, want 0 (balanced at connect, untracked)", n)
 			}
 			// Multipath TCP's getpeername is not rewritten (docs/design.md).
@@ -131,7 +137,7 @@ func TestSocketLoadBalancer(t *testing.T) {
 			}
 		})
 	}
-	t.Run("pod to an IPv6 ClusterIP: balanced at connect, tracked without NAT", func(t *testing.T) {
+	t.Run("pod to an IPv6 ClusterIP: an endpoint answers, sees the pod, and nothing is tracked", func(t *testing.T) {
 		flush(t)
 		vip6 := ap("fd00:96::10", 80)
 		hits, seen := e.spread(t, &cli.Host, "tcp", vip6, 30)
@@ -143,14 +149,11 @@ func TestSocketLoadBalancer(t *testing.T) {
 				t.Errorf("%s saw %v, want only the client pod %s", server, srcs, cli.Addr6)
 			}
 		}
+		if n := len(tracked(t, cli.Addr6)); n != 0 {
+			t.Errorf("node-a tracks %d IPv6 connections of the client pod, want 0 (balanced at connect, untracked)", n)
+		}
 		if r := e.mustDial(t, &cli.Host, "tcp", vip6); r.Peer != vip6 {
 			t.Errorf("the client's getpeername says %s (answered by %s), want the ClusterIP %s", r.Peer, r.Server, vip6)
-		}
-		// Only IPv4 is untracked: the connections are tracked, to the
-		// pods themselves.
-		out, _ := e.c.Exec(t.Context(), &a.Host, "conntrack", "-L", "-f", "ipv6", "-p", "tcp", "-s", cli.Addr6.String())
-		if !strings.Contains(out, "dst="+web1.Addr6.String()) || strings.Contains(out, "dst="+vip6.Addr().String()) {
-			t.Errorf("node-a's IPv6 entries of the client pod:\n%s\nwant connections straight to the pods, none to the ClusterIP", out)
 		}
 	})
 	t.Run("trace says so", func(t *testing.T) {
@@ -159,7 +162,7 @@ func TestSocketLoadBalancer(t *testing.T) {
 			dst, want, not string
 		}{
 			{cli.Addr, "10.96.0.10:80", "pod-to-pod TCP is untracked", ""},
-			{cli.Addr6, "[fd00:96::10]:80", "the socket load balancer connects the socket", "untracked"},
+			{cli.Addr6, "[fd00:96::10]:80", "pod-to-pod TCP is untracked", ""},
 			{cli.Addr, "10.96.0.50:80", "DNAT to one of 2 candidate endpoints", ""},
 		} {
 			dst, want := tc.dst, tc.want
@@ -178,44 +181,57 @@ func TestSocketLoadBalancer(t *testing.T) {
 			t.Errorf("%s saw %s, want %s", r.Server, r.Seen, cli.Addr)
 		}
 	})
-	t.Run("affinity is left to nftables, and its replies stay tracked", func(t *testing.T) {
-		flush(t)
-		first := e.mustDial(t, &cli.Host, "tcp", ap("10.96.0.50", 80))
-		for range 5 {
-			if r := e.mustDial(t, &cli.Host, "tcp", ap("10.96.0.50", 80)); r.Server != first.Server {
-				t.Fatalf("affinity broken: %s then %s", first.Server, r.Server)
+	// The paths nftables translates without masquerade, and the replies
+	// to masqueraded connections, in both families: an untracked reply
+	// would fail the dial.
+	for _, f := range []struct {
+		name           string
+		src, node, pod netip.Addr
+		client         netip.Addr
+		sticky, vip    netip.AddrPort
+	}{
+		{"IPv4", cli.Addr, a.Addr, web1.Addr, e.c.Client.Addr, ap("10.96.0.50", 80), vip},
+		{"IPv6", cli.Addr6, a.Addr6, web1.Addr6, e.c.Client.Addr6, ap("fd00:96::50", 80), ap("fd00:96::10", 80)},
+	} {
+		t.Run(f.name+": affinity is left to nftables, and its replies stay tracked", func(t *testing.T) {
+			flush(t)
+			first := e.mustDial(t, &cli.Host, "tcp", f.sticky)
+			for range 5 {
+				if r := e.mustDial(t, &cli.Host, "tcp", f.sticky); r.Server != first.Server {
+					t.Fatalf("affinity broken: %s then %s", first.Server, r.Server)
+				}
 			}
-		}
-		// ASSURED: conntrack saw the replies, so it could reverse the DNAT
-		// (an untracked reply would also have failed the dial).
-		entries := tracked(t, "-d", "10.96.0.50")
-		if len(entries) == 0 || !strings.Contains(strings.Join(entries, "\n"), "ASSURED") {
-			t.Errorf("node-a's entries for the affinity Service: %q; want DNATed connections whose replies it saw (ASSURED)", entries)
-		}
-	})
-	t.Run("externalTrafficPolicy Local NodePort from a pod: short-circuit, tracked replies", func(t *testing.T) {
-		r := e.mustDial(t, &cli.Host, "tcp", netip.AddrPortFrom(a.Addr, 30081))
-		if r.Server != "web-2" || r.Seen.Addr() != cli.Addr {
-			t.Errorf("got %v, want web-2 seeing the client pod %s", r, cli.Addr)
-		}
-	})
-	t.Run("external client to NodePort: DNAT and masquerade as before", func(t *testing.T) {
-		hits, seen := e.spread(t, e.c.Client, "tcp", netip.AddrPortFrom(a.Addr, 30080), 20)
-		if len(hits) != 2 {
-			t.Errorf("answers %s: want web-1 and web-2", keys(hits))
-		}
-		for server, srcs := range seen {
-			if srcs[e.c.Client.Addr] {
-				t.Errorf("%s saw the external client's address: not masqueraded", server)
+			// ASSURED: conntrack saw the replies, so it could reverse the
+			// DNAT.
+			entries := tracked(t, f.src, "-d", f.sticky.Addr().String())
+			if len(entries) == 0 || !strings.Contains(strings.Join(entries, "\n"), "ASSURED") {
+				t.Errorf("node-a's entries for the affinity Service: %q; want DNATed connections whose replies it saw (ASSURED)", entries)
 			}
-		}
-	})
-	t.Run("hairpin: the endpoint reaches itself directly", func(t *testing.T) {
-		_, seen := e.spread(t, &web1.Host, "tcp", vip, 20)
-		if srcs := seen["web-1"]; len(srcs) != 1 || !srcs[web1.Addr] {
-			t.Errorf("web-1 reaching itself saw %v, want its own address %s", srcs, web1.Addr)
-		}
-	})
+		})
+		t.Run(f.name+": externalTrafficPolicy Local NodePort from a pod: short-circuit, tracked replies", func(t *testing.T) {
+			r := e.mustDial(t, &cli.Host, "tcp", netip.AddrPortFrom(f.node, 30081))
+			if r.Server != "web-2" || r.Seen.Addr() != f.src {
+				t.Errorf("got %v, want web-2 seeing the client pod %s", r, f.src)
+			}
+		})
+		t.Run(f.name+": external client to NodePort: DNAT and masquerade as before", func(t *testing.T) {
+			hits, seen := e.spread(t, e.c.Client, "tcp", netip.AddrPortFrom(f.node, 30080), 20)
+			if len(hits) != 2 {
+				t.Errorf("answers %s: want web-1 and web-2", keys(hits))
+			}
+			for server, srcs := range seen {
+				if srcs[f.client] {
+					t.Errorf("%s saw the external client's address: not masqueraded", server)
+				}
+			}
+		})
+		t.Run(f.name+": hairpin: the endpoint reaches itself directly", func(t *testing.T) {
+			_, seen := e.spread(t, &web1.Host, "tcp", f.vip, 20)
+			if srcs := seen["web-1"]; len(srcs) != 1 || !srcs[f.pod] {
+				t.Errorf("web-1 reaching itself saw %v, want its own address %s", srcs, f.pod)
+			}
+		})
+	}
 	t.Run("an endpoint goes", func(t *testing.T) {
 		web.Endpoints = []k8sobj.Endpoint{e.ep("web-2")}
 		e.writeService(t, web)
@@ -235,7 +251,7 @@ func TestSocketLoadBalancer(t *testing.T) {
 		if hits["web-2"] != 5 {
 			t.Errorf("answers %s: want web-2 only", keys(hits))
 		}
-		if entries := tracked(t, "-d", vip.Addr().String()); len(entries) != 5 {
+		if entries := tracked(t, cli.Addr, "-d", vip.Addr().String()); len(entries) != 5 {
 			t.Errorf("node-a's entries to the ClusterIP: %q; want the 5 connections, DNATed by nftables", entries)
 		}
 	})
@@ -347,8 +363,6 @@ func TestUntrackedKeepsDNATedConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	sticky := k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60,
-		Ports: []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: linePort}}, Endpoints: []k8sobj.Endpoint{e.ep("web-1")}}
 	args := append(e.agentArgs(a), "--socket-lb-cgroup", cgroup,
 		"--bpf-pin-dir", filepath.Join(bpffs, "kubenat"), "--untrack-pod-tcp")
 	// list returns what nft lists, nothing before the agent made it.
@@ -359,84 +373,95 @@ func TestUntrackedKeepsDNATedConnections(t *testing.T) {
 		}
 		return out
 	}
-	tracked := func(t *testing.T) bool {
-		return strings.Contains(list(t, "set", "ip", "kubenat", "tracked-endpoints"), fmt.Sprintf("%s . %d", web1.Addr, linePort))
-	}
-	// affine reports whether the rules DNAT the ClusterIP with affinity.
-	affine := func(t *testing.T) bool {
-		return strings.Contains(list(t, "map", "ip", "kubenat", "affinity-services"), "10.96.0.50")
-	}
-	for _, tc := range []struct {
-		name   string
-		change func(t *testing.T)
+	for _, f := range []struct {
+		name, table, conntrackFamily string
+		vip, pod                     netip.Addr
 	}{
-		{"the Service is deleted", func(t *testing.T) {
-			if err := removeManifest(e, "default-sticky.yaml"); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"the Service loses its affinity (the balancer takes it)", func(t *testing.T) {
-			plain := sticky
-			plain.AffinitySeconds = 0
-			e.writeService(t, plain)
-		}},
+		{"IPv4", "ip", "ipv4", netip.MustParseAddr("10.96.0.50"), web1.Addr},
+		{"IPv6", "ip6", "ipv6", netip.MustParseAddr("fd00:96::50"), web1.Addr6},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			e.writeService(t, sticky)
-			agent := netnstest.StartKubenat(t, &a.Host, args...)
-			if msg := eventually(10*time.Second, func() string {
-				if !affine(t) || !tracked(t) {
-					return "the affinity Service is not programmed"
+		sticky := k8sobj.Service{Name: "sticky", ClusterIPs: []string{f.vip.String()}, AffinitySeconds: 60,
+			Ports:     []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: linePort}},
+			Endpoints: []k8sobj.Endpoint{{IP: f.pod.String(), Node: "node-a"}}}
+		tracked := func(t *testing.T) bool {
+			return strings.Contains(list(t, "set", f.table, "kubenat", "tracked-endpoints"), fmt.Sprintf("%s . %d", f.pod, linePort))
+		}
+		// affine reports whether the rules DNAT the ClusterIP with affinity.
+		affine := func(t *testing.T) bool {
+			return strings.Contains(list(t, "map", f.table, "kubenat", "affinity-services"), f.vip.String())
+		}
+		for _, tc := range []struct {
+			name   string
+			change func(t *testing.T)
+		}{
+			{"the Service is deleted", func(t *testing.T) {
+				if err := removeManifest(e, "default-sticky.yaml"); err != nil {
+					t.Fatal(err)
 				}
-				return ""
-			}); msg != "" {
-				t.Fatalf("%s\n%s", msg, agent.Output())
-			}
-			conn, err := topo.OpenStream(&cli.Host, ap("10.96.0.50", 80))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			exchange := func(msg string) {
-				t.Helper()
-				if server, err := conn.Ping(msg); err != nil || server != "web-1" {
-					t.Fatalf("%q over the connection: answered by %q, %v; want web-1", msg, server, err)
+			}},
+			{"the Service loses its affinity (the balancer takes it)", func(t *testing.T) {
+				plain := sticky
+				plain.AffinitySeconds = 0
+				e.writeService(t, plain)
+			}},
+		} {
+			t.Run(f.name+": "+tc.name, func(t *testing.T) {
+				e.writeService(t, sticky)
+				agent := netnstest.StartKubenat(t, &a.Host, args...)
+				if msg := eventually(10*time.Second, func() string {
+					if !affine(t) || !tracked(t) {
+						return "the affinity Service is not programmed"
+					}
+					return ""
+				}); msg != "" {
+					t.Fatalf("%s\n%s", msg, agent.Output())
 				}
-			}
-			exchange("before")
-			tc.change(t)
-			if msg := eventually(10*time.Second, func() string {
-				if affine(t) {
-					return "the change is not programmed"
+				conn, err := topo.OpenStream(&cli.Host, netip.AddrPortFrom(f.vip, 80))
+				if err != nil {
+					t.Fatal(err)
 				}
-				return ""
-			}); msg != "" {
-				t.Fatalf("%s\n%s", msg, agent.Output())
-			}
-			if !tracked(t) {
-				t.Errorf("web-1:%d left tracked-endpoints while a DNATed connection uses it", linePort)
-			}
-			exchange("after")
-			if err := agent.Stop(5 * time.Second); err != nil {
-				t.Fatal(err)
-			}
-			// A restarted agent learns the connection from conntrack.
-			if out, err := netnstest.Kubenat(t, &a.Host, append(args, "--once")...); err != nil {
-				t.Fatalf("kubenat agent --once: %v\n%s", err, out)
-			}
-			if !tracked(t) {
-				t.Errorf("web-1:%d left tracked-endpoints on a restart while a DNATed connection uses it", linePort)
-			}
-			exchange("after a restart")
-			conn.Close()
-			// The connection gone from conntrack, a sync lets go of it.
-			e.c.Exec(t.Context(), &a.Host, "conntrack", "-D", "-p", "tcp", "--reply-src", web1.Addr.String())
-			if out, err := netnstest.Kubenat(t, &a.Host, append(args, "--once")...); err != nil {
-				t.Fatalf("kubenat agent --once: %v\n%s", err, out)
-			}
-			if tracked(t) {
-				t.Errorf("web-1:%d still in tracked-endpoints after its connection closed", linePort)
-			}
-		})
+				defer conn.Close()
+				exchange := func(msg string) {
+					t.Helper()
+					if server, err := conn.Ping(msg); err != nil || server != "web-1" {
+						t.Fatalf("%q over the connection: answered by %q, %v; want web-1", msg, server, err)
+					}
+				}
+				exchange("before")
+				tc.change(t)
+				if msg := eventually(10*time.Second, func() string {
+					if affine(t) {
+						return "the change is not programmed"
+					}
+					return ""
+				}); msg != "" {
+					t.Fatalf("%s\n%s", msg, agent.Output())
+				}
+				if !tracked(t) {
+					t.Errorf("web-1:%d left tracked-endpoints while a DNATed connection uses it", linePort)
+				}
+				exchange("after")
+				if err := agent.Stop(5 * time.Second); err != nil {
+					t.Fatal(err)
+				}
+				// A restarted agent learns the connection from conntrack.
+				if out, err := netnstest.Kubenat(t, &a.Host, append(args, "--once")...); err != nil {
+					t.Fatalf("kubenat agent --once: %v\n%s", err, out)
+				}
+				if !tracked(t) {
+					t.Errorf("web-1:%d left tracked-endpoints on a restart while a DNATed connection uses it", linePort)
+				}
+				exchange("after a restart")
+				conn.Close()
+				// The connection gone from conntrack, a sync lets go of it.
+				e.c.Exec(t.Context(), &a.Host, "conntrack", "-D", "-f", f.conntrackFamily, "-p", "tcp", "--reply-src", f.pod.String())
+				if out, err := netnstest.Kubenat(t, &a.Host, append(args, "--once")...); err != nil {
+					t.Fatalf("kubenat agent --once: %v\n%s", err, out)
+				}
+				if tracked(t) {
+					t.Errorf("web-1:%d still in tracked-endpoints after its connection closed", linePort)
+				}
+			})
+		}
 	}
 }

@@ -3,7 +3,6 @@ package nftables
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 
@@ -36,10 +35,16 @@ type Backend struct {
 	// node is the node's elements the kernel holds (nodeElems): they
 	// change without any Service changing (the node's addresses).
 	node []elem
-	// holds are the tracked-endpoints keys kept for connections that
+	// holds are the tracked-endpoints elements kept for connections that
 	// still use them (see Options.InUse); each counts as one contributor
 	// in shared.
-	holds map[string]bool
+	holds map[held]bool
+}
+
+// held is an element of a family's tracked-endpoints held for connections.
+type held struct {
+	f   model.Family
+	key string
 }
 
 // sharedSets are the sets whose elements several Services may contribute:
@@ -92,7 +97,7 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 type plan struct {
 	nodeElems []elem
 	node      *content // nodeElems, and the held endpoints
-	holds     map[string]bool
+	holds     map[held]bool
 	st        *model.State
 	keys      []model.ServiceKey
 	counts    map[model.Family]map[string]int
@@ -231,7 +236,7 @@ type elemID struct {
 func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, error) {
 	b.synced = false
 	p := planOf(st)
-	b.holdInPlan(ctx, p, modesOf(st).untrack)
+	b.holdInPlan(ctx, p, modesOf(st))
 	if b.o.InitialChunk < 0 {
 		var sb strings.Builder
 		for _, a := range families {
@@ -268,28 +273,33 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 	} else if err := b.rebuild(ctx, st, p); err != nil {
 		return SyncResult{}, err
 	}
-	if err := b.addUntracked(ctx, modesOf(st).untrack); err != nil {
+	if err := b.addUntracked(ctx, modesOf(st)); err != nil {
 		return SyncResult{}, err
 	}
 	b.remember(p, modesOf(st))
 	return SyncResult{Full: true}, nil
 }
 
-// addUntracked adds the untracked chain (when cidr is valid) to the
-// tables, last: once tracked-endpoints and node-addrs are complete, and no
-// other copy of the rules (standby tables) DNATs by another State.
-func (b *Backend) addUntracked(ctx context.Context, cidr netip.Prefix) error {
-	if !cidr.IsValid() {
+// addUntracked adds the untracked chains m has to the tables, last: once
+// tracked-endpoints and node-addrs are complete, and no other copy of the
+// rules (standby tables) DNATs by another State.
+func (b *Backend) addUntracked(ctx context.Context, m modes) error {
+	var sb strings.Builder
+	for _, a := range families {
+		cidr := m.untrack(a.f)
+		if !cidr.IsValid() {
+			continue
+		}
+		tbl := a.name + " " + b.o.Table
+		ch := a.untrackedChain(cidr)
+		fmt.Fprintf(&sb, "add chain %s %s { %s }\n", tbl, ch.name, ch.hook)
+		writeRules(&sb, tbl, ch.name, ch.rules, false)
+	}
+	if sb.Len() == 0 {
 		return nil
 	}
-	a := famOf(model.IPv4)
-	tbl := a.name + " " + b.o.Table
-	ch := a.untrackedChain(cidr)
-	var sb strings.Builder
-	fmt.Fprintf(&sb, "add chain %s %s { %s }\n", tbl, ch.name, ch.hook)
-	writeRules(&sb, tbl, ch.name, ch.rules, false)
 	if _, err := b.run.Run(ctx, sb.String()); err != nil {
-		return fmt.Errorf("adding the untracked chain to the tables %s: %w", b.o.Table, err)
+		return fmt.Errorf("adding the untracked chains to the tables %s: %w", b.o.Table, err)
 	}
 	return nil
 }
@@ -332,17 +342,19 @@ func (b *Backend) rebuild(ctx context.Context, st *model.State, p *plan) error {
 	return nil
 }
 
-// dropUntracked deletes the untracked chain of the IPv4 table of that
-// name, if it has one.
+// dropUntracked deletes the untracked chains of the tables of that name,
+// if they have them.
 func dropUntracked(ctx context.Context, run nft.Runner, table string) error {
-	a := famOf(model.IPv4)
-	tbl := a.name + " " + table
-	name := chainUntracked
-	// "add" first makes the delete succeed when the chain is absent; a
-	// chain is deleted empty.
-	script := fmt.Sprintf("add chain %s %s\nflush chain %s %s\ndelete chain %s %s\n", tbl, name, tbl, name, tbl, name)
-	if _, err := run.Run(ctx, script); err != nil {
-		return fmt.Errorf("removing the untracked chain from the tables %s: %w", table, err)
+	var sb strings.Builder
+	for _, a := range families {
+		tbl := a.name + " " + table
+		name := chainUntracked
+		// "add" first makes the delete succeed when the chain (or the
+		// table) is absent; a chain is deleted empty.
+		fmt.Fprintf(&sb, "add table %s\nadd chain %s %s\nflush chain %s %s\ndelete chain %s %s\n", tbl, tbl, name, tbl, name, tbl, name)
+	}
+	if _, err := run.Run(ctx, sb.String()); err != nil {
+		return fmt.Errorf("removing the untracked chains from the tables %s: %w", table, err)
 	}
 	return nil
 }
@@ -379,8 +391,7 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 	// The untracked chain comes after (addUntracked); standby tables never
 	// get it (their copy of the set is incomplete while they are filled,
 	// and a notrack in any table wins).
-	skeleton := modesOf(st)
-	skeleton.untrack = netip.Prefix{}
+	skeleton := modesOf(st).withoutUntracked()
 	for _, a := range families {
 		p.writeSkeleton(&sb, a, o, skeleton)
 	}
@@ -447,37 +458,49 @@ func (b *Backend) remember(p *plan, m modes) {
 }
 
 // holdInPlan adds to p the endpoints connections still use that p leaves
-// out of tracked-endpoints: every endpoint Options.InUse names (what the
-// kernel held before is not known after a restart or a failed sync, and
-// a full sync rebuilds the set). When InUse fails, the endpoints held so
-// far stay held.
-func (b *Backend) holdInPlan(ctx context.Context, p *plan, untrack netip.Prefix) {
-	p.holds = map[string]bool{}
-	if b.o.InUse == nil || !untrack.IsValid() {
+// out of tracked-endpoints: every endpoint Options.InUse names, for each
+// family m untracks (what the kernel held before is not known after a
+// restart or a failed sync, and a full sync rebuilds the set). When InUse
+// fails, the endpoints of that family held so far stay held.
+func (b *Backend) holdInPlan(ctx context.Context, p *plan, m modes) {
+	p.holds = map[held]bool{}
+	if b.o.InUse == nil {
 		return
 	}
-	var keys []string
-	if used, err := b.o.InUse(ctx, untrack); err != nil {
-		keys = sortedKeys(b.holds)
-	} else {
-		for ep := range used {
-			keys = append(keys, endpointKey(ep))
-		}
-		slices.Sort(keys)
-	}
-	wanted := p.shared[model.IPv4][setTrackedEndpoints]
-	if wanted == nil {
-		wanted = map[string]int{}
-		p.shared[model.IPv4][setTrackedEndpoints] = wanted
-	}
-	for _, k := range keys {
-		if wanted[k] > 0 {
+	for _, a := range families {
+		cidr := m.untrack(a.f)
+		if !cidr.IsValid() {
 			continue
 		}
-		wanted[k] = 1
-		p.holds[k] = true
-		p.counts[model.IPv4][setTrackedEndpoints]++
-		p.node.add(elem{f: model.IPv4, set: setTrackedEndpoints, key: k})
+		var keys []string
+		if used, err := b.o.InUse(ctx, cidr); err != nil {
+			for h := range b.holds {
+				if h.f == a.f {
+					keys = append(keys, h.key)
+				}
+			}
+		} else {
+			for ep := range used {
+				if cidr.Contains(ep.Addr()) {
+					keys = append(keys, endpointKey(ep))
+				}
+			}
+		}
+		slices.Sort(keys)
+		wanted := p.shared[a.f][setTrackedEndpoints]
+		if wanted == nil {
+			wanted = map[string]int{}
+			p.shared[a.f][setTrackedEndpoints] = wanted
+		}
+		for _, k := range keys {
+			if wanted[k] > 0 {
+				continue
+			}
+			wanted[k] = 1
+			p.holds[held{a.f, k}] = true
+			p.counts[a.f][setTrackedEndpoints]++
+			p.node.add(elem{f: a.f, set: setTrackedEndpoints, key: k})
+		}
 	}
 }
 
@@ -486,46 +509,60 @@ func (b *Backend) holdInPlan(ctx context.Context, p *plan, untrack netip.Prefix)
 func (b *Backend) Holds() int { return len(b.holds) }
 
 // ReleaseHolds lets go of the held endpoints no connection uses any more
-// (asking Options.InUse), in one transaction, and returns how many are
-// still held. When the transaction fails nothing changes: the next call
-// tries again.
+// (asking Options.InUse once per family with holds), in one transaction,
+// and returns how many are still held. When the transaction fails nothing
+// changes: the next call tries again.
 func (b *Backend) ReleaseHolds(ctx context.Context) (int, error) {
 	if !b.synced || len(b.holds) == 0 {
 		return len(b.holds), nil
 	}
-	used, err := b.o.InUse(ctx, b.modes.untrack)
-	if err != nil {
-		return len(b.holds), fmt.Errorf("reading the connections of held endpoints: %w", err)
-	}
-	inUse := map[string]bool{}
-	for ep := range used {
-		inUse[endpointKey(ep)] = true
-	}
-	refs := b.shared[model.IPv4][setTrackedEndpoints]
-	var gone []string // released holds
-	var dels []elem   // and the elements no Service wants either
-	for _, k := range sortedKeys(b.holds) {
-		if inUse[k] {
+	var gone []held // released holds
+	var sb strings.Builder
+	dels := 0 // elements no Service wants either
+	for _, a := range families {
+		var keys []string
+		for h := range b.holds {
+			if h.f == a.f {
+				keys = append(keys, h.key)
+			}
+		}
+		if len(keys) == 0 {
 			continue
 		}
-		gone = append(gone, k)
-		if refs[k] == 1 {
-			dels = append(dels, elem{f: model.IPv4, set: setTrackedEndpoints, key: k})
+		slices.Sort(keys)
+		used, err := b.o.InUse(ctx, b.modes.untrack(a.f))
+		if err != nil {
+			return len(b.holds), fmt.Errorf("reading the connections of held endpoints: %w", err)
 		}
+		inUse := map[string]bool{}
+		for ep := range used {
+			inUse[endpointKey(ep)] = true
+		}
+		refs := b.shared[a.f][setTrackedEndpoints]
+		var els []elem
+		for _, k := range keys {
+			if inUse[k] {
+				continue
+			}
+			gone = append(gone, held{a.f, k})
+			if refs[k] == 1 {
+				els = append(els, elem{f: a.f, set: setTrackedEndpoints, key: k})
+			}
+		}
+		writeElems(&sb, "delete", a, a.name+" "+b.o.Table, els, nil, false)
+		dels += len(els)
 	}
-	if len(dels) > 0 {
-		a := famOf(model.IPv4)
-		var sb strings.Builder
-		writeElems(&sb, "delete", a, a.name+" "+b.o.Table, dels, nil, false)
+	if dels > 0 {
 		if _, err := b.run.Run(ctx, sb.String()); err != nil {
-			return len(b.holds), fmt.Errorf("releasing %d held endpoints: %w", len(dels), err)
+			return len(b.holds), fmt.Errorf("releasing %d held endpoints: %w", dels, err)
 		}
 	}
-	for _, k := range gone {
-		delete(b.holds, k)
-		if refs[k]--; refs[k] == 0 {
-			delete(refs, k)
-			b.counts[model.IPv4][setTrackedEndpoints]--
+	for _, h := range gone {
+		delete(b.holds, h)
+		refs := b.shared[h.f][setTrackedEndpoints]
+		if refs[h.key]--; refs[h.key] == 0 {
+			delete(refs, h.key)
+			b.counts[h.f][setTrackedEndpoints]--
 		}
 	}
 	return len(b.holds), nil
@@ -641,14 +678,14 @@ func (b *Backend) incremental(st *model.State, d model.Delta, node []elem) (stri
 	// Endpoints leaving tracked-endpoints stay, held, until ReleaseHolds
 	// finds no connection using them (see Options.InUse): reading
 	// conntrack here would make this sync as slow as a dump of it.
-	if b.o.InUse != nil && b.modes.untrack.IsValid() {
+	if b.o.InUse != nil {
 		for _, i := range order {
-			if i.set == setTrackedEndpoints && touched[i].had && b.shared[i.f][i.set][i.key] == 0 {
+			if i.set == setTrackedEndpoints && b.modes.untrack(i.f).IsValid() && touched[i].had && b.shared[i.f][i.set][i.key] == 0 {
 				b.shared[i.f][i.set][i.key] = 1
 				if b.holds == nil {
-					b.holds = map[string]bool{}
+					b.holds = map[held]bool{}
 				}
-				b.holds[i.key] = true
+				b.holds[held{i.f, i.key}] = true
 			}
 		}
 	}

@@ -116,9 +116,12 @@ func nodeElems(st *model.State) []elem {
 			out = append(out, elem{f: a.f, set: setNoMasqCIDRs, key: p.String()})
 		}
 	}
-	if cidr := modesOf(st).untrack; cidr.IsValid() {
-		for _, addr := range untrackedNodeAddrs(st, cidr) {
-			out = append(out, elem{f: model.IPv4, set: setNodeAddrs, key: addr.String()})
+	m := modesOf(st)
+	for _, a := range families {
+		if cidr := m.untrack(a.f); cidr.IsValid() {
+			for _, addr := range untrackedNodeAddrs(st, cidr) {
+				out = append(out, elem{f: a.f, set: setNodeAddrs, key: addr.String()})
+			}
 		}
 	}
 	return out
@@ -155,12 +158,9 @@ func serviceContrib(st *model.State, ports []model.ServicePort) contrib {
 	for i := range ports {
 		sp := &ports[i]
 		c.addPort(sp)
-		if sp.Name.Family != model.IPv4 {
-			continue // only IPv4 is ever untracked
-		}
 		// Empty unless pod-to-pod TCP is untracked.
 		for _, ep := range st.TrackedEndpoints(sp) {
-			c.elems = append(c.elems, elem{f: model.IPv4, set: setTrackedEndpoints, key: endpointKey(ep.AddrPort())})
+			c.elems = append(c.elems, elem{f: sp.Name.Family, set: setTrackedEndpoints, key: endpointKey(ep.AddrPort())})
 		}
 	}
 	return c

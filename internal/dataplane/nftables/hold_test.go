@@ -2,9 +2,9 @@ package nftables
 
 import (
 	"context"
-	"maps"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -22,16 +22,23 @@ func TestHeldEndpoints(t *testing.T) {
 	ns := netnstest.NewNamespace(t)
 	inUse := map[netip.AddrPort]bool{}
 	o := Options{InUse: func(_ context.Context, cidr netip.Prefix) (map[netip.AddrPort]bool, error) {
-		if cidr != netip.MustParsePrefix("10.244.0.0/16") {
-			t.Errorf("InUse asked for %s, want the IPv4 cluster CIDR", cidr)
+		if !slices.Contains(socketLBConfig().ClusterCIDRs, cidr) {
+			t.Errorf("InUse asked for %s, want a cluster CIDR", cidr)
 		}
-		return maps.Clone(inUse), nil
+		out := map[netip.AddrPort]bool{}
+		for ep := range inUse {
+			if cidr.Contains(ep.Addr()) {
+				out[ep] = true
+			}
+		}
+		return out, nil
 	}}
 	b := model.NewBuilder(socketLBConfig())
-	sticky, slices := k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60,
+	// Dual-stack: each family's table holds its own endpoints.
+	sticky, slices := k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50", "fd00:96::50"}, AffinitySeconds: 60,
 		Ports:     []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: 8080}},
-		Endpoints: []k8sobj.Endpoint{{IP: "10.244.1.10", Node: "node-a"}}}.Objects()
-	ep := netip.MustParseAddrPort("10.244.1.10:8080")
+		Endpoints: []k8sobj.Endpoint{{IP: "10.244.1.10", Node: "node-a"}, {IP: "fd00:244::10", Node: "node-a"}}}.Objects()
+	ep, ep6 := netip.MustParseAddrPort("10.244.1.10:8080"), netip.MustParseAddrPort("[fd00:244::10]:8080")
 	set := func() {
 		b.SetService(sticky, "test")
 		for _, sl := range slices {
@@ -44,8 +51,8 @@ func TestHeldEndpoints(t *testing.T) {
 			b.DeleteEndpointSlice(sl.Namespace, sl.Name)
 		}
 	}
-	members := func() string {
-		out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "set", "ip", DefaultTable, setTrackedEndpoints).CombinedOutput()
+	members := func(table string) string {
+		out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "set", table, DefaultTable, setTrackedEndpoints).CombinedOutput()
 		if err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}
@@ -71,47 +78,57 @@ func TestHeldEndpoints(t *testing.T) {
 			t.Errorf("%s: ReleaseHolds = %d, %v (Holds %d); want %d held", step, n, err, backend.Holds(), wantHeld)
 		}
 	}
-	check := func(step, want string) {
+	check := func(step, want, want6 string) {
 		t.Helper()
-		if got := members(); got != want {
+		if got := members("ip"); got != want {
 			t.Errorf("%s: tracked-endpoints holds %q, want %q", step, got, want)
 		}
+		if got := members("ip6"); got != want6 {
+			t.Errorf("%s: ip6 tracked-endpoints holds %q, want %q", step, got, want6)
+		}
 	}
+	const both4, both6 = "10.244.1.10 . 8080", "fd00:244::10 . 8080"
 
 	set()
 	sync("first", true)
-	check("first", "10.244.1.10 . 8080")
+	check("first", both4, both6)
 
-	inUse[ep] = true
+	inUse[ep], inUse[ep6] = true, true
 	del()
 	sync("deleted while in use", false)
-	check("deleted while in use", "10.244.1.10 . 8080")
-	release("still in use", 1)
-	check("still in use", "10.244.1.10 . 8080")
+	check("deleted while in use", both4, both6)
+	release("still in use", 2)
+	check("still in use", both4, both6)
 
 	set()
 	sync("wanted again", false)
 	delete(inUse, ep)
+	delete(inUse, ep6)
 	release("unused, but wanted", 0)
-	check("unused, but wanted", "10.244.1.10 . 8080")
+	check("unused, but wanted", both4, both6)
 
 	// A sync never reads conntrack: what leaves is held until released.
 	del()
 	st := sync("deleted, unused", false)
-	check("deleted, unused", "10.244.1.10 . 8080")
+	check("deleted, unused", both4, both6)
+	inUse[ep6] = true
+	release("released (IPv6 still in use)", 1)
+	check("released (IPv6 still in use)", "", both6)
+	clear(inUse)
 	release("released", 0)
-	check("released", "")
+	check("released", "", "")
 	if got, want := canonical(t, ns), rendered(t, st); got != want {
 		t.Errorf("without holds the kernel differs from the rendering:\n%s\nrendering:\n%s", got, want)
 	}
 
 	// A new backend (an agent restarted) holds what conntrack names.
 	inUse[netip.MustParseAddrPort("10.244.2.20:9090")] = true
+	inUse[netip.MustParseAddrPort("[fd00:244:0:2::20]:9090")] = true
 	backend = New(runnerIn(ns), o)
 	sync("restarted", true)
-	check("restarted", "10.244.2.20 . 9090")
-	release("restarted, in use", 1)
+	check("restarted", "10.244.2.20 . 9090", "fd00:244:0:2::20 . 9090")
+	release("restarted, in use", 2)
 	clear(inUse)
 	release("restarted, closed", 0)
-	check("restarted, closed", "")
+	check("restarted, closed", "", "")
 }

@@ -371,15 +371,16 @@ func TestNodeAddrsFollowTheNode(t *testing.T) {
 		return out
 	}
 	for i, step := range []struct {
-		local    []netip.Addr
-		want     string // node-addrs' elements, as nft lists them
-		elements int
+		local       []netip.Addr
+		want, want6 string // node-addrs' elements in each family, as nft lists them
+		elements    int
 	}{
-		{addrs("192.168.100.11", "10.244.0.1", "fd00:244::1"), "10.244.0.1", 1},
-		{addrs("192.168.100.11", "10.244.0.1", "10.244.9.0"), "10.244.0.1, 10.244.9.0", 1},
-		{addrs("192.168.100.11", "10.244.9.0"), "10.244.9.0", 1},
-		{addrs("192.168.100.11"), "", 1},
-		{addrs("192.168.100.11"), "", 0},
+		{addrs("192.168.100.11", "10.244.0.1", "fd00:244::1", "fd00:100::11"), "10.244.0.1", "fd00:244::1", 2},
+		{addrs("192.168.100.11", "10.244.0.1", "10.244.9.0"), "10.244.0.1, 10.244.9.0", "", 2},
+		{addrs("192.168.100.11", "10.244.9.0"), "10.244.9.0", "", 1},
+		{addrs("192.168.100.11", "fd00:244:0:9::"), "", "fd00:244:0:9::", 2},
+		{addrs("192.168.100.11"), "", "", 1},
+		{addrs("192.168.100.11"), "", "", 0},
 	} {
 		b.SetLocalAddrs(step.local)
 		st, d := b.Build()
@@ -390,16 +391,18 @@ func TestNodeAddrsFollowTheNode(t *testing.T) {
 		if res.Full || res.Elements != step.elements {
 			t.Errorf("step %d: full %v, %d element changes; want an incremental sync of %d", i, res.Full, res.Elements, step.elements)
 		}
-		out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "set", "ip", DefaultTable, setNodeAddrs).CombinedOutput()
-		if err != nil {
-			t.Fatalf("step %d: %v: %s", i, err, out)
-		}
-		got := ""
-		if _, after, ok := strings.Cut(string(out), "elements = { "); ok {
-			got, _, _ = strings.Cut(after, " }")
-		}
-		if got != step.want {
-			t.Errorf("step %d: node-addrs holds %q, want %q", i, got, step.want)
+		for _, f := range []struct{ table, want string }{{"ip", step.want}, {"ip6", step.want6}} {
+			out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "set", f.table, DefaultTable, setNodeAddrs).CombinedOutput()
+			if err != nil {
+				t.Fatalf("step %d: %v: %s", i, err, out)
+			}
+			got := ""
+			if _, after, ok := strings.Cut(string(out), "elements = { "); ok {
+				got, _, _ = strings.Cut(after, " }")
+			}
+			if got != f.want {
+				t.Errorf("step %d: %s node-addrs holds %q, want %q", i, f.table, got, f.want)
+			}
 		}
 		if got, want := canonical(t, ns), rendered(t, st); got != want {
 			t.Errorf("step %d: the kernel differs from the rendering:\n%s\nrendering:\n%s", i, got, want)

@@ -59,8 +59,8 @@ type Options struct {
 	// the tables are created from scratch (see Backend); default
 	// DefaultInitialChunk; negative programs them in one transaction.
 	InitialChunk int
-	// InUse, when set, returns the TCP endpoints inside cidr (the IPv4
-	// cluster CIDR) that hold connections the rules DNATed from pods
+	// InUse, when set, returns the TCP endpoints inside cidr (a cluster
+	// CIDR; it is asked once per family) that hold connections the rules DNATed from pods
 	// without masquerade (from conntrack: see conntrack.Cleaner.DNATed).
 	// With pod-to-pod TCP untracked, an endpoint no Service wants in
 	// tracked-endpoints any more (the Service was deleted, lost its
@@ -217,10 +217,11 @@ type dynamic struct {
 // modes are the configuration choices the chains depend on.
 type modes struct {
 	masqueradeAll bool
-	// untrack is the IPv4 cluster CIDR whose pod-to-pod TCP the untracked
-	// chain leaves untracked; the zero Prefix when there is no such chain
-	// (model.State.UntrackActive is false, or no IPv4 cluster CIDR).
-	untrack netip.Prefix
+	// untrack4 and untrack6 are the cluster CIDRs whose pod-to-pod TCP
+	// the family's untracked chain leaves untracked; the zero Prefix when
+	// the family has no such chain (model.State.UntrackActive is false,
+	// or no cluster CIDR of that family).
+	untrack4, untrack6 netip.Prefix
 }
 
 func modesOf(st *model.State) modes {
@@ -228,12 +229,28 @@ func modesOf(st *model.State) modes {
 	if st.UntrackActive() {
 		// The configuration allows one cluster CIDR per family.
 		for _, p := range st.Config.ClusterCIDRs {
-			if p.Addr().Is4() {
-				m.untrack = p.Masked()
-				break
+			switch {
+			case p.Addr().Is4() && !m.untrack4.IsValid():
+				m.untrack4 = p.Masked()
+			case p.Addr().Is6() && !m.untrack6.IsValid():
+				m.untrack6 = p.Masked()
 			}
 		}
 	}
+	return m
+}
+
+// untrack returns the family's untracked CIDR (see modes).
+func (m modes) untrack(f model.Family) netip.Prefix {
+	if f == model.IPv6 {
+		return m.untrack6
+	}
+	return m.untrack4
+}
+
+// withoutUntracked returns m without untracked chains.
+func (m modes) withoutUntracked() modes {
+	m.untrack4, m.untrack6 = netip.Prefix{}, netip.Prefix{}
 	return m
 }
 
@@ -242,7 +259,7 @@ func modesOf(st *model.State) modes {
 // model.State.TrackedEndpoints): not to or from an endpoint kept tracked,
 // and not to an address of this node (node-addrs: the replies of
 // masqueraded traffic, e.g. a NodePort connection SNATed to the bridge
-// address). IPv4 only. A full sync adds it last, once tracked-endpoints
+// address). Each family's table has its own. A full sync adds it last, once tracked-endpoints
 // and node-addrs are complete (see Backend.fill).
 //
 // Its rule runs for every packet that enters the node, so it is ordered
@@ -269,8 +286,8 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	mark := fmt.Sprintf("meta mark set meta mark | 0x%x", o.MasqueradeMark)
 	var cs []chain
 
-	if m.untrack.IsValid() && a.f == model.IPv4 {
-		cs = append(cs, a.untrackedChain(m.untrack))
+	if cidr := m.untrack(a.f); cidr.IsValid() {
+		cs = append(cs, a.untrackedChain(cidr))
 	}
 	cs = append(cs,
 		chain{name: "filter-prerouting", hook: "type filter hook prerouting priority -110; policy accept;",
