@@ -332,6 +332,7 @@ func (a *Agent) releaseHolds(ctx context.Context) {
 		return
 	}
 	n, err := a.backend.ReleaseHolds(context.WithoutCancel(ctx))
+	a.opts.Metrics.SetHeldEndpoints(n)
 	if err != nil {
 		klog.ErrorS(err, "Releasing held endpoints failed; retrying later", "held", n)
 		return
@@ -466,12 +467,16 @@ func (a *Agent) sync(ctx context.Context) error {
 	// is complete, and returning the error makes the caller retry (the
 	// balancer then compares everything).
 	var pruneErr error
+	frontends := 0
 	if a.balancer != nil {
 		if err := a.balancer.Prune(); err != nil {
 			pruneErr = fmt.Errorf("pruning the socket load balancer: %w", err)
 			a.opts.Metrics.SyncFailed()
 		}
+		frontends = a.balancer.Frontends()
 	}
+	a.opts.Metrics.SetSocketLBFrontends(frontends)
+	a.opts.Metrics.SetHeldEndpoints(a.backend.Holds())
 	a.observe(st, delta, res.Full, start)
 	services := len(st.Services)
 	a.health.Updated()

@@ -285,7 +285,8 @@ func TestHeldEndpointsAreReleased(t *testing.T) {
 	ep := netip.MustParseAddrPort("10.244.1.10:8080")
 	inUse := map[netip.AddrPort]bool{ep: true}
 	run := &fakeRunner{}
-	src := runAgent(t, Options{Runner: run, HoldCheckPeriod: 20 * time.Millisecond,
+	m := &recordingMetrics{}
+	src := runAgent(t, Options{Runner: run, HoldCheckPeriod: 20 * time.Millisecond, Metrics: m,
 		SocketLB: socketlb.Options{Cgroup: cgroup, PinDir: filepath.Join(bpffs, "kubenat")},
 		NFT: nftables.Options{InitialChunk: -1, InUse: func(context.Context, netip.Prefix) (map[netip.AddrPort]bool, error) {
 			mu.Lock()
@@ -298,9 +299,13 @@ func TestHeldEndpointsAreReleased(t *testing.T) {
 	svc, slices := k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60,
 		Ports:     []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: 8080}},
 		Endpoints: []k8sobj.Endpoint{{IP: ep.Addr().String(), Node: "node-a"}}}.Objects()
+	web, webSlices := k8sobj.Service{Name: "web", ClusterIPs: []string{"10.96.0.10"},
+		Ports:     []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: 8080}},
+		Endpoints: []k8sobj.Endpoint{{IP: "10.244.1.11", Node: "node-a"}}}.Objects()
 	src.ops <- func(s Sink) {
 		s.SetService(svc, "test")
-		for _, sl := range slices {
+		s.SetService(web, "test")
+		for _, sl := range append(slices, webSlices...) {
 			s.SetEndpointSlice(sl, "test")
 		}
 		s.Synced()
@@ -308,6 +313,11 @@ func TestHeldEndpointsAreReleased(t *testing.T) {
 	// Not the last script: the agent also follows the addresses of the
 	// namespace it runs in (node-addrs), in scripts of their own.
 	waitFor(t, "the first sync", func() bool { return run.ran("10.244.1.10 . 8080") })
+	var frontends, held int
+	m.get(func(r *recordingMetrics) bool { frontends, held = r.socketLB, r.held; return true })
+	if frontends != 1 || held != 0 {
+		t.Errorf("metrics: %d socket LB frontends, %d held endpoints; want 1 (web; sticky has affinity), 0", frontends, held)
+	}
 	released := func() bool { return run.ran("delete element ip kubenat tracked-endpoints") }
 	n := run.count()
 	src.ops <- func(s Sink) { s.DeleteService(svc.Namespace, svc.Name) }
@@ -316,8 +326,12 @@ func TestHeldEndpointsAreReleased(t *testing.T) {
 	if released() {
 		t.Fatalf("tracked-endpoints lost %s while conntrack has connections to it", ep)
 	}
+	if m.get(func(r *recordingMetrics) bool { held = r.held; return held != 1 }) {
+		t.Errorf("metrics: %d held endpoints, want 1", held)
+	}
 	mu.Lock()
 	clear(inUse)
 	mu.Unlock()
 	waitFor(t, "the endpoint released", released)
+	waitFor(t, "the held endpoints metric at 0", func() bool { return m.get(func(r *recordingMetrics) bool { return r.held == 0 }) })
 }

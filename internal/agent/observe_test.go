@@ -27,6 +27,8 @@ type recordingMetrics struct {
 	services    int
 	endpoints   int
 	invalid     int
+	socketLB    int
+	held        int
 }
 
 func (r *recordingMetrics) ObserveSync(full bool, _ time.Duration) {
@@ -62,6 +64,16 @@ func (r *recordingMetrics) SetInvalidObjects(n int) {
 }
 func (r *recordingMetrics) ConntrackEntriesDeleted(int) {}
 func (r *recordingMetrics) HealthzResponse(string, int) {}
+func (r *recordingMetrics) SetSocketLBFrontends(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.socketLB = n
+}
+func (r *recordingMetrics) SetHeldEndpoints(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.held = n
+}
 
 func (r *recordingMetrics) get(f func(r *recordingMetrics) bool) bool {
 	r.mu.Lock()

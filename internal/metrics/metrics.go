@@ -15,6 +15,8 @@
 //	kubenat_programmed_endpoints                          gauge
 //	kubenat_invalid_objects                               gauge
 //	kubenat_conntrack_entries_deleted_total               counter
+//	kubenat_socket_lb_frontends                           gauge
+//	kubenat_held_endpoints                                gauge
 //	kubenat_healthz_responses_total{path,code}            counter
 //	kubenat_build_info{version,go_version}                gauge (always 1)
 //
@@ -66,6 +68,13 @@ type Reporter interface {
 	// HealthzResponse counts one response of a health endpoint ("/healthz",
 	// "/livez") with its HTTP status code.
 	HealthzResponse(path string, code int)
+	// SetSocketLBFrontends sets the number of ClusterIP frontends the
+	// socket load balancer serves (0 when it is off).
+	SetSocketLBFrontends(n int)
+	// SetHeldEndpoints sets the number of endpoints kept tracked, with
+	// pod-to-pod TCP untracked, only for connections the rules DNATed to
+	// them (see nftables.Options.InUse).
+	SetHeldEndpoints(n int)
 }
 
 // Nop is a Reporter that discards everything.
@@ -81,6 +90,8 @@ func (nop) SetProgrammed(int, int)                  {}
 func (nop) SetInvalidObjects(int)                   {}
 func (nop) ConntrackEntriesDeleted(int)             {}
 func (nop) HealthzResponse(string, int)             {}
+func (nop) SetSocketLBFrontends(int)                {}
+func (nop) SetHeldEndpoints(int)                    {}
 
 // Metrics is the Prometheus implementation of Reporter, with its own
 // registry.
@@ -97,6 +108,8 @@ type Metrics struct {
 	invalid         prometheus.Gauge
 	conntrackDelete prometheus.Counter
 	healthz         *prometheus.CounterVec
+	socketLB        prometheus.Gauge
+	held            prometheus.Gauge
 }
 
 // New returns Metrics registered in a new private registry, with the Go
@@ -147,6 +160,14 @@ func New(version string) *Metrics {
 			Name: "kubenat_healthz_responses_total",
 			Help: "Responses of the health endpoints, by path and HTTP status code.",
 		}, []string{"path", "code"}),
+		socketLB: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kubenat_socket_lb_frontends",
+			Help: "ClusterIP frontends (address, port) the eBPF socket load balancer serves; 0 when it is off.",
+		}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kubenat_held_endpoints",
+			Help: "Endpoints kept tracked, with pod-to-pod TCP untracked, only because connections the rules DNATed to them are open.",
+		}),
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "kubenat_build_info",
@@ -158,7 +179,7 @@ func New(version string) *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		build, m.syncDuration, m.syncFailures, m.lastSync, m.programming, m.pending,
-		m.services, m.endpoints, m.invalid, m.conntrackDelete, m.healthz,
+		m.services, m.endpoints, m.invalid, m.conntrackDelete, m.healthz, m.socketLB, m.held,
 	)
 	// Export the full/partial series from the start, at zero.
 	m.syncDuration.WithLabelValues("full")
@@ -205,6 +226,12 @@ func (m *Metrics) SetInvalidObjects(n int) { m.invalid.Set(float64(n)) }
 
 // ConntrackEntriesDeleted implements Reporter.
 func (m *Metrics) ConntrackEntriesDeleted(n int) { m.conntrackDelete.Add(float64(n)) }
+
+// SetSocketLBFrontends implements Reporter.
+func (m *Metrics) SetSocketLBFrontends(n int) { m.socketLB.Set(float64(n)) }
+
+// SetHeldEndpoints implements Reporter.
+func (m *Metrics) SetHeldEndpoints(n int) { m.held.Set(float64(n)) }
 
 // HealthzResponse implements Reporter.
 func (m *Metrics) HealthzResponse(path string, code int) {

@@ -31,8 +31,8 @@ func TestNamesFollowConventions(t *testing.T) {
 			n++
 		}
 	}
-	if n != 11 {
-		t.Errorf("%d kubenat_ metric families, want 11", n)
+	if n != 13 {
+		t.Errorf("%d kubenat_ metric families, want 13", n)
 	}
 	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
 	if err != nil {
@@ -61,6 +61,8 @@ func TestReporter(t *testing.T) {
 	m.HealthzResponse("/healthz", 200)
 	m.HealthzResponse("/healthz", 503)
 	m.HealthzResponse("/healthz", 200)
+	m.SetSocketLBFrontends(12)
+	m.SetHeldEndpoints(3)
 
 	for _, tc := range []struct {
 		metric string
@@ -72,6 +74,8 @@ func TestReporter(t *testing.T) {
 		{"kubenat_programmed_endpoints", 7},
 		{"kubenat_invalid_objects", 2},
 		{"kubenat_conntrack_entries_deleted_total", 6},
+		{"kubenat_socket_lb_frontends", 12},
+		{"kubenat_held_endpoints", 3},
 	} {
 		t.Run(tc.metric, func(t *testing.T) {
 			mfs, _ := m.Registry().Gather()
