@@ -532,8 +532,7 @@ func (a *Agent) clearConntrack(rules []conntrack.Rule) {
 	}
 	n, err := a.cleaner.Clear(rules)
 	if err != nil {
-		klog.ErrorS(err, "Clearing stale UDP conntrack entries failed")
-		return
+		klog.ErrorS(err, "Clearing stale UDP conntrack entries failed, in part", "deleted", n)
 	}
 	for _, r := range rules {
 		klog.V(2).InfoS("Cleared conntrack entries", "reason", r.Why, "frontends", r.Frontends, "endpoints", r.Endpoints)
