@@ -511,7 +511,8 @@ func (b *Backend) Holds() int { return len(b.holds) }
 // ReleaseHolds lets go of the held endpoints no connection uses any more
 // (asking Options.InUse once per family with holds), in one transaction,
 // and returns how many are still held. When the transaction fails nothing
-// changes: the next call tries again.
+// changes: the next call tries again. When InUse fails for a family, that
+// family's holds stay and the error is returned with the count.
 func (b *Backend) ReleaseHolds(ctx context.Context) (int, error) {
 	if !b.synced || len(b.holds) == 0 {
 		return len(b.holds), nil
@@ -519,6 +520,7 @@ func (b *Backend) ReleaseHolds(ctx context.Context) (int, error) {
 	var gone []held // released holds
 	var sb strings.Builder
 	dels := 0 // elements no Service wants either
+	var readErr error
 	for _, a := range families {
 		var keys []string
 		for h := range b.holds {
@@ -532,7 +534,9 @@ func (b *Backend) ReleaseHolds(ctx context.Context) (int, error) {
 		slices.Sort(keys)
 		used, err := b.o.InUse(ctx, b.modes.untrack(a.f))
 		if err != nil {
-			return len(b.holds), fmt.Errorf("reading the connections of held endpoints: %w", err)
+			// This family's holds stay; the other's are released.
+			readErr = fmt.Errorf("reading the connections of held endpoints: %w", err)
+			continue
 		}
 		inUse := map[string]bool{}
 		for ep := range used {
@@ -565,7 +569,7 @@ func (b *Backend) ReleaseHolds(ctx context.Context) (int, error) {
 			b.counts[h.f][setTrackedEndpoints]--
 		}
 	}
-	return len(b.holds), nil
+	return len(b.holds), readErr
 }
 
 // dynamic returns the backends maps in use in family f.
