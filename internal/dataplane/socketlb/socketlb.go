@@ -150,6 +150,11 @@ func Open(o Options) (_ *Balancer, err error) {
 	}()
 	b.v4 = newTable[bpfFrontend, bpfBackend]("IPv4", b.objs.Frontends, b.objs.Backends)
 	b.v6 = newTable[bpfFrontend6, bpfBackend6]("IPv6", b.objs.Frontends6, b.objs.Backends6)
+	if o.PinDir != "" {
+		if err := b.dropUnservedIPv6(o.PinDir); err != nil {
+			return nil, err
+		}
+	}
 	if err := b.v4.read(); err != nil {
 		return nil, err
 	}
@@ -160,6 +165,78 @@ func Open(o Options) (_ *Balancer, err error) {
 		return nil, err
 	}
 	return b, nil
+}
+
+// dropUnservedIPv6 empties the pinned IPv6 maps unless the connect6
+// program the pinned link runs reads them. Otherwise an agent from before
+// them ran in between (a downgrade and an upgrade), and they hold groups
+// of unknown age, which the new programs, attached before the first
+// Update, would serve. The IPv4 maps are kept: every version served them.
+func (b *Balancer) dropUnservedIPv6(pinDir string) error {
+	served := false
+	if l, err := link.LoadPinnedLink(filepath.Join(pinDir, "connect6"), nil); err == nil {
+		served, err = runsMap(l, b.objs.Frontends6)
+		l.Close()
+		if err != nil {
+			return err
+		}
+	}
+	if served {
+		return nil
+	}
+	for _, m := range []*ebpf.Map{b.objs.Frontends6, b.objs.Backends6} {
+		if err := clearMap(m); err != nil {
+			return fmt.Errorf("emptying the socket load balancer's IPv6 maps: %w", err)
+		}
+	}
+	return nil
+}
+
+// runsMap reports whether the program l runs uses m.
+func runsMap(l link.Link, m *ebpf.Map) (bool, error) {
+	info, err := l.Info()
+	if err != nil {
+		return false, fmt.Errorf("describing the pinned socket load balancer: %w", err)
+	}
+	prog, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		return false, fmt.Errorf("opening the pinned socket load balancer's program: %w", err)
+	}
+	defer prog.Close()
+	pi, err := prog.Info()
+	if err != nil {
+		return false, fmt.Errorf("describing the pinned socket load balancer's program: %w", err)
+	}
+	mi, err := m.Info()
+	if err != nil {
+		return false, fmt.Errorf("describing the socket load balancer's map: %w", err)
+	}
+	ids, _ := pi.MapIDs()
+	id, _ := mi.ID()
+	return slices.Contains(ids, id), nil
+}
+
+// clearMap deletes every key of m: all keys are listed first (a hash
+// map's next key after a deleted one starts over from its first bucket).
+func clearMap(m *ebpf.Map) error {
+	var keys [][]byte
+	var prev any // nil: the first key
+	for {
+		next := make([]byte, m.KeySize())
+		if err := m.NextKey(prev, &next); errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		} else if err != nil {
+			return err
+		}
+		keys = append(keys, next)
+		prev = next
+	}
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkBPFFS returns an error unless dir is, or would be created, on a bpf
@@ -413,17 +490,14 @@ func (t *table[F, B]) update(w wants[F, B]) error {
 }
 
 // Prune removes the frontends the last Update found no longer wanted:
-// nftables serves them from now on.
+// nftables serves them from now on. A family whose removal fails does not
+// stop the other's; the next Update then compares everything.
 func (b *Balancer) Prune() error {
-	if err := b.v4.applyPrune(); err != nil {
+	err := errors.Join(b.v4.applyPrune(), b.v6.applyPrune())
+	if err != nil {
 		b.synced = false
-		return err
 	}
-	if err := b.v6.applyPrune(); err != nil {
-		b.synced = false
-		return err
-	}
-	return nil
+	return err
 }
 
 func (t *table[F, B]) applyPrune() error {

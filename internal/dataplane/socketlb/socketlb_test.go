@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	v1 "k8s.io/api/core/v1"
 
@@ -352,6 +353,42 @@ func TestBalancesIPv6ClusterIPs(t *testing.T) {
 		}
 		if got := b.Frontends(); got != 2 {
 			t.Errorf("the reopened balancer holds %d frontends, want 2", got)
+		}
+	})
+
+	t.Run("reopened after an agent without IPv6 maps ran: they are emptied", func(t *testing.T) {
+		// Such an agent's connect6 program does not read frontends6:
+		// what the maps hold is of unknown age.
+		old, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.CGroupSockAddr, AttachType: ebpf.AttachCGroupInet6Connect,
+			Instructions: asm.Instructions{asm.LoadImm(asm.R0, 1, asm.DWord), asm.Return()}, License: "GPL"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer old.Close()
+		pinned, err := link.LoadPinnedLink(filepath.Join(bpffs, "kubenat", "connect6"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = pinned.Update(old)
+		pinned.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if b, err = Open(Options{Cgroup: cgroup, PinDir: filepath.Join(bpffs, "kubenat")}); err != nil {
+			t.Fatal(err)
+		}
+		if got := b.Frontends(); got != 1 {
+			t.Errorf("the reopened balancer holds %d frontends, want 1 (IPv4 only)", got)
+		}
+		if _, err := l.answers(t, "tcp", vip6, 1); err == nil {
+			t.Errorf("%s answered before the first Update (there are no rules here)", vip6)
+		}
+		l.sync(t, b)
+		if got := b.Frontends(); got != 2 {
+			t.Errorf("after an Update the balancer holds %d frontends, want 2", got)
 		}
 	})
 
