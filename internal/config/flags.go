@@ -60,7 +60,7 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.ClientConnection.Burst }},
 	{path: "manifests", flag: "manifests", help: "directory of Kubernetes YAML manifests (Services, EndpointSlices, Nodes) to read instead of the API",
 		ptr: func(c *Configuration) any { return &c.Manifests }},
-	{path: "socketLB.cgroup", flag: "socket-lb-cgroup", help: "cgroup v2 directory whose processes' TCP connects to ClusterIPs go straight to an endpoint (eBPF socket load balancer; pod-to-pod TCP is then untracked); the cgroup v2 root serves every pod; empty: off",
+	{path: "socketLB.cgroup", flag: "socket-lb-cgroup", help: "cgroup v2 directory whose processes' TCP connects to ClusterIPs go straight to an endpoint (eBPF socket load balancer, IPv4 and IPv6; see also --untrack-pod-tcp); the cgroup v2 root serves every pod; empty: off",
 		ptr: func(c *Configuration) any { return &c.SocketLB.Cgroup }},
 	{path: "socketLB.pinDir", flag: "bpf-pin-dir", help: "directory on a bpf file system where the socket load balancer is pinned, so it outlives the agent",
 		ptr: func(c *Configuration) any { return &c.SocketLB.PinDir }},

@@ -1,6 +1,9 @@
 package model
 
-import "slices"
+import (
+	"net/netip"
+	"slices"
+)
 
 // The socket load balancer rewrites a TCP connect() to a ClusterIP into a
 // connect() to one of the Service's endpoints, before any packet exists.
@@ -29,6 +32,22 @@ func (s *State) SocketLBActive() bool { return s.Config.SocketLB && !s.Config.Ma
 // UntrackActive reports whether pod-to-pod TCP is left untracked: the
 // socket load balancer is active and Config.UntrackPodTCP is set.
 func (s *State) UntrackActive() bool { return s.SocketLBActive() && s.Config.UntrackPodTCP }
+
+// UntrackedCIDR returns the cluster CIDR of family f between whose
+// addresses TCP is left untracked (the first of that family in
+// Config.ClusterCIDRs, masked; the configuration allows one per family),
+// and false when nothing of that family is untracked.
+func (s *State) UntrackedCIDR(f Family) (netip.Prefix, bool) {
+	if !s.UntrackActive() {
+		return netip.Prefix{}, false
+	}
+	for _, p := range s.Config.ClusterCIDRs {
+		if FamilyOf(p.Addr()) == f {
+			return p.Masked(), true
+		}
+	}
+	return netip.Prefix{}, false
+}
 
 // SocketEndpoints returns the endpoints the socket load balancer spreads a
 // connect() to sp's ClusterIP over, and false when it leaves sp to the

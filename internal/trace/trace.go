@@ -351,8 +351,8 @@ func Trace(st *model.State, p Packet) (*Result, error) {
 			r.Endpoints.Candidates[i].Masquerade, r.Endpoints.Candidates[i].MasqueradeRule = false, ""
 		}
 		r.Masquerade = &Masquerade{Rule: "the socket load balancer: the connection runs from the socket's own address to the endpoint (no NAT to undo)"}
-		if st.UntrackActive() && class == model.FromLocalPod {
-			r.Masquerade.Rule += "; pod-to-pod TCP is untracked"
+		if cidr, ok := st.UntrackedCIDR(sp.Name.Family); ok && class == model.FromLocalPod && cidr.Contains(src) {
+			r.Masquerade.Rule += fmt.Sprintf("; TCP between pods of %s is untracked", cidr)
 		}
 		return r, nil
 	}

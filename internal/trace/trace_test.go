@@ -278,3 +278,39 @@ func TestTraceSocketLB(t *testing.T) {
 		})
 	}
 }
+
+// TestTraceUntracked checks that trace says a balanced connection is
+// untracked only when its family's cluster CIDR is untracked and holds
+// the client.
+func TestTraceUntracked(t *testing.T) {
+	v4only := func(c *model.Config) {
+		c.SocketLB, c.UntrackPodTCP = true, true
+		c.ClusterCIDRs = c.ClusterCIDRs[:1]
+	}
+	dual := func(c *model.Config) { c.SocketLB, c.UntrackPodTCP = true, true }
+	const pod6 = "fd00:244:0:1::12"
+	for _, tc := range []struct {
+		name  string
+		tweak func(*model.Config)
+		p     Packet
+		want  string // "" for no untracked wording
+	}{
+		{"IPv4 pod, IPv4 untracked", v4only, pkt(podA, webVIP+":80"), "TCP between pods of 10.244.0.0/16 is untracked"},
+		{"IPv6 pod, only IPv4 untracked", v4only, pkt(pod6, "["+webVIP6+"]:80"), ""},
+		{"IPv6 pod, both untracked", dual, pkt(pod6, "["+webVIP6+"]:80"), "TCP between pods of fd00:244::/56 is untracked"},
+		{"the node itself is not a pod", dual, local(pkt(nodeA, webVIP+":80")), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := Trace(fixtureState(t, tc.tweak), tc.p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !r.SocketLB || r.Masquerade == nil {
+				t.Fatalf("socketLB %v, masquerade %+v: want the socket load balancer", r.SocketLB, r.Masquerade)
+			}
+			if got := strings.Contains(r.Masquerade.Rule, "untracked"); got != (tc.want != "") || !strings.Contains(r.Masquerade.Rule, tc.want) {
+				t.Errorf("masquerade rule %q, want %q", r.Masquerade.Rule, tc.want)
+			}
+		})
+	}
+}

@@ -161,8 +161,8 @@ func TestSocketLoadBalancer(t *testing.T) {
 			src            netip.Addr
 			dst, want, not string
 		}{
-			{cli.Addr, "10.96.0.10:80", "pod-to-pod TCP is untracked", ""},
-			{cli.Addr6, "[fd00:96::10]:80", "pod-to-pod TCP is untracked", ""},
+			{cli.Addr, "10.96.0.10:80", "TCP between pods of " + topo.ClusterCIDR.String() + " is untracked", ""},
+			{cli.Addr6, "[fd00:96::10]:80", "TCP between pods of " + topo.ClusterCIDR6.String() + " is untracked", ""},
 			{cli.Addr, "10.96.0.50:80", "DNAT to one of 2 candidate endpoints", ""},
 		} {
 			dst, want := tc.dst, tc.want

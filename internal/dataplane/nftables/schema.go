@@ -226,17 +226,8 @@ type modes struct {
 
 func modesOf(st *model.State) modes {
 	m := modes{masqueradeAll: st.Config.MasqueradeAll}
-	if st.UntrackActive() {
-		// The configuration allows one cluster CIDR per family.
-		for _, p := range st.Config.ClusterCIDRs {
-			switch {
-			case p.Addr().Is4() && !m.untrack4.IsValid():
-				m.untrack4 = p.Masked()
-			case p.Addr().Is6() && !m.untrack6.IsValid():
-				m.untrack6 = p.Masked()
-			}
-		}
-	}
+	m.untrack4, _ = st.UntrackedCIDR(model.IPv4)
+	m.untrack6, _ = st.UntrackedCIDR(model.IPv6)
 	return m
 }
 
