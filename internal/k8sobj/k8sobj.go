@@ -54,6 +54,8 @@ type Endpoint struct {
 	// Ports overrides the target port per port name (named target ports
 	// resolving differently per pod).
 	Ports map[string]int32
+	// ForZones and ForNodes are the endpoint's topology hints.
+	ForZones, ForNodes []string
 }
 
 // Objects returns the Service and its EndpointSlices (one per address family
@@ -165,6 +167,15 @@ func (s Service) Objects() (*v1.Service, []*discovery.EndpointSlice) {
 		if node != "" {
 			e.NodeName = &node
 		}
+		if len(ep.ForZones)+len(ep.ForNodes) > 0 {
+			e.Hints = &discovery.EndpointHints{}
+			for _, z := range ep.ForZones {
+				e.Hints.ForZones = append(e.Hints.ForZones, discovery.ForZone{Name: z})
+			}
+			for _, n := range ep.ForNodes {
+				e.Hints.ForNodes = append(e.Hints.ForNodes, discovery.ForNode{Name: n})
+			}
+		}
 		sl.Endpoints = append(sl.Endpoints, e)
 	}
 	var out []*discovery.EndpointSlice
@@ -187,6 +198,15 @@ func Node(name string, addrs []string, podCIDRs []string) *v1.Node {
 	for _, a := range addrs {
 		n.Status.Addresses = append(n.Status.Addresses, v1.NodeAddress{Type: v1.NodeInternalIP, Address: a})
 	}
+	return n
+}
+
+// InZone returns n labelled as a node of zone (topology.kubernetes.io/zone).
+func InZone(n *v1.Node, zone string) *v1.Node {
+	if n.Labels == nil {
+		n.Labels = map[string]string{}
+	}
+	n.Labels[v1.LabelTopologyZone] = zone
 	return n
 }
 

@@ -456,6 +456,7 @@ func (b *Builder) refreshNode() {
 			}
 			n.PodCIDRs = append(n.PodCIDRs, p.Masked())
 		}
+		n.Zone = b.node.Labels[v1.LabelTopologyZone]
 		n.Terminating = b.node.DeletionTimestamp != nil
 		for _, t := range b.node.Spec.Taints {
 			if t.Key == TaintToBeDeleted {
@@ -470,7 +471,7 @@ func (b *Builder) refreshNode() {
 	n.Addrs = uniqueAddrs(addrs)
 	b.state.Node = n
 	b.state.Config = b.cfg
-	b.view = nodeView{name: b.cfg.NodeName, addrs: n.Addrs, nodePortAddrs: nodePortAddrs(b.cfg, addrs), given: addrs}
+	b.view = nodeView{name: b.cfg.NodeName, zone: n.Zone, addrs: n.Addrs, nodePortAddrs: nodePortAddrs(b.cfg, addrs), given: addrs}
 }
 
 // nodePortAddrs returns the addresses NodePorts are served on.

@@ -22,6 +22,12 @@ func (sp *ServicePort) ExclusionReason(g Group, ep Endpoint) string {
 		}
 		return fmt.Sprintf("%s, not this one: a Local traffic policy uses this node's endpoints only", where)
 	}
+	if t := TopologyFilter(sp.Endpoints); g == ClusterGroup && ep.Ready && ep.Hints&t != t {
+		if t == ForThisNode {
+			return "topology hints (trafficDistribution PreferSameNode): meant for other nodes, and this node has endpoints of its own"
+		}
+		return "topology hints (trafficDistribution PreferClose/PreferSameZone, topology-mode Auto): meant for other zones than this node's"
+	}
 	switch {
 	case ep.Terminating && ep.Serving:
 		return "terminating (still serving): used only when no endpoint is ready"

@@ -75,6 +75,7 @@ func (id serviceIdentity) ignoreReason(proxyName string) string {
 // nodeView is what building a Service needs to know of the node.
 type nodeView struct {
 	name          string
+	zone          string       // the Node's topology.kubernetes.io/zone label
 	addrs         []netip.Addr // all node addresses
 	nodePortAddrs []netip.Addr // where NodePorts are served
 	// given are the node's addresses in the order given (the first of a
@@ -326,7 +327,7 @@ func buildService(d *serviceData, endpointSlices []*sliceEntry, node *nodeView) 
 				sp.SourceRanges = effectiveSourceRanges(d.ranges, f, lbIPs, node.addrs)
 				sp.FirewallLB = true
 			}
-			sp.Endpoints = collectEndpoints(endpointSlices, p.name, p.proto, f, node.name)
+			sp.Endpoints = collectEndpoints(endpointSlices, p.name, p.proto, f, node)
 			sp.ClusterEndpoints, sp.LocalEndpoints = SelectEndpoints(sp.Endpoints)
 			ports = append(ports, sp)
 		}
@@ -337,19 +338,23 @@ func buildService(d *serviceData, endpointSlices []*sliceEntry, node *nodeView) 
 
 // SelectEndpoints splits a port's endpoints into the cluster group (ready
 // endpoints, or when none is ready, the serving terminating ones) and the
-// local group (the same rule applied to this node's endpoints).
+// local group (the same rule applied to this node's endpoints). Topology
+// hints narrow the cluster group's ready endpoints as kube-proxy does (see
+// TopologyFilter); the local group and the terminating fallback ignore
+// them.
 //
-// When every endpoint of a group is ready, the group is all itself (with its
-// capacity clipped, so appending to it copies): most Services are in that
-// case, and sharing saves a copy of their endpoints (~20 MB at 50,000
-// Services × 5 endpoints).
+// When every endpoint of a group is ready (and no hint narrows it), the
+// group is all itself (with its capacity clipped, so appending to it
+// copies): most Services are in that case, and sharing saves a copy of
+// their endpoints (~20 MB at 50,000 Services × 5 endpoints).
 func SelectEndpoints(all []Endpoint) (cluster, local []Endpoint) {
+	topology := TopologyFilter(all)
 	allReady, allLocal := true, true
 	for _, ep := range all {
 		allReady = allReady && ep.Ready
 		allLocal = allLocal && ep.Local
 	}
-	if allReady && len(all) > 0 {
+	if allReady && len(all) > 0 && topology == 0 {
 		cluster = all[:len(all):len(all)]
 		if allLocal {
 			return cluster, cluster
@@ -363,6 +368,9 @@ func SelectEndpoints(all []Endpoint) (cluster, local []Endpoint) {
 			}
 			switch {
 			case ep.Ready:
+				if !localOnly && ep.Hints&topology != topology {
+					continue
+				}
 				ready = append(ready, ep)
 			case ep.Serving && ep.Terminating:
 				terminating = append(terminating, ep)
@@ -377,6 +385,33 @@ func SelectEndpoints(all []Endpoint) (cluster, local []Endpoint) {
 		cluster = pick(false)
 	}
 	return cluster, pick(true)
+}
+
+// TopologyFilter returns the hint a ready endpoint must carry to be in the
+// cluster group of a port with endpoints all, by kube-proxy's rule
+// (KEP-2433, KEP-3015): ForThisNode when every ready endpoint has node
+// hints and one of them is for this node; else ForThisZone when every
+// ready endpoint has zone hints and one of them is for this node's zone;
+// else 0, and hints are ignored (some endpoints have none, or none is for
+// this node or zone, e.g. a node without a zone label).
+func TopologyFilter(all []Endpoint) Hints {
+	allNode, anyNode, allZone, anyZone := true, false, true, false
+	for _, ep := range all {
+		if !ep.Ready {
+			continue
+		}
+		allNode = allNode && ep.Hints&HasNodeHints != 0
+		anyNode = anyNode || ep.Hints&ForThisNode != 0
+		allZone = allZone && ep.Hints&HasZoneHints != 0
+		anyZone = anyZone || ep.Hints&ForThisZone != 0
+	}
+	switch {
+	case allNode && anyNode:
+		return ForThisNode
+	case allZone && anyZone:
+		return ForThisZone
+	}
+	return 0
 }
 
 // sliceData is what the model keeps of an EndpointSlice: its endpoints and
@@ -400,6 +435,34 @@ type sliceEndpoint struct {
 	addr                        netip.Addr
 	node                        string
 	ready, serving, terminating bool
+	hints                       *sliceHints // nil: none (the common case)
+}
+
+// sliceHints are an endpoint's topology hints: the zones and nodes it is
+// meant for (interned names).
+type sliceHints struct {
+	zones, nodes []string
+}
+
+// hintsFor returns what h means for the node (see Hints).
+func (h *sliceHints) hintsFor(node *nodeView) Hints {
+	if h == nil {
+		return 0
+	}
+	var out Hints
+	if len(h.zones) > 0 {
+		out |= HasZoneHints
+		if node.zone != "" && slices.Contains(h.zones, node.zone) {
+			out |= ForThisZone
+		}
+	}
+	if len(h.nodes) > 0 {
+		out |= HasNodeHints
+		if slices.Contains(h.nodes, node.name) {
+			out |= ForThisNode
+		}
+	}
+	return out
 }
 
 // parseSlice returns what collectEndpoints needs of s, and its problems:
@@ -468,8 +531,18 @@ func parseSlice(s *discovery.EndpointSlice, origin string, intern func(string) s
 		if ep.NodeName != nil {
 			node = intern(*ep.NodeName)
 		}
+		var hints *sliceHints
+		if h := ep.Hints; h != nil && len(h.ForZones)+len(h.ForNodes) > 0 {
+			hints = &sliceHints{}
+			for _, z := range h.ForZones {
+				hints.zones = append(hints.zones, intern(z.Name))
+			}
+			for _, n := range h.ForNodes {
+				hints.nodes = append(hints.nodes, intern(n.Name))
+			}
+		}
 		d.endpoints = append(d.endpoints, sliceEndpoint{addr: a.Unmap(), node: node,
-			ready: ready, serving: serving, terminating: c.Terminating != nil && *c.Terminating})
+			ready: ready, serving: serving, terminating: c.Terminating != nil && *c.Terminating, hints: hints})
 	}
 	return d, e.errs
 }
@@ -479,7 +552,7 @@ func parseSlice(s *discovery.EndpointSlice, origin string, intern func(string) s
 // two slices is taken from the first). Slices are matched by address type;
 // ports by name and protocol, so named target ports may resolve to a
 // different number on each endpoint.
-func collectEndpoints(endpointSlices []*sliceEntry, portName string, proto Protocol, f Family, nodeName string) []Endpoint {
+func collectEndpoints(endpointSlices []*sliceEntry, portName string, proto Protocol, f Family, node *nodeView) []Endpoint {
 	n := 0
 	for _, e := range endpointSlices {
 		if e.data.family == f {
@@ -514,8 +587,9 @@ func collectEndpoints(endpointSlices []*sliceEntry, portName string, proto Proto
 				seen[ap] = true
 				out = append(out, Endpoint{
 					Addr: ep.addr, Port: sp.port, NodeName: ep.node,
-					Local: ep.node != "" && ep.node == nodeName,
+					Local: ep.node != "" && ep.node == node.name,
 					Ready: ep.ready && !ep.terminating, Serving: ep.serving, Terminating: ep.terminating,
+					Hints: ep.hints.hintsFor(node),
 				})
 			}
 		}

@@ -92,7 +92,24 @@ type Endpoint struct {
 	Ready       bool
 	Serving     bool
 	Terminating bool
+	// Hints are the endpoint's topology hints, as they concern this node.
+	Hints Hints
 }
+
+// Hints say what an endpoint's topology hints (EndpointSlice
+// hints.forZones, set for trafficDistribution PreferClose/PreferSameZone
+// and topology-mode Auto; hints.forNodes, for PreferSameNode) mean for
+// this node. The spelling of the hints themselves is not kept: the model
+// is built for one node.
+type Hints uint8
+
+// Hint bits.
+const (
+	HasZoneHints Hints = 1 << iota // the endpoint has zone hints
+	ForThisZone                    // one of them is this node's zone
+	HasNodeHints                   // the endpoint has node hints
+	ForThisNode                    // one of them is this node
+)
 
 // AddrPort returns the endpoint's address and port.
 func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.Addr, e.Port) }
@@ -237,6 +254,8 @@ type Node struct {
 	// Terminating is true when the Node is being deleted or carries the
 	// ToBeDeletedByClusterAutoscaler taint.
 	Terminating bool
+	// Zone is the Node's topology.kubernetes.io/zone label ("" without).
+	Zone string
 }
 
 // State is the whole desired datapath state of a node.

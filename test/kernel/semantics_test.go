@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -151,6 +152,64 @@ func TestTerminatingEndpoints(t *testing.T) {
 		only(t, e.c.Client, nodePort, "l1")
 		only(t, cli, vip, "r1") // cluster traffic still prefers the ready one
 	})
+}
+
+// TestTopologyAwareRouting labels node-a zone-a and node-b zone-b and
+// gives the endpoints topology hints, as the EndpointSlice controller does
+// for trafficDistribution PreferClose (zones) and PreferSameNode (nodes):
+// each node keeps cluster traffic to the endpoints meant for it, and
+// ignores the hints when one endpoint has none.
+func TestTopologyAwareRouting(t *testing.T) {
+	e := twoNodes(t)
+	for _, n := range e.c.Nodes {
+		node := k8sobj.Node(n.Name, []string{n.Addr.String(), n.Addr6.String()}, []string{n.PodCIDR.String(), n.PodCIDR6.String()})
+		if err := k8sobj.WriteFile(e.dir, "node-"+n.Name+".yaml", k8sobj.InZone(node, "zone-"+n.Name[len("node-"):])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli, r1 := &e.c.Pod("cli").Host, &e.c.Pod("r1").Host
+	vip := ap("10.96.2.40", 80)
+	hinted := func(pod string, zones, nodes []string) k8sobj.Endpoint {
+		ep := e.ep(pod)
+		ep.ForZones, ep.ForNodes = zones, nodes
+		return ep
+	}
+	for _, tc := range []struct {
+		name         string
+		eps          []k8sobj.Endpoint
+		fromA, fromB []string // who answers node-a's client pod, node-b's pod
+	}{
+		{"zone hints: each node stays in its zone",
+			[]k8sobj.Endpoint{hinted("l1", []string{"zone-a"}, nil), hinted("l2", []string{"zone-a"}, nil), hinted("r1", []string{"zone-b"}, nil)},
+			[]string{"l1", "l2"}, []string{"r1"}},
+		{"node hints: each node keeps to its own endpoints",
+			[]k8sobj.Endpoint{hinted("l1", []string{"zone-a"}, []string{"node-a"}), hinted("l2", []string{"zone-a"}, []string{"node-a"}),
+				hinted("r1", []string{"zone-a"}, []string{"node-b"})},
+			[]string{"l1", "l2"}, []string{"r1"}},
+		{"an endpoint without hints: every endpoint is used",
+			[]k8sobj.Endpoint{hinted("l1", []string{"zone-a"}, nil), e.ep("l2"), hinted("r1", []string{"zone-b"}, nil)},
+			[]string{"l1", "l2", "r1"}, []string{"l1", "l2", "r1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.writeService(t, k8sobj.Service{Name: "zonal", ClusterIPs: []string{vip.Addr().String()},
+				Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}}, Endpoints: tc.eps})
+			e.syncAll(t)
+			for _, from := range []struct {
+				h    *topo.Host
+				want []string
+			}{{cli, tc.fromA}, {r1, tc.fromB}} {
+				hits, _ := e.spread(t, from.h, "tcp", vip, 10*len(from.want))
+				var got []string
+				for server := range hits {
+					got = append(got, server)
+				}
+				slices.Sort(got)
+				if !slices.Equal(got, from.want) {
+					t.Errorf("from %s: answered by %v, want %v", from.h.Name, keys(hits), from.want)
+				}
+			}
+		})
+	}
 }
 
 func TestLoadBalancerSourceRanges(t *testing.T) {

@@ -20,13 +20,13 @@ import (
 //   - Service: the spec, status.loadBalancer, and of the annotations only
 //     the legacy load-balancer-source-ranges one;
 //   - EndpointSlice: address type, ports, and of each endpoint its
-//     addresses, conditions and node name; of the annotations only
+//     addresses, conditions, node name and topology hints; of the annotations only
 //     last-change-trigger-time (the programming-latency metric);
 //   - Node: spec.podCIDR(s), spec.taints and status.addresses.
 //
 // Dropped are, among others, managedFields, ownerReferences, other
 // annotations (kubectl's last-applied-configuration can be larger than the
-// rest of the object), endpoints' targetRef, zone and hints, and the
+// rest of the object), endpoints' targetRef and zone, and the
 // Node's images, conditions and system info. A model or source that starts
 // reading another field must keep it here (TestTrimKeepsWhatTheModelReads
 // checks the model's view of trimmed objects). Objects of other types
@@ -40,7 +40,7 @@ func trim(obj any) (any, error) {
 		o.ObjectMeta = trimMeta(o.ObjectMeta, v1.EndpointsLastChangeTriggerTime)
 		for i := range o.Endpoints {
 			ep := &o.Endpoints[i]
-			*ep = discovery.Endpoint{Addresses: ep.Addresses, Conditions: ep.Conditions, NodeName: ep.NodeName}
+			*ep = discovery.Endpoint{Addresses: ep.Addresses, Conditions: ep.Conditions, NodeName: ep.NodeName, Hints: ep.Hints}
 		}
 	case *v1.Node:
 		o.ObjectMeta = trimMeta(o.ObjectMeta)

@@ -147,9 +147,14 @@ func TestTrimKeepsWhatTheModelReads(t *testing.T) {
 				t.Errorf("trimmed Service %s keeps status.conditions", o.Name)
 			}
 		case *discovery.EndpointSlice:
-			for _, ep := range o.Endpoints {
-				if ep.TargetRef != nil || ep.Zone != nil || ep.Hints != nil || ep.Hostname != nil {
-					t.Errorf("trimmed EndpointSlice %s keeps an endpoint's targetRef, zone, hints or hostname: %+v", o.Name, ep)
+			for j, ep := range o.Endpoints {
+				if ep.TargetRef != nil || ep.Zone != nil || ep.Hostname != nil {
+					t.Errorf("trimmed EndpointSlice %s keeps an endpoint's targetRef, zone or hostname: %+v", o.Name, ep)
+				}
+				// Topology hints are read (the State comparison above
+				// sees them too).
+				if want := objs[i].(*discovery.EndpointSlice).Endpoints[j].Hints; !reflect.DeepEqual(ep.Hints, want) {
+					t.Errorf("trimmed EndpointSlice %s: an endpoint's hints are %+v, want %+v", o.Name, ep.Hints, want)
 				}
 			}
 		case *v1.Node:
