@@ -131,8 +131,7 @@ func TestSocketLoadBalancer(t *testing.T) {
 			if n := len(tracked(t, cli.Addr)); n != 0 {
 				t.Errorf("node-a tracks %d connections of the client pod, want 0 (balanced at connect, untracked)", n)
 			}
-			// Multipath TCP's getpeername is not rewritten (docs/design.md).
-			if r := e.mustDial(t, &cli.Host, network, vip); network != "mptcp" && r.Peer != vip {
+			if r := e.mustDial(t, &cli.Host, network, vip); r.Peer != vip {
 				t.Errorf("the client's getpeername says %s (answered by %s), want the ClusterIP %s", r.Peer, r.Server, vip)
 			}
 		})

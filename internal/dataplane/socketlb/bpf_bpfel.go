@@ -85,6 +85,7 @@ const (
 	bpfProgKubenatConnect6     = "kubenat_connect6"
 	bpfProgKubenatGetpeername4 = "kubenat_getpeername4"
 	bpfProgKubenatGetpeername6 = "kubenat_getpeername6"
+	bpfVarHaveMptcpHelper      = "have_mptcp_helper"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -151,6 +152,7 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	HaveMptcpHelper *ebpf.VariableSpec `ebpf:"have_mptcp_helper"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -196,6 +198,7 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	HaveMptcpHelper *ebpf.Variable `ebpf:"have_mptcp_helper"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

@@ -6,7 +6,7 @@
 // form of a ClusterIP (::ffff:a.b.c.d, Java's default) is balanced the same
 // way. Programs on
 // the getpeername4/6 hooks make a balanced socket's getpeername() return
-// the ClusterIP it was connected to (not for Multipath TCP sockets).
+// the ClusterIP it was connected to (Multipath TCP sockets included).
 //
 // It only accelerates: the nftables tables keep every rule, and a connect
 // the balancer does not rewrite (a frontend it does not hold, a Service
@@ -37,9 +37,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
@@ -129,13 +132,23 @@ func Open(o Options) (_ *Balancer, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the socket load balancer's program: %w", err)
 	}
+	// Multipath TCP sockets get their getpeername where the kernel can
+	// name the MPTCP socket of a subflow.
+	if features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSkcToMptcpSock) == nil {
+		if err := spec.Variables["have_mptcp_helper"].Set(uint8(1)); err != nil {
+			return nil, fmt.Errorf("configuring the socket load balancer's program: %w", err)
+		}
+	}
 	var opts ebpf.CollectionOptions
 	if o.PinDir != "" {
 		if err := checkBPFFS(o.PinDir); err != nil {
 			return nil, err
 		}
-		for _, m := range spec.Maps {
-			m.Pinning = ebpf.PinByName
+		for name, m := range spec.Maps {
+			// Not the constants (.rodata): each load has its own.
+			if !strings.HasPrefix(name, ".") {
+				m.Pinning = ebpf.PinByName
+			}
 		}
 		opts.Maps.PinPath = o.PinDir
 	}

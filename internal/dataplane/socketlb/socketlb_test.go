@@ -114,10 +114,10 @@ func (l *lab) answers(t *testing.T, network string, dst netip.AddrPort, n int) (
 			t.Errorf("%s answered %s having seen %s, want the client's address %s", r.Server, dst, r.Seen, want)
 		}
 		// There are no rules here: the balancer connected the socket,
-		// and getpeername must still say the ClusterIP. (Not for
-		// Multipath TCP: the connect hook sees its first subflow, not
-		// the socket the application holds.)
-		if network != "udp" && network != "mptcp" && r.Peer != dst {
+		// and getpeername must still say the ClusterIP (for Multipath
+		// TCP too: the connect hook sees its first subflow, getpeername
+		// the socket the application holds).
+		if network != "udp" && r.Peer != dst {
 			t.Errorf("%s connect to %s answered by %s: getpeername says %s, want %s", network, dst, r.Server, r.Peer, dst)
 		}
 		hits[r.Server]++
@@ -425,4 +425,22 @@ func attached(t *testing.T, cgroup string, hook ebpf.AttachType) int {
 		t.Fatal(err)
 	}
 	return len(res.Programs)
+}
+
+// TestLoadsWithoutTheMPTCPHelper loads the programs with the constant Open
+// sets on kernels with bpf_skc_to_mptcp_sock left unset, as on a kernel
+// without it: they must verify. (This kernel has the helper, so this does
+// not show that an older kernel's verifier skips the call; it relies on
+// the verifier not checking a branch a read-only constant rules out.)
+func TestLoadsWithoutTheMPTCPHelper(t *testing.T) {
+	netnstest.Require(t)
+	spec, err := loadBpf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var objs bpfObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		t.Fatalf("loading without the MPTCP helper: %v", err)
+	}
+	objs.Close()
 }

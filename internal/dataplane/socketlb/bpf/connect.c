@@ -9,11 +9,13 @@
 // connect4 serves IPv4 sockets; connect6 serves IPv6 sockets, both to IPv6
 // frontends (the *6 maps) and to IPv4-mapped ones (::ffff:a.b.c.d, the
 // same IPv4 connection made through a dual-stack socket, Java's default,
-// served from the IPv4 maps). A Multipath TCP socket meets these hooks as
-// TCP. The frontend a socket was connected to is kept with the socket
-// (socket-local storage, freed with it), and getpeername4/6 return it
-// instead of the endpoint: to the application, the connection is to the
-// ClusterIP it asked for. Frontends the maps do not hold (unknown
+// served from the IPv4 maps). A Multipath TCP socket meets the connect
+// hooks through its first subflow, a TCP socket. The frontend a socket was
+// connected to is kept with the socket the application holds
+// (socket-local storage, freed with it; for Multipath TCP, the MPTCP
+// socket, not the subflow), and getpeername4/6 return it instead of the
+// endpoint: to the application, the connection is to the ClusterIP it
+// asked for. Frontends the maps do not hold (unknown
 // addresses, Services without endpoints, UDP) are left untouched:
 // nftables then serves them as before, so the programs only ever
 // accelerate, they never decide alone.
@@ -148,13 +150,33 @@ static __always_inline struct backend *pick(struct frontend *fe)
 	return NULL;
 }
 
+struct mptcp_sock;
+
+// Set by the loader when the kernel has bpf_skc_to_mptcp_sock (Linux 5.19
+// and later, built with MPTCP); the verifier skips the branch otherwise.
+volatile const __u8 have_mptcp_helper = 0;
+
+// storage returns the storage in map of the socket the application holds
+// (created with BPF_SK_STORAGE_GET_F_CREATE in flags): the hook's socket,
+// or, when that is the subflow of a Multipath TCP socket, the MPTCP
+// socket, which getpeername sees.
+static __always_inline void *storage(void *map, struct bpf_sock_addr *ctx,
+				     __u64 flags)
+{
+	if (have_mptcp_helper) {
+		struct mptcp_sock *msk = bpf_skc_to_mptcp_sock(ctx->sk);
+		if (msk)
+			return bpf_sk_storage_get(map, msk, 0, flags);
+	}
+	return bpf_sk_storage_get(map, ctx->sk, 0, flags);
+}
+
 // remember keeps fe and be with the socket for getpeername. Without
 // memory for it, getpeername returns the endpoint: the connect goes on.
 static __always_inline void remember(struct bpf_sock_addr *ctx,
 				     struct frontend *fe, struct backend *be)
 {
-	struct origin *o = bpf_sk_storage_get(&origins, ctx->sk, 0,
-					      BPF_SK_STORAGE_GET_F_CREATE);
+	struct origin *o = storage(&origins, ctx, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!o)
 		return;
 	o->frontend_addr = fe->addr;
@@ -169,7 +191,7 @@ static __always_inline void remember(struct bpf_sock_addr *ctx,
 static __always_inline struct origin *origin(struct bpf_sock_addr *ctx,
 					     __u32 addr)
 {
-	struct origin *o = bpf_sk_storage_get(&origins, ctx->sk, 0, 0);
+	struct origin *o = storage(&origins, ctx, 0);
 	if (!o || o->backend_addr != addr ||
 	    o->backend_port != (__u16)ctx->user_port)
 		return NULL;
@@ -198,8 +220,7 @@ static __always_inline struct backend6 *pick6(struct frontend6 *fe)
 static __always_inline void remember6(struct bpf_sock_addr *ctx,
 				      struct frontend6 *fe, struct backend6 *be)
 {
-	struct origin6 *o = bpf_sk_storage_get(&origins6, ctx->sk, 0,
-					       BPF_SK_STORAGE_GET_F_CREATE);
+	struct origin6 *o = storage(&origins6, ctx, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!o)
 		return;
 	for (int i = 0; i < 4; i++) {
@@ -212,7 +233,7 @@ static __always_inline void remember6(struct bpf_sock_addr *ctx,
 
 static __always_inline struct origin6 *origin6(struct bpf_sock_addr *ctx)
 {
-	struct origin6 *o = bpf_sk_storage_get(&origins6, ctx->sk, 0, 0);
+	struct origin6 *o = storage(&origins6, ctx, 0);
 	if (!o || o->backend_port != (__u16)ctx->user_port)
 		return NULL;
 	// ctx fields are read with constant offsets only (the verifier
