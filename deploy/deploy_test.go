@@ -378,7 +378,7 @@ func TestChartValues(t *testing.T) {
 					}
 				}
 			}},
-		{"the socket load balancer: the host's cgroups and bpf file system, and the BPF capability",
+		{"the socket load balancer: the host's cgroups and bpf file system, and the BPF and PERFMON capabilities",
 			map[string]any{"config": map[string]any{"clusterCIDRs": []any{"10.244.0.0/16"},
 				"socketLB": map[string]any{"cgroup": "/sys/fs/cgroup"}}},
 			func(t *testing.T, o objects) {
@@ -393,8 +393,8 @@ func TestChartValues(t *testing.T) {
 				if !mounts["/sys/fs/cgroup"] || !mounts["/sys/fs/bpf"] {
 					t.Errorf("mounts %v: want /sys/fs/cgroup and /sys/fs/bpf", mounts)
 				}
-				if caps := c.SecurityContext.Capabilities.Add; !slices.Contains(caps, "BPF") {
-					t.Errorf("capabilities %v: want BPF", caps)
+				if caps := c.SecurityContext.Capabilities.Add; !slices.Contains(caps, "BPF") || !slices.Contains(caps, "PERFMON") {
+					t.Errorf("capabilities %v: want BPF and PERFMON", caps)
 				}
 			}},
 		{"health endpoints disabled: no probe, no port",

@@ -170,6 +170,8 @@ func New(opts Options) (*Agent, error) {
 			}
 			return nil, err
 		}
+		klog.InfoS("Socket load balancer attached", "cgroup", opts.SocketLB.Cgroup, "pinDir", opts.SocketLB.PinDir,
+			"mptcpGetpeername", balancer.MPTCPGetpeername())
 	case opts.SocketLB.PinDir != "":
 		if opts.Config.SocketLB {
 			klog.InfoS("The socket load balancer is off: masqueradeAll needs every ClusterIP connection translated by nftables")

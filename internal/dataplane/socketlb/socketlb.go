@@ -110,6 +110,7 @@ func newTable[F, B comparable](name string, frontends, backends *ebpf.Map) *tabl
 // It is not safe for concurrent use.
 type Balancer struct {
 	objs   bpfObjects
+	mptcp  bool // the programs name an MPTCP subflow's socket
 	links  []link.Link
 	v4     *table[bpfFrontend, bpfBackend]
 	v6     *table[bpfFrontend6, bpfBackend6]
@@ -132,13 +133,6 @@ func Open(o Options) (_ *Balancer, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the socket load balancer's program: %w", err)
 	}
-	// Multipath TCP sockets get their getpeername where the kernel can
-	// name the MPTCP socket of a subflow.
-	if features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSkcToMptcpSock) == nil {
-		if err := spec.Variables["have_mptcp_helper"].Set(uint8(1)); err != nil {
-			return nil, fmt.Errorf("configuring the socket load balancer's program: %w", err)
-		}
-	}
 	var opts ebpf.CollectionOptions
 	if o.PinDir != "" {
 		if err := checkBPFFS(o.PinDir); err != nil {
@@ -152,9 +146,20 @@ func Open(o Options) (_ *Balancer, err error) {
 		}
 		opts.Maps.PinPath = o.PinDir
 	}
-	b := &Balancer{}
-	if err := spec.LoadAndAssign(&b.objs, &opts); err != nil {
-		return nil, fmt.Errorf("loading the socket load balancer (pinned in %q): %w", o.PinDir, err)
+	// Multipath TCP sockets get their getpeername where the kernel lets
+	// the programs name the MPTCP socket of a subflow (Linux 5.19 and
+	// later, CAP_PERFMON). The probe can pass where the load then fails
+	// (e.g. a kernel without BTF for the helper's result): the programs
+	// are loaded again without it.
+	b := &Balancer{mptcp: features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSkcToMptcpSock) == nil}
+	if err := load(spec, &b.objs, &opts, b.mptcp); err != nil {
+		if !b.mptcp {
+			return nil, fmt.Errorf("loading the socket load balancer (pinned in %q): %w", o.PinDir, err)
+		}
+		b.mptcp = false
+		if err := load(spec, &b.objs, &opts, false); err != nil {
+			return nil, fmt.Errorf("loading the socket load balancer (pinned in %q): %w", o.PinDir, err)
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -251,6 +256,24 @@ func clearMap(m *ebpf.Map) error {
 	}
 	return nil
 }
+
+// load loads spec into objs, with or without the programs' use of
+// bpf_skc_to_mptcp_sock (the have_mptcp_helper constant).
+func load(spec *ebpf.CollectionSpec, objs *bpfObjects, opts *ebpf.CollectionOptions, mptcp bool) error {
+	var v uint8
+	if mptcp {
+		v = 1
+	}
+	if err := spec.Variables["have_mptcp_helper"].Set(v); err != nil {
+		return fmt.Errorf("configuring the socket load balancer's programs: %w", err)
+	}
+	return spec.LoadAndAssign(objs, opts)
+}
+
+// MPTCPGetpeername reports whether getpeername on a balanced Multipath TCP
+// socket returns the ClusterIP (see Open); when false it returns the
+// endpoint.
+func (b *Balancer) MPTCPGetpeername() bool { return b.mptcp }
 
 // checkBPFFS returns an error unless dir is, or would be created, on a bpf
 // file system.

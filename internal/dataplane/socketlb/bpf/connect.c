@@ -152,8 +152,9 @@ static __always_inline struct backend *pick(struct frontend *fe)
 
 struct mptcp_sock;
 
-// Set by the loader when the kernel has bpf_skc_to_mptcp_sock (Linux 5.19
-// and later, built with MPTCP); the verifier skips the branch otherwise.
+// Set by the loader when the kernel offers bpf_skc_to_mptcp_sock to these
+// programs (Linux 5.19 and later, loaded with CAP_PERFMON); the verifier
+// skips the branch otherwise.
 volatile const __u8 have_mptcp_helper = 0;
 
 // storage returns the storage in map of the socket the application holds
