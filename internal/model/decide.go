@@ -81,7 +81,7 @@ func (g Group) String() string {
 	if g == LocalGroup {
 		return "local endpoints"
 	}
-	return "all endpoints"
+	return "cluster endpoints"
 }
 
 // Decision is the model's answer for a new connection reaching a Service
@@ -131,10 +131,10 @@ func (sp *ServicePort) Decide(k FrontendKind, src SourceClass, sourceAdmitted, m
 		d.Why = k.String() + " with externalTrafficPolicy Cluster: masquerade"
 	case src == FromNode:
 		d.Group, d.Masquerade = ClusterGroup, true
-		d.Why = k.String() + " with externalTrafficPolicy Local from this node: all endpoints, masquerade"
+		d.Why = k.String() + " with externalTrafficPolicy Local from this node: cluster endpoints, masquerade"
 	case src == FromLocalPod:
 		d.Group = ClusterGroup
-		d.Why = k.String() + " with externalTrafficPolicy Local from a pod on this node: short-circuit to all endpoints, source kept"
+		d.Why = k.String() + " with externalTrafficPolicy Local from a pod on this node: short-circuit to the cluster endpoints, source kept"
 	default:
 		d.Group = LocalGroup
 		d.Why = k.String() + " with externalTrafficPolicy Local: local endpoints only, client source kept"

@@ -213,8 +213,9 @@ type ServicePort struct {
 	// family, deduplicated, sorted by address and port.
 	Endpoints []Endpoint
 	// ClusterEndpoints is the group that "cluster" traffic is spread over:
-	// the ready endpoints, or, when none is ready, the serving and
-	// terminating ones.
+	// the ready endpoints (narrowed by topology hints: see
+	// TopologyFilter), or, when none is ready, the serving and terminating
+	// ones.
 	ClusterEndpoints []Endpoint
 	// LocalEndpoints is the group "local" policies use: ready endpoints on
 	// this node, or, when none is, the serving and terminating ones on this

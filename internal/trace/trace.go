@@ -212,7 +212,7 @@ type Policy struct {
 
 // Endpoints are the endpoints of the matched Service port.
 type Endpoints struct {
-	// Group is the group the decision uses: "all endpoints" or "local
+	// Group is the group the decision uses: "cluster endpoints" or "local
 	// endpoints".
 	Group      string      `json:"group"`
 	Candidates []Candidate `json:"candidates"`
