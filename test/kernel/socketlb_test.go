@@ -116,45 +116,36 @@ func TestSocketLoadBalancer(t *testing.T) {
 	// cgroup's connect6 hook, not connect4; Multipath TCP has a socket of
 	// its own. A connect the balancer missed would be DNATed by the rules,
 	// and its untracked replies never translated back.
-	for _, network := range []string{"tcp", "tcp4in6", "mptcp"} {
-		t.Run("pod to ClusterIP over "+network+": an endpoint answers, sees the pod, and nothing is tracked", func(t *testing.T) {
+	// The IPv6 ClusterIP too, which connect6 serves from maps of its own.
+	for _, tc := range []struct {
+		name, network string
+		dst           netip.AddrPort
+		src           netip.Addr // what the endpoint must see
+	}{
+		{"pod to ClusterIP over tcp", "tcp", vip, cli.Addr},
+		{"pod to ClusterIP over tcp4in6", "tcp4in6", vip, cli.Addr},
+		{"pod to ClusterIP over mptcp", "mptcp", vip, cli.Addr},
+		{"pod to an IPv6 ClusterIP", "tcp", ap("fd00:96::10", 80), cli.Addr6},
+	} {
+		t.Run(tc.name+": an endpoint answers, sees the pod, and nothing is tracked", func(t *testing.T) {
 			flush(t)
-			hits, seen := e.spread(t, &cli.Host, network, vip, 30)
+			hits, seen := e.spread(t, &cli.Host, tc.network, tc.dst, 30)
 			if len(hits) != 2 {
 				t.Errorf("answers %s: want web-1 and web-2", keys(hits))
 			}
 			for server, srcs := range seen {
-				if len(srcs) != 1 || !srcs[cli.Addr] {
-					t.Errorf("%s saw %v, want only the client pod %s", server, srcs, cli.Addr)
+				if len(srcs) != 1 || !srcs[tc.src] {
+					t.Errorf("%s saw %v, want only the client pod %s", server, srcs, tc.src)
 				}
 			}
-			if n := len(tracked(t, cli.Addr)); n != 0 {
+			if n := len(tracked(t, tc.src)); n != 0 {
 				t.Errorf("node-a tracks %d connections of the client pod, want 0 (balanced at connect, untracked)", n)
 			}
-			if r := e.mustDial(t, &cli.Host, network, vip); r.Peer != vip {
-				t.Errorf("the client's getpeername says %s (answered by %s), want the ClusterIP %s", r.Peer, r.Server, vip)
+			if r := e.mustDial(t, &cli.Host, tc.network, tc.dst); r.Peer != tc.dst {
+				t.Errorf("the client's getpeername says %s (answered by %s), want the ClusterIP %s", r.Peer, r.Server, tc.dst)
 			}
 		})
 	}
-	t.Run("pod to an IPv6 ClusterIP: an endpoint answers, sees the pod, and nothing is tracked", func(t *testing.T) {
-		flush(t)
-		vip6 := ap("fd00:96::10", 80)
-		hits, seen := e.spread(t, &cli.Host, "tcp", vip6, 30)
-		if len(hits) != 2 {
-			t.Errorf("answers %s: want web-1 and web-2", keys(hits))
-		}
-		for server, srcs := range seen {
-			if len(srcs) != 1 || !srcs[cli.Addr6] {
-				t.Errorf("%s saw %v, want only the client pod %s", server, srcs, cli.Addr6)
-			}
-		}
-		if n := len(tracked(t, cli.Addr6)); n != 0 {
-			t.Errorf("node-a tracks %d IPv6 connections of the client pod, want 0 (balanced at connect, untracked)", n)
-		}
-		if r := e.mustDial(t, &cli.Host, "tcp", vip6); r.Peer != vip6 {
-			t.Errorf("the client's getpeername says %s (answered by %s), want the ClusterIP %s", r.Peer, r.Server, vip6)
-		}
-	})
 	t.Run("trace says so", func(t *testing.T) {
 		for _, tc := range []struct {
 			src            netip.Addr
