@@ -4,8 +4,7 @@ import (
 	"slices"
 	"testing"
 
-	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
+	"github.com/kubenat/kubenat/internal/k8sobj"
 )
 
 // TestTopologyHints builds a Service whose endpoints carry topology hints
@@ -58,34 +57,22 @@ func TestTopologyHints(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			b := NewBuilder(testCfg)
-			node := &v1.Node{}
-			node.Name = "node-a"
+			node := k8sobj.Node("node-a", nil, nil)
 			if tc.zone != "" {
-				node.Labels = map[string]string{v1.LabelTopologyZone: tc.zone}
+				node = k8sobj.InZone(node, tc.zone)
 			}
 			b.SetNode(node, "test")
-			b.SetService(svc("web", func(s *v1.Service) {
-				if tc.itpLocal {
-					s.Spec.InternalTrafficPolicy = ptr(v1.ServiceInternalTrafficPolicyLocal)
-				}
-			}), "test")
-			sl := slice("web", "web-1", discovery.AddressTypeIPv4, 8080)
+			web := k8sobj.Service{Name: "web", ClusterIPs: []string{"10.96.0.10"}, ITPLocal: tc.itpLocal,
+				Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: 8080}}}
 			for _, h := range tc.eps {
-				ready, term := !h.notReady && !h.terminating, h.terminating
-				e := discovery.Endpoint{Addresses: []string{h.ip}, NodeName: ptr(h.node),
-					Conditions: discovery.EndpointConditions{Ready: &ready, Serving: ptr(!h.notReady), Terminating: &term}}
-				if len(h.zones)+len(h.nodes) > 0 {
-					e.Hints = &discovery.EndpointHints{}
-					for _, z := range h.zones {
-						e.Hints.ForZones = append(e.Hints.ForZones, discovery.ForZone{Name: z})
-					}
-					for _, n := range h.nodes {
-						e.Hints.ForNodes = append(e.Hints.ForNodes, discovery.ForNode{Name: n})
-					}
-				}
-				sl.Endpoints = append(sl.Endpoints, e)
+				web.Endpoints = append(web.Endpoints, k8sobj.Endpoint{IP: h.ip, Node: h.node, NotReady: h.notReady,
+					Terminating: h.terminating, ForZones: h.zones, ForNodes: h.nodes})
 			}
-			b.SetEndpointSlice(sl, "test")
+			svc, eps := web.Objects()
+			b.SetService(svc, "test")
+			for _, sl := range eps {
+				b.SetEndpointSlice(sl, "test")
+			}
 			st, _ := b.Build()
 			if len(st.Errors) > 0 {
 				t.Fatal(st.Errors)
