@@ -262,77 +262,93 @@ func TestSocketLoadBalancer(t *testing.T) {
 
 // TestUntrackedFollowsNodeAddresses starts node-a's agent, with untracked
 // pod TCP, while node-a's bridge has no address (as on a node whose CNI
-// sets it up after the agent starts), then gives the bridge its address.
-// The agent must add it to node-addrs at once, without waiting for its
-// sync period: NodePort connections to node-a's pod are masqueraded to it,
-// and their replies, if untracked, would never be translated back.
+// sets it up after the agent starts), then gives the bridge its address,
+// in each family in turn. The agent must add it to that family's
+// node-addrs at once, without waiting for its sync period: NodePort
+// connections to node-a's pod are masqueraded to it, and their replies, if
+// untracked, would never be translated back.
 func TestUntrackedFollowsNodeAddresses(t *testing.T) {
 	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a", Pods: []string{"web-1"}}}})
 	cgroup, bpffs := netnstest.SocketLBSandbox(t)
 	a := e.c.Node("node-a")
-	e.writeService(t, k8sobj.Service{Name: "web", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.10"},
+	web1 := e.c.Pod("web-1")
+	e.writeService(t, k8sobj.Service{Name: "web", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.10", "fd00:96::10"},
 		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort, NodePort: 30080}},
-		Endpoints: []k8sobj.Endpoint{e.ep("web-1")}})
-	bridge := netip.PrefixFrom(a.Gateway, a.PodCIDR.Bits()).String()
+		Endpoints: []k8sobj.Endpoint{e.ep("web-1"), {IP: web1.Addr6.String(), Node: "node-a"}}})
 	ip := func(t *testing.T, args ...string) {
 		t.Helper()
 		if out, err := e.c.Exec(t.Context(), &a.Host, append([]string{"ip"}, args...)...); err != nil {
 			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	// holds reports whether node-a's kernel has the bridge address in
+	families := []struct {
+		name, table string
+		bridge      netip.Prefix // the bridge's address, its pods' gateway
+		node        netip.Addr   // the NodePort address
+	}{
+		{"IPv4", "ip", netip.PrefixFrom(a.Gateway, a.PodCIDR.Bits()), a.Addr},
+		{"IPv6", "ip6", netip.PrefixFrom(a.Gateway6, a.PodCIDR6.Bits()), a.Addr6},
+	}
+	// holds reports whether node-a's kernel has addr in the family's
 	// node-addrs, and what it listed.
-	holds := func() (bool, string) {
-		out, err := e.c.Exec(t.Context(), &a.Host, "nft", "list", "set", "ip", "kubenat", "node-addrs")
+	holds := func(table string, addr netip.Addr) (bool, string) {
+		out, err := e.c.Exec(t.Context(), &a.Host, "nft", "list", "set", table, "kubenat", "node-addrs")
 		if err != nil {
 			return false, fmt.Sprintf("listing node-addrs: %v: %s", err, out)
 		}
 		words := strings.FieldsFunc(out, func(r rune) bool { return strings.ContainsRune(" \t\n{},", r) })
-		return slices.Contains(words, a.Gateway.String()), out
+		return slices.Contains(words, addr.String()), out
 	}
-	ip(t, "addr", "del", bridge, "dev", "cni0")
+	for _, f := range families {
+		ip(t, "addr", "del", f.bridge.String(), "dev", "cni0")
+	}
 	// A sync period longer than the deadlines below: the address change
 	// must not wait for it (nor for the agent's 10 s check).
 	p := netnstest.StartKubenat(t, &a.Host, append(e.agentArgs(a), "--min-sync-period", "5s",
 		"--socket-lb-cgroup", cgroup, "--bpf-pin-dir", filepath.Join(bpffs, "kubenat"), "--untrack-pod-tcp")...)
 	if msg := eventually(10*time.Second, func() string {
-		out, err := e.c.Exec(t.Context(), &a.Host, "nft", "list", "chain", "ip", "kubenat", "raw-prerouting")
-		if err != nil {
-			return fmt.Sprintf("no untracked chain yet: %v", out)
+		for _, f := range families {
+			if out, err := e.c.Exec(t.Context(), &a.Host, "nft", "list", "chain", f.table, "kubenat", "raw-prerouting"); err != nil {
+				return fmt.Sprintf("no %s untracked chain yet: %v", f.name, out)
+			}
 		}
 		return ""
 	}); msg != "" {
 		t.Fatalf("the agent did not program node-a: %s\n%s", msg, p.Output())
 	}
-	if ok, out := holds(); ok {
-		t.Fatalf("node-addrs holds %s before node-a has it:\n%s", a.Gateway, out)
-	}
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			gw := f.bridge.Addr()
+			if ok, out := holds(f.table, gw); ok {
+				t.Fatalf("node-addrs holds %s before node-a has it:\n%s", gw, out)
+			}
+			ip(t, "addr", "add", f.bridge.String(), "dev", "cni0", "nodad")
+			if msg := eventually(2*time.Second, func() string {
+				if ok, out := holds(f.table, gw); !ok {
+					return "node-addrs lacks the bridge address:\n" + out
+				}
+				return ""
+			}); msg != "" {
+				t.Fatalf("%s\nagent:\n%s", msg, p.Output())
+			}
+			hits, seen := e.spread(t, e.c.Client, "tcp", netip.AddrPortFrom(f.node, 30080), 10)
+			if hits["web-1"] != 10 {
+				t.Errorf("answers %s: want web-1 ten times", keys(hits))
+			}
+			if srcs := seen["web-1"]; len(srcs) != 1 || !srcs[gw] {
+				t.Errorf("web-1 saw %v, want only the bridge address %s (masqueraded, replies tracked)", srcs, gw)
+			}
 
-	ip(t, "addr", "add", bridge, "dev", "cni0")
-	if msg := eventually(2*time.Second, func() string {
-		if ok, out := holds(); !ok {
-			return "node-addrs lacks the bridge address:\n" + out
-		}
-		return ""
-	}); msg != "" {
-		t.Fatalf("%s\nagent:\n%s", msg, p.Output())
-	}
-	hits, seen := e.spread(t, e.c.Client, "tcp", netip.AddrPortFrom(a.Addr, 30080), 10)
-	if hits["web-1"] != 10 {
-		t.Errorf("answers %s: want web-1 ten times", keys(hits))
-	}
-	if srcs := seen["web-1"]; len(srcs) != 1 || !srcs[a.Gateway] {
-		t.Errorf("web-1 saw %v, want only the bridge address %s (masqueraded, replies tracked)", srcs, a.Gateway)
-	}
-
-	ip(t, "addr", "del", bridge, "dev", "cni0")
-	if msg := eventually(2*time.Second, func() string {
-		if ok, out := holds(); ok {
-			return "node-addrs still holds the removed bridge address:\n" + out
-		}
-		return ""
-	}); msg != "" {
-		t.Errorf("%s\nagent:\n%s", msg, p.Output())
+			ip(t, "addr", "del", f.bridge.String(), "dev", "cni0")
+			if msg := eventually(2*time.Second, func() string {
+				if ok, out := holds(f.table, gw); ok {
+					return "node-addrs still holds the removed bridge address:\n" + out
+				}
+				return ""
+			}); msg != "" {
+				t.Errorf("%s\nagent:\n%s", msg, p.Output())
+			}
+		})
 	}
 }
 
