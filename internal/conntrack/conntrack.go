@@ -189,7 +189,14 @@ func (c *Cleaner) Clear(rules []Rule) (int, error) {
 		for _, dst := range dsts {
 			flows, err := c.dumpUDP(fam, dst)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("dumping the UDP conntrack entries to %s: %w", dst, err))
+				to := "of " + fam.String()
+				switch {
+				case dst.Addr().Is4():
+					to = "to " + dst.String()
+				case dst.IsValid():
+					to = fmt.Sprintf("to IPv6 port %d", dst.Port())
+				}
+				errs = append(errs, fmt.Errorf("dumping the UDP conntrack entries %s: %w", to, err))
 				continue
 			}
 			unfiltered := false
