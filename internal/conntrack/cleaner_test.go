@@ -68,18 +68,42 @@ func name(f ct.Flow) string {
 	return entries[i].name
 }
 
-// cleanerIn returns a Cleaner in a new namespace holding the entries, and
-// a function that lists the names of the entries left there.
-func cleanerIn(t *testing.T) (*Cleaner, func() []string) {
-	t.Helper()
-	netnstest.Require(t)
-	ns := netnstest.NewNamespace(t)
+// names returns the names of flows (see name), sorted.
+func names(flows []ct.Flow) []string {
+	var out []string
+	for _, f := range flows {
+		out = append(out, name(f))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// newCleaner returns a Cleaner in a new namespace, closed when the test
+// ends, after fill made the namespace's entries with it.
+func newCleaner(tb testing.TB, fill func(c *Cleaner) error) *Cleaner {
+	tb.Helper()
+	netnstest.Require(tb)
+	ns := netnstest.NewNamespace(tb)
 	var c *Cleaner
 	err := topo.InNS(ns, func() error {
 		var err error
 		if c, err = NewCleaner(); err != nil {
 			return err
 		}
+		return fill(c)
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// cleanerIn returns a Cleaner in a new namespace holding the entries, and
+// a function that lists the names of the entries left there.
+func cleanerIn(t *testing.T) (*Cleaner, func() []string) {
+	t.Helper()
+	c := newCleaner(t, func(c *Cleaner) error {
 		for i, e := range entries {
 			if err := c.conn.Create(e.flow(i)); err != nil {
 				return fmt.Errorf("creating %s: %w", e.name, err)
@@ -87,22 +111,13 @@ func cleanerIn(t *testing.T) (*Cleaner, func() []string) {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
 	left := func() []string {
 		t.Helper()
 		flows, err := c.conn.Dump(nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out []string
-		for _, f := range flows {
-			out = append(out, name(f))
-		}
-		slices.Sort(out)
-		return out
+		return names(flows)
 	}
 	return c, left
 }
@@ -170,12 +185,7 @@ func TestDumpUDPIsFilteredByTheKernel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got []string
-		for _, f := range flows {
-			got = append(got, name(f))
-		}
-		slices.Sort(got)
-		if !slices.Equal(got, tt.want) {
+		if got := names(flows); !slices.Equal(got, tt.want) {
 			t.Errorf("dump of %v to %v: %q, want %q", tt.family, tt.dst, got, tt.want)
 		}
 	}
@@ -186,14 +196,7 @@ func TestDumpUDPIsFilteredByTheKernel(t *testing.T) {
 // dump of every entry filtered here: run as root,
 // go test -run '^$' -bench Clear -benchmem ./internal/conntrack.
 func BenchmarkClear(b *testing.B) {
-	netnstest.Require(b)
-	ns := netnstest.NewNamespace(b)
-	var c *Cleaner
-	err := topo.InNS(ns, func() error {
-		var err error
-		if c, err = NewCleaner(); err != nil {
-			return err
-		}
+	c := newCleaner(b, func(c *Cleaner) error {
 		for i := range 100_000 {
 			proto := uint8(protoTCP)
 			if i%4 == 0 {
@@ -210,10 +213,6 @@ func BenchmarkClear(b *testing.B) {
 		}
 		return nil
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
 	rules := []Rule{{Frontends: []netip.AddrPort{feDNS}, Endpoints: []netip.AddrPort{ep1}}}
 	b.Run("dump-every-entry", func(b *testing.B) {
 		for b.Loop() {
