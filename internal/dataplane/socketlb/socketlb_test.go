@@ -317,6 +317,17 @@ func TestBalancesIPv6ClusterIPs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { b.Close() }()
+	// reopen closes the balancer and opens it again over its pins, as a
+	// restarted agent does.
+	reopen := func(t *testing.T) {
+		t.Helper()
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if b, err = Open(Options{Cgroup: cgroup, PinDir: filepath.Join(bpffs, "kubenat")}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	l.sync(t, b)
 	if got := b.Frontends(); got != 2 {
 		t.Errorf("the balancer holds %d frontends, want 2 (one per family)", got)
@@ -345,12 +356,7 @@ func TestBalancesIPv6ClusterIPs(t *testing.T) {
 	})
 
 	t.Run("reopened from the pins", func(t *testing.T) {
-		if err := b.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if b, err = Open(Options{Cgroup: cgroup, PinDir: filepath.Join(bpffs, "kubenat")}); err != nil {
-			t.Fatal(err)
-		}
+		reopen(t)
 		if got := b.Frontends(); got != 2 {
 			t.Errorf("the reopened balancer holds %d frontends, want 2", got)
 		}
@@ -374,12 +380,7 @@ func TestBalancesIPv6ClusterIPs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := b.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if b, err = Open(Options{Cgroup: cgroup, PinDir: filepath.Join(bpffs, "kubenat")}); err != nil {
-			t.Fatal(err)
-		}
+		reopen(t)
 		if got := b.Frontends(); got != 1 {
 			t.Errorf("the reopened balancer holds %d frontends, want 1 (IPv4 only)", got)
 		}
