@@ -474,19 +474,15 @@ func (b *Backend) holdInPlan(ctx context.Context, p *plan, m modes) {
 		}
 		var keys []string
 		if used, err := b.o.InUse(ctx, cidr); err != nil {
-			for h := range b.holds {
-				if h.f == a.f {
-					keys = append(keys, h.key)
-				}
-			}
+			keys = b.heldKeys(a.f)
 		} else {
 			for ep := range used {
 				if cidr.Contains(ep.Addr()) {
 					keys = append(keys, endpointKey(ep))
 				}
 			}
+			slices.Sort(keys)
 		}
-		slices.Sort(keys)
 		wanted := p.shared[a.f][setTrackedEndpoints]
 		if wanted == nil {
 			wanted = map[string]int{}
@@ -502,6 +498,18 @@ func (b *Backend) holdInPlan(ctx context.Context, p *plan, m modes) {
 			p.node.add(elem{f: a.f, set: setTrackedEndpoints, key: k})
 		}
 	}
+}
+
+// heldKeys returns the tracked-endpoints keys held in family f, sorted.
+func (b *Backend) heldKeys(f model.Family) []string {
+	var keys []string
+	for h := range b.holds {
+		if h.f == f {
+			keys = append(keys, h.key)
+		}
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 // Holds returns the number of endpoints held in tracked-endpoints for
@@ -522,16 +530,10 @@ func (b *Backend) ReleaseHolds(ctx context.Context) (int, error) {
 	dels := 0 // elements no Service wants either
 	var readErr error
 	for _, a := range families {
-		var keys []string
-		for h := range b.holds {
-			if h.f == a.f {
-				keys = append(keys, h.key)
-			}
-		}
+		keys := b.heldKeys(a.f)
 		if len(keys) == 0 {
 			continue
 		}
-		slices.Sort(keys)
 		used, err := b.o.InUse(ctx, b.modes.untrack(a.f))
 		if err != nil {
 			// This family's holds stay; the other's are released.
