@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -87,6 +88,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		MasqueradeConfig:   cfg.Masquerade.ConfigFile,
 		Metrics:            m,
 		SocketLB:           socketlb.Options{Cgroup: cfg.SocketLB.Cgroup, PinDir: cfg.SocketLB.PinDir},
+		Conntrack:          cfg.ConntrackSettings(runtime.NumCPU()),
 	}
 	src, client, sourceName, err := newSource(cfg, mc)
 	if err != nil {

@@ -72,6 +72,10 @@ type Options struct {
 	// (and MasqueradeAll is not). When it is off, a balancer pinned in
 	// SocketLB.PinDir by an earlier agent is removed.
 	SocketLB socketlb.Options
+	// Conntrack are the connection-tracking sysctls set after the first
+	// successful sync (its rules load the conntrack module); the zero
+	// value sets none.
+	Conntrack conntrack.Settings
 }
 
 // Agent programs the node's datapath from the objects a Source delivers.
@@ -488,11 +492,15 @@ func (a *Agent) sync(ctx context.Context) error {
 	if a.programmed {
 		stale = conntrack.Plan(st, delta)
 	}
+	first := !a.programmed
 	a.programmed = true
 	a.mu.Unlock()
 	if res.Full || res.Elements > 0 {
 		klog.InfoS("Programmed nftables", "full", res.Full, "changedServices", len(delta.Changed),
 			"elements", res.Elements, "services", services, "duration", time.Since(start))
+	}
+	if first {
+		a.tuneConntrack()
 	}
 	a.clearConntrack(stale)
 	if res.Full {
@@ -503,6 +511,18 @@ func (a *Agent) sync(ctx context.Context) error {
 		go debug.FreeOSMemory()
 	}
 	return errors.Join(pinsErr, pruneErr)
+}
+
+// tuneConntrack sets the configured conntrack sysctls and logs what it
+// changed and what it could not set.
+func (a *Agent) tuneConntrack() {
+	changes, err := a.opts.Conntrack.Apply()
+	for _, c := range changes {
+		klog.InfoS("Set conntrack sysctl", "name", c.Name, "old", c.Old, "new", c.New)
+	}
+	if err != nil {
+		klog.ErrorS(err, "Some conntrack sysctls were not set (the conntrack options; 0 leaves a setting alone)")
+	}
 }
 
 // updateServiceHealth starts, updates and stops the healthCheckNodePort

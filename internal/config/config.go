@@ -114,7 +114,65 @@ type Configuration struct {
 	// SocketLB configures the socket load balancer (eBPF, connect-time
 	// load balancing of TCP ClusterIPs). Off by default.
 	SocketLB SocketLB `json:"socketLB"`
+	// Conntrack sets the kernel's connection-tracking sysctls, as
+	// kube-proxy's conntrack options do, with the same defaults.
+	Conntrack Conntrack `json:"conntrack"`
 }
+
+// Conntrack sets the node's connection-tracking sysctls once the agent's
+// first sync has programmed its rules (which load the conntrack module).
+// Each field has kube-proxy's default and meaning; a zero value leaves the
+// kernel's setting alone. The table's size can only be set from the
+// host's network namespace (the agent's DaemonSet runs there); elsewhere
+// (kind-like nodes in containers) set maxPerCore to 0. A setting that
+// cannot be applied is logged and does not stop the agent.
+type Conntrack struct {
+	// MaxPerCore sizes the table (nf_conntrack_max) at this many entries
+	// per CPU, at least Min; the hash table grows to a quarter of it. 0
+	// leaves both alone. Default 32768. Flag --conntrack-max-per-core.
+	MaxPerCore int32 `json:"maxPerCore"`
+	// Min is the least nf_conntrack_max MaxPerCore sets. Default 131072.
+	// Flag --conntrack-min.
+	Min int32 `json:"min"`
+	// TCPEstablishedTimeout is how long an idle established TCP connection
+	// stays in the table (the kernel's default is 5 days). Whole seconds;
+	// "0s" leaves it. Default "24h0m0s".
+	// Flag --conntrack-tcp-timeout-established.
+	TCPEstablishedTimeout string `json:"tcpEstablishedTimeout"`
+	// TCPCloseWaitTimeout is how long a TCP connection in CLOSE_WAIT stays
+	// in the table. Whole seconds; "0s" leaves it. Default "1h0m0s".
+	// Flag --conntrack-tcp-timeout-close-wait.
+	TCPCloseWaitTimeout string `json:"tcpCloseWaitTimeout"`
+	// TCPBeLiberal sets nf_conntrack_tcp_be_liberal: TCP packets outside
+	// the window are translated with their connection instead of being
+	// marked invalid and passed on untranslated (which can reset a
+	// long-lived connection through a Service). false leaves the kernel's
+	// setting. Default false. Flag --conntrack-tcp-be-liberal.
+	TCPBeLiberal bool `json:"tcpBeLiberal"`
+	// UDPTimeout is the timeout of UDP flows that saw packets in one
+	// direction only. Whole seconds; "0s" (the default) leaves it.
+	// Flag --conntrack-udp-timeout.
+	UDPTimeout string `json:"udpTimeout"`
+	// UDPStreamTimeout is the timeout of UDP flows that saw replies.
+	// Whole seconds; "0s" (the default) leaves it.
+	// Flag --conntrack-udp-timeout-stream.
+	UDPStreamTimeout string `json:"udpStreamTimeout"`
+	// Procfs and Sysfs are where the agent finds the host's /proc and
+	// /sys: an unprivileged container's own /proc/sys and /sys are
+	// read-only, so the chart mounts the host's net sysctls and kernel
+	// module parameters below /host/proc and /host/sys. Defaults "/proc"
+	// and "/sys". Flags --conntrack-procfs, --conntrack-sysfs.
+	Procfs string `json:"procfs"`
+	Sysfs  string `json:"sysfs"`
+}
+
+// Defaults of the conntrack section (kube-proxy's).
+const (
+	DefaultConntrackMaxPerCore            = 32768
+	DefaultConntrackMin                   = 131072
+	DefaultConntrackTCPEstablishedTimeout = 24 * time.Hour
+	DefaultConntrackTCPCloseWaitTimeout   = time.Hour
+)
 
 // SocketLB configures the socket load balancer: an eBPF program on the
 // cgroup connect hook that sends a TCP connect() to a ClusterIP straight
@@ -194,6 +252,16 @@ func Default() *Configuration {
 		HealthzBindAddress: DefaultHealthzBindAddress,
 		ClientConnection:   ClientConnection{QPS: DefaultQPS, Burst: DefaultBurst},
 		SocketLB:           SocketLB{PinDir: DefaultBPFPinDir},
+		Conntrack: Conntrack{
+			MaxPerCore:            DefaultConntrackMaxPerCore,
+			Min:                   DefaultConntrackMin,
+			TCPEstablishedTimeout: DefaultConntrackTCPEstablishedTimeout.String(),
+			TCPCloseWaitTimeout:   DefaultConntrackTCPCloseWaitTimeout.String(),
+			UDPTimeout:            "0s",
+			UDPStreamTimeout:      "0s",
+			Procfs:                "/proc",
+			Sysfs:                 "/sys",
+		},
 	}
 	c.setDefaults()
 	return c

@@ -8,9 +8,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/kubenat/kubenat/internal/conntrack"
 	"github.com/kubenat/kubenat/internal/model"
 )
 
@@ -53,13 +55,25 @@ socketLB:
   cgroup: /sys/fs/cgroup
   pinDir: /sys/fs/bpf/kn
   untrackPodTCP: true
+conntrack:
+  maxPerCore: 0
+  min: 1000
+  tcpEstablishedTimeout: 2h
+  tcpCloseWaitTimeout: 0s
+  tcpBeLiberal: true
+  udpTimeout: 45s
+  udpStreamTimeout: 3m
+  procfs: /host/proc
+  sysfs: /host/sys
 `, want: &Configuration{APIVersion: APIVersion, Kind: Kind, NodeName: "node-a",
 			ClusterCIDRs: []string{"10.244.0.0/16", "fd00:244::/56"}, NodeIPs: []string{"192.168.100.11"},
 			NodePortAddresses: []string{"192.168.100.0/24"}, MasqueradeAll: true,
 			Masquerade:       Masquerade{NonMasqueradeCIDRs: []string{"10.0.0.0/8"}, MasqLinkLocal: true, MasqLinkLocalIPv6: true},
 			ServiceProxyName: "other", MinSyncPeriod: "1s", MetricsBindAddress: "0.0.0.0:9999", HealthzBindAddress: "127.0.0.1:10256",
 			ClientConnection: ClientConnection{Kubeconfig: "/etc/kubenat/kubeconfig", ContentType: ContentTypeJSON, QPS: 20, Burst: 40},
-			SocketLB:         SocketLB{Cgroup: "/sys/fs/cgroup", PinDir: "/sys/fs/bpf/kn", UntrackPodTCP: true}}},
+			SocketLB:         SocketLB{Cgroup: "/sys/fs/cgroup", PinDir: "/sys/fs/bpf/kn", UntrackPodTCP: true},
+			Conntrack: Conntrack{Min: 1000, TCPEstablishedTimeout: "2h", TCPCloseWaitTimeout: "0s", TCPBeLiberal: true,
+				UDPTimeout: "45s", UDPStreamTimeout: "3m", Procfs: "/host/proc", Sysfs: "/host/sys"}}},
 		{name: "explicit zero values are kept", in: header + "minSyncPeriod: 0s\nmetricsBindAddress: \"\"\nmasquerade:\n  nonMasqueradeCIDRs: []\n",
 			want: withDefaults(func(c *Configuration) {
 				c.MinSyncPeriod, c.MetricsBindAddress, c.Masquerade.NonMasqueradeCIDRs = "0s", "", []string{}
@@ -176,6 +190,23 @@ func TestValidate(t *testing.T) {
 			[]string{"clientConnection.qps (--kube-api-qps): -1 must not be negative", "clientConnection.burst (--kube-api-burst): -1 must not be negative"}},
 		{"two sources", func(c *Configuration) { c.Manifests, c.ClientConnection.Kubeconfig = "/m", "/k" },
 			[]string{"manifests (--manifests): set either manifests or clientConnection.kubeconfig"}},
+		{"conntrack left alone", func(c *Configuration) {
+			c.Conntrack = Conntrack{TCPEstablishedTimeout: "0s", TCPCloseWaitTimeout: "0s", UDPTimeout: "0s", UDPStreamTimeout: "0s",
+				Procfs: "/proc", Sysfs: "/sys"}
+		}, nil},
+		{"bad conntrack values", func(c *Configuration) {
+			c.Conntrack = Conntrack{MaxPerCore: -1, Min: -2, TCPEstablishedTimeout: "1d", TCPCloseWaitTimeout: "-1s",
+				UDPTimeout: "1500ms", UDPStreamTimeout: "1000000h", Procfs: "proc", Sysfs: ""}
+		}, []string{
+			"conntrack.maxPerCore (--conntrack-max-per-core): -1 must not be negative",
+			"conntrack.min (--conntrack-min): -2 must not be negative",
+			`conntrack.tcpEstablishedTimeout (--conntrack-tcp-timeout-established): "1d" is not a duration`,
+			"conntrack.tcpCloseWaitTimeout (--conntrack-tcp-timeout-close-wait): -1s must not be negative",
+			"conntrack.udpTimeout (--conntrack-udp-timeout): 1500ms is not a whole number of seconds",
+			"conntrack.udpStreamTimeout (--conntrack-udp-timeout-stream): 1000000h is too long",
+			`conntrack.procfs (--conntrack-procfs): "proc" must be an absolute path`,
+			`conntrack.sysfs (--conntrack-sysfs): "" must be an absolute path`,
+		}},
 		{"wrong kind", func(c *Configuration) { c.Kind = "Other" }, []string{`kind: "Other" is not supported`}},
 		{"every problem is reported", func(c *Configuration) {
 			c.ClusterCIDRs = []string{"x"}
@@ -232,6 +263,11 @@ clientConnection:
 		{"strings, also empty", []string{"--metrics-bind-address=", "--kubeconfig=/k", "--node-name=node-b"},
 			func(c *Configuration) {
 				c.MetricsBindAddress, c.ClientConnection.Kubeconfig, c.NodeName = "", "/k", "node-b"
+			}},
+		{"conntrack", []string{"--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=2h", "--conntrack-tcp-be-liberal", "--conntrack-procfs=/host/proc"},
+			func(c *Configuration) {
+				c.Conntrack.MaxPerCore, c.Conntrack.TCPEstablishedTimeout = 0, "2h0m0s"
+				c.Conntrack.TCPBeLiberal, c.Conntrack.Procfs = true, "/host/proc"
 			}},
 		{"nested fields", []string{"--non-masquerade-cidr=10.0.0.0/8", "--masq-link-local"},
 			func(c *Configuration) {
@@ -379,6 +415,43 @@ func TestModelConfig(t *testing.T) {
 	c.ClusterCIDRs = nil
 	if _, err := c.ModelConfig(); err == nil {
 		t.Error("ModelConfig of an invalid configuration succeeded")
+	}
+}
+
+func TestConntrackSettings(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(c *Conntrack)
+		cpus   int
+		want   conntrack.Settings
+	}{
+		{"kube-proxy's defaults on two CPUs: the minimum", func(c *Conntrack) {}, 2,
+			conntrack.Settings{Max: 131072, TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour}},
+		{"on 16 CPUs: per core", func(c *Conntrack) {}, 16,
+			conntrack.Settings{Max: 16 * 32768, TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour}},
+		{"maxPerCore 0 leaves the size, whatever min", func(c *Conntrack) { c.MaxPerCore, c.Min = 0, 500000 }, 16,
+			conntrack.Settings{TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour}},
+		{"everything set", func(c *Conntrack) {
+			*c = Conntrack{MaxPerCore: 1000, Min: 10, TCPEstablishedTimeout: "2h", TCPCloseWaitTimeout: "0s", TCPBeLiberal: true,
+				UDPTimeout: "45s", UDPStreamTimeout: "3m", Procfs: "/host/proc", Sysfs: "/host/sys"}
+		}, 4, conntrack.Settings{Max: 4000, TCPEstablishedTimeout: 2 * time.Hour, TCPBeLiberal: true, UDPTimeout: 45 * time.Second,
+			UDPStreamTimeout: 3 * time.Minute, Paths: conntrack.Paths{Procfs: "/host/proc", Sysfs: "/host/sys"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := valid()
+			tc.mutate(&c.Conntrack)
+			if err := c.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			want := tc.want
+			if want.Paths == (conntrack.Paths{}) {
+				want.Paths = conntrack.Paths{Procfs: "/proc", Sysfs: "/sys"}
+			}
+			if got := c.ConntrackSettings(tc.cpus); got != want {
+				t.Errorf("ConntrackSettings(%d) =\n%+v\nwant\n%+v", tc.cpus, got, want)
+			}
+		})
 	}
 }
 

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/kubenat/kubenat/internal/conntrack"
 	"github.com/kubenat/kubenat/internal/ipmasq"
 	"github.com/kubenat/kubenat/internal/model"
 )
@@ -124,6 +126,36 @@ func (c *Configuration) Validate() error {
 			errs.add("socketLB.pinDir", "%q must be an absolute path on a bpf file system", lb.PinDir)
 		}
 	}
+	ct := c.Conntrack
+	if ct.MaxPerCore < 0 {
+		errs.add("conntrack.maxPerCore", "%d must not be negative (0 leaves the table's size alone)", ct.MaxPerCore)
+	}
+	if ct.Min < 0 {
+		errs.add("conntrack.min", "%d must not be negative", ct.Min)
+	}
+	for _, t := range []struct{ path, value string }{
+		{"conntrack.tcpEstablishedTimeout", ct.TCPEstablishedTimeout},
+		{"conntrack.tcpCloseWaitTimeout", ct.TCPCloseWaitTimeout},
+		{"conntrack.udpTimeout", ct.UDPTimeout},
+		{"conntrack.udpStreamTimeout", ct.UDPStreamTimeout},
+	} {
+		d, err := time.ParseDuration(t.value)
+		switch {
+		case err != nil:
+			errs.add(t.path, "%q is not a duration (e.g. 24h, 90s; 0s leaves the kernel's value)", t.value)
+		case d < 0:
+			errs.add(t.path, "%s must not be negative", t.value)
+		case d%time.Second != 0:
+			errs.add(t.path, "%s is not a whole number of seconds", t.value)
+		case d/time.Second > math.MaxInt32:
+			errs.add(t.path, "%s is too long for the kernel", t.value)
+		}
+	}
+	for _, d := range []struct{ path, dir string }{{"conntrack.procfs", ct.Procfs}, {"conntrack.sysfs", ct.Sysfs}} {
+		if !filepath.IsAbs(d.dir) {
+			errs.add(d.path, "%q must be an absolute path", d.dir)
+		}
+	}
 	cc := c.ClientConnection
 	if cc.ContentType != ContentTypeProtobuf && cc.ContentType != ContentTypeJSON {
 		errs.add("clientConnection.contentType", "%q is not supported; use %s or %s", cc.ContentType, ContentTypeProtobuf, ContentTypeJSON)
@@ -163,6 +195,29 @@ func checkHostPort(s string) string {
 func (c *Configuration) SyncPeriod() time.Duration {
 	d, _ := time.ParseDuration(c.MinSyncPeriod)
 	return d
+}
+
+// ConntrackSettings returns the conntrack sysctls the agent sets on a node
+// with cpus CPUs: nf_conntrack_max is MaxPerCore × cpus, at least Min (0
+// when MaxPerCore is 0). Call Validate first.
+func (c *Configuration) ConntrackSettings(cpus int) conntrack.Settings {
+	ct := c.Conntrack
+	s := conntrack.Settings{TCPBeLiberal: ct.TCPBeLiberal, Paths: conntrack.Paths{Procfs: ct.Procfs, Sysfs: ct.Sysfs}}
+	if ct.MaxPerCore > 0 {
+		s.Max = max(int(ct.MaxPerCore)*cpus, int(ct.Min))
+	}
+	for _, t := range []struct {
+		value string
+		d     *time.Duration
+	}{
+		{ct.TCPEstablishedTimeout, &s.TCPEstablishedTimeout},
+		{ct.TCPCloseWaitTimeout, &s.TCPCloseWaitTimeout},
+		{ct.UDPTimeout, &s.UDPTimeout},
+		{ct.UDPStreamTimeout, &s.UDPStreamTimeout},
+	} {
+		*t.d, _ = time.ParseDuration(t.value)
+	}
+	return s
 }
 
 // NodeNameOrDefault returns NodeName, else $NODE_NAME, else the host name

@@ -259,10 +259,13 @@ func (l *Lab) logf(format string, args ...any) {
 	fmt.Fprintf(l.log, "lab: "+format+"\n", args...)
 }
 
-// agentArgs returns the kubenat arguments of a node's agent.
+// agentArgs returns the kubenat arguments of a node's agent. A lab node
+// is a network namespace, where the conntrack table's size (global) cannot
+// be set: the agents leave it alone, as kube-proxy in kind does.
 func agentArgs(manifests string, s NodeSetup) []string {
 	args := []string{"agent", "--manifests", manifests, "--node-name", s.Name,
-		"--cluster-cidr", topo.ClusterCIDR.String(), "--cluster-cidr", topo.ClusterCIDR6.String()}
+		"--cluster-cidr", topo.ClusterCIDR.String(), "--cluster-cidr", topo.ClusterCIDR6.String(),
+		"--conntrack-max-per-core=0"}
 	if len(s.NonMasqueradeCIDRs) > 0 {
 		args = append(args, "--non-masquerade-cidr", strings.Join(s.NonMasqueradeCIDRs, ","))
 	}

@@ -1,6 +1,11 @@
 package kernel
 
 import (
+	"os"
+	"reflect"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,6 +82,124 @@ func TestStaleUDPConntrack(t *testing.T) {
 		e.writeService(t, dns(e.ep("l2")))
 		if msg := answeredBy("l2"); msg != "" {
 			t.Fatalf("the flow never reached the new endpoint: %s", msg)
+		}
+	})
+}
+
+// TestConntrackSysctls runs the agent with kube-proxy's conntrack options
+// and checks that a connection through a Service lives in conntrack with
+// the timeout they set, in the node's network namespace only.
+func TestConntrackSysctls(t *testing.T) {
+	e := twoNodes(t)
+	nodeA, cli := e.c.Node("node-a"), e.c.Pod("cli")
+	const linePort = 8082
+	l, err := topo.ServeStream(&e.c.Pod("l1").Host, "l1", linePort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	e.writeService(t, k8sobj.Service{Name: "web", ClusterIPs: []string{"10.96.4.80"},
+		Ports:     []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: linePort}},
+		Endpoints: []k8sobj.Endpoint{e.ep("l1")}})
+	const dir = "/proc/sys/net/netfilter/"
+	names := []string{"nf_conntrack_max", "nf_conntrack_tcp_timeout_established", "nf_conntrack_tcp_timeout_close_wait",
+		"nf_conntrack_tcp_be_liberal", "nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"}
+	// read returns the sysctls, in the node's namespace or (h nil) the
+	// test's own, the host's.
+	read := func(t *testing.T, h *topo.Host) map[string]string {
+		t.Helper()
+		out := map[string]string{}
+		for _, n := range names {
+			var b []byte
+			var err error
+			if h == nil {
+				b, err = os.ReadFile(dir + n)
+			} else {
+				var s string
+				s, err = e.c.Exec(t.Context(), h, "cat", dir+n)
+				b = []byte(s)
+			}
+			if err != nil {
+				t.Fatalf("reading %s: %v", n, err)
+			}
+			out[n] = strings.TrimSpace(string(b))
+		}
+		return out
+	}
+	host := read(t, nil)
+	t.Cleanup(func() {
+		if after := read(t, nil); !reflect.DeepEqual(after, host) {
+			t.Errorf("the host's conntrack sysctls changed: %v → %v", host, after)
+		}
+	})
+	sync := func(t *testing.T, extra ...string) string {
+		t.Helper()
+		out, err := netnstest.Kubenat(t, &nodeA.Host, append(append(e.agentArgs(nodeA), "--once"), extra...)...)
+		if err != nil {
+			t.Fatalf("kubenat agent: %v\n%s", err, out)
+		}
+		return out
+	}
+	// timeout returns the conntrack timeout of an open connection from
+	// cli through the Service.
+	timeout := func(t *testing.T) int {
+		t.Helper()
+		conn, err := topo.OpenStream(&cli.Host, ap("10.96.4.80", 80))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if server, err := conn.Ping("hello"); err != nil || server != "l1" {
+			t.Fatalf("over the connection: answered by %q, %v; want l1", server, err)
+		}
+		out, _ := e.c.Exec(t.Context(), &nodeA.Host, "conntrack", "-L", "-p", "tcp", "-s", cli.Addr.String(), "-d", "10.96.4.80")
+		for _, l := range strings.Split(out, "\n") {
+			// tcp      6 86399 ESTABLISHED src=…
+			if f := strings.Fields(l); len(f) > 3 && f[0] == "tcp" && f[3] == "ESTABLISHED" {
+				n, err := strconv.Atoi(f[2])
+				if err != nil {
+					t.Fatalf("conntrack entry %q: %v", l, err)
+				}
+				return n
+			}
+		}
+		t.Fatalf("no established conntrack entry of the connection:\n%s", out)
+		return 0
+	}
+
+	t.Run("kube-proxy's defaults", func(t *testing.T) {
+		// maxPerCore's default too: the table's size is global, so the
+		// node's namespace cannot set it, which the agent reports and
+		// goes on.
+		out := sync(t, "--conntrack-max-per-core=32768")
+		got := read(t, &nodeA.Host)
+		if got["nf_conntrack_tcp_timeout_established"] != "86400" || got["nf_conntrack_tcp_timeout_close_wait"] != "3600" {
+			t.Errorf("node-a's sysctls %v: want established 86400, close_wait 3600", got)
+		}
+		if got["nf_conntrack_max"] != host["nf_conntrack_max"] {
+			t.Errorf("nf_conntrack_max %s in node-a's namespace, the host's is %s", got["nf_conntrack_max"], host["nf_conntrack_max"])
+		}
+		if max := strconv.Itoa(max(32768*runtime.NumCPU(), 131072)); max != host["nf_conntrack_max"] &&
+			!strings.Contains(out, "nf_conntrack_max") {
+			t.Errorf("the agent did not say that it could not set nf_conntrack_max to %s:\n%s", max, out)
+		}
+		if n := timeout(t); n > 86400 || n < 86400-60 {
+			t.Errorf("the connection's conntrack timeout is %d s, want 86400", n)
+		}
+	})
+	t.Run("set by flags", func(t *testing.T) {
+		sync(t, "--conntrack-tcp-timeout-established=2h", "--conntrack-tcp-timeout-close-wait=0", "--conntrack-tcp-be-liberal",
+			"--conntrack-udp-timeout=45s", "--conntrack-udp-timeout-stream=3m")
+		got := read(t, &nodeA.Host)
+		want := map[string]string{"nf_conntrack_tcp_timeout_established": "7200", "nf_conntrack_tcp_timeout_close_wait": "3600",
+			"nf_conntrack_tcp_be_liberal": "1", "nf_conntrack_udp_timeout": "45", "nf_conntrack_udp_timeout_stream": "180"}
+		for n, v := range want {
+			if got[n] != v {
+				t.Errorf("%s is %s, want %s", n, got[n], v)
+			}
+		}
+		if n := timeout(t); n > 7200 || n < 7200-60 {
+			t.Errorf("the connection's conntrack timeout is %d s, want 7200", n)
 		}
 	})
 }

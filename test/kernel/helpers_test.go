@@ -61,9 +61,14 @@ func (e *env) writeService(t testing.TB, s k8sobj.Service) {
 	}
 }
 
+// agentArgs returns the arguments of n's agent. The conntrack table's
+// size is global and cannot be set from a node's namespace: the agents
+// leave it alone, as kube-proxy in kind does (TestConntrackSysctls
+// checks the default).
 func (e *env) agentArgs(n *topo.Node) []string {
 	return []string{"agent", "--manifests", e.dir, "--node-name", n.Name,
-		"--cluster-cidr", topo.ClusterCIDR.String(), "--cluster-cidr", topo.ClusterCIDR6.String()}
+		"--cluster-cidr", topo.ClusterCIDR.String(), "--cluster-cidr", topo.ClusterCIDR6.String(),
+		"--conntrack-max-per-core=0"}
 }
 
 // syncAll runs "kubenat agent --once" on every node, with extra flags.
