@@ -318,9 +318,35 @@ func TestChartDefaults(t *testing.T) {
 	if !reflect.DeepEqual(cfg.ClusterCIDRs, []string{"10.244.0.0/16"}) {
 		t.Errorf("clusterCIDRs %v", cfg.ClusterCIDRs)
 	}
+	// The conntrack sysctls: the container's /proc/sys is read-only, so
+	// the agent writes the host's, mounted writable where procfs says.
+	checkProcSysNet(t, o, "/host/proc")
 	if ds.Spec.Template.Annotations["checksum/config"] == "" {
 		t.Error("no checksum/config annotation: a configuration change would not roll the pods")
 	}
+}
+
+// checkProcSysNet checks that the agent's configuration finds the host's
+// /proc/sys/net, mounted writable, below procfs.
+func checkProcSysNet(t *testing.T, o objects, procfs string) {
+	t.Helper()
+	cfg := agentConfig(t, o.cm)
+	if cfg.Conntrack.Procfs != procfs {
+		t.Errorf("conntrack.procfs %q, want %q", cfg.Conntrack.Procfs, procfs)
+	}
+	volumes := map[string]*v1.HostPathVolumeSource{}
+	for _, v := range o.ds.Spec.Template.Spec.Volumes {
+		volumes[v.Name] = v.HostPath
+	}
+	for _, m := range container(t, o.ds).VolumeMounts {
+		if m.MountPath == "/host/proc/sys/net" {
+			if hp := volumes[m.Name]; hp == nil || hp.Path != "/proc/sys/net" || m.ReadOnly {
+				t.Errorf("/host/proc/sys/net mounts %+v (read-only %v), want the host's /proc/sys/net, writable", hp, m.ReadOnly)
+			}
+			return
+		}
+	}
+	t.Error("the host's /proc/sys/net is not mounted at /host/proc/sys/net")
 }
 
 func TestChartValues(t *testing.T) {
@@ -397,6 +423,16 @@ func TestChartValues(t *testing.T) {
 					t.Errorf("capabilities %v: want BPF and PERFMON", caps)
 				}
 			}},
+		{"conntrack settings are passed on, procfs kept when set",
+			map[string]any{"config": map[string]any{"clusterCIDRs": []any{"10.244.0.0/16"},
+				"conntrack": map[string]any{"maxPerCore": 0, "tcpEstablishedTimeout": "2h", "tcpBeLiberal": true, "procfs": "/proc"}}},
+			func(t *testing.T, o objects) {
+				c := agentConfig(t, o.cm).Conntrack
+				if c.MaxPerCore != 0 || c.TCPEstablishedTimeout != "2h" || !c.TCPBeLiberal || c.TCPCloseWaitTimeout != "1h0m0s" {
+					t.Errorf("conntrack %+v", c)
+				}
+				checkProcSysNet(t, o, "/proc")
+			}},
 		{"health endpoints disabled: no probe, no port",
 			map[string]any{"config": map[string]any{"clusterCIDRs": []any{"10.244.0.0/16"}, "healthzBindAddress": ""}},
 			func(t *testing.T, o objects) {
@@ -462,6 +498,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"unknown value", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs}, "tolerration": []any{}}, "tolerration"},
 		{"bad bind address", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "metricsBindAddress": "localhost"}}, "metricsBindAddress"},
 		{"bad duration", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "minSyncPeriod": "5"}}, "minSyncPeriod"},
+		{"conntrack timeout in days", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "conntrack": map[string]any{"tcpEstablishedTimeout": "1d"}}}, "tcpEstablishedTimeout"},
+		{"negative conntrack size", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "conntrack": map[string]any{"maxPerCore": -1}}}, "maxPerCore"},
 		{"bad pull policy", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs}, "image": map[string]any{"pullPolicy": "Sometimes"}}, "pullPolicy"},
 		{"manifests in a cluster", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "manifests": "/m"}}, "manifests"},
 	}

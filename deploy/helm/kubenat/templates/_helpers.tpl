@@ -34,6 +34,11 @@ app.kubernetes.io/component: node-agent
 {{/* The KubenatConfiguration: config, with the masquerade file when an ip-masq-agent ConfigMap is mounted. */}}
 {{- define "kubenat.config" -}}
 {{- $config := deepCopy .Values.config -}}
+{{- $conntrack := get $config "conntrack" | default dict -}}
+{{- if not (hasKey $conntrack "procfs") -}}
+{{- $_ := set $conntrack "procfs" "/host/proc" -}}
+{{- $_ := set $config "conntrack" $conntrack -}}
+{{- end -}}
 {{- if .Values.ipMasqAgentConfigMap -}}
 {{- $masq := get $config "masquerade" | default dict -}}
 {{- $_ := set $masq "configFile" "/etc/config/ip-masq-agent/config" -}}
