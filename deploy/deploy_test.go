@@ -327,7 +327,7 @@ func TestChartDefaults(t *testing.T) {
 }
 
 // checkProcSysNet checks that the agent's configuration finds the host's
-// /proc/sys/net, mounted writable, below procfs.
+// /proc/sys/net/netfilter, mounted writable, below procfs.
 func checkProcSysNet(t *testing.T, o objects, procfs string) {
 	t.Helper()
 	cfg := agentConfig(t, o.cm)
@@ -339,14 +339,14 @@ func checkProcSysNet(t *testing.T, o objects, procfs string) {
 		volumes[v.Name] = v.HostPath
 	}
 	for _, m := range container(t, o.ds).VolumeMounts {
-		if m.MountPath == "/host/proc/sys/net" {
-			if hp := volumes[m.Name]; hp == nil || hp.Path != "/proc/sys/net" || m.ReadOnly {
-				t.Errorf("/host/proc/sys/net mounts %+v (read-only %v), want the host's /proc/sys/net, writable", hp, m.ReadOnly)
+		if m.MountPath == "/host/proc/sys/net/netfilter" {
+			if hp := volumes[m.Name]; hp == nil || hp.Path != "/proc/sys/net/netfilter" || m.ReadOnly {
+				t.Errorf("/host/proc/sys/net/netfilter mounts %+v (read-only %v), want the host's /proc/sys/net/netfilter, writable", hp, m.ReadOnly)
 			}
 			return
 		}
 	}
-	t.Error("the host's /proc/sys/net is not mounted at /host/proc/sys/net")
+	t.Error("the host's /proc/sys/net/netfilter is not mounted at /host/proc/sys/net/netfilter")
 }
 
 func TestChartValues(t *testing.T) {

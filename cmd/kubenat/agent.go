@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strings"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 
 	"github.com/kubenat/kubenat/internal/agent"
 	"github.com/kubenat/kubenat/internal/config"
+	"github.com/kubenat/kubenat/internal/conntrack"
 	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
 	"github.com/kubenat/kubenat/internal/events"
 	"github.com/kubenat/kubenat/internal/memlimit"
@@ -88,7 +88,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		MasqueradeConfig:   cfg.Masquerade.ConfigFile,
 		Metrics:            m,
 		SocketLB:           socketlb.Options{Cgroup: cfg.SocketLB.Cgroup, PinDir: cfg.SocketLB.PinDir},
-		Conntrack:          cfg.ConntrackSettings(runtime.NumCPU()),
+		Conntrack:          cfg.ConntrackSettings(conntrack.OnlineCPUs()),
 	}
 	src, client, sourceName, err := newSource(cfg, mc)
 	if err != nil {

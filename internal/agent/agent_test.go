@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubenat/kubenat/internal/conntrack"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
 	"github.com/kubenat/kubenat/internal/healthcheck"
@@ -334,4 +336,63 @@ func TestHeldEndpointsAreReleased(t *testing.T) {
 	mu.Unlock()
 	waitFor(t, "the endpoint released", released)
 	waitFor(t, "the held endpoints metric at 0", func() bool { return m.get(func(r *recordingMetrics) bool { return r.held == 0 }) })
+}
+
+// TestConntrackIsTunedAfterTheFirstSync: the conntrack sysctls are written
+// once the first sync succeeded (its rules load the conntrack module),
+// and not again by later syncs.
+func TestConntrackIsTunedAfterTheFirstSync(t *testing.T) {
+	ctx := t.Context()
+	procfs := t.TempDir()
+	file := filepath.Join(procfs, "sys/net/netfilter/nf_conntrack_tcp_timeout_established")
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(v string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() string {
+		t.Helper()
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	write("432000\n")
+	run := &fakeRunner{fail: true}
+	a, err := New(Options{Runner: run, NFT: nftables.Options{InitialChunk: -1},
+		Conntrack: conntrack.Settings{TCPEstablishedTimeout: 24 * time.Hour, Procfs: procfs},
+		Config:    model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.Synced()
+	if err := a.sync(ctx); err == nil {
+		t.Fatal("the sync succeeded with a failing runner")
+	}
+	if v := read(); v != "432000\n" {
+		t.Errorf("after a failed first sync the timeout is %q, want it untouched", v)
+	}
+	run.mu.Lock()
+	run.fail = false
+	run.mu.Unlock()
+	if err := a.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := read(); v != "86400" {
+		t.Errorf("after the first sync the timeout is %q, want 86400", v)
+	}
+	write("600")
+	a.SetService(service("a", "10.96.0.1"), "test")
+	if err := a.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := read(); v != "600" {
+		t.Errorf("a later sync set the timeout again: %q", v)
+	}
 }

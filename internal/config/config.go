@@ -128,15 +128,16 @@ type Configuration struct {
 // cannot be applied is logged and does not stop the agent.
 type Conntrack struct {
 	// MaxPerCore sizes the table (nf_conntrack_max) at this many entries
-	// per CPU, at least Min; the hash table grows to a quarter of it. 0
+	// per online CPU of the machine, at least Min; the hash table
+	// (nf_conntrack_buckets) grows to a quarter of it when smaller. 0
 	// leaves both alone. Default 32768. Flag --conntrack-max-per-core.
 	MaxPerCore int32 `json:"maxPerCore"`
 	// Min is the least nf_conntrack_max MaxPerCore sets. Default 131072.
 	// Flag --conntrack-min.
 	Min int32 `json:"min"`
 	// TCPEstablishedTimeout is how long an idle established TCP connection
-	// stays in the table (the kernel's default is 5 days). Whole seconds;
-	// "0s" leaves it. Default "24h0m0s".
+	// stays in the table (the kernel's default is 5 days). Whole seconds,
+	// at most 596h (the kernel's limit); "0s" leaves it. Default "24h0m0s".
 	// Flag --conntrack-tcp-timeout-established.
 	TCPEstablishedTimeout string `json:"tcpEstablishedTimeout"`
 	// TCPCloseWaitTimeout is how long a TCP connection in CLOSE_WAIT stays
@@ -157,13 +158,12 @@ type Conntrack struct {
 	// Whole seconds; "0s" (the default) leaves it.
 	// Flag --conntrack-udp-timeout-stream.
 	UDPStreamTimeout string `json:"udpStreamTimeout"`
-	// Procfs and Sysfs are where the agent finds the host's /proc and
-	// /sys: an unprivileged container's own /proc/sys and /sys are
-	// read-only, so the chart mounts the host's net sysctls and kernel
-	// module parameters below /host/proc and /host/sys. Defaults "/proc"
-	// and "/sys". Flags --conntrack-procfs, --conntrack-sysfs.
+	// Procfs is where the agent finds the host's /proc (it writes below
+	// sys/net/netfilter only): an unprivileged container's own /proc/sys
+	// is read-only, so the chart mounts the host's
+	// /proc/sys/net/netfilter at /host/proc/sys/net/netfilter and sets
+	// "/host/proc". Default "/proc". Flag --conntrack-procfs.
 	Procfs string `json:"procfs"`
-	Sysfs  string `json:"sysfs"`
 }
 
 // Defaults of the conntrack section (kube-proxy's).
@@ -260,7 +260,6 @@ func Default() *Configuration {
 			UDPTimeout:            "0s",
 			UDPStreamTimeout:      "0s",
 			Procfs:                "/proc",
-			Sysfs:                 "/sys",
 		},
 	}
 	c.setDefaults()

@@ -64,7 +64,6 @@ conntrack:
   udpTimeout: 45s
   udpStreamTimeout: 3m
   procfs: /host/proc
-  sysfs: /host/sys
 `, want: &Configuration{APIVersion: APIVersion, Kind: Kind, NodeName: "node-a",
 			ClusterCIDRs: []string{"10.244.0.0/16", "fd00:244::/56"}, NodeIPs: []string{"192.168.100.11"},
 			NodePortAddresses: []string{"192.168.100.0/24"}, MasqueradeAll: true,
@@ -73,7 +72,7 @@ conntrack:
 			ClientConnection: ClientConnection{Kubeconfig: "/etc/kubenat/kubeconfig", ContentType: ContentTypeJSON, QPS: 20, Burst: 40},
 			SocketLB:         SocketLB{Cgroup: "/sys/fs/cgroup", PinDir: "/sys/fs/bpf/kn", UntrackPodTCP: true},
 			Conntrack: Conntrack{Min: 1000, TCPEstablishedTimeout: "2h", TCPCloseWaitTimeout: "0s", TCPBeLiberal: true,
-				UDPTimeout: "45s", UDPStreamTimeout: "3m", Procfs: "/host/proc", Sysfs: "/host/sys"}}},
+				UDPTimeout: "45s", UDPStreamTimeout: "3m", Procfs: "/host/proc"}}},
 		{name: "explicit zero values are kept", in: header + "minSyncPeriod: 0s\nmetricsBindAddress: \"\"\nmasquerade:\n  nonMasqueradeCIDRs: []\n",
 			want: withDefaults(func(c *Configuration) {
 				c.MinSyncPeriod, c.MetricsBindAddress, c.Masquerade.NonMasqueradeCIDRs = "0s", "", []string{}
@@ -192,20 +191,19 @@ func TestValidate(t *testing.T) {
 			[]string{"manifests (--manifests): set either manifests or clientConnection.kubeconfig"}},
 		{"conntrack left alone", func(c *Configuration) {
 			c.Conntrack = Conntrack{TCPEstablishedTimeout: "0s", TCPCloseWaitTimeout: "0s", UDPTimeout: "0s", UDPStreamTimeout: "0s",
-				Procfs: "/proc", Sysfs: "/sys"}
+				Procfs: "/proc"}
 		}, nil},
 		{"bad conntrack values", func(c *Configuration) {
 			c.Conntrack = Conntrack{MaxPerCore: -1, Min: -2, TCPEstablishedTimeout: "1d", TCPCloseWaitTimeout: "-1s",
-				UDPTimeout: "1500ms", UDPStreamTimeout: "1000000h", Procfs: "proc", Sysfs: ""}
+				UDPTimeout: "1500ms", UDPStreamTimeout: "600h", Procfs: "proc"}
 		}, []string{
 			"conntrack.maxPerCore (--conntrack-max-per-core): -1 must not be negative",
 			"conntrack.min (--conntrack-min): -2 must not be negative",
 			`conntrack.tcpEstablishedTimeout (--conntrack-tcp-timeout-established): "1d" is not a duration`,
 			"conntrack.tcpCloseWaitTimeout (--conntrack-tcp-timeout-close-wait): -1s must not be negative",
 			"conntrack.udpTimeout (--conntrack-udp-timeout): 1500ms is not a whole number of seconds",
-			"conntrack.udpStreamTimeout (--conntrack-udp-timeout-stream): 1000000h is too long",
+			"conntrack.udpStreamTimeout (--conntrack-udp-timeout-stream): 600h is too long: the kernel takes at most 596h31m23s",
 			`conntrack.procfs (--conntrack-procfs): "proc" must be an absolute path`,
-			`conntrack.sysfs (--conntrack-sysfs): "" must be an absolute path`,
 		}},
 		{"wrong kind", func(c *Configuration) { c.Kind = "Other" }, []string{`kind: "Other" is not supported`}},
 		{"every problem is reported", func(c *Configuration) {
@@ -433,9 +431,9 @@ func TestConntrackSettings(t *testing.T) {
 			conntrack.Settings{TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour}},
 		{"everything set", func(c *Conntrack) {
 			*c = Conntrack{MaxPerCore: 1000, Min: 10, TCPEstablishedTimeout: "2h", TCPCloseWaitTimeout: "0s", TCPBeLiberal: true,
-				UDPTimeout: "45s", UDPStreamTimeout: "3m", Procfs: "/host/proc", Sysfs: "/host/sys"}
+				UDPTimeout: "45s", UDPStreamTimeout: "3m", Procfs: "/host/proc"}
 		}, 4, conntrack.Settings{Max: 4000, TCPEstablishedTimeout: 2 * time.Hour, TCPBeLiberal: true, UDPTimeout: 45 * time.Second,
-			UDPStreamTimeout: 3 * time.Minute, Paths: conntrack.Paths{Procfs: "/host/proc", Sysfs: "/host/sys"}}},
+			UDPStreamTimeout: 3 * time.Minute, Procfs: "/host/proc"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -445,8 +443,8 @@ func TestConntrackSettings(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := tc.want
-			if want.Paths == (conntrack.Paths{}) {
-				want.Paths = conntrack.Paths{Procfs: "/proc", Sysfs: "/sys"}
+			if want.Procfs == "" {
+				want.Procfs = "/proc"
 			}
 			if got := c.ConntrackSettings(tc.cpus); got != want {
 				t.Errorf("ConntrackSettings(%d) =\n%+v\nwant\n%+v", tc.cpus, got, want)

@@ -82,8 +82,6 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.Conntrack.UDPStreamTimeout }},
 	{path: "conntrack.procfs", flag: "conntrack-procfs", help: "where the host's /proc is mounted (its sys/net/netfilter is written)",
 		ptr: func(c *Configuration) any { return &c.Conntrack.Procfs }},
-	{path: "conntrack.sysfs", flag: "conntrack-sysfs", help: "where the host's /sys is mounted (its module/nf_conntrack/parameters/hashsize is written)",
-		ptr: func(c *Configuration) any { return &c.Conntrack.Sysfs }},
 }
 
 // FlagFor returns the name (without "--") of the flag that overrides the

@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -147,14 +146,12 @@ func (c *Configuration) Validate() error {
 			errs.add(t.path, "%s must not be negative", t.value)
 		case d%time.Second != 0:
 			errs.add(t.path, "%s is not a whole number of seconds", t.value)
-		case d/time.Second > math.MaxInt32:
-			errs.add(t.path, "%s is too long for the kernel", t.value)
+		case d > conntrack.MaxTimeout:
+			errs.add(t.path, "%s is too long: the kernel takes at most %s", t.value, conntrack.MaxTimeout)
 		}
 	}
-	for _, d := range []struct{ path, dir string }{{"conntrack.procfs", ct.Procfs}, {"conntrack.sysfs", ct.Sysfs}} {
-		if !filepath.IsAbs(d.dir) {
-			errs.add(d.path, "%q must be an absolute path", d.dir)
-		}
+	if !filepath.IsAbs(ct.Procfs) {
+		errs.add("conntrack.procfs", "%q must be an absolute path", ct.Procfs)
 	}
 	cc := c.ClientConnection
 	if cc.ContentType != ContentTypeProtobuf && cc.ContentType != ContentTypeJSON {
@@ -198,11 +195,11 @@ func (c *Configuration) SyncPeriod() time.Duration {
 }
 
 // ConntrackSettings returns the conntrack sysctls the agent sets on a node
-// with cpus CPUs: nf_conntrack_max is MaxPerCore × cpus, at least Min (0
+// with cpus CPUs (conntrack.OnlineCPUs): nf_conntrack_max is MaxPerCore × cpus, at least Min (0
 // when MaxPerCore is 0). Call Validate first.
 func (c *Configuration) ConntrackSettings(cpus int) conntrack.Settings {
 	ct := c.Conntrack
-	s := conntrack.Settings{TCPBeLiberal: ct.TCPBeLiberal, Paths: conntrack.Paths{Procfs: ct.Procfs, Sysfs: ct.Sysfs}}
+	s := conntrack.Settings{TCPBeLiberal: ct.TCPBeLiberal, Procfs: ct.Procfs}
 	if ct.MaxPerCore > 0 {
 		s.Max = max(int(ct.MaxPerCore)*cpus, int(ct.Min))
 	}

@@ -10,13 +10,13 @@ import (
 	"time"
 )
 
-// fakeTree is a /proc/sys and /sys with the files Apply reads, holding
-// the kernel's defaults of a machine with 262,144 entries.
-func fakeTree(t *testing.T) Paths {
+// fakeProc is a /proc with the files Apply reads, holding the kernel's
+// defaults of a machine with 65,536 buckets and 262,144 entries.
+func fakeProc(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	p := Paths{Procfs: filepath.Join(dir, "proc"), Sysfs: filepath.Join(dir, "sys")}
+	procfs := t.TempDir()
 	files := map[string]int{
+		"net/netfilter/nf_conntrack_buckets":                 65536,
 		"net/netfilter/nf_conntrack_max":                     262144,
 		"net/netfilter/nf_conntrack_tcp_timeout_established": 432000,
 		"net/netfilter/nf_conntrack_tcp_timeout_close_wait":  60,
@@ -25,10 +25,9 @@ func fakeTree(t *testing.T) Paths {
 		"net/netfilter/nf_conntrack_tcp_be_liberal":          0,
 	}
 	for name, v := range files {
-		writeFile(t, filepath.Join(p.Procfs, "sys", name), v)
+		writeFile(t, filepath.Join(procfs, "sys", name), v)
 	}
-	writeFile(t, filepath.Join(p.Sysfs, hashsizeParam), 65536)
-	return p
+	return procfs
 }
 
 func writeFile(t *testing.T, path string, v int) {
@@ -67,13 +66,19 @@ func TestApplySettings(t *testing.T) {
 				{"net.netfilter.nf_conntrack_tcp_timeout_established", 432000, 86400},
 				{"net.netfilter.nf_conntrack_tcp_timeout_close_wait", 60, 3600},
 			},
-			after: map[string]int{"proc/sys/net/netfilter/nf_conntrack_max": 131072, "sys/" + hashsizeParam: 65536},
+			after: map[string]int{"nf_conntrack_max": 131072, "nf_conntrack_buckets": 65536},
 		},
 		{
 			name:  "a larger table grows the hash table to a quarter of it",
 			s:     Settings{Max: 1 << 20},
-			want:  []Change{{"net.netfilter.nf_conntrack_max", 262144, 1 << 20}, {"nf_conntrack hashsize", 65536, 1 << 18}},
-			after: map[string]int{"sys/" + hashsizeParam: 1 << 18},
+			want:  []Change{{"net.netfilter.nf_conntrack_max", 262144, 1 << 20}, {"net.netfilter.nf_conntrack_buckets", 65536, 1 << 18}},
+			after: map[string]int{"nf_conntrack_max": 1 << 20, "nf_conntrack_buckets": 1 << 18},
+		},
+		{
+			name:  "a smaller table leaves the hash table",
+			s:     Settings{Max: 131072},
+			want:  []Change{{"net.netfilter.nf_conntrack_max", 262144, 131072}},
+			after: map[string]int{"nf_conntrack_buckets": 65536},
 		},
 		{
 			name: "values the kernel already holds are not written",
@@ -87,13 +92,12 @@ func TestApplySettings(t *testing.T) {
 				{"net.netfilter.nf_conntrack_udp_timeout_stream", 120, 180},
 				{"net.netfilter.nf_conntrack_tcp_be_liberal", 0, 1},
 			},
-			after: map[string]int{"proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal": 1},
+			after: map[string]int{"nf_conntrack_tcp_be_liberal": 1, "nf_conntrack_udp_timeout_stream": 180},
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p := fakeTree(t)
-			tc.s.Paths = p
+			tc.s.Procfs = fakeProc(t)
 			got, err := tc.s.Apply()
 			if err != nil {
 				t.Fatal(err)
@@ -101,9 +105,8 @@ func TestApplySettings(t *testing.T) {
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("changes:\n got %v\nwant %v", got, tc.want)
 			}
-			root := filepath.Dir(p.Procfs)
 			for file, v := range tc.after {
-				if n := readFile(t, filepath.Join(root, file)); n != v {
+				if n := readFile(t, filepath.Join(tc.s.Procfs, "sys/net/netfilter", file)); n != v {
 					t.Errorf("%s holds %d, want %d", file, n, v)
 				}
 			}
@@ -112,26 +115,26 @@ func TestApplySettings(t *testing.T) {
 }
 
 func TestApplySettingsErrors(t *testing.T) {
-	p := fakeTree(t)
+	procfs := fakeProc(t)
+	dir := filepath.Join(procfs, "sys/net/netfilter")
 	// nf_conntrack_max cannot be used (a directory in its place: file
 	// modes do not stop root, who runs the tests; the kernel test sees
 	// the real read-only file of a network namespace).
-	maxPath := filepath.Join(p.Procfs, "sys/net/netfilter/nf_conntrack_max")
-	if err := os.Remove(maxPath); err != nil {
+	if err := os.Remove(filepath.Join(dir, "nf_conntrack_max")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Mkdir(maxPath, 0o755); err != nil {
+	if err := os.Mkdir(filepath.Join(dir, "nf_conntrack_max"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	// The UDP timeouts are missing, as when the module is not loaded.
-	if err := os.Remove(filepath.Join(p.Procfs, "sys/net/netfilter/nf_conntrack_udp_timeout")); err != nil {
+	if err := os.Remove(filepath.Join(dir, "nf_conntrack_udp_timeout")); err != nil {
 		t.Fatal(err)
 	}
-	got, err := Settings{Max: 1 << 20, TCPEstablishedTimeout: 24 * time.Hour, UDPTimeout: time.Minute, Paths: p}.Apply()
+	got, err := Settings{Max: 1 << 20, TCPEstablishedTimeout: 24 * time.Hour, UDPTimeout: time.Minute, Procfs: procfs}.Apply()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"nf_conntrack_max", "net.netfilter.nf_conntrack_udp_timeout"} {
+	for _, want := range []string{"net.netfilter.nf_conntrack_max", "net.netfilter.nf_conntrack_udp_timeout"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
 		}
@@ -142,7 +145,29 @@ func TestApplySettingsErrors(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("changes:\n got %v\nwant %v", got, want)
 	}
-	if n := readFile(t, filepath.Join(p.Sysfs, hashsizeParam)); n != 65536 {
-		t.Errorf("hashsize %d, want it unchanged", n)
+	if n := readFile(t, filepath.Join(dir, "nf_conntrack_buckets")); n != 65536 {
+		t.Errorf("nf_conntrack_buckets %d, want it unchanged", n)
+	}
+}
+
+func TestOnlineCPUs(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int
+	}{
+		{"0\n", 1},
+		{"0-3\n", 4},
+		{"0-3,8-11,16\n", 9},
+		{"", 0},
+		{"0-x", 0},
+		{"3-1", 0},
+	}
+	for _, tc := range tests {
+		if got := parseCPUList(tc.in); got != tc.want {
+			t.Errorf("parseCPUList(%q) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+	if n := OnlineCPUs(); n < 1 {
+		t.Errorf("OnlineCPUs() = %d", n)
 	}
 }

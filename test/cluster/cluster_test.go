@@ -64,7 +64,7 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	t.Run("agent --once programs a node from the API and exits", func(t *testing.T) {
 		nodeB := c.Node("node-b")
 		out, err := netnstest.Kubenat(t, &nodeB.Host, "agent", "--once", "--kubeconfig", e.srv.KubeconfigPath(),
-			"--node-name", "node-b", "--cluster-cidr", topo.ClusterCIDR.String())
+			"--node-name", "node-b", "--cluster-cidr", topo.ClusterCIDR.String(), "--conntrack-max-per-core=0")
 		if err != nil {
 			t.Fatalf("kubenat agent --once: %v\n%s", err, out)
 		}

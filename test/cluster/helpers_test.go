@@ -125,11 +125,12 @@ func (e *env) createNode(n *topo.Node) {
 	}
 }
 
-// startAgent runs kubenat agent on node-a against the API server.
+// startAgent runs kubenat agent on node-a against the API server. The
+// conntrack table's size is global: a node's namespace leaves it alone.
 func (e *env) startAgent(extra ...string) *netnstest.Process {
 	e.t.Helper()
 	args := append([]string{"agent", "--kubeconfig", e.srv.KubeconfigPath(), "--node-name", "node-a",
-		"--cluster-cidr", topo.ClusterCIDR.String(), "--min-sync-period", "100ms"}, extra...)
+		"--cluster-cidr", topo.ClusterCIDR.String(), "--min-sync-period", "100ms", "--conntrack-max-per-core=0"}, extra...)
 	e.agent = netnstest.StartKubenat(e.t, &e.nodeA.Host, args...)
 	return e.agent
 }
