@@ -423,6 +423,14 @@ func TestChartValues(t *testing.T) {
 					t.Errorf("capabilities %v: want BPF and PERFMON", caps)
 				}
 			}},
+		{"pods recognized by their bridge: no cluster CIDR needed",
+			map[string]any{"config": map[string]any{"detectLocalMode": "BridgeInterface", "detectLocal": map[string]any{"bridgeInterface": "cni0"}}},
+			func(t *testing.T, o objects) {
+				c := agentConfig(t, o.cm)
+				if c.DetectLocalMode != "BridgeInterface" || c.DetectLocal.BridgeInterface != "cni0" || len(c.ClusterCIDRs) != 0 {
+					t.Errorf("configuration %+v", c)
+				}
+			}},
 		{"conntrack settings are passed on, procfs kept when set",
 			map[string]any{"config": map[string]any{"clusterCIDRs": []any{"10.244.0.0/16"},
 				"conntrack": map[string]any{"maxPerCore": 0, "tcpEstablishedTimeout": "2h", "tcpBeLiberal": true, "procfs": "/proc"}}},
@@ -498,6 +506,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"unknown value", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs}, "tolerration": []any{}}, "tolerration"},
 		{"bad bind address", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "metricsBindAddress": "localhost"}}, "metricsBindAddress"},
 		{"bad duration", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "minSyncPeriod": "5"}}, "minSyncPeriod"},
+		{"interface mode without the interface", map[string]any{"config": map[string]any{"detectLocalMode": "BridgeInterface", "detectLocal": map[string]any{"bridgeInterface": "cni0;"}}}, "bridgeInterface"},
+		{"unknown detectLocalMode", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "detectLocalMode": "ClusterCIDR"}}, "detectLocalMode"},
 		{"conntrack timeout in days", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "conntrack": map[string]any{"tcpEstablishedTimeout": "1d"}}}, "tcpEstablishedTimeout"},
 		{"negative conntrack size", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "conntrack": map[string]any{"maxPerCore": -1}}}, "maxPerCore"},
 		{"bad pull policy", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs}, "image": map[string]any{"pullPolicy": "Sometimes"}}, "pullPolicy"},

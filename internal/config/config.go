@@ -68,8 +68,21 @@ type Configuration struct {
 	// local. Default: $NODE_NAME, else the host name. Flag --node-name.
 	NodeName string `json:"nodeName,omitempty"`
 	// ClusterCIDRs are the pod address ranges of the whole cluster, at most
-	// one per address family. Required. Flag --cluster-cidr.
+	// one per address family. Required, except when detectLocalMode
+	// recognizes the pods by their interface. Flag --cluster-cidr.
 	ClusterCIDRs []string `json:"clusterCIDRs"`
+	// DetectLocalMode says how traffic from this node's pods is told from
+	// other traffic (kube-proxy's option of the same name): "NodeCIDR"
+	// (default: a source in the Node's spec.podCIDRs, else in
+	// clusterCIDRs), "BridgeInterface" (arriving on
+	// detectLocal.bridgeInterface) or "InterfaceNamePrefix" (arriving on an
+	// interface whose name starts with detectLocal.interfaceNamePrefix).
+	// With the interface modes clusterCIDRs may be empty (pods addressed
+	// from the node's network, e.g. AWS VPC CNI): pod egress is then
+	// recognized by its interface too. Flag --detect-local-mode.
+	DetectLocalMode string `json:"detectLocalMode"`
+	// DetectLocal names the interfaces of the interface modes.
+	DetectLocal DetectLocal `json:"detectLocal"`
 	// NodeIPs override the Node object's addresses (status.addresses of
 	// type InternalIP and ExternalIP). Default: none, use the Node's.
 	// Flag --node-ip.
@@ -174,6 +187,25 @@ const (
 	DefaultConntrackTCPCloseWaitTimeout   = time.Hour
 )
 
+// DetectLocal names the interfaces detectLocalMode's interface modes use.
+type DetectLocal struct {
+	// BridgeInterface is the bridge the node's pods are attached to (e.g.
+	// cni0, cbr0), for detectLocalMode BridgeInterface.
+	// Flag --pod-bridge-interface.
+	BridgeInterface string `json:"bridgeInterface,omitempty"`
+	// InterfaceNamePrefix starts the name of every pod's interface on the
+	// node (e.g. veth, cali, eni), for detectLocalMode
+	// InterfaceNamePrefix. Flag --pod-interface-name-prefix.
+	InterfaceNamePrefix string `json:"interfaceNamePrefix,omitempty"`
+}
+
+// The detectLocalMode values.
+const (
+	DetectLocalNodeCIDR            = "NodeCIDR"
+	DetectLocalBridgeInterface     = "BridgeInterface"
+	DetectLocalInterfaceNamePrefix = "InterfaceNamePrefix"
+)
+
 // SocketLB configures the socket load balancer: an eBPF program on the
 // cgroup connect hook that sends a TCP connect() to a ClusterIP straight
 // to an endpoint, so pod-to-pod TCP needs no NAT and no connection
@@ -271,6 +303,9 @@ func Default() *Configuration {
 func (c *Configuration) setDefaults() {
 	if c.NodePortAddresses == nil {
 		c.NodePortAddresses = []string{"primary"}
+	}
+	if c.DetectLocalMode == "" {
+		c.DetectLocalMode = DetectLocalNodeCIDR
 	}
 	if c.Masquerade.NonMasqueradeCIDRs == nil {
 		for _, p := range model.DefaultNonMasqueradeCIDRs() {

@@ -35,6 +35,9 @@ func TestDecode(t *testing.T) {
 		{name: "values replace defaults", in: header + `
 nodeName: node-a
 clusterCIDRs: [10.244.0.0/16, fd00:244::/56]
+detectLocalMode: BridgeInterface
+detectLocal:
+  bridgeInterface: cni0
 nodeIPs: [192.168.100.11]
 nodePortAddresses: [192.168.100.0/24]
 masqueradeAll: true
@@ -66,6 +69,7 @@ conntrack:
   procfs: /host/proc
 `, want: &Configuration{APIVersion: APIVersion, Kind: Kind, NodeName: "node-a",
 			ClusterCIDRs: []string{"10.244.0.0/16", "fd00:244::/56"}, NodeIPs: []string{"192.168.100.11"},
+			DetectLocalMode: DetectLocalBridgeInterface, DetectLocal: DetectLocal{BridgeInterface: "cni0"},
 			NodePortAddresses: []string{"192.168.100.0/24"}, MasqueradeAll: true,
 			Masquerade:       Masquerade{NonMasqueradeCIDRs: []string{"10.0.0.0/8"}, MasqLinkLocal: true, MasqLinkLocalIPv6: true},
 			ServiceProxyName: "other", MinSyncPeriod: "1s", MetricsBindAddress: "0.0.0.0:9999", HealthzBindAddress: "127.0.0.1:10256",
@@ -189,6 +193,27 @@ func TestValidate(t *testing.T) {
 			[]string{"clientConnection.qps (--kube-api-qps): -1 must not be negative", "clientConnection.burst (--kube-api-burst): -1 must not be negative"}},
 		{"two sources", func(c *Configuration) { c.Manifests, c.ClientConnection.Kubeconfig = "/m", "/k" },
 			[]string{"manifests (--manifests): set either manifests or clientConnection.kubeconfig"}},
+		{"pods by their bridge, no cluster CIDR", func(c *Configuration) {
+			c.ClusterCIDRs, c.DetectLocalMode, c.DetectLocal.BridgeInterface = nil, "BridgeInterface", "cni0"
+		}, nil},
+		{"pods by their interfaces' prefix, no cluster CIDR", func(c *Configuration) {
+			c.ClusterCIDRs, c.DetectLocalMode, c.DetectLocal.InterfaceNamePrefix = nil, "InterfaceNamePrefix", "eni"
+		}, nil},
+		{"bridge mode without the bridge", func(c *Configuration) { c.DetectLocalMode = "BridgeInterface" },
+			[]string{`detectLocal.bridgeInterface (--pod-bridge-interface): "": must be 1 to 15 letters`}},
+		{"hostile interface prefix", func(c *Configuration) {
+			c.DetectLocalMode, c.DetectLocal.InterfaceNamePrefix = "InterfaceNamePrefix", "eth\"; accept"
+		}, []string{`detectLocal.interfaceNamePrefix (--pod-interface-name-prefix): "eth\"; accept": must be 1 to 15 letters`}},
+		{"an interface the mode does not use", func(c *Configuration) { c.DetectLocal.BridgeInterface = "cni0" },
+			[]string{"detectLocal.bridgeInterface (--pod-bridge-interface): is only used with detectLocalMode BridgeInterface (it is NodeCIDR)"}},
+		{"kube-proxy's ClusterCIDR mode", func(c *Configuration) { c.DetectLocalMode = "ClusterCIDR" },
+			[]string{"detectLocalMode (--detect-local-mode): kube-proxy's ClusterCIDR is not supported"}},
+		{"unknown detectLocalMode", func(c *Configuration) { c.DetectLocalMode = "Magic" },
+			[]string{`detectLocalMode (--detect-local-mode): "Magic" is not supported; use NodeCIDR, BridgeInterface or InterfaceNamePrefix`}},
+		{"untracking without a cluster CIDR", func(c *Configuration) {
+			c.ClusterCIDRs, c.DetectLocalMode, c.DetectLocal.BridgeInterface = nil, "BridgeInterface", "cni0"
+			c.SocketLB = SocketLB{Cgroup: "/sys/fs/cgroup", PinDir: DefaultBPFPinDir, UntrackPodTCP: true}
+		}, []string{"socketLB.untrackPodTCP (--untrack-pod-tcp): needs clusterCIDRs"}},
 		{"conntrack left alone", func(c *Configuration) {
 			c.Conntrack = Conntrack{TCPEstablishedTimeout: "0s", TCPCloseWaitTimeout: "0s", UDPTimeout: "0s", UDPStreamTimeout: "0s",
 				Procfs: "/proc"}
@@ -261,6 +286,10 @@ clientConnection:
 		{"strings, also empty", []string{"--metrics-bind-address=", "--kubeconfig=/k", "--node-name=node-b"},
 			func(c *Configuration) {
 				c.MetricsBindAddress, c.ClientConnection.Kubeconfig, c.NodeName = "", "/k", "node-b"
+			}},
+		{"local detection", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefix=veth"},
+			func(c *Configuration) {
+				c.DetectLocalMode, c.DetectLocal.InterfaceNamePrefix = "InterfaceNamePrefix", "veth"
 			}},
 		{"conntrack", []string{"--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=2h", "--conntrack-tcp-be-liberal", "--conntrack-procfs=/host/proc"},
 			func(c *Configuration) {
@@ -406,6 +435,11 @@ func TestModelConfig(t *testing.T) {
 		t.Errorf("a bad masquerade file gave %v, want an error naming masquerade.configFile", err)
 	}
 	c.Masquerade = Default().Masquerade
+	c.ClusterCIDRs, c.DetectLocalMode, c.DetectLocal.BridgeInterface = nil, DetectLocalBridgeInterface, "cbr0"
+	if mc, err := c.ModelConfig(); err != nil || mc.LocalDetect != (model.LocalDetect{Mode: model.DetectBridgeInterface, Interface: "cbr0"}) {
+		t.Errorf("bridge detection: %+v, %v", mc.LocalDetect, err)
+	}
+	c.ClusterCIDRs, c.DetectLocalMode, c.DetectLocal.BridgeInterface = []string{"10.244.1.0/16"}, DetectLocalNodeCIDR, ""
 	c.NodeName = "explicit"
 	if mc, _ := c.ModelConfig(); mc.NodeName != "explicit" {
 		t.Errorf("node name %q, want the configured one", mc.NodeName)

@@ -56,8 +56,15 @@ func (c *Configuration) Validate() error {
 			errs.add("nodeName", "%q is not a valid node name: %s", c.NodeName, strings.Join(msgs, "; "))
 		}
 	}
-	if len(c.ClusterCIDRs) == 0 {
-		errs.add("clusterCIDRs", "at least one CIDR is required (the pod address range of the cluster)")
+	detect, detectErr := c.localDetect()
+	if detectErr != nil {
+		errs = append(errs, detectErr...)
+	}
+	if len(c.ClusterCIDRs) == 0 && !detect.ByInterface() && detectErr == nil {
+		errs.add("clusterCIDRs", "at least one CIDR is required (the pod address range of the cluster), unless detectLocalMode recognizes the pods by their interface")
+	}
+	if len(c.ClusterCIDRs) == 0 && c.SocketLB.UntrackPodTCP {
+		errs.add("socketLB.untrackPodTCP", "needs clusterCIDRs (--cluster-cidr): pod-to-pod TCP is recognized by its addresses")
 	}
 	families := map[model.Family]string{}
 	for i, s := range c.ClusterCIDRs {
@@ -169,6 +176,45 @@ func (c *Configuration) Validate() error {
 	return errors.Join(errs...)
 }
 
+// localDetect returns the model's local traffic detection the
+// configuration describes, or the problems with it.
+func (c *Configuration) localDetect() (model.LocalDetect, fieldErrors) {
+	var errs fieldErrors
+	dl := c.DetectLocal
+	var d model.LocalDetect
+	switch c.DetectLocalMode {
+	case DetectLocalNodeCIDR:
+	case DetectLocalBridgeInterface:
+		d = model.LocalDetect{Mode: model.DetectBridgeInterface, Interface: dl.BridgeInterface}
+	case DetectLocalInterfaceNamePrefix:
+		d = model.LocalDetect{Mode: model.DetectInterfacePrefix, Interface: dl.InterfaceNamePrefix}
+	case "ClusterCIDR":
+		errs.add("detectLocalMode", "kube-proxy's ClusterCIDR is not supported: NodeCIDR uses the Node's spec.podCIDRs and falls back to clusterCIDRs when the Node has none")
+		return d, errs
+	default:
+		errs.add("detectLocalMode", "%q is not supported; use %s, %s or %s", c.DetectLocalMode,
+			DetectLocalNodeCIDR, DetectLocalBridgeInterface, DetectLocalInterfaceNamePrefix)
+		return d, errs
+	}
+	for _, f := range []struct {
+		path, value string
+		mode        model.LocalDetectMode
+	}{
+		{"detectLocal.bridgeInterface", dl.BridgeInterface, model.DetectBridgeInterface},
+		{"detectLocal.interfaceNamePrefix", dl.InterfaceNamePrefix, model.DetectInterfacePrefix},
+	} {
+		switch {
+		case f.mode == d.Mode:
+			if err := d.Validate(); err != nil {
+				errs.add(f.path, "%q: must be 1 to 15 letters, digits, '_', '.' or '-' (the name of an interface)", f.value)
+			}
+		case f.value != "":
+			errs.add(f.path, "is only used with detectLocalMode %s (it is %s)", f.mode, c.DetectLocalMode)
+		}
+	}
+	return d, errs
+}
+
 // checkHostPort returns what is wrong with a bind address, or "".
 func checkHostPort(s string) string {
 	host, port, err := net.SplitHostPort(s)
@@ -246,8 +292,10 @@ func (c *Configuration) ModelConfig() (model.Config, error) {
 	if err != nil {
 		return model.Config{}, err
 	}
+	detect, _ := c.localDetect()
 	mc := model.Config{
 		NodeName:          name,
+		LocalDetect:       detect,
 		NodePortAddresses: append([]string(nil), c.NodePortAddresses...),
 		MasqueradeAll:     c.MasqueradeAll,
 		ProxyName:         c.ServiceProxyName,

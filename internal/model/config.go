@@ -3,6 +3,8 @@ package model
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
+	"strings"
 )
 
 // DefaultProxyName is the value of the service.kubernetes.io/service-proxy-name
@@ -53,7 +55,100 @@ type Config struct {
 	// of kubenat's can have translated untracked (State.TrackedEndpoints):
 	// faster, but wrong for pods whose connects the balancer does not see
 	// and for DNAT that others do (e.g. hostPorts); see docs/design.md.
+	// It needs a cluster CIDR.
 	UntrackPodTCP bool
+	// LocalDetect says how a packet from a pod on this node is told from
+	// others. The zero value is DetectNodeCIDR.
+	LocalDetect LocalDetect
+}
+
+// LocalDetectMode is a way to tell traffic from this node's pods (kube-proxy's
+// detectLocalMode).
+type LocalDetectMode uint8
+
+const (
+	// DetectNodeCIDR: the source address is in the Node's spec.podCIDRs (the
+	// cluster CIDRs when the Node gives none). The default.
+	DetectNodeCIDR LocalDetectMode = iota
+	// DetectBridgeInterface: the packet arrives on LocalDetect.Interface,
+	// the bridge of the node's pods (a bridge CNI: cni0, cbr0).
+	DetectBridgeInterface
+	// DetectInterfacePrefix: the packet arrives on an interface whose name
+	// starts with LocalDetect.Interface (a routed CNI giving every pod an
+	// interface of its own: veth, cali, eni).
+	DetectInterfacePrefix
+)
+
+// String returns the mode's name as kube-proxy's configuration spells it.
+func (m LocalDetectMode) String() string {
+	switch m {
+	case DetectBridgeInterface:
+		return "BridgeInterface"
+	case DetectInterfacePrefix:
+		return "InterfaceNamePrefix"
+	}
+	return "NodeCIDR"
+}
+
+// LocalDetect configures how traffic from this node's pods is recognized.
+// With the interface modes, no cluster CIDR is needed: pod egress is
+// masqueraded by the interface it arrives on too (clusters whose pods take
+// addresses from the node's network, as with AWS VPC CNI, have none).
+type LocalDetect struct {
+	Mode LocalDetectMode
+	// Interface is the bridge's name (DetectBridgeInterface) or the prefix
+	// of the pods' interfaces (DetectInterfacePrefix); empty for
+	// DetectNodeCIDR.
+	Interface string
+}
+
+// ByInterface reports whether the pods are recognized by their interface.
+func (d LocalDetect) ByInterface() bool { return d.Mode != DetectNodeCIDR }
+
+// Matches reports whether a packet arriving on the interface named iif comes
+// from a pod of this node; it is false for DetectNodeCIDR and for "".
+func (d LocalDetect) Matches(iif string) bool {
+	switch d.Mode {
+	case DetectBridgeInterface:
+		return iif == d.Interface
+	case DetectInterfacePrefix:
+		return strings.HasPrefix(iif, d.Interface)
+	}
+	return false
+}
+
+// Describe says in words which packets come from this node's pods, e.g.
+// `arriving on the bridge "cni0"`.
+func (d LocalDetect) Describe() string {
+	switch d.Mode {
+	case DetectBridgeInterface:
+		return fmt.Sprintf("arriving on the bridge %q", d.Interface)
+	case DetectInterfacePrefix:
+		return fmt.Sprintf("arriving on an interface whose name starts with %q", d.Interface)
+	}
+	return "with a source in this node's pod CIDRs"
+}
+
+// validInterfaceName matches what kubenat accepts as an interface name or
+// prefix: what Linux allows in practice, without characters that would need
+// quoting in the nftables ruleset.
+var validInterfaceName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+
+// Validate checks that the interface name suits the mode.
+func (d LocalDetect) Validate() error {
+	switch d.Mode {
+	case DetectNodeCIDR:
+		if d.Interface != "" {
+			return fmt.Errorf("local traffic detection NodeCIDR takes no interface (%q given)", d.Interface)
+		}
+	case DetectBridgeInterface, DetectInterfacePrefix:
+		if !validInterfaceName.MatchString(d.Interface) {
+			return fmt.Errorf("local traffic detection %s: interface %q must be 1 to 15 letters, digits, '_', '.' or '-'", d.Mode, d.Interface)
+		}
+	default:
+		return fmt.Errorf("local traffic detection: unknown mode %d", d.Mode)
+	}
+	return nil
 }
 
 // EgressConfig is ip-masq-agent's configuration: which destinations pod
@@ -127,8 +222,14 @@ func (c *Config) Validate() error {
 	if c.NodeName == "" {
 		return fmt.Errorf("node name: must be set")
 	}
-	if len(c.ClusterCIDRs) == 0 {
-		return fmt.Errorf("cluster CIDR: at least one must be set")
+	if err := c.LocalDetect.Validate(); err != nil {
+		return err
+	}
+	if len(c.ClusterCIDRs) == 0 && !c.LocalDetect.ByInterface() {
+		return fmt.Errorf("cluster CIDR: at least one must be set (or detect the pods by their interface)")
+	}
+	if len(c.ClusterCIDRs) == 0 && c.UntrackPodTCP {
+		return fmt.Errorf("untracking pod TCP needs a cluster CIDR")
 	}
 	seen := map[Family]bool{}
 	for _, p := range c.ClusterCIDRs {

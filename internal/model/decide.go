@@ -10,7 +10,7 @@ const (
 	// pod on another node.
 	FromOutside SourceClass = iota
 	// FromLocalPod is traffic from a pod on this node (its source is in the
-	// node's pod CIDRs).
+	// node's pod CIDRs, or it arrives on a pod interface: Config.LocalDetect).
 	FromLocalPod
 	// FromNode is traffic the node itself sends (locally generated, or with
 	// a source address of the node).
@@ -28,12 +28,20 @@ func (c SourceClass) String() string {
 	return "outside this node"
 }
 
-// Classify says which class a source address belongs to on this node.
+// Classify says which class a packet's source belongs to on this node.
 // local is true for packets the node generates, or whose source is one of
-// the node's own addresses.
-func (s *State) Classify(src netip.Addr, local bool) SourceClass {
+// the node's own addresses. iif is the interface the packet arrives on:
+// with Config.LocalDetect by interface it alone decides between a local
+// pod and outside ("" is outside); by CIDR it is not used.
+func (s *State) Classify(src netip.Addr, iif string, local bool) SourceClass {
 	if local {
 		return FromNode
+	}
+	if d := s.Config.LocalDetect; d.ByInterface() {
+		if d.Matches(iif) {
+			return FromLocalPod
+		}
+		return FromOutside
 	}
 	for _, p := range s.LocalPodCIDRs(FamilyOf(src)) {
 		if p.Contains(src) {
@@ -173,18 +181,14 @@ func (sp *ServicePort) AdmitsSource(src netip.Addr) bool {
 // reply comes back through the node.
 func Hairpin(src netip.Addr, ep Endpoint) bool { return src == ep.Addr }
 
-// EgressMasquerade reports whether traffic from src to dst (not addressed to
-// a Service) leaves with the node's address: pod traffic to a destination
-// outside the non-masquerade ranges.
-func (s *State) EgressMasquerade(src, dst netip.Addr) bool {
+// EgressMasquerade reports whether traffic from src, of class, to dst (not
+// addressed to a Service, or its endpoint once DNATed) leaves with the
+// node's address: pod traffic to a destination outside the non-masquerade
+// ranges. Pod traffic is traffic from a source in the cluster CIDRs, or,
+// with Config.LocalDetect by interface, from this node's pods.
+func (s *State) EgressMasquerade(class SourceClass, src, dst netip.Addr) bool {
 	f := FamilyOf(src)
-	inCluster := false
-	for _, p := range filterPrefixes(s.Config.ClusterCIDRs, f) {
-		if p.Contains(src) {
-			inCluster = true
-		}
-	}
-	if !inCluster {
+	if !s.FromPod(class, src) {
 		return false
 	}
 	for _, p := range s.Config.NonMasqueradeCIDRs(f) {
@@ -193,4 +197,19 @@ func (s *State) EgressMasquerade(src, dst netip.Addr) bool {
 		}
 	}
 	return true
+}
+
+// FromPod reports whether a packet from src, of class, is pod traffic for
+// egress masquerading: with Config.LocalDetect by interface, traffic from
+// this node's pods; otherwise traffic whose source is in a cluster CIDR.
+func (s *State) FromPod(class SourceClass, src netip.Addr) bool {
+	if s.Config.LocalDetect.ByInterface() {
+		return class == FromLocalPod
+	}
+	for _, p := range filterPrefixes(s.Config.ClusterCIDRs, FamilyOf(src)) {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	return false
 }

@@ -12,6 +12,8 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/kubenat/kubenat/internal/k8sobj"
 )
 
 var testCfg = Config{
@@ -529,8 +531,11 @@ func TestEgressMasquerade(t *testing.T) {
 		{"fd00:244::10", "fd12::1", false},
 	}
 	for _, tc := range tests {
-		if got := st.EgressMasquerade(netip.MustParseAddr(tc.src), netip.MustParseAddr(tc.dst)); got != tc.masq {
-			t.Errorf("%s -> %s: masquerade %v, want %v", tc.src, tc.dst, got, tc.masq)
+		// By CIDR the source address decides, whatever its class.
+		for _, class := range []SourceClass{FromLocalPod, FromOutside} {
+			if got := st.EgressMasquerade(class, netip.MustParseAddr(tc.src), netip.MustParseAddr(tc.dst)); got != tc.masq {
+				t.Errorf("%s (%s) -> %s: masquerade %v, want %v", tc.src, class, tc.dst, got, tc.masq)
+			}
 		}
 	}
 	cfg := testCfg
@@ -540,9 +545,104 @@ func TestEgressMasquerade(t *testing.T) {
 		dst  string
 		masq bool
 	}{{"203.0.113.100", false}, {"192.168.100.12", true}, {"169.254.169.254", true}, {"10.244.2.1", false}} {
-		if got := st.EgressMasquerade(netip.MustParseAddr("10.244.1.10"), netip.MustParseAddr(tc.dst)); got != tc.masq {
+		if got := st.EgressMasquerade(FromLocalPod, netip.MustParseAddr("10.244.1.10"), netip.MustParseAddr(tc.dst)); got != tc.masq {
 			t.Errorf("custom config: -> %s: masquerade %v, want %v", tc.dst, got, tc.masq)
 		}
+	}
+}
+
+// TestLocalDetect checks how sources are classified, and which egress is
+// masqueraded, with each way of recognizing this node's pods.
+func TestLocalDetect(t *testing.T) {
+	node := k8sobj.Node("node-a", []string{"192.168.100.11"}, []string{"10.244.1.0/24"})
+	bridge := LocalDetect{Mode: DetectBridgeInterface, Interface: "cni0"}
+	prefix := LocalDetect{Mode: DetectInterfacePrefix, Interface: "cali"}
+	tests := []struct {
+		name     string
+		detect   LocalDetect
+		noCIDR   bool // no cluster CIDR configured
+		src      string
+		iif      string
+		local    bool
+		class    SourceClass
+		toPublic bool // its egress to 203.0.113.100 is masqueraded
+	}{
+		{"by CIDR: a pod of the node", LocalDetect{}, false, "10.244.1.10", "", false, FromLocalPod, true},
+		{"by CIDR: the interface does not matter", LocalDetect{}, false, "10.244.1.10", "eth0", false, FromLocalPod, true},
+		{"by CIDR: a pod of another node", LocalDetect{}, false, "10.244.2.10", "eth0", false, FromOutside, true},
+		{"by CIDR: an external client", LocalDetect{}, false, "192.168.100.50", "eth0", false, FromOutside, false},
+		{"by CIDR: the node", LocalDetect{}, false, "192.168.100.11", "", true, FromNode, false},
+		{"bridge: arriving on it", bridge, true, "10.244.1.10", "cni0", false, FromLocalPod, true},
+		{"bridge: any address arriving on it", bridge, true, "172.31.5.6", "cni0", false, FromLocalPod, true},
+		{"bridge: a pod address arriving elsewhere", bridge, true, "10.244.1.10", "eth0", false, FromOutside, false},
+		{"bridge: a longer name is another interface", bridge, true, "10.244.1.10", "cni01", false, FromOutside, false},
+		{"bridge: no interface given", bridge, true, "10.244.1.10", "", false, FromOutside, false},
+		{"bridge: the node", bridge, true, "10.244.1.1", "", true, FromNode, false},
+		{"bridge with a cluster CIDR: egress follows the interface", bridge, false, "10.244.2.10", "eth0", false, FromOutside, false},
+		{"prefix: a matching interface", prefix, true, "172.31.5.6", "cali1234abcd", false, FromLocalPod, true},
+		{"prefix: the prefix alone", prefix, true, "172.31.5.6", "cali", false, FromLocalPod, true},
+		{"prefix: another interface", prefix, true, "172.31.5.6", "eth0", false, FromOutside, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testCfg
+			cfg.LocalDetect = tc.detect
+			if tc.noCIDR {
+				cfg.ClusterCIDRs = nil
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			st := Build(cfg, Objects{Nodes: []*v1.Node{node}})
+			src := netip.MustParseAddr(tc.src)
+			class := st.Classify(src, tc.iif, tc.local)
+			if class != tc.class {
+				t.Errorf("class %s, want %s", class, tc.class)
+			}
+			if got := st.EgressMasquerade(class, src, netip.MustParseAddr("203.0.113.100")); got != tc.toPublic {
+				t.Errorf("egress to 203.0.113.100 masqueraded: %v, want %v", got, tc.toPublic)
+			}
+		})
+	}
+}
+
+func TestLocalDetectValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     func(c *Config)
+		wantErr string
+	}{
+		{"by CIDR", func(c *Config) {}, ""},
+		{"by CIDR needs a cluster CIDR", func(c *Config) { c.ClusterCIDRs = nil }, "cluster CIDR: at least one must be set"},
+		{"bridge without a cluster CIDR", func(c *Config) {
+			c.ClusterCIDRs, c.LocalDetect = nil, LocalDetect{Mode: DetectBridgeInterface, Interface: "cni0"}
+		}, ""},
+		{"prefix without a cluster CIDR", func(c *Config) {
+			c.ClusterCIDRs, c.LocalDetect = nil, LocalDetect{Mode: DetectInterfacePrefix, Interface: "eni"}
+		}, ""},
+		{"untracking needs a cluster CIDR", func(c *Config) {
+			c.ClusterCIDRs, c.UntrackPodTCP = nil, true
+			c.LocalDetect = LocalDetect{Mode: DetectBridgeInterface, Interface: "cni0"}
+		}, "untracking pod TCP needs a cluster CIDR"},
+		{"bridge without a name", func(c *Config) { c.LocalDetect = LocalDetect{Mode: DetectBridgeInterface} }, `interface ""`},
+		{"hostile name", func(c *Config) { c.LocalDetect = LocalDetect{Mode: DetectInterfacePrefix, Interface: `a" accept; #`} }, "must be 1 to 15"},
+		{"name too long", func(c *Config) {
+			c.LocalDetect = LocalDetect{Mode: DetectBridgeInterface, Interface: "abcdefghijklmnop"}
+		}, "must be 1 to 15"},
+		{"CIDR mode with a name", func(c *Config) { c.LocalDetect = LocalDetect{Interface: "cni0"} }, "takes no interface"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testCfg
+			tc.cfg(&cfg)
+			err := cfg.Validate()
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("Validate: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("Validate: %v, want an error containing %q", err, tc.wantErr)
+			}
+		})
 	}
 }
 

@@ -38,8 +38,10 @@ type Packet struct {
 	// A packet whose source is one of the node's addresses counts as local
 	// too.
 	Local bool
-	// IIF names the interface the packet arrives on. kubenat's rules do not
-	// depend on it; it is shown, and it implies the prerouting hook.
+	// IIF names the interface the packet arrives on; it implies the
+	// prerouting hook. With the pods detected by their interface
+	// (model.Config.LocalDetect) it decides whether the packet is from a
+	// pod of this node; otherwise it is only shown.
 	IIF string
 }
 
@@ -290,12 +292,12 @@ func Trace(st *model.State, p Packet) (*Result, error) {
 	if p.Local || ownSrc {
 		r.Hook = "output"
 	}
-	class := st.Classify(src, p.Local || ownSrc)
-	r.Source = describeSource(st, class, src, p.Local, ownSrc)
+	class := st.Classify(src, p.IIF, p.Local || ownSrc)
+	r.Source = describeSource(st, class, src, p.IIF, p.Local, ownSrc)
 
 	sp, fe := findFrontend(st, p.Protocol, p.Dst)
 	if sp == nil {
-		traceNonService(st, p, r)
+		traceNonService(st, p, class, r)
 		return r, nil
 	}
 	r.Frontend = &Frontend{
@@ -329,8 +331,8 @@ func Trace(st *model.State, p Packet) (*Result, error) {
 		switch {
 		case model.Hairpin(src, ep):
 			return true, fmt.Sprintf("hairpin: %s reaches itself through its Service: masquerade so the reply comes back through the node", src)
-		case !d.Masquerade && st.EgressMasquerade(src, ep.Addr):
-			_, why := egressRule(st, src, ep.Addr)
+		case !d.Masquerade && st.EgressMasquerade(class, src, ep.Addr):
+			_, why := egressRule(st, class, src, ep.Addr)
 			return true, why
 		}
 		return d.Masquerade, ""
@@ -413,7 +415,7 @@ func nodeAddrs(st *model.State) []netip.Addr {
 
 func isNodeAddr(st *model.State, a netip.Addr) bool { return slices.Contains(nodeAddrs(st), a) }
 
-func describeSource(st *model.State, class model.SourceClass, src netip.Addr, local, own bool) Source {
+func describeSource(st *model.State, class model.SourceClass, src netip.Addr, iif string, local, own bool) Source {
 	s := Source{Description: class.String()}
 	switch class {
 	case model.FromNode:
@@ -428,7 +430,22 @@ func describeSource(st *model.State, class model.SourceClass, src netip.Addr, lo
 		}
 	case model.FromLocalPod:
 		s.Class = "pod"
+		if d := st.Config.LocalDetect; d.ByInterface() {
+			s.Why = fmt.Sprintf("it arrives on %s, and this node's pods are recognized as the packets %s", iif, d.Describe())
+			break
+		}
 		s.Why = fmt.Sprintf("%s is in this node's pod CIDRs (%s)", src, joinPrefixes(st.LocalPodCIDRs(model.FamilyOf(src))))
+	case model.FromOutside:
+		if d := st.Config.LocalDetect; d.ByInterface() {
+			s.Class = "outside"
+			if iif == "" {
+				s.Why = fmt.Sprintf("no interface given (--iif), and this node's pods are recognized as the packets %s", d.Describe())
+			} else {
+				s.Why = fmt.Sprintf("it arrives on %s, and this node's pods are recognized as the packets %s", iif, d.Describe())
+			}
+			break
+		}
+		fallthrough
 	default:
 		s.Class = "outside"
 		s.Why = fmt.Sprintf("%s is neither an address of this node nor in its pod CIDRs (%s)", src,
@@ -523,7 +540,7 @@ func listEndpoints(st *model.State, sp *model.ServicePort, g model.Group, masq f
 
 // traceNonService fills r for a packet whose destination is no Service
 // frontend.
-func traceNonService(st *model.State, p Packet, r *Result) {
+func traceNonService(st *model.State, p Packet, class model.SourceClass, r *Result) {
 	src, dst := p.Src.Addr(), p.Dst.Addr()
 	if sp := clusterIPOwner(st, dst); sp != nil {
 		r.Verdict, r.RejectWith = Reject, rejectWith(p.Protocol)
@@ -544,15 +561,25 @@ func traceNonService(st *model.State, p Packet, r *Result) {
 		r.Verdict = Route
 		r.Reason = fmt.Sprintf("%s is no Service frontend: the packet is routed as addressed, no DNAT", p.Dst)
 	}
-	m, why := egressRule(st, src, dst)
+	m, why := egressRule(st, class, src, dst)
 	r.Masquerade = &Masquerade{Masquerade: m, Rule: why}
 }
 
 // egressRule explains the model's egress masquerade decision for traffic
-// from src to dst.
-func egressRule(st *model.State, src, dst netip.Addr) (bool, string) {
-	m := st.EgressMasquerade(src, dst)
+// from src, of class, to dst.
+func egressRule(st *model.State, class model.SourceClass, src, dst netip.Addr) (bool, string) {
+	m := st.EgressMasquerade(class, src, dst)
 	fam := model.FamilyOf(src)
+	if d := st.Config.LocalDetect; d.ByInterface() {
+		switch {
+		case m:
+			return true, fmt.Sprintf("egress: the packet is from a pod of this node and %s is outside the non-masquerade ranges: masquerade to the node's address, fully random ports", dst)
+		case class != model.FromLocalPod:
+			return false, fmt.Sprintf("egress: only packets %s are pod egress: source kept", d.Describe())
+		}
+		return false, fmt.Sprintf("egress: destination %s is in the non-masquerade ranges (%s): source kept",
+			dst, joinPrefixes(st.Config.NonMasqueradeCIDRs(fam)))
+	}
 	var cluster []netip.Prefix
 	inCluster := netip.Prefix{}
 	for _, p := range st.Config.ClusterCIDRs {

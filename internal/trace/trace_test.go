@@ -16,6 +16,12 @@ func TestTraceSemantics(t *testing.T) {
 		c.Egress.NonMasqueradeCIDRs = append(model.DefaultNonMasqueradeCIDRs(), netip.MustParsePrefix("203.0.113.0/24"))
 	}
 	masqAll := func(c *model.Config) { c.MasqueradeAll = true }
+	// bridge recognizes the pods by their bridge, without a cluster CIDR.
+	bridge := func(c *model.Config) {
+		c.LocalDetect = model.LocalDetect{Mode: model.DetectBridgeInterface, Interface: "cni0"}
+		c.ClusterCIDRs = nil
+	}
+	iif := func(p Packet, name string) Packet { p.IIF = name; return p }
 	v6 := func(src, dst string) Packet { return pkt(src, dst) }
 
 	for _, tc := range []struct {
@@ -96,6 +102,22 @@ func TestTraceSemantics(t *testing.T) {
 		{name: "pod to a pod on another node: source kept", p: pkt(podA, web2+":8080"), want: Route},
 		{name: "external client to the internet (routed): not a pod, source kept", p: pkt(client, inet+":443"), want: Route},
 		{name: "to the node itself: delivered", p: pkt(client, nodeA+":22"), want: Deliver},
+		{name: "bridge: a pod arrives on the bridge, source kept", cfg: bridge, p: iif(pkt(podA, webVIP+":80"), "cni0"), want: Forward,
+			kind: "ClusterIP", cands: []string{web1 + ":8080", web2 + ":8080"}, class: "pod"},
+		{name: "bridge: a pod's address arriving elsewhere is outside", cfg: bridge, p: iif(pkt(podA, webVIP+":80"), "eth0"), want: Forward,
+			kind: "ClusterIP", cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080", web2 + ":8080"}, class: "outside"},
+		{name: "bridge: without --iif the packet is outside", cfg: bridge, p: pkt(podA, webVIP+":80"), want: Forward,
+			kind: "ClusterIP", cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080", web2 + ":8080"}, class: "outside"},
+		{name: "bridge: the node is the node", cfg: bridge, p: local(pkt(nodeA, webVIP+":80")), want: Forward,
+			kind: "ClusterIP", cands: []string{web1 + ":8080", web2 + ":8080"}, masq: []string{web1 + ":8080", web2 + ":8080"}, class: "node"},
+		{name: "bridge: Local from a pod short-circuits", cfg: bridge, p: iif(pkt(podA, nodeA+":30081"), "cni0"), want: Forward,
+			kind: "NodePort", cands: []string{"10.244.2.20:8080"}, class: "pod"},
+		{name: "bridge: pod egress to the internet is masqueraded", cfg: bridge, p: iif(pkt(podA, inet+":443"), "cni0"), want: Route,
+			masq: []string{"yes"}, class: "pod"},
+		{name: "bridge: egress to a non-masquerade range keeps the source", cfg: bridge, p: iif(pkt(podA, web2+":8080"), "cni0"), want: Route,
+			class: "pod"},
+		{name: "bridge: traffic from elsewhere is not pod egress", cfg: bridge, p: iif(pkt(podB, inet+":443"), "eth0"), want: Route,
+			class: "outside"},
 		{name: "IPv6 ClusterIP", p: v6("fd00:244:0:1::12", "["+webVIP6+"]:80"), want: Forward, kind: "ClusterIP",
 			cands: []string{"[fd00:244:0:1::10]:8080"}, class: "pod",
 			excl: []string{web1 + ":8080=an IPv4 endpoint; this packet is IPv6"}},

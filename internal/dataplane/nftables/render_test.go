@@ -33,6 +33,16 @@ func socketLBConfig() model.Config {
 	return cfg
 }
 
+// interfaceConfigs are testConfig with the node's pods recognized by
+// their bridge, and by their interfaces' prefix without a cluster CIDR.
+func interfaceConfigs() (bridge, prefix model.Config) {
+	bridge, prefix = testConfig(), testConfig()
+	bridge.LocalDetect = model.LocalDetect{Mode: model.DetectBridgeInterface, Interface: "cni0"}
+	prefix.LocalDetect = model.LocalDetect{Mode: model.DetectInterfacePrefix, Interface: "veth"}
+	prefix.ClusterCIDRs = nil
+	return bridge, prefix
+}
+
 // loadDir builds the State of a manifest directory.
 func loadDir(t *testing.T, dir string, cfg model.Config) *model.State {
 	t.Helper()
@@ -56,6 +66,7 @@ func TestRenderGolden(t *testing.T) {
 	cfgMasqAll := testConfig()
 	cfgMasqAll.MasqueradeAll = true
 	cfgSocketLB := socketLBConfig()
+	cfgBridge, cfgPrefix := interfaceConfigs()
 	tests := []struct {
 		name string
 		dir  string
@@ -64,6 +75,8 @@ func TestRenderGolden(t *testing.T) {
 		{"basic", "../../../examples/basic", testConfig()},
 		{"basic-masquerade-all", "../../../examples/basic", cfgMasqAll},
 		{"basic-socket-lb", "../../../examples/basic", cfgSocketLB},
+		{"basic-bridge-interface", "../../../examples/basic", cfgBridge},
+		{"basic-interface-prefix", "../../../examples/basic", cfgPrefix},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -91,7 +104,8 @@ func TestRenderLoads(t *testing.T) {
 	// loads full renderings of random states; here only the examples.
 	ns := newNamespace(t)
 	cfgSocketLB := socketLBConfig()
-	for _, cfg := range []model.Config{testConfig(), cfgSocketLB} {
+	cfgBridge, cfgPrefix := interfaceConfigs()
+	for _, cfg := range []model.Config{testConfig(), cfgSocketLB, cfgBridge, cfgPrefix} {
 		st := loadDir(t, "../../../examples/basic", cfg)
 		loadRendering(t, ns, st)
 	}

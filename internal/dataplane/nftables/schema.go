@@ -46,12 +46,22 @@ const DefaultTable = "kubenat"
 // (the bit kube-proxy uses).
 const DefaultMasqueradeMark = 0x4000
 
+// DefaultPodEgressMark is the packet mark bit that, with the pods detected
+// by their interface, carries "from a pod of this node" from prerouting
+// (where the input interface is known) to postrouting (where the egress
+// masquerade is decided). Not 0x8000: older kubelets drop packets that carry
+// it (KUBE-FIREWALL).
+const DefaultPodEgressMark = 0x2000
+
 // Options configure the renderer.
 type Options struct {
 	// Table is the table name in both families; default DefaultTable.
 	Table string
 	// MasqueradeMark is the mark bit; default DefaultMasqueradeMark.
 	MasqueradeMark uint32
+	// PodEgressMark is the mark bit of pod egress when the pods are
+	// detected by their interface; default DefaultPodEgressMark.
+	PodEgressMark uint32
 	// AffinitySize bounds each endpoint's set of affine clients; default
 	// 65535.
 	AffinitySize int
@@ -85,6 +95,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MasqueradeMark == 0 {
 		o.MasqueradeMark = DefaultMasqueradeMark
+	}
+	if o.PodEgressMark == 0 {
+		o.PodEgressMark = DefaultPodEgressMark
 	}
 	if o.AffinitySize == 0 {
 		o.AffinitySize = 65535
@@ -222,10 +235,12 @@ type modes struct {
 	// the family has no such chain (model.State.UntrackActive is false,
 	// or no cluster CIDR of that family).
 	untrack4, untrack6 netip.Prefix
+	// local is how packets from this node's pods are recognized.
+	local model.LocalDetect
 }
 
 func modesOf(st *model.State) modes {
-	m := modes{masqueradeAll: st.Config.MasqueradeAll}
+	m := modes{masqueradeAll: st.Config.MasqueradeAll, local: st.Config.LocalDetect}
 	m.untrack4, _ = st.UntrackedCIDR(model.IPv4)
 	m.untrack6, _ = st.UntrackedCIDR(model.IPv6)
 	return m
@@ -270,6 +285,25 @@ func (a fam) untrackedChain(cidr netip.Prefix) chain {
 			a.saddr, setTrackedEndpoints, a.daddr, setTrackedEndpoints)}}
 }
 
+// fromLocalPod returns the match for packets from this node's pods
+// (model.Config.LocalDetect), or with not for the others: a source in
+// local-pod-cidrs, or an input interface. The interface match is valid
+// in prerouting and input only; output has no input interface (iifname
+// is empty there), so its packets are never from a local pod.
+func (a fam) fromLocalPod(m modes, not bool) string {
+	op := ""
+	if not {
+		op = "!= "
+	}
+	switch m.local.Mode {
+	case model.DetectBridgeInterface:
+		return fmt.Sprintf("iifname %s%q", op, m.local.Interface)
+	case model.DetectInterfacePrefix:
+		return fmt.Sprintf("iifname %s%q", op, m.local.Interface+"*")
+	}
+	return fmt.Sprintf("%s %s@%s", a.saddr, op, setLocalPodCIDRs)
+}
+
 // chains returns the table's chains. They depend on the configuration and
 // on which maps exist, never on the number of Services.
 func (a fam) chains(o Options, m modes, d dynamic) []chain {
@@ -289,7 +323,7 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 			fmt.Sprintf("%s @%s %s . %s != @%s drop", key, setFirewallFronts, key, a.saddr, setFirewallAllow),
 			fmt.Sprintf("%s @%s goto refuse", key, setRejectFronts),
 			fmt.Sprintf("%s @%s drop", key, setDropFronts),
-			fmt.Sprintf("%s @%s fib saddr type != local %s != @%s drop", key, setLocalDropFronts, a.saddr, setLocalPodCIDRs),
+			fmt.Sprintf("%s @%s fib saddr type != local %s drop", key, setLocalDropFronts, a.fromLocalPod(m, true)),
 			fmt.Sprintf("%s @%s %s != @%s goto refuse", a.daddr, setClusterIPs, key, setClusterIPFronts),
 		}},
 		chain{name: "refuse", rules: []string{"meta l4proto tcp reject with tcp reset", "reject"}},
@@ -306,21 +340,34 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	clusterIP := []string{fmt.Sprintf("%s goto lb", mark)}
 	if !m.masqueradeAll {
 		clusterIP = []string{
-			fmt.Sprintf("%s != @%s %s goto lb", a.saddr, setLocalPodCIDRs, mark),
+			fmt.Sprintf("%s %s goto lb", a.fromLocalPod(m, true), mark),
 			fmt.Sprintf("fib saddr type local %s goto lb", mark),
 			"goto lb",
 		}
 	}
+	// Pod egress is masqueraded in postrouting, after any DNAT, when its
+	// destination is outside no-masq-cidrs. By CIDR the source says it is
+	// pod traffic; by interface, a mark set here on a new connection's
+	// first packet does (postrouting has no input interface).
+	prerouting := []string{"jump nat-services"}
+	egress := fmt.Sprintf("%s @%s %s != @%s masquerade fully-random", a.saddr, setClusterCIDRs, a.daddr, setNoMasqCIDRs)
+	clear := ^o.MasqueradeMark
+	if m.local.ByInterface() {
+		prerouting = []string{fmt.Sprintf("%s meta mark set meta mark | 0x%x", a.fromLocalPod(m, false), o.PodEgressMark), "jump nat-services"}
+		egress = fmt.Sprintf("meta mark & 0x%x == 0x%x meta mark set meta mark & 0x%x %s != @%s masquerade fully-random",
+			o.PodEgressMark, o.PodEgressMark, ^o.PodEgressMark, a.daddr, setNoMasqCIDRs)
+		clear &^= o.PodEgressMark
+	}
 	cs = append(cs,
 		chain{name: "nat-prerouting", hook: "type nat hook prerouting priority -100; policy accept;",
-			rules: []string{"jump nat-services"}},
+			rules: prerouting},
 		chain{name: "nat-output", hook: "type nat hook output priority -100; policy accept;",
 			rules: []string{"jump nat-services"}},
 		chain{name: "nat-services", rules: svc},
 		chain{name: "nat-clusterip", rules: clusterIP},
 		chain{name: "external-local", rules: []string{
 			fmt.Sprintf("fib saddr type local %s goto lb", mark),
-			fmt.Sprintf("%s @%s goto lb", a.saddr, setLocalPodCIDRs),
+			fmt.Sprintf("%s goto lb", a.fromLocalPod(m, false)),
 			"goto lb-local",
 		}},
 		chain{name: "lb", rules: a.lbRules(false, d.backends)},
@@ -330,9 +377,9 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	var post []string
 	post = append(post,
 		fmt.Sprintf("meta mark & 0x%x == 0x%x meta mark set meta mark & 0x%x masquerade fully-random",
-			o.MasqueradeMark, o.MasqueradeMark, ^o.MasqueradeMark),
+			o.MasqueradeMark, o.MasqueradeMark, clear),
 		fmt.Sprintf("ct status dnat %s . %s @%s masquerade fully-random", a.saddr, a.daddr, setHairpin),
-		fmt.Sprintf("%s @%s %s != @%s masquerade fully-random", a.saddr, setClusterCIDRs, a.daddr, setNoMasqCIDRs),
+		egress,
 	)
 	cs = append(cs, chain{name: "nat-postrouting", hook: "type nat hook postrouting priority 100; policy accept;", rules: post})
 	return cs
