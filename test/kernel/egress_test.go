@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kubenat/kubenat/internal/netnstest"
+	"github.com/kubenat/kubenat/internal/topo"
 )
 
 // TestEgressMasqueradeConfig follows an ip-masq-agent config file: pod
@@ -62,5 +63,49 @@ func TestEgressMasqueradeConfig(t *testing.T) {
 	write("nonMasqueradeCIDRs: [10.0.0.0/8]\n")
 	if msg := eventually(5*time.Second, sees(nodeA.Addr)); msg != "" {
 		t.Errorf("after a valid file again: %s", msg)
+	}
+}
+
+// TestEgressByInterface: with the pods recognized by their bridge and no
+// cluster CIDR, pod egress is still masqueraded, except to the
+// non-masquerade ranges, and the node's own traffic is left alone.
+func TestEgressByInterface(t *testing.T) {
+	e := twoNodes(t)
+	e.detectLocal = []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface=cni0"}
+	c := e.c
+	nodeA, cli := c.Node("node-a"), c.Pod("cli")
+	// Let the internet host answer pods directly, so it can be seen whether
+	// their address was kept.
+	for _, f := range []topo.Family{topo.V4, topo.V6} {
+		pods := nodeA.PodCIDR
+		if f == topo.V6 {
+			pods = nodeA.PodCIDR6
+		}
+		if err := c.AddRoute(t.Context(), c.Router, pods, nodeA.AddrOf(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := func(t *testing.T, from *topo.Host, f topo.Family) netip.Addr {
+		t.Helper()
+		r, err := e.dial(from, "tcp", netip.AddrPortFrom(c.Internet.AddrOf(f), 9000))
+		if err != nil {
+			t.Fatalf("%s to the internet: %v", f, err)
+		}
+		return r.Seen.Addr()
+	}
+	e.syncAll(t)
+	for _, f := range []topo.Family{topo.V4, topo.V6} {
+		if got := seen(t, &cli.Host, f); got != nodeA.AddrOf(f) {
+			t.Errorf("%s: the internet saw the pod as %s, want node-a's %s", f, got, nodeA.AddrOf(f))
+		}
+		if got := seen(t, &nodeA.Host, f); got != nodeA.AddrOf(f) {
+			t.Errorf("%s: the internet saw node-a as %s", f, got)
+		}
+	}
+	e.syncAll(t, "--non-masquerade-cidr", topo.InetNet.String()+","+topo.InetNet6.String())
+	for _, f := range []topo.Family{topo.V4, topo.V6} {
+		if got := seen(t, &cli.Host, f); got != cli.AddrOf(f) {
+			t.Errorf("%s, the internet a non-masquerade range: it saw the pod as %s, want %s", f, got, cli.AddrOf(f))
+		}
 	}
 }

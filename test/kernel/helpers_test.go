@@ -25,6 +25,9 @@ type env struct {
 	t   *testing.T
 	c   *topo.Cluster
 	dir string
+	// detectLocal, when set, replaces the agents' --cluster-cidr flags:
+	// flags that recognize the pods by their interface.
+	detectLocal []string
 }
 
 const echoPort = 8080
@@ -66,9 +69,11 @@ func (e *env) writeService(t testing.TB, s k8sobj.Service) {
 // leave it alone, as kube-proxy in kind does (TestConntrackSysctls
 // checks the default).
 func (e *env) agentArgs(n *topo.Node) []string {
-	return []string{"agent", "--manifests", e.dir, "--node-name", n.Name,
-		"--cluster-cidr", topo.ClusterCIDR.String(), "--cluster-cidr", topo.ClusterCIDR6.String(),
-		"--conntrack-max-per-core=0"}
+	args := []string{"agent", "--manifests", e.dir, "--node-name", n.Name, "--conntrack-max-per-core=0"}
+	if e.detectLocal != nil {
+		return append(args, e.detectLocal...)
+	}
+	return append(args, "--cluster-cidr", topo.ClusterCIDR.String(), "--cluster-cidr", topo.ClusterCIDR6.String())
 }
 
 // syncAll runs "kubenat agent --once" on every node, with extra flags.

@@ -115,11 +115,29 @@ func (m matrixService) extIP(f topo.Family) netip.Addr {
 	return netip.MustParseAddr(fmt.Sprintf("192.168.201.%d", m.index))
 }
 
+// TestMasqueradeMatrix checks the matrix with each way of recognizing a
+// node's pods: by the Node's pod CIDRs, and by their interface with no
+// cluster CIDR at all (the pods' bridge, cni0, and an interface name
+// prefix matching it). The answers are the same.
 func TestMasqueradeMatrix(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		args []string // nil: --cluster-cidr
+	}{
+		{"NodeCIDR", nil},
+		{"BridgeInterface", []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface=cni0"}},
+		{"InterfaceNamePrefix", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefix=cni"}},
+	} {
+		t.Run(mode.name, func(t *testing.T) { masqueradeMatrixTest(t, mode.args) })
+	}
+}
+
+func masqueradeMatrixTest(t *testing.T, detectLocal []string) {
 	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{
 		{Name: "node-a", Pods: []string{"local", "cli-a"}},
 		{Name: "node-b", Pods: []string{"remote", "cli-b"}},
 	}})
+	e.detectLocal = detectLocal
 	c := e.c
 	nodeA, nodeB := c.Node("node-a"), c.Node("node-b")
 	services := map[string]matrixService{
