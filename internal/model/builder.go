@@ -88,6 +88,12 @@ type built struct {
 }
 
 // claimed returns the frontends the built ports claim, each once.
+// claim is a Service's claim on a frontend, made in Build number gen.
+type claim struct {
+	svc ServiceKey
+	gen uint64
+}
+
 func (nb *built) claimed() []FrontendKey {
 	var out []FrontendKey
 	for _, sp := range nb.ports {
@@ -104,8 +110,11 @@ func (nb *built) claimed() []FrontendKey {
 // change to one Service or its EndpointSlices costs work for that Service
 // only. A Service whose new version is invalid keeps its last good ports.
 // Two Services claiming the same frontend (address, protocol, port): the
-// older one (by creation time, then namespace/name) keeps it and the other
-// gets an error.
+// older one by creation time keeps it and the other gets an error; at the
+// same creation time (manifests usually have none) the one that claimed it
+// first keeps it, so a Service added later never takes a frontend from a
+// Service already served; Services that claim it in the same Build are
+// ordered by namespace/name.
 //
 // A Builder is not safe for concurrent use.
 type Builder struct {
@@ -125,7 +134,9 @@ type Builder struct {
 	names map[string]string
 
 	built  map[ServiceKey]*built
-	claims map[FrontendKey][]ServiceKey
+	claims map[FrontendKey][]claim
+	// gen counts Builds: a claim made in an earlier Build is older.
+	gen uint64
 	// The objects that currently have problems, so that collecting them
 	// costs work for those only.
 	errServices map[ServiceKey]bool
@@ -144,7 +155,7 @@ func NewBuilder(cfg Config) *Builder {
 		slicesBySvc: map[ServiceKey][]*sliceEntry{},
 		names:       map[string]string{},
 		built:       map[ServiceKey]*built{},
-		claims:      map[FrontendKey][]ServiceKey{},
+		claims:      map[FrontendKey][]claim{},
 		errServices: map[ServiceKey]bool{},
 		errSlices:   map[sliceRef]bool{},
 		dirty:       map[ServiceKey]struct{}{},
@@ -269,6 +280,7 @@ func (b *Builder) DeleteEndpointSlice(namespace, name string) {
 // State and what changed. The State is owned by the Builder and stays valid
 // until the next call that changes the Builder.
 func (b *Builder) Build() (*State, Delta) {
+	b.gen++
 	full := b.full
 	if full {
 		b.refreshNode()
@@ -311,14 +323,16 @@ func (b *Builder) Build() (*State, Delta) {
 // adds every Service whose frontends may have changed owner to resolve.
 func (b *Builder) rebuild(k ServiceKey, resolve map[ServiceKey]struct{}) {
 	old := b.built[k]
+	var had []FrontendKey
 	if old != nil {
-		for _, fk := range old.claimed() {
-			b.unclaim(fk, k, resolve)
-		}
+		had = old.claimed()
 	}
 	resolve[k] = struct{}{}
 	entry, ok := b.services[k]
 	if !ok {
+		for _, fk := range had {
+			b.unclaim(fk, k, resolve)
+		}
 		delete(b.built, k)
 		return
 	}
@@ -337,10 +351,21 @@ func (b *Builder) rebuild(k ServiceKey, resolve map[ServiceKey]struct{}) {
 		}
 	}
 	b.built[k] = nb
-	for _, fk := range nb.claimed() {
-		b.claims[fk] = append(b.claims[fk], k)
-		for _, other := range b.claims[fk] {
-			resolve[other] = struct{}{}
+	// Claims the Service keeps stay as old as they are.
+	has := nb.claimed()
+	for _, fk := range had {
+		if !slices.Contains(has, fk) {
+			b.unclaim(fk, k, resolve)
+		}
+	}
+	for _, fk := range has {
+		if !slices.Contains(had, fk) {
+			b.claims[fk] = append(b.claims[fk], claim{svc: k, gen: b.gen})
+		}
+		if list := b.claims[fk]; len(list) > 1 {
+			for _, c := range list {
+				resolve[c.svc] = struct{}{}
+			}
 		}
 	}
 }
@@ -348,7 +373,7 @@ func (b *Builder) rebuild(k ServiceKey, resolve map[ServiceKey]struct{}) {
 func (b *Builder) unclaim(fk FrontendKey, k ServiceKey, resolve map[ServiceKey]struct{}) {
 	list := b.claims[fk]
 	for i, c := range list {
-		if c == k {
+		if c.svc == k {
 			list = append(list[:i:i], list[i+1:]...)
 			break
 		}
@@ -359,22 +384,27 @@ func (b *Builder) unclaim(fk FrontendKey, k ServiceKey, resolve map[ServiceKey]s
 	}
 	b.claims[fk] = list
 	for _, other := range list {
-		resolve[other] = struct{}{}
+		resolve[other.svc] = struct{}{}
 	}
 }
 
-// owner returns the Service that holds a frontend: the oldest claimant,
-// ties broken by namespace/name.
+// owner returns the Service that holds a frontend: the oldest claimant by
+// creation time, then by claim (the Build that made it), then by
+// namespace/name.
 func (b *Builder) owner(fk FrontendKey) ServiceKey {
 	list := b.claims[fk]
 	best := list[0]
 	for _, c := range list[1:] {
-		bc, cc := b.built[best].created, b.built[c].created
-		if cc.Before(bc) || (cc.Equal(bc) && c.Less(best)) {
+		bc, cc := b.built[best.svc].created, b.built[c.svc].created
+		switch {
+		case cc.Before(bc):
+			best = c
+		case !cc.Equal(bc):
+		case c.gen < best.gen || c.gen == best.gen && c.svc.Less(best.svc):
 			best = c
 		}
 	}
-	return best
+	return best.svc
 }
 
 // resolve computes a Service's effective ports (without frontends another

@@ -433,6 +433,63 @@ func TestFrontendConflicts(t *testing.T) {
 	}
 }
 
+// TestFrontendConflictsWithoutCreationTimes: manifests usually carry no
+// creation time. A Service added later does not take a frontend from one
+// already served, whatever their names; Services arriving together are
+// ordered by name.
+func TestFrontendConflictsWithoutCreationTimes(t *testing.T) {
+	api, aaa, zzz := ServiceKey{"default", "api"}, ServiceKey{"default", "aaa"}, ServiceKey{"default", "zzz"}
+	frontends := func(st *State, k ServiceKey) int {
+		n := 0
+		for _, sp := range st.Services[k] {
+			n += len(sp.Frontends)
+		}
+		return n
+	}
+	b := NewBuilder(testCfg)
+	b.SetService(svc("api"), "api.yaml")
+	if st, _ := b.Build(); frontends(st, api) != 1 {
+		t.Fatal("api is not served")
+	}
+	b.SetService(svc("aaa"), "aaa.yaml")
+	st, _ := b.Build()
+	if frontends(st, api) != 1 || frontends(st, aaa) != 0 {
+		t.Errorf("a Service added later took the frontend: api %d, aaa %d", frontends(st, api), frontends(st, aaa))
+	}
+	if len(st.Errors) != 1 || !strings.Contains(st.Errors[0].Error(), "Service default/aaa") ||
+		!strings.Contains(st.Errors[0].Error(), "already used by Service default/api") {
+		t.Errorf("errors: %v", st.Errors)
+	}
+	// A change to the holder keeps its claim; a change to the other does
+	// not win it.
+	b.SetService(svc("api", func(s *v1.Service) {
+		s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "b", Protocol: v1.ProtocolTCP, Port: 81})
+	}), "api.yaml")
+	b.SetService(svc("aaa", func(s *v1.Service) { s.Labels = map[string]string{"x": "y"} }), "aaa.yaml")
+	if st, _ := b.Build(); frontends(st, api) != 2 || frontends(st, aaa) != 0 {
+		t.Errorf("after changes: api %d frontends, aaa %d", frontends(st, api), frontends(st, aaa))
+	}
+	// A full rebuild (a configuration change) keeps the claims too.
+	cfg := testCfg
+	cfg.MasqueradeAll = true
+	b.SetConfig(cfg)
+	if st, _ := b.Build(); frontends(st, api) != 2 || frontends(st, aaa) != 0 {
+		t.Errorf("after a full rebuild: api %d frontends, aaa %d", frontends(st, api), frontends(st, aaa))
+	}
+	// The holder goes: the other takes the frontend.
+	b.DeleteService(api)
+	if st, _ := b.Build(); frontends(st, aaa) != 1 || len(st.Errors) != 0 {
+		t.Errorf("after api left: aaa %d frontends, errors %v", frontends(st, aaa), st.Errors)
+	}
+	// Two arriving together: by name.
+	b = NewBuilder(testCfg)
+	b.SetService(svc("zzz"), "zzz.yaml")
+	b.SetService(svc("aaa"), "aaa.yaml")
+	if st, _ := b.Build(); frontends(st, aaa) != 1 || frontends(st, zzz) != 0 {
+		t.Errorf("arriving together: aaa %d, zzz %d", frontends(st, aaa), frontends(st, zzz))
+	}
+}
+
 func TestNodeInputs(t *testing.T) {
 	cfg := testCfg
 	cfg.NodeIPs = nil
