@@ -129,6 +129,7 @@ func (r *Reader) Read() (*Snapshot, error) {
 				results = append(results, prev)
 				continue
 			}
+			snap.Errors = append(snap.Errors, fmt.Errorf("%s: none of its objects are used until it is fixed", name))
 			r.files[name] = res
 			continue
 		}

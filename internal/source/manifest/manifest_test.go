@@ -87,7 +87,7 @@ func TestBadInput(t *testing.T) {
 		name, content string
 		want          string
 	}{
-		{"syntax.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: x\n", "syntax.yaml"},
+		{"syntax.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: x\n", "syntax.yaml: none of its objects are used until it is fixed"},
 		{"unknown-field.yaml", strings.Replace(goodService, "  clusterIP:", "  clusterIPz: x\n  clusterIP:", 1), `unknown field "spec.clusterIPz"`},
 		{"wrong-type.yaml", strings.Replace(goodService, "port: 80", "port: eighty", 1), "wrong-type.yaml: Service web"},
 		{"no-kind.yaml", "foo: bar\n", "not a Kubernetes object"},
