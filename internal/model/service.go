@@ -134,10 +134,10 @@ func parseService(svc *v1.Service, origin string, intern func(string) string) *s
 		e.add("metadata.name", "%q is not a valid Service name: %s", svc.Name, strings.Join(msgs, "; "))
 	}
 
-	// Cluster IPs, one per family.
-	ips := spec.ClusterIPs
+	// Cluster IPs, one per family. field names the list the user wrote.
+	ips, field := spec.ClusterIPs, func(i int) string { return fmt.Sprintf("spec.clusterIPs[%d]", i) }
 	if len(ips) == 0 && spec.ClusterIP != "" {
-		ips = []string{spec.ClusterIP}
+		ips, field = []string{spec.ClusterIP}, func(int) string { return "spec.clusterIP" }
 	}
 	if len(ips) == 0 {
 		e.add("spec.clusterIP", "must be set (kubenat programs a Service through its cluster IP)")
@@ -146,20 +146,24 @@ func parseService(svc *v1.Service, origin string, intern func(string) string) *s
 	for i, s := range ips {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
-			e.add(fmt.Sprintf("spec.clusterIPs[%d]", i), "%q is not a valid IP address", s)
+			e.add(field(i), "%q is not a valid IP address", s)
 			continue
 		}
 		a = a.Unmap()
 		f := FamilyOf(a)
 		slot := &clusterIPs[slices.Index(Families[:], f)]
 		if slot.IsValid() {
-			e.add(fmt.Sprintf("spec.clusterIPs[%d]", i), "a second %s cluster IP %s", f, a)
+			e.add(field(i), "a second %s cluster IP %s", f, a)
 			continue
 		}
 		*slot = a
 	}
 	if spec.ClusterIP != "" && len(spec.ClusterIPs) > 0 && spec.ClusterIP != spec.ClusterIPs[0] {
-		e.add("spec.clusterIP", "%q differs from spec.clusterIPs[0] %q", spec.ClusterIP, spec.ClusterIPs[0])
+		if _, err := netip.ParseAddr(spec.ClusterIP); err != nil && spec.ClusterIP != v1.ClusterIPNone {
+			e.add("spec.clusterIP", "%q is not a valid IP address", spec.ClusterIP)
+		} else {
+			e.add("spec.clusterIP", "%q differs from spec.clusterIPs[0] %q", spec.ClusterIP, spec.ClusterIPs[0])
+		}
 	}
 
 	etpLocal, err := parsePolicy(spec.ExternalTrafficPolicy)
