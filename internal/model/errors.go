@@ -2,7 +2,9 @@ package model
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode"
 )
 
 // ObjectError is a problem with one input object. It names the object, the
@@ -21,13 +23,13 @@ func (e *ObjectError) Error() string {
 	var b strings.Builder
 	b.WriteString(e.Kind)
 	b.WriteByte(' ')
+	name := e.Name
 	if e.Namespace != "" {
-		b.WriteString(e.Namespace)
-		b.WriteByte('/')
+		name = e.Namespace + "/" + e.Name
 	}
-	b.WriteString(e.Name)
+	b.WriteString(quoteIfHostile(name))
 	if e.Origin != "" {
-		fmt.Fprintf(&b, " (%s)", e.Origin)
+		fmt.Fprintf(&b, " (%s)", quoteIfHostile(e.Origin))
 	}
 	b.WriteString(": ")
 	if e.Field != "" {
@@ -49,4 +51,15 @@ func (o *objErrs) add(field, format string, args ...any) {
 		Kind: o.kind, Namespace: o.ns, Name: o.name, Origin: o.origin,
 		Field: field, Msg: fmt.Sprintf(format, args...),
 	})
+}
+
+// quoteIfHostile returns s, or s quoted as a Go string when it holds
+// control or unprintable characters: names come from the input, and one
+// with a newline must not forge a line of its own in a log or an error
+// message.
+func quoteIfHostile(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
 }

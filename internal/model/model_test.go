@@ -271,6 +271,8 @@ func TestInvalidInputIsReportedAndIsolated(t *testing.T) {
 		want string // part of the error
 	}{
 		{"invalid cluster IP", svc("bad", func(s *v1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.300", []string{"10.96.0.300"} }), `spec.clusterIPs[0]: "10.96.0.300" is not a valid IP address`},
+		{"invalid clusterIP alone names it", svc("bad", func(s *v1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.300", nil }), `spec.clusterIP: "10.96.0.300" is not a valid IP address`},
+		{"invalid clusterIP beside valid clusterIPs", svc("bad", func(s *v1.Service) { s.Spec.ClusterIP = "10.96.0.300" }), `spec.clusterIP: "10.96.0.300" is not a valid IP address`},
 		{"port out of range", svc("bad", func(s *v1.Service) { s.Spec.Ports[0].Port = 70000 }), "spec.ports[0].port: 70000 is out of range 1-65535"},
 		{"nodePort out of range", svc("bad", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort; s.Spec.Ports[0].NodePort = -1 }), "spec.ports[0].nodePort"},
 		{"bad protocol", svc("bad", func(s *v1.Service) { s.Spec.Ports[0].Protocol = "ICMP" }), `spec.ports[0].protocol: "ICMP" is not TCP, UDP or SCTP`},
@@ -862,5 +864,24 @@ func TestDeltaThen(t *testing.T) {
 				t.Errorf("Then = %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestObjectErrorQuotesHostileNames(t *testing.T) {
+	tests := []struct {
+		e    ObjectError
+		want string
+	}{
+		{ObjectError{Kind: "Service", Namespace: "default", Name: "web", Origin: "web.yaml (document 2)", Field: "spec.ports[0].port", Msg: "bad"},
+			"Service default/web (web.yaml (document 2)): spec.ports[0].port: bad"},
+		{ObjectError{Kind: "Service", Namespace: "default", Name: "line1\nerror: forged", Msg: "bad"},
+			`Service "default/line1\nerror: forged": bad`},
+		{ObjectError{Kind: "Node", Name: "n\x1b[2J", Origin: "a\rb.yaml", Msg: "bad"},
+			`Node "n\x1b[2J" ("a\rb.yaml"): bad`},
+	}
+	for _, tc := range tests {
+		if got := tc.e.Error(); got != tc.want {
+			t.Errorf("Error() = %q, want %q", got, tc.want)
+		}
 	}
 }
