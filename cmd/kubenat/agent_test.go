@@ -193,3 +193,24 @@ current-context: x
 		t.Errorf("in-cluster without a token: %v", err)
 	}
 }
+
+// TestRenderSaysWhatItAssumes: without a Node object of the given name,
+// render (and trace) say which addresses and pod CIDRs they assumed.
+func TestRenderSaysWhatItAssumes(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	base := []string{"render", "--manifests", "../../examples/basic", "--cluster-cidr", "10.244.0.0/16", "--node-ip", "192.0.2.7"}
+	out, err := runCmd(t, append(base, "--node-name", "node-z")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `warning: no Node object named "node-z" (--node-name): NodePorts are served on 192.0.2.7, and this node's pods are recognized by the CIDRs 10.244.0.0/16`; !strings.Contains(out, want) {
+		t.Errorf("render for an unknown node said:\n%s\nwant the line %q", out, want)
+	}
+	out, err = runCmd(t, append(base, "--node-name", "node-a")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "no Node object") {
+		t.Errorf("render for node-a, which has a Node object, warned:\n%s", out)
+	}
+}

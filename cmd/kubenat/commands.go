@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
+	"io"
+	"net/netip"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -64,10 +66,12 @@ reported on stderr; the objects they concern are left out and the rest is
 rendered. The one input it does not read is the addresses of this machine's
 interfaces, which the agent follows when --nodeport-addresses has CIDRs and
 for the untracked rule's node-addrs set: render uses the node's addresses
-(--node-ip or the Node object) alone, so that it can run anywhere.`,
+alone (--node-ip, else the Node object's, else the source addresses of this
+machine's default routes, as the agent does), so that it can run anywhere.
+Without a Node object named --node-name, render says what it assumed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := loadState(cmd.Context(), cmd.Flags(), configFile)
+			st, err := loadState(cmd.Context(), cmd.ErrOrStderr(), cmd.Flags(), configFile)
 			if err != nil {
 				return err
 			}
@@ -88,9 +92,10 @@ func registerInputFlags(fs *pflag.FlagSet, configFile *string) {
 }
 
 // loadState reads the configured source once and builds the State,
-// printing input problems to stderr. tweaks adjust the model configuration
-// first (e.g. with what only the node itself knows).
-func loadState(ctx context.Context, fs *pflag.FlagSet, configFile string, tweaks ...func(*model.Config) error) (*model.State, error) {
+// printing input problems, and what it assumed without a Node object, to
+// stderr. tweaks adjust the model configuration first (e.g. with what only
+// the node itself knows).
+func loadState(ctx context.Context, stderr io.Writer, fs *pflag.FlagSet, configFile string, tweaks ...func(*model.Config) error) (*model.State, error) {
 	cfg, err := agentConfig(fs, configFile)
 	if err != nil {
 		return nil, err
@@ -116,12 +121,45 @@ func loadState(ctx context.Context, fs *pflag.FlagSet, configFile string, tweaks
 		return nil, err
 	}
 	for _, w := range snap.Warnings {
-		fmt.Fprintln(os.Stderr, "warning:", w)
+		fmt.Fprintln(stderr, "warning:", w)
+	}
+	if !snap.NodeFound {
+		fmt.Fprintf(stderr, "warning: no Node object named %q (--node-name): NodePorts are served on %s, and this node's pods are recognized by %s\n",
+			mc.NodeName, describeAddrs(snap.State.Node.Addrs, "no address"), localPodsBy(snap.State))
 	}
 	for _, e := range append(snap.SourceErrors, snap.State.Errors...) {
-		fmt.Fprintln(os.Stderr, "error:", e)
+		fmt.Fprintln(stderr, "error:", e)
 	}
 	return snap.State, nil
+}
+
+// describeAddrs lists addresses, or says none.
+func describeAddrs(addrs []netip.Addr, none string) string {
+	if len(addrs) == 0 {
+		return none
+	}
+	parts := make([]string, len(addrs))
+	for i, a := range addrs {
+		parts[i] = a.String()
+	}
+	return strings.Join(parts, ", ")
+}
+
+// localPodsBy says how the State recognizes this node's pods.
+func localPodsBy(st *model.State) string {
+	if d := st.Config.LocalDetect; d.ByInterface() {
+		return "the interface they arrive on"
+	}
+	var cidrs []string
+	for _, f := range model.Families {
+		for _, p := range st.LocalPodCIDRs(f) {
+			cidrs = append(cidrs, p.String())
+		}
+	}
+	if len(cidrs) == 0 {
+		return "no CIDR"
+	}
+	return "the CIDRs " + strings.Join(cidrs, ", ")
 }
 
 func newCleanupCmd() *cobra.Command {

@@ -98,7 +98,7 @@ docs/trace.md.`,
 					return err
 				})
 			}
-			st, err := loadState(cmd.Context(), cmd.Flags(), configFile, tweaks...)
+			st, err := loadState(cmd.Context(), cmd.ErrOrStderr(), cmd.Flags(), configFile, tweaks...)
 			if err != nil {
 				return err
 			}
