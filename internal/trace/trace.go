@@ -20,8 +20,10 @@ package trace
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -61,9 +63,26 @@ func ParseSource(s string) (netip.AddrPort, error) {
 	}
 	ap, err := netip.ParseAddrPort(s)
 	if err != nil {
+		if hostPort(s) {
+			return netip.AddrPort{}, fmt.Errorf("source %q: the port must be from 0 to 65535", s)
+		}
 		return netip.AddrPort{}, fmt.Errorf("source %q: must be IP or IP:port", s)
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// hostPort reports whether s is an IP address and a number that is no
+// port ("10.0.0.1:99999").
+func hostPort(s string) bool {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return false
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return false
+	}
+	_, err = strconv.ParseUint(port, 10, 64)
+	return err == nil
 }
 
 // ParseDestination accepts "IP:port" ("[IPv6]:port" for IPv6); the port
