@@ -794,7 +794,8 @@ func (b *bed) unload(ctx context.Context, ruleset string) error {
 			delete(b.slbStates, ruleset)
 			err = b.detach()
 		}
-		return errors.Join(err, nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: v.table}))
+		_, cerr := nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: v.table})
+		return errors.Join(err, cerr)
 	}
 	switch ruleset {
 	case Floor:

@@ -177,21 +177,27 @@ func newCleanupCmd() *cobra.Command {
 			// gone, connects the balancer no longer rewrites are DNATed
 			// and tracked; the other way round, their replies would be
 			// untracked for a moment.
-			if err := nftables.Cleanup(cmd.Context(), run, nftables.Options{}); err != nil {
+			removed, err := nftables.Cleanup(cmd.Context(), run, nftables.Options{})
+			if err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), "removed the kubenat tables (ip, ip6)")
+			if removed {
+				fmt.Fprintln(cmd.OutOrStdout(), "removed the kubenat tables (ip, ip6)")
+			}
 			if removed, err := live.Cleanup(cmd.Context(), run); err != nil {
 				return err
 			} else if removed {
 				fmt.Fprintf(cmd.OutOrStdout(), "removed the table of a live trace (%s)\n", live.Table)
 			}
-			removed, err := socketlb.Cleanup(pinDir)
+			unpinned, err := socketlb.Cleanup(pinDir)
 			if err != nil {
 				return err
 			}
-			if removed {
+			if unpinned {
 				fmt.Fprintf(cmd.OutOrStdout(), "removed the socket load balancer pinned in %s\n", pinDir)
+			}
+			if !removed && !unpinned {
+				fmt.Fprintln(cmd.OutOrStdout(), "nothing to remove: kubenat has nothing programmed here")
 			}
 			return nil
 		},

@@ -127,7 +127,7 @@ func TestAgentWatchesManifests(t *testing.T) {
 		if _, err := c.Exec(t.Context(), &nodeA.Host, "nft", "add table inet someone-else"); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := netnstest.Kubenat(t, &nodeA.Host, "cleanup"); err != nil {
+		if out, err := netnstest.Kubenat(t, &nodeA.Host, "cleanup"); err != nil || !strings.Contains(out, "removed the kubenat tables") {
 			t.Fatalf("cleanup: %v: %s", err, out)
 		}
 		out, err := c.Exec(t.Context(), &nodeA.Host, "nft", "list tables")
@@ -140,9 +140,12 @@ func TestAgentWatchesManifests(t *testing.T) {
 		if r, err := e.dial(&cli.Host, "tcp", ap(webVIP, 80)); err == nil {
 			t.Errorf("the ClusterIP still answers after cleanup: %v", r)
 		}
-		// Cleaning up twice is fine.
-		if out, err := netnstest.Kubenat(t, &nodeA.Host, "cleanup"); err != nil {
+		// Cleaning up twice is fine, and says there was nothing left.
+		if out, err := netnstest.Kubenat(t, &nodeA.Host, "cleanup"); err != nil || !strings.Contains(out, "nothing to remove") {
 			t.Errorf("second cleanup: %v: %s", err, out)
+		}
+		if out, err := c.Exec(t.Context(), &nodeA.Host, "nft", "list tables"); err != nil || strings.Contains(out, "kubenat") {
+			t.Errorf("tables after the second cleanup (%v):\n%s", err, out)
 		}
 	})
 }

@@ -833,13 +833,23 @@ func writeElems(sb *strings.Builder, verb string, a fam, tbl string, els []elem,
 }
 
 // Cleanup deletes kubenat's tables (and standby tables a full sync may
-// have left), and nothing else. It succeeds when they do not exist.
-func Cleanup(ctx context.Context, run nft.Runner, o Options) error {
+// have left), and nothing else. It succeeds when they do not exist, and
+// reports whether any did.
+func Cleanup(ctx context.Context, run nft.Runner, o Options) (bool, error) {
 	o = o.withDefaults()
+	existed := false
 	for _, table := range []string{o.Table, StandbyTable(o.Table)} {
+		for _, a := range families {
+			// "create" fails, changing nothing, on a table that exists;
+			// one it creates is deleted below. Cheaper than listing a
+			// table, which fetches every element.
+			if _, err := run.Run(ctx, fmt.Sprintf("create table %s %s\n", a.name, table)); err != nil {
+				existed = true
+			}
+		}
 		if err := dropTables(ctx, run, table); err != nil {
-			return fmt.Errorf("deleting the kubenat tables: %w", err)
+			return existed, fmt.Errorf("deleting the kubenat tables: %w", err)
 		}
 	}
-	return nil
+	return existed, nil
 }
