@@ -47,10 +47,10 @@ const DefaultTable = "kubenat"
 const DefaultMasqueradeMark = 0x4000
 
 // DefaultPodEgressMark is the packet mark bit that, with the pods detected
-// by their interface, carries "from a pod of this node" from prerouting
-// (where the input interface is known) to postrouting (where the egress
-// masquerade is decided). Not 0x8000: older kubelets drop packets that carry
-// it (KUBE-FIREWALL).
+// by their interface, carries "from a pod of this node" from the forward
+// hook (where the input interface is known) to postrouting (where the
+// egress masquerade is decided). Not 0x8000: older kubelets drop packets
+// that carry it (KUBE-FIREWALL).
 const DefaultPodEgressMark = 0x2000
 
 // Options configure the renderer.
@@ -347,20 +347,26 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	}
 	// Pod egress is masqueraded in postrouting, after any DNAT, when its
 	// destination is outside no-masq-cidrs. By CIDR the source says it is
-	// pod traffic; by interface, a mark set here on a new connection's
-	// first packet does (postrouting has no input interface).
-	prerouting := []string{"jump nat-services"}
+	// pod traffic. By interface, postrouting knows no input interface: the
+	// forward hook marks a new connection's first packet from a pod
+	// (after routing, so the mark steers no routing decision, and never
+	// on packets delivered to the node), and every postrouting rule that
+	// can see the mark clears it.
 	egress := fmt.Sprintf("%s @%s %s != @%s masquerade fully-random", a.saddr, setClusterCIDRs, a.daddr, setNoMasqCIDRs)
+	hairpin := fmt.Sprintf("ct status dnat %s . %s @%s masquerade fully-random", a.saddr, a.daddr, setHairpin)
 	clear := ^o.MasqueradeMark
 	if m.local.ByInterface() {
-		prerouting = []string{fmt.Sprintf("%s meta mark set meta mark | 0x%x", a.fromLocalPod(m, false), o.PodEgressMark), "jump nat-services"}
-		egress = fmt.Sprintf("meta mark & 0x%x == 0x%x meta mark set meta mark & 0x%x %s != @%s masquerade fully-random",
-			o.PodEgressMark, o.PodEgressMark, ^o.PodEgressMark, a.daddr, setNoMasqCIDRs)
+		cs = append(cs, chain{name: "filter-forward", hook: "type filter hook forward priority -110; policy accept;",
+			rules: []string{fmt.Sprintf("ct state new %s meta mark set meta mark | 0x%x", a.fromLocalPod(m, false), o.PodEgressMark)}})
+		unmark := fmt.Sprintf("meta mark set meta mark & 0x%x", ^o.PodEgressMark)
+		egress = fmt.Sprintf("meta mark & 0x%x == 0x%x %s %s != @%s masquerade fully-random",
+			o.PodEgressMark, o.PodEgressMark, unmark, a.daddr, setNoMasqCIDRs)
+		hairpin = fmt.Sprintf("ct status dnat %s . %s @%s %s masquerade fully-random", a.saddr, a.daddr, setHairpin, unmark)
 		clear &^= o.PodEgressMark
 	}
 	cs = append(cs,
 		chain{name: "nat-prerouting", hook: "type nat hook prerouting priority -100; policy accept;",
-			rules: prerouting},
+			rules: []string{"jump nat-services"}},
 		chain{name: "nat-output", hook: "type nat hook output priority -100; policy accept;",
 			rules: []string{"jump nat-services"}},
 		chain{name: "nat-services", rules: svc},
@@ -378,7 +384,7 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	post = append(post,
 		fmt.Sprintf("meta mark & 0x%x == 0x%x meta mark set meta mark & 0x%x masquerade fully-random",
 			o.MasqueradeMark, o.MasqueradeMark, clear),
-		fmt.Sprintf("ct status dnat %s . %s @%s masquerade fully-random", a.saddr, a.daddr, setHairpin),
+		hairpin,
 		egress,
 	)
 	cs = append(cs, chain{name: "nat-postrouting", hook: "type nat hook postrouting priority 100; policy accept;", rules: post})
