@@ -91,6 +91,12 @@ var fixtureServices = []k8sobj.Service{
 		Endpoints: []k8sobj.Endpoint{{IP: "10.244.2.99", Node: "node-b", NotReady: true, NotServing: true}},
 	},
 	{
+		// A host-network endpoint on node-a.
+		Name: "host-network", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.80"},
+		Ports:     []k8sobj.Port{{Name: "https", Port: 443, TargetPort: 10250, NodePort: 30084}},
+		Endpoints: []k8sobj.Endpoint{{IP: nodeA, Node: "node-a"}},
+	},
+	{
 		// An endpoint outside the cluster network (a VM, say).
 		Name: "external-backend", ClusterIPs: []string{"10.96.0.70"},
 		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: 8080}},

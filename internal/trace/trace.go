@@ -348,6 +348,8 @@ func Trace(st *model.State, p Packet) (*Result, error) {
 	r.Verdict = Forward
 	r.Endpoints = listEndpoints(st, sp, d.Group, func(ep model.Endpoint) (bool, string) {
 		switch {
+		case !p.Local && !ownSrc && isNodeAddr(st, ep.Addr):
+			return false, fmt.Sprintf("%s is an address of this node (a host-network endpoint): the packet is delivered to it and never reaches postrouting, where masquerading is done", ep.Addr)
 		case model.Hairpin(src, ep):
 			return true, fmt.Sprintf("hairpin: %s reaches itself through its Service: masquerade so the reply comes back through the node", src)
 		case !d.Masquerade && st.EgressMasquerade(class, src, ep.Addr):
