@@ -181,6 +181,26 @@ func Dial(ctx context.Context, h *Host, network string, dst netip.AddrPort, time
 	}); err != nil {
 		return Reply{}, err
 	}
+	return exchange(conn, network, timeout)
+}
+
+// DialFrom is Dial over TCP with the source address src, one of h's.
+func DialFrom(ctx context.Context, h *Host, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (Reply, error) {
+	var conn net.Conn
+	if err := InNS(h.NS, func() error {
+		d := net.Dialer{Timeout: timeout, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+		var err error
+		conn, err = d.DialContext(ctx, "tcp", dst.String())
+		return err
+	}); err != nil {
+		return Reply{}, err
+	}
+	return exchange(conn, "tcp", timeout)
+}
+
+// exchange reads an echo server's reply on conn (sending a datagram first
+// over UDP) and closes conn.
+func exchange(conn net.Conn, network string, timeout time.Duration) (Reply, error) {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(timeout))
 	if network == "udp" {

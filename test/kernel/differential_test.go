@@ -143,8 +143,17 @@ var diffRows = []diffRow{
 	{from: "client", proto: "tcp", to: "node-b/6:30060", hops: []string{"node-b"}},
 }
 
+// TestDifferential runs the table with each way of recognizing a node's
+// pods (detectModes).
 func TestDifferential(t *testing.T) {
+	for _, d := range detectModes {
+		t.Run(d.Mode.String(), func(t *testing.T) { differentialTest(t, d) })
+	}
+}
+
+func differentialTest(t *testing.T, detect model.LocalDetect) {
 	e := newEnv(t, diffSpec)
+	e.detect = detect
 	for _, s := range diffServices(e.c) {
 		e.writeService(t, s)
 	}
@@ -205,7 +214,16 @@ func (e *env) expect(t *testing.T, states map[string]*model.State, row diffRow, 
 	var o outcome
 	for i, hop := range row.hops {
 		node := e.c.Node(hop)
-		r, err := trace.Trace(states[hop], trace.Packet{Protocol: proto, Src: netip.AddrPortFrom(src, 0), Dst: dst, Local: local && i == 0})
+		p := trace.Packet{Protocol: proto, Src: netip.AddrPortFrom(src, 0), Dst: dst, Local: local && i == 0}
+		if !p.Local {
+			// A pod's first hop is its node, reached over the pods'
+			// bridge; everything else arrives over the LAN.
+			p.IIF = "eth0"
+			if n := e.nodeOf(row.from); i == 0 && n != nil && n.Name == hop {
+				p.IIF = "cni0"
+			}
+		}
+		r, err := trace.Trace(states[hop], p)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -319,8 +337,7 @@ func (e *env) state(t *testing.T, n *topo.Node) *model.State {
 	if len(snap.Errors) > 0 {
 		t.Fatalf("manifests: %v", snap.Errors)
 	}
-	cfg := model.Config{NodeName: n.Name, ClusterCIDRs: []netip.Prefix{topo.ClusterCIDR, topo.ClusterCIDR6}}
-	st := model.Build(cfg, model.Objects{Services: snap.Services, EndpointSlices: snap.EndpointSlices, Nodes: snap.Nodes})
+	st := model.Build(e.modelConfig(n), model.Objects{Services: snap.Services, EndpointSlices: snap.EndpointSlices, Nodes: snap.Nodes})
 	if len(st.Errors) > 0 {
 		t.Fatalf("model: %v", st.Errors)
 	}

@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"context"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/netnstest"
 	"github.com/kubenat/kubenat/internal/topo"
 )
@@ -71,7 +73,7 @@ func TestEgressMasqueradeConfig(t *testing.T) {
 // non-masquerade ranges, and the node's own traffic is left alone.
 func TestEgressByInterface(t *testing.T) {
 	e := twoNodes(t)
-	e.detectLocal = []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface=cni0"}
+	e.detect = model.LocalDetect{Mode: model.DetectBridgeInterface, Interface: "cni0"}
 	c := e.c
 	nodeA, cli := c.Node("node-a"), c.Pod("cli")
 	// Let the internet host answer pods directly, so it can be seen whether
@@ -98,8 +100,18 @@ func TestEgressByInterface(t *testing.T) {
 		if got := seen(t, &cli.Host, f); got != nodeA.AddrOf(f) {
 			t.Errorf("%s: the internet saw the pod as %s, want node-a's %s", f, got, nodeA.AddrOf(f))
 		}
-		if got := seen(t, &nodeA.Host, f); got != nodeA.AddrOf(f) {
-			t.Errorf("%s: the internet saw node-a as %s", f, got)
+		// The node's own traffic is never a pod's, even from its address
+		// on the pods' bridge (which NodeCIDR would masquerade: it is in
+		// the pod CIDR).
+		gw := nodeA.Gateway
+		if f == topo.V6 {
+			gw = nodeA.Gateway6
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		r, err := topo.DialFrom(ctx, &nodeA.Host, gw, netip.AddrPortFrom(c.Internet.AddrOf(f), 9000), 2*time.Second)
+		cancel()
+		if err != nil || r.Seen.Addr() != gw {
+			t.Errorf("%s: node-a from its bridge address %s: the internet saw %v (%v), want it kept", f, gw, r.Seen, err)
 		}
 	}
 	e.syncAll(t, "--non-masquerade-cidr", topo.InetNet.String()+","+topo.InetNet6.String())

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/netnstest"
 	"github.com/kubenat/kubenat/internal/topo"
 )
@@ -25,9 +26,9 @@ type env struct {
 	t   *testing.T
 	c   *topo.Cluster
 	dir string
-	// detectLocal, when set, replaces the agents' --cluster-cidr flags:
-	// flags that recognize the pods by their interface.
-	detectLocal []string
+	// detect is how the agents recognize their pods; with the interface
+	// modes they get no cluster CIDR.
+	detect model.LocalDetect
 }
 
 const echoPort = 8080
@@ -70,10 +71,32 @@ func (e *env) writeService(t testing.TB, s k8sobj.Service) {
 // checks the default).
 func (e *env) agentArgs(n *topo.Node) []string {
 	args := []string{"agent", "--manifests", e.dir, "--node-name", n.Name, "--conntrack-max-per-core=0"}
-	if e.detectLocal != nil {
-		return append(args, e.detectLocal...)
+	switch e.detect.Mode {
+	case model.DetectBridgeInterface:
+		return append(args, "--detect-local-mode=BridgeInterface", "--pod-bridge-interface="+e.detect.Interface)
+	case model.DetectInterfacePrefix:
+		return append(args, "--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefix="+e.detect.Interface)
 	}
 	return append(args, "--cluster-cidr", topo.ClusterCIDR.String(), "--cluster-cidr", topo.ClusterCIDR6.String())
+}
+
+// modelConfig is the model configuration agentArgs gives n's agent.
+func (e *env) modelConfig(n *topo.Node) model.Config {
+	cfg := model.Config{NodeName: n.Name, LocalDetect: e.detect}
+	if !e.detect.ByInterface() {
+		cfg.ClusterCIDRs = []netip.Prefix{topo.ClusterCIDR, topo.ClusterCIDR6}
+	}
+	return cfg
+}
+
+// detectModes are the ways of recognizing a node's pods the tests run
+// with: by CIDR, and by interface without a cluster CIDR (the pods'
+// bridge, cni0, and a name prefix matching it: with br_netfilter, the IP
+// hooks see the bridge as the input interface).
+var detectModes = []model.LocalDetect{
+	{},
+	{Mode: model.DetectBridgeInterface, Interface: "cni0"},
+	{Mode: model.DetectInterfacePrefix, Interface: "cni"},
 }
 
 // syncAll runs "kubenat agent --once" on every node, with extra flags.

@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/topo"
 )
 
@@ -116,28 +117,19 @@ func (m matrixService) extIP(f topo.Family) netip.Addr {
 }
 
 // TestMasqueradeMatrix checks the matrix with each way of recognizing a
-// node's pods: by the Node's pod CIDRs, and by their interface with no
-// cluster CIDR at all (the pods' bridge, cni0, and an interface name
-// prefix matching it). The answers are the same.
+// node's pods (detectModes): the answers are the same.
 func TestMasqueradeMatrix(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		args []string // nil: --cluster-cidr
-	}{
-		{"NodeCIDR", nil},
-		{"BridgeInterface", []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface=cni0"}},
-		{"InterfaceNamePrefix", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefix=cni"}},
-	} {
-		t.Run(mode.name, func(t *testing.T) { masqueradeMatrixTest(t, mode.args) })
+	for _, d := range detectModes {
+		t.Run(d.Mode.String(), func(t *testing.T) { masqueradeMatrixTest(t, d) })
 	}
 }
 
-func masqueradeMatrixTest(t *testing.T, detectLocal []string) {
+func masqueradeMatrixTest(t *testing.T, detect model.LocalDetect) {
 	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{
 		{Name: "node-a", Pods: []string{"local", "cli-a"}},
 		{Name: "node-b", Pods: []string{"remote", "cli-b"}},
 	}})
-	e.detectLocal = detectLocal
+	e.detect = detect
 	c := e.c
 	nodeA, nodeB := c.Node("node-a"), c.Node("node-b")
 	services := map[string]matrixService{
