@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kubenat/kubenat/internal/k8sobj"
+	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/netnstest"
 	"github.com/kubenat/kubenat/internal/topo"
 	"github.com/kubenat/kubenat/internal/trace/live"
@@ -180,6 +181,41 @@ func TestTraceLive(t *testing.T) {
 		}
 		if out, _ := e.c.Exec(t.Context(), &nodeA.Host, "nft", "list", "tables"); strings.Contains(out, "kubenat") {
 			t.Errorf("tables after cleanup:\n%s", out)
+		}
+	})
+
+	t.Run("pods recognized by their bridge: the interface the packet came in on decides", func(t *testing.T) {
+		e.detect = model.LocalDetect{Mode: model.DetectBridgeInterface, Interface: "cni0"}
+		defer func() { e.detect = model.LocalDetect{} }()
+		e.syncAll(t)
+		args := []string{"--src", cli.Addr.String(), "--dst", e.c.Internet.Addr.String() + ":9000", "--proto", "udp"}
+		send := func() { e.mustDial(t, &cli.Host, "udp", netip.AddrPortFrom(e.c.Internet.Addr, 9000)) }
+		// Without --iif, the model answers for the interface the kernel
+		// saw: a pod's egress, masqueraded.
+		out, err := e.traceLive(t, nodeA, args, send)
+		if err != nil {
+			t.Fatalf("trace --live: %v\n%s", err, out)
+		}
+		var r live.Result
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("%v:\n%s", err, out)
+		}
+		if !r.Agree || r.Model.Source.Class != "pod" || r.Model.Masquerade == nil || !r.Model.Masquerade.Masquerade {
+			t.Errorf("agree %v, model source %+v, masquerade %+v; want a pod's egress, masqueraded, as the kernel did (%+v)",
+				r.Agree, r.Model.Source, r.Model.Masquerade, r.Checks)
+		}
+		// A wrong --iif is a disagreement.
+		out, err = e.traceLive(t, nodeA, append(args, "--iif", "eth0"), send)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+			t.Fatalf("trace --live --iif eth0 exit %v, want status 1\n%s", err, out)
+		}
+		r = live.Result{}
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("%v:\n%s", err, out)
+		}
+		if len(r.Checks) == 0 || r.Checks[0].Aspect != "input interface" || r.Checks[0].Agree || r.Checks[0].Kernel != "cni0" {
+			t.Errorf("checks %+v: want the input interface first, the kernel's cni0 against eth0", r.Checks)
 		}
 	})
 }

@@ -185,8 +185,25 @@ func Trace(ctx context.Context, st *model.State, p trace.Packet, o Options) (*Re
 			k.Conntrack = &ents[0]
 		}
 	}
+	var iifCheck *Check
+	if d := st.Config.LocalDetect; d.ByInterface() && !p.Local && k.IIF != "" && p.IIF != k.IIF {
+		// With the pods recognized by their interface, the interface the
+		// packet came in on decides its class: without --iif the model
+		// answers for it; a different --iif is a disagreement.
+		if p.IIF != "" {
+			iifCheck = &Check{Aspect: "input interface", Model: p.IIF, Kernel: k.IIF}
+		} else {
+			p.IIF = k.IIF
+			if want, err = trace.Trace(st, p); err != nil {
+				return nil, err
+			}
+		}
+	}
 	res := &Result{Model: want, Kernel: k}
 	res.Checks = compare(want, k)
+	if iifCheck != nil {
+		res.Checks = append([]Check{*iifCheck}, res.Checks...)
+	}
 	res.Agree = true
 	for _, c := range res.Checks {
 		res.Agree = res.Agree && c.Agree
