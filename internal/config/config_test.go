@@ -206,6 +206,7 @@ func TestValidate(t *testing.T) {
 		}, []string{`detectLocal.interfaceNamePrefix (--pod-interface-name-prefix): "eth\"; accept": must be 1 to 15 letters`}},
 		{"an interface the mode does not use", func(c *Configuration) { c.DetectLocal.BridgeInterface = "cni0" },
 			[]string{"detectLocal.bridgeInterface (--pod-bridge-interface): is only used with detectLocalMode BridgeInterface (it is NodeCIDR)"}},
+		{"empty detectLocalMode is the default", func(c *Configuration) { c.DetectLocalMode = "" }, nil},
 		{"kube-proxy's ClusterCIDR mode", func(c *Configuration) { c.DetectLocalMode = "ClusterCIDR" },
 			[]string{"detectLocalMode (--detect-local-mode): kube-proxy's ClusterCIDR is not supported"}},
 		{"unknown detectLocalMode", func(c *Configuration) { c.DetectLocalMode = "Magic" },

@@ -63,7 +63,7 @@ func (c *Configuration) Validate() error {
 	if len(c.ClusterCIDRs) == 0 && !detect.ByInterface() && detectErr == nil {
 		errs.add("clusterCIDRs", "at least one CIDR is required (the pod address range of the cluster), unless detectLocalMode recognizes the pods by their interface")
 	}
-	if len(c.ClusterCIDRs) == 0 && c.SocketLB.UntrackPodTCP {
+	if len(c.ClusterCIDRs) == 0 && c.SocketLB.UntrackPodTCP && detect.ByInterface() {
 		errs.add("socketLB.untrackPodTCP", "needs clusterCIDRs (--cluster-cidr): pod-to-pod TCP is recognized by its addresses")
 	}
 	families := map[model.Family]string{}
@@ -183,7 +183,7 @@ func (c *Configuration) localDetect() (model.LocalDetect, fieldErrors) {
 	dl := c.DetectLocal
 	var d model.LocalDetect
 	switch c.DetectLocalMode {
-	case DetectLocalNodeCIDR:
+	case DetectLocalNodeCIDR, "":
 	case DetectLocalBridgeInterface:
 		d = model.LocalDetect{Mode: model.DetectBridgeInterface, Interface: dl.BridgeInterface}
 	case DetectLocalInterfaceNamePrefix:
