@@ -140,6 +140,13 @@ func New(opts Options) (*Agent, error) {
 	if opts.Events == nil {
 		opts.Events = events.Nop
 	}
+	if warns, err := localDetectWarnings(opts.Config.LocalDetect); err != nil {
+		klog.ErrorS(err, "Checking the interfaces of the local traffic detection")
+	} else {
+		for _, w := range warns {
+			klog.InfoS("Warning: the local traffic detection may miss pods", "detectLocalMode", opts.Config.LocalDetect.Mode, "problem", w)
+		}
+	}
 	cleaner, err := conntrack.NewCleaner()
 	if err != nil {
 		klog.ErrorS(err, "Stale UDP conntrack entries will not be cleared")
