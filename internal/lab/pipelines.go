@@ -19,8 +19,12 @@ import (
 
 // Report is the outcome of running the pipelines.
 type Report struct {
-	Topology  *Topology  `json:"topology"`
-	Pipelines []Pipeline `json:"pipelines"`
+	Topology *Topology `json:"topology"`
+	// InputErrors are the problems found in the lab's manifests; the
+	// objects they name are left out of trace's answers (the agents keep
+	// their last valid version).
+	InputErrors []string   `json:"inputErrors,omitempty"`
+	Pipelines   []Pipeline `json:"pipelines"`
 	// OK is true when every check of every pipeline passed.
 	OK bool `json:"ok"`
 }
@@ -113,14 +117,21 @@ type runner struct {
 // report (Report.OK is false).
 func Run(ctx context.Context, t *Topology) (*Report, error) {
 	r := &runner{t: t, states: map[string]*model.State{}}
+	rep := &Report{Topology: t, OK: true}
+	seen := map[string]bool{}
 	for _, n := range t.Nodes {
-		st, err := nodeState(t.Manifests, n)
+		st, errs, err := nodeState(t.Manifests, n)
 		if err != nil {
 			return nil, err
 		}
 		r.states[n.Name] = st
+		for _, e := range errs {
+			if msg := e.Error(); !seen[msg] {
+				seen[msg] = true
+				rep.InputErrors = append(rep.InputErrors, msg)
+			}
+		}
 	}
-	rep := &Report{Topology: t, OK: true}
 	for _, p := range []func(context.Context) Pipeline{r.externalCluster, r.externalLocal, r.podToClusterIP, r.egress, r.egressNonMasq} {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -138,11 +149,12 @@ func Run(ctx context.Context, t *Topology) (*Report, error) {
 }
 
 // nodeState builds what kubenat on node s sees, from the same manifests
-// and configuration as its agent.
-func nodeState(dir string, s NodeSetup) (*model.State, error) {
+// and configuration as its agent, and returns the problems found in them
+// (each naming its file); the objects they name are left out.
+func nodeState(dir string, s NodeSetup) (*model.State, []error, error) {
 	snap, err := manifest.NewReader(dir).Read()
 	if err != nil {
-		return nil, fmt.Errorf("reading the lab's manifests: %w", err)
+		return nil, nil, fmt.Errorf("reading the lab's manifests: %w", err)
 	}
 	cfg := model.Config{NodeName: s.Name, ClusterCIDRs: []netip.Prefix{topo.ClusterCIDR, topo.ClusterCIDR6}}
 	if s.NonMasqueradeCIDRs != nil {
@@ -150,16 +162,23 @@ func nodeState(dir string, s NodeSetup) (*model.State, error) {
 		for _, c := range s.NonMasqueradeCIDRs {
 			p, err := netip.ParsePrefix(c)
 			if err != nil {
-				return nil, fmt.Errorf("node %s: %w", s.Name, err)
+				return nil, nil, fmt.Errorf("node %s: %w", s.Name, err)
 			}
 			cfg.Egress.NonMasqueradeCIDRs = append(cfg.Egress.NonMasqueradeCIDRs, p)
 		}
 	}
-	st := model.Build(cfg, model.Objects{Services: snap.Services, EndpointSlices: snap.EndpointSlices, Nodes: snap.Nodes})
-	if errs := append(snap.Errors, st.Errors...); len(errs) > 0 {
-		return nil, fmt.Errorf("the lab's manifests: %w", errors.Join(errs...))
+	b := model.NewBuilder(cfg)
+	for _, svc := range snap.Services {
+		b.SetService(svc, snap.Origins[manifest.Ref{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name}])
 	}
-	return st, nil
+	for _, es := range snap.EndpointSlices {
+		b.SetEndpointSlice(es, snap.Origins[manifest.Ref{Kind: "EndpointSlice", Namespace: es.Namespace, Name: es.Name}])
+	}
+	for _, n := range snap.Nodes {
+		b.SetNode(n, snap.Origins[manifest.Ref{Kind: "Node", Name: n.Name}])
+	}
+	st, _ := b.Build()
+	return st, append(slices.Clip(snap.Errors), st.Errors...), nil
 }
 
 const timeout = 2 * time.Second
@@ -323,16 +342,23 @@ func (r *runner) expectDropped(ctx context.Context, from string, dst netip.AddrP
 		f.Error = describeErr(err)
 	}
 	hop := Hop{Host: node, In: Packet{Src: netip.AddrPortFrom(h.Addr, 0), Dst: dst}}
+	hop.Out = hop.In
 	if err == nil {
 		// It was answered: find the entry to show what happened.
 		if e, ok := r.conntrack(node, model.TCP, Packet{Src: f.Src, Dst: dst}); ok {
 			hop.Conntrack, hop.DNAT, hop.SNAT = &e, e.DNAT, e.SNAT
 			hop.In.Src = f.Src
+			hop.Out = hop.In
+			if e.DNAT {
+				hop.Out.Dst = e.ReplySrc
+			}
+			if e.SNAT {
+				hop.Out.Src = e.ReplyDst
+			}
 		} else {
 			hop.Conntrack = &live.CTEntry{}
 		}
 	}
-	hop.Out = hop.In
 	hop.By = "kubenat"
 	hop.Model = r.model(node, model.TCP, hop)
 	f.Hops = []Hop{hop}
@@ -455,7 +481,15 @@ func (r *runner) externalLocal(ctx context.Context) Pipeline {
 		Title: "external → LB → NodePort → pod, externalTrafficPolicy: Local",
 		Seed:  "the seed's way to keep the client IP: no SNAT on the node, so only nodes with a local pod may take the traffic",
 	}
-	for _, h := range r.t.Health {
+	// The health checks are asked again: the manifests may have changed
+	// since the load balancer was programmed from them (lab up).
+	lb := r.t.mustHost("lb")
+	var fresh []HealthProbe
+	stale := false
+	for _, then := range r.t.Health {
+		h := probe(ctx, lb, then.Node, then.URL)
+		fresh = append(fresh, h)
+		stale = stale || h.Status != then.Status
 		status := "no answer"
 		if h.Status != 0 {
 			status = fmt.Sprintf("%d %s", h.Status, h.Body)
@@ -464,6 +498,9 @@ func (r *runner) externalLocal(ctx context.Context) Pipeline {
 	}
 	if r.t.HealthNote != "" {
 		p.Notes = append(p.Notes, r.t.HealthNote)
+	}
+	if stale {
+		p.Notes = append(p.Notes, "the health checks changed since the lab came up; the load balancer still sends to the nodes that passed them then (lab down and lab up program it again)")
 	}
 	p.Notes = append(p.Notes, fmt.Sprintf("lb: %s:80 → nodeIP:%d of %s only; Service default/web-local has web-a (node-a)",
 		localVIP, localNP, strings.Join(r.t.LocalBackends, ", ")))
@@ -476,8 +513,8 @@ func (r *runner) externalLocal(ctx context.Context) Pipeline {
 	direct.Note = "straight to node-b's NodePort, past the load balancer's health check"
 	p.Flows = append(p.Flows, direct)
 
-	health := Check{What: "the health checks pass only on the node with a local pod", OK: len(r.t.Health) == 2}
-	for _, h := range r.t.Health {
+	health := Check{What: "the health checks pass only on the node with a local pod", OK: len(fresh) == 2}
+	for _, h := range fresh {
 		want := map[string]int{"node-a": 200, "node-b": 503}[h.Node]
 		health.Detail += fmt.Sprintf("%s: %d; ", h.Node, h.Status)
 		health.OK = health.OK && h.Status == want

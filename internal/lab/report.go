@@ -25,6 +25,12 @@ func (r *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	b.WriteString("kubenat lab: the NAT pipelines of a Kubernetes node, live\n\n")
 	r.Topology.writeText(&b)
+	if len(r.InputErrors) > 0 {
+		b.WriteString("\nproblems in the lab's manifests (trace leaves these objects out; the agents keep their last valid version):\n")
+		for _, e := range r.InputErrors {
+			fmt.Fprintf(&b, "  %s\n", e)
+		}
+	}
 	for _, p := range r.Pipelines {
 		fmt.Fprintf(&b, "\n=== %d. %s\n", p.N, p.Title)
 		fmt.Fprintf(&b, "    %s\n", p.Seed)
@@ -141,6 +147,8 @@ func writeFlow(b *strings.Builder, f Flow) {
 			where = " on " + a.Node
 		}
 		fmt.Fprintf(b, "    ▶ %s%s answered; it saw the connection come from %s\n", a.Server, where, a.Seen)
+	} else if f.ExpectDrop && f.Error == "" {
+		b.WriteString("    ▶ the connection was accepted, though this pipeline expects it dropped\n")
 	} else {
 		fmt.Fprintf(b, "    ▶ no answer: %s\n", f.Error)
 	}

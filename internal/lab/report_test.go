@@ -7,8 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/kubenat/kubenat/internal/k8sobj"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/trace/live"
 )
@@ -43,9 +45,20 @@ func sampleReport() *Report {
 		Note: "straight to node-b's NodePort",
 		Hops: []Hop{{Host: "node-b", In: Packet{Src: ap("198.51.100.10:0"), Dst: ap("192.168.100.12:30081")}, By: "kubenat",
 			Model: &ModelView{Verdict: "drop", Frontend: "NodePort of default/web-local", Rule: "externalTrafficPolicy Local and no endpoint on this node", Agree: true}}}}
-	return &Report{Topology: top, Pipelines: []Pipeline{{
+	// A connection expected to be dropped that was accepted (the user
+	// changed the manifests): what the kernel did is shown, and trace
+	// agrees with it.
+	accepted := Flow{Proto: "HTTP", From: "ext", Dst: ap("192.168.100.12:30081"), ExpectDrop: true,
+		Note: "straight to node-b's NodePort",
+		Hops: []Hop{{Host: "node-b", In: Packet{Src: ap("198.51.100.10:41000"), Dst: ap("192.168.100.12:30081")},
+			Out: Packet{Src: ap("192.168.100.12:3000"), Dst: ap("10.244.1.10:8080")}, DNAT: true, SNAT: true, By: "kubenat",
+			Conntrack: &live.CTEntry{Protocol: model.TCP, OrigSrc: ap("198.51.100.10:41000"), OrigDst: ap("192.168.100.12:30081"),
+				ReplySrc: ap("10.244.1.10:8080"), ReplyDst: ap("192.168.100.12:3000"), DNAT: true, SNAT: true, State: "TIME_WAIT"},
+			Model: &ModelView{Verdict: "forward", Frontend: "NodePort of default/web-local", Candidates: []string{"10.244.1.10:8080"},
+				Masquerade: true, Rule: "NodePort with externalTrafficPolicy Cluster: masquerade", Agree: true}}}}
+	return &Report{Topology: top, InputErrors: []string{"Service default/api (api.yaml): spec.ports[0].port: 70000 is out of range 1-65535"}, Pipelines: []Pipeline{{
 		N: 1, Title: "external → LB → NodePort → pod", Seed: "the seed's pipeline", Notes: []string{"a note"},
-		Flows: []Flow{flow, dropped},
+		Flows: []Flow{flow, dropped, accepted},
 		Checks: []Check{{What: "the pod saw a node's address", OK: true},
 			{What: "something else", OK: false, Detail: "what went wrong"}},
 	}}}
@@ -103,5 +116,29 @@ func TestTopologyState(t *testing.T) {
 	back.PID = 0
 	if back.Alive() {
 		t.Error("a lab without a process is alive")
+	}
+}
+
+// TestNodeStateKeepsTheValidObjects: a bad object in the lab's manifests is
+// reported with its file, and the others are still traced.
+func TestNodeStateKeepsTheValidObjects(t *testing.T) {
+	dir := t.TempDir()
+	good := k8sobj.Service{Name: "good", ClusterIPs: []string{"10.96.7.1"}, Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: 8080}}}
+	if err := k8sobj.WriteService(dir, good); err != nil {
+		t.Fatal(err)
+	}
+	bad := "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.7.2, ports: [{port: 70000}]}\n"
+	if err := os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, errs, err := nodeState(dir, NodeSetup{Name: "node-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.Services[model.ServiceKey{Namespace: "default", Name: "good"}]; !ok {
+		t.Error("the valid Service is missing")
+	}
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "Service default/bad (bad.yaml): spec.ports[0].port") {
+		t.Errorf("problems %v, want the bad Service's port, with its file", errs)
 	}
 }
