@@ -103,7 +103,7 @@ func stateFile(dir string) string { return filepath.Join(dir, "state.json") }
 func readLab(dir string) (*lab.Topology, error) {
 	t, err := lab.ReadState(stateFile(dir))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("no lab is up (no %s); start one with kubenat lab up", stateFile(dir))
+		return nil, fmt.Errorf("no lab is up (no %s); start one with kubenat lab up: %w", stateFile(dir), os.ErrNotExist)
 	}
 	return t, err
 }
@@ -135,6 +135,9 @@ and remove it with "kubenat lab down".`,
 			t, err := startLabDaemon(cmd.Context(), dir, cmd.ErrOrStderr())
 			if err != nil {
 				return err
+			}
+			if !t.Alive() {
+				return fmt.Errorf("the lab process %d is gone (its agents with it); kubenat lab down cleans up", t.PID)
 			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), t)
@@ -229,6 +232,12 @@ func newLabDownCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t, err := readLab(dir)
+			if errors.Is(err, os.ErrNotExist) {
+				// Taking down what is not up succeeds, as a teardown
+				// should.
+				fmt.Fprintln(cmd.OutOrStdout(), "no lab is up; nothing to remove")
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -299,6 +308,9 @@ func newLabStatusCmd() *cobra.Command {
 			t, err := readLab(dir)
 			if err != nil {
 				return err
+			}
+			if !t.Alive() {
+				return fmt.Errorf("the lab process %d is gone (its agents with it); kubenat lab down cleans up", t.PID)
 			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), t)

@@ -81,6 +81,10 @@ func TestLabUpDown(t *testing.T) {
 	if out, err := run("lab", "status"); err == nil || !strings.Contains(out, "no lab is up") {
 		t.Errorf("lab status after down: %v\n%s", err, out)
 	}
+	// Taking down what is not up succeeds.
+	if out, err := run("lab", "down"); err != nil || !strings.Contains(out, "no lab is up; nothing to remove") {
+		t.Errorf("lab down without a lab: %v\n%s", err, out)
+	}
 }
 
 // TestLabInterrupted interrupts kubenat lab (SIGINT, as Ctrl-C does) while
