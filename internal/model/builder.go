@@ -10,6 +10,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 )
 
 // Delta says what changed between two States returned by Builder.Build.
@@ -133,6 +134,11 @@ type Builder struct {
 	// objects use. It is never pruned: such names are few and long-lived.
 	names map[string]string
 
+	// serviceCIDRs are the ServiceCIDR objects' ranges by object name;
+	// cidrsDirty says they changed since the last Build.
+	serviceCIDRs map[string]serviceCIDREntry
+	cidrsDirty   bool
+
 	built  map[ServiceKey]*built
 	claims map[FrontendKey][]claim
 	// gen counts Builds: a claim made in an earlier Build is older.
@@ -150,16 +156,18 @@ type Builder struct {
 // NewBuilder returns a Builder for the given configuration.
 func NewBuilder(cfg Config) *Builder {
 	b := &Builder{
-		services:    map[ServiceKey]*serviceEntry{},
-		slices:      map[sliceRef]*sliceEntry{},
-		slicesBySvc: map[ServiceKey][]*sliceEntry{},
-		names:       map[string]string{},
-		built:       map[ServiceKey]*built{},
-		claims:      map[FrontendKey][]claim{},
-		errServices: map[ServiceKey]bool{},
-		errSlices:   map[sliceRef]bool{},
-		dirty:       map[ServiceKey]struct{}{},
-		full:        true,
+		services:     map[ServiceKey]*serviceEntry{},
+		slices:       map[sliceRef]*sliceEntry{},
+		slicesBySvc:  map[ServiceKey][]*sliceEntry{},
+		names:        map[string]string{},
+		built:        map[ServiceKey]*built{},
+		claims:       map[FrontendKey][]claim{},
+		cidrsDirty:   true,
+		serviceCIDRs: map[string]serviceCIDREntry{},
+		errServices:  map[ServiceKey]bool{},
+		errSlices:    map[sliceRef]bool{},
+		dirty:        map[ServiceKey]struct{}{},
+		full:         true,
 	}
 	b.state.Services = map[ServiceKey][]ServicePort{}
 	b.SetConfig(cfg)
@@ -198,6 +206,50 @@ func (b *Builder) SetNode(n *v1.Node, origin string) {
 	}
 	b.node, b.nodeOrig = n, origin
 	b.full = true
+}
+
+// serviceCIDREntry is what a ServiceCIDR object gives: its ranges, and the
+// problems with the others.
+type serviceCIDREntry struct {
+	cidrs []netip.Prefix
+	errs  []error
+}
+
+// SetServiceCIDR adds or replaces a ServiceCIDR object (networking.k8s.io/v1):
+// its spec.cidrs join State.ServiceCIDRs. A range that does not parse is
+// reported and left out.
+func (b *Builder) SetServiceCIDR(sc *networkingv1.ServiceCIDR, origin string) {
+	e := &objErrs{kind: "ServiceCIDR", name: sc.Name, origin: origin}
+	var entry serviceCIDREntry
+	for i, c := range sc.Spec.CIDRs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			e.add(fmt.Sprintf("spec.cidrs[%d]", i), "%q is not a CIDR", c)
+			continue
+		}
+		entry.cidrs = append(entry.cidrs, p.Masked())
+	}
+	entry.errs = e.errs
+	b.serviceCIDRs[sc.Name] = entry
+	b.cidrsDirty = true
+}
+
+// DeleteServiceCIDR forgets a ServiceCIDR object.
+func (b *Builder) DeleteServiceCIDR(name string) {
+	if _, ok := b.serviceCIDRs[name]; ok {
+		delete(b.serviceCIDRs, name)
+		b.cidrsDirty = true
+	}
+}
+
+// refreshServiceCIDRs recomputes State.ServiceCIDRs.
+func (b *Builder) refreshServiceCIDRs() {
+	all := append([]netip.Prefix(nil), b.cfg.ServiceCIDRs...)
+	for _, e := range b.serviceCIDRs {
+		all = append(all, e.cidrs...)
+	}
+	b.state.ServiceCIDRs = mergePrefixes(all)
+	b.cidrsDirty = false
 }
 
 // DeleteNode forgets the Node object when it is this node.
@@ -282,6 +334,9 @@ func (b *Builder) DeleteEndpointSlice(namespace, name string) {
 func (b *Builder) Build() (*State, Delta) {
 	b.gen++
 	full := b.full
+	if full || b.cidrsDirty {
+		b.refreshServiceCIDRs()
+	}
 	if full {
 		b.refreshNode()
 		for k := range b.services {
@@ -544,6 +599,9 @@ func uniqueAddrs(as []netip.Addr) []netip.Addr {
 func (b *Builder) collectErrors() {
 	var errs []error
 	errs = append(errs, b.nodeErrs...)
+	for _, e := range b.serviceCIDRs {
+		errs = append(errs, e.errs...)
+	}
 	for k := range b.errServices {
 		errs = append(errs, b.built[k].errs...)
 		errs = append(errs, b.built[k].conflicts...)
@@ -568,6 +626,7 @@ type Objects struct {
 	Services       []*v1.Service
 	EndpointSlices []*discovery.EndpointSlice
 	Nodes          []*v1.Node
+	ServiceCIDRs   []*networkingv1.ServiceCIDR
 }
 
 // Build computes the State for a complete set of objects in one go.
@@ -575,6 +634,9 @@ func Build(cfg Config, objs Objects) *State {
 	b := NewBuilder(cfg)
 	for _, n := range objs.Nodes {
 		b.SetNode(n, "")
+	}
+	for _, sc := range objs.ServiceCIDRs {
+		b.SetServiceCIDR(sc, "")
 	}
 	for _, s := range objs.Services {
 		b.SetService(s, "")

@@ -60,6 +60,11 @@ type Config struct {
 	// LocalDetect says how a packet from a pod on this node is told from
 	// others. The zero value is DetectNodeCIDR.
 	LocalDetect LocalDetect
+	// ServiceCIDRs are ranges ClusterIPs are allocated from (the API
+	// server's --service-cluster-ip-range); the cluster's ServiceCIDR
+	// objects add theirs (see State.ServiceCIDRs). A connection to an
+	// address of them that no rule DNATed is refused.
+	ServiceCIDRs []netip.Prefix
 }
 
 // LocalDetectMode is a way to tell traffic from this node's pods (kube-proxy's
@@ -241,6 +246,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("cluster CIDR %s: only one %s cluster CIDR is allowed", p, f)
 		}
 		seen[f] = true
+	}
+	for _, p := range c.ServiceCIDRs {
+		if !p.IsValid() {
+			return fmt.Errorf("service CIDR: invalid prefix")
+		}
 	}
 	for _, a := range c.NodePortAddresses {
 		if a == "primary" {

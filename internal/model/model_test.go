@@ -10,6 +10,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -883,5 +884,48 @@ func TestObjectErrorQuotesHostileNames(t *testing.T) {
 		if got := tc.e.Error(); got != tc.want {
 			t.Errorf("Error() = %q, want %q", got, tc.want)
 		}
+	}
+}
+
+func TestServiceCIDRs(t *testing.T) {
+	sc := func(name string, cidrs ...string) *networkingv1.ServiceCIDR {
+		return &networkingv1.ServiceCIDR{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: networkingv1.ServiceCIDRSpec{CIDRs: cidrs}}
+	}
+	prefixes := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	cfg := testCfg
+	cfg.ServiceCIDRs = prefixes("10.96.0.0/16")
+	b := NewBuilder(cfg)
+	st, _ := b.Build()
+	if !reflect.DeepEqual(st.ServiceCIDRs, prefixes("10.96.0.0/16")) {
+		t.Errorf("from the configuration: %v", st.ServiceCIDRs)
+	}
+	// The default ServiceCIDR, dual-stack, holding the configured range;
+	// another with a bad range.
+	b.SetServiceCIDR(sc("kubernetes", "10.96.0.0/12", "fd00:96::/112"), "")
+	b.SetServiceCIDR(sc("extra", "10.200.0.1/24", "nope"), "extra.yaml")
+	st, _ = b.Build()
+	if want := prefixes("10.96.0.0/12", "10.200.0.0/24", "fd00:96::/112"); !reflect.DeepEqual(st.ServiceCIDRs, want) {
+		t.Errorf("with objects: %v, want %v", st.ServiceCIDRs, want)
+	}
+	if len(st.Errors) != 1 || st.Errors[0].Error() != `ServiceCIDR extra (extra.yaml): spec.cidrs[1]: "nope" is not a CIDR` {
+		t.Errorf("errors %v", st.Errors)
+	}
+	if p, ok := st.ServiceCIDR(netip.MustParseAddr("10.100.0.1")); !ok || p != netip.MustParsePrefix("10.96.0.0/12") {
+		t.Errorf("ServiceCIDR(10.100.0.1) = %v, %v", p, ok)
+	}
+	if _, ok := st.ServiceCIDR(netip.MustParseAddr("192.168.0.1")); ok {
+		t.Error("ServiceCIDR(192.168.0.1) found a range")
+	}
+	b.DeleteServiceCIDR("kubernetes")
+	b.DeleteServiceCIDR("extra")
+	st, _ = b.Build()
+	if !reflect.DeepEqual(st.ServiceCIDRs, prefixes("10.96.0.0/16")) || len(st.Errors) != 0 {
+		t.Errorf("after the objects went: %v, errors %v", st.ServiceCIDRs, st.Errors)
 	}
 }

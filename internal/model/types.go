@@ -269,6 +269,24 @@ type State struct {
 	// Errors are the problems found in the input; the objects they name are
 	// left out (or kept at their last good version by a Builder).
 	Errors []error
+	// ServiceCIDRs are the ranges ClusterIPs come from: Config.ServiceCIDRs
+	// and the cluster's ServiceCIDR objects, masked, sorted, without
+	// ranges another one holds. A new connection still addressed to one of
+	// them once every DNAT is done (no Service, or another proxy's, took
+	// it) is refused, as kube-proxy drops it: without that it would follow
+	// the default route out of the cluster.
+	ServiceCIDRs []netip.Prefix
+}
+
+// ServiceCIDR returns the range of State.ServiceCIDRs that holds a, and
+// false when none does.
+func (s *State) ServiceCIDR(a netip.Addr) (netip.Prefix, bool) {
+	for _, p := range s.ServiceCIDRs {
+		if p.Contains(a) {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
 }
 
 // SortedKeys returns the Service keys in namespace/name order.
