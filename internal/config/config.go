@@ -83,6 +83,13 @@ type Configuration struct {
 	DetectLocalMode string `json:"detectLocalMode"`
 	// DetectLocal names the interfaces of the interface modes.
 	DetectLocal DetectLocal `json:"detectLocal"`
+	// ServiceCIDRs are the ranges ClusterIPs are allocated from (the API
+	// server's --service-cluster-ip-range). A new connection to an address
+	// of them that no Service (or other proxy) DNATs is refused instead of
+	// being routed out of the cluster. The cluster's ServiceCIDR objects
+	// (networking.k8s.io/v1; Kubernetes 1.33+) add theirs, so with the API
+	// this may stay empty. Default none. Flag --service-cidr.
+	ServiceCIDRs []string `json:"serviceCIDRs,omitempty"`
 	// NodeIPs override the Node object's addresses (status.addresses of
 	// type InternalIP and ExternalIP). Default: none, use the Node's.
 	// Flag --node-ip.

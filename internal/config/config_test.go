@@ -150,6 +150,9 @@ func TestValidate(t *testing.T) {
 			[]string{`clusterCIDRs[1] (--cluster-cidr): "10.0.0.0/33" is not a CIDR`}},
 		{"two IPv4 cluster CIDRs", func(c *Configuration) { c.ClusterCIDRs = []string{"10.244.0.0/16", "10.245.0.0/16"} },
 			[]string{"clusterCIDRs[1] (--cluster-cidr): 10.245.0.0/16: only one IPv4 CIDR is allowed"}},
+		{"service CIDRs", func(c *Configuration) { c.ServiceCIDRs = []string{"10.96.0.0/12", "fd00:96::/112"} }, nil},
+		{"bad service CIDR", func(c *Configuration) { c.ServiceCIDRs = []string{"10.96.0.0/12", "10.96.0.1"} },
+			[]string{`serviceCIDRs[1] (--service-cidr): "10.96.0.1" is not a CIDR`}},
 		{"bad node IP", func(c *Configuration) { c.NodeIPs = []string{"node-a"} },
 			[]string{`nodeIPs[0] (--node-ip): "node-a" is not an IP address`}},
 		{"bad node name", func(c *Configuration) { c.NodeName = "Node_A" },
@@ -337,7 +340,7 @@ func TestFlagDefaultsMatchDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := Default()
-	d.ClusterCIDRs, d.NodeIPs = []string{}, []string{} // lists from flags are never nil
+	d.ClusterCIDRs, d.NodeIPs, d.ServiceCIDRs = []string{}, []string{}, []string{} // lists from flags are never nil
 	if !reflect.DeepEqual(c, d) {
 		t.Errorf("flag defaults\n%+v\ndiffer from Default()\n%+v", c, d)
 	}
@@ -436,6 +439,11 @@ func TestModelConfig(t *testing.T) {
 		t.Errorf("a bad masquerade file gave %v, want an error naming masquerade.configFile", err)
 	}
 	c.Masquerade = Default().Masquerade
+	c.ServiceCIDRs = []string{"10.96.0.1/12"}
+	if mc, err := c.ModelConfig(); err != nil || !reflect.DeepEqual(mc.ServiceCIDRs, []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12")}) {
+		t.Errorf("service CIDRs: %v, %v", mc.ServiceCIDRs, err)
+	}
+	c.ServiceCIDRs = nil
 	c.ClusterCIDRs, c.DetectLocalMode, c.DetectLocal.BridgeInterface = nil, DetectLocalBridgeInterface, "cbr0"
 	if mc, err := c.ModelConfig(); err != nil || mc.LocalDetect != (model.LocalDetect{Mode: model.DetectBridgeInterface, Interface: "cbr0"}) {
 		t.Errorf("bridge detection: %+v, %v", mc.LocalDetect, err)

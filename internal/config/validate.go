@@ -79,6 +79,11 @@ func (c *Configuration) Validate() error {
 		}
 		families[f] = s
 	}
+	for i, s := range c.ServiceCIDRs {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			errs.add(fmt.Sprintf("serviceCIDRs[%d]", i), "%q is not a CIDR", s)
+		}
+	}
 	for i, s := range c.NodeIPs {
 		if _, err := netip.ParseAddr(s); err != nil {
 			errs.add(fmt.Sprintf("nodeIPs[%d]", i), "%q is not an IP address", s)
@@ -312,6 +317,9 @@ func (c *Configuration) ModelConfig() (model.Config, error) {
 	}
 	for _, s := range c.NodeIPs {
 		mc.NodeIPs = append(mc.NodeIPs, netip.MustParseAddr(s).Unmap())
+	}
+	for _, s := range c.ServiceCIDRs {
+		mc.ServiceCIDRs = append(mc.ServiceCIDRs, netip.MustParsePrefix(s).Masked())
 	}
 	for _, s := range c.Masquerade.NonMasqueradeCIDRs {
 		mc.Egress.NonMasqueradeCIDRs = append(mc.Egress.NonMasqueradeCIDRs, netip.MustParsePrefix(s).Masked())

@@ -570,6 +570,12 @@ func traceNonService(st *model.State, p Packet, class model.SourceClass, r *Resu
 		return
 	}
 	r.Notes = nearMisses(st, p)
+	if cidr, ok := st.ServiceCIDR(dst); ok && !isNodeAddr(st, dst) {
+		r.Verdict, r.RejectWith = Reject, rejectWith(p.Protocol)
+		r.Reason = fmt.Sprintf("%s is in the Service CIDR %s and no Service has this address: refused once every DNAT is done "+
+			"(a Service of another proxy there would have been DNATed), instead of being routed out of the cluster", dst, cidr)
+		return
+	}
 	if isNodeAddr(st, dst) {
 		r.Verdict = Deliver
 		r.Reason = fmt.Sprintf("%s is an address of this node and %d/%s is no Service frontend on it: delivered to the node itself, no DNAT",

@@ -22,6 +22,7 @@ func TestTraceSemantics(t *testing.T) {
 		c.ClusterCIDRs = nil
 	}
 	iif := func(p Packet, name string) Packet { p.IIF = name; return p }
+	svcCIDR := func(c *model.Config) { c.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12")} }
 	v6 := func(src, dst string) Packet { return pkt(src, dst) }
 
 	for _, tc := range []struct {
@@ -122,6 +123,12 @@ func TestTraceSemantics(t *testing.T) {
 			class: "pod"},
 		{name: "bridge: traffic from elsewhere is not pod egress", cfg: bridge, p: iif(pkt(podB, inet+":443"), "eth0"), want: Route,
 			class: "outside"},
+		{name: "an unallocated address of the Service CIDR: refused", cfg: svcCIDR, p: pkt(podA, "10.96.5.5:80"), want: Reject,
+			reason: "is in the Service CIDR 10.96.0.0/12 and no Service has this address"},
+		{name: "an unallocated address from the node: refused", cfg: svcCIDR, p: local(pkt(nodeA, "10.96.5.5:80")), want: Reject},
+		{name: "without Service CIDRs the same address is routed", p: pkt(podA, "10.96.5.5:80"), want: Route},
+		{name: "a ClusterIP in the Service CIDR is still served", cfg: svcCIDR, p: pkt(podA, webVIP+":80"), want: Forward, kind: "ClusterIP",
+			cands: []string{web1 + ":8080", web2 + ":8080"}, class: "pod"},
 		{name: "IPv6 ClusterIP", p: v6("fd00:244:0:1::12", "["+webVIP6+"]:80"), want: Forward, kind: "ClusterIP",
 			cands: []string{"[fd00:244:0:1::10]:8080"}, class: "pod",
 			excl: []string{web1 + ":8080=an IPv4 endpoint; this packet is IPv6"}},

@@ -115,6 +115,11 @@ func nodeElems(st *model.State) []elem {
 		for _, p := range st.Config.NonMasqueradeCIDRs(a.f) {
 			out = append(out, elem{f: a.f, set: setNoMasqCIDRs, key: p.String()})
 		}
+		for _, p := range st.ServiceCIDRs {
+			if model.FamilyOf(p.Addr()) == a.f {
+				out = append(out, elem{f: a.f, set: setServiceCIDRs, key: p.String()})
+			}
+		}
 	}
 	m := modesOf(st)
 	for _, a := range families {

@@ -43,6 +43,13 @@ func interfaceConfigs() (bridge, prefix model.Config) {
 	return bridge, prefix
 }
 
+// serviceCIDRConfig is testConfig with Service CIDRs of both families.
+func serviceCIDRConfig() model.Config {
+	cfg := testConfig()
+	cfg.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("fd00:96::/112")}
+	return cfg
+}
+
 // loadDir builds the State of a manifest directory.
 func loadDir(t *testing.T, dir string, cfg model.Config) *model.State {
 	t.Helper()
@@ -77,6 +84,7 @@ func TestRenderGolden(t *testing.T) {
 		{"basic-socket-lb", "../../../examples/basic", cfgSocketLB},
 		{"basic-bridge-interface", "../../../examples/basic", cfgBridge},
 		{"basic-interface-prefix", "../../../examples/basic", cfgPrefix},
+		{"basic-service-cidrs", "../../../examples/basic", serviceCIDRConfig()},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -105,7 +113,7 @@ func TestRenderLoads(t *testing.T) {
 	ns := newNamespace(t)
 	cfgSocketLB := socketLBConfig()
 	cfgBridge, cfgPrefix := interfaceConfigs()
-	for _, cfg := range []model.Config{testConfig(), cfgSocketLB, cfgBridge, cfgPrefix} {
+	for _, cfg := range []model.Config{testConfig(), cfgSocketLB, cfgBridge, cfgPrefix, serviceCIDRConfig()} {
 		st := loadDir(t, "../../../examples/basic", cfg)
 		loadRendering(t, ns, st)
 	}

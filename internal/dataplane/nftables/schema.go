@@ -146,6 +146,7 @@ const (
 	setHairpin          = "hairpin"              // local endpoint . itself
 	setTrackedEndpoints = "tracked-endpoints"    // TCP endpoints pod traffic may reach through DNAT (socket LB)
 	setNodeAddrs        = "node-addrs"           // this node's addresses in the untracked CIDR (socket LB)
+	setServiceCIDRs     = "service-cidrs"        // ranges of ClusterIPs: refused when no DNAT took them
 
 	chainUntracked      = "raw-prerouting"    // the untracked chain (see fam.untrackedChain)
 	mapAffinitySvcs     = "affinity-services" // frontend → goto its affinity chain
@@ -162,7 +163,7 @@ func (a fam) frontendType() string {
 // setDecl returns the declaration body (type and flags) of a set or map.
 func (a fam) setDecl(name string, o Options) string {
 	switch {
-	case name == setLocalPodCIDRs || name == setClusterCIDRs || name == setNoMasqCIDRs:
+	case name == setLocalPodCIDRs || name == setClusterCIDRs || name == setNoMasqCIDRs || name == setServiceCIDRs:
 		return "type " + a.addrType + "; flags interval;"
 	case name == setClusterIPs || name == setNodeAddrs:
 		return "type " + a.addrType + ";"
@@ -195,7 +196,7 @@ var staticSets = []string{
 	setLocalPodCIDRs, setClusterCIDRs, setNoMasqCIDRs, setClusterIPs,
 	setClusterIPFronts, setExternalFronts, setLocalFronts,
 	setRejectFronts, setDropFronts, setLocalDropFronts,
-	setFirewallFronts, setFirewallAllow, setHairpin, setTrackedEndpoints, setNodeAddrs,
+	setFirewallFronts, setFirewallAllow, setHairpin, setTrackedEndpoints, setNodeAddrs, setServiceCIDRs,
 	mapAffinitySvcs, mapAffinityLocal,
 }
 
@@ -237,13 +238,31 @@ type modes struct {
 	untrack4, untrack6 netip.Prefix
 	// local is how packets from this node's pods are recognized.
 	local model.LocalDetect
+	// svcCIDRs4 and svcCIDRs6 say the family has Service CIDRs, whose
+	// addresses no DNAT took are refused after DNAT.
+	svcCIDRs4, svcCIDRs6 bool
 }
 
 func modesOf(st *model.State) modes {
 	m := modes{masqueradeAll: st.Config.MasqueradeAll, local: st.Config.LocalDetect}
+	for _, p := range st.ServiceCIDRs {
+		if p.Addr().Is4() {
+			m.svcCIDRs4 = true
+		} else {
+			m.svcCIDRs6 = true
+		}
+	}
 	m.untrack4, _ = st.UntrackedCIDR(model.IPv4)
 	m.untrack6, _ = st.UntrackedCIDR(model.IPv6)
 	return m
+}
+
+// svcCIDRs reports whether family f has Service CIDRs (see modes).
+func (m modes) svcCIDRs(f model.Family) bool {
+	if f == model.IPv6 {
+		return m.svcCIDRs6
+	}
+	return m.svcCIDRs4
 }
 
 // untrack returns the family's untracked CIDR (see modes).
@@ -355,9 +374,23 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	egress := fmt.Sprintf("%s @%s %s != @%s masquerade fully-random", a.saddr, setClusterCIDRs, a.daddr, setNoMasqCIDRs)
 	hairpin := fmt.Sprintf("ct status dnat %s . %s @%s masquerade fully-random", a.saddr, a.daddr, setHairpin)
 	clear := ^o.MasqueradeMark
+	// After every DNAT (the forward hook; output after nat output), a new
+	// connection still addressed to a Service CIDR is one no Service took,
+	// kubenat's or another proxy's: refused, not routed out of the cluster.
+	var forward []string
+	if m.svcCIDRs(a.f) {
+		refuse := fmt.Sprintf("ct state new %s @%s goto refuse", a.daddr, setServiceCIDRs)
+		forward = append(forward, refuse)
+		cs = append(cs, chain{name: "filter-output-post-dnat", hook: "type filter hook output priority -90; policy accept;",
+			rules: []string{refuse}})
+	}
 	if m.local.ByInterface() {
-		cs = append(cs, chain{name: "filter-forward", hook: "type filter hook forward priority -110; policy accept;",
-			rules: []string{fmt.Sprintf("ct state new %s meta mark set meta mark | 0x%x", a.fromLocalPod(m, false), o.PodEgressMark)}})
+		forward = append(forward, fmt.Sprintf("ct state new %s meta mark set meta mark | 0x%x", a.fromLocalPod(m, false), o.PodEgressMark))
+	}
+	if len(forward) > 0 {
+		cs = append(cs, chain{name: "filter-forward", hook: "type filter hook forward priority -110; policy accept;", rules: forward})
+	}
+	if m.local.ByInterface() {
 		unmark := fmt.Sprintf("meta mark set meta mark & 0x%x", ^o.PodEgressMark)
 		egress = fmt.Sprintf("meta mark & 0x%x == 0x%x %s %s != @%s masquerade fully-random",
 			o.PodEgressMark, o.PodEgressMark, unmark, a.daddr, setNoMasqCIDRs)
