@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -118,6 +119,11 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "secrets") {
 		t.Errorf("listing Secrets as kubenat: %v, want forbidden", err)
 	}
+	// The source leaves ServiceCIDRs out when it may not list them: the
+	// role must allow it.
+	if _, err := as.NetworkingV1().ServiceCIDRs().List(ctx, metav1.ListOptions{}); err != nil {
+		t.Errorf("listing ServiceCIDRs as kubenat: %v", err)
+	}
 }
 
 // countSink counts what a source delivers.
@@ -136,5 +142,7 @@ func (c *countSink) SetEndpointSlice(*discovery.EndpointSlice, string) {}
 func (c *countSink) DeleteEndpointSlice(string, string)                {}
 func (c *countSink) SetNode(*v1.Node, string)                          {}
 func (c *countSink) DeleteNode(string)                                 {}
+func (c *countSink) SetServiceCIDR(*networkingv1.ServiceCIDR, string)  {}
+func (c *countSink) DeleteServiceCIDR(string)                          {}
 func (c *countSink) SourceErrors([]error, []string)                    {}
 func (c *countSink) Synced()                                           {}

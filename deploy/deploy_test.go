@@ -296,6 +296,7 @@ func TestChartDefaults(t *testing.T) {
 		{"", "services", "list"}, {"", "services", "watch"},
 		{"discovery.k8s.io", "endpointslices", "list"}, {"discovery.k8s.io", "endpointslices", "watch"},
 		{"", "nodes", "list"}, {"", "nodes", "watch"},
+		{"networking.k8s.io", "servicecidrs", "list"}, {"networking.k8s.io", "servicecidrs", "watch"},
 		{"", "events", "create"}, {"", "events", "patch"},
 	} {
 		if !allows(o.role.Rules, need.group, need.resource, need.verb) {

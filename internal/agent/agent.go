@@ -15,6 +15,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/kubenat/kubenat/internal/conntrack"
@@ -674,6 +675,22 @@ func (a *Agent) DeleteNode(name string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.builder.DeleteNode(name)
+	a.changed()
+}
+
+// SetServiceCIDR implements Sink.
+func (a *Agent) SetServiceCIDR(sc *networkingv1.ServiceCIDR, origin string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.builder.SetServiceCIDR(sc, origin)
+	a.changed()
+}
+
+// DeleteServiceCIDR implements Sink.
+func (a *Agent) DeleteServiceCIDR(name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.builder.DeleteServiceCIDR(name)
 	a.changed()
 }
 

@@ -6,6 +6,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/kubenat/kubenat/internal/model"
 )
@@ -85,6 +86,12 @@ func (c *collector) DeleteNode(name string) {
 		}
 	})
 }
+
+func (c *collector) SetServiceCIDR(sc *networkingv1.ServiceCIDR, origin string) {
+	c.do(func() { c.b.SetServiceCIDR(sc, origin) })
+}
+
+func (c *collector) DeleteServiceCIDR(name string) { c.do(func() { c.b.DeleteServiceCIDR(name) }) }
 
 func (c *collector) SourceErrors(errs []error, warnings []string) {
 	c.do(func() { c.errs, c.warnings = errs, warnings })

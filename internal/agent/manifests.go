@@ -118,6 +118,12 @@ func (m *ManifestSource) deliver(snap *manifest.Snapshot, sink Sink) {
 			sink.SetEndpointSlice(s, snap.Origins[ref])
 		}
 	}
+	for _, sc := range snap.ServiceCIDRs {
+		ref := manifest.Ref{Kind: "ServiceCIDR", Name: sc.Name}
+		if changed(ref, sc) {
+			sink.SetServiceCIDR(sc, snap.Origins[ref])
+		}
+	}
 	for ref := range m.prev {
 		if _, ok := next[ref]; ok {
 			continue
@@ -129,6 +135,8 @@ func (m *ManifestSource) deliver(snap *manifest.Snapshot, sink Sink) {
 			sink.DeleteEndpointSlice(ref.Namespace, ref.Name)
 		case "Node":
 			sink.DeleteNode(ref.Name)
+		case "ServiceCIDR":
+			sink.DeleteServiceCIDR(ref.Name)
 		}
 	}
 	m.prev = next

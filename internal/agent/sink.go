@@ -3,6 +3,7 @@ package agent
 import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 )
 
 // Sink receives the objects a Source watches. Its methods are safe for
@@ -14,6 +15,8 @@ type Sink interface {
 	DeleteEndpointSlice(namespace, name string)
 	SetNode(n *v1.Node, origin string)
 	DeleteNode(name string)
+	SetServiceCIDR(sc *networkingv1.ServiceCIDR, origin string)
+	DeleteServiceCIDR(name string)
 	// SourceErrors replaces the problems the source itself found (files
 	// that cannot be parsed, duplicates, skipped kinds as warnings).
 	SourceErrors(errs []error, warnings []string)

@@ -177,6 +177,9 @@ func nodeState(dir string, s NodeSetup) (*model.State, []error, error) {
 	for _, n := range snap.Nodes {
 		b.SetNode(n, snap.Origins[manifest.Ref{Kind: "Node", Name: n.Name}])
 	}
+	for _, sc := range snap.ServiceCIDRs {
+		b.SetServiceCIDR(sc, snap.Origins[manifest.Ref{Kind: "ServiceCIDR", Name: sc.Name}])
+	}
 	st, _ := b.Build()
 	return st, append(slices.Clip(snap.Errors), st.Errors...), nil
 }

@@ -22,6 +22,10 @@
 //     the sink only when a field the datapath depends on changes (see
 //     nodeChanged): the kubelet's status heartbeats would otherwise rebuild
 //     every Service every few seconds.
+//   - ServiceCIDR objects (networking.k8s.io/v1, Kubernetes 1.33+), when
+//     the API server serves them and kubenat may list them: an older API
+//     server, or RBAC without them, leaves them out (logged once) rather
+//     than keeping the agent from ever syncing.
 //
 // The sink's Synced is called only after every list-watch has listed its
 // objects and delivered all of them, so a restarted agent never programs a
@@ -40,6 +44,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -74,6 +79,7 @@ type Options struct {
 // Source watches the Kubernetes API. It runs once: call Load or Run, once.
 type Source struct {
 	opts        Options
+	client      kubernetes.Interface
 	nodeFactory informers.SharedInformerFactory
 	node        cache.SharedIndexInformer
 	nodeLister  corelisters.NodeLister
@@ -95,7 +101,7 @@ func New(client kubernetes.Interface, opts Options) (*Source, error) {
 		return nil, fmt.Errorf("kubernetes source: building the label selector: %w", err)
 	}
 	selector := labels.NewSelector().Add(*notHeadless).String()
-	s := &Source{opts: opts,
+	s := &Source{opts: opts, client: client,
 		services: newObjectWatch(serviceKind, listWatch(selector, client.CoreV1().Services(metav1.NamespaceAll)), opts.ProxyName),
 		slices:   newObjectWatch(sliceKind, listWatch(selector, client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll)), opts.ProxyName),
 	}
@@ -152,6 +158,15 @@ func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
 	}
 	start := time.Now()
 	klog.InfoS("Watching the Kubernetes API", "node", s.opts.NodeName, "proxyName", s.opts.ProxyName)
+	synced := []cache.InformerSynced{reg.HasSynced, s.services.hasSynced, s.slices.hasSynced}
+	if cidrs := s.serviceCIDRInformer(ctx); cidrs != nil {
+		cidrReg, err := cidrs.AddEventHandler(serviceCIDRHandler(sink))
+		if err != nil {
+			return false, fmt.Errorf("kubernetes source: registering an event handler: %w", err)
+		}
+		synced = append(synced, cidrReg.HasSynced)
+		go cidrs.Run(ctx.Done())
+	}
 	s.nodeFactory.Start(ctx.Done())
 	go s.services.run(ctx, sink)
 	go s.slices.run(ctx, sink)
@@ -159,7 +174,7 @@ func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
 		<-ctx.Done()
 		s.nodeFactory.Shutdown()
 	}()
-	if !cache.WaitForCacheSync(ctx.Done(), reg.HasSynced, s.services.hasSynced, s.slices.hasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return false, nil
 	}
 	klog.InfoS("Kubernetes API lists received", "duration", time.Since(start),
@@ -169,6 +184,55 @@ func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
 	}
 	sink.Synced()
 	return true, nil
+}
+
+// serviceCIDRInformer returns an informer of the cluster's ServiceCIDR
+// objects, or nil, with the reason logged, when the API server does not
+// serve them or kubenat may not list them.
+func (s *Source) serviceCIDRInformer(ctx context.Context) cache.SharedIndexInformer {
+	const gv = "networking.k8s.io/v1"
+	served := false
+	if list, err := s.client.Discovery().ServerResourcesForGroupVersion(gv); err == nil {
+		for _, r := range list.APIResources {
+			served = served || r.Name == "servicecidrs"
+		}
+	} else if !apierrors.IsNotFound(err) {
+		klog.ErrorS(err, "Asking the API server whether it serves ServiceCIDRs; leaving them out")
+		return nil
+	}
+	if !served {
+		klog.InfoS("The API server serves no ServiceCIDRs (" + gv + ", Kubernetes 1.33+): only the configured serviceCIDRs are refused when unallocated")
+		return nil
+	}
+	if _, err := s.client.NetworkingV1().ServiceCIDRs().List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+		klog.ErrorS(err, "Listing ServiceCIDRs failed (kubenat's ClusterRole needs list and watch on servicecidrs): only the configured serviceCIDRs are refused when unallocated")
+		return nil
+	}
+	return informers.NewSharedInformerFactory(s.client, s.opts.Resync).Networking().V1().ServiceCIDRs().Informer()
+}
+
+func serviceCIDRHandler(sink agent.Sink) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if sc, ok := obj.(*networkingv1.ServiceCIDR); ok {
+				klog.V(2).InfoS("ServiceCIDR seen", "serviceCIDR", klog.KObj(sc), "cidrs", sc.Spec.CIDRs)
+				sink.SetServiceCIDR(sc, "")
+			}
+		},
+		UpdateFunc: func(oldObj, obj any) {
+			old, ok1 := oldObj.(*networkingv1.ServiceCIDR)
+			sc, ok2 := obj.(*networkingv1.ServiceCIDR)
+			if ok1 && ok2 && !slices.Equal(old.Spec.CIDRs, sc.Spec.CIDRs) {
+				sink.SetServiceCIDR(sc, "")
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if _, name, ok := key(obj); ok {
+				klog.V(2).InfoS("ServiceCIDR deleted", "serviceCIDR", name)
+				sink.DeleteServiceCIDR(name)
+			}
+		},
+	}
 }
 
 // otherProxy reports whether an object's labels name another service proxy.

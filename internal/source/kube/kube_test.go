@@ -3,6 +3,7 @@ package kube_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
@@ -26,13 +28,17 @@ type sink struct {
 	slices   map[string]*discovery.EndpointSlice
 	nodes    map[string]*v1.Node
 	nodeSets int
-	synced   bool
+	// cidrs are the ServiceCIDR objects' ranges by name (not in content:
+	// they are not part of the objects at Synced that TestSource compares).
+	cidrs  map[string][]string
+	synced bool
 	// atSynced is the content when Synced was first called.
 	atSynced []string
 }
 
 func newSink() *sink {
-	return &sink{services: map[string]*v1.Service{}, slices: map[string]*discovery.EndpointSlice{}, nodes: map[string]*v1.Node{}}
+	return &sink{services: map[string]*v1.Service{}, slices: map[string]*discovery.EndpointSlice{}, nodes: map[string]*v1.Node{},
+		cidrs: map[string][]string{}}
 }
 
 func (s *sink) SetService(svc *v1.Service, _ string) {
@@ -65,6 +71,16 @@ func (s *sink) DeleteNode(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.nodes, name)
+}
+func (s *sink) SetServiceCIDR(sc *networkingv1.ServiceCIDR, _ string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cidrs[sc.Name] = sc.Spec.CIDRs
+}
+func (s *sink) DeleteServiceCIDR(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.cidrs, name)
 }
 func (s *sink) SourceErrors([]error, []string) {}
 func (s *sink) Synced() {
@@ -320,6 +336,23 @@ func TestSource(t *testing.T) {
 		if s.nodeSets != before+1 {
 			t.Errorf("%d Node deliveries for a heartbeat and an address change, want 1", s.nodeSets-before)
 		}
+	})
+
+	t.Run("ServiceCIDRs arrive, change and leave", func(t *testing.T) {
+		// The API server makes the default one from its
+		// --service-cluster-ip-range.
+		s.waitFor(t, "the default ServiceCIDR", func(s *sink) bool {
+			return slices.Equal(s.cidrs["kubernetes"], []string{apiservertest.DefaultServiceClusterIPRange})
+		})
+		sc := &networkingv1.ServiceCIDR{ObjectMeta: metav1.ObjectMeta{Name: "extra"}, Spec: networkingv1.ServiceCIDRSpec{CIDRs: []string{"10.100.0.0/24"}}}
+		if _, err := a.cs.NetworkingV1().ServiceCIDRs().Create(ctx, sc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		s.waitFor(t, "the new ServiceCIDR", func(s *sink) bool { return slices.Equal(s.cidrs["extra"], []string{"10.100.0.0/24"}) })
+		if err := a.cs.NetworkingV1().ServiceCIDRs().Delete(ctx, "extra", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		s.waitFor(t, "the ServiceCIDR's deletion", func(s *sink) bool { _, ok := s.cidrs["extra"]; return !ok })
 	})
 
 	t.Run("Load delivers once and returns", func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -34,13 +35,15 @@ func (s *eventSink) add(e string) {
 func (s *eventSink) SetEndpointSlice(sl *discovery.EndpointSlice, _ string) {
 	s.add("set " + sl.Name + "@" + sl.ResourceVersion)
 }
-func (s *eventSink) DeleteEndpointSlice(_, name string)       { s.add("delete " + name) }
-func (s *eventSink) SetService(*v1.Service, string)           {}
-func (s *eventSink) DeleteService(string, string)             {}
-func (s *eventSink) SetNode(*v1.Node, string)                 {}
-func (s *eventSink) DeleteNode(string)                        {}
-func (s *eventSink) SourceErrors(errs []error, warn []string) {}
-func (s *eventSink) Synced()                                  {}
+func (s *eventSink) DeleteEndpointSlice(_, name string)               { s.add("delete " + name) }
+func (s *eventSink) SetService(*v1.Service, string)                   {}
+func (s *eventSink) DeleteService(string, string)                     {}
+func (s *eventSink) SetNode(*v1.Node, string)                         {}
+func (s *eventSink) DeleteNode(string)                                {}
+func (s *eventSink) SetServiceCIDR(*networkingv1.ServiceCIDR, string) {}
+func (s *eventSink) DeleteServiceCIDR(string)                         {}
+func (s *eventSink) SourceErrors(errs []error, warn []string)         {}
+func (s *eventSink) Synced()                                          {}
 
 func (s *eventSink) String() string {
 	s.mu.Lock()

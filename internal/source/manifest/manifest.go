@@ -21,6 +21,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	kjson "sigs.k8s.io/json"
@@ -32,6 +33,7 @@ type Snapshot struct {
 	Services       []*v1.Service
 	EndpointSlices []*discovery.EndpointSlice
 	Nodes          []*v1.Node
+	ServiceCIDRs   []*networkingv1.ServiceCIDR
 	// Origins maps each object to where it was read, e.g. "web.yaml" or
 	// "web.yaml (document 2)".
 	Origins map[Ref]string
@@ -158,6 +160,8 @@ func (r *Reader) Read() (*Snapshot, error) {
 				snap.EndpointSlices = append(snap.EndpointSlices, obj)
 			case *v1.Node:
 				snap.Nodes = append(snap.Nodes, obj)
+			case *networkingv1.ServiceCIDR:
+				snap.ServiceCIDRs = append(snap.ServiceCIDRs, obj)
 			}
 		}
 	}
@@ -310,6 +314,13 @@ func decodeDoc(raw []byte, origin string, res, prev *fileResult) error {
 				fmt.Errorf("%s: %s: %w", origin, what, err))
 		}
 		return add(res, &n, Ref{"Node", "", n.Name}, origin)
+	case tm.APIVersion == "networking.k8s.io/v1" && tm.Kind == "ServiceCIDR":
+		var sc networkingv1.ServiceCIDR
+		if err := decodeStrict(raw, &sc); err != nil {
+			return keepPrevious(res, prev, Ref{"ServiceCIDR", "", tm.Metadata.Name},
+				fmt.Errorf("%s: %s: %w", origin, what, err))
+		}
+		return add(res, &sc, Ref{"ServiceCIDR", "", sc.Name}, origin)
 	case tm.APIVersion == "v1" && tm.Kind == "List":
 		var list struct {
 			Items []yamlRaw `json:"items"`
@@ -327,7 +338,7 @@ func decodeDoc(raw []byte, origin string, res, prev *fileResult) error {
 	case tm.Kind == "":
 		return fmt.Errorf("%s: not a Kubernetes object (no kind)", origin)
 	default:
-		res.warns = append(res.warns, fmt.Sprintf("%s: skipping %s %s (kubenat reads v1 Service, discovery.k8s.io/v1 EndpointSlice and v1 Node)", origin, tm.APIVersion, what))
+		res.warns = append(res.warns, fmt.Sprintf("%s: skipping %s %s (kubenat reads v1 Service, discovery.k8s.io/v1 EndpointSlice, v1 Node and networking.k8s.io/v1 ServiceCIDR)", origin, tm.APIVersion, what))
 		return nil
 	}
 }

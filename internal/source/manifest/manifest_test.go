@@ -50,6 +50,11 @@ apiVersion: v1
 kind: Node
 metadata: {name: node-a}
 ---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec: {cidrs: [10.96.0.0/12]}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -65,8 +70,11 @@ metadata: {name: web}
 	if len(s.Errors) > 0 {
 		t.Fatalf("errors: %s", errText(s))
 	}
-	if len(s.Services) != 2 || len(s.EndpointSlices) != 1 || len(s.Nodes) != 1 {
-		t.Fatalf("got %d services, %d slices, %d nodes", len(s.Services), len(s.EndpointSlices), len(s.Nodes))
+	if len(s.Services) != 2 || len(s.EndpointSlices) != 1 || len(s.Nodes) != 1 || len(s.ServiceCIDRs) != 1 {
+		t.Fatalf("got %d services, %d slices, %d nodes, %d ServiceCIDRs", len(s.Services), len(s.EndpointSlices), len(s.Nodes), len(s.ServiceCIDRs))
+	}
+	if got := s.ServiceCIDRs[0].Spec.CIDRs; len(got) != 1 || got[0] != "10.96.0.0/12" {
+		t.Errorf("the ServiceCIDR's cidrs: %v", got)
 	}
 	if s.Services[0].Namespace != "default" && s.Services[1].Namespace != "default" {
 		t.Error("the default namespace was not applied")
