@@ -61,6 +61,15 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		}
 	})
 
+	t.Run("an unallocated address of the API server's ServiceCIDR is refused", func(t *testing.T) {
+		// The API server makes the "kubernetes" ServiceCIDR from its
+		// --service-cluster-ip-range (10.96.0.0/16); no Service has
+		// 10.96.255.254.
+		if _, msg := eventually(10*time.Second, refused(&cli.Host, netip.MustParseAddrPort("10.96.255.254:80"))); msg != "" {
+			t.Errorf("a pod to an unallocated ClusterIP: %s\n%s", msg, e.agent.Output())
+		}
+	})
+
 	t.Run("agent --once programs a node from the API and exits", func(t *testing.T) {
 		nodeB := c.Node("node-b")
 		out, err := netnstest.Kubenat(t, &nodeB.Host, "agent", "--once", "--kubeconfig", e.srv.KubeconfigPath(),

@@ -337,7 +337,8 @@ func (e *env) state(t *testing.T, n *topo.Node) *model.State {
 	if len(snap.Errors) > 0 {
 		t.Fatalf("manifests: %v", snap.Errors)
 	}
-	st := model.Build(e.modelConfig(n), model.Objects{Services: snap.Services, EndpointSlices: snap.EndpointSlices, Nodes: snap.Nodes})
+	st := model.Build(e.modelConfig(n), model.Objects{Services: snap.Services, EndpointSlices: snap.EndpointSlices, Nodes: snap.Nodes,
+		ServiceCIDRs: snap.ServiceCIDRs})
 	if len(st.Errors) > 0 {
 		t.Fatalf("model: %v", st.Errors)
 	}
