@@ -96,12 +96,16 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 // never holds every element at once.
 type plan struct {
 	nodeElems []elem
-	node      *content // nodeElems, and the held endpoints
-	holds     map[held]bool
-	st        *model.State
-	keys      []model.ServiceKey
-	counts    map[model.Family]map[string]int
-	shared    map[model.Family]map[string]map[string]int
+	node      *content // nodeElems but late, and the held endpoints
+	// late are the node's elements a full sync adds last, once every
+	// Service is programmed: the Service CIDRs, whose addresses no DNAT
+	// took are dropped (see writeLate).
+	late   []elem
+	holds  map[held]bool
+	st     *model.State
+	keys   []model.ServiceKey
+	counts map[model.Family]map[string]int
+	shared map[model.Family]map[string]map[string]int
 }
 
 // planOf counts what st contributes; the contributions themselves are
@@ -115,6 +119,10 @@ func planOf(st *model.State) *plan {
 	}
 	p.nodeElems = nodeElems(st)
 	for _, e := range p.nodeElems {
+		if e.set == setServiceCIDRs {
+			p.late = append(p.late, e)
+			continue
+		}
 		p.node.add(e)
 	}
 	for _, k := range p.keys {
@@ -163,6 +171,24 @@ func (p *plan) groups(limit int, fn func(cs []contrib, first, last int) error) e
 
 // dynamic returns the backends maps a plan uses in family f.
 func (p *plan) dynamic(f model.Family) dynamic { return dynamicOf(p.counts[f]) }
+
+// writeLate adds the late node elements to the tables named table. Until
+// then the Service CIDRs' set is empty: on a node whose tables are filled
+// a group of Services at a time, the Services not programmed yet would
+// otherwise be dropped by the rule meant for addresses no Service has.
+// Standby tables never get them (their rules are incomplete while they are
+// filled).
+func (p *plan) writeLate(sb *strings.Builder, table string) {
+	for _, a := range families {
+		var els []elem
+		for _, e := range p.late {
+			if e.f == a.f {
+				els = append(els, e)
+			}
+		}
+		writeElems(sb, "add", a, a.name+" "+table, els, nil, true)
+	}
+}
 
 // writeSkeleton writes one family's table: every static set (with the
 // node's elements), the backends maps in use, and the chains, but nothing
@@ -253,6 +279,7 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 			writeServices(&sb, b.o, cs, map[elemID]bool{})
 			return nil
 		})
+		p.writeLate(&sb, b.o.Table)
 		if _, err := b.run.Run(ctx, sb.String()); err != nil {
 			return SyncResult{}, fmt.Errorf("replacing the kubenat tables: %w", err)
 		}
@@ -272,6 +299,13 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 		}
 	} else if err := b.rebuild(ctx, st, p); err != nil {
 		return SyncResult{}, err
+	}
+	if len(p.late) > 0 {
+		var sb strings.Builder
+		p.writeLate(&sb, b.o.Table)
+		if _, err := b.run.Run(ctx, sb.String()); err != nil {
+			return SyncResult{}, fmt.Errorf("adding the Service CIDRs to the tables %s: %w", b.o.Table, err)
+		}
 	}
 	if err := b.addUntracked(ctx, modesOf(st)); err != nil {
 		return SyncResult{}, err

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kubenat/kubenat/internal/k8sobj"
 	"github.com/kubenat/kubenat/internal/model"
@@ -149,6 +151,10 @@ func TestIncrementalMatchesFullRender(t *testing.T) {
 			incrementalMatchesFullRender(t, cfg)
 		})
 	}
+	// With Service CIDRs in both families from the configuration, a
+	// ServiceCIDR object that comes, changes and goes is an incremental
+	// change of the node's elements.
+	t.Run("serviceCIDRs", func(t *testing.T) { incrementalMatchesFullRender(t, serviceCIDRConfig()) })
 }
 
 func incrementalMatchesFullRender(t *testing.T, cfg model.Config) {
@@ -177,6 +183,15 @@ func incrementalMatchesFullRender(t *testing.T, cfg model.Config) {
 			// Drop slices the new version no longer has.
 			for j := len(sl); j < 4; j++ {
 				b.DeleteEndpointSlice("default", fmt.Sprintf("svc-%d-%d", i, j))
+			}
+		}
+		if len(cfg.ServiceCIDRs) > 0 {
+			switch ranges := [][]string{{"10.100.0.0/24"}, {"10.100.0.0/16", "fd00:97::/112"}, nil}[r.IntN(3)]; ranges {
+			case nil:
+				b.DeleteServiceCIDR("extra")
+			default:
+				b.SetServiceCIDR(&networkingv1.ServiceCIDR{ObjectMeta: metav1.ObjectMeta{Name: "extra"},
+					Spec: networkingv1.ServiceCIDRSpec{CIDRs: ranges}}, "")
 			}
 		}
 		st, d := b.Build()

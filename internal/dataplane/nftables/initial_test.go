@@ -472,3 +472,41 @@ func TestRebuildFailures(t *testing.T) {
 		t.Errorf("the kernel differs from a fresh render\nkernel:\n%s\nrender:\n%s", got, want)
 	}
 }
+
+// TestServiceCIDRsComeLast: a full sync in groups adds the Service CIDRs'
+// elements in its last transaction, once every Service is programmed (the
+// rule that drops unallocated addresses would otherwise drop the Services
+// not programmed yet), never to the standby tables, and the kernel then
+// holds what Render gives.
+func TestServiceCIDRsComeLast(t *testing.T) {
+	ctx := context.Background()
+	b, _ := randomBuilder(6, 40)
+	b.SetConfig(serviceCIDRConfig())
+	st, d := b.Build()
+	onlyConflicts(t, st)
+	ns := netnstest.NewNamespace(t)
+	var scripts []string
+	run := recordingRunner{inner: netnstest.NSRunner{NS: ns}, scripts: &scripts}
+	for _, full := range []string{"created", "rebuilt"} {
+		scripts = scripts[:0]
+		if _, err := New(run, Options{InitialChunk: 7}).Sync(ctx, st, d); err != nil {
+			t.Fatalf("%s: %v", full, err)
+		}
+		adds := 0
+		for i, s := range scripts {
+			if !strings.Contains(s, "service-cidrs { 10.96.0.0/12") {
+				continue
+			}
+			adds++
+			if i != len(scripts)-1 || strings.Contains(s, StandbyTable(DefaultTable)) {
+				t.Errorf("%s: transaction %d of %d adds the Service CIDRs:\n%s", full, i+1, len(scripts), s)
+			}
+		}
+		if adds != 1 {
+			t.Errorf("%s: %d transactions add the Service CIDRs, want the last one", full, adds)
+		}
+		if got, want := canonical(t, ns), rendered(t, st); got != want {
+			t.Errorf("%s: the kernel differs from the rendering:\n%s\nrendering:\n%s", full, got, want)
+		}
+	}
+}

@@ -246,7 +246,7 @@ type modes struct {
 func modesOf(st *model.State) modes {
 	m := modes{masqueradeAll: st.Config.MasqueradeAll, local: st.Config.LocalDetect}
 	for _, p := range st.ServiceCIDRs {
-		if p.Addr().Is4() {
+		if model.FamilyOf(p.Addr()) == model.IPv4 {
 			m.svcCIDRs4 = true
 		} else {
 			m.svcCIDRs6 = true
@@ -376,13 +376,17 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	clear := ^o.MasqueradeMark
 	// After every DNAT (the forward hook; output after nat output), a new
 	// connection still addressed to a Service CIDR is one no Service took,
-	// kubenat's or another proxy's: refused, not routed out of the cluster.
+	// kubenat's or another proxy's: dropped, not routed out of the cluster,
+	// as kube-proxy does. Dropped, not refused: a client of a Service
+	// created a moment ago (DNS answers before the rules exist) resends
+	// its SYN and finds the DNAT. The node's own addresses are delivered
+	// (input), also from the node itself.
 	var forward []string
 	if m.svcCIDRs(a.f) {
-		refuse := fmt.Sprintf("ct state new %s @%s goto refuse", a.daddr, setServiceCIDRs)
-		forward = append(forward, refuse)
+		drop := fmt.Sprintf("ct state new %s @%s drop", a.daddr, setServiceCIDRs)
+		forward = append(forward, drop)
 		cs = append(cs, chain{name: "filter-output-post-dnat", hook: "type filter hook output priority -90; policy accept;",
-			rules: []string{refuse}})
+			rules: []string{fmt.Sprintf("ct state new %s @%s fib daddr type != local drop", a.daddr, setServiceCIDRs)}})
 	}
 	if m.local.ByInterface() {
 		forward = append(forward, fmt.Sprintf("ct state new %s meta mark set meta mark | 0x%x", a.fromLocalPod(m, false), o.PodEgressMark))
