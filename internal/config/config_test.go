@@ -153,6 +153,12 @@ func TestValidate(t *testing.T) {
 		{"service CIDRs", func(c *Configuration) { c.ServiceCIDRs = []string{"10.96.0.0/12", "fd00:96::/112"} }, nil},
 		{"bad service CIDR", func(c *Configuration) { c.ServiceCIDRs = []string{"10.96.0.0/12", "10.96.0.1"} },
 			[]string{`serviceCIDRs[1] (--service-cidr): "10.96.0.1" is not a CIDR`}},
+		{"unsafe service CIDRs", func(c *Configuration) {
+			c.ServiceCIDRs = []string{"::ffff:10.96.0.0/108", "0.0.0.0/0", "10.244.5.0/24"}
+		},
+			[]string{"serviceCIDRs[0] (--service-cidr): ::ffff:10.96.0.0/108: an IPv4-mapped IPv6 prefix",
+				"serviceCIDRs[1] (--service-cidr): 0.0.0.0/0: the whole address space",
+				"serviceCIDRs[2] (--service-cidr): 10.244.5.0/24: overlaps the cluster CIDR 10.244.0.0/16"}},
 		{"bad node IP", func(c *Configuration) { c.NodeIPs = []string{"node-a"} },
 			[]string{`nodeIPs[0] (--node-ip): "node-a" is not an IP address`}},
 		{"bad node name", func(c *Configuration) { c.NodeName = "Node_A" },

@@ -80,8 +80,19 @@ func (c *Configuration) Validate() error {
 		families[f] = s
 	}
 	for i, s := range c.ServiceCIDRs {
-		if _, err := netip.ParsePrefix(s); err != nil {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
 			errs.add(fmt.Sprintf("serviceCIDRs[%d]", i), "%q is not a CIDR", s)
+			continue
+		}
+		mc := model.Config{}
+		for _, cs := range c.ClusterCIDRs {
+			if cc, err := netip.ParsePrefix(cs); err == nil {
+				mc.ClusterCIDRs = append(mc.ClusterCIDRs, cc.Masked())
+			}
+		}
+		if err := mc.CheckServiceCIDR(p); err != nil {
+			errs.add(fmt.Sprintf("serviceCIDRs[%d]", i), "%s: %v", s, err)
 		}
 	}
 	for i, s := range c.NodeIPs {

@@ -227,6 +227,10 @@ func (b *Builder) SetServiceCIDR(sc *networkingv1.ServiceCIDR, origin string) {
 			e.add(fmt.Sprintf("spec.cidrs[%d]", i), "%q is not a CIDR", c)
 			continue
 		}
+		if err := b.cfg.CheckServiceCIDR(p); err != nil {
+			e.add(fmt.Sprintf("spec.cidrs[%d]", i), "%s: %v; left out", c, err)
+			continue
+		}
 		entry.cidrs = append(entry.cidrs, p.Masked())
 	}
 	entry.errs = e.errs

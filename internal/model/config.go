@@ -248,8 +248,8 @@ func (c *Config) Validate() error {
 		seen[f] = true
 	}
 	for _, p := range c.ServiceCIDRs {
-		if !p.IsValid() {
-			return fmt.Errorf("service CIDR: invalid prefix")
+		if err := c.CheckServiceCIDR(p); err != nil {
+			return fmt.Errorf("service CIDR %s: %w", p, err)
 		}
 	}
 	for _, a := range c.NodePortAddresses {
@@ -258,6 +258,27 @@ func (c *Config) Validate() error {
 		}
 		if _, err := netip.ParsePrefix(a); err != nil {
 			return fmt.Errorf("nodePortAddresses %q: must be \"primary\" or a CIDR", a)
+		}
+	}
+	return nil
+}
+
+// CheckServiceCIDR says what is wrong with p as a Service CIDR, whose
+// addresses no DNAT took are dropped: an IPv4-mapped IPv6 prefix (write
+// the IPv4 one), the whole address space, or a range that overlaps a
+// cluster CIDR (pod traffic would be dropped).
+func (c *Config) CheckServiceCIDR(p netip.Prefix) error {
+	switch {
+	case !p.IsValid():
+		return fmt.Errorf("not a valid prefix")
+	case p.Addr().Is4In6():
+		return fmt.Errorf("an IPv4-mapped IPv6 prefix: write it as an IPv4 one")
+	case p.Bits() == 0:
+		return fmt.Errorf("the whole address space: every destination would be dropped")
+	}
+	for _, cc := range c.ClusterCIDRs {
+		if cc.Overlaps(p) {
+			return fmt.Errorf("overlaps the cluster CIDR %s: pod traffic would be dropped", cc)
 		}
 	}
 	return nil

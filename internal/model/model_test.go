@@ -909,12 +909,22 @@ func TestServiceCIDRs(t *testing.T) {
 	// another with a bad range.
 	b.SetServiceCIDR(sc("kubernetes", "10.96.0.0/12", "fd00:96::/112"), "")
 	b.SetServiceCIDR(sc("extra", "10.200.0.1/24", "nope"), "extra.yaml")
+	b.SetServiceCIDR(sc("unsafe", "10.244.0.0/20", "::ffff:10.96.0.0/108"), "")
 	st, _ = b.Build()
 	if want := prefixes("10.96.0.0/12", "10.200.0.0/24", "fd00:96::/112"); !reflect.DeepEqual(st.ServiceCIDRs, want) {
 		t.Errorf("with objects: %v, want %v", st.ServiceCIDRs, want)
 	}
-	if len(st.Errors) != 1 || st.Errors[0].Error() != `ServiceCIDR extra (extra.yaml): spec.cidrs[1]: "nope" is not a CIDR` {
-		t.Errorf("errors %v", st.Errors)
+	want := []string{
+		`ServiceCIDR extra (extra.yaml): spec.cidrs[1]: "nope" is not a CIDR`,
+		"ServiceCIDR unsafe: spec.cidrs[0]: 10.244.0.0/20: overlaps the cluster CIDR 10.244.0.0/16: pod traffic would be dropped; left out",
+		"ServiceCIDR unsafe: spec.cidrs[1]: ::ffff:10.96.0.0/108: an IPv4-mapped IPv6 prefix: write it as an IPv4 one; left out",
+	}
+	var got []string
+	for _, e := range st.Errors {
+		got = append(got, e.Error())
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("errors\n%q\nwant\n%q", got, want)
 	}
 	if p, ok := st.ServiceCIDR(netip.MustParseAddr("10.100.0.1")); !ok || p != netip.MustParsePrefix("10.96.0.0/12") {
 		t.Errorf("ServiceCIDR(10.100.0.1) = %v, %v", p, ok)
@@ -924,6 +934,7 @@ func TestServiceCIDRs(t *testing.T) {
 	}
 	b.DeleteServiceCIDR("kubernetes")
 	b.DeleteServiceCIDR("extra")
+	b.DeleteServiceCIDR("unsafe")
 	st, _ = b.Build()
 	if !reflect.DeepEqual(st.ServiceCIDRs, prefixes("10.96.0.0/16")) || len(st.Errors) != 0 {
 		t.Errorf("after the objects went: %v, errors %v", st.ServiceCIDRs, st.Errors)
