@@ -571,9 +571,9 @@ func traceNonService(st *model.State, p Packet, class model.SourceClass, r *Resu
 	}
 	r.Notes = nearMisses(st, p)
 	if cidr, ok := st.ServiceCIDR(dst); ok && !isNodeAddr(st, dst) {
-		r.Verdict, r.RejectWith = Reject, rejectWith(p.Protocol)
-		r.Reason = fmt.Sprintf("%s is in the Service CIDR %s and no Service has this address: refused once every DNAT is done "+
-			"(a Service of another proxy there would have been DNATed), instead of being routed out of the cluster", dst, cidr)
+		r.Verdict = Drop
+		r.Reason = fmt.Sprintf("%s is in the Service CIDR %s and no Service of kubenat's has this address: dropped once every DNAT is done "+
+			"(unless another proxy DNATs it first), instead of being routed out of the cluster", dst, cidr)
 		return
 	}
 	if isNodeAddr(st, dst) {

@@ -123,9 +123,12 @@ func TestTraceSemantics(t *testing.T) {
 			class: "pod"},
 		{name: "bridge: traffic from elsewhere is not pod egress", cfg: bridge, p: iif(pkt(podB, inet+":443"), "eth0"), want: Route,
 			class: "outside"},
-		{name: "an unallocated address of the Service CIDR: refused", cfg: svcCIDR, p: pkt(podA, "10.96.5.5:80"), want: Reject,
-			reason: "is in the Service CIDR 10.96.0.0/12 and no Service has this address"},
-		{name: "an unallocated address from the node: refused", cfg: svcCIDR, p: local(pkt(nodeA, "10.96.5.5:80")), want: Reject},
+		{name: "an unallocated address of the Service CIDR: dropped", cfg: svcCIDR, p: pkt(podA, "10.96.5.5:80"), want: Drop,
+			reason: "is in the Service CIDR 10.96.0.0/12 and no Service of kubenat's has this address"},
+		{name: "an unallocated address from the node: dropped", cfg: svcCIDR, p: local(pkt(nodeA, "10.96.5.5:80")), want: Drop},
+		{name: "a node address inside the Service CIDR: delivered", cfg: func(c *model.Config) {
+			c.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("192.168.100.0/24")}
+		}, p: local(pkt(nodeA, nodeA+":22")), want: Deliver},
 		{name: "without Service CIDRs the same address is routed", p: pkt(podA, "10.96.5.5:80"), want: Route},
 		{name: "a ClusterIP in the Service CIDR is still served", cfg: svcCIDR, p: pkt(podA, webVIP+":80"), want: Forward, kind: "ClusterIP",
 			cands: []string{web1 + ":8080", web2 + ":8080"}, class: "pod"},
