@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -41,6 +42,7 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	var sa *v1.ServiceAccount
+	var role *rbacv1.ClusterRole
 	for _, obj := range decodeAll(t, string(data)) {
 		var err error
 		switch o := obj.(type) {
@@ -48,6 +50,7 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 			sa = o
 			_, err = admin.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
 		case *rbacv1.ClusterRole:
+			role = o
 			_, err = admin.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
 		case *rbacv1.ClusterRoleBinding:
 			_, err = admin.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
@@ -90,6 +93,37 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 	if s.services == 0 {
 		t.Error("the source delivered no Service")
 	}
+	if s.serviceCIDRs == 0 {
+		t.Error("the source delivered no ServiceCIDR (the API server has its default one)")
+	}
+
+	// A ClusterRole of an older kubenat, without ServiceCIDRs: the source
+	// still syncs, without them.
+	old := role.DeepCopy()
+	old.ObjectMeta = metav1.ObjectMeta{Name: "kubenat-old"}
+	old.Rules = slices.DeleteFunc(old.Rules, func(r rbacv1.PolicyRule) bool { return slices.Contains(r.Resources, "servicecidrs") })
+	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, old, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "kubenat-old"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "kubenat-old"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: "rbac.authorization.k8s.io", Name: "kubenat-old"}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	oldCfg := srv.RESTConfig()
+	oldCfg.Impersonate = rest.ImpersonationConfig{UserName: "kubenat-old", Groups: []string{"system:authenticated"}}
+	oldSrc, err := kube.New(kubernetes.NewForConfigOrDie(oldCfg), kube.Options{NodeName: "node-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldSink := &countSink{}
+	octx, ocancel := context.WithTimeout(ctx, 20*time.Second)
+	defer ocancel()
+	if err := oldSrc.Load(octx, oldSink); err != nil || oldSink.services == 0 || oldSink.serviceCIDRs != 0 {
+		t.Errorf("without ServiceCIDRs in the role: Load %v, %d Services, %d ServiceCIDRs; want the Services alone", err, oldSink.services, oldSink.serviceCIDRs)
+	}
 
 	ectx, ecancel := context.WithCancel(ctx)
 	defer ecancel()
@@ -128,8 +162,9 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 
 // countSink counts what a source delivers.
 type countSink struct {
-	mu       sync.Mutex
-	services int
+	mu           sync.Mutex
+	services     int
+	serviceCIDRs int
 }
 
 func (c *countSink) SetService(*v1.Service, string) {
@@ -142,7 +177,11 @@ func (c *countSink) SetEndpointSlice(*discovery.EndpointSlice, string) {}
 func (c *countSink) DeleteEndpointSlice(string, string)                {}
 func (c *countSink) SetNode(*v1.Node, string)                          {}
 func (c *countSink) DeleteNode(string)                                 {}
-func (c *countSink) SetServiceCIDR(*networkingv1.ServiceCIDR, string)  {}
-func (c *countSink) DeleteServiceCIDR(string)                          {}
-func (c *countSink) SourceErrors([]error, []string)                    {}
-func (c *countSink) Synced()                                           {}
+func (c *countSink) SetServiceCIDR(*networkingv1.ServiceCIDR, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.serviceCIDRs++
+}
+func (c *countSink) DeleteServiceCIDR(string)       {}
+func (c *countSink) SourceErrors([]error, []string) {}
+func (c *countSink) Synced()                        {}

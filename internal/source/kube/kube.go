@@ -25,7 +25,8 @@
 //   - ServiceCIDR objects (networking.k8s.io/v1, Kubernetes 1.33+), when
 //     the API server serves them and kubenat may list them: an older API
 //     server, or RBAC without them, leaves them out (logged once) rather
-//     than keeping the agent from ever syncing.
+//     than keeping the agent from ever syncing; a passing error is retried
+//     in the background.
 //
 // The sink's Synced is called only after every list-watch has listed its
 // objects and delivered all of them, so a restarted agent never programs a
@@ -159,13 +160,17 @@ func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
 	start := time.Now()
 	klog.InfoS("Watching the Kubernetes API", "node", s.opts.NodeName, "proxyName", s.opts.ProxyName)
 	synced := []cache.InformerSynced{reg.HasSynced, s.services.hasSynced, s.slices.hasSynced}
-	if cidrs := s.serviceCIDRInformer(ctx); cidrs != nil {
-		cidrReg, err := cidrs.AddEventHandler(serviceCIDRHandler(sink))
+	switch usable, final := s.serviceCIDRsUsable(ctx); {
+	case usable:
+		cidrSynced, err := s.watchServiceCIDRs(ctx, sink)
 		if err != nil {
-			return false, fmt.Errorf("kubernetes source: registering an event handler: %w", err)
+			return false, err
 		}
-		synced = append(synced, cidrReg.HasSynced)
-		go cidrs.Run(ctx.Done())
+		synced = append(synced, cidrSynced)
+	case !final:
+		// A passing problem (the API server unreachable, say): Services
+		// are served meanwhile, and the ServiceCIDRs come when it passes.
+		go s.retryServiceCIDRs(ctx, sink)
 	}
 	s.nodeFactory.Start(ctx.Done())
 	go s.services.run(ctx, sink)
@@ -186,29 +191,72 @@ func (s *Source) start(ctx context.Context, sink agent.Sink) (bool, error) {
 	return true, nil
 }
 
-// serviceCIDRInformer returns an informer of the cluster's ServiceCIDR
-// objects, or nil, with the reason logged, when the API server does not
-// serve them or kubenat may not list them.
-func (s *Source) serviceCIDRInformer(ctx context.Context) cache.SharedIndexInformer {
+// serviceCIDRsUsable reports whether the API server serves ServiceCIDR
+// objects (networking.k8s.io/v1, Kubernetes 1.33+) and kubenat may list
+// them, and whether the answer is final: an API server without them, or
+// RBAC that forbids them, is (logged; only the configured serviceCIDRs
+// are then used); other errors pass and are retried.
+func (s *Source) serviceCIDRsUsable(ctx context.Context) (usable, final bool) {
 	const gv = "networking.k8s.io/v1"
-	served := false
-	if list, err := s.client.Discovery().ServerResourcesForGroupVersion(gv); err == nil {
+	list, err := s.client.Discovery().ServerResourcesForGroupVersion(gv)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		klog.ErrorS(err, "Asking the API server whether it serves ServiceCIDRs; asking again later")
+		return false, false
+	default:
 		for _, r := range list.APIResources {
-			served = served || r.Name == "servicecidrs"
+			usable = usable || r.Name == "servicecidrs"
 		}
-	} else if !apierrors.IsNotFound(err) {
-		klog.ErrorS(err, "Asking the API server whether it serves ServiceCIDRs; leaving them out")
-		return nil
 	}
-	if !served {
-		klog.InfoS("The API server serves no ServiceCIDRs (" + gv + ", Kubernetes 1.33+): only the configured serviceCIDRs are refused when unallocated")
-		return nil
+	if !usable {
+		klog.InfoS("The API server serves no ServiceCIDRs (" + gv + ", Kubernetes 1.33+): only the configured serviceCIDRs are dropped when unallocated; an API server upgraded later is read once the agent restarts")
+		return false, true
 	}
-	if _, err := s.client.NetworkingV1().ServiceCIDRs().List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
-		klog.ErrorS(err, "Listing ServiceCIDRs failed (kubenat's ClusterRole needs list and watch on servicecidrs): only the configured serviceCIDRs are refused when unallocated")
-		return nil
+	_, err = s.client.NetworkingV1().ServiceCIDRs().List(ctx, metav1.ListOptions{Limit: 1})
+	switch {
+	case apierrors.IsForbidden(err):
+		klog.ErrorS(err, "kubenat may not list ServiceCIDRs (its ClusterRole needs list and watch on servicecidrs): only the configured serviceCIDRs are dropped when unallocated")
+		return false, true
+	case err != nil:
+		klog.ErrorS(err, "Listing ServiceCIDRs failed; asking again later")
+		return false, false
 	}
-	return informers.NewSharedInformerFactory(s.client, s.opts.Resync).Networking().V1().ServiceCIDRs().Informer()
+	return true, true
+}
+
+// watchServiceCIDRs starts an informer delivering ServiceCIDR objects to
+// sink until ctx ends, and returns whether it has synced.
+func (s *Source) watchServiceCIDRs(ctx context.Context, sink agent.Sink) (cache.InformerSynced, error) {
+	inf := informers.NewSharedInformerFactory(s.client, s.opts.Resync).Networking().V1().ServiceCIDRs().Informer()
+	reg, err := inf.AddEventHandler(serviceCIDRHandler(sink))
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes source: registering an event handler: %w", err)
+	}
+	go inf.Run(ctx.Done())
+	return reg.HasSynced, nil
+}
+
+// retryServiceCIDRs asks again, backing off up to five minutes, until
+// ServiceCIDRs are usable (then watches them) or finally not, or ctx ends.
+func (s *Source) retryServiceCIDRs(ctx context.Context, sink agent.Sink) {
+	for delay := time.Second; ; delay = min(2*delay, 5*time.Minute) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		usable, final := s.serviceCIDRsUsable(ctx)
+		if usable {
+			if _, err := s.watchServiceCIDRs(ctx, sink); err != nil {
+				klog.ErrorS(err, "Watching ServiceCIDRs")
+			}
+			return
+		}
+		if final {
+			return
+		}
+	}
 }
 
 func serviceCIDRHandler(sink agent.Sink) cache.ResourceEventHandler {
