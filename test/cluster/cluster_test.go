@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubenat/kubenat/internal/apiservertest"
 	"github.com/kubenat/kubenat/internal/netnstest"
 	"github.com/kubenat/kubenat/internal/topo"
 )
@@ -61,12 +63,19 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		}
 	})
 
-	t.Run("an unallocated address of the API server's ServiceCIDR is refused", func(t *testing.T) {
+	t.Run("the API server's ServiceCIDR reaches the rules", func(t *testing.T) {
 		// The API server makes the "kubernetes" ServiceCIDR from its
-		// --service-cluster-ip-range (10.96.0.0/16); no Service has
-		// 10.96.255.254.
-		if _, msg := eventually(10*time.Second, refused(&cli.Host, netip.MustParseAddrPort("10.96.255.254:80"))); msg != "" {
-			t.Errorf("a pod to an unallocated ClusterIP: %s\n%s", msg, e.agent.Output())
+		// --service-cluster-ip-range; what the rules do with it is
+		// TestServiceCIDRs' (test/kernel).
+		_, msg := eventually(10*time.Second, func() string {
+			out, err := c.Exec(t.Context(), &nodeA.Host, "nft", "list", "set", "ip", "kubenat", "service-cidrs")
+			if err != nil || !strings.Contains(out, apiservertest.DefaultServiceClusterIPRange) {
+				return fmt.Sprintf("%v: %s", err, out)
+			}
+			return ""
+		})
+		if msg != "" {
+			t.Errorf("service-cidrs: %s\n%s", msg, e.agent.Output())
 		}
 	})
 
