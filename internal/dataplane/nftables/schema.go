@@ -374,27 +374,9 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	egress := fmt.Sprintf("%s @%s %s != @%s masquerade fully-random", a.saddr, setClusterCIDRs, a.daddr, setNoMasqCIDRs)
 	hairpin := fmt.Sprintf("ct status dnat %s . %s @%s masquerade fully-random", a.saddr, a.daddr, setHairpin)
 	clear := ^o.MasqueradeMark
-	// After every DNAT (the forward hook; output after nat output), a new
-	// connection still addressed to a Service CIDR is one no Service took,
-	// kubenat's or another proxy's: dropped, not routed out of the cluster,
-	// as kube-proxy does. Dropped, not refused: a client of a Service
-	// created a moment ago (DNS answers before the rules exist) resends
-	// its SYN and finds the DNAT. The node's own addresses are delivered
-	// (input), also from the node itself.
-	var forward []string
-	if m.svcCIDRs(a.f) {
-		drop := fmt.Sprintf("ct state new %s @%s drop", a.daddr, setServiceCIDRs)
-		forward = append(forward, drop)
-		cs = append(cs, chain{name: "filter-output-post-dnat", hook: "type filter hook output priority -90; policy accept;",
-			rules: []string{fmt.Sprintf("ct state new %s @%s fib daddr type != local drop", a.daddr, setServiceCIDRs)}})
-	}
 	if m.local.ByInterface() {
-		forward = append(forward, fmt.Sprintf("ct state new %s meta mark set meta mark | 0x%x", a.fromLocalPod(m, false), o.PodEgressMark))
-	}
-	if len(forward) > 0 {
-		cs = append(cs, chain{name: "filter-forward", hook: "type filter hook forward priority -110; policy accept;", rules: forward})
-	}
-	if m.local.ByInterface() {
+		cs = append(cs, chain{name: "filter-forward", hook: "type filter hook forward priority -110; policy accept;",
+			rules: []string{fmt.Sprintf("ct state new %s meta mark set meta mark | 0x%x", a.fromLocalPod(m, false), o.PodEgressMark)}})
 		unmark := fmt.Sprintf("meta mark set meta mark & 0x%x", ^o.PodEgressMark)
 		egress = fmt.Sprintf("meta mark & 0x%x == 0x%x %s %s != @%s masquerade fully-random",
 			o.PodEgressMark, o.PodEgressMark, unmark, a.daddr, setNoMasqCIDRs)
@@ -418,6 +400,18 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	)
 
 	var post []string
+	if m.svcCIDRs(a.f) {
+		// After every DNAT, a new connection still addressed to a Service
+		// CIDR is one no Service took, kubenat's or another proxy's:
+		// dropped, not routed out of the cluster, as kube-proxy does.
+		// Dropped, not refused: a client of a Service created a moment
+		// ago (DNS answers before the rules exist) resends its SYN and
+		// finds the DNAT. The node's own addresses are delivered. Here,
+		// not in a filter chain: nat chains see only a connection's first
+		// packet, so the check costs established and untracked flows
+		// nothing.
+		post = append(post, fmt.Sprintf("%s @%s fib daddr type != local drop", a.daddr, setServiceCIDRs))
+	}
 	post = append(post,
 		fmt.Sprintf("meta mark & 0x%x == 0x%x meta mark set meta mark & 0x%x masquerade fully-random",
 			o.MasqueradeMark, o.MasqueradeMark, clear),
