@@ -85,7 +85,7 @@ type Configuration struct {
 	DetectLocal DetectLocal `json:"detectLocal"`
 	// ServiceCIDRs are the ranges ClusterIPs are allocated from (the API
 	// server's --service-cluster-ip-range). A new connection to an address
-	// of them that no Service (or other proxy) DNATs is refused instead of
+	// of them that no Service (or other proxy) DNATs is dropped instead of
 	// being routed out of the cluster. The cluster's ServiceCIDR objects
 	// (networking.k8s.io/v1; Kubernetes 1.33+) add theirs, so with the API
 	// this may stay empty. Default none. Flag --service-cidr.

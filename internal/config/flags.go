@@ -34,7 +34,7 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.DetectLocal.BridgeInterface }},
 	{path: "detectLocal.interfaceNamePrefix", flag: "pod-interface-name-prefix", help: "the name prefix of the pods' interfaces, for --detect-local-mode=InterfaceNamePrefix",
 		ptr: func(c *Configuration) any { return &c.DetectLocal.InterfaceNamePrefix }},
-	{path: "serviceCIDRs", flag: "service-cidr", help: "range ClusterIPs are allocated from (repeatable): connections to its addresses no Service takes are refused; the cluster's ServiceCIDR objects add theirs",
+	{path: "serviceCIDRs", flag: "service-cidr", help: "range ClusterIPs are allocated from (repeatable): new connections to its addresses no Service takes are dropped; the cluster's ServiceCIDR objects add theirs",
 		ptr: func(c *Configuration) any { return &c.ServiceCIDRs }},
 	{path: "nodeIPs", flag: "node-ip", help: "this node's IP address (repeatable; default: the Node object's addresses, else the source addresses of the default routes)",
 		ptr: func(c *Configuration) any { return &c.NodeIPs }},

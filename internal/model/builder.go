@@ -88,13 +88,13 @@ type built struct {
 	created   time.Time
 }
 
-// claimed returns the frontends the built ports claim, each once.
 // claim is a Service's claim on a frontend, made in Build number gen.
 type claim struct {
 	svc ServiceKey
 	gen uint64
 }
 
+// claimed returns the frontends the built ports claim, each once.
 func (nb *built) claimed() []FrontendKey {
 	var out []FrontendKey
 	for _, sp := range nb.ports {

@@ -63,7 +63,7 @@ type Config struct {
 	// ServiceCIDRs are ranges ClusterIPs are allocated from (the API
 	// server's --service-cluster-ip-range); the cluster's ServiceCIDR
 	// objects add theirs (see State.ServiceCIDRs). A connection to an
-	// address of them that no rule DNATed is refused.
+	// address of them that no rule DNATed is dropped.
 	ServiceCIDRs []netip.Prefix
 }
 

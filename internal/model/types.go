@@ -273,7 +273,7 @@ type State struct {
 	// and the cluster's ServiceCIDR objects, masked, sorted, without
 	// ranges another one holds. A new connection still addressed to one of
 	// them once every DNAT is done (no Service, or another proxy's, took
-	// it) is refused, as kube-proxy drops it: without that it would follow
+	// it) is dropped, as kube-proxy drops it: without that it would follow
 	// the default route out of the cluster.
 	ServiceCIDRs []netip.Prefix
 }

@@ -146,7 +146,7 @@ const (
 	setHairpin          = "hairpin"              // local endpoint . itself
 	setTrackedEndpoints = "tracked-endpoints"    // TCP endpoints pod traffic may reach through DNAT (socket LB)
 	setNodeAddrs        = "node-addrs"           // this node's addresses in the untracked CIDR (socket LB)
-	setServiceCIDRs     = "service-cidrs"        // ranges of ClusterIPs: refused when no DNAT took them
+	setServiceCIDRs     = "service-cidrs"        // ranges of ClusterIPs: dropped when no DNAT took them
 
 	chainUntracked      = "raw-prerouting"    // the untracked chain (see fam.untrackedChain)
 	mapAffinitySvcs     = "affinity-services" // frontend → goto its affinity chain
@@ -239,7 +239,7 @@ type modes struct {
 	// local is how packets from this node's pods are recognized.
 	local model.LocalDetect
 	// svcCIDRs4 and svcCIDRs6 say the family has Service CIDRs, whose
-	// addresses no DNAT took are refused after DNAT.
+	// addresses no DNAT took are dropped after DNAT.
 	svcCIDRs4, svcCIDRs6 bool
 }
 
