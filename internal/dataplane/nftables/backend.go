@@ -119,7 +119,7 @@ func planOf(st *model.State) *plan {
 	}
 	p.nodeElems = nodeElems(st)
 	for _, e := range p.nodeElems {
-		if e.set == setServiceCIDRs {
+		if lateSets[e.set] {
 			p.late = append(p.late, e)
 			continue
 		}
@@ -171,6 +171,9 @@ func (p *plan) groups(limit int, fn func(cs []contrib, first, last int) error) e
 
 // dynamic returns the backends maps a plan uses in family f.
 func (p *plan) dynamic(f model.Family) dynamic { return dynamicOf(p.counts[f]) }
+
+// lateSets are the node's sets a full sync fills last (see writeLate).
+var lateSets = map[string]bool{setServiceCIDRs: true}
 
 // writeLate adds the late node elements to the tables named table. Until
 // then the Service CIDRs' set is empty: on a node whose tables are filled
@@ -300,25 +303,22 @@ func (b *Backend) fullSync(ctx context.Context, st *model.State) (SyncResult, er
 	} else if err := b.rebuild(ctx, st, p); err != nil {
 		return SyncResult{}, err
 	}
-	if len(p.late) > 0 {
-		var sb strings.Builder
-		p.writeLate(&sb, b.o.Table)
-		if _, err := b.run.Run(ctx, sb.String()); err != nil {
-			return SyncResult{}, fmt.Errorf("adding the Service CIDRs to the tables %s: %w", b.o.Table, err)
-		}
-	}
-	if err := b.addUntracked(ctx, modesOf(st)); err != nil {
+	if err := b.finish(ctx, p, modesOf(st)); err != nil {
 		return SyncResult{}, err
 	}
 	b.remember(p, modesOf(st))
 	return SyncResult{Full: true}, nil
 }
 
-// addUntracked adds the untracked chains m has to the tables, last: once
-// tracked-endpoints and node-addrs are complete, and no other copy of the
-// rules (standby tables) DNATs by another State.
-func (b *Backend) addUntracked(ctx context.Context, m modes) error {
+// finish adds, in one last transaction, what a full sync adds once every
+// Service is programmed and no other copy of the rules (standby tables)
+// DNATs by another State: the late node elements (the Service CIDRs,
+// whose drop rule would drop Services not programmed yet) and the
+// untracked chains m has (which need tracked-endpoints and node-addrs
+// complete).
+func (b *Backend) finish(ctx context.Context, p *plan, m modes) error {
 	var sb strings.Builder
+	p.writeLate(&sb, b.o.Table)
 	for _, a := range families {
 		cidr := m.untrack(a.f)
 		if !cidr.IsValid() {
@@ -333,7 +333,7 @@ func (b *Backend) addUntracked(ctx context.Context, m modes) error {
 		return nil
 	}
 	if _, err := b.run.Run(ctx, sb.String()); err != nil {
-		return fmt.Errorf("adding the untracked chains to the tables %s: %w", b.o.Table, err)
+		return fmt.Errorf("completing the tables %s (Service CIDRs, untracked chains): %w", b.o.Table, err)
 	}
 	return nil
 }
@@ -422,7 +422,7 @@ func (b *Backend) fill(ctx context.Context, st *model.State, p *plan, o Options,
 			fmt.Fprintf(&sb, "add table %s %s\ndelete table %s %s\n", a.name, o.Table, a.name, o.Table)
 		}
 	}
-	// The untracked chain comes after (addUntracked); standby tables never
+	// The untracked chain comes after (finish); standby tables never
 	// get it (their copy of the set is incomplete while they are filled,
 	// and a notrack in any table wins).
 	skeleton := modesOf(st).withoutUntracked()

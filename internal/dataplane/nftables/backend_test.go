@@ -186,7 +186,9 @@ func incrementalMatchesFullRender(t *testing.T, cfg model.Config) {
 			}
 		}
 		if len(cfg.ServiceCIDRs) > 0 {
-			switch ranges := [][]string{{"10.100.0.0/24"}, {"10.100.0.0/16", "fd00:97::/112"}, nil}[r.IntN(3)]; ranges {
+			// Ranges outside the configured ones, so that they change the
+			// sets.
+			switch ranges := [][]string{{"10.200.0.0/24"}, {"10.200.0.0/16", "fd00:97::/112"}, nil}[r.IntN(3)]; ranges {
 			case nil:
 				b.DeleteServiceCIDR("extra")
 			default:
