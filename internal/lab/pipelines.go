@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kubenat/kubenat/internal/agent"
 	"github.com/kubenat/kubenat/internal/model"
-	"github.com/kubenat/kubenat/internal/source/manifest"
 	"github.com/kubenat/kubenat/internal/topo"
 	"github.com/kubenat/kubenat/internal/trace"
 	"github.com/kubenat/kubenat/internal/trace/live"
@@ -120,7 +120,7 @@ func Run(ctx context.Context, t *Topology) (*Report, error) {
 	rep := &Report{Topology: t, OK: true}
 	seen := map[string]bool{}
 	for _, n := range t.Nodes {
-		st, errs, err := nodeState(t.Manifests, n)
+		st, errs, err := nodeState(ctx, t.Manifests, n)
 		if err != nil {
 			return nil, err
 		}
@@ -151,11 +151,7 @@ func Run(ctx context.Context, t *Topology) (*Report, error) {
 // nodeState builds what kubenat on node s sees, from the same manifests
 // and configuration as its agent, and returns the problems found in them
 // (each naming its file); the objects they name are left out.
-func nodeState(dir string, s NodeSetup) (*model.State, []error, error) {
-	snap, err := manifest.NewReader(dir).Read()
-	if err != nil {
-		return nil, nil, fmt.Errorf("reading the lab's manifests: %w", err)
-	}
+func nodeState(ctx context.Context, dir string, s NodeSetup) (*model.State, []error, error) {
 	cfg := model.Config{NodeName: s.Name, ClusterCIDRs: []netip.Prefix{topo.ClusterCIDR, topo.ClusterCIDR6}}
 	if s.NonMasqueradeCIDRs != nil {
 		cfg.Egress.NonMasqueradeCIDRs = []netip.Prefix{}
@@ -167,21 +163,11 @@ func nodeState(dir string, s NodeSetup) (*model.State, []error, error) {
 			cfg.Egress.NonMasqueradeCIDRs = append(cfg.Egress.NonMasqueradeCIDRs, p)
 		}
 	}
-	b := model.NewBuilder(cfg)
-	for _, svc := range snap.Services {
-		b.SetService(svc, snap.Origins[manifest.Ref{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name}])
+	snap, err := agent.Collect(ctx, cfg, agent.NewManifestSource(dir))
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the lab's manifests: %w", err)
 	}
-	for _, es := range snap.EndpointSlices {
-		b.SetEndpointSlice(es, snap.Origins[manifest.Ref{Kind: "EndpointSlice", Namespace: es.Namespace, Name: es.Name}])
-	}
-	for _, n := range snap.Nodes {
-		b.SetNode(n, snap.Origins[manifest.Ref{Kind: "Node", Name: n.Name}])
-	}
-	for _, sc := range snap.ServiceCIDRs {
-		b.SetServiceCIDR(sc, snap.Origins[manifest.Ref{Kind: "ServiceCIDR", Name: sc.Name}])
-	}
-	st, _ := b.Build()
-	return st, append(slices.Clip(snap.Errors), st.Errors...), nil
+	return snap.State, append(slices.Clip(snap.SourceErrors), snap.State.Errors...), nil
 }
 
 const timeout = 2 * time.Second

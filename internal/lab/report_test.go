@@ -131,7 +131,7 @@ func TestNodeStateKeepsTheValidObjects(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte(bad), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	st, errs, err := nodeState(dir, NodeSetup{Name: "node-a"})
+	st, errs, err := nodeState(t.Context(), dir, NodeSetup{Name: "node-a"})
 	if err != nil {
 		t.Fatal(err)
 	}
