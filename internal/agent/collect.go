@@ -25,14 +25,14 @@ type Snapshot struct {
 // builds the State for cfg, without programming anything: what render and
 // trace show.
 func Collect(ctx context.Context, cfg model.Config, src Source) (*Snapshot, error) {
-	c := &collector{b: model.NewBuilder(cfg), node: cfg.NodeName}
+	c := &collector{b: model.NewBuilder(cfg)}
 	if err := src.Load(ctx, c); err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st, _ := c.b.Build()
-	return &Snapshot{State: st, SourceErrors: c.errs, Warnings: c.warnings, NodeFound: c.nodeFound}, nil
+	return &Snapshot{State: st, SourceErrors: c.errs, Warnings: c.warnings, NodeFound: c.b.HasNode()}, nil
 }
 
 // collector is a Sink that only records into a Builder.
@@ -41,10 +41,6 @@ type collector struct {
 	b        *model.Builder
 	errs     []error
 	warnings []string
-	// node is the configured node's name; nodeFound says a Node of that
-	// name was delivered (and not deleted).
-	node      string
-	nodeFound bool
 }
 
 func (c *collector) do(f func()) {
@@ -69,23 +65,9 @@ func (c *collector) DeleteEndpointSlice(namespace, name string) {
 	c.do(func() { c.b.DeleteEndpointSlice(namespace, name) })
 }
 
-func (c *collector) SetNode(n *v1.Node, origin string) {
-	c.do(func() {
-		c.b.SetNode(n, origin)
-		if n.Name == c.node {
-			c.nodeFound = true
-		}
-	})
-}
+func (c *collector) SetNode(n *v1.Node, origin string) { c.do(func() { c.b.SetNode(n, origin) }) }
 
-func (c *collector) DeleteNode(name string) {
-	c.do(func() {
-		c.b.DeleteNode(name)
-		if name == c.node {
-			c.nodeFound = false
-		}
-	})
-}
+func (c *collector) DeleteNode(name string) { c.do(func() { c.b.DeleteNode(name) }) }
 
 func (c *collector) SetServiceCIDR(sc *networkingv1.ServiceCIDR, origin string) {
 	c.do(func() { c.b.SetServiceCIDR(sc, origin) })

@@ -256,6 +256,9 @@ func (b *Builder) refreshServiceCIDRs() {
 	b.cidrsDirty = false
 }
 
+// HasNode reports whether the Builder has this node's Node object.
+func (b *Builder) HasNode() bool { return b.node != nil }
+
 // DeleteNode forgets the Node object when it is this node.
 func (b *Builder) DeleteNode(name string) {
 	if name != b.cfg.NodeName || b.node == nil {
