@@ -125,7 +125,7 @@ func loadState(ctx context.Context, stderr io.Writer, fs *pflag.FlagSet, configF
 	}
 	if !snap.NodeFound {
 		fmt.Fprintf(stderr, "warning: no Node object named %q (--node-name): NodePorts are served on %s, and this node's pods are recognized by %s\n",
-			mc.NodeName, describeAddrs(snap.State.Node.Addrs, "no address"), localPodsBy(snap.State))
+			mc.NodeName, describeAddrs(snap.State.Node.Addrs), localPodsBy(snap.State))
 	}
 	for _, e := range append(snap.SourceErrors, snap.State.Errors...) {
 		fmt.Fprintln(stderr, "error:", e)
@@ -133,10 +133,10 @@ func loadState(ctx context.Context, stderr io.Writer, fs *pflag.FlagSet, configF
 	return snap.State, nil
 }
 
-// describeAddrs lists addresses, or says none.
-func describeAddrs(addrs []netip.Addr, none string) string {
+// describeAddrs lists addresses, or says there are none.
+func describeAddrs(addrs []netip.Addr) string {
 	if len(addrs) == 0 {
-		return none
+		return "no address"
 	}
 	parts := make([]string, len(addrs))
 	for i, a := range addrs {
@@ -148,7 +148,7 @@ func describeAddrs(addrs []netip.Addr, none string) string {
 // localPodsBy says how the State recognizes this node's pods.
 func localPodsBy(st *model.State) string {
 	if d := st.Config.LocalDetect; d.ByInterface() {
-		return "the interface they arrive on"
+		return "the packets " + d.Describe()
 	}
 	var cidrs []string
 	for _, f := range model.Families {

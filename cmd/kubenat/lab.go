@@ -108,6 +108,19 @@ func readLab(dir string) (*lab.Topology, error) {
 	return t, err
 }
 
+// readLiveLab returns the running lab kept in dir, and an error when its
+// process (and with it its agents) is gone.
+func readLiveLab(dir string) (*lab.Topology, error) {
+	t, err := readLab(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !t.Alive() {
+		return nil, fmt.Errorf("the lab process %d is gone (its agents with it); kubenat lab down cleans up", t.PID)
+	}
+	return t, nil
+}
+
 func newLabUpCmd() *cobra.Command {
 	var dir string
 	var asJSON bool
@@ -135,9 +148,6 @@ and remove it with "kubenat lab down".`,
 			t, err := startLabDaemon(cmd.Context(), dir, cmd.ErrOrStderr())
 			if err != nil {
 				return err
-			}
-			if !t.Alive() {
-				return fmt.Errorf("the lab process %d is gone (its agents with it); kubenat lab down cleans up", t.PID)
 			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), t)
@@ -282,12 +292,9 @@ func newLabRunCmd() *cobra.Command {
 		Short: "Run the pipelines against the lab started by kubenat lab up",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			t, err := readLab(dir)
+			t, err := readLiveLab(dir)
 			if err != nil {
 				return err
-			}
-			if !t.Alive() {
-				return fmt.Errorf("the lab process %d is gone; kubenat lab down cleans up", t.PID)
 			}
 			return runPipelines(cmd.Context(), cmd.OutOrStdout(), t, asJSON)
 		},
@@ -305,12 +312,9 @@ func newLabStatusCmd() *cobra.Command {
 		Short: "Show the hosts of the lab started by kubenat lab up",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			t, err := readLab(dir)
+			t, err := readLiveLab(dir)
 			if err != nil {
 				return err
-			}
-			if !t.Alive() {
-				return fmt.Errorf("the lab process %d is gone (its agents with it); kubenat lab down cleans up", t.PID)
 			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), t)
