@@ -79,19 +79,19 @@ func (c *Configuration) Validate() error {
 		}
 		families[f] = s
 	}
+	var clusterCIDRs model.Config // the valid ones, for CheckServiceCIDR
+	for _, cs := range c.ClusterCIDRs {
+		if cc, err := netip.ParsePrefix(cs); err == nil {
+			clusterCIDRs.ClusterCIDRs = append(clusterCIDRs.ClusterCIDRs, cc.Masked())
+		}
+	}
 	for i, s := range c.ServiceCIDRs {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
 			errs.add(fmt.Sprintf("serviceCIDRs[%d]", i), "%q is not a CIDR", s)
 			continue
 		}
-		mc := model.Config{}
-		for _, cs := range c.ClusterCIDRs {
-			if cc, err := netip.ParsePrefix(cs); err == nil {
-				mc.ClusterCIDRs = append(mc.ClusterCIDRs, cc.Masked())
-			}
-		}
-		if err := mc.CheckServiceCIDR(p); err != nil {
+		if err := clusterCIDRs.CheckServiceCIDR(p); err != nil {
 			errs.add(fmt.Sprintf("serviceCIDRs[%d]", i), "%s: %v", s, err)
 		}
 	}
@@ -155,12 +155,7 @@ func (c *Configuration) Validate() error {
 	if ct.Min < 0 {
 		errs.add("conntrack.min", "%d must not be negative", ct.Min)
 	}
-	for _, t := range []struct{ path, value string }{
-		{"conntrack.tcpEstablishedTimeout", ct.TCPEstablishedTimeout},
-		{"conntrack.tcpCloseWaitTimeout", ct.TCPCloseWaitTimeout},
-		{"conntrack.udpTimeout", ct.UDPTimeout},
-		{"conntrack.udpStreamTimeout", ct.UDPStreamTimeout},
-	} {
+	for _, t := range ct.timeouts(&conntrack.Settings{}) {
 		d, err := time.ParseDuration(t.value)
 		switch {
 		case err != nil:
@@ -265,18 +260,27 @@ func (c *Configuration) ConntrackSettings(cpus int) conntrack.Settings {
 	if ct.MaxPerCore > 0 {
 		s.Max = max(int(ct.MaxPerCore)*cpus, int(ct.Min))
 	}
-	for _, t := range []struct {
-		value string
-		d     *time.Duration
-	}{
-		{ct.TCPEstablishedTimeout, &s.TCPEstablishedTimeout},
-		{ct.TCPCloseWaitTimeout, &s.TCPCloseWaitTimeout},
-		{ct.UDPTimeout, &s.UDPTimeout},
-		{ct.UDPStreamTimeout, &s.UDPStreamTimeout},
-	} {
-		*t.d, _ = time.ParseDuration(t.value)
+	for _, t := range ct.timeouts(&s) {
+		*t.target, _ = time.ParseDuration(t.value)
 	}
 	return s
+}
+
+// conntrackTimeout is one timeout of the conntrack section: its path, its
+// value, and the Settings field it sets.
+type conntrackTimeout struct {
+	path, value string
+	target      *time.Duration
+}
+
+// timeouts lists the section's timeouts, with their fields in s.
+func (ct Conntrack) timeouts(s *conntrack.Settings) []conntrackTimeout {
+	return []conntrackTimeout{
+		{"conntrack.tcpEstablishedTimeout", ct.TCPEstablishedTimeout, &s.TCPEstablishedTimeout},
+		{"conntrack.tcpCloseWaitTimeout", ct.TCPCloseWaitTimeout, &s.TCPCloseWaitTimeout},
+		{"conntrack.udpTimeout", ct.UDPTimeout, &s.UDPTimeout},
+		{"conntrack.udpStreamTimeout", ct.UDPStreamTimeout, &s.UDPStreamTimeout},
+	}
 }
 
 // NodeNameOrDefault returns NodeName, else $NODE_NAME, else the host name
