@@ -22,16 +22,12 @@ type traceFlags struct {
 	json            bool
 	live            bool
 	timeout         time.Duration
-	timeoutSet      bool // --timeout was given
 }
 
 // packet parses the packet flags.
 func (f *traceFlags) packet() (trace.Packet, error) {
 	if f.src == "" || f.dst == "" {
 		return trace.Packet{}, errors.New("--src and --dst are required")
-	}
-	if f.timeoutSet && !f.live {
-		return trace.Packet{}, errors.New("--timeout is for --live only")
 	}
 	proto, err := trace.ParseProtocol(f.proto)
 	if err != nil {
@@ -88,7 +84,9 @@ docs/trace.md.`,
   kubenat trace ... --src 10.244.1.10 --dst 10.96.0.10:80 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			tf.timeoutSet = cmd.Flags().Changed("timeout")
+			if cmd.Flags().Changed("timeout") && !tf.live {
+				return errors.New("--timeout is for --live only")
+			}
 			p, err := tf.packet()
 			if err != nil {
 				return err

@@ -37,7 +37,7 @@ func TestTraceCommand(t *testing.T) {
 		{name: "local and iif", args: []string{"--src", "10.244.1.10", "--dst", "10.96.0.10:80", "--local", "--iif", "eth0"},
 			wantErr: "does not arrive on an interface"},
 		{name: "source port out of range", args: []string{"--src", "10.244.1.10:99999", "--dst", "10.96.0.10:80"},
-			wantErr: `source "10.244.1.10:99999": the port must be from 0 to 65535`},
+			wantErr: `source "10.244.1.10:99999": must be IP or IP:port with a port from 0 to 65535`},
 		{name: "timeout without live", args: []string{"--src", "10.244.1.10", "--dst", "10.96.0.10:80", "--timeout", "5s"},
 			wantErr: "--timeout is for --live only"},
 	} {
