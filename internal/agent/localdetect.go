@@ -19,14 +19,6 @@ func localDetectWarnings(d model.LocalDetect) ([]string, error) {
 	if !d.ByInterface() {
 		return nil, nil
 	}
-	links, err := netlink.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("listing the node's interfaces: %w", err)
-	}
-	byIndex := map[int]netlink.Link{}
-	for _, l := range links {
-		byIndex[l.Attrs().Index] = l
-	}
 	var warns []string
 	switch d.Mode {
 	case model.DetectBridgeInterface:
@@ -41,6 +33,14 @@ func localDetectWarnings(d model.LocalDetect) ([]string, error) {
 			warns = append(warns, fmt.Sprintf("the pods' bridge %q is a %s, not a bridge: check --pod-bridge-interface", d.Interface, l.Type()))
 		}
 	case model.DetectInterfacePrefix:
+		links, err := netlink.LinkList()
+		if err != nil {
+			return nil, fmt.Errorf("listing the node's interfaces: %w", err)
+		}
+		byIndex := map[int]netlink.Link{}
+		for _, l := range links {
+			byIndex[l.Attrs().Index] = l
+		}
 		var bridged []string
 		for _, l := range links {
 			a := l.Attrs()

@@ -54,6 +54,7 @@ import (
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
+	networkinginformers "k8s.io/client-go/informers/networking/v1"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
@@ -228,7 +229,7 @@ func (s *Source) serviceCIDRsUsable(ctx context.Context) (usable, final bool) {
 // watchServiceCIDRs starts an informer delivering ServiceCIDR objects to
 // sink until ctx ends, and returns whether it has synced.
 func (s *Source) watchServiceCIDRs(ctx context.Context, sink agent.Sink) (cache.InformerSynced, error) {
-	inf := informers.NewSharedInformerFactory(s.client, s.opts.Resync).Networking().V1().ServiceCIDRs().Informer()
+	inf := networkinginformers.NewServiceCIDRInformer(s.client, s.opts.Resync, cache.Indexers{})
 	reg, err := inf.AddEventHandler(serviceCIDRHandler(sink))
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes source: registering an event handler: %w", err)
