@@ -78,7 +78,13 @@ func TestServiceCIDRs(t *testing.T) {
 	e.syncAll(t)
 	t.Run("without a ServiceCIDR an unallocated address leaves the cluster", leaks)
 
-	sc := []byte("apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: kubernetes}\nspec: {cidrs: [10.96.0.0/16, \"fd00:96::/108\"]}\n")
+	// An endpoint inside a Service CIDR (here the internet host, in a
+	// second ServiceCIDR): DNATed traffic to it is not dropped.
+	e.writeService(t, k8sobj.Service{Name: "outside", ClusterIPs: []string{"10.96.6.2"},
+		Ports:     []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: 9000}},
+		Endpoints: []k8sobj.Endpoint{{IP: c.Internet.Addr.String()}}})
+	sc := []byte("apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: kubernetes}\nspec: {cidrs: [10.96.0.0/16, \"fd00:96::/108\"]}\n" +
+		"---\napiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: odd}\nspec: {cidrs: [" + c.Internet.Addr.String() + "/32]}\n")
 	if err := os.WriteFile(filepath.Join(e.dir, "servicecidr.yaml"), sc, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +100,11 @@ func TestServiceCIDRs(t *testing.T) {
 				}
 				if r := e.mustDial(t, from.host, "tcp", f.other); r.Server != "l2" {
 					t.Errorf("%s to the other proxy's address: answered by %s", from.name, r.Server)
+				}
+				if f.name == "IPv4" {
+					if r := e.mustDial(t, from.host, "tcp", ap("10.96.6.2", 80)); r.Server != "internet" {
+						t.Errorf("%s to a Service whose endpoint is in a Service CIDR: answered by %s", from.name, r.Server)
+					}
 				}
 			}
 		})

@@ -401,16 +401,17 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 
 	var post []string
 	if m.svcCIDRs(a.f) {
-		// After every DNAT, a new connection still addressed to a Service
-		// CIDR is one no Service took, kubenat's or another proxy's:
-		// dropped, not routed out of the cluster, as kube-proxy does.
+		// After every DNAT, a new connection addressed to a Service CIDR
+		// that no DNAT took (kubenat's or another proxy's; an endpoint may
+		// well be in the range) is dropped, not routed out of the cluster,
+		// as kube-proxy does.
 		// Dropped, not refused: a client of a Service created a moment
 		// ago (DNS answers before the rules exist) resends its SYN and
 		// finds the DNAT. The node's own addresses are delivered. Here,
 		// not in a filter chain: nat chains see only a connection's first
 		// packet, so the check costs established and untracked flows
 		// nothing.
-		post = append(post, fmt.Sprintf("%s @%s fib daddr type != local drop", a.daddr, setServiceCIDRs))
+		post = append(post, fmt.Sprintf("%s @%s ct status & dnat == 0 fib daddr type != local drop", a.daddr, setServiceCIDRs))
 	}
 	post = append(post,
 		fmt.Sprintf("meta mark & 0x%x == 0x%x meta mark set meta mark & 0x%x masquerade fully-random",
