@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -138,6 +139,7 @@ type Builder struct {
 	// cidrsDirty says they changed since the last Build.
 	serviceCIDRs map[string]serviceCIDREntry
 	cidrsDirty   bool
+	cidrErrs     []error // ranges refreshServiceCIDRs left out
 
 	built  map[ServiceKey]*built
 	claims map[FrontendKey][]claim
@@ -211,16 +213,18 @@ func (b *Builder) SetNode(n *v1.Node, origin string) {
 // serviceCIDREntry is what a ServiceCIDR object gives: its ranges, and the
 // problems with the others.
 type serviceCIDREntry struct {
-	cidrs []netip.Prefix
-	errs  []error
+	cidrs  []netip.Prefix
+	errs   []error
+	origin string
 }
 
 // SetServiceCIDR adds or replaces a ServiceCIDR object (networking.k8s.io/v1):
-// its spec.cidrs join State.ServiceCIDRs. A range that does not parse is
-// reported and left out.
+// its spec.cidrs join State.ServiceCIDRs. A version with a range that does
+// not parse or is unsafe (Config.CheckServiceCIDR) is reported, and the
+// object's last valid version stays (none, the first time).
 func (b *Builder) SetServiceCIDR(sc *networkingv1.ServiceCIDR, origin string) {
 	e := &objErrs{kind: "ServiceCIDR", name: sc.Name, origin: origin}
-	var entry serviceCIDREntry
+	var cidrs []netip.Prefix
 	for i, c := range sc.Spec.CIDRs {
 		p, err := netip.ParsePrefix(c)
 		if err != nil {
@@ -228,12 +232,20 @@ func (b *Builder) SetServiceCIDR(sc *networkingv1.ServiceCIDR, origin string) {
 			continue
 		}
 		if err := b.cfg.CheckServiceCIDR(p); err != nil {
-			e.add(fmt.Sprintf("spec.cidrs[%d]", i), "%s: %v; left out", c, err)
+			e.add(fmt.Sprintf("spec.cidrs[%d]", i), "%s: %v", c, err)
 			continue
 		}
-		entry.cidrs = append(entry.cidrs, p.Masked())
+		cidrs = append(cidrs, p.Masked())
 	}
-	entry.errs = e.errs
+	entry := serviceCIDREntry{cidrs: cidrs, origin: origin}
+	if len(e.errs) > 0 {
+		entry = b.serviceCIDRs[sc.Name]
+		entry.errs = e.errs
+		if len(entry.cidrs) > 0 {
+			entry.errs = append(entry.errs, &ObjectError{Kind: "ServiceCIDR", Name: sc.Name, Origin: origin,
+				Msg: "keeping the last valid version"})
+		}
+	}
 	b.serviceCIDRs[sc.Name] = entry
 	b.cidrsDirty = true
 }
@@ -246,11 +258,40 @@ func (b *Builder) DeleteServiceCIDR(name string) {
 	}
 }
 
-// refreshServiceCIDRs recomputes State.ServiceCIDRs.
+// refreshServiceCIDRs recomputes State.ServiceCIDRs, leaving out, with an
+// error, a range that holds this node's pods or one of its addresses:
+// traffic to them that no DNAT took would be dropped. Called after
+// refreshNode.
 func (b *Builder) refreshServiceCIDRs() {
-	all := append([]netip.Prefix(nil), b.cfg.ServiceCIDRs...)
-	for _, e := range b.serviceCIDRs {
-		all = append(all, e.cidrs...)
+	b.cidrErrs = nil
+	var all []netip.Prefix
+	keep := func(p netip.Prefix, report func(msg string)) {
+		for _, pods := range b.state.Node.PodCIDRs {
+			if pods.Overlaps(p) {
+				report(fmt.Sprintf("%s overlaps this node's pod CIDR %s: pod traffic would be dropped; left out", p, pods))
+				return
+			}
+		}
+		for _, a := range b.state.Node.Addrs {
+			if p.Contains(a) {
+				report(fmt.Sprintf("%s holds this node's address %s: traffic to the node network would be dropped; left out", p, a))
+				return
+			}
+		}
+		all = append(all, p)
+	}
+	for _, p := range b.cfg.ServiceCIDRs {
+		keep(p, func(msg string) {
+			b.cidrErrs = append(b.cidrErrs, fmt.Errorf("serviceCIDRs (the configuration): %s", msg))
+		})
+	}
+	for _, name := range slices.Sorted(maps.Keys(b.serviceCIDRs)) {
+		e := b.serviceCIDRs[name]
+		for _, p := range e.cidrs {
+			keep(p, func(msg string) {
+				b.cidrErrs = append(b.cidrErrs, &ObjectError{Kind: "ServiceCIDR", Name: name, Origin: e.origin, Field: "spec.cidrs", Msg: msg})
+			})
+		}
 	}
 	b.state.ServiceCIDRs = mergePrefixes(all)
 	b.cidrsDirty = false
@@ -341,9 +382,6 @@ func (b *Builder) DeleteEndpointSlice(namespace, name string) {
 func (b *Builder) Build() (*State, Delta) {
 	b.gen++
 	full := b.full
-	if full || b.cidrsDirty {
-		b.refreshServiceCIDRs()
-	}
 	if full {
 		b.refreshNode()
 		for k := range b.services {
@@ -352,6 +390,9 @@ func (b *Builder) Build() (*State, Delta) {
 		for k := range b.built {
 			b.dirty[k] = struct{}{}
 		}
+	}
+	if full || b.cidrsDirty {
+		b.refreshServiceCIDRs()
 	}
 	resolve := map[ServiceKey]struct{}{}
 	for k := range b.dirty {
@@ -606,6 +647,7 @@ func uniqueAddrs(as []netip.Addr) []netip.Addr {
 func (b *Builder) collectErrors() {
 	var errs []error
 	errs = append(errs, b.nodeErrs...)
+	errs = append(errs, b.cidrErrs...)
 	for _, e := range b.serviceCIDRs {
 		errs = append(errs, e.errs...)
 	}

@@ -898,6 +898,13 @@ func TestServiceCIDRs(t *testing.T) {
 		}
 		return out
 	}
+	errorsOf := func(st *State) []string {
+		var out []string
+		for _, e := range st.Errors {
+			out = append(out, e.Error())
+		}
+		return out
+	}
 	cfg := testCfg
 	cfg.ServiceCIDRs = prefixes("10.96.0.0/16")
 	b := NewBuilder(cfg)
@@ -906,24 +913,20 @@ func TestServiceCIDRs(t *testing.T) {
 		t.Errorf("from the configuration: %v", st.ServiceCIDRs)
 	}
 	// The default ServiceCIDR, dual-stack, holding the configured range;
-	// another with a bad range.
+	// another valid one; one whose first version is bad (left out).
 	b.SetServiceCIDR(sc("kubernetes", "10.96.0.0/12", "fd00:96::/112"), "")
-	b.SetServiceCIDR(sc("extra", "10.200.0.1/24", "nope"), "extra.yaml")
-	b.SetServiceCIDR(sc("unsafe", "10.244.0.0/20", "::ffff:10.96.0.0/108"), "")
+	b.SetServiceCIDR(sc("extra", "10.200.0.1/24"), "extra.yaml")
+	b.SetServiceCIDR(sc("unsafe", "10.244.0.0/20", "::ffff:10.96.0.0/108", "nope"), "")
 	st, _ = b.Build()
 	if want := prefixes("10.96.0.0/12", "10.200.0.0/24", "fd00:96::/112"); !reflect.DeepEqual(st.ServiceCIDRs, want) {
 		t.Errorf("with objects: %v, want %v", st.ServiceCIDRs, want)
 	}
 	want := []string{
-		`ServiceCIDR extra (extra.yaml): spec.cidrs[1]: "nope" is not a CIDR`,
-		"ServiceCIDR unsafe: spec.cidrs[0]: 10.244.0.0/20: overlaps the cluster CIDR 10.244.0.0/16: pod traffic would be dropped; left out",
-		"ServiceCIDR unsafe: spec.cidrs[1]: ::ffff:10.96.0.0/108: an IPv4-mapped IPv6 prefix: write it as an IPv4 one; left out",
+		"ServiceCIDR unsafe: spec.cidrs[0]: 10.244.0.0/20: overlaps the cluster CIDR 10.244.0.0/16: pod traffic would be dropped",
+		"ServiceCIDR unsafe: spec.cidrs[1]: ::ffff:10.96.0.0/108: an IPv4-mapped IPv6 prefix: write it as an IPv4 one",
+		`ServiceCIDR unsafe: spec.cidrs[2]: "nope" is not a CIDR`,
 	}
-	var got []string
-	for _, e := range st.Errors {
-		got = append(got, e.Error())
-	}
-	if !slices.Equal(got, want) {
+	if got := errorsOf(st); !slices.Equal(got, want) {
 		t.Errorf("errors\n%q\nwant\n%q", got, want)
 	}
 	if p, ok := st.ServiceCIDR(netip.MustParseAddr("10.100.0.1")); !ok || p != netip.MustParsePrefix("10.96.0.0/12") {
@@ -932,11 +935,41 @@ func TestServiceCIDRs(t *testing.T) {
 	if _, ok := st.ServiceCIDR(netip.MustParseAddr("192.168.0.1")); ok {
 		t.Error("ServiceCIDR(192.168.0.1) found a range")
 	}
+	// A bad version of "extra" keeps its last valid one.
+	b.SetServiceCIDR(sc("extra", "10.200.0.0/16", "nope"), "extra.yaml")
+	b.DeleteServiceCIDR("unsafe")
+	st, _ = b.Build()
+	if want := prefixes("10.96.0.0/12", "10.200.0.0/24", "fd00:96::/112"); !reflect.DeepEqual(st.ServiceCIDRs, want) {
+		t.Errorf("after a bad version: %v, want %v", st.ServiceCIDRs, want)
+	}
+	want = []string{`ServiceCIDR extra (extra.yaml): keeping the last valid version`, `ServiceCIDR extra (extra.yaml): spec.cidrs[1]: "nope" is not a CIDR`}
+	if got := errorsOf(st); !slices.Equal(got, want) {
+		t.Errorf("errors\n%q\nwant\n%q", got, want)
+	}
 	b.DeleteServiceCIDR("kubernetes")
 	b.DeleteServiceCIDR("extra")
-	b.DeleteServiceCIDR("unsafe")
 	st, _ = b.Build()
 	if !reflect.DeepEqual(st.ServiceCIDRs, prefixes("10.96.0.0/16")) || len(st.Errors) != 0 {
 		t.Errorf("after the objects went: %v, errors %v", st.ServiceCIDRs, st.Errors)
+	}
+	// Ranges that hold this node's pods or addresses are left out, from
+	// the configuration and from objects alike (the cluster CIDR check
+	// cannot see them without a cluster CIDR).
+	cfg = testCfg
+	cfg.ClusterCIDRs, cfg.LocalDetect = nil, LocalDetect{Mode: DetectBridgeInterface, Interface: "cni0"}
+	cfg.ServiceCIDRs = prefixes("10.96.0.0/16", "192.168.100.0/24")
+	b = NewBuilder(cfg)
+	b.SetNode(k8sobj.Node("node-a", []string{"192.168.100.11"}, []string{"10.244.1.0/24"}), "")
+	b.SetServiceCIDR(sc("pods", "10.244.0.0/16"), "")
+	st, _ = b.Build()
+	if !reflect.DeepEqual(st.ServiceCIDRs, prefixes("10.96.0.0/16")) {
+		t.Errorf("node ranges: %v, want 10.96.0.0/16 alone", st.ServiceCIDRs)
+	}
+	want = []string{
+		"ServiceCIDR pods: spec.cidrs: 10.244.0.0/16 overlaps this node's pod CIDR 10.244.1.0/24: pod traffic would be dropped; left out",
+		"serviceCIDRs (the configuration): 192.168.100.0/24 holds this node's address 192.168.100.11: traffic to the node network would be dropped; left out",
+	}
+	if got := errorsOf(st); !slices.Equal(got, want) {
+		t.Errorf("errors\n%q\nwant\n%q", got, want)
 	}
 }
