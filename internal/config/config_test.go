@@ -1,6 +1,7 @@
 package config
 
 import (
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -476,6 +477,8 @@ func TestConntrackSettings(t *testing.T) {
 			conntrack.Settings{Max: 131072, TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour}},
 		{"on 16 CPUs: per core", func(c *Conntrack) {}, 16,
 			conntrack.Settings{Max: 16 * 32768, TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour}},
+		{"a size beyond the kernel's int is capped", func(c *Conntrack) { c.MaxPerCore = math.MaxInt32 }, 2,
+			conntrack.Settings{Max: math.MaxInt32, TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour}},
 		{"maxPerCore 0 leaves the size, whatever min", func(c *Conntrack) { c.MaxPerCore, c.Min = 0, 500000 }, 16,
 			conntrack.Settings{TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour}},
 		{"everything set", func(c *Conntrack) {

@@ -66,7 +66,7 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.ClientConnection.QPS }},
 	{path: "clientConnection.burst", flag: "kube-api-burst", help: "API request burst",
 		ptr: func(c *Configuration) any { return &c.ClientConnection.Burst }},
-	{path: "manifests", flag: "manifests", help: "directory of Kubernetes YAML manifests (Services, EndpointSlices, Nodes) to read instead of the API",
+	{path: "manifests", flag: "manifests", help: "directory of Kubernetes YAML manifests (Services, EndpointSlices, Nodes, ServiceCIDRs) to read instead of the API",
 		ptr: func(c *Configuration) any { return &c.Manifests }},
 	{path: "socketLB.cgroup", flag: "socket-lb-cgroup", help: "cgroup v2 directory whose processes' TCP connects to ClusterIPs go straight to an endpoint (eBPF socket load balancer, IPv4 and IPv6; see also --untrack-pod-tcp); the cgroup v2 root serves every pod; empty: off",
 		ptr: func(c *Configuration) any { return &c.SocketLB.Cgroup }},

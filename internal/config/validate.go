@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -217,7 +218,7 @@ func (c *Configuration) localDetect() (model.LocalDetect, fieldErrors) {
 		switch {
 		case f.mode == d.Mode:
 			if err := d.Validate(); err != nil {
-				errs.add(f.path, "%q: must be 1 to 15 letters, digits, '_', '.' or '-' (the name of an interface)", f.value)
+				errs.add(f.path, "%q: must be 1 to 15 letters, digits, '_', '.' or '-', not . or .. (the name of an interface)", f.value)
 			}
 		case f.value != "":
 			errs.add(f.path, "is only used with detectLocalMode %s (it is %s)", f.mode, c.DetectLocalMode)
@@ -258,7 +259,8 @@ func (c *Configuration) ConntrackSettings(cpus int) conntrack.Settings {
 	ct := c.Conntrack
 	s := conntrack.Settings{TCPBeLiberal: ct.TCPBeLiberal, Procfs: ct.Procfs}
 	if ct.MaxPerCore > 0 {
-		s.Max = max(int(ct.MaxPerCore)*cpus, int(ct.Min))
+		// The kernel keeps the table's size in an int.
+		s.Max = min(max(int(ct.MaxPerCore)*cpus, int(ct.Min)), math.MaxInt32)
 	}
 	for _, t := range ct.timeouts(&s) {
 		*t.target, _ = time.ParseDuration(t.value)

@@ -139,6 +139,13 @@ func (d LocalDetect) Describe() string {
 // quoting in the nftables ruleset.
 var validInterfaceName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 
+// ValidInterfaceName reports whether name can be an interface's name (or
+// a prefix of names) as kubenat accepts it: 1 to 15 letters, digits, '_',
+// '.' or '-', not "." or "..".
+func ValidInterfaceName(name string) bool {
+	return validInterfaceName.MatchString(name) && name != "." && name != ".."
+}
+
 // Validate checks that the interface name suits the mode.
 func (d LocalDetect) Validate() error {
 	switch d.Mode {
@@ -147,8 +154,8 @@ func (d LocalDetect) Validate() error {
 			return fmt.Errorf("local traffic detection NodeCIDR takes no interface (%q given)", d.Interface)
 		}
 	case DetectBridgeInterface, DetectInterfacePrefix:
-		if !validInterfaceName.MatchString(d.Interface) {
-			return fmt.Errorf("local traffic detection %s: interface %q must be 1 to 15 letters, digits, '_', '.' or '-'", d.Mode, d.Interface)
+		if !ValidInterfaceName(d.Interface) {
+			return fmt.Errorf("local traffic detection %s: interface %q must be 1 to 15 letters, digits, '_', '.' or '-' (not . or ..)", d.Mode, d.Interface)
 		}
 	default:
 		return fmt.Errorf("local traffic detection: unknown mode %d", d.Mode)

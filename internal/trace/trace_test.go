@@ -126,9 +126,10 @@ func TestTraceSemantics(t *testing.T) {
 		{name: "an unallocated address of the Service CIDR: dropped", cfg: svcCIDR, p: pkt(podA, "10.96.5.5:80"), want: Drop,
 			reason: "is in the Service CIDR 10.96.0.0/12 and no Service of kubenat's has this address"},
 		{name: "an unallocated address from the node: dropped", cfg: svcCIDR, p: local(pkt(nodeA, "10.96.5.5:80")), want: Drop},
-		{name: "a node address inside the Service CIDR: delivered", cfg: func(c *model.Config) {
-			c.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("192.168.100.0/24")}
-		}, p: local(pkt(nodeA, nodeA+":22")), want: Deliver},
+		{name: "an address of the node's interfaces inside the Service CIDR (IPVS-like): delivered", cfg: func(c *model.Config) {
+			c.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12")}
+			c.LocalAddrs = []netip.Addr{netip.MustParseAddr("10.96.99.1")}
+		}, p: local(pkt(nodeA, "10.96.99.1:22")), want: Deliver},
 		{name: "without Service CIDRs the same address is routed", p: pkt(podA, "10.96.5.5:80"), want: Route},
 		{name: "a ClusterIP in the Service CIDR is still served", cfg: svcCIDR, p: pkt(podA, webVIP+":80"), want: Forward, kind: "ClusterIP",
 			cands: []string{web1 + ":8080", web2 + ":8080"}, class: "pod"},
@@ -208,6 +209,28 @@ func TestTraceSemantics(t *testing.T) {
 				t.Error("reject without RejectWith")
 			}
 		})
+	}
+}
+
+// TestTraceHintsAtIIF: with the pods recognized by interface, a packet
+// from an address of this node's pod CIDR traced without --iif is taken
+// for outside traffic, and trace says how to say otherwise.
+func TestTraceHintsAtIIF(t *testing.T) {
+	st := fixtureState(t, func(c *model.Config) {
+		c.LocalDetect = model.LocalDetect{Mode: model.DetectBridgeInterface, Interface: "cni0"}
+		c.ClusterCIDRs = nil
+	})
+	r, err := Trace(st, pkt(podA, webVIP+":80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "10.244.1.12 is in this node's pod CIDR 10.244.1.0/24: give --iif if it comes from a pod"; r.Source.Class != "outside" || !strings.Contains(r.Source.Why, want) {
+		t.Errorf("source %+v, want outside with the hint %q", r.Source, want)
+	}
+	p := pkt(podA, webVIP+":80")
+	p.IIF = `veth" x`
+	if _, err := Trace(st, p); err == nil || !strings.Contains(err.Error(), `interface "veth\" x"`) {
+		t.Errorf("a hostile --iif: %v", err)
 	}
 }
 
