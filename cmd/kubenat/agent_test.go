@@ -210,7 +210,17 @@ func TestRenderSaysWhatItAssumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(out, "no Node object") {
+	if strings.Contains(out, "no Node object") || strings.Contains(out, "warning:") {
 		t.Errorf("render for node-a, which has a Node object, warned:\n%s", out)
+	}
+	// Pods recognized by interface, and non-masquerade ranges that miss
+	// the node's pod CIDR.
+	out, err = runCmd(t, "render", "--manifests", "../../examples/basic", "--node-name", "node-a",
+		"--detect-local-mode=BridgeInterface", "--pod-bridge-interface=cni0", "--non-masquerade-cidr=203.0.113.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "warning: this node's pod CIDR 10.244.1.0/24 is outside the non-masquerade ranges"; !strings.Contains(out, want) {
+		t.Errorf("render said:\n%s\nwant the line %q", out, want)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -120,7 +121,7 @@ func loadState(ctx context.Context, stderr io.Writer, fs *pflag.FlagSet, configF
 	if err != nil {
 		return nil, err
 	}
-	for _, w := range snap.Warnings {
+	for _, w := range append(slices.Clip(snap.Warnings), snap.State.Warnings()...) {
 		fmt.Fprintln(stderr, "warning:", w)
 	}
 	if !snap.NodeFound {

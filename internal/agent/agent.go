@@ -597,6 +597,12 @@ func (a *Agent) report(st *model.State) {
 		}
 		now[w] = true
 	}
+	for _, w := range st.Warnings() {
+		if !a.reported[w] {
+			klog.InfoS("Warning: the configuration", "detail", w)
+		}
+		now[w] = true
+	}
 	for _, list := range [][]error{a.sourceErrs, st.Errors} {
 		for _, e := range list {
 			msg := e.Error()

@@ -1,6 +1,9 @@
 package model
 
-import "net/netip"
+import (
+	"fmt"
+	"net/netip"
+)
 
 // SourceClass is what the datapath knows about where a packet comes from.
 type SourceClass uint8
@@ -197,6 +200,29 @@ func (s *State) EgressMasquerade(class SourceClass, src, dst netip.Addr) bool {
 		}
 	}
 	return true
+}
+
+// Warnings says what in the configuration, given this node, will likely not
+// do what the operator wants. With the pods recognized by their interface
+// (no cluster CIDR tells pod addresses apart), a pod CIDR of the Node
+// outside the non-masquerade ranges makes traffic between pods
+// masqueraded.
+func (s *State) Warnings() []string {
+	if !s.Config.LocalDetect.ByInterface() {
+		return nil
+	}
+	var out []string
+	for _, pods := range s.Node.PodCIDRs {
+		covered := false
+		for _, p := range s.Config.NonMasqueradeCIDRs(FamilyOf(pods.Addr())) {
+			covered = covered || p.Bits() <= pods.Bits() && p.Contains(pods.Addr())
+		}
+		if !covered {
+			out = append(out, fmt.Sprintf("this node's pod CIDR %s is outside the non-masquerade ranges: with detectLocalMode %s, traffic from its pods to other pods is masqueraded (add it to nonMasqueradeCIDRs)",
+				pods, s.Config.LocalDetect.Mode))
+		}
+	}
+	return out
 }
 
 // FromPod reports whether a packet from src, of class, is pod traffic for

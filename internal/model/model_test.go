@@ -973,3 +973,34 @@ func TestServiceCIDRs(t *testing.T) {
 		t.Errorf("errors\n%q\nwant\n%q", got, want)
 	}
 }
+
+func TestWarnings(t *testing.T) {
+	node := k8sobj.Node("node-a", []string{"192.168.100.11"}, []string{"10.244.1.0/24"})
+	bridge := LocalDetect{Mode: DetectBridgeInterface, Interface: "cni0"}
+	tests := []struct {
+		name   string
+		detect LocalDetect
+		noMasq []netip.Prefix // nil: the defaults
+		want   int
+	}{
+		{"by CIDR: the cluster CIDR is never masqueraded", LocalDetect{}, []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}, 0},
+		{"by interface, the defaults cover the pods", bridge, nil, 0},
+		{"by interface, ranges that miss the pods", bridge, []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}, 1},
+		{"by interface, a range holding the pod CIDR", bridge, []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, 0},
+		{"by interface, a range inside the pod CIDR only", bridge, []netip.Prefix{netip.MustParsePrefix("10.244.1.0/25")}, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testCfg
+			cfg.LocalDetect = tc.detect
+			if tc.detect.ByInterface() {
+				cfg.ClusterCIDRs = nil
+			}
+			cfg.Egress.NonMasqueradeCIDRs = tc.noMasq
+			st := Build(cfg, Objects{Nodes: []*v1.Node{node}})
+			if got := st.Warnings(); len(got) != tc.want {
+				t.Errorf("warnings %q, want %d", got, tc.want)
+			}
+		})
+	}
+}
