@@ -218,7 +218,7 @@ func (c *Configuration) localDetect() (model.LocalDetect, fieldErrors) {
 		switch {
 		case f.mode == d.Mode:
 			if err := d.Validate(); err != nil {
-				errs.add(f.path, "%q: must be 1 to 15 letters, digits, '_', '.' or '-', not . or .. (the name of an interface)", f.value)
+				errs.add(f.path, "%q: must be %s (the name of an interface)", f.value, model.InterfaceNameRule)
 			}
 		case f.value != "":
 			errs.add(f.path, "is only used with detectLocalMode %s (it is %s)", f.mode, c.DetectLocalMode)

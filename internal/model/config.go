@@ -139,9 +139,12 @@ func (d LocalDetect) Describe() string {
 // quoting in the nftables ruleset.
 var validInterfaceName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 
+// InterfaceNameRule says what ValidInterfaceName accepts, for error
+// messages.
+const InterfaceNameRule = "1 to 15 letters, digits, '_', '.' or '-', not . or .."
+
 // ValidInterfaceName reports whether name can be an interface's name (or
-// a prefix of names) as kubenat accepts it: 1 to 15 letters, digits, '_',
-// '.' or '-', not "." or "..".
+// a prefix of names) as kubenat accepts it (InterfaceNameRule).
 func ValidInterfaceName(name string) bool {
 	return validInterfaceName.MatchString(name) && name != "." && name != ".."
 }
@@ -155,7 +158,7 @@ func (d LocalDetect) Validate() error {
 		}
 	case DetectBridgeInterface, DetectInterfacePrefix:
 		if !ValidInterfaceName(d.Interface) {
-			return fmt.Errorf("local traffic detection %s: interface %q must be 1 to 15 letters, digits, '_', '.' or '-' (not . or ..)", d.Mode, d.Interface)
+			return fmt.Errorf("local traffic detection %s: interface %q must be %s", d.Mode, d.Interface, InterfaceNameRule)
 		}
 	default:
 		return fmt.Errorf("local traffic detection: unknown mode %d", d.Mode)
@@ -291,6 +294,11 @@ func (c *Config) CheckServiceCIDR(p netip.Prefix) error {
 	return nil
 }
 
+// covers reports whether every address of inner is in outer.
+func covers(outer, inner netip.Prefix) bool {
+	return outer.Bits() <= inner.Bits() && outer.Contains(inner.Addr())
+}
+
 // mergePrefixes returns the prefixes in canonical form, sorted, with ranges
 // contained in another one removed.
 func mergePrefixes(ps []netip.Prefix) []netip.Prefix {
@@ -303,7 +311,7 @@ func mergePrefixes(ps []netip.Prefix) []netip.Prefix {
 	for _, p := range cp {
 		covered := false
 		for _, q := range out {
-			if q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
+			if covers(q, p) {
 				covered = true
 				break
 			}

@@ -215,7 +215,7 @@ func (s *State) Warnings() []string {
 	for _, pods := range s.Node.PodCIDRs {
 		covered := false
 		for _, p := range s.Config.NonMasqueradeCIDRs(FamilyOf(pods.Addr())) {
-			covered = covered || p.Bits() <= pods.Bits() && p.Contains(pods.Addr())
+			covered = covered || covers(p, pods)
 		}
 		if !covered {
 			out = append(out, fmt.Sprintf("this node's pod CIDR %s is outside the non-masquerade ranges: with detectLocalMode %s, traffic from its pods to other pods is masqueraded (add it to nonMasqueradeCIDRs)",

@@ -93,7 +93,7 @@ func (p Packet) Validate() error {
 		errs = append(errs, fmt.Errorf("source %s and destination %s are of different address families", p.Src.Addr(), p.Dst.Addr()))
 	}
 	if p.IIF != "" && !model.ValidInterfaceName(p.IIF) {
-		errs = append(errs, fmt.Errorf("interface %q: must be 1 to 15 letters, digits, '_', '.' or '-'", p.IIF))
+		errs = append(errs, fmt.Errorf("interface %q: must be %s", p.IIF, model.InterfaceNameRule))
 	}
 	if p.Local && p.IIF != "" {
 		errs = append(errs, errors.New("a locally generated packet does not arrive on an interface"))
@@ -442,9 +442,11 @@ func describeSource(st *model.State, class model.SourceClass, src netip.Addr, ii
 			arrives = "it arrives on " + iif
 		}
 		s.Why = fmt.Sprintf("%s, and this node's pods are recognized as the packets %s", arrives, d.Describe())
-		for _, p := range st.Node.PodCIDRs {
-			if iif == "" && p.Contains(src) {
-				s.Why += fmt.Sprintf("; %s is in this node's pod CIDR %s: give --iif if it comes from a pod", src, p)
+		if iif == "" {
+			for _, p := range st.Node.PodCIDRs {
+				if p.Contains(src) {
+					s.Why += fmt.Sprintf("; %s is in this node's pod CIDR %s: give --iif if it comes from a pod", src, p)
+				}
 			}
 		}
 	case class == model.FromLocalPod:
