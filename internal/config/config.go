@@ -25,6 +25,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
+	"strings"
 	"time"
 
 	yamlv3 "go.yaml.in/yaml/v3"
@@ -354,13 +356,68 @@ func Decode(data []byte) (*Configuration, error) {
 	c := Default()
 	strict, err := kjson.UnmarshalStrict(js, c, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
 	if err != nil {
-		return nil, fmt.Errorf("decoding the configuration: %w", err)
+		return nil, fmt.Errorf("decoding the configuration: %w", typeError(err))
 	}
 	if len(strict) > 0 {
 		return nil, fmt.Errorf("decoding the configuration: %w", errors.Join(strict...))
 	}
 	c.setDefaults()
 	return c, nil
+}
+
+// typeError rewrites a JSON type mismatch into the file's terms: the
+// field's path, what it holds and what it needs ("minSyncPeriod: a number,
+// want a duration such as \"100ms\"") instead of Go's type names. Other
+// errors are returned as they are.
+func typeError(err error) error {
+	var te *json.UnmarshalTypeError
+	if !errors.As(err, &te) || te.Field == "" {
+		return err
+	}
+	return fmt.Errorf("%s: %s, want %s", te.Field, jsonValue(te.Value), wantFor(te.Field, te.Type))
+}
+
+// jsonValue names a JSON value as encoding/json describes it ("number",
+// "number 1.5", "string", "array", "object", "bool") in the file's terms.
+func jsonValue(v string) string {
+	kind, _, _ := strings.Cut(v, " ")
+	switch kind {
+	case "array":
+		return "a list"
+	case "object":
+		return "a mapping"
+	case "bool":
+		return "true or false"
+	case "string":
+		return "a string"
+	default:
+		return "a " + v
+	}
+}
+
+// wantFor says what a field of Go type t at path needs. The string fields
+// whose names end in Period or Timeout hold durations.
+func wantFor(path string, t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		if strings.HasSuffix(path, "Period") || strings.HasSuffix(path, "Timeout") {
+			return `a duration such as "100ms" or "1h"`
+		}
+		return "a string"
+	case reflect.Slice:
+		return "a list of " + strings.TrimPrefix(wantFor("", t.Elem()), "a ") + "s"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return fmt.Sprintf("a whole number (at most %d bits)", t.Bits())
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Struct, reflect.Map:
+		return "a mapping"
+	default:
+		return t.String()
+	}
 }
 
 // Load reads and decodes the configuration file at path (see Decode).
