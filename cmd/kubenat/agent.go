@@ -32,8 +32,9 @@ const onceTimeout = 2 * time.Minute
 
 // agentConfig returns the effective configuration: the file at path (or
 // the defaults), overridden by the flags set on the command line, and
-// validated.
-func agentConfig(fs *pflag.FlagSet, path string) (*config.Configuration, error) {
+// validated. What in it is used otherwise than written is printed to
+// stderr as a warning.
+func agentConfig(stderr io.Writer, fs *pflag.FlagSet, path string) (*config.Configuration, error) {
 	cfg := config.Default()
 	if path != "" {
 		var err error
@@ -46,6 +47,9 @@ func agentConfig(fs *pflag.FlagSet, path string) (*config.Configuration, error) 
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n  %s", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintln(stderr, "warning:", w)
 	}
 	return cfg, nil
 }

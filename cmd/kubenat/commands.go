@@ -39,7 +39,7 @@ given on the command line overrides the file. --write-config-to prints the
 effective configuration and exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := agentConfig(cmd.Flags(), configFile)
+			cfg, err := agentConfig(cmd.ErrOrStderr(), cmd.Flags(), configFile)
 			if err != nil {
 				return err
 			}
@@ -97,7 +97,7 @@ func registerInputFlags(fs *pflag.FlagSet, configFile *string) {
 // stderr. tweaks adjust the model configuration first (e.g. with what only
 // the node itself knows).
 func loadState(ctx context.Context, stderr io.Writer, fs *pflag.FlagSet, configFile string, tweaks ...func(*model.Config) error) (*model.State, error) {
-	cfg, err := agentConfig(fs, configFile)
+	cfg, err := agentConfig(stderr, fs, configFile)
 	if err != nil {
 		return nil, err
 	}

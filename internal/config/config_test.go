@@ -525,3 +525,34 @@ func TestFlagNamesAreUnique(t *testing.T) {
 		t.Errorf("duplicate flag names in %v", names)
 	}
 }
+
+func TestWarnings(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(c *Configuration)
+		want []string
+	}{
+		{name: "canonical CIDRs: none", edit: func(*Configuration) {}},
+		{name: "a cluster CIDR with host bits", edit: func(c *Configuration) { c.ClusterCIDRs = []string{"10.244.1.0/16"} },
+			want: []string{"clusterCIDRs[0] (--cluster-cidr): 10.244.1.0/16 has address bits set after the prefix length; it is used as 10.244.0.0/16"}},
+		{name: "every CIDR list is checked", edit: func(c *Configuration) {
+			c.ServiceCIDRs = []string{"10.96.0.0/12", "fd00:10:96::1/112"}
+			c.NodePortAddresses = []string{"primary", "192.168.1.5/24"}
+			c.Masquerade.NonMasqueradeCIDRs = []string{"172.16.0.1/12"}
+		}, want: []string{
+			"serviceCIDRs[1] (--service-cidr): fd00:10:96::1/112 has address bits set after the prefix length; it is used as fd00:10:96::/112",
+			"nodePortAddresses[1] (--nodeport-addresses): 192.168.1.5/24 has address bits set after the prefix length; it is used as 192.168.1.0/24",
+			"masquerade.nonMasqueradeCIDRs[0] (--non-masquerade-cidr): 172.16.0.1/12 has address bits set after the prefix length; it is used as 172.16.0.0/12",
+		}},
+		{name: "invalid CIDRs are Validate's", edit: func(c *Configuration) { c.ServiceCIDRs = []string{"10.96.0.0/33"} }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := valid()
+			tc.edit(c)
+			if got := c.Warnings(); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Warnings() =\n%q\nwant\n%q", got, tc.want)
+			}
+		})
+	}
+}

@@ -301,6 +301,33 @@ func (c *Configuration) NodeNameOrDefault() (string, error) {
 	return strings.ToLower(h), nil
 }
 
+// Warnings says what in a valid configuration is used otherwise than
+// written: a CIDR with address bits set beyond its prefix length (e.g.
+// 10.244.1.0/16, a typo of /24 or of 10.244.0.0/16) is used as its
+// network, as kube-proxy uses it. Each warning names the field and its
+// flag, as Validate's errors do.
+func (c *Configuration) Warnings() []string {
+	var warns []string
+	check := func(field string, values []string) {
+		for i, s := range values {
+			p, err := netip.ParsePrefix(s)
+			if err != nil || p == p.Masked() {
+				continue
+			}
+			name := fmt.Sprintf("%s[%d]", field, i)
+			if f := FlagFor(field); f != "" {
+				name += " (--" + f + ")"
+			}
+			warns = append(warns, fmt.Sprintf("%s: %s has address bits set after the prefix length; it is used as %s", name, s, p.Masked()))
+		}
+	}
+	check("clusterCIDRs", c.ClusterCIDRs)
+	check("serviceCIDRs", c.ServiceCIDRs)
+	check("nodePortAddresses", c.NodePortAddresses)
+	check("masquerade.nonMasqueradeCIDRs", c.Masquerade.NonMasqueradeCIDRs)
+	return warns
+}
+
 // ModelConfig returns the model configuration this file describes, with
 // the node name resolved (NodeNameOrDefault) and, when
 // masquerade.configFile is set, the egress settings read from that file.
