@@ -279,10 +279,11 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	backoff := time.Second
 	// due fires when the next sync is due: MinSyncPeriod after the last
 	// one once something changed, or, after a failure, when both the
-	// backoff and MinSyncPeriod have passed (a change then brings it
-	// back to MinSyncPeriod).
+	// backoff and MinSyncPeriod have passed. Changes do not bring a retry
+	// forward: a failure is the kernel's, not an object's (the model
+	// leaves bad objects out), and a stream of changes would otherwise
+	// retry a failing full sync every MinSyncPeriod.
 	var due <-chan time.Time
-	retrying := false
 	for {
 		now := false
 		select {
@@ -301,8 +302,8 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 			<-ctx.Done()
 			return nil
 		case <-a.kick:
-			if due == nil || retrying {
-				due, retrying = time.After(max(0, a.opts.MinSyncPeriod-time.Since(last))), false
+			if due == nil {
+				due = time.After(max(0, a.opts.MinSyncPeriod-time.Since(last)))
 			}
 		case <-due:
 			due, now = nil, true
@@ -314,7 +315,7 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		}
 		// This sync takes every change so far, including those whose kick
 		// is still pending.
-		due, retrying = nil, false
+		due = nil
 		select {
 		case <-a.kick:
 		default:
@@ -328,7 +329,7 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		case err != nil:
 			wait := max(backoff, a.opts.MinSyncPeriod-time.Since(last))
 			klog.ErrorS(err, "Sync failed; will retry", "after", wait)
-			due, retrying = time.After(wait), true
+			due = time.After(wait)
 			backoff = min(2*backoff, 30*time.Second)
 		default:
 			backoff = time.Second

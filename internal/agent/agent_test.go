@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"net/netip"
@@ -172,6 +173,29 @@ func TestAgentProgramsOnlyAfterSyncAndBatches(t *testing.T) {
 	if s := run.last(); !strings.Contains(s, "delete table ip kubenat") || strings.Contains(s, "10.96.0.1 ") {
 		t.Errorf("the retry is not a full replacement without the deleted Service:\n%s", s)
 	}
+}
+
+// TestChangesDoNotHurryARetry: after a failed sync, a stream of changes
+// waits for the backoff (a second) instead of retrying the failing sync
+// on every change.
+func TestChangesDoNotHurryARetry(t *testing.T) {
+	run := &fakeRunner{fail: true}
+	src := runAgent(t, Options{Runner: run, MinSyncPeriod: 0, NFT: nftables.Options{InitialChunk: -1}})
+	src.ops <- func(s Sink) { s.Synced() }
+	waitFor(t, "the failed sync", func() bool { return run.count() == 1 })
+	for i := range 40 {
+		src.ops <- func(s Sink) { s.SetService(service(fmt.Sprint("s", i), fmt.Sprint("10.96.0.", i+1)), "") }
+		time.Sleep(10 * time.Millisecond)
+	}
+	// 400 ms of changes, within the first backoff: at most the one
+	// failure (two if the machine stalled for the whole backoff).
+	if n := run.count(); n > 2 {
+		t.Errorf("%d sync attempts during 40 changes after a failure; want the failure alone", n)
+	}
+	run.mu.Lock()
+	run.fail = false
+	run.mu.Unlock()
+	waitFor(t, "the retry", func() bool { return run.ran("10.96.0.40 . tcp . 80") })
 }
 
 // TestFailedSyncChangesAreApplied: what changed in a sync that failed is
