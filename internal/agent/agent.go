@@ -434,6 +434,8 @@ func (a *Agent) sync(ctx context.Context) error {
 		delta, a.unapplied = a.unapplied.Then(delta), nil
 	}
 	a.report(st)
+	// failed is reported once per sync, whatever failed in it.
+	failed := false
 	// The socket load balancer takes new frontends before nftables stops
 	// tracking their endpoints, and lets go of frontends only after
 	// nftables serves them (see socketlb).
@@ -443,7 +445,7 @@ func (a *Agent) sync(ctx context.Context) error {
 			// complete, and the untracked chain goes with this full sync
 			// before the balancer is removed.
 			klog.ErrorS(err, "The socket load balancer failed: turning it off, nftables serves every connection")
-			a.opts.Metrics.SyncFailed()
+			failed = true
 			a.dropPins = a.opts.SocketLB.PinDir
 			_ = a.balancer.Close()
 			a.balancer = nil
@@ -473,7 +475,6 @@ func (a *Agent) sync(ctx context.Context) error {
 	if a.dropPins != "" {
 		if _, err := socketlb.Cleanup(a.dropPins); err != nil {
 			pinsErr = fmt.Errorf("removing the socket load balancer pinned in %s: %w", a.dropPins, err)
-			a.opts.Metrics.SyncFailed()
 		} else {
 			a.dropPins = ""
 		}
@@ -486,15 +487,24 @@ func (a *Agent) sync(ctx context.Context) error {
 	if a.balancer != nil {
 		if err := a.balancer.Prune(); err != nil {
 			pruneErr = fmt.Errorf("pruning the socket load balancer: %w", err)
-			a.opts.Metrics.SyncFailed()
 		}
 		frontends = a.balancer.Frontends()
 	}
 	a.opts.Metrics.SetSocketLBFrontends(frontends)
 	a.opts.Metrics.SetHeldEndpoints(a.backend.Holds())
-	a.observe(st, delta, res.Full, start)
+	// The rules are programmed; the sync succeeded when the balancer is
+	// up to date too. Until then its timings are not a success's and
+	// /healthz keeps counting the wait: a balancer that cannot be
+	// updated turns the node unhealthy after the health timeout.
+	ok := pinsErr == nil && pruneErr == nil
+	if failed || !ok {
+		a.opts.Metrics.SyncFailed()
+	}
+	a.observe(st, delta, res.Full, ok, start)
 	services := len(st.Services)
-	a.health.Updated()
+	if ok {
+		a.health.Updated()
+	}
 	a.health.SetNodeEligible(!st.Node.Terminating)
 	a.updateServiceHealth(st, delta)
 	var stale []conntrack.Rule
@@ -574,11 +584,15 @@ func (a *Agent) clearConntrack(rules []conntrack.Rule) {
 	}
 }
 
-// observe reports a successful sync to the metrics. The caller holds mu.
-func (a *Agent) observe(st *model.State, delta model.Delta, full bool, start time.Time) {
+// observe reports a sync whose rules were programmed to the metrics; its
+// duration and time only when the whole sync succeeded (ok). The caller
+// holds mu.
+func (a *Agent) observe(st *model.State, delta model.Delta, full, ok bool, start time.Time) {
 	now := time.Now()
 	m := a.opts.Metrics
-	m.ObserveSync(full, now.Sub(start))
+	if ok {
+		m.ObserveSync(full, now.Sub(start))
+	}
 	for _, t := range a.triggers.Take() {
 		m.ObserveNetworkProgramming(now.Sub(t))
 	}

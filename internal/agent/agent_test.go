@@ -248,6 +248,56 @@ func TestFailedSyncChangesAreApplied(t *testing.T) {
 	}
 }
 
+// TestABalancerLeftInPlaceIsNotASuccess: a sync whose rules were
+// programmed but that could not remove a pinned socket load balancer is
+// one failure, not a success: its duration is not observed and /healthz
+// keeps counting the wait, until a retry removes it.
+func TestABalancerLeftInPlaceIsNotASuccess(t *testing.T) {
+	ctx := t.Context()
+	rm := &recordingMetrics{}
+	a, err := New(Options{Runner: &fakeRunner{}, Metrics: rm, HealthTimeout: time.Millisecond,
+		NFT:    nftables.Options{InitialChunk: -1},
+		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	// A file where the pin directory should be: Cleanup cannot read it.
+	a.dropPins = filepath.Join(t.TempDir(), "pins")
+	if err := os.WriteFile(a.dropPins, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.Synced()
+	if err := a.sync(ctx); err == nil || !strings.Contains(err.Error(), "removing the socket load balancer") {
+		t.Fatalf("sync = %v, want the balancer's removal to fail", err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	rm.get(func(r *recordingMetrics) bool {
+		if r.failures != 1 || len(r.syncs) != 0 {
+			t.Errorf("after the failed removal: %d failures, %d syncs observed; want 1 and 0", r.failures, len(r.syncs))
+		}
+		return true
+	})
+	if a.health.Healthy() {
+		t.Error("healthy past the timeout while the balancer is left in place")
+	}
+	if err := os.Remove(a.dropPins); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.sync(ctx); err != nil {
+		t.Fatalf("the retry: %v", err)
+	}
+	rm.get(func(r *recordingMetrics) bool {
+		if r.failures != 1 || len(r.syncs) != 1 {
+			t.Errorf("after the retry: %d failures, %d syncs observed; want 1 and 1", r.failures, len(r.syncs))
+		}
+		return true
+	})
+	if !a.health.Healthy() {
+		t.Error("unhealthy after the retry removed the balancer")
+	}
+}
+
 // programmedReporter records the programmed-objects gauges.
 type programmedReporter struct {
 	metrics.Reporter
