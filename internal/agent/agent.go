@@ -639,8 +639,14 @@ func (a *Agent) report(st *model.State) {
 	a.reported = now
 }
 
+// changed records a change and wakes Run. The health clock starts once
+// the source has delivered its initial content (Synced calls changed): a
+// slow initial list is not a sync falling behind, and /livez failing then
+// would only restart the agent into the same list. Called with mu held.
 func (a *Agent) changed() {
-	a.health.QueuedUpdate()
+	if a.synced {
+		a.health.QueuedUpdate()
+	}
 	a.pending++
 	a.opts.Metrics.SetPendingChanges(a.pending)
 	select {
@@ -684,9 +690,15 @@ func (a *Agent) DeleteEndpointSlice(namespace, name string) {
 }
 
 // SetNode implements Sink.
+// Whether the node may take load-balanced traffic (/healthz) follows
+// the Node at once, as kube-proxy's does, not after the full sync a Node
+// change causes.
 func (a *Agent) SetNode(n *v1.Node, origin string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if n.Name == a.builder.Config().NodeName {
+		a.health.SetNodeEligible(!model.NodeTerminating(n))
+	}
 	a.builder.SetNode(n, origin)
 	a.changed()
 }

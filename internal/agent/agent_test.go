@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -329,6 +330,63 @@ func TestSourceErrorsAloneAreReported(t *testing.T) {
 	waitFor(t, "the error reported", func() bool { return rep.n.Load() == 1 })
 	src.ops <- func(s Sink) { s.SourceErrors(nil, nil) }
 	waitFor(t, "the error gone", func() bool { return rep.n.Load() == 0 })
+}
+
+// TestHealthClockStartsAtSynced: objects arriving before the source's
+// initial content is complete do not start the health clock (/livez
+// would restart an agent waiting for a slow initial list); Synced does.
+func TestHealthClockStartsAtSynced(t *testing.T) {
+	a, err := New(Options{Runner: &fakeRunner{}, HealthTimeout: time.Millisecond,
+		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.SetService(service("a", "10.96.0.1"), "test")
+	time.Sleep(5 * time.Millisecond)
+	if !a.health.Healthy() {
+		t.Error("unhealthy while the initial lists are still arriving")
+	}
+	a.Synced()
+	time.Sleep(5 * time.Millisecond)
+	if a.health.Healthy() {
+		t.Error("healthy past the timeout after Synced, with nothing programmed")
+	}
+}
+
+// TestNodeEligibilityFollowsTheNodeAtOnce: a Node tainted for deletion
+// fails /healthz before the (full) sync its change causes.
+func TestNodeEligibilityFollowsTheNodeAtOnce(t *testing.T) {
+	a, err := New(Options{Runner: &fakeRunner{}, NFT: nftables.Options{InitialChunk: -1},
+		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.Synced()
+	if err := a.sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	healthz := func() int {
+		rec := httptest.NewRecorder()
+		a.health.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+		return rec.Code
+	}
+	if code := healthz(); code != 200 {
+		t.Fatalf("/healthz after the first sync: %d", code)
+	}
+	other := k8sobj.Node("node-b", []string{"192.168.1.12"}, []string{"10.244.2.0/24"})
+	other.Spec.Taints = []v1.Taint{{Key: model.TaintToBeDeleted, Effect: v1.TaintEffectNoSchedule}}
+	a.SetNode(other, "test")
+	if code := healthz(); code != 200 {
+		t.Errorf("/healthz after another Node was tainted: %d, want 200", code)
+	}
+	node := k8sobj.Node("node-a", []string{"192.168.1.11"}, []string{"10.244.1.0/24"})
+	node.Spec.Taints = other.Spec.Taints
+	a.SetNode(node, "test")
+	if code := healthz(); code != 503 {
+		t.Errorf("/healthz right after the Node was tainted for deletion: %d, want 503", code)
+	}
 }
 
 // TestHealthTimeoutFollowsTheSyncPeriod: a change waits up to

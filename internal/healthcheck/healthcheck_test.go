@@ -41,21 +41,35 @@ func TestProxyHealth(t *testing.T) {
 		livez     int
 		lastEmpty bool
 	}{
-		{"fresh start", func() {}, 200, 200, true},
-		{"a change queued", func() { h.QueuedUpdate(); c.t = c.t.Add(30 * time.Second) }, 200, 200, true},
+		{"fresh start: not programmed yet", func() {}, 503, 200, true},
+		{"a change queued", func() { h.QueuedUpdate(); c.t = c.t.Add(30 * time.Second) }, 503, 200, true},
 		{"queued too long", func() { c.t = c.t.Add(31 * time.Second) }, 503, 503, true},
 		{"synced", func() { h.Updated() }, 200, 200, false},
 		{"idle for long is fine", func() { c.t = c.t.Add(time.Hour) }, 200, 200, false},
 		{"node being deleted", func() { h.SetNodeEligible(false) }, 503, 200, false},
+		{"queued too long after a sync", func() { h.QueuedUpdate(); c.t = c.t.Add(2 * time.Minute) }, 503, 503, false},
 	}
+	var synced time.Time
 	for _, s := range steps {
 		s.do()
 		code, st := get(t, hh, "/healthz")
 		if code != s.healthz || st.Healthy != (s.healthz == 200) || st.NodeEligible == nil {
 			t.Errorf("%s: /healthz %d %+v, want %d", s.name, code, st, s.healthz)
 		}
-		if st.CurrentTime != c.t.Format(time.RFC3339Nano) || (st.LastUpdated == "") != s.lastEmpty {
-			t.Errorf("%s: times %+v", s.name, st)
+		if s.name == "synced" {
+			synced = c.t
+		}
+		// lastUpdated: now when healthy (kube-proxy's meaning), else the
+		// last sync, if any.
+		wantLast := c.t.Format(time.RFC3339Nano)
+		switch {
+		case code != 200 && s.lastEmpty:
+			wantLast = ""
+		case code != 200:
+			wantLast = synced.Format(time.RFC3339Nano)
+		}
+		if st.CurrentTime != c.t.Format(time.RFC3339Nano) || st.LastUpdated != wantLast {
+			t.Errorf("%s: times %+v, want lastUpdated %q", s.name, st, wantLast)
 		}
 		if code, st := get(t, hh, "/livez"); code != s.livez || st.NodeEligible != nil {
 			t.Errorf("%s: /livez %d %+v, want %d", s.name, code, st, s.livez)

@@ -19,9 +19,13 @@ import (
 // ProxyHealth tracks whether the datapath keeps up with changes.
 //
 // It is unhealthy when a change has been waiting to be programmed for
-// longer than the timeout. /healthz is also unhealthy while the Node is
-// being deleted or carries the ToBeDeletedByClusterAutoscaler taint, so load
-// balancers drain it; /livez only looks at the datapath.
+// longer than the timeout. /healthz, which load balancers probe, is also
+// unhealthy until the first successful sync (unlike kube-proxy's: a node
+// whose rules are not programmed yet takes no load-balanced traffic), and
+// while the Node is being deleted or carries the
+// ToBeDeletedByClusterAutoscaler taint, so load balancers drain it. /livez,
+// which the kubelet's liveness probe asks, only looks at changes waiting:
+// a restart would not bring a slow initial list sooner.
 type ProxyHealth struct {
 	timeout time.Duration
 	now     func() time.Time
@@ -62,7 +66,9 @@ func (h *ProxyHealth) SetNodeEligible(ok bool) {
 	h.nodeEligible = ok
 }
 
-// Status is the JSON body of /healthz and /livez.
+// Status is the JSON body of /healthz and /livez. LastUpdated is
+// CurrentTime when healthy (kube-proxy's meaning), else the last
+// successful sync ("" before the first).
 type Status struct {
 	LastUpdated  string `json:"lastUpdated"`
 	CurrentTime  string `json:"currentTime"`
@@ -87,13 +93,19 @@ func (h *ProxyHealth) status(withNode bool) Status {
 	defer h.mu.Unlock()
 	now := h.now()
 	s := Status{CurrentTime: now.UTC().Format(time.RFC3339Nano), Healthy: h.syncHealthy(now)}
-	if !h.lastUpdated.IsZero() {
-		s.LastUpdated = h.lastUpdated.UTC().Format(time.RFC3339Nano)
-	}
 	if withNode {
 		eligible := h.nodeEligible
 		s.NodeEligible = &eligible
-		s.Healthy = s.Healthy && eligible
+		s.Healthy = s.Healthy && eligible && !h.lastUpdated.IsZero()
+	}
+	switch {
+	case s.Healthy:
+		// As kube-proxy says it, for the clients of its older releases
+		// (where lastUpdated was the last run of an idle sync loop): a
+		// healthy proxy was updated now.
+		s.LastUpdated = s.CurrentTime
+	case !h.lastUpdated.IsZero():
+		s.LastUpdated = h.lastUpdated.UTC().Format(time.RFC3339Nano)
 	}
 	return s
 }

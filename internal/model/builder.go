@@ -200,6 +200,15 @@ func (b *Builder) SetLocalAddrs(addrs []netip.Addr) {
 // Config returns the configuration in use.
 func (b *Builder) Config() Config { return b.cfg }
 
+// NodeTerminating reports whether n is being deleted or carries the
+// cluster autoscaler's TaintToBeDeleted: load balancers should drain it.
+func NodeTerminating(n *v1.Node) bool {
+	if n.DeletionTimestamp != nil {
+		return true
+	}
+	return slices.ContainsFunc(n.Spec.Taints, func(t v1.Taint) bool { return t.Key == TaintToBeDeleted })
+}
+
 // SetNode records the Node object. Nodes other than the configured node
 // name are ignored. origin names where the object came from, for errors.
 func (b *Builder) SetNode(n *v1.Node, origin string) {
@@ -590,12 +599,7 @@ func (b *Builder) refreshNode() {
 			n.PodCIDRs = append(n.PodCIDRs, p.Masked())
 		}
 		n.Zone = b.node.Labels[v1.LabelTopologyZone]
-		n.Terminating = b.node.DeletionTimestamp != nil
-		for _, t := range b.node.Spec.Taints {
-			if t.Key == TaintToBeDeleted {
-				n.Terminating = true
-			}
-		}
+		n.Terminating = NodeTerminating(b.node)
 		b.nodeErrs = e.errs
 	}
 	if len(addrs) == 0 {
