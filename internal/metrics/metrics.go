@@ -17,7 +17,7 @@
 //	kubenat_conntrack_entries_deleted_total               counter
 //	kubenat_socket_lb_frontends                           gauge
 //	kubenat_held_endpoints                                gauge
-//	kubenat_healthz_responses_total{path,code}            counter
+//	kubenat_healthz_responses_total{path,code}            counter (path "/healthz", "/livez" or "other")
 //	kubenat_build_info{version,go_version}                gauge (always 1)
 //
 // plus the Go runtime (go_*) and process (process_*) collectors.
@@ -271,12 +271,18 @@ func (m *Metrics) Run(ctx context.Context, addr string) {
 }
 
 // CountResponses wraps a health handler so that every response is counted
-// with HealthzResponse (by request path and status code).
+// with HealthzResponse, by status code and by path: "/healthz", "/livez",
+// or "other" for any other path, so that requests from anyone who reaches
+// the port cannot add series without bound.
 func CountResponses(r Reporter, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		h.ServeHTTP(rec, req)
-		r.HealthzResponse(req.URL.Path, rec.code)
+		path := req.URL.Path
+		if path != "/healthz" && path != "/livez" {
+			path = "other"
+		}
+		r.HealthzResponse(path, rec.code)
 	})
 }
 

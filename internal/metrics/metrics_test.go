@@ -284,6 +284,8 @@ func TestCountResponses(t *testing.T) {
 	get("/healthz")
 	get("/livez")
 	get("/livez")
+	get("/scan-1")
+	get("/scan-2?x=1")
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("ServeHTTP after cancel: %v", err)
@@ -291,9 +293,12 @@ func TestCountResponses(t *testing.T) {
 	for _, tc := range []struct {
 		path, code string
 		want       float64
-	}{{"/healthz", "503", 1}, {"/livez", "200", 2}} {
+	}{{"/healthz", "503", 1}, {"/livez", "200", 2}, {"other", "200", 2}} {
 		if got := testutil.ToFloat64(m.healthz.WithLabelValues(tc.path, tc.code)); got != tc.want {
 			t.Errorf("%s %s: %v responses counted, want %v", tc.path, tc.code, got, tc.want)
 		}
+	}
+	if n := testutil.CollectAndCount(m.healthz); n != 3 {
+		t.Errorf("%d health response series, want 3 (any other path is one)", n)
 	}
 }
