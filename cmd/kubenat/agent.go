@@ -87,7 +87,8 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 	m := metrics.New(version.Version)
 	opts := agent.Options{
 		Config:             mc,
-		MinSyncPeriod:      cfg.SyncPeriod(),
+		MinSyncPeriod:      cfg.MinSync(),
+		TableCheckPeriod:   cfg.TableCheckPeriod(),
 		HealthzBindAddress: cfg.HealthzBindAddress,
 		MasqueradeConfig:   cfg.Masquerade.ConfigFile,
 		Metrics:            m,
@@ -109,7 +110,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 	}
 	defer a.Close()
 	klog.InfoS("Starting kubenat agent", "version", version.String(), "node", mc.NodeName, "source", sourceName,
-		"minSyncPeriod", cfg.SyncPeriod(), "gcPercent", gcPercent)
+		"minSyncPeriod", cfg.MinSync(), "gcPercent", gcPercent)
 	if once {
 		ctx, cancel := context.WithTimeout(ctx, onceTimeout)
 		defer cancel()

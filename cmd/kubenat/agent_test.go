@@ -144,7 +144,7 @@ masqueradeAll: true
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.NodeName != "node-a" || c.SyncPeriod().String() != "2s" {
+		if c.NodeName != "node-a" || c.MinSync().String() != "2s" {
 			t.Errorf("written configuration %+v", c)
 		}
 	})

@@ -64,6 +64,11 @@ type Options struct {
 	// (nftables.Options.InUse) are checked: about how long such an
 	// endpoint stays tracked after its last connection; default 30s.
 	HoldCheckPeriod time.Duration
+	// TableCheckPeriod is how often the agent checks that its tables are
+	// still in the kernel (nftables.Backend.Intact): tables flushed or
+	// deleted from outside are programmed again within about this long;
+	// default 30s.
+	TableCheckPeriod time.Duration
 	// Metrics receives the agent's measurements; nil means metrics.Nop.
 	Metrics metrics.Reporter
 	// Events records problems with a Service as Kubernetes Events on it;
@@ -169,6 +174,9 @@ func New(opts Options) (*Agent, error) {
 	if opts.HoldCheckPeriod == 0 {
 		opts.HoldCheckPeriod = 30 * time.Second
 	}
+	if opts.TableCheckPeriod == 0 {
+		opts.TableCheckPeriod = 30 * time.Second
+	}
 	if opts.HealthTimeout == 0 {
 		opts.HealthTimeout = 60*time.Second + opts.MinSyncPeriod
 	}
@@ -273,6 +281,9 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	// nftables.Options.InUse) are let go of once those are closed.
 	holdCheck := time.NewTicker(a.opts.HoldCheckPeriod)
 	defer holdCheck.Stop()
+	// Tables flushed or deleted from outside are programmed again.
+	tableCheck := time.NewTicker(a.opts.TableCheckPeriod)
+	defer tableCheck.Stop()
 	addrsNow := func() bool { return a.refreshLocalAddrs() && a.opts.Config.UntrackPodTCP }
 
 	var last time.Time // the last sync's start
@@ -291,6 +302,8 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 			now = addrsNow()
 		case <-holdCheck.C:
 			a.releaseHolds(ctx)
+		case <-tableCheck.C:
+			a.checkTables()
 		case <-addrsChanged:
 			now = addrsNow()
 		case <-ctx.Done():
@@ -335,6 +348,26 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 			backoff = time.Second
 		}
 	}
+}
+
+// checkTables asks the backend whether its tables are still in the
+// kernel and, when they were flushed or deleted from outside, has them
+// programmed again: the backend's next sync is a full one, and the change
+// counts for /healthz like any other. Like sync, it runs in the Run
+// goroutine, the only one that uses the backend.
+func (a *Agent) checkTables() {
+	ok, err := a.backend.Intact()
+	if err != nil {
+		klog.ErrorS(err, "Checking that kubenat's tables are in place failed")
+		return
+	}
+	if ok {
+		return
+	}
+	klog.InfoS("Warning: kubenat's tables were flushed or deleted from outside (e.g. nft flush ruleset); programming them again")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.changed()
 }
 
 // releaseHolds lets the backend let go of the held endpoints no connection

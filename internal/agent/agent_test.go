@@ -176,6 +176,34 @@ func TestAgentProgramsOnlyAfterSyncAndBatches(t *testing.T) {
 	}
 }
 
+// TestTablesGoneFromOutsideAreProgrammedAgain: when the periodic check
+// finds the tables emptied (a flushed ruleset), the agent programs them
+// again, fully, with no change from the source.
+func TestTablesGoneFromOutsideAreProgrammedAgain(t *testing.T) {
+	run := &fakeRunner{}
+	var rules atomic.Int64
+	rules.Store(1)
+	src := runAgent(t, Options{Runner: run, TableCheckPeriod: 20 * time.Millisecond,
+		NFT: nftables.Options{InitialChunk: -1, CountRules: func(family, table, chain string) (int, error) {
+			if table != nftables.DefaultTable || chain != "nat-prerouting" {
+				return 0, fmt.Errorf("unexpected chain %s %s %s", family, table, chain)
+			}
+			return int(rules.Load()), nil
+		}}})
+	src.ops <- func(s Sink) { s.SetService(service("a", "10.96.0.1"), "") }
+	src.ops <- func(s Sink) { s.Synced() }
+	waitFor(t, "the first sync", func() bool { return run.count() == 1 })
+	time.Sleep(100 * time.Millisecond) // checks that find the tables in place
+	if n := run.count(); n != 1 {
+		t.Fatalf("%d syncs while the tables were in place, want 1", n)
+	}
+	rules.Store(0) // flushed from outside
+	waitFor(t, "the tables programmed again", func() bool { return run.count() == 2 })
+	if s := run.last(); !strings.Contains(s, "table ip kubenat") || !strings.Contains(s, "10.96.0.1 . tcp . 80") {
+		t.Errorf("the tables were not programmed again in full:\n%s", s)
+	}
+}
+
 // TestChangesDoNotHurryARetry: after a failed sync, a stream of changes
 // waits for the backoff (a second) instead of retrying the failing sync
 // on every change.

@@ -46,6 +46,7 @@ const (
 // Defaults of the fields that have one.
 const (
 	DefaultMinSyncPeriod      = 100 * time.Millisecond
+	DefaultSyncPeriod         = 30 * time.Second
 	DefaultMetricsBindAddress = "127.0.0.1:10249"
 	DefaultHealthzBindAddress = "0.0.0.0:10256"
 	DefaultQPS                = 5
@@ -119,6 +120,14 @@ type Configuration struct {
 	// has waited longer than 60s plus this period.
 	// Flag --min-sync-period.
 	MinSyncPeriod string `json:"minSyncPeriod"`
+	// SyncPeriod is how often the agent checks that its tables are still
+	// in the kernel (a read of one base chain per family, whatever the
+	// tables hold) and programs them again when they were flushed or
+	// deleted from outside (`nft flush ruleset`, as Debian's nftables
+	// service runs on reload). kube-proxy's option of the same name
+	// bounds how long such damage lasts the same way. A Go duration,
+	// 1s to 1h. Default "30s". Flag --sync-period.
+	SyncPeriod string `json:"syncPeriod"`
 	// MetricsBindAddress is the host:port the Prometheus metrics are
 	// served on, at /metrics. Empty disables the server. Default
 	// "127.0.0.1:10249". Flag --metrics-bind-address.
@@ -289,6 +298,7 @@ func Default() *Configuration {
 		APIVersion:         APIVersion,
 		Kind:               Kind,
 		MinSyncPeriod:      DefaultMinSyncPeriod.String(),
+		SyncPeriod:         DefaultSyncPeriod.String(),
 		MetricsBindAddress: DefaultMetricsBindAddress,
 		HealthzBindAddress: DefaultHealthzBindAddress,
 		ClientConnection:   ClientConnection{QPS: DefaultQPS, Burst: DefaultBurst},

@@ -48,6 +48,7 @@ masquerade:
   masqLinkLocalIPv6: true
 serviceProxyName: other
 minSyncPeriod: 1s
+syncPeriod: 1m
 metricsBindAddress: 0.0.0.0:9999
 healthzBindAddress: 127.0.0.1:10256
 clientConnection:
@@ -73,7 +74,7 @@ conntrack:
 			DetectLocalMode: DetectLocalBridgeInterface, DetectLocal: DetectLocal{BridgeInterface: "cni0"},
 			NodePortAddresses: []string{"192.168.100.0/24"}, MasqueradeAll: true,
 			Masquerade:       Masquerade{NonMasqueradeCIDRs: []string{"10.0.0.0/8"}, MasqLinkLocal: true, MasqLinkLocalIPv6: true},
-			ServiceProxyName: "other", MinSyncPeriod: "1s", MetricsBindAddress: "0.0.0.0:9999", HealthzBindAddress: "127.0.0.1:10256",
+			ServiceProxyName: "other", MinSyncPeriod: "1s", SyncPeriod: "1m", MetricsBindAddress: "0.0.0.0:9999", HealthzBindAddress: "127.0.0.1:10256",
 			ClientConnection: ClientConnection{Kubeconfig: "/etc/kubenat/kubeconfig", ContentType: ContentTypeJSON, QPS: 20, Burst: 40},
 			SocketLB:         SocketLB{Cgroup: "/sys/fs/cgroup", PinDir: "/sys/fs/bpf/kn", UntrackPodTCP: true},
 			Conntrack: Conntrack{Min: 1000, TCPEstablishedTimeout: "2h", TCPCloseWaitTimeout: "0s", TCPBeLiberal: true,
@@ -196,6 +197,10 @@ func TestValidate(t *testing.T) {
 			[]string{"minSyncPeriod (--min-sync-period): -1s is out of range 0s-1h0m0s"}},
 		{"duration too long", func(c *Configuration) { c.MinSyncPeriod = "2h" },
 			[]string{"out of range"}},
+		{"sync period not a duration", func(c *Configuration) { c.SyncPeriod = "30" },
+			[]string{`syncPeriod (--sync-period): "30" is not a duration`}},
+		{"sync period too short", func(c *Configuration) { c.SyncPeriod = "100ms" },
+			[]string{"syncPeriod (--sync-period): 100ms is out of range 1s-1h0m0s"}},
 		{"metrics address without port", func(c *Configuration) { c.MetricsBindAddress = "127.0.0.1" },
 			[]string{`metricsBindAddress (--metrics-bind-address): "127.0.0.1" is not host:port`}},
 		{"metrics address with a name", func(c *Configuration) { c.MetricsBindAddress = "localhost:10249" },

@@ -54,6 +54,8 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.ServiceProxyName }},
 	{path: "minSyncPeriod", flag: "min-sync-period", help: "least time between two syncs; changes meanwhile are batched (with --untrack-pod-tcp, a change of the node's addresses is synced at once); /healthz fails when a change waited longer than 60s plus this", duration: true,
 		ptr: func(c *Configuration) any { return &c.MinSyncPeriod }},
+	{path: "syncPeriod", flag: "sync-period", help: "how often the agent checks that its tables are in place, and programs them again when they were flushed or deleted from outside (e.g. nft flush ruleset)", duration: true,
+		ptr: func(c *Configuration) any { return &c.SyncPeriod }},
 	{path: "metricsBindAddress", flag: "metrics-bind-address", help: `host:port of the Prometheus metrics server (/metrics); "" disables it`,
 		ptr: func(c *Configuration) any { return &c.MetricsBindAddress }},
 	{path: "healthzBindAddress", flag: "healthz-bind-address", help: `host:port of the kube-proxy compatible /healthz and /livez; "" disables them`,

@@ -124,6 +124,11 @@ func (c *Configuration) Validate() error {
 	} else if d < 0 || d > MaxMinSyncPeriod {
 		errs.add("minSyncPeriod", "%s is out of range 0s-%s", c.MinSyncPeriod, MaxMinSyncPeriod)
 	}
+	if d, err := time.ParseDuration(c.SyncPeriod); err != nil {
+		errs.add("syncPeriod", "%q is not a duration (e.g. 30s, 1m)", c.SyncPeriod)
+	} else if d < time.Second || d > time.Hour {
+		errs.add("syncPeriod", "%s is out of range 1s-1h0m0s", c.SyncPeriod)
+	}
 	if m := c.Masquerade; m.ConfigFile != "" && (m.MasqLinkLocal || m.MasqLinkLocalIPv6 || !slices.Equal(m.NonMasqueradeCIDRs, Default().Masquerade.NonMasqueradeCIDRs)) {
 		errs.add("masquerade.configFile", "replaces masquerade.nonMasqueradeCIDRs, masqLinkLocal and masqLinkLocalIPv6 (flags --non-masquerade-cidr, --masq-link-local, --masq-link-local-ipv6); set one or the other")
 	}
@@ -245,10 +250,17 @@ func checkHostPort(s string) string {
 	return ""
 }
 
-// SyncPeriod returns MinSyncPeriod as a duration (0 when it is invalid:
+// MinSync returns MinSyncPeriod as a duration (0 when it is invalid:
 // call Validate first).
-func (c *Configuration) SyncPeriod() time.Duration {
+func (c *Configuration) MinSync() time.Duration {
 	d, _ := time.ParseDuration(c.MinSyncPeriod)
+	return d
+}
+
+// TableCheckPeriod returns SyncPeriod as a duration (0 when it is
+// invalid: call Validate first).
+func (c *Configuration) TableCheckPeriod() time.Duration {
+	d, _ := time.ParseDuration(c.SyncPeriod)
 	return d
 }
 

@@ -65,7 +65,7 @@ func TestAgentWatchesManifests(t *testing.T) {
 	}
 
 	e.writeService(t, web("web-1", "web-2"))
-	p := netnstest.StartKubenat(t, &nodeA.Host, append(e.agentArgs(nodeA), "--min-sync-period", "50ms")...)
+	p := netnstest.StartKubenat(t, &nodeA.Host, append(e.agentArgs(nodeA), "--min-sync-period", "50ms", "--sync-period", "1s")...)
 	if msg := eventually(10*time.Second, servedBy(webVIP, "web-1", "web-2")); msg != "" {
 		t.Fatalf("the agent did not program web: %s\n%s", msg, p.Output())
 	}
@@ -111,6 +111,20 @@ func TestAgentWatchesManifests(t *testing.T) {
 		time.Sleep(500 * time.Millisecond) // give the agent time to (wrongly) act
 		if msg := servedBy(webVIP, "web-1")(); msg != "" {
 			t.Errorf("web after a broken edit: %s", msg)
+		}
+	})
+
+	t.Run("a flushed ruleset and a deleted table are programmed again", func(t *testing.T) {
+		for _, damage := range []string{"flush ruleset", "delete table ip kubenat"} {
+			if _, err := c.Exec(t.Context(), &nodeA.Host, "nft", damage); err != nil {
+				t.Fatal(err)
+			}
+			if msg := eventually(10*time.Second, servedBy(webVIP, "web-1")); msg != "" {
+				t.Fatalf("after %q: %s\n%s", damage, msg, p.Output())
+			}
+		}
+		if out := p.Output(); !strings.Contains(out, "flushed or deleted from outside") {
+			t.Errorf("the agent did not say why it programmed its tables again:\n%s", out)
 		}
 	})
 

@@ -88,6 +88,35 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 	return SyncResult{Elements: n}, nil
 }
 
+// chainNATPrerouting is the base chain Intact looks at: every ruleset has
+// it, with its rules, in both families.
+const chainNATPrerouting = "nat-prerouting"
+
+// Intact reports whether the tables the last Sync programmed are still in
+// the kernel, by counting the rules of each family's nat-prerouting chain
+// (one small netlink dump each, whatever the tables hold). It finds the
+// ruleset flushed (`nft flush ruleset`, which Debian's nftables service
+// runs on reload) and a table deleted or flushed (`kubenat cleanup` while
+// the agent runs); not a single rule or element deleted. When they are
+// not intact, the next Sync replaces everything. Before a Sync has
+// succeeded there is nothing to check: it reports true.
+func (b *Backend) Intact() (bool, error) {
+	if !b.synced {
+		return true, nil
+	}
+	for _, a := range families {
+		n, err := b.o.CountRules(a.name, b.o.Table, chainNATPrerouting)
+		if err != nil {
+			return false, fmt.Errorf("checking kubenat's tables: %w", err)
+		}
+		if n == 0 {
+			b.synced = false
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 // plan is a State taken apart for a full sync: the node's elements, the
 // Services in name order, and the bookkeeping the Backend keeps afterwards
 // (element counts per set, contributors of shared elements). It keeps no

@@ -37,6 +37,7 @@ import (
 	"strings"
 
 	"github.com/kubenat/kubenat/internal/model"
+	"github.com/kubenat/kubenat/internal/nft"
 )
 
 // DefaultTable is the name of the tables kubenat owns.
@@ -81,6 +82,9 @@ type Options struct {
 	// what the kernel held is not known). Nil: endpoints leave at once.
 	// Not used by Render.
 	InUse func(ctx context.Context, cidr netip.Prefix) (map[netip.AddrPort]bool, error)
+	// CountRules counts the rules of a chain in the kernel, for
+	// Backend.Intact; default nft.ChainRules. Not used by Render.
+	CountRules func(family, table, chain string) (int, error)
 }
 
 // DefaultInitialChunk is the default Options.InitialChunk: about 1,100
@@ -104,6 +108,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.InitialChunk == 0 {
 		o.InitialChunk = DefaultInitialChunk
+	}
+	if o.CountRules == nil {
+		o.CountRules = nft.ChainRules
 	}
 	return o
 }
@@ -384,7 +391,7 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 		clear &^= o.PodEgressMark
 	}
 	cs = append(cs,
-		chain{name: "nat-prerouting", hook: "type nat hook prerouting priority -100; policy accept;",
+		chain{name: chainNATPrerouting, hook: "type nat hook prerouting priority -100; policy accept;",
 			rules: []string{"jump nat-services"}},
 		chain{name: "nat-output", hook: "type nat hook output priority -100; policy accept;",
 			rules: []string{"jump nat-services"}},
