@@ -390,10 +390,16 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 		hairpin = fmt.Sprintf("ct status dnat %s . %s @%s %s masquerade fully-random", a.saddr, a.daddr, setHairpin, unmark)
 		clear &^= o.PodEgressMark
 	}
+	// The DNAT chains run just before the usual NAT priority (dstnat,
+	// -100) of kube-proxy, Docker and CNI port maps: the first chain that
+	// translates a connection decides it, and at equal priority the kernel
+	// runs the most recently created table first. So the rules of a proxy
+	// left over from a migration (or being replaced) never take a Service
+	// from kubenat, whichever was programmed last.
 	cs = append(cs,
-		chain{name: chainNATPrerouting, hook: "type nat hook prerouting priority -100; policy accept;",
+		chain{name: chainNATPrerouting, hook: "type nat hook prerouting priority -101; policy accept;",
 			rules: []string{"jump nat-services"}},
-		chain{name: "nat-output", hook: "type nat hook output priority -100; policy accept;",
+		chain{name: "nat-output", hook: "type nat hook output priority -101; policy accept;",
 			rules: []string{"jump nat-services"}},
 		chain{name: "nat-services", rules: svc},
 		chain{name: "nat-clusterip", rules: clusterIP},
