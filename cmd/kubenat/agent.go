@@ -117,7 +117,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		return a.SyncOnce(ctx, src)
 	}
 	if cfg.MetricsBindAddress != "" {
-		go m.Run(ctx, cfg.MetricsBindAddress)
+		go m.Run(ctx, cfg.MetricsBindAddress, cfg.EnableProfiling)
 	}
 	err = a.Run(ctx, src)
 	klog.InfoS("kubenat agent stopped; the programmed rules stay in place")

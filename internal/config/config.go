@@ -137,6 +137,10 @@ type Configuration struct {
 	// probe. Empty disables them. Default "0.0.0.0:10256".
 	// Flag --healthz-bind-address.
 	HealthzBindAddress string `json:"healthzBindAddress"`
+	// EnableProfiling serves the Go runtime's profiles (net/http/pprof) at
+	// /debug/pprof/ on the metrics server, as kube-proxy's option of the
+	// same name does. Default false. Flag --profiling.
+	EnableProfiling bool `json:"enableProfiling"`
 	// ClientConnection configures the connection to the Kubernetes API.
 	ClientConnection ClientConnection `json:"clientConnection"`
 	// Manifests is a directory of Kubernetes YAML manifests to read the

@@ -212,6 +212,13 @@ func TestValidate(t *testing.T) {
 			c.Masquerade.ConfigFile = "/etc/ip-masq-agent/config"
 			c.Masquerade.MasqLinkLocal = true
 		}, []string{"masquerade.configFile (--masquerade-config): replaces masquerade.nonMasqueradeCIDRs"}},
+		{"metrics and health on one port", func(c *Configuration) { c.MetricsBindAddress = "127.0.0.1:10256" },
+			[]string{`healthzBindAddress (--healthz-bind-address): "0.0.0.0:10256" and metricsBindAddress "127.0.0.1:10256" cannot both be bound`}},
+		{"one port on two addresses", func(c *Configuration) {
+			c.MetricsBindAddress, c.HealthzBindAddress = "127.0.0.1:10256", "192.168.1.1:10256"
+		}, nil},
+		{"profiling without metrics", func(c *Configuration) { c.EnableProfiling, c.MetricsBindAddress = true, "" },
+			[]string{"enableProfiling (--profiling): needs the metrics server"}},
 		{"bad healthz address", func(c *Configuration) { c.HealthzBindAddress = "10256" },
 			[]string{`healthzBindAddress (--healthz-bind-address): "10256" is not host:port`}},
 		{"bad content type", func(c *Configuration) { c.ClientConnection.ContentType = "text/plain" },

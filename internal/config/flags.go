@@ -60,6 +60,8 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.MetricsBindAddress }},
 	{path: "healthzBindAddress", flag: "healthz-bind-address", help: `host:port of the kube-proxy compatible /healthz and /livez; "" disables them`,
 		ptr: func(c *Configuration) any { return &c.HealthzBindAddress }},
+	{path: "enableProfiling", flag: "profiling", help: "serve the Go runtime's profiles at /debug/pprof/ on the metrics server",
+		ptr: func(c *Configuration) any { return &c.EnableProfiling }},
 	{path: "clientConnection.kubeconfig", flag: "kubeconfig", help: "kubeconfig file of the Kubernetes API to watch (default: in-cluster when $KUBERNETES_SERVICE_HOST is set)",
 		ptr: func(c *Configuration) any { return &c.ClientConnection.Kubeconfig }},
 	{path: "clientConnection.contentType", flag: "kube-api-content-type", help: "encoding of API requests: " + ContentTypeProtobuf + " or " + ContentTypeJSON,

@@ -143,6 +143,12 @@ func (c *Configuration) Validate() error {
 			errs.add(b.path, "%q %s", b.addr, msg)
 		}
 	}
+	if clash(c.MetricsBindAddress, c.HealthzBindAddress) {
+		errs.add("healthzBindAddress", "%q and metricsBindAddress %q cannot both be bound: one port on overlapping addresses", c.HealthzBindAddress, c.MetricsBindAddress)
+	}
+	if c.EnableProfiling && c.MetricsBindAddress == "" {
+		errs.add("enableProfiling", "needs the metrics server (metricsBindAddress, --metrics-bind-address), which serves the profiles")
+	}
 	switch lb := c.SocketLB; {
 	case lb.Cgroup == "" && lb.UntrackPodTCP:
 		errs.add("socketLB.untrackPodTCP", "needs the socket load balancer (socketLB.cgroup, --socket-lb-cgroup)")
@@ -248,6 +254,22 @@ func checkHostPort(s string) string {
 		return "has a port out of range 1-65535"
 	}
 	return ""
+}
+
+// clash reports whether two valid host:port bind addresses cannot both be
+// bound: the same port, and the same host or an unspecified one
+// (0.0.0.0, ::, empty) on either side.
+func clash(a, b string) bool {
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	if errA != nil || errB != nil || pa != pb {
+		return false
+	}
+	any := func(h string) bool {
+		ip, err := netip.ParseAddr(h)
+		return h == "" || (err == nil && ip.IsUnspecified())
+	}
+	return ha == hb || any(ha) || any(hb)
 }
 
 // MinSync returns MinSyncPeriod as a duration (0 when it is invalid:

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"runtime"
 	"strconv"
 	"time"
@@ -247,13 +248,22 @@ func (m *Metrics) Handler() http.Handler {
 // retryInterval is how long Run waits before binding its address again.
 const retryInterval = 5 * time.Second
 
-// Run serves the metrics at /metrics on addr (host:port) until ctx ends.
-// While addr cannot be bound (e.g. the previous agent on this host network
-// is still exiting) it logs the error and tries again every 5 s: metrics
-// never stop the agent.
-func (m *Metrics) Run(ctx context.Context, addr string) {
+// Run serves the metrics at /metrics on addr (host:port) until ctx ends,
+// and with profiling the Go runtime's profiles at /debug/pprof/ (as
+// kube-proxy's enableProfiling does, on the same server). While addr
+// cannot be bound (e.g. the previous agent on this host network is still
+// exiting) it logs the error and tries again every 5 s: metrics never
+// stop the agent.
+func (m *Metrics) Run(ctx context.Context, addr string, profiling bool) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	for {
 		err := serve(ctx, addr, mux, func(a net.Addr) {
 			klog.InfoS("Serving metrics", "address", "http://"+a.String()+"/metrics")

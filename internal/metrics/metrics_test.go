@@ -122,14 +122,24 @@ func TestReporter(t *testing.T) {
 // scrape runs m's server on a free loopback port and fetches /metrics.
 func scrape(t *testing.T, m *Metrics) string {
 	t.Helper()
+	code, body := serveAndGet(t, m, false, "/metrics")
+	if code != 200 {
+		t.Fatalf("GET /metrics: %d", code)
+	}
+	return body
+}
+
+// serveAndGet runs m's server on a free loopback port and fetches path.
+func serveAndGet(t *testing.T, m *Metrics, profiling bool, path string) (int, string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	addr := freeAddr(t)
-	go m.Run(ctx, addr)
+	go m.Run(ctx, addr, profiling)
 	var resp *http.Response
 	var err error
 	for range 100 {
-		if resp, err = http.Get("http://" + addr + "/metrics"); err == nil {
+		if resp, err = http.Get("http://" + addr + path); err == nil {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -139,10 +149,20 @@ func scrape(t *testing.T, m *Metrics) string {
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("GET /metrics: %v %v", resp.Status, err)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
 	}
-	return string(b)
+	return resp.StatusCode, string(b)
+}
+
+// TestProfiling: /debug/pprof/ is served only when profiling is on.
+func TestProfiling(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		code, body := serveAndGet(t, New("x"), on, "/debug/pprof/heap?debug=1")
+		if got := code == 200 && strings.Contains(body, "heap profile"); got != on {
+			t.Errorf("profiling %v: GET /debug/pprof/heap: %d %.80q", on, code, body)
+		}
+	}
 }
 
 // freeAddr returns a loopback address with a port free a moment ago.
