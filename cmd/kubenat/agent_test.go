@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -222,5 +223,28 @@ func TestRenderSaysWhatItAssumes(t *testing.T) {
 	}
 	if want := "warning: this node's pod CIDR 10.244.1.0/24 is outside the non-masquerade ranges"; !strings.Contains(out, want) {
 		t.Errorf("render said:\n%s\nwant the line %q", out, want)
+	}
+}
+
+// TestKubeProxyFlagsAreAnswered: a kube-proxy flag kubenat lacks is an
+// error that says what to use instead; other unknown flags are plain
+// errors.
+func TestKubeProxyFlagsAreAnswered(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"agent", "--hostname-override=node-a"}, "unknown flag: --hostname-override (kube-proxy's flag: use --node-name)"},
+		{[]string{"render", "--iptables-min-sync-period", "1s"}, "unknown flag: --iptables-min-sync-period (kube-proxy's flag: use --min-sync-period)"},
+		{[]string{"trace", "--proxy-mode=iptables"}, "unknown flag: --proxy-mode (kube-proxy's flag: kubenat programs nftables"},
+		{[]string{"agent", "--no-such-flag"}, "unknown flag: --no-such-flag"},
+	} {
+		_, err := runCmd(t, tc.args...)
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("kubenat %s: %v, want %q", strings.Join(tc.args, " "), err, tc.want)
+		}
+		if strings.HasPrefix(tc.args[1], "--no-such") && strings.Contains(fmt.Sprint(err), "kube-proxy") {
+			t.Errorf("kubenat %s: %v names kube-proxy", strings.Join(tc.args, " "), err)
+		}
 	}
 }

@@ -39,6 +39,7 @@ their pods (DNAT), pod traffic leaving the cluster carries the node's address
 	klog.InitFlags(klogFlags)
 	root.PersistentFlags().AddGoFlag(klogFlags.Lookup("v"))
 	root.PersistentFlags().AddGoFlag(klogFlags.Lookup("vmodule"))
+	root.SetFlagErrorFunc(kubeProxyFlagError)
 	root.AddCommand(newAgentCmd(), newRenderCmd(), newCleanupCmd(), newVersionCmd(), newTraceCmd(), newLabCmd())
 	return root
 }
