@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
+	"os"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -252,6 +254,11 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		go a.serveHealthz(ctx)
 	}
 	if path := a.opts.MasqueradeConfig; path != "" {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			// ip-masq-agent's meaning (its ConfigMap is optional), but
+			// a mistyped path should not pass unseen.
+			klog.InfoS("The masquerade configuration file does not exist: using the default non-masquerade ranges until it appears", "file", path)
+		}
 		a.mu.Lock()
 		egress := a.builder.Config().Egress
 		a.mu.Unlock()
