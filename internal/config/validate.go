@@ -74,6 +74,14 @@ func (c *Configuration) Validate() error {
 			errs.add(fmt.Sprintf("clusterCIDRs[%d]", i), "%q is not a CIDR", s)
 			continue
 		}
+		switch {
+		case p.Addr().Is4In6():
+			errs.add(fmt.Sprintf("clusterCIDRs[%d]", i), "%s is an IPv4-mapped IPv6 range, which no packet carries: write it as an IPv4 one", s)
+			continue
+		case p.Bits() == 0:
+			errs.add(fmt.Sprintf("clusterCIDRs[%d]", i), "%s is the whole address space: every source would count as a pod", s)
+			continue
+		}
 		f := model.FamilyOf(p.Addr())
 		if other, ok := families[f]; ok {
 			errs.add(fmt.Sprintf("clusterCIDRs[%d]", i), "%s: only one %s CIDR is allowed (%s is already given)", s, f, other)
