@@ -168,7 +168,17 @@ func newCleanupCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cleanup",
 		Short: "Remove everything kubenat programmed in the kernel, and nothing else",
-		Args:  cobra.NoArgs,
+		Long: `cleanup removes what kubenat programs in this network namespace's kernel:
+its nftables tables ("ip kubenat", "ip6 kubenat", and the standby tables an
+interrupted full sync may leave), the table a killed "kubenat trace --live"
+may leave, and the socket load balancer pinned in --bpf-pin-dir. Nothing
+else is touched: not kube-proxy's or anyone else's rules, and not the
+conntrack sysctls the agent set (they keep their values).
+
+Stop the agent first: a running agent programs its tables again within
+its --sync-period. Connections through Services break once the rules are
+gone.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			run, err := nft.New()
 			if err != nil {
@@ -185,9 +195,11 @@ func newCleanupCmd() *cobra.Command {
 			if removed {
 				fmt.Fprintln(cmd.OutOrStdout(), "removed the kubenat tables (ip, ip6)")
 			}
-			if removed, err := live.Cleanup(cmd.Context(), run); err != nil {
+			traced, err := live.Cleanup(cmd.Context(), run)
+			if err != nil {
 				return err
-			} else if removed {
+			}
+			if traced {
 				fmt.Fprintf(cmd.OutOrStdout(), "removed the table of a live trace (%s)\n", live.Table)
 			}
 			unpinned, err := socketlb.Cleanup(pinDir)
@@ -197,7 +209,7 @@ func newCleanupCmd() *cobra.Command {
 			if unpinned {
 				fmt.Fprintf(cmd.OutOrStdout(), "removed the socket load balancer pinned in %s\n", pinDir)
 			}
-			if !removed && !unpinned {
+			if !removed && !traced && !unpinned {
 				fmt.Fprintln(cmd.OutOrStdout(), "nothing to remove: kubenat has nothing programmed here")
 			}
 			return nil
