@@ -52,8 +52,12 @@ const plainHeader = `# kubenat: the DaemonSet, its ServiceAccount and RBAC, and 
 # kube-system) by "go test ./deploy -update"; change the chart, not this file.
 # Before applying it, set clusterCIDRs in the ConfigMap to your cluster's pod
 # ranges, the image to one you built with the Dockerfile, and, when kubenat
-# replaces kube-proxy, KUBERNETES_SERVICE_HOST/PORT to the API server's
-# address (the chart's apiServer.host value).
+# replaces kube-proxy, add the API server's address to the kubenat
+# container's env (the chart's apiServer.host and apiServer.port values):
+#   - {name: KUBERNETES_SERVICE_HOST, value: "<API server address>"}
+#   - {name: KUBERNETES_SERVICE_PORT, value: "6443"}
+# Without them the agent reaches the API through the "kubernetes" Service's
+# ClusterIP, which needs a service proxy already running.
 `
 
 // render renders the chart as release "kubenat" in kube-system with vals
@@ -268,8 +272,10 @@ func TestChartDefaults(t *testing.T) {
 	for _, p := range c.Ports {
 		ports[p.Name] = p.ContainerPort
 	}
-	if ports["healthz"] != 10256 || ports["metrics"] != 10249 {
-		t.Errorf("ports %v, want healthz 10256 and metrics 10249", ports)
+	// Metrics on 127.0.0.1 (kube-proxy's default) cannot be scraped from
+	// outside: the pod names no port for them.
+	if want := map[string]int32{"healthz": 10256}; !reflect.DeepEqual(ports, want) {
+		t.Errorf("ports %v, want %v", ports, want)
 	}
 	if !reflect.DeepEqual(ds.Spec.Selector.MatchLabels, map[string]string{
 		"app.kubernetes.io/name": "kubenat", "app.kubernetes.io/instance": "kubenat"}) {
@@ -399,10 +405,14 @@ func TestChartValues(t *testing.T) {
 					!c.Masquerade.MasqLinkLocal || len(c.ClusterCIDRs) != 2 {
 					t.Errorf("configuration %+v", c)
 				}
+				metrics := int32(0)
 				for _, p := range container(t, o.ds).Ports {
-					if p.Name == "metrics" && p.ContainerPort != 9100 {
-						t.Errorf("metrics port %d, want 9100", p.ContainerPort)
+					if p.Name == "metrics" {
+						metrics = p.ContainerPort
 					}
+				}
+				if metrics != 9100 {
+					t.Errorf("metrics port %d, want 9100", metrics)
 				}
 			}},
 		{"the socket load balancer: the host's cgroups and bpf file system, and the BPF and PERFMON capabilities",
