@@ -512,6 +512,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"no cluster CIDR", map[string]any{}, "clusterCIDRs"},
 		{"empty cluster CIDRs", map[string]any{"config": map[string]any{"clusterCIDRs": []any{}}}, "clusterCIDRs"},
 		{"not a CIDR", map[string]any{"config": map[string]any{"clusterCIDRs": []any{"10.244.0.0"}}}, "clusterCIDRs"},
+		{"an IPv4 prefix too long", map[string]any{"config": map[string]any{"clusterCIDRs": []any{"10.244.0.0/33"}}}, "clusterCIDRs"},
+		{"an IPv6 prefix too long", map[string]any{"config": map[string]any{"clusterCIDRs": []any{"fd00::/129"}}}, "clusterCIDRs"},
 		{"unknown configuration field", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "minSyncPerod": "1s"}}, "minSyncPerod"},
 		{"unknown nested field", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "masquerade": map[string]any{"masqLinkLocl": true}}}, "masqLinkLocl"},
 		{"unknown value", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs}, "tolerration": []any{}}, "tolerration"},
