@@ -593,7 +593,7 @@ func (a *Agent) updateServiceHealth(st *model.State, d model.Delta) {
 	keys := d.Changed
 	if d.Full {
 		keys = st.SortedKeys()
-		for k := range a.svcHealth.Ports() {
+		for _, k := range a.svcHealth.Services() {
 			if _, ok := st.Services[k]; !ok {
 				keys = append(keys, k)
 			}

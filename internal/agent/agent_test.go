@@ -327,6 +327,45 @@ func TestABalancerLeftInPlaceIsNotASuccess(t *testing.T) {
 	}
 }
 
+// TestHealthCheckOfADeletedServiceGoes: a health check whose port could
+// not be bound goes with its Service, also when the Service is deleted in
+// a full sync (with a Node change).
+func TestHealthCheckOfADeletedServiceGoes(t *testing.T) {
+	ctx := t.Context()
+	a, err := New(Options{Runner: &fakeRunner{}, NFT: nftables.Options{InitialChunk: -1},
+		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.svcHealth = healthcheck.NewServiceHealth(ctx, a.health, func(port uint16) (net.Listener, error) {
+		return nil, fmt.Errorf("port %d is busy", port)
+	}, nil)
+	a.Synced()
+	svc, slices := k8sobj.Service{Name: "lb", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.0.7"},
+		ETPLocal: true, HealthCheckNodePort: 32123, LoadBalancerIPs: []string{"192.0.2.7"},
+		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: 8080, NodePort: 30007}},
+		Endpoints: []k8sobj.Endpoint{{IP: "10.244.1.7", Node: "node-a"}}}.Objects()
+	a.SetService(svc, "test")
+	for _, s := range slices {
+		a.SetEndpointSlice(s, "test")
+	}
+	if err := a.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.svcHealth.Services(); len(got) != 1 {
+		t.Fatalf("health checks after the Service came: %v, want its own (waiting for its port)", got)
+	}
+	a.DeleteService(svc.Namespace, svc.Name)
+	a.SetNode(k8sobj.Node("node-a", []string{"192.168.1.11"}, []string{"10.244.1.0/24"}), "test") // a full sync
+	if err := a.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.svcHealth.Services(); len(got) != 0 {
+		t.Errorf("health checks after the Service was deleted: %v, want none", got)
+	}
+}
+
 // programmedReporter records the programmed-objects gauges.
 type programmedReporter struct {
 	metrics.Reporter

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -115,6 +117,14 @@ func (s *ServiceHealth) Ports() map[model.ServiceKey]uint16 {
 		}
 	}
 	return out
+}
+
+// Services returns every Service with a health check, served or waiting
+// for its port, in no particular order.
+func (s *ServiceHealth) Services() []model.ServiceKey {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Collect(maps.Keys(s.services))
 }
 
 func (s *ServiceHealth) stop(srv *svcServer) {
