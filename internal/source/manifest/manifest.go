@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -62,6 +63,7 @@ func (r Ref) String() string {
 // fileResult is what one file yielded.
 type fileResult struct {
 	info    os.FileInfo // of the file a symlink points to
+	statAt  time.Time   // when info was taken
 	objects []object
 	err     error   // the file could not be parsed at all
 	docErrs []error // documents that could not be used
@@ -106,6 +108,7 @@ func (r *Reader) Read() (*Snapshot, error) {
 		// Stat, not the entry's Lstat: in a ConfigMap volume every file
 		// is a symlink through ..data, which an update swaps, and the
 		// symlinks themselves never change.
+		statAt := time.Now()
 		info, err := os.Stat(path)
 		if err != nil {
 			present[name] = true
@@ -117,12 +120,12 @@ func (r *Reader) Read() (*Snapshot, error) {
 		}
 		present[name] = true
 		prev := r.files[name]
-		if prev != nil && prev.err == nil && unchanged(prev.info, info) {
+		if prev != nil && prev.err == nil && prev.settled() && unchanged(prev.info, info) {
 			results = append(results, prev)
 			continue
 		}
 		res := readFile(path, name, prev)
-		res.info = info
+		res.info, res.statAt = info, statAt
 		if res.err != nil {
 			snap.Errors = append(snap.Errors, res.err)
 			if prev != nil && prev.err == nil {
@@ -173,6 +176,20 @@ func (r *Reader) Read() (*Snapshot, error) {
 // another), the same size, the same modification time.
 func unchanged(before, now os.FileInfo) bool {
 	return os.SameFile(before, now) && before.Size() == now.Size() && before.ModTime().Equal(now.ModTime())
+}
+
+// racyWindow is how long after a file's modification time its size and
+// time may still not tell a later write from it: two writes within one
+// tick of the file system's clock (coarse on some file systems) leave the
+// same time, and with the same size the second would pass unseen.
+const racyWindow = 2 * time.Second
+
+// settled reports whether the file had been left alone for racyWindow
+// when it was read, so that an unchanged size and time mean unchanged
+// content (git's "racily clean" rule). A file read sooner is read again
+// until it settles.
+func (f *fileResult) settled() bool {
+	return f.info.ModTime().Before(f.statAt.Add(-racyWindow))
 }
 
 // isManifest selects YAML and JSON files, skipping hidden and editor files.

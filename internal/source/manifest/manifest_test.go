@@ -169,6 +169,36 @@ func TestKeepsLastGoodContent(t *testing.T) {
 	}
 }
 
+// TestSameSizeEditWithinOneTick: a file edited in place to content of the
+// same size, within one tick of the file system's clock (its modification
+// time unchanged), is read again while it is that recent.
+func TestSameSizeEditWithinOneTick(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "web.yaml")
+	write(t, dir, "web.yaml", goodService)
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(dir)
+	if s, _ := r.Read(); len(s.Services) != 1 || s.Services[0].Spec.Ports[0].Port != 80 {
+		t.Fatalf("first read: %+v", s.Services)
+	}
+	edited := strings.Replace(goodService, "port: 80", "port: 81", 1)
+	if len(edited) != len(goodService) {
+		t.Fatal("the edit changes the size")
+	}
+	if err := os.WriteFile(path, []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(path, info.ModTime(), info.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := r.Read(); len(s.Services) != 1 || s.Services[0].Spec.Ports[0].Port != 81 {
+		t.Errorf("after a same-size edit within one tick: port %d, want 81", s.Services[0].Spec.Ports[0].Port)
+	}
+}
+
 // TestConfigMapVolume: in a ConfigMap volume each file is a symlink
 // through ..data to a timestamped directory, and an update writes a new
 // directory and swaps ..data. The symlinks never change; the files they
