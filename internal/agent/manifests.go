@@ -64,7 +64,7 @@ func (m *ManifestSource) Run(ctx context.Context, sink Sink) error {
 			return nil
 		case ev, ok := <-w.Events:
 			if !ok {
-				return fmt.Errorf("manifest watcher closed")
+				return fmt.Errorf("watching manifest directory %s: the watcher closed", m.reader.Dir())
 			}
 			klog.V(4).InfoS("Manifest event", "event", ev.String())
 			if debounce == nil {
@@ -72,7 +72,7 @@ func (m *ManifestSource) Run(ctx context.Context, sink Sink) error {
 			}
 		case err, ok := <-w.Errors:
 			if ok {
-				klog.ErrorS(err, "Manifest watcher error")
+				klog.ErrorS(err, "Watching the manifest directory failed; it is still polled", "dir", m.reader.Dir())
 			}
 		case <-debounce:
 			debounce = nil
