@@ -91,16 +91,21 @@ type objectWatch struct {
 	proxyName string
 	ctrl      cache.Controller
 
-	mu      sync.Mutex
-	keys    map[string]types.UID // namespace/name (→ UID, with kind.keepUID) of the objects queued or delivered
-	pending []func()             // deliveries not made yet, in order
-	busy    bool                 // a batch of pending is being delivered
-	wake    chan struct{}        // capacity 1: pending has work
+	mu   sync.Mutex
+	keys map[string]types.UID // namespace/name (→ UID, with kind.keepUID) of the objects queued or delivered
+	// pending is the newest delivery not made yet of each object, and
+	// order their keys as first queued: an object changing while the
+	// sink is busy (a long sync) takes one entry, however often it
+	// changes, so the buffer is bounded by the number of objects.
+	pending map[string]func()
+	order   []string
+	busy    bool          // a batch of pending is being delivered
+	wake    chan struct{} // capacity 1: pending has work
 }
 
 // newObjectWatch returns a watch of kind k through lw; run starts it.
 func newObjectWatch(k kind, lw cache.ListerWatcher, proxyName string) *objectWatch {
-	w := &objectWatch{kind: k, proxyName: proxyName, keys: map[string]types.UID{}, wake: make(chan struct{}, 1)}
+	w := &objectWatch{kind: k, proxyName: proxyName, keys: map[string]types.UID{}, pending: map[string]func(){}, wake: make(chan struct{}, 1)}
 	// Trimmed like the Node informer's objects: an object waits in the
 	// queue until it is delivered.
 	fifo := cache.NewDeltaFIFOWithOptions(cache.DeltaFIFOOptions{KnownObjects: w, EmitDeltaTypeReplaced: true, Transformer: trim})
@@ -127,7 +132,7 @@ func (w *objectWatch) hasSynced() bool {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.pending) == 0 && !w.busy
+	return len(w.order) == 0 && !w.busy
 }
 
 // deliver makes the buffered deliveries, in order, until ctx ends.
@@ -139,12 +144,12 @@ func (w *objectWatch) deliver(ctx context.Context) {
 		case <-w.wake:
 		}
 		w.mu.Lock()
-		batch := w.pending
-		w.pending, w.busy = nil, true
+		batch, order := w.pending, w.order
+		w.pending, w.order, w.busy = map[string]func(){}, nil, true
 		w.mu.Unlock()
-		for i, f := range batch {
-			f()
-			batch[i] = nil // the object it delivered may go
+		for _, k := range order {
+			batch[k]()
+			delete(batch, k) // the object it delivered may go
 		}
 		w.mu.Lock()
 		w.busy = false
@@ -152,9 +157,14 @@ func (w *objectWatch) deliver(ctx context.Context) {
 	}
 }
 
-// enqueue buffers a delivery; called with w.mu held.
-func (w *objectWatch) enqueue(f func()) {
-	w.pending = append(w.pending, f)
+// enqueue buffers the delivery of the object namespace/name, replacing one
+// of it not made yet; called with w.mu held.
+func (w *objectWatch) enqueue(namespace, name string, f func()) {
+	k := cache.NewObjectName(namespace, name).String()
+	if _, ok := w.pending[k]; !ok {
+		w.order = append(w.order, k)
+	}
+	w.pending[k] = f
 	select {
 	case w.wake <- struct{}{}:
 	default:
@@ -210,7 +220,7 @@ func (w *objectWatch) process(obj any, _ bool) error {
 	if d.Type == cache.Deleted {
 		ns, name, ok := key(d.Object)
 		if ok && w.forget(ns, name) {
-			w.enqueue(func() {
+			w.enqueue(ns, name, func() {
 				klog.V(4).InfoS(w.kind.name+" deleted", "object", klog.KRef(ns, name))
 				w.kind.delete(w.sink, ns, name)
 			})
@@ -224,7 +234,7 @@ func (w *objectWatch) process(obj any, _ bool) error {
 	ns, name := o.GetNamespace(), o.GetName()
 	if otherProxy(o.GetLabels(), w.proxyName) {
 		if w.forget(ns, name) {
-			w.enqueue(func() { w.kind.delete(w.sink, ns, name) })
+			w.enqueue(ns, name, func() { w.kind.delete(w.sink, ns, name) })
 		}
 		return nil
 	}
@@ -233,7 +243,7 @@ func (w *objectWatch) process(obj any, _ bool) error {
 		uid = o.GetUID()
 	}
 	w.keys[cache.NewObjectName(ns, name).String()] = uid
-	w.enqueue(func() {
+	w.enqueue(ns, name, func() {
 		klog.V(4).InfoS(w.kind.name+" changed", "object", klog.KRef(ns, name), "resourceVersion", o.GetResourceVersion())
 		w.kind.set(w.sink, d.Object)
 	})

@@ -216,3 +216,43 @@ func TestObjectWatchDoesNotWaitForTheSink(t *testing.T) {
 		t.Error("not synced after everything was delivered")
 	}
 }
+
+// TestObjectWatchCoalescesWhileTheSinkIsBusy: an object changing many times
+// while the sink is busy waits as one delivery, its newest version (the
+// delivery buffer is bounded by the number of objects).
+func TestObjectWatchCoalescesWhileTheSinkIsBusy(t *testing.T) {
+	w1 := watch.NewFakeWithChanSize(0, false)
+	lw := &scriptedLW{lists: [][]discovery.EndpointSlice{{testSlice("a", "1", nil)}}, watches: []*watch.FakeWatcher{w1}}
+	s := &blockingSink{release: make(chan struct{})}
+	sw := newObjectWatch(sliceKind, lw, model.DefaultProxyName)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go sw.run(ctx, s)
+	for i := 2; i <= 50; i++ {
+		sl := testSlice("a", fmt.Sprint(i), nil)
+		w1.Modify(&sl) // returns once the watch has read it
+	}
+	// While the sink is busy the changes are processed: never more than
+	// one delivery waits for the one object.
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		sw.mu.Lock()
+		n := len(sw.order)
+		sw.mu.Unlock()
+		if n > 1 {
+			t.Fatalf("%d deliveries waiting for one object, want at most 1", n)
+		}
+	}
+	close(s.release)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.HasSuffix(s.String(), "set a@50") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the sink got %q, want the newest version last", s.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The version being delivered when the sink blocked, and the newest
+	// (one in between when the release came while changes were read).
+	if got := strings.Split(s.String(), ", "); len(got) > 3 {
+		t.Errorf("the sink got %q: want at most 3 of the 50 versions", got)
+	}
+}
