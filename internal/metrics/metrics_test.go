@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -206,10 +207,10 @@ func TestTriggerTimes(t *testing.T) {
 	}{
 		{"new trigger times are pending", []ev{{"a", ann(at(1)), false}, {"b", ann(at(2)), false}}, []time.Time{at(1), at(2)}},
 		{"an unchanged annotation is not a new change", []ev{{"a", ann(at(1)), false}, {"a", ann(at(1)), false}}, []time.Time{at(1)}},
-		{"a changed annotation is", []ev{{"a", ann(at(1)), false}, {"a", ann(at(3)), false}}, []time.Time{at(1), at(3)}},
+		{"a changed annotation is, but before a sync the earliest change waits", []ev{{"a", ann(at(1)), false}, {"a", ann(at(3)), false}}, []time.Time{at(1)}},
 		{"changes before the start are ignored", []ev{{"a", ann(at(-5)), false}}, nil},
 		{"no annotation, or a bad one", []ev{{"a", nil, false}, {"b", map[string]string{AnnotationLastChangeTriggerTime: "yesterday"}, false}}, nil},
-		{"a recreated slice counts again", []ev{{"a", ann(at(1)), false}, {"a", nil, true}, {"a", ann(at(1)), false}}, []time.Time{at(1), at(1)}},
+		{"a recreated slice waits once", []ev{{"a", ann(at(1)), false}, {"a", nil, true}, {"a", ann(at(1)), false}}, []time.Time{at(1)}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -222,6 +223,7 @@ func TestTriggerTimes(t *testing.T) {
 				}
 			}
 			got := tt.Take()
+			slices.SortFunc(got, time.Time.Compare)
 			if len(got) != len(tc.want) {
 				t.Fatalf("Take = %v, want %v", got, tc.want)
 			}
@@ -320,5 +322,19 @@ func TestCountResponses(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(m.healthz); n != 3 {
 		t.Errorf("%d health response series, want 3 (any other path is one)", n)
+	}
+}
+
+// TestTriggerTimesAfterASync: once taken, a slice's next change is
+// pending again.
+func TestTriggerTimesAfterASync(t *testing.T) {
+	start := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	tt := NewTriggerTimes(start)
+	for _, s := range []int{1, 3} {
+		ts := start.Add(time.Duration(s) * time.Second)
+		tt.SliceChanged("ns", "a", map[string]string{AnnotationLastChangeTriggerTime: ts.Format(time.RFC3339Nano)})
+		if got := tt.Take(); len(got) != 1 || !got[0].Equal(ts) {
+			t.Errorf("Take after the change at %v = %v", ts, got)
+		}
 	}
 }

@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -19,20 +21,23 @@ const AnnotationLastChangeTriggerTime = "endpoints.kubernetes.io/last-change-tri
 // before it ran: its age would measure the restart, not the datapath), and
 // differs from the last one seen for the same slice (updates that do not
 // touch the annotation, such as label changes or a relist after a watch
-// expired, are not new changes).
+// expired, are not new changes). Of a slice's changes waiting for one
+// sync, the earliest counts: the wait of the oldest change is the one to
+// measure, and what waits is bounded by the number of slices however
+// long syncs keep failing.
 //
 // It is not safe for concurrent use.
 type TriggerTimes struct {
 	start   time.Time
 	last    map[sliceName]time.Time
-	pending []time.Time
+	pending map[sliceName]time.Time
 }
 
 type sliceName struct{ namespace, name string }
 
 // NewTriggerTimes returns a tracker ignoring trigger times before start.
 func NewTriggerTimes(start time.Time) *TriggerTimes {
-	return &TriggerTimes{start: start, last: map[sliceName]time.Time{}}
+	return &TriggerTimes{start: start, last: map[sliceName]time.Time{}, pending: map[sliceName]time.Time{}}
 }
 
 // SliceChanged records a new or updated EndpointSlice's annotations.
@@ -53,7 +58,9 @@ func (t *TriggerTimes) SliceChanged(namespace, name string, annotations map[stri
 	if ts.Before(t.start) {
 		return
 	}
-	t.pending = append(t.pending, ts)
+	if _, waiting := t.pending[k]; !waiting {
+		t.pending[k] = ts
+	}
 }
 
 // SliceDeleted forgets a deleted EndpointSlice.
@@ -61,11 +68,12 @@ func (t *TriggerTimes) SliceDeleted(namespace, name string) {
 	delete(t.last, sliceName{namespace, name})
 }
 
-// Take returns the pending trigger times and forgets them: call it when a
-// sync has programmed every change received so far.
+// Take returns the pending trigger times, in no particular order, and
+// forgets them: call it when a sync has programmed every change received
+// so far.
 func (t *TriggerTimes) Take() []time.Time {
-	p := t.pending
-	t.pending = nil
+	p := slices.Collect(maps.Values(t.pending))
+	clear(t.pending)
 	return p
 }
 
