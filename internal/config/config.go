@@ -163,7 +163,8 @@ type Configuration struct {
 // cannot be applied is logged and does not stop the agent.
 type Conntrack struct {
 	// MaxPerCore sizes the table (nf_conntrack_max) at this many entries
-	// per online CPU of the machine, at least Min; the hash table
+	// per online CPU of the machine, at most 1,048,576 in all (kube-proxy's
+	// cap), at least Min; the hash table
 	// (nf_conntrack_buckets) grows to a quarter of it when smaller. 0
 	// leaves both alone. Default 32768. Flag --conntrack-max-per-core.
 	MaxPerCore int32 `json:"maxPerCore"`
@@ -207,6 +208,9 @@ const (
 	DefaultConntrackMin                   = 131072
 	DefaultConntrackTCPEstablishedTimeout = 24 * time.Hour
 	DefaultConntrackTCPCloseWaitTimeout   = time.Hour
+	// MaxConntrackPerCoreTotal caps maxPerCore × CPUs, as kube-proxy
+	// does: 1,048,576 entries (about 300 MiB of kernel memory when full).
+	MaxConntrackPerCoreTotal = 1 << 20
 )
 
 // DetectLocal names the interfaces detectLocalMode's interface modes use.

@@ -78,7 +78,7 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.SocketLB.PinDir }},
 	{path: "socketLB.untrackPodTCP", flag: "untrack-pod-tcp", help: "with the socket load balancer, leave TCP between pods untracked where no kubenat rule can have translated it (faster; only correct when every pod connects through the balancer and no one else DNATs pod traffic to pods, e.g. hostPorts)",
 		ptr: func(c *Configuration) any { return &c.SocketLB.UntrackPodTCP }},
-	{path: "conntrack.maxPerCore", flag: "conntrack-max-per-core", help: "size the conntrack table (nf_conntrack_max) at this many entries per CPU, at least --conntrack-min; 0 leaves it (needed outside the host's network namespace)",
+	{path: "conntrack.maxPerCore", flag: "conntrack-max-per-core", help: "size the conntrack table (nf_conntrack_max) at this many entries per CPU, at most 1048576 in all, at least --conntrack-min; 0 leaves it (needed outside the host's network namespace)",
 		ptr: func(c *Configuration) any { return &c.Conntrack.MaxPerCore }},
 	{path: "conntrack.min", flag: "conntrack-min", help: "least conntrack table size --conntrack-max-per-core sets",
 		ptr: func(c *Configuration) any { return &c.Conntrack.Min }},

@@ -295,14 +295,17 @@ func (c *Configuration) TableCheckPeriod() time.Duration {
 }
 
 // ConntrackSettings returns the conntrack sysctls the agent sets on a node
-// with cpus CPUs (conntrack.OnlineCPUs): nf_conntrack_max is MaxPerCore × cpus, at least Min (0
-// when MaxPerCore is 0). Call Validate first.
+// with cpus CPUs (conntrack.OnlineCPUs): nf_conntrack_max is MaxPerCore × cpus,
+// at most MaxConntrackPerCoreTotal, and at least Min (0 when MaxPerCore is
+// 0). Call Validate first.
 func (c *Configuration) ConntrackSettings(cpus int) conntrack.Settings {
 	ct := c.Conntrack
 	s := conntrack.Settings{TCPBeLiberal: ct.TCPBeLiberal, Procfs: ct.Procfs}
 	if ct.MaxPerCore > 0 {
-		// The kernel keeps the table's size in an int.
-		s.Max = min(max(int(ct.MaxPerCore)*cpus, int(ct.Min)), math.MaxInt32)
+		// The per-core size stops at kube-proxy's cap (many-core machines
+		// would otherwise reserve a table far beyond any node's need);
+		// an explicit min still wins, up to the kernel's int.
+		s.Max = min(max(min(int(ct.MaxPerCore)*cpus, MaxConntrackPerCoreTotal), int(ct.Min)), math.MaxInt32)
 	}
 	for _, t := range ct.timeouts(&s) {
 		*t.target, _ = time.ParseDuration(t.value)
