@@ -372,6 +372,7 @@ func (a *Agent) checkTables() {
 		return
 	}
 	klog.InfoS("Warning: kubenat's tables were flushed or deleted from outside (e.g. nft flush ruleset); programming them again")
+	a.opts.Metrics.TablesRestored()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.changed()

@@ -181,9 +181,10 @@ func TestAgentProgramsOnlyAfterSyncAndBatches(t *testing.T) {
 // again, fully, with no change from the source.
 func TestTablesGoneFromOutsideAreProgrammedAgain(t *testing.T) {
 	run := &fakeRunner{}
+	rm := &recordingMetrics{}
 	var rules atomic.Int64
 	rules.Store(1)
-	src := runAgent(t, Options{Runner: run, TableCheckPeriod: 20 * time.Millisecond,
+	src := runAgent(t, Options{Runner: run, Metrics: rm, TableCheckPeriod: 20 * time.Millisecond,
 		NFT: nftables.Options{InitialChunk: -1, CountRules: func(family, table, chain string) (int, error) {
 			if table != nftables.DefaultTable || chain != "nat-prerouting" {
 				return 0, fmt.Errorf("unexpected chain %s %s %s", family, table, chain)
@@ -201,6 +202,9 @@ func TestTablesGoneFromOutsideAreProgrammedAgain(t *testing.T) {
 	waitFor(t, "the tables programmed again", func() bool { return run.count() == 2 })
 	if s := run.last(); !strings.Contains(s, "table ip kubenat") || !strings.Contains(s, "10.96.0.1 . tcp . 80") {
 		t.Errorf("the tables were not programmed again in full:\n%s", s)
+	}
+	if !rm.get(func(r *recordingMetrics) bool { return r.restored >= 1 }) {
+		t.Error("kubenat_tables_restored_total was not counted")
 	}
 }
 

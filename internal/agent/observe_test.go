@@ -29,6 +29,7 @@ type recordingMetrics struct {
 	invalid     int
 	socketLB    int
 	held        int
+	restored    int
 }
 
 func (r *recordingMetrics) ObserveSync(full bool, _ time.Duration) {
@@ -73,6 +74,12 @@ func (r *recordingMetrics) SetHeldEndpoints(n int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.held = n
+}
+
+func (r *recordingMetrics) TablesRestored() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.restored++
 }
 
 func (r *recordingMetrics) get(f func(r *recordingMetrics) bool) bool {

@@ -17,6 +17,7 @@
 //	kubenat_conntrack_entries_deleted_total               counter
 //	kubenat_socket_lb_frontends                           gauge
 //	kubenat_held_endpoints                                gauge
+//	kubenat_tables_restored_total                         counter
 //	kubenat_healthz_responses_total{path,code}            counter (path "/healthz", "/livez" or "other")
 //	kubenat_build_info{version,go_version}                gauge (always 1)
 //
@@ -76,6 +77,9 @@ type Reporter interface {
 	// pod-to-pod TCP untracked, only for connections the rules DNATed to
 	// them (see nftables.Options.InUse).
 	SetHeldEndpoints(n int)
+	// TablesRestored counts the agent finding its tables flushed or
+	// deleted from outside (to be programmed again).
+	TablesRestored()
 }
 
 // Nop is a Reporter that discards everything.
@@ -93,6 +97,7 @@ func (nop) ConntrackEntriesDeleted(int)             {}
 func (nop) HealthzResponse(string, int)             {}
 func (nop) SetSocketLBFrontends(int)                {}
 func (nop) SetHeldEndpoints(int)                    {}
+func (nop) TablesRestored()                         {}
 
 // Metrics is the Prometheus implementation of Reporter, with its own
 // registry.
@@ -111,6 +116,7 @@ type Metrics struct {
 	healthz         *prometheus.CounterVec
 	socketLB        prometheus.Gauge
 	held            prometheus.Gauge
+	restored        prometheus.Counter
 }
 
 // New returns Metrics registered in a new private registry, with the Go
@@ -169,6 +175,10 @@ func New(version string) *Metrics {
 			Name: "kubenat_held_endpoints",
 			Help: "Endpoints kept tracked, with pod-to-pod TCP untracked, only because connections the rules DNATed to them are open.",
 		}),
+		restored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kubenat_tables_restored_total",
+			Help: "Times the agent found its nftables tables flushed or deleted from outside (e.g. nft flush ruleset) and programmed them again.",
+		}),
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "kubenat_build_info",
@@ -180,7 +190,7 @@ func New(version string) *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		build, m.syncDuration, m.syncFailures, m.lastSync, m.programming, m.pending,
-		m.services, m.endpoints, m.invalid, m.conntrackDelete, m.healthz, m.socketLB, m.held,
+		m.services, m.endpoints, m.invalid, m.conntrackDelete, m.healthz, m.socketLB, m.held, m.restored,
 	)
 	// Export the full/partial series from the start, at zero.
 	m.syncDuration.WithLabelValues("full")
@@ -233,6 +243,9 @@ func (m *Metrics) SetSocketLBFrontends(n int) { m.socketLB.Set(float64(n)) }
 
 // SetHeldEndpoints implements Reporter.
 func (m *Metrics) SetHeldEndpoints(n int) { m.held.Set(float64(n)) }
+
+// TablesRestored implements Reporter.
+func (m *Metrics) TablesRestored() { m.restored.Inc() }
 
 // HealthzResponse implements Reporter.
 func (m *Metrics) HealthzResponse(path string, code int) {

@@ -32,8 +32,8 @@ func TestNamesFollowConventions(t *testing.T) {
 			n++
 		}
 	}
-	if n != 13 {
-		t.Errorf("%d kubenat_ metric families, want 13", n)
+	if n != 14 {
+		t.Errorf("%d kubenat_ metric families, want 14", n)
 	}
 	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
 	if err != nil {
@@ -64,12 +64,14 @@ func TestReporter(t *testing.T) {
 	m.HealthzResponse("/healthz", 200)
 	m.SetSocketLBFrontends(12)
 	m.SetHeldEndpoints(3)
+	m.TablesRestored()
 
 	for _, tc := range []struct {
 		metric string
 		want   float64
 	}{
 		{"kubenat_sync_failures_total", 1},
+		{"kubenat_tables_restored_total", 1},
 		{"kubenat_pending_changes", 4},
 		{"kubenat_programmed_services", 3},
 		{"kubenat_programmed_endpoints", 7},
