@@ -221,6 +221,12 @@ func TestValidate(t *testing.T) {
 		{"one port on two addresses", func(c *Configuration) {
 			c.MetricsBindAddress, c.HealthzBindAddress = "127.0.0.1:10256", "192.168.1.1:10256"
 		}, nil},
+		{"one port on IPv4's wildcard and an IPv6 address", func(c *Configuration) {
+			c.MetricsBindAddress, c.HealthzBindAddress = "[::1]:10256", "0.0.0.0:10256"
+		}, nil},
+		{"one port on both families' wildcard and an IPv4 address", func(c *Configuration) {
+			c.MetricsBindAddress, c.HealthzBindAddress = "127.0.0.1:10256", "[::]:10256"
+		}, []string{"cannot both be bound"}},
 		{"profiling without metrics", func(c *Configuration) { c.EnableProfiling, c.MetricsBindAddress = true, "" },
 			[]string{"enableProfiling (--profiling): needs the metrics server"}},
 		{"bad healthz address", func(c *Configuration) { c.HealthzBindAddress = "10256" },

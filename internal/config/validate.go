@@ -265,19 +265,23 @@ func checkHostPort(s string) string {
 }
 
 // clash reports whether two valid host:port bind addresses cannot both be
-// bound: the same port, and the same host or an unspecified one
-// (0.0.0.0, ::, empty) on either side.
+// bound: the same port and the same host, or on one side a wildcard that
+// covers the other's host (an empty host and "::" listen on both
+// families, "0.0.0.0" on every IPv4 address).
 func clash(a, b string) bool {
 	ha, pa, errA := net.SplitHostPort(a)
 	hb, pb, errB := net.SplitHostPort(b)
 	if errA != nil || errB != nil || pa != pb {
 		return false
 	}
-	any := func(h string) bool {
-		ip, err := netip.ParseAddr(h)
-		return h == "" || (err == nil && ip.IsUnspecified())
+	covers := func(wild, other string) bool {
+		if wild == "" || wild == "::" {
+			return true
+		}
+		ip, err := netip.ParseAddr(other)
+		return wild == "0.0.0.0" && (other == "" || (err == nil && ip.Is4()))
 	}
-	return ha == hb || any(ha) || any(hb)
+	return ha == hb || covers(ha, hb) || covers(hb, ha)
 }
 
 // MinSync returns MinSyncPeriod as a duration (0 when it is invalid:
