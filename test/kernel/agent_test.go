@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,11 +116,16 @@ func TestAgentWatchesManifests(t *testing.T) {
 	})
 
 	t.Run("a flushed ruleset and a deleted table are programmed again", func(t *testing.T) {
-		for _, damage := range []string{"flush ruleset", "delete table ip kubenat"} {
+		for _, damage := range []string{"flush ruleset", "delete table ip kubenat", "delete table ip6 kubenat"} {
 			if _, err := c.Exec(t.Context(), &nodeA.Host, "nft", damage); err != nil {
 				t.Fatal(err)
 			}
-			if msg := eventually(10*time.Second, servedBy(webVIP, "web-1")); msg != "" {
+			if msg := eventually(10*time.Second, func() string {
+				if out, err := c.Exec(t.Context(), &nodeA.Host, "nft", "list tables"); err != nil || strings.Count(out, " kubenat\n") != 2 {
+					return fmt.Sprintf("tables: %q %v", out, err)
+				}
+				return servedBy(webVIP, "web-1")()
+			}); msg != "" {
 				t.Fatalf("after %q: %s\n%s", damage, msg, p.Output())
 			}
 		}
