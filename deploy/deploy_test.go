@@ -268,6 +268,10 @@ func TestChartDefaults(t *testing.T) {
 		c.LivenessProbe.HTTPGet.Port.StrVal != "healthz" {
 		t.Errorf("liveness probe %+v, want /livez on the healthz port", c.LivenessProbe)
 	}
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" ||
+		c.ReadinessProbe.HTTPGet.Port.StrVal != "healthz" {
+		t.Errorf("readiness probe %+v, want /healthz on the healthz port (ready after the first sync)", c.ReadinessProbe)
+	}
 	ports := map[string]int32{}
 	for _, p := range c.Ports {
 		ports[p.Name] = p.ContainerPort
