@@ -475,7 +475,10 @@ func (a *Agent) sync(ctx context.Context) error {
 		delta, a.unapplied = a.unapplied.Then(delta), nil
 	}
 	a.report(st)
-	// failed is reported once per sync, whatever failed in it.
+	// failed counts one failure per sync, whatever failed in it. A
+	// balancer that failed and was turned off is one, and yet the sync
+	// is a success (observed, and clearing /healthz's wait): nftables
+	// serves every connection completely.
 	failed := false
 	// The socket load balancer takes new frontends before nftables stops
 	// tracking their endpoints, and lets go of frontends only after
