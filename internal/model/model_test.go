@@ -834,6 +834,58 @@ func TestBuilderDuplicateEndpointFirstSliceWins(t *testing.T) {
 	}
 }
 
+// TestEndpointConditionsAsKubeProxyReadsThem: a pod's address listed by
+// the slice of a terminating pod and by a live pod's is the live pod's,
+// whatever the slices' names; an endpoint ready while terminating (its
+// Service publishes not-ready addresses) keeps its traffic; an unset
+// serving condition means serving.
+func TestEndpointConditionsAsKubeProxyReadsThem(t *testing.T) {
+	tests := []struct {
+		name   string
+		slices []*discovery.EndpointSlice
+		want   []string // the cluster group of default/a
+		local  []string // this node's ready endpoints (node-a)
+	}{
+		{"the live copy of a reused address wins", []*discovery.EndpointSlice{
+			slice("a", "a-1", discovery.AddressTypeIPv4, 8080,
+				ep{ip: "10.244.1.5", node: "node-b", ready: ptr(false), serving: ptr(true), terminate: ptr(true)},
+				ep{ip: "10.244.1.6", node: "node-b"}),
+			slice("a", "a-2", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.5", node: "node-a", ready: ptr(true)}),
+		}, []string{"10.244.1.5:8080", "10.244.1.6:8080"}, []string{"10.244.1.5:8080"}},
+		{"ready while terminating: still used", []*discovery.EndpointSlice{
+			slice("a", "a-1", discovery.AddressTypeIPv4, 8080,
+				ep{ip: "10.244.1.5", node: "node-a", ready: ptr(true), serving: ptr(true), terminate: ptr(true)},
+				ep{ip: "10.244.1.6", node: "node-a", ready: ptr(true)}),
+		}, []string{"10.244.1.5:8080", "10.244.1.6:8080"}, []string{"10.244.1.5:8080", "10.244.1.6:8080"}},
+		{"serving unset means serving: the terminating fallback", []*discovery.EndpointSlice{
+			slice("a", "a-1", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.1.5", node: "node-a", ready: ptr(false), terminate: ptr(true)}),
+		}, []string{"10.244.1.5:8080"}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := NewBuilder(testCfg)
+			b.SetService(svc("a", func(s *v1.Service) { s.Spec.Ports[0].TargetPort = intstr.FromInt32(8080) }), "")
+			for _, s := range tc.slices {
+				b.SetEndpointSlice(s, "")
+			}
+			st, _ := b.Build()
+			sp := &st.Services[ServiceKey{"default", "a"}][0]
+			if got := addrs(sp.GroupEndpoints(ClusterGroup)); !slices.Equal(got, tc.want) {
+				t.Errorf("cluster endpoints %v, want %v", got, tc.want)
+			}
+			var local []string
+			for _, e := range sp.Endpoints {
+				if e.Local && e.Ready {
+					local = append(local, e.String())
+				}
+			}
+			if !slices.Equal(local, tc.local) {
+				t.Errorf("local ready endpoints %v, want %v", local, tc.local)
+			}
+		})
+	}
+}
+
 func TestDeltaThen(t *testing.T) {
 	key := func(n string) ServiceKey { return ServiceKey{Namespace: "default", Name: n} }
 	ports := func(p uint16) []ServicePort { return []ServicePort{{Port: p}} }

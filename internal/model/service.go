@@ -525,12 +525,10 @@ func parseSlice(s *discovery.EndpointSlice, origin string, intern func(string) s
 			e.add(fmt.Sprintf("endpoints[%d].addresses[0]", i), "%s is not an %s address", a, d.family)
 			continue
 		}
+		// A nil condition means true (discovery/v1), serving included.
 		c := ep.Conditions
 		ready := c.Ready == nil || *c.Ready
-		serving := ready
-		if c.Serving != nil {
-			serving = *c.Serving
-		}
+		serving := c.Serving == nil || *c.Serving
 		node := ""
 		if ep.NodeName != nil {
 			node = intern(*ep.NodeName)
@@ -552,10 +550,15 @@ func parseSlice(s *discovery.EndpointSlice, origin string, intern func(string) s
 }
 
 // collectEndpoints gathers the endpoints of one Service port and family
-// from the Service's EndpointSlices (in name order: an endpoint listed by
-// two slices is taken from the first). Slices are matched by address type;
-// ports by name and protocol, so named target ports may resolve to a
-// different number on each endpoint.
+// from the Service's EndpointSlices. An endpoint listed by two slices (a
+// pod's address taken by a new pod while the old one terminates) is taken
+// from the first slice in name order that lists it not terminating, else
+// from the first, as kube-proxy prefers the live copy. Slices are matched
+// by address type; ports by name and protocol, so named target ports may
+// resolve to a different number on each endpoint. Ready is the
+// endpoint's condition as given: true for a terminating endpoint only
+// when its Service publishes not-ready addresses, which keep their
+// traffic as with kube-proxy.
 func collectEndpoints(endpointSlices []*sliceEntry, portName string, proto Protocol, f Family, node *nodeView) []Endpoint {
 	n := 0
 	for _, e := range endpointSlices {
@@ -573,7 +576,7 @@ func collectEndpoints(endpointSlices []*sliceEntry, portName string, proto Proto
 	// Sized for every candidate (duplicates are rare): appending would
 	// leave up to half of the array unused, and the State keeps it.
 	out := make([]Endpoint, 0, n)
-	seen := make(map[netip.AddrPort]bool, n)
+	seen := make(map[netip.AddrPort]int, n) // index in out
 	for _, e := range endpointSlices {
 		s := &e.data
 		if s.family != f {
@@ -585,16 +588,20 @@ func collectEndpoints(endpointSlices []*sliceEntry, portName string, proto Proto
 			}
 			for _, ep := range s.endpoints {
 				ap := netip.AddrPortFrom(ep.addr, sp.port)
-				if seen[ap] {
-					continue
-				}
-				seen[ap] = true
-				out = append(out, Endpoint{
+				e := Endpoint{
 					Addr: ep.addr, Port: sp.port, NodeName: ep.node,
 					Local: ep.node != "" && ep.node == node.name,
-					Ready: ep.ready && !ep.terminating, Serving: ep.serving, Terminating: ep.terminating,
+					Ready: ep.ready, Serving: ep.serving, Terminating: ep.terminating,
 					Hints: ep.hints.hintsFor(node),
-				})
+				}
+				if i, dup := seen[ap]; dup {
+					if out[i].Terminating && !e.Terminating {
+						out[i] = e
+					}
+					continue
+				}
+				seen[ap] = len(out)
+				out = append(out, e)
 			}
 		}
 	}
