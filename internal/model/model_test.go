@@ -109,6 +109,19 @@ func TestBuildServicePorts(t *testing.T) {
 			frontends: []string{"ClusterIP 10.96.0.10:80", "NodePort 192.168.100.11:30080", "ExternalIP 192.168.201.10:80", "LoadBalancerIP 192.168.200.10:80"},
 		},
 		{
+			name: "a LoadBalancer IP that is also an externalIP stays a LoadBalancer IP, filtered by its source ranges",
+			svc: svc("web", lb, func(s *v1.Service) {
+				s.Spec.ExternalIPs = []string{"192.168.200.10"}
+				s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24"}
+			}),
+			frontends: []string{"ClusterIP 10.96.0.10:80", "NodePort 192.168.100.11:30080", "LoadBalancerIP 192.168.200.10:80"},
+			check: func(t *testing.T, sp ServicePort) {
+				if !sp.FirewallLB || sp.AdmitsSource(netip.MustParseAddr("198.51.100.7")) {
+					t.Errorf("a source outside the ranges is admitted: firewall %v", sp.FirewallLB)
+				}
+			},
+		},
+		{
 			name:      "NodePort ignored on a ClusterIP Service",
 			svc:       svc("web", func(s *v1.Service) { s.Spec.Ports[0].NodePort = 30080 }),
 			frontends: []string{"ClusterIP 10.96.0.10:80"},

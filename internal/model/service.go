@@ -715,15 +715,22 @@ func parseProtocolPtr(p *v1.Protocol) (Protocol, error) {
 	return parseProtocol(*p)
 }
 
+// dedupFrontends keeps one frontend per address and port: the first,
+// except that a LoadBalancer IP which is also an externalIP stays a
+// LoadBalancer IP, so that loadBalancerSourceRanges still filter it (as
+// kube-proxy filters every LoadBalancer IP).
 func dedupFrontends(fs []Frontend) []Frontend {
 	out := fs[:0]
-	seen := map[netip.AddrPort]bool{}
+	seen := map[netip.AddrPort]int{} // index in out
 	for _, f := range fs {
 		k := netip.AddrPortFrom(f.Addr, f.Port)
-		if seen[k] {
+		if i, ok := seen[k]; ok {
+			if out[i].Kind == ExternalIP && f.Kind == LoadBalancerIP {
+				out[i] = f
+			}
 			continue
 		}
-		seen[k] = true
+		seen[k] = len(out)
 		out = append(out, f)
 	}
 	return out
