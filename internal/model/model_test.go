@@ -122,6 +122,13 @@ func TestBuildServicePorts(t *testing.T) {
 			},
 		},
 		{
+			name: "a bad source-range annotation on a ClusterIP Service is not read",
+			svc: svc("web", func(s *v1.Service) {
+				s.Annotations = map[string]string{AnnotationSourceRanges: "not-a-cidr"}
+			}),
+			frontends: []string{"ClusterIP 10.96.0.10:80"},
+		},
+		{
 			name:      "NodePort ignored on a ClusterIP Service",
 			svc:       svc("web", func(s *v1.Service) { s.Spec.Ports[0].NodePort = 30080 }),
 			frontends: []string{"ClusterIP 10.96.0.10:80"},
@@ -299,7 +306,10 @@ func TestInvalidInputIsReportedAndIsolated(t *testing.T) {
 			s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
 			s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr(int32(90000))}}
 		}), "timeoutSeconds: 90000 is out of range 1-86400"},
-		{"source range", svc("bad", func(s *v1.Service) { s.Spec.LoadBalancerSourceRanges = []string{"10.0.0.0/33"} }), `spec.loadBalancerSourceRanges[0]: "10.0.0.0/33" is not a CIDR`},
+		{"source range", svc("bad", func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.LoadBalancerSourceRanges = []string{"10.0.0.0/33"}
+		}), `spec.loadBalancerSourceRanges[0]: "10.0.0.0/33" is not a CIDR`},
 		{"no cluster IP", svc("bad", func(s *v1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "", nil }), "spec.clusterIP: must be set"},
 	}
 	for _, tc := range tests {

@@ -181,7 +181,14 @@ func parseService(svc *v1.Service, origin string, intern func(string) string) *s
 	if err != nil {
 		e.add("spec.sessionAffinityConfig.clientIP.timeoutSeconds", "%v", err)
 	}
-	ranges := parseSourceRanges(svc, e)
+	// Source ranges filter LoadBalancer IPs only, which only a
+	// LoadBalancer Service has: elsewhere (where the API server does not
+	// check the legacy annotation) they are not read, so a stray
+	// annotation cannot keep a Service from being served.
+	var ranges []netip.Prefix
+	if spec.Type == v1.ServiceTypeLoadBalancer {
+		ranges = parseSourceRanges(svc, e)
+	}
 
 	externalIPs := parseAddrList(spec.ExternalIPs, "spec.externalIPs", e)
 	var lbIPs []netip.Addr
@@ -638,8 +645,9 @@ func parseAffinity(spec *v1.ServiceSpec) (time.Duration, error) {
 	return time.Duration(s) * time.Second, nil
 }
 
-// parseSourceRanges returns the Service's loadBalancerSourceRanges (or the
-// legacy annotation), nil when there are none.
+// parseSourceRanges returns the Service's loadBalancerSourceRanges, or
+// when it has none its legacy annotation (which kube-proxy does not read,
+// and cloud load balancers do), nil when there are none.
 func parseSourceRanges(svc *v1.Service, e *objErrs) []netip.Prefix {
 	list, field := svc.Spec.LoadBalancerSourceRanges, "spec.loadBalancerSourceRanges"
 	if len(list) == 0 {
