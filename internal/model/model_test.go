@@ -129,6 +129,15 @@ func TestBuildServicePorts(t *testing.T) {
 			frontends: []string{"ClusterIP 10.96.0.10:80"},
 		},
 		{
+			name: "addresses with leading zeros, as old API servers accepted them, are read as kube-proxy reads them",
+			svc: svc("web", func(s *v1.Service) {
+				s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.096.0.010", []string{"10.096.0.010"}
+			}),
+			slices:    []*discovery.EndpointSlice{slice("web", "w1", discovery.AddressTypeIPv4, 8080, ep{ip: "10.244.001.010"})},
+			frontends: []string{"ClusterIP 10.96.0.10:80"},
+			cluster:   []string{"10.244.1.10:8080"},
+		},
+		{
 			name:      "NodePort ignored on a ClusterIP Service",
 			svc:       svc("web", func(s *v1.Service) { s.Spec.Ports[0].NodePort = 30080 }),
 			frontends: []string{"ClusterIP 10.96.0.10:80"},

@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+	netutils "k8s.io/utils/net"
 )
 
 // Labels and annotations the model honours.
@@ -144,7 +145,7 @@ func parseService(svc *v1.Service, origin string, intern func(string) string) *s
 	}
 	var clusterIPs [len(Families)]netip.Addr
 	for i, s := range ips {
-		a, err := netip.ParseAddr(s)
+		a, err := parseAddr(s)
 		if err != nil {
 			e.add(field(i), "%q is not a valid IP address", s)
 			continue
@@ -159,7 +160,7 @@ func parseService(svc *v1.Service, origin string, intern func(string) string) *s
 		*slot = a
 	}
 	if spec.ClusterIP != "" && len(spec.ClusterIPs) > 0 && spec.ClusterIP != spec.ClusterIPs[0] {
-		if _, err := netip.ParseAddr(spec.ClusterIP); err != nil && spec.ClusterIP != v1.ClusterIPNone {
+		if _, err := parseAddr(spec.ClusterIP); err != nil && spec.ClusterIP != v1.ClusterIPNone {
 			e.add("spec.clusterIP", "%q is not a valid IP address", spec.ClusterIP)
 		} else {
 			e.add("spec.clusterIP", "%q differs from spec.clusterIPs[0] %q", spec.ClusterIP, spec.ClusterIPs[0])
@@ -200,7 +201,7 @@ func parseService(svc *v1.Service, origin string, intern func(string) string) *s
 			if ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeProxy {
 				continue // the load balancer proxies; traffic arrives for the node
 			}
-			a, err := netip.ParseAddr(ing.IP)
+			a, err := parseAddr(ing.IP)
 			if err != nil {
 				e.add(fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), "%q is not a valid IP address", ing.IP)
 				continue
@@ -523,7 +524,7 @@ func parseSlice(s *discovery.EndpointSlice, origin string, intern func(string) s
 			e.add(fmt.Sprintf("endpoints[%d].addresses", i), "must list an address")
 			continue
 		}
-		a, err := netip.ParseAddr(ep.Addresses[0])
+		a, err := parseAddr(ep.Addresses[0])
 		switch {
 		case err != nil:
 			e.add(fmt.Sprintf("endpoints[%d].addresses[0]", i), "%q is not a valid IP address", ep.Addresses[0])
@@ -667,6 +668,23 @@ func parseSourceRanges(svc *v1.Service, e *objErrs) []netip.Prefix {
 	return out
 }
 
+// parseAddr parses an IP address of an API object as kube-proxy does:
+// an IPv4 address with leading zeros ("10.096.0.10", which API servers
+// before 1.22 accepted and which old objects may still hold) is read as
+// decimal.
+func parseAddr(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err == nil {
+		return a, nil
+	}
+	if ip := netutils.ParseIPSloppy(s); ip != nil {
+		if a, ok := netip.AddrFromSlice(ip); ok {
+			return a.Unmap(), nil
+		}
+	}
+	return netip.Addr{}, err
+}
+
 func unmapBits(p netip.Prefix) int {
 	if p.Addr().Is4In6() {
 		return p.Bits() - 96
@@ -694,7 +712,7 @@ func effectiveSourceRanges(ranges []netip.Prefix, f Family, lbIPs, nodeAddrs []n
 func parseAddrList(list []string, field string, e *objErrs) []netip.Addr {
 	var out []netip.Addr
 	for i, s := range list {
-		a, err := netip.ParseAddr(s)
+		a, err := parseAddr(s)
 		if err != nil {
 			e.add(fmt.Sprintf("%s[%d]", field, i), "%q is not a valid IP address", s)
 			continue
