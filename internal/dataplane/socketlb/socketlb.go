@@ -195,6 +195,14 @@ func (b *Balancer) dropUnservedIPv6(pinDir string) error {
 	if l, err := link.LoadPinnedLink(filepath.Join(pinDir, "connect6"), nil); err == nil {
 		served, err = runsMap(l, b.objs.Frontends6)
 		l.Close()
+		if errors.Is(err, os.ErrPermission) {
+			// Opening a program by its ID needs CAP_SYS_ADMIN, which the
+			// agent's pod does not have. A pinned connect6 program is then
+			// taken to serve the IPv6 maps, as every version with one does:
+			// only a downgrade to a version from before the IPv6 maps and
+			// an upgrade back would leave groups of unknown age in them.
+			served, err = true, nil
+		}
 		if err != nil {
 			return err
 		}

@@ -3,15 +3,18 @@ package socketlb
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/kubenat/kubenat/internal/k8sobj"
@@ -444,4 +447,50 @@ func TestLoadsWithoutTheMPTCPHelper(t *testing.T) {
 		t.Fatalf("loading without the MPTCP helper: %v", err)
 	}
 	objs.Close()
+}
+
+// withChartCapabilities runs fn on an OS thread of its own with only the
+// capabilities the chart gives the agent's container (NET_ADMIN, NET_RAW,
+// BPF, PERFMON). The thread is never unlocked, so it ends with fn and its
+// capabilities never serve another goroutine.
+func withChartCapabilities(fn func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		for _, c := range []int{unix.CAP_NET_ADMIN, unix.CAP_NET_RAW, unix.CAP_BPF, unix.CAP_PERFMON} {
+			data[c/32].Effective |= 1 << (c % 32)
+			data[c/32].Permitted |= 1 << (c % 32)
+		}
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			done <- fmt.Errorf("setting the chart's capabilities: %w", err)
+			return
+		}
+		done <- fn()
+	}()
+	return <-done
+}
+
+// TestReopensWithTheChartsCapabilities: an agent restarted over a pinned
+// balancer, with only the chart's capabilities (no CAP_SYS_ADMIN, which
+// opening a program by its ID needs), takes the balancer over.
+func TestReopensWithTheChartsCapabilities(t *testing.T) {
+	cgroup, bpffs := netnstest.SocketLBSandbox(t)
+	pins := filepath.Join(bpffs, "kubenat")
+	for i := range 2 {
+		err := withChartCapabilities(func() error {
+			b, err := Open(Options{Cgroup: cgroup, PinDir: pins})
+			if err != nil {
+				return err
+			}
+			return b.Close()
+		})
+		if err != nil {
+			t.Fatalf("Open %d with the chart's capabilities: %v", i+1, err)
+		}
+	}
+	if _, err := Cleanup(pins); err != nil {
+		t.Fatal(err)
+	}
 }
