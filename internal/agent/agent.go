@@ -187,10 +187,16 @@ func New(opts Options) (*Agent, error) {
 	switch {
 	case opts.Config.SocketLB && !opts.Config.MasqueradeAll:
 		if balancer, err = socketlb.Open(opts.SocketLB); err != nil {
-			if cleaner != nil {
-				cleaner.Close()
-			}
-			return nil, err
+			// Serve with nftables alone rather than not at all: a failed
+			// start would leave a balancer pinned earlier rewriting
+			// connects from maps nobody updates, and a new node without
+			// rules. The pinned balancer goes after the first full sync,
+			// as when the configuration turns it off.
+			klog.ErrorS(err, "The socket load balancer cannot be opened: it is off, nftables serves every connection")
+			balancer = nil
+			opts.Config.SocketLB = false
+			dropPins = opts.SocketLB.PinDir
+			break
 		}
 		klog.InfoS("Socket load balancer attached", "cgroup", opts.SocketLB.Cgroup, "pinDir", opts.SocketLB.PinDir,
 			"mptcpGetpeername", balancer.MPTCPGetpeername())

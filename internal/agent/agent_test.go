@@ -370,6 +370,26 @@ func TestHealthCheckOfADeletedServiceGoes(t *testing.T) {
 	}
 }
 
+// TestABalancerThatCannotOpenIsOff: when the socket load balancer cannot
+// be opened (here: its pin directory is not on a bpf file system), the
+// agent starts with it off, nftables serving every connection, and removes
+// what an earlier agent pinned there after its first sync.
+func TestABalancerThatCannotOpenIsOff(t *testing.T) {
+	pins := t.TempDir()
+	a, err := New(Options{Runner: &fakeRunner{}, NFT: nftables.Options{InitialChunk: -1},
+		SocketLB: socketlb.Options{Cgroup: filepath.Join(pins, "no-such-cgroup"), PinDir: pins},
+		Config: model.Config{NodeName: "node-a", SocketLB: true, UntrackPodTCP: true,
+			ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+	if err != nil {
+		t.Fatalf("New with a balancer that cannot open: %v", err)
+	}
+	defer a.Close()
+	if a.balancer != nil || a.dropPins != pins || a.builder.Config().SocketLB {
+		t.Errorf("balancer %v, pins to drop %q, model with the balancer %v; want none, %q, false",
+			a.balancer, a.dropPins, a.builder.Config().SocketLB, pins)
+	}
+}
+
 // programmedReporter records the programmed-objects gauges.
 type programmedReporter struct {
 	metrics.Reporter
