@@ -627,50 +627,51 @@ func (b *Balancer) Close() error {
 	return errors.Join(errs...)
 }
 
-// Cleanup detaches the balancer pinned in pinDir and removes its pins and
-// the directory, and reports whether there was one. A missing directory is
-// not an error. Removing the last pin of a link detaches its program (no
-// process holds the link once its agent is gone), also without BPF
+// Cleanup detaches the balancer pinned in pinDir and removes its pins, and
+// the directory when nothing else is left in it, and reports whether there
+// was one. Only the names the balancer pins are removed (its links and
+// maps), so a pin directory shared with other software, or the bpf file
+// system's root given by mistake, loses nothing else. A missing directory
+// is not an error. Removing the last pin of a link detaches its program
+// (no process holds the link once its agent is gone), also without BPF
 // privileges; with them, the links are opened first so that the programs
 // are detached when Cleanup returns (the kernel releases an unpinned link
 // asynchronously).
 func Cleanup(pinDir string) (removed bool, err error) {
-	entries, err := os.ReadDir(pinDir)
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
+	spec, err := loadBpf()
 	if err != nil {
-		return false, fmt.Errorf("reading the socket load balancer's pins: %w", err)
-	}
-	var linkPins []string
-	for _, h := range hooks() {
-		linkPins = append(linkPins, h.pin)
-	}
-	for _, name := range linkPins {
-		if l, err := link.LoadPinnedLink(filepath.Join(pinDir, name), nil); err == nil {
-			defer l.Close()
-		}
+		return false, fmt.Errorf("reading the socket load balancer's program: %w", err)
 	}
 	// The links first: the programs stop before their maps go.
-	isLink := func(e os.DirEntry) bool { return slices.Contains(linkPins, e.Name()) }
-	slices.SortStableFunc(entries, func(a, b os.DirEntry) int {
+	var names []string
+	for _, h := range hooks() {
+		if l, err := link.LoadPinnedLink(filepath.Join(pinDir, h.pin), nil); err == nil {
+			defer l.Close()
+		}
+		names = append(names, h.pin)
+	}
+	var maps []string
+	for name := range spec.Maps {
+		if !strings.HasPrefix(name, ".") {
+			maps = append(maps, name)
+		}
+	}
+	slices.Sort(maps)
+	for _, name := range append(names, maps...) {
+		err := os.Remove(filepath.Join(pinDir, name))
 		switch {
-		case isLink(a) && !isLink(b):
-			return -1
-		case isLink(b) && !isLink(a):
-			return 1
-		}
-		return 0
-	})
-	for _, e := range entries {
-		if err := os.Remove(filepath.Join(pinDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return false, fmt.Errorf("removing the socket load balancer's pins: %w", err)
+		case err == nil:
+			removed = true
+		case !errors.Is(err, os.ErrNotExist):
+			return removed, fmt.Errorf("removing the socket load balancer's pins: %w", err)
 		}
 	}
-	if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return false, fmt.Errorf("removing the socket load balancer's pins: %w", err)
-	}
-	return true, nil
+	// Left when something else is in it (or it is a mount point).
+	_ = unix.Rmdir(pinDir)
+	return removed, nil
 }
 
 // frontend4 and frontend6 return sp's ClusterIP frontend as the programs

@@ -289,11 +289,29 @@ func TestBalancesConnectsToClusterIPs(t *testing.T) {
 			t.Fatal(err)
 		}
 		b.Close()
+		// Another program's pin in the same directory is not kubenat's.
+		other, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
+		if err := other.Pin(filepath.Join(pins, "someone-elses")); err != nil {
+			t.Fatal(err)
+		}
 		if removed, err := Cleanup(pins); err != nil || !removed {
 			t.Fatalf("Cleanup: %v, %v; want the balancer removed", removed, err)
 		}
+		if entries, err := os.ReadDir(pins); err != nil || len(entries) != 1 || entries[0].Name() != "someone-elses" {
+			t.Errorf("the pin directory after Cleanup: %v %v; want only someone-elses", entries, err)
+		}
+		if err := other.Unpin(); err != nil {
+			t.Fatal(err)
+		}
 		if removed, err := Cleanup(pins); err != nil || removed {
 			t.Errorf("a second Cleanup: %v, %v; want nothing to remove", removed, err)
+		}
+		if _, err := os.Stat(pins); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the emptied pin directory is still there: %v", err)
 		}
 		if _, err := l.answers(t, "tcp", vip, 1); err == nil {
 			t.Errorf("%s was answered after Cleanup", vip)
