@@ -21,7 +21,9 @@
 // address family has its own pair of maps. A change
 // writes the new group under a fresh id, switches the frontend to it in
 // one map update, then deletes the old group: a connect sees either group,
-// whole (the program looks again when a slot vanished under it).
+// whole (the program looks again when a slot vanished under it, and uses
+// what it read only when the same keys still lead to it: the kernel may
+// reuse a replaced element at once for another frontend or slot).
 //
 // Changes are applied in two steps around the nftables sync: Update adds
 // and changes frontends, Prune removes those no longer wanted. A frontend

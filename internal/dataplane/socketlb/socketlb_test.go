@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -509,6 +510,63 @@ func TestReopensWithTheChartsCapabilities(t *testing.T) {
 		}
 	}
 	if _, err := Cleanup(pins); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGetpeernameAfterAReconnect: a socket balanced to an endpoint, then
+// disconnected (connect to AF_UNSPEC) and connected straight to that same
+// endpoint, names the endpoint as its peer, not the ClusterIP it was
+// first connected to.
+func TestGetpeernameAfterAReconnect(t *testing.T) {
+	l := newLab(t)
+	cgroup, bpffs := netnstest.SocketLBSandbox(t)
+	vip := netip.MustParseAddrPort("10.96.0.10:80")
+	l.set(k8sobj.Service{Name: "web", ClusterIPs: []string{vip.Addr().String()},
+		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}},
+		Endpoints: l.endpoints("web-1")})
+	b, err := Open(Options{Cgroup: cgroup, PinDir: filepath.Join(bpffs, "kubenat")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	l.sync(t, b)
+	web1 := l.c.Pod("web-1").Addr.As4()
+	err = topo.InNS(l.cli.NS, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		peer := func() string {
+			sa, err := unix.Getpeername(fd)
+			if err != nil {
+				return err.Error()
+			}
+			p := sa.(*unix.SockaddrInet4)
+			return netip.AddrPortFrom(netip.AddrFrom4(p.Addr), uint16(p.Port)).String()
+		}
+		if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: vip.Addr().As4(), Port: int(vip.Port())}); err != nil {
+			return fmt.Errorf("connecting to %s: %w", vip, err)
+		}
+		if got := peer(); got != vip.String() {
+			t.Errorf("getpeername after the balanced connect: %s, want %s", got, vip)
+		}
+		// x/sys/unix has no AF_UNSPEC address: a zeroed sockaddr is one.
+		var unspec [unix.SizeofSockaddrInet4]byte
+		if _, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&unspec[0])), uintptr(len(unspec))); e != 0 {
+			return fmt.Errorf("disconnecting: %w", e)
+		}
+		direct := netip.AddrPortFrom(netip.AddrFrom4(web1), echoPort)
+		if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: web1, Port: echoPort}); err != nil {
+			return fmt.Errorf("connecting to %s: %w", direct, err)
+		}
+		if got := peer(); got != direct.String() {
+			t.Errorf("getpeername after connecting straight to %s: %s", direct, got)
+		}
+		return nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 }

@@ -129,25 +129,49 @@ struct {
 	__type(value, struct origin6);
 } origins6 SEC(".maps");
 
-// pick returns one of fe's endpoints, or NULL when the maps hold none.
-static __always_inline struct backend *pick(struct frontend *fe)
+// pick copies one of fe's endpoints to *out and returns 1, or returns 0
+// when the maps hold none.
+//
+// The kernel may reuse a replaced or deleted map element at once for
+// another key (hash maps without preallocation, Linux 6.1 and later;
+// preallocated ones always could), also while a program still reads it
+// through the pointer a lookup returned. So the group is read in one load,
+// the endpoint copied, and both are used only if looking up the same keys
+// again finds that group and that endpoint still in place: a reused
+// element has another key by then. Slots are never rewritten in place
+// (a group gets fresh ids), so an endpoint element still found under its
+// key was not changed while it was copied. A lookup also races with
+// userspace replacing the group normally: the old group's slot may be gone
+// by the time it is read; the new group is then in place, and looking
+// again finds it.
+static __always_inline int pick(struct frontend *fe, struct backend *out)
 {
-	// A lookup can race with userspace replacing the group: the old
-	// group's slot may be gone by the time it is read. The new group is
-	// then already in place, so looking again finds it.
 	for (int try = 0; try < 3; try++) {
-		struct group *g = bpf_map_lookup_elem(&frontends, fe);
-		if (!g || g->count == 0)
-			return NULL;
+		struct group *gp = bpf_map_lookup_elem(&frontends, fe);
+		if (!gp)
+			return 0;
+		__u64 raw = *(volatile __u64 *)gp;
+		struct group g;
+		__builtin_memcpy(&g, &raw, sizeof(g));
+		if (g.count == 0)
+			return 0;
 		struct slot s = {
-			.id = g->id,
-			.index = bpf_get_prandom_u32() % g->count,
+			.id = g.id,
+			.index = bpf_get_prandom_u32() % g.count,
 		};
-		struct backend *be = bpf_map_lookup_elem(&backends, &s);
-		if (be)
-			return be;
+		struct backend *bp = bpf_map_lookup_elem(&backends, &s);
+		if (!bp)
+			continue;
+		__u64 braw = *(volatile __u64 *)bp;
+		gp = bpf_map_lookup_elem(&frontends, fe);
+		if (!gp || *(volatile __u32 *)&gp->id != g.id)
+			continue;
+		if (bpf_map_lookup_elem(&backends, &s) != bp)
+			continue;
+		__builtin_memcpy(out, &braw, sizeof(*out));
+		return 1;
 	}
-	return NULL;
+	return 0;
 }
 
 struct mptcp_sock;
@@ -199,23 +223,56 @@ static __always_inline struct origin *origin(struct bpf_sock_addr *ctx,
 	return o;
 }
 
+// forget clears what remember kept for a socket connected again without
+// the balancer (after connect(AF_UNSPEC)): getpeername must not take its
+// new peer, were it the same endpoint, for the old frontend.
+static __always_inline void forget(struct bpf_sock_addr *ctx)
+{
+	struct origin *o = storage(&origins, ctx, 0);
+	if (o) {
+		o->backend_addr = 0;
+		o->backend_port = 0;
+	}
+}
+
+static __always_inline void forget6(struct bpf_sock_addr *ctx)
+{
+	struct origin6 *o = storage(&origins6, ctx, 0);
+	if (o)
+		o->backend_port = 0;
+}
+
 // pick6, remember6 and origin6 are pick, remember and origin for IPv6
 // frontends.
-static __always_inline struct backend6 *pick6(struct frontend6 *fe)
+static __always_inline int pick6(struct frontend6 *fe, struct backend6 *out)
 {
 	for (int try = 0; try < 3; try++) {
-		struct group *g = bpf_map_lookup_elem(&frontends6, fe);
-		if (!g || g->count == 0)
-			return NULL;
+		struct group *gp = bpf_map_lookup_elem(&frontends6, fe);
+		if (!gp)
+			return 0;
+		__u64 raw = *(volatile __u64 *)gp;
+		struct group g;
+		__builtin_memcpy(&g, &raw, sizeof(g));
+		if (g.count == 0)
+			return 0;
 		struct slot s = {
-			.id = g->id,
-			.index = bpf_get_prandom_u32() % g->count,
+			.id = g.id,
+			.index = bpf_get_prandom_u32() % g.count,
 		};
-		struct backend6 *be = bpf_map_lookup_elem(&backends6, &s);
-		if (be)
-			return be;
+		struct backend6 *bp = bpf_map_lookup_elem(&backends6, &s);
+		if (!bp)
+			continue;
+		struct backend6 be;
+		__builtin_memcpy(&be, bp, sizeof(be));
+		gp = bpf_map_lookup_elem(&frontends6, fe);
+		if (!gp || *(volatile __u32 *)&gp->id != g.id)
+			continue;
+		if (bpf_map_lookup_elem(&backends6, &s) != bp)
+			continue;
+		*out = be;
+		return 1;
 	}
-	return NULL;
+	return 0;
 }
 
 static __always_inline void remember6(struct bpf_sock_addr *ctx,
@@ -264,12 +321,14 @@ int kubenat_connect4(struct bpf_sock_addr *ctx)
 		.port = (__u16)ctx->user_port,
 		.proto = IPPROTO_TCP,
 	};
-	struct backend *be = pick(&fe);
-	if (be) {
-		remember(ctx, &fe, be);
-		ctx->user_ip4 = be->addr;
-		ctx->user_port = be->port;
+	struct backend be;
+	if (!pick(&fe, &be)) {
+		forget(ctx);
+		return 1;
 	}
+	remember(ctx, &fe, &be);
+	ctx->user_ip4 = be.addr;
+	ctx->user_port = be.port;
 	return 1;
 }
 
@@ -290,12 +349,14 @@ int kubenat_connect6(struct bpf_sock_addr *ctx)
 			.port = (__u16)ctx->user_port,
 			.proto = IPPROTO_TCP,
 		};
-		struct backend *be = pick(&fe);
-		if (!be)
+		struct backend be;
+		if (!pick(&fe, &be)) {
+			forget(ctx);
 			return 1;
-		remember(ctx, &fe, be);
-		ctx->user_ip6[3] = be->addr;
-		port = be->port;
+		}
+		remember(ctx, &fe, &be);
+		ctx->user_ip6[3] = be.addr;
+		port = be.port;
 	} else {
 		struct frontend6 fe = {
 			.addr = { ctx->user_ip6[0], ctx->user_ip6[1],
@@ -303,15 +364,17 @@ int kubenat_connect6(struct bpf_sock_addr *ctx)
 			.port = (__u16)ctx->user_port,
 			.proto = IPPROTO_TCP,
 		};
-		struct backend6 *be = pick6(&fe);
-		if (!be)
+		struct backend6 be;
+		if (!pick6(&fe, &be)) {
+			forget6(ctx);
 			return 1;
-		remember6(ctx, &fe, be);
-		ctx->user_ip6[0] = be->addr[0];
-		ctx->user_ip6[1] = be->addr[1];
-		ctx->user_ip6[2] = be->addr[2];
-		ctx->user_ip6[3] = be->addr[3];
-		port = be->port;
+		}
+		remember6(ctx, &fe, &be);
+		ctx->user_ip6[0] = be.addr[0];
+		ctx->user_ip6[1] = be.addr[1];
+		ctx->user_ip6[2] = be.addr[2];
+		ctx->user_ip6[3] = be.addr[3];
+		port = be.port;
 	}
 	ctx->user_port = port;
 	return 1;
