@@ -124,9 +124,10 @@ type Configuration struct {
 	// in the kernel (a read of one base chain per family, whatever the
 	// tables hold) and programs them again when they were flushed or
 	// deleted from outside (`nft flush ruleset`, as Debian's nftables
-	// service runs on reload). kube-proxy's option of the same name
-	// bounds how long such damage lasts the same way. A Go duration,
-	// 1s to 1h. Default "30s". Flag --sync-period.
+	// service runs on reload). A single rule or element deleted by hand
+	// is not noticed: kube-proxy's option of the same name re-applies its
+	// rules, this one only checks that the tables are there. A Go
+	// duration, 1s to 1h. Default "30s". Flag --sync-period.
 	SyncPeriod string `json:"syncPeriod"`
 	// MetricsBindAddress is the host:port the Prometheus metrics are
 	// served on, at /metrics. Empty disables the server. Default

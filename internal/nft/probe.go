@@ -17,9 +17,18 @@ const (
 	attrRuleChain = 2 // NFTA_RULE_CHAIN
 )
 
-// probeFamilies are the table families ChainRules reads.
-var probeFamilies = map[string]netfilter.ProtoFamily{
-	"ip": netfilter.ProtoIPv4, "ip6": netfilter.ProtoIPv6, "inet": netfilter.ProtoInet,
+// protoFamily returns the netfilter family of an nft table family that
+// ChainRules reads.
+func protoFamily(family string) (netfilter.ProtoFamily, bool) {
+	switch family {
+	case "ip":
+		return netfilter.ProtoIPv4, true
+	case "ip6":
+		return netfilter.ProtoIPv6, true
+	case "inet":
+		return netfilter.ProtoInet, true
+	}
+	return 0, false
 }
 
 // ChainRules returns the number of rules in one chain, read from the
@@ -30,7 +39,7 @@ var probeFamilies = map[string]netfilter.ProtoFamily{
 // be asked often. A table or chain that does not exist has no rules (0,
 // nil).
 func ChainRules(family, table, chain string) (int, error) {
-	pf, ok := probeFamilies[family]
+	pf, ok := protoFamily(family)
 	if !ok {
 		return 0, fmt.Errorf("counting the rules of %s %s %s: unknown family", family, table, chain)
 	}
