@@ -92,7 +92,7 @@ func (c chanSource) Run(ctx context.Context, sink Sink) error {
 func runAgent(t *testing.T, opts Options) chanSource {
 	t.Helper()
 	if opts.Config.NodeName == "" {
-		opts.Config = model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+		opts.Config = testConfig()
 	}
 	a, err := New(opts)
 	if err != nil {
@@ -110,6 +110,31 @@ func runAgent(t *testing.T, opts Options) chanSource {
 		a.Close()
 	})
 	return src
+}
+
+// testConfig is the model configuration of the agents under test: node-a,
+// cluster CIDR 10.244.0.0/16.
+func testConfig() model.Config {
+	return model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+}
+
+// newAgent returns an agent made with opts (testConfig when opts has no
+// Config, a fakeRunner when it has no Runner), closed when the test ends.
+// Unlike runAgent, it does not run: the test calls sync itself.
+func newAgent(t *testing.T, opts Options) *Agent {
+	t.Helper()
+	if opts.Config.NodeName == "" {
+		opts.Config = testConfig()
+	}
+	if opts.Runner == nil {
+		opts.Runner = &fakeRunner{}
+	}
+	a, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
 }
 
 func service(name, ip string) *v1.Service {
@@ -239,12 +264,7 @@ func TestFailedSyncChangesAreApplied(t *testing.T) {
 	ctx := t.Context()
 	run := &fakeRunner{}
 	rep := &programmedReporter{Reporter: metrics.Nop}
-	a, err := New(Options{Runner: run, Metrics: rep, NFT: nftables.Options{InitialChunk: -1},
-		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := newAgent(t, Options{Runner: run, Metrics: rep, NFT: nftables.Options{InitialChunk: -1}})
 	a.svcHealth = healthcheck.NewServiceHealth(ctx, a.health, func(uint16) (net.Listener, error) {
 		return net.Listen("tcp", "127.0.0.1:0")
 	}, nil)
@@ -288,13 +308,7 @@ func TestFailedSyncChangesAreApplied(t *testing.T) {
 func TestABalancerLeftInPlaceIsNotASuccess(t *testing.T) {
 	ctx := t.Context()
 	rm := &recordingMetrics{}
-	a, err := New(Options{Runner: &fakeRunner{}, Metrics: rm, HealthTimeout: time.Millisecond,
-		NFT:    nftables.Options{InitialChunk: -1},
-		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := newAgent(t, Options{Metrics: rm, HealthTimeout: time.Millisecond, NFT: nftables.Options{InitialChunk: -1}})
 	// A file where the pin directory should be: Cleanup cannot read it.
 	a.dropPins = filepath.Join(t.TempDir(), "pins")
 	if err := os.WriteFile(a.dropPins, nil, 0o600); err != nil {
@@ -336,12 +350,7 @@ func TestABalancerLeftInPlaceIsNotASuccess(t *testing.T) {
 // a full sync (with a Node change).
 func TestHealthCheckOfADeletedServiceGoes(t *testing.T) {
 	ctx := t.Context()
-	a, err := New(Options{Runner: &fakeRunner{}, NFT: nftables.Options{InitialChunk: -1},
-		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := newAgent(t, Options{NFT: nftables.Options{InitialChunk: -1}})
 	a.svcHealth = healthcheck.NewServiceHealth(ctx, a.health, func(port uint16) (net.Listener, error) {
 		return nil, fmt.Errorf("port %d is busy", port)
 	}, nil)
@@ -376,14 +385,10 @@ func TestHealthCheckOfADeletedServiceGoes(t *testing.T) {
 // what an earlier agent pinned there after its first sync.
 func TestABalancerThatCannotOpenIsOff(t *testing.T) {
 	pins := t.TempDir()
-	a, err := New(Options{Runner: &fakeRunner{}, NFT: nftables.Options{InitialChunk: -1},
-		SocketLB: socketlb.Options{Cgroup: filepath.Join(pins, "no-such-cgroup"), PinDir: pins},
-		Config: model.Config{NodeName: "node-a", SocketLB: true, UntrackPodTCP: true,
-			ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
-	if err != nil {
-		t.Fatalf("New with a balancer that cannot open: %v", err)
-	}
-	defer a.Close()
+	cfg := testConfig()
+	cfg.SocketLB, cfg.UntrackPodTCP = true, true
+	a := newAgent(t, Options{NFT: nftables.Options{InitialChunk: -1}, Config: cfg,
+		SocketLB: socketlb.Options{Cgroup: filepath.Join(pins, "no-such-cgroup"), PinDir: pins}})
 	if a.balancer != nil || a.dropPins != pins || a.builder.Config().SocketLB {
 		t.Errorf("balancer %v, pins to drop %q, model with the balancer %v; want none, %q, false",
 			a.balancer, a.dropPins, a.builder.Config().SocketLB, pins)
@@ -427,12 +432,7 @@ func TestSourceErrorsAloneAreReported(t *testing.T) {
 // initial content is complete do not start the health clock (/livez
 // would restart an agent waiting for a slow initial list); Synced does.
 func TestHealthClockStartsAtSynced(t *testing.T) {
-	a, err := New(Options{Runner: &fakeRunner{}, HealthTimeout: time.Millisecond,
-		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := newAgent(t, Options{HealthTimeout: time.Millisecond})
 	a.SetService(service("a", "10.96.0.1"), "test")
 	time.Sleep(5 * time.Millisecond)
 	if !a.health.Healthy() {
@@ -448,12 +448,7 @@ func TestHealthClockStartsAtSynced(t *testing.T) {
 // TestNodeEligibilityFollowsTheNodeAtOnce: a Node tainted for deletion
 // fails /healthz before the (full) sync its change causes.
 func TestNodeEligibilityFollowsTheNodeAtOnce(t *testing.T) {
-	a, err := New(Options{Runner: &fakeRunner{}, NFT: nftables.Options{InitialChunk: -1},
-		Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := newAgent(t, Options{NFT: nftables.Options{InitialChunk: -1}})
 	a.Synced()
 	if err := a.sync(t.Context()); err != nil {
 		t.Fatal(err)
@@ -488,15 +483,10 @@ func TestHealthTimeoutFollowsTheSyncPeriod(t *testing.T) {
 		{period: time.Hour, want: time.Hour + time.Minute},
 		{period: time.Hour, set: 5 * time.Second, want: 5 * time.Second},
 	} {
-		a, err := New(Options{Runner: &fakeRunner{}, MinSyncPeriod: tc.period, HealthTimeout: tc.set,
-			Config: model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		a := newAgent(t, Options{MinSyncPeriod: tc.period, HealthTimeout: tc.set})
 		if got := a.opts.HealthTimeout; got != tc.want {
 			t.Errorf("MinSyncPeriod %v, HealthTimeout %v: timeout %v, want %v", tc.period, tc.set, got, tc.want)
 		}
-		a.Close()
 	}
 }
 
@@ -587,13 +577,8 @@ func TestConntrackIsTunedAfterTheFirstSync(t *testing.T) {
 	}
 	write("432000\n")
 	run := &fakeRunner{fail: true}
-	a, err := New(Options{Runner: run, NFT: nftables.Options{InitialChunk: -1},
-		Conntrack: conntrack.Settings{TCPEstablishedTimeout: 24 * time.Hour, Procfs: procfs},
-		Config:    model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := newAgent(t, Options{Runner: run, NFT: nftables.Options{InitialChunk: -1},
+		Conntrack: conntrack.Settings{TCPEstablishedTimeout: 24 * time.Hour, Procfs: procfs}})
 	a.Synced()
 	if err := a.sync(ctx); err == nil {
 		t.Fatal("the sync succeeded with a failing runner")
