@@ -129,8 +129,9 @@ struct {
 	__type(value, struct origin6);
 } origins6 SEC(".maps");
 
-// pick copies one of fe's endpoints to *out and returns 1, or returns 0
-// when the maps hold none.
+// DEFINE_PICK defines a function, pick for IPv4 frontends and pick6 for
+// IPv6 ones, that copies one of fe's endpoints to *out and returns 1, or
+// returns 0 when the maps hold none.
 //
 // The kernel may reuse a replaced or deleted map element at once for
 // another key (hash maps without preallocation, Linux 6.1 and later;
@@ -144,35 +145,41 @@ struct {
 // userspace replacing the group normally: the old group's slot may be gone
 // by the time it is read; the new group is then in place, and looking
 // again finds it.
-static __always_inline int pick(struct frontend *fe, struct backend *out)
-{
-	for (int try = 0; try < 3; try++) {
-		struct group *gp = bpf_map_lookup_elem(&frontends, fe);
-		if (!gp)
-			return 0;
-		__u64 raw = *(volatile __u64 *)gp;
-		struct group g;
-		__builtin_memcpy(&g, &raw, sizeof(g));
-		if (g.count == 0)
-			return 0;
-		struct slot s = {
-			.id = g.id,
-			.index = bpf_get_prandom_u32() % g.count,
-		};
-		struct backend *bp = bpf_map_lookup_elem(&backends, &s);
-		if (!bp)
-			continue;
-		__u64 braw = *(volatile __u64 *)bp;
-		gp = bpf_map_lookup_elem(&frontends, fe);
-		if (!gp || *(volatile __u32 *)&gp->id != g.id)
-			continue;
-		if (bpf_map_lookup_elem(&backends, &s) != bp)
-			continue;
-		__builtin_memcpy(out, &braw, sizeof(*out));
-		return 1;
-	}
-	return 0;
+#define DEFINE_PICK(name, frontend_t, backend_t, frontends_map, backends_map) \
+static __always_inline int name(frontend_t *fe, backend_t *out)            \
+{                                                                          \
+	for (int try = 0; try < 3; try++) {                                \
+		struct group *gp = bpf_map_lookup_elem(&frontends_map, fe); \
+		if (!gp)                                                   \
+			return 0;                                          \
+		__u64 raw = *(volatile __u64 *)gp;                         \
+		struct group g;                                            \
+		__builtin_memcpy(&g, &raw, sizeof(g));                     \
+		if (g.count == 0)                                          \
+			return 0;                                          \
+		struct slot s = {                                          \
+			.id = g.id,                                        \
+			.index = bpf_get_prandom_u32() % g.count,          \
+		};                                                         \
+		backend_t *bp = bpf_map_lookup_elem(&backends_map, &s);     \
+		if (!bp)                                                   \
+			continue;                                          \
+		backend_t be;                                              \
+		__builtin_memcpy(&be, bp, sizeof(be));                     \
+		gp = bpf_map_lookup_elem(&frontends_map, fe);              \
+		if (!gp || *(volatile __u32 *)&gp->id != g.id)             \
+			continue;                                          \
+		if (bpf_map_lookup_elem(&backends_map, &s) != bp)          \
+			continue;                                          \
+		*out = be;                                                 \
+		return 1;                                                  \
+	}                                                                  \
+	return 0;                                                          \
 }
+
+// pick for IPv4 frontends, pick6 for IPv6 ones.
+DEFINE_PICK(pick, struct frontend, struct backend, frontends, backends)
+DEFINE_PICK(pick6, struct frontend6, struct backend6, frontends6, backends6)
 
 struct mptcp_sock;
 
@@ -242,39 +249,7 @@ static __always_inline void forget6(struct bpf_sock_addr *ctx)
 		o->backend_port = 0;
 }
 
-// pick6, remember6 and origin6 are pick, remember and origin for IPv6
-// frontends.
-static __always_inline int pick6(struct frontend6 *fe, struct backend6 *out)
-{
-	for (int try = 0; try < 3; try++) {
-		struct group *gp = bpf_map_lookup_elem(&frontends6, fe);
-		if (!gp)
-			return 0;
-		__u64 raw = *(volatile __u64 *)gp;
-		struct group g;
-		__builtin_memcpy(&g, &raw, sizeof(g));
-		if (g.count == 0)
-			return 0;
-		struct slot s = {
-			.id = g.id,
-			.index = bpf_get_prandom_u32() % g.count,
-		};
-		struct backend6 *bp = bpf_map_lookup_elem(&backends6, &s);
-		if (!bp)
-			continue;
-		struct backend6 be;
-		__builtin_memcpy(&be, bp, sizeof(be));
-		gp = bpf_map_lookup_elem(&frontends6, fe);
-		if (!gp || *(volatile __u32 *)&gp->id != g.id)
-			continue;
-		if (bpf_map_lookup_elem(&backends6, &s) != bp)
-			continue;
-		*out = be;
-		return 1;
-	}
-	return 0;
-}
-
+// remember6 and origin6 are remember and origin for IPv6 frontends.
 static __always_inline void remember6(struct bpf_sock_addr *ctx,
 				      struct frontend6 *fe, struct backend6 *be)
 {
