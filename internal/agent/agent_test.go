@@ -272,14 +272,7 @@ func TestFailedSyncChangesAreApplied(t *testing.T) {
 	if err := a.sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	svc, slices := k8sobj.Service{Name: "lb", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.0.7"},
-		ETPLocal: true, HealthCheckNodePort: 32123, LoadBalancerIPs: []string{"192.0.2.7"},
-		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: 8080, NodePort: 30007}},
-		Endpoints: []k8sobj.Endpoint{{IP: "10.244.1.7", Node: "node-a"}}}.Objects()
-	a.SetService(svc, "test")
-	for _, s := range slices {
-		a.SetEndpointSlice(s, "test")
-	}
+	svc := setLocalLoadBalancer(a)
 	run.mu.Lock()
 	run.fail = true
 	run.mu.Unlock()
@@ -355,14 +348,7 @@ func TestHealthCheckOfADeletedServiceGoes(t *testing.T) {
 		return nil, fmt.Errorf("port %d is busy", port)
 	}, nil)
 	a.Synced()
-	svc, slices := k8sobj.Service{Name: "lb", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.0.7"},
-		ETPLocal: true, HealthCheckNodePort: 32123, LoadBalancerIPs: []string{"192.0.2.7"},
-		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: 8080, NodePort: 30007}},
-		Endpoints: []k8sobj.Endpoint{{IP: "10.244.1.7", Node: "node-a"}}}.Objects()
-	a.SetService(svc, "test")
-	for _, s := range slices {
-		a.SetEndpointSlice(s, "test")
-	}
+	svc := setLocalLoadBalancer(a)
 	if err := a.sync(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -393,6 +379,21 @@ func TestABalancerThatCannotOpenIsOff(t *testing.T) {
 		t.Errorf("balancer %v, pins to drop %q, model with the balancer %v; want none, %q, false",
 			a.balancer, a.dropPins, a.builder.Config().SocketLB, pins)
 	}
+}
+
+// setLocalLoadBalancer gives a the LoadBalancer Service "lb" with
+// externalTrafficPolicy Local, health-check port 32123 and one endpoint on
+// node-a, with its EndpointSlices, and returns the Service.
+func setLocalLoadBalancer(a *Agent) *v1.Service {
+	svc, slices := k8sobj.Service{Name: "lb", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.0.7"},
+		ETPLocal: true, HealthCheckNodePort: 32123, LoadBalancerIPs: []string{"192.0.2.7"},
+		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: 8080, NodePort: 30007}},
+		Endpoints: []k8sobj.Endpoint{{IP: "10.244.1.7", Node: "node-a"}}}.Objects()
+	a.SetService(svc, "test")
+	for _, s := range slices {
+		a.SetEndpointSlice(s, "test")
+	}
+	return svc
 }
 
 // programmedReporter records the programmed-objects gauges.
