@@ -165,17 +165,26 @@ func (s *blockingSink) SetEndpointSlice(sl *discovery.EndpointSlice, origin stri
 	s.eventSink.SetEndpointSlice(sl, origin)
 }
 
-// TestObjectWatchDoesNotWaitForTheSink: while the sink is busy, the watch
-// keeps being read (the slices are recorded), and everything is delivered,
-// in order, once the sink is free; the source is not synced before.
-func TestObjectWatchDoesNotWaitForTheSink(t *testing.T) {
-	w1 := watch.NewFakeWithChanSize(0, false) // a send waits for the reader
+// watchWithBusySink runs a watch of EndpointSlices whose list holds slice
+// "a" at version 1 and whose watch is w1 (a send waits for the reader),
+// delivering to a sink that blocks until its release is closed; it stops
+// when the test ends.
+func watchWithBusySink(t *testing.T) (*watch.FakeWatcher, *blockingSink, *objectWatch) {
+	w1 := watch.NewFakeWithChanSize(0, false)
 	lw := &scriptedLW{lists: [][]discovery.EndpointSlice{{testSlice("a", "1", nil)}}, watches: []*watch.FakeWatcher{w1}}
 	s := &blockingSink{release: make(chan struct{})}
 	sw := newObjectWatch(sliceKind, lw, model.DefaultProxyName)
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	go sw.run(ctx, s)
+	return w1, s, sw
+}
+
+// TestObjectWatchDoesNotWaitForTheSink: while the sink is busy, the watch
+// keeps being read (the slices are recorded), and everything is delivered,
+// in order, once the sink is free; the source is not synced before.
+func TestObjectWatchDoesNotWaitForTheSink(t *testing.T) {
+	w1, s, sw := watchWithBusySink(t)
 
 	sent := make(chan struct{})
 	go func() {
@@ -221,13 +230,7 @@ func TestObjectWatchDoesNotWaitForTheSink(t *testing.T) {
 // while the sink is busy waits as one delivery, its newest version (the
 // delivery buffer is bounded by the number of objects).
 func TestObjectWatchCoalescesWhileTheSinkIsBusy(t *testing.T) {
-	w1 := watch.NewFakeWithChanSize(0, false)
-	lw := &scriptedLW{lists: [][]discovery.EndpointSlice{{testSlice("a", "1", nil)}}, watches: []*watch.FakeWatcher{w1}}
-	s := &blockingSink{release: make(chan struct{})}
-	sw := newObjectWatch(sliceKind, lw, model.DefaultProxyName)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sw.run(ctx, s)
+	w1, s, sw := watchWithBusySink(t)
 	for i := 2; i <= 50; i++ {
 		sl := testSlice("a", fmt.Sprint(i), nil)
 		w1.Modify(&sl) // returns once the watch has read it
