@@ -555,7 +555,6 @@ func (a *Agent) sync(ctx context.Context) error {
 	if ok {
 		a.health.Updated()
 	}
-	a.health.SetNodeEligible(!st.Node.Terminating)
 	a.updateServiceHealth(st, delta)
 	var stale []conntrack.Rule
 	if a.programmed {
@@ -754,9 +753,14 @@ func (a *Agent) SetNode(n *v1.Node, origin string) {
 }
 
 // DeleteNode implements Sink.
+// Without its Node object the node is eligible again, as SetNode's rule
+// gives for no object.
 func (a *Agent) DeleteNode(name string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if name == a.builder.Config().NodeName {
+		a.health.SetNodeEligible(true)
+	}
 	a.builder.DeleteNode(name)
 	a.changed()
 }

@@ -474,6 +474,14 @@ func TestNodeEligibilityFollowsTheNodeAtOnce(t *testing.T) {
 	if code := healthz(); code != 503 {
 		t.Errorf("/healthz right after the Node was tainted for deletion: %d, want 503", code)
 	}
+	a.DeleteNode("node-b")
+	if code := healthz(); code != 503 {
+		t.Errorf("/healthz after another Node was deleted: %d, want 503", code)
+	}
+	a.DeleteNode("node-a")
+	if code := healthz(); code != 200 {
+		t.Errorf("/healthz right after the Node object went: %d, want 200", code)
+	}
 }
 
 // TestHealthTimeoutFollowsTheSyncPeriod: a change waits up to

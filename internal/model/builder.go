@@ -599,7 +599,6 @@ func (b *Builder) refreshNode() {
 			n.PodCIDRs = append(n.PodCIDRs, p.Masked())
 		}
 		n.Zone = b.node.Labels[v1.LabelTopologyZone]
-		n.Terminating = NodeTerminating(b.node)
 		b.nodeErrs = e.errs
 	}
 	if len(addrs) == 0 {

@@ -546,7 +546,7 @@ func TestNodeInputs(t *testing.T) {
 	if got := st.LocalPodCIDRs(IPv6); !reflect.DeepEqual(got, []netip.Prefix{netip.MustParsePrefix("fd00:244::/56")}) {
 		t.Errorf("IPv6 local pod CIDRs fall back to the cluster CIDR: %v", got)
 	}
-	if !st.Node.Terminating {
+	if !NodeTerminating(node) {
 		t.Error("the autoscaler taint does not mark the node terminating")
 	}
 	var nps []string

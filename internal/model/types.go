@@ -252,9 +252,6 @@ type Node struct {
 	// PodCIDRs are the ranges this node's pods use (Node.spec.podCIDRs); when
 	// empty, the cluster CIDRs stand in for them.
 	PodCIDRs []netip.Prefix
-	// Terminating is true when the Node is being deleted or carries the
-	// ToBeDeletedByClusterAutoscaler taint.
-	Terminating bool
 	// Zone is the Node's topology.kubernetes.io/zone label ("" without).
 	Zone string
 }
