@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	v1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -65,7 +64,7 @@ func randomBuilder(seed uint64, n int) (*model.Builder, *rand.Rand) {
 	r := rand.New(rand.NewPCG(seed, seed+1))
 	b := model.NewBuilder(testConfig())
 	for i := range n {
-		svc, sl := randomService(r, i).Objects()
+		svc, sl := k8sobj.Random(r, i).Objects()
 		b.SetService(svc, "")
 		for _, x := range sl {
 			b.SetEndpointSlice(x, "")
@@ -83,60 +82,6 @@ func onlyConflicts(t *testing.T, st *model.State) {
 			t.Fatalf("model error %v", err)
 		}
 	}
-}
-
-// randomService returns a Service with random policies and endpoints.
-func randomService(r *rand.Rand, i int) k8sobj.Service {
-	s := k8sobj.Service{
-		Name:       fmt.Sprintf("svc-%d", i),
-		ClusterIPs: []string{fmt.Sprintf("10.96.%d.%d", i/200, i%200+1)},
-		Ports:      []k8sobj.Port{{Name: "http", Port: 80, TargetPort: 8080}},
-	}
-	if r.IntN(3) == 0 {
-		s.ClusterIPs = append(s.ClusterIPs, fmt.Sprintf("fd00:96::%x", i+1))
-	}
-	if r.IntN(2) == 0 {
-		s.Ports = append(s.Ports, k8sobj.Port{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: 5353})
-	}
-	switch r.IntN(3) {
-	case 1:
-		s.Type = v1.ServiceTypeNodePort
-		for j := range s.Ports {
-			s.Ports[j].NodePort = int32(30000 + i*4 + j)
-		}
-	case 2:
-		s.Type = v1.ServiceTypeLoadBalancer
-		for j := range s.Ports {
-			s.Ports[j].NodePort = int32(30000 + i*4 + j)
-		}
-		s.LoadBalancerIPs = []string{fmt.Sprintf("192.168.200.%d", i+1)}
-		if r.IntN(3) == 0 {
-			// A shared LoadBalancer IP: frontends collide between
-			// Services, and move when the owner changes or goes.
-			s.LoadBalancerIPs = []string{"192.168.200.250"}
-		}
-		if r.IntN(2) == 0 {
-			s.SourceRanges = []string{"203.0.113.0/24", "192.168.100.0/24"}
-		}
-	}
-	s.ETPLocal = s.Type != "" && r.IntN(2) == 0
-	s.ITPLocal = r.IntN(4) == 0
-	if r.IntN(3) == 0 {
-		s.AffinitySeconds = int32(60 * (1 + r.IntN(3)))
-	}
-	n := r.IntN(5)
-	for j := range n {
-		node := "node-a"
-		if r.IntN(2) == 0 {
-			node = "node-b"
-		}
-		s.Endpoints = append(s.Endpoints, k8sobj.Endpoint{IP: fmt.Sprintf("10.244.%d.%d", 1+j%2, i%250+1), Node: node,
-			Terminating: r.IntN(6) == 0})
-		if len(s.ClusterIPs) > 1 {
-			s.Endpoints = append(s.Endpoints, k8sobj.Endpoint{IP: fmt.Sprintf("fd00:244:0:%x::%x", 1+j%2, i+1), Node: node})
-		}
-	}
-	return s
 }
 
 // TestIncrementalMatchesFullRender programs random sequences of changes
@@ -173,7 +118,7 @@ func incrementalMatchesFullRender(t *testing.T, cfg model.Config) {
 				b.DeleteService(model.ServiceKey{Namespace: "default", Name: fmt.Sprintf("svc-%d", i)})
 				continue
 			}
-			s := randomService(r, i)
+			s := k8sobj.Random(r, i)
 			services[i] = s
 			svc, sl := s.Objects()
 			b.SetService(svc, "")

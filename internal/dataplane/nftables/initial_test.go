@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubenat/kubenat/internal/k8sobj"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/netnstest"
 )
@@ -66,7 +67,7 @@ func TestInitialSyncInChunks(t *testing.T) {
 	if got, want := canonical(t, chunkNS), canonical(t, refNS); got != want {
 		t.Fatalf("rebuilt ruleset differs from the one-transaction one\nrebuilt:\n%s\none transaction:\n%s", got, want)
 	}
-	svc, sl := randomService(r, 7).Objects()
+	svc, sl := k8sobj.Random(r, 7).Objects()
 	b.SetService(svc, "")
 	for _, x := range sl {
 		b.SetEndpointSlice(x, "")
