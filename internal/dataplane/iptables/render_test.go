@@ -1,0 +1,104 @@
+package iptables
+
+import (
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kubenat/kubenat/internal/model"
+	"github.com/kubenat/kubenat/internal/source/manifest"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func testConfig() model.Config {
+	return model.Config{
+		NodeName:     "node-a",
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")},
+		NodeIPs:      []netip.Addr{netip.MustParseAddr("192.168.100.11"), netip.MustParseAddr("fd00:100::11")},
+	}
+}
+
+// loadDir builds the State of a manifest directory.
+func loadDir(t *testing.T, dir string, cfg model.Config) *model.State {
+	t.Helper()
+	snap, err := manifest.NewReader(dir).Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Errors) > 0 {
+		t.Fatalf("manifest errors: %v", snap.Errors)
+	}
+	st := model.Build(cfg, model.Objects{Services: snap.Services, EndpointSlices: snap.EndpointSlices, Nodes: snap.Nodes})
+	if len(st.Errors) > 0 {
+		t.Fatalf("model errors: %v", st.Errors)
+	}
+	return st
+}
+
+// TestRenderGolden pins the rendering of the bundled examples and of
+// testdata/policies (every policy a Service port can have). Run with
+// -update to rewrite the golden files after an intended change.
+func TestRenderGolden(t *testing.T) {
+	masqAll := testConfig()
+	masqAll.MasqueradeAll = true
+	bridge := testConfig()
+	bridge.LocalDetect = model.LocalDetect{Mode: model.DetectBridgeInterface, Interface: "cni0"}
+	prefix := testConfig()
+	prefix.LocalDetect = model.LocalDetect{Mode: model.DetectInterfacePrefix, Interface: "veth"}
+	prefix.ClusterCIDRs = nil
+	cidrs := testConfig()
+	cidrs.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("fd00:96::/112")}
+	tests := []struct {
+		name string
+		dir  string
+		cfg  model.Config
+	}{
+		{"basic", "../../../examples/basic", testConfig()},
+		{"basic-masquerade-all", "../../../examples/basic", masqAll},
+		{"basic-bridge-interface", "../../../examples/basic", bridge},
+		{"basic-interface-prefix", "../../../examples/basic", prefix},
+		{"policies", "testdata/policies", cidrs},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := RenderText(loadDir(t, tc.dir, tc.cfg), Options{})
+			golden := filepath.Join("testdata", tc.name+".rules")
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("rendering differs from %s (run with -update if intended):\n%s", golden, got)
+			}
+		})
+	}
+}
+
+// TestChainNames: every chain name fits iptables' limit (28 characters)
+// and names one chain only.
+func TestChainNames(t *testing.T) {
+	st := loadDir(t, "testdata/policies", testConfig())
+	for _, rs := range Render(st, Options{}) {
+		for _, table := range []string{TableNAT, TableFilter} {
+			seen := map[string]bool{}
+			for _, c := range rs.Chains(table) {
+				if len(c.Name) > 28 || !strings.HasPrefix(c.Name, Prefix) {
+					t.Errorf("chain name %q: want %s and at most 28 characters", c.Name, Prefix)
+				}
+				if seen[c.Name] {
+					t.Errorf("%s %s: chain %s rendered twice", rs.Family, table, c.Name)
+				}
+				seen[c.Name] = true
+			}
+		}
+	}
+}

@@ -1,0 +1,117 @@
+package iptables
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"github.com/kubenat/kubenat/internal/model"
+)
+
+// Runner runs the iptables commands of one family.
+type Runner interface {
+	// Restore applies input with iptables-restore --noflush: each table's
+	// section is committed atomically, chains it declares are flushed (or
+	// created), and nothing it does not name is touched.
+	Restore(ctx context.Context, f model.Family, input string) error
+	// Save returns iptables-save's output for the tables that exist.
+	Save(ctx context.Context, f model.Family) (string, error)
+	// Check reports whether table's chain holds rule (iptables -C); a
+	// missing chain is reported as false.
+	Check(ctx context.Context, f model.Family, table, chain, rule string) (bool, error)
+}
+
+// Exec runs the iptables commands on PATH.
+type Exec struct {
+	// Variant selects the commands: "" uses iptables and ip6tables (the
+	// system's choice), "nft" iptables-nft, "legacy" iptables-legacy.
+	Variant string
+	// NetNS, when set, runs them in that named network namespace (ip
+	// netns exec); else in the caller's.
+	NetNS string
+}
+
+// cmd returns the command that runs the family's command with suffix
+// ("", "-save", "-restore") and args.
+func (e Exec) cmd(ctx context.Context, f model.Family, suffix string, args ...string) *exec.Cmd {
+	name := e.command(f, suffix)
+	if e.NetNS != "" {
+		return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", e.NetNS, name}, args...)...)
+	}
+	return exec.CommandContext(ctx, name, args...)
+}
+
+// command returns the name of the family's command with suffix ("",
+// "-save", "-restore").
+func (e Exec) command(f model.Family, suffix string) string {
+	name := "iptables"
+	if f == model.IPv6 {
+		name = "ip6tables"
+	}
+	if e.Variant != "" {
+		name += "-" + e.Variant
+	}
+	return name + suffix
+}
+
+// Available reports whether the commands of both families are on PATH.
+func (e Exec) Available() bool {
+	for _, f := range model.Families {
+		for _, s := range []string{"", "-save", "-restore"} {
+			if _, err := exec.LookPath(e.command(f, s)); err != nil {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Restore implements Runner. It waits for the xtables lock.
+func (e Exec) Restore(ctx context.Context, f model.Family, input string) error {
+	name := e.command(f, "-restore")
+	cmd := e.cmd(ctx, f, "-restore", "-w", "5", "--noflush")
+	cmd.Stdin = strings.NewReader(input)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w: %s", name, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// Save implements Runner.
+func (e Exec) Save(ctx context.Context, f model.Family) (string, error) {
+	name := e.command(f, "-save")
+	cmd := e.cmd(ctx, f, "-save")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("%s: %w: %s", name, err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// Check implements Runner: iptables exits with 1 when the rule or its
+// chain does not exist, and with 2, saying so, when the chain the rule
+// jumps to does not.
+func (e Exec) Check(ctx context.Context, f model.Family, table, chain, rule string) (bool, error) {
+	name := e.command(f, "")
+	args := append([]string{"-w", "5", "-t", table, "-C", chain}, strings.Fields(rule)...)
+	cmd := e.cmd(ctx, f, "", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &exit) && exit.ExitCode() == 1:
+		return false, nil
+	case errors.As(err, &exit) && exit.ExitCode() == 2 && strings.Contains(stderr.String(), "does not exist"):
+		return false, nil
+	}
+	return false, fmt.Errorf("%s -t %s -C %s: %w: %s", name, table, chain, err, strings.TrimSpace(stderr.String()))
+}
