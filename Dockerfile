@@ -1,13 +1,14 @@
 # syntax=docker/dockerfile:1
 #
-# The kubenat image: the agent and what its nftables path needs at run time.
+# The kubenat image: the agent and what its datapaths need at run time.
 #
 #   docker build -t ghcr.io/kubenat/kubenat:dev --build-arg VERSION=dev .
 #
 # kubenat is built with cgo: it dlopens libnftables.so.1 at run time (and
 # falls back to the nft binary), so the runtime stage installs Debian's
 # nftables package, which brings both, on the same Debian release the binary
-# was linked against (glibc). conntrack entries are cleared over netlink: no
+# was linked against (glibc). The iptables datapath runs Debian's iptables
+commands (iptables-nft by default). conntrack entries are cleared over netlink: no
 # conntrack binary is needed.
 #
 # This file is not built by the test suite (no container engine runs on the
@@ -26,6 +27,6 @@ ARG VERSION=dev
 RUN CGO_ENABLED=1 go build -trimpath -ldflags "-s -w -X github.com/kubenat/kubenat/internal/version.Version=${VERSION}" -o /out/kubenat ./cmd/kubenat
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends nftables && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends nftables iptables && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/kubenat /usr/local/bin/kubenat
 ENTRYPOINT ["/usr/local/bin/kubenat"]

@@ -534,6 +534,9 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"negative conntrack size", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "conntrack": map[string]any{"maxPerCore": -1}}}, "maxPerCore"},
 		{"bad pull policy", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs}, "image": map[string]any{"pullPolicy": "Sometimes"}}, "pullPolicy"},
 		{"manifests in a cluster", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "manifests": "/m"}}, "manifests"},
+		{"unknown datapath", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "datapath": "ipvs"}}, "datapath"},
+		{"socket load balancer with iptables", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "datapath": "iptables",
+			"socketLB": map[string]any{"cgroup": "/sys/fs/cgroup"}}}, "cgroup"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

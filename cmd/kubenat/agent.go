@@ -87,6 +87,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 	m := metrics.New(version.Version)
 	opts := agent.Options{
 		Config:             mc,
+		Datapath:           cfg.Datapath,
 		MinSyncPeriod:      cfg.MinSync(),
 		TableCheckPeriod:   cfg.TableCheckPeriod(),
 		HealthzBindAddress: cfg.HealthzBindAddress,
@@ -109,7 +110,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		return err
 	}
 	defer a.Close()
-	klog.InfoS("Starting kubenat agent", "version", version.String(), "node", mc.NodeName, "source", sourceName,
+	klog.InfoS("Starting kubenat agent", "version", version.String(), "node", mc.NodeName, "source", sourceName, "datapath", cfg.Datapath,
 		"minSyncPeriod", cfg.MinSync(), "gcPercent", gcPercent)
 	if once {
 		ctx, cancel := context.WithTimeout(ctx, onceTimeout)

@@ -226,6 +226,30 @@ func TestRenderSaysWhatItAssumes(t *testing.T) {
 	}
 }
 
+// TestRenderIPTables: with --datapath iptables, render prints the
+// iptables-restore input of both families.
+func TestRenderIPTables(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	out, err := runCmd(t, "render", "--manifests", "../../examples/basic", "--node-name", "node-a",
+		"--cluster-cidr", "10.244.0.0/16", "--datapath", "iptables")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"# IPv4: iptables-restore --noflush\n",
+		"# IPv6: ip6tables-restore --noflush\n",
+		`-A KUBENAT-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment "default/web:http cluster IP" -j KUBENAT-SVC-`,
+		"-j DNAT --to-destination 10.244.1.10:8080\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("render --datapath iptables printed:\n%s\nwant %q", out, want)
+		}
+	}
+	if strings.Contains(out, "table ip kubenat") {
+		t.Errorf("render --datapath iptables printed nftables:\n%s", out)
+	}
+}
+
 // TestKubeProxyFlagsAreAnswered: a kube-proxy flag kubenat lacks is an
 // error that says what to use instead; other unknown flags are plain
 // errors.
@@ -236,7 +260,7 @@ func TestKubeProxyFlagsAreAnswered(t *testing.T) {
 	}{
 		{[]string{"agent", "--hostname-override=node-a"}, "unknown flag: --hostname-override (kube-proxy's flag: use --node-name)"},
 		{[]string{"render", "--iptables-min-sync-period", "1s"}, "unknown flag: --iptables-min-sync-period (kube-proxy's flag: use --min-sync-period)"},
-		{[]string{"trace", "--proxy-mode=iptables"}, "unknown flag: --proxy-mode (kube-proxy's flag: kubenat programs nftables"},
+		{[]string{"trace", "--proxy-mode=iptables"}, "unknown flag: --proxy-mode (kube-proxy's flag: use --datapath"},
 		{[]string{"agent", "--no-such-flag"}, "unknown flag: --no-such-flag"},
 	} {
 		_, err := runCmd(t, tc.args...)

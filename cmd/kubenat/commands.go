@@ -13,6 +13,7 @@ import (
 
 	"github.com/kubenat/kubenat/internal/agent"
 	"github.com/kubenat/kubenat/internal/config"
+	"github.com/kubenat/kubenat/internal/dataplane/iptables"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
 	"github.com/kubenat/kubenat/internal/model"
@@ -59,9 +60,11 @@ func newRenderCmd() *cobra.Command {
 	var configFile string
 	cmd := &cobra.Command{
 		Use:   "render",
-		Short: "Print the nftables ruleset the agent would program (no root needed)",
-		Long: `render prints, in nft syntax, exactly the ruleset "kubenat agent" programs for
-the same inputs: it takes the agent's flags and configuration file, and reads
+		Short: "Print the ruleset the agent would program (no root needed)",
+		Long: `render prints exactly the ruleset "kubenat agent" programs for the same
+inputs, in nft syntax, or with --datapath iptables as iptables-restore input
+(IPv4, then IPv6; the jumps from the built-in chains are listed first as
+comments): it takes the agent's flags and configuration file, and reads
 the same source (--manifests or the Kubernetes API). Problems in the input are
 reported on stderr; the objects they concern are left out and the rest is
 rendered. The one input it does not read is the addresses of this machine's
@@ -72,9 +75,17 @@ machine's default routes, as the agent does), so that it can run anywhere.
 Without a Node object named --node-name, render says what it assumed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := loadState(cmd.Context(), cmd.ErrOrStderr(), cmd.Flags(), configFile)
+			var datapath string
+			st, err := loadState(cmd.Context(), cmd.ErrOrStderr(), cmd.Flags(), configFile, func(cfg *config.Configuration, _ *model.Config) error {
+				datapath = cfg.Datapath
+				return nil
+			})
 			if err != nil {
 				return err
+			}
+			if datapath == config.DatapathIPTables {
+				fmt.Fprint(cmd.OutOrStdout(), iptables.RenderText(st, iptables.Options{}))
+				return nil
 			}
 			fmt.Fprint(cmd.OutOrStdout(), nftables.Render(st, nftables.Options{}))
 			return nil
@@ -96,7 +107,7 @@ func registerInputFlags(fs *pflag.FlagSet, configFile *string) {
 // printing input problems, and what it assumed without a Node object, to
 // stderr. tweaks adjust the model configuration first (e.g. with what only
 // the node itself knows).
-func loadState(ctx context.Context, stderr io.Writer, fs *pflag.FlagSet, configFile string, tweaks ...func(*model.Config) error) (*model.State, error) {
+func loadState(ctx context.Context, stderr io.Writer, fs *pflag.FlagSet, configFile string, tweaks ...func(*config.Configuration, *model.Config) error) (*model.State, error) {
 	cfg, err := agentConfig(stderr, fs, configFile)
 	if err != nil {
 		return nil, err
@@ -107,7 +118,7 @@ func loadState(ctx context.Context, stderr io.Writer, fs *pflag.FlagSet, configF
 	}
 	mc.FallbackNodeIPs = agent.DefaultRouteAddrs()
 	for _, tweak := range tweaks {
-		if err := tweak(&mc); err != nil {
+		if err := tweak(cfg, &mc); err != nil {
 			return nil, err
 		}
 	}
@@ -171,46 +182,60 @@ func newCleanupCmd() *cobra.Command {
 		Long: `cleanup removes what kubenat programs in this network namespace's kernel:
 its nftables tables ("ip kubenat", "ip6 kubenat", and the standby tables an
 interrupted full sync may leave), the table a killed "kubenat trace --live"
-may leave, and the socket load balancer pinned in --bpf-pin-dir. Nothing
-else is touched: not kube-proxy's or anyone else's rules, and not the
-conntrack sysctls the agent set (they keep their values).
+may leave, its iptables chains (those named KUBENAT-* in the nat and filter
+tables of iptables and ip6tables, and the rules jumping to them), and the
+socket load balancer pinned in --bpf-pin-dir. Nothing else is touched: not
+kube-proxy's or anyone else's rules, and not the conntrack sysctls the agent
+set (they keep their values).
 
-Stop the agent first: a running agent programs its tables again within
+Stop the agent first: a running agent programs its rules again within
 its --sync-period. Connections through Services break once the rules are
 gone.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := cmd.OutOrStdout()
+			ipt := iptables.Exec{}
 			run, err := nft.New()
-			if err != nil {
+			if err != nil && !ipt.Available() {
 				return err
 			}
-			// The tables first, as the agent does: with the untracked chain
-			// gone, connects the balancer no longer rewrites are DNATed
-			// and tracked; the other way round, their replies would be
-			// untracked for a moment.
-			removed, err := nftables.Cleanup(cmd.Context(), run, nftables.Options{})
-			if err != nil {
-				return err
+			var removed, traced bool
+			if err == nil {
+				// The tables first, as the agent does: with the untracked
+				// chain gone, connects the balancer no longer rewrites are
+				// DNATed and tracked; the other way round, their replies
+				// would be untracked for a moment.
+				if removed, err = nftables.Cleanup(cmd.Context(), run, nftables.Options{}); err != nil {
+					return err
+				}
+				if removed {
+					fmt.Fprintln(out, "removed the kubenat tables (ip, ip6)")
+				}
+				if traced, err = live.Cleanup(cmd.Context(), run); err != nil {
+					return err
+				}
+				if traced {
+					fmt.Fprintf(out, "removed the table of a live trace (%s)\n", live.Table)
+				}
 			}
-			if removed {
-				fmt.Fprintln(cmd.OutOrStdout(), "removed the kubenat tables (ip, ip6)")
-			}
-			traced, err := live.Cleanup(cmd.Context(), run)
-			if err != nil {
-				return err
-			}
-			if traced {
-				fmt.Fprintf(cmd.OutOrStdout(), "removed the table of a live trace (%s)\n", live.Table)
+			var chains bool
+			if ipt.Available() {
+				if chains, err = iptables.Cleanup(cmd.Context(), ipt); err != nil {
+					return err
+				}
+				if chains {
+					fmt.Fprintln(out, "removed the kubenat iptables chains (iptables, ip6tables)")
+				}
 			}
 			unpinned, err := socketlb.Cleanup(pinDir)
 			if err != nil {
 				return err
 			}
 			if unpinned {
-				fmt.Fprintf(cmd.OutOrStdout(), "removed the socket load balancer pinned in %s\n", pinDir)
+				fmt.Fprintf(out, "removed the socket load balancer pinned in %s\n", pinDir)
 			}
-			if !removed && !traced && !unpinned {
-				fmt.Fprintln(cmd.OutOrStdout(), "nothing to remove: kubenat has nothing programmed here")
+			if !removed && !traced && !chains && !unpinned {
+				fmt.Fprintln(out, "nothing to remove: kubenat has nothing programmed here")
 			}
 			return nil
 		},

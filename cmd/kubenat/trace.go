@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kubenat/kubenat/internal/agent"
+	"github.com/kubenat/kubenat/internal/config"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/trace"
 	"github.com/kubenat/kubenat/internal/trace/live"
@@ -91,11 +92,11 @@ docs/trace.md.`,
 			if err != nil {
 				return err
 			}
-			var tweaks []func(*model.Config) error
+			var tweaks []func(*config.Configuration, *model.Config) error
 			if tf.live {
 				// See the node as its agent does: with the addresses of
 				// its interfaces.
-				tweaks = append(tweaks, func(cfg *model.Config) error {
+				tweaks = append(tweaks, func(_ *config.Configuration, cfg *model.Config) error {
 					addrs, err := agent.LocalAddrs()
 					cfg.LocalAddrs = addrs
 					return err

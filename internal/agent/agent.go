@@ -21,6 +21,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kubenat/kubenat/internal/conntrack"
+	"github.com/kubenat/kubenat/internal/dataplane/iptables"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
 	"github.com/kubenat/kubenat/internal/events"
@@ -47,6 +48,14 @@ type Options struct {
 	// Runner applies nftables scripts; nil picks libnftables or the nft
 	// binary.
 	Runner nft.Runner
+	// Datapath selects the backend: "nftables" (or "") or "iptables".
+	// With iptables, nftables is only used to remove the tables an
+	// earlier agent left, and may be missing.
+	Datapath string
+	// IPTables runs the iptables commands: the iptables datapath's, and,
+	// with nftables, the removal of chains an earlier iptables agent left.
+	// Nil: the system's commands (iptables.Exec), when installed.
+	IPTables iptables.Runner
 	// MinSyncPeriod is the least time between two syncs: changes arriving
 	// meanwhile are batched into the next one. The one exception: with
 	// Config.UntrackPodTCP, a change of the node's addresses is synced at
@@ -89,7 +98,10 @@ type Options struct {
 // Agent programs the node's datapath from the objects a Source delivers.
 type Agent struct {
 	opts    Options
-	backend *nftables.Backend
+	backend datapath
+	// removedOther is true once the other datapath's leftover rules are
+	// removed (after the first successful sync).
+	removedOther bool
 	// balancer is the socket load balancer; nil when it is off. It is
 	// updated before the nftables sync and pruned after it.
 	balancer *socketlb.Balancer
@@ -137,10 +149,26 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.Runner == nil {
 		r, err := nft.New()
-		if err != nil {
+		switch {
+		case err != nil && opts.Datapath != DatapathIPTables:
 			return nil, err
+		case err != nil:
+			klog.V(2).InfoS("nftables cannot be used here; nothing to remove of an nftables datapath", "reason", err)
+		default:
+			opts.Runner = r
 		}
-		opts.Runner = r
+	}
+	switch opts.Datapath {
+	case "", DatapathNFTables:
+	case DatapathIPTables:
+		if opts.Config.SocketLB {
+			return nil, errors.New("the socket load balancer needs the nftables datapath")
+		}
+		if opts.IPTables == nil && !(iptables.Exec{}).Available() {
+			return nil, errors.New("the iptables datapath needs iptables, iptables-save, iptables-restore and their ip6tables counterparts on PATH")
+		}
+	default:
+		return nil, fmt.Errorf("unknown datapath %q", opts.Datapath)
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.Nop
@@ -212,13 +240,34 @@ func New(opts Options) (*Agent, error) {
 		opts:     opts,
 		health:   healthcheck.NewProxyHealth(opts.HealthTimeout),
 		cleaner:  cleaner,
-		backend:  nftables.New(opts.Runner, opts.NFT),
+		backend:  newDatapath(opts),
 		builder:  model.NewBuilder(opts.Config),
 		reported: map[string]bool{},
 		kick:     make(chan struct{}, 1),
 		triggers: metrics.NewTriggerTimes(time.Now()),
 		counter:  metrics.NewStateCounter(),
 	}, nil
+}
+
+// The datapaths Options.Datapath names.
+const (
+	DatapathNFTables = "nftables"
+	DatapathIPTables = "iptables"
+)
+
+// newDatapath returns the backend opts select.
+func newDatapath(opts Options) datapath {
+	ipt := opts.IPTables
+	if opts.Datapath == DatapathIPTables {
+		if ipt == nil {
+			ipt = iptables.Exec{}
+		}
+		return iptDatapath{b: iptables.New(ipt, iptables.Options{}), nft: opts.Runner, nftOpts: opts.NFT}
+	}
+	if ipt == nil && (iptables.Exec{}).Available() {
+		ipt = iptables.Exec{}
+	}
+	return nftDatapath{b: nftables.New(opts.Runner, opts.NFT), ipt: ipt}
 }
 
 // Close releases what the agent holds open. The datapath stays: the
@@ -316,7 +365,7 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 		case <-holdCheck.C:
 			a.releaseHolds(ctx)
 		case <-tableCheck.C:
-			a.checkTables()
+			a.checkTables(ctx)
 		case <-addrsChanged:
 			now = addrsNow()
 		case <-ctx.Done():
@@ -368,8 +417,8 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 // programmed again: the backend's next sync is a full one, and the change
 // counts for /healthz like any other. Like sync, it runs in the Run
 // goroutine, the only one that uses the backend.
-func (a *Agent) checkTables() {
-	ok, err := a.backend.Intact()
+func (a *Agent) checkTables(ctx context.Context) {
+	ok, err := a.backend.intact(ctx)
 	if err != nil {
 		klog.ErrorS(err, "Checking that kubenat's tables are in place failed")
 		return
@@ -377,7 +426,7 @@ func (a *Agent) checkTables() {
 	if ok {
 		return
 	}
-	klog.InfoS("Warning: kubenat's tables were flushed or deleted from outside (e.g. nft flush ruleset); programming them again")
+	klog.InfoS("Warning: kubenat's rules were flushed or deleted from outside (e.g. nft flush ruleset, iptables -F); programming them again", "datapath", a.backend.name())
 	a.opts.Metrics.TablesRestored()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -389,11 +438,11 @@ func (a *Agent) checkTables() {
 // that uses the backend; it does not take mu, so the sources are not held
 // up while conntrack is read.
 func (a *Agent) releaseHolds(ctx context.Context) {
-	before := a.backend.Holds()
+	before := a.backend.holds()
 	if before == 0 {
 		return
 	}
-	n, err := a.backend.ReleaseHolds(context.WithoutCancel(ctx))
+	n, err := a.backend.releaseHolds(context.WithoutCancel(ctx))
 	a.opts.Metrics.SetHeldEndpoints(n)
 	if err != nil {
 		klog.ErrorS(err, "Releasing held endpoints failed; retrying later", "held", n)
@@ -509,7 +558,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	// The backend only reads the changed Services of st, under the lock:
 	// sources may not change the Builder meanwhile.
-	res, err := a.backend.Sync(ctx, st, delta)
+	full, changes, err := a.backend.sync(ctx, st, delta)
 	if err != nil {
 		// The backend replaces everything on the next Sync; everything
 		// else gets this Delta again with the next one (the balancer's
@@ -518,6 +567,23 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.mu.Unlock()
 		a.opts.Metrics.SyncFailed()
 		return err
+	}
+	// The other datapath's rules (an agent switched from one to the
+	// other) go once this one serves every Service: kubenat's nftables
+	// DNAT runs before iptables' nat chains and would shadow them. Before
+	// the balancer's pins, so that the untracked chain goes first. A
+	// failure is logged and tried again after the next sync.
+	if !a.removedOther {
+		removed, err := a.backend.removeOther(ctx)
+		switch {
+		case err != nil:
+			klog.ErrorS(err, "Removing the rules of the other datapath failed; retrying after the next sync", "datapath", a.backend.name())
+		case removed:
+			klog.InfoS("Removed the rules an agent with the other datapath left", "datapath", a.backend.name())
+			fallthrough
+		default:
+			a.removedOther = true
+		}
 	}
 	// A balancer left pinned keeps rewriting connects from maps nobody
 	// updates: the error makes the caller retry soon, as for a prune.
@@ -541,7 +607,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		frontends = a.balancer.Frontends()
 	}
 	a.opts.Metrics.SetSocketLBFrontends(frontends)
-	a.opts.Metrics.SetHeldEndpoints(a.backend.Holds())
+	a.opts.Metrics.SetHeldEndpoints(a.backend.holds())
 	// The rules are programmed; the sync succeeded when the balancer is
 	// up to date too. Until then its timings are not a success's and
 	// /healthz keeps counting the wait: a balancer that cannot be
@@ -550,7 +616,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	if failed || !ok {
 		a.opts.Metrics.SyncFailed()
 	}
-	a.observe(st, delta, res.Full, ok, start)
+	a.observe(st, delta, full, ok, start)
 	services := len(st.Services)
 	if ok {
 		a.health.Updated()
@@ -563,15 +629,15 @@ func (a *Agent) sync(ctx context.Context) error {
 	first := !a.programmed
 	a.programmed = true
 	a.mu.Unlock()
-	if res.Full || res.Elements > 0 {
-		klog.InfoS("Programmed nftables", "full", res.Full, "changedServices", len(delta.Changed),
-			"elements", res.Elements, "services", services, "duration", time.Since(start))
+	if full || changes > 0 {
+		klog.InfoS("Programmed "+a.backend.name(), "full", full, "changedServices", len(delta.Changed),
+			"changes", changes, "services", services, "duration", time.Since(start))
 	}
 	if first {
 		a.tuneConntrack()
 	}
 	a.clearConntrack(stale)
-	if res.Full {
+	if full {
 		// A full sync's transient garbage (every element as text, the
 		// scripts) is the agent's peak: give it back to the system rather
 		// than keep it as idle heap (at 50,000 Services RSS drops by ~40 %

@@ -55,6 +55,38 @@ func (f *fakeRunner) count() int {
 	return len(f.scripts)
 }
 
+// fakeIPTables stands for the iptables commands: Save returns saved, and
+// Restore records its input.
+type fakeIPTables struct {
+	mu       sync.Mutex
+	saved    string
+	restores []string
+}
+
+func (f *fakeIPTables) Restore(_ context.Context, _ model.Family, input string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.restores = append(f.restores, input)
+	return nil
+}
+
+func (f *fakeIPTables) Save(context.Context, model.Family) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.saved, nil
+}
+
+func (f *fakeIPTables) Check(context.Context, model.Family, string, string, string) (bool, error) {
+	return true, nil
+}
+
+// restored returns what Restore was given, joined.
+func (f *fakeIPTables) restored() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return strings.Join(f.restores, "")
+}
+
 // ran reports whether a script run so far contains s.
 func (f *fakeRunner) ran(s string) bool {
 	f.mu.Lock()
@@ -94,6 +126,9 @@ func runAgent(t *testing.T, opts Options) chanSource {
 	if opts.Config.NodeName == "" {
 		opts.Config = testConfig()
 	}
+	if opts.IPTables == nil {
+		opts.IPTables = &fakeIPTables{}
+	}
 	a, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -128,6 +163,9 @@ func newAgent(t *testing.T, opts Options) *Agent {
 	}
 	if opts.Runner == nil {
 		opts.Runner = &fakeRunner{}
+	}
+	if opts.IPTables == nil {
+		opts.IPTables = &fakeIPTables{}
 	}
 	a, err := New(opts)
 	if err != nil {
@@ -612,4 +650,41 @@ func TestConntrackIsTunedAfterTheFirstSync(t *testing.T) {
 	if v := read(); v != "600" {
 		t.Errorf("a later sync set the timeout again: %q", v)
 	}
+}
+
+// TestDatapathsRemoveEachOther: after its first sync, each datapath
+// removes the rules the other left (an agent switched between them), once.
+func TestDatapathsRemoveEachOther(t *testing.T) {
+	ctx := context.Background()
+	t.Run("iptables removes the nftables tables", func(t *testing.T) {
+		run, ipt := &fakeRunner{}, &fakeIPTables{}
+		a := newAgent(t, Options{Datapath: DatapathIPTables, Runner: run, IPTables: ipt})
+		a.Synced()
+		if err := a.sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(ipt.restored(), "-A KUBENAT-MARK-MASQ") {
+			t.Errorf("the iptables chains were not programmed:\n%s", ipt.restored())
+		}
+		if !run.ran("delete table ip kubenat") || run.ran("nat-prerouting") {
+			t.Errorf("nftables: want the tables deleted and nothing programmed, ran %q", run.scripts)
+		}
+	})
+	t.Run("nftables removes the iptables chains", func(t *testing.T) {
+		ipt := &fakeIPTables{saved: "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBENAT-SERVICES - [0:0]\n" +
+			"-A PREROUTING -m comment --comment kubenat -j KUBENAT-SERVICES\nCOMMIT\n"}
+		a := newAgent(t, Options{IPTables: ipt})
+		a.Synced()
+		for range 2 {
+			if err := a.sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			setLocalLoadBalancer(a)
+		}
+		want := "*nat\n:KUBENAT-SERVICES - [0:0]\n-D PREROUTING -m comment --comment kubenat -j KUBENAT-SERVICES\n-X KUBENAT-SERVICES\nCOMMIT\n"
+		// Once per family (the fake shows both the same), and not again.
+		if got := ipt.restored(); got != want+want {
+			t.Errorf("iptables-restore input:\n%s\nwant twice:\n%s", got, want)
+		}
+	})
 }

@@ -67,6 +67,16 @@ type Configuration struct {
 	// Kind must be "KubenatConfiguration".
 	Kind string `json:"kind"`
 
+	// Datapath is what programs the Services into the kernel: "nftables"
+	// (default: a constant number of lookups per packet whatever the
+	// number of Services) or "iptables" (the KUBENAT-SERVICES →
+	// KUBENAT-SVC-* → KUBENAT-SEP-* chains of kube-proxy's iptables mode,
+	// through the system's iptables commands; for hosts that cannot use
+	// nftables; its cost per new connection grows with the number of
+	// Services). The same Services get the same treatment from both. The
+	// agent removes the other datapath's rules after its first sync. The
+	// socket load balancer needs nftables. Flag --datapath.
+	Datapath string `json:"datapath"`
 	// NodeName is the name of this node's Node object; endpoints on it are
 	// local. Default: $NODE_NAME, else the host name. Flag --node-name.
 	NodeName string `json:"nodeName,omitempty"`
@@ -120,11 +130,12 @@ type Configuration struct {
 	// has waited longer than 60s plus this period.
 	// Flag --min-sync-period.
 	MinSyncPeriod string `json:"minSyncPeriod"`
-	// SyncPeriod is how often the agent checks that its tables are still
-	// in the kernel (a read of one base chain per family, whatever the
-	// tables hold) and programs them again when they were flushed or
-	// deleted from outside (`nft flush ruleset`, as Debian's nftables
-	// service runs on reload). A single rule or element deleted by hand
+	// SyncPeriod is how often the agent checks that its rules are still
+	// in the kernel (nftables: a read of one base chain per family,
+	// whatever the tables hold; iptables: three `iptables -C` per
+	// family) and programs them again when they were flushed or deleted
+	// from outside (`nft flush ruleset`, as Debian's nftables service runs
+	// on reload; `iptables -F`). A single rule or element deleted by hand
 	// is not noticed: kube-proxy's option of the same name re-applies its
 	// rules, this one only checks that the tables are there. A Go
 	// duration, 1s to 1h. Default "30s". Flag --sync-period.
@@ -226,6 +237,12 @@ type DetectLocal struct {
 	InterfaceNamePrefix string `json:"interfaceNamePrefix,omitempty"`
 }
 
+// The datapath values.
+const (
+	DatapathNFTables = "nftables"
+	DatapathIPTables = "iptables"
+)
+
 // The detectLocalMode values.
 const (
 	DetectLocalNodeCIDR            = "NodeCIDR"
@@ -306,6 +323,7 @@ func Default() *Configuration {
 	c := &Configuration{
 		APIVersion:         APIVersion,
 		Kind:               Kind,
+		Datapath:           DatapathNFTables,
 		MinSyncPeriod:      DefaultMinSyncPeriod.String(),
 		SyncPeriod:         DefaultSyncPeriod.String(),
 		MetricsBindAddress: DefaultMetricsBindAddress,
@@ -334,6 +352,9 @@ func (c *Configuration) setDefaults() {
 	}
 	if c.DetectLocalMode == "" {
 		c.DetectLocalMode = DetectLocalNodeCIDR
+	}
+	if c.Datapath == "" {
+		c.Datapath = DatapathNFTables
 	}
 	if c.Masquerade.NonMasqueradeCIDRs == nil {
 		for _, p := range model.DefaultNonMasqueradeCIDRs() {

@@ -34,6 +34,7 @@ func TestDecode(t *testing.T) {
 		{name: "minimal file gets every default", in: header,
 			want: Default()},
 		{name: "values replace defaults", in: header + `
+datapath: nftables
 nodeName: node-a
 clusterCIDRs: [10.244.0.0/16, fd00:244::/56]
 detectLocalMode: BridgeInterface
@@ -69,7 +70,7 @@ conntrack:
   udpTimeout: 45s
   udpStreamTimeout: 3m
   procfs: /host/proc
-`, want: &Configuration{APIVersion: APIVersion, Kind: Kind, NodeName: "node-a",
+`, want: &Configuration{APIVersion: APIVersion, Kind: Kind, Datapath: DatapathNFTables, NodeName: "node-a",
 			ClusterCIDRs: []string{"10.244.0.0/16", "fd00:244::/56"}, NodeIPs: []string{"192.168.100.11"},
 			DetectLocalMode: DetectLocalBridgeInterface, DetectLocal: DetectLocal{BridgeInterface: "cni0"},
 			NodePortAddresses: []string{"192.168.100.0/24"}, MasqueradeAll: true,
@@ -158,6 +159,12 @@ func TestValidate(t *testing.T) {
 		{"metrics disabled", func(c *Configuration) { c.MetricsBindAddress = "" }, nil},
 		{"metrics on all addresses", func(c *Configuration) { c.MetricsBindAddress = ":10249" }, nil},
 		{"no batching", func(c *Configuration) { c.MinSyncPeriod = "0s" }, nil},
+		{"iptables", func(c *Configuration) { c.Datapath = DatapathIPTables }, nil},
+		{"unknown datapath", func(c *Configuration) { c.Datapath = "ipvs" },
+			[]string{`datapath (--datapath): "ipvs" is not a datapath; use "nftables" or "iptables"`}},
+		{"socket load balancer with iptables", func(c *Configuration) {
+			c.Datapath, c.SocketLB.Cgroup = DatapathIPTables, "/sys/fs/cgroup"
+		}, []string{`socketLB.cgroup (--socket-lb-cgroup): the socket load balancer needs the nftables datapath (datapath is "iptables")`}},
 		{"no cluster CIDR", func(c *Configuration) { c.ClusterCIDRs = nil },
 			[]string{"clusterCIDRs (--cluster-cidr): at least one CIDR is required"}},
 		{"bad cluster CIDR", func(c *Configuration) { c.ClusterCIDRs = []string{"10.244.0.0/16", "10.0.0.0/33"} },

@@ -24,6 +24,8 @@ type field struct {
 
 // fields lists every field that has a flag, in file order.
 var fields = []field{
+	{path: "datapath", flag: "datapath", help: "what programs the Services: nftables (default) or iptables (kube-proxy's iptables-mode chains, for hosts without nftables; slower with many Services)",
+		ptr: func(c *Configuration) any { return &c.Datapath }},
 	{path: "nodeName", flag: "node-name", help: "name of this node (default: $NODE_NAME, else the hostname)",
 		ptr: func(c *Configuration) any { return &c.NodeName }},
 	{path: "clusterCIDRs", flag: "cluster-cidr", help: "pod address range of the cluster, one per family (repeatable or comma-separated); required unless --detect-local-mode is an interface mode",
@@ -54,7 +56,7 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.ServiceProxyName }},
 	{path: "minSyncPeriod", flag: "min-sync-period", help: "least time between two syncs; changes meanwhile are batched (with --untrack-pod-tcp, a change of the node's addresses is synced at once); /healthz fails when a change waited longer than 60s plus this", duration: true,
 		ptr: func(c *Configuration) any { return &c.MinSyncPeriod }},
-	{path: "syncPeriod", flag: "sync-period", help: "how often the agent checks that its tables are in place, and programs them again when they were flushed or deleted from outside (e.g. nft flush ruleset)", duration: true,
+	{path: "syncPeriod", flag: "sync-period", help: "how often the agent checks that its rules are in place, and programs them again when they were flushed or deleted from outside (e.g. nft flush ruleset, iptables -F)", duration: true,
 		ptr: func(c *Configuration) any { return &c.SyncPeriod }},
 	{path: "metricsBindAddress", flag: "metrics-bind-address", help: `host:port of the Prometheus metrics server (/metrics); "" disables it`,
 		ptr: func(c *Configuration) any { return &c.MetricsBindAddress }},

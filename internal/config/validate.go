@@ -57,6 +57,15 @@ func (c *Configuration) Validate() error {
 			errs.add("nodeName", "%q is not a valid node name: %s", c.NodeName, strings.Join(msgs, "; "))
 		}
 	}
+	switch c.Datapath {
+	case DatapathNFTables:
+	case DatapathIPTables:
+		if c.SocketLB.Cgroup != "" {
+			errs.add("socketLB.cgroup", "the socket load balancer needs the nftables datapath (datapath is %q)", c.Datapath)
+		}
+	default:
+		errs.add("datapath", "%q is not a datapath; use %q or %q", c.Datapath, DatapathNFTables, DatapathIPTables)
+	}
 	detect, detectErr := c.localDetect()
 	if detectErr != nil {
 		errs = append(errs, detectErr...)

@@ -177,7 +177,7 @@ func New(version string) *Metrics {
 		}),
 		restored: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kubenat_tables_restored_total",
-			Help: "Times the agent found its nftables tables flushed or deleted from outside (e.g. nft flush ruleset) and programmed them again.",
+			Help: "Times the agent found its rules (nftables tables, iptables chains) flushed or deleted from outside (e.g. nft flush ruleset, iptables -F) and programmed them again.",
 		}),
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
