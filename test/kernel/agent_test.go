@@ -29,10 +29,13 @@ func eventually(deadline time.Duration, check func() string) string {
 // TestAgentWatchesManifests runs the agent without --once: it follows
 // changes to the manifest directory, survives bad input, and on SIGTERM
 // exits leaving the rules in place; cleanup then removes only its tables.
-func TestAgentWatchesManifests(t *testing.T) {
+func TestAgentWatchesManifests(t *testing.T) { eachDatapath(t, testAgentWatchesManifests) }
+
+func testAgentWatchesManifests(t *testing.T, datapath string) {
 	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{
 		{Name: "node-a", Pods: []string{"web-1", "web-2", "cli"}},
 	}})
+	e.datapath = datapath
 	c := e.c
 	nodeA, cli := c.Node("node-a"), c.Pod("cli")
 	web := func(pods ...string) k8sobj.Service {
@@ -116,13 +119,32 @@ func TestAgentWatchesManifests(t *testing.T) {
 	})
 
 	t.Run("a flushed ruleset and a deleted table are programmed again", func(t *testing.T) {
-		for _, damage := range []string{"flush ruleset", "delete table ip kubenat", "delete table ip6 kubenat"} {
-			if _, err := c.Exec(t.Context(), &nodeA.Host, "nft", damage); err != nil {
+		damages := [][]string{{"nft", "flush ruleset"}, {"nft", "delete table ip kubenat"}, {"nft", "delete table ip6 kubenat"}}
+		inPlace := func() string {
+			if out, err := c.Exec(t.Context(), &nodeA.Host, "nft", "list tables"); err != nil || strings.Count(out, " kubenat\n") != 2 {
+				return fmt.Sprintf("tables: %q %v", out, err)
+			}
+			return ""
+		}
+		if datapath == "iptables" {
+			damages = [][]string{{"iptables", "-t", "nat", "-F"}, {"iptables", "-F"}, {"ip6tables", "-t", "nat", "-F"}}
+			inPlace = func() string {
+				for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+					if out, err := c.Exec(t.Context(), &nodeA.Host, cmd); err != nil ||
+						!strings.Contains(out, "-j KUBENAT-SERVICES") || !strings.Contains(out, "-j KUBENAT-FILTER") {
+						return fmt.Sprintf("%s: %v\n%s", cmd, err, out)
+					}
+				}
+				return ""
+			}
+		}
+		for _, damage := range damages {
+			if _, err := c.Exec(t.Context(), &nodeA.Host, damage...); err != nil {
 				t.Fatal(err)
 			}
 			if msg := eventually(10*time.Second, func() string {
-				if out, err := c.Exec(t.Context(), &nodeA.Host, "nft", "list tables"); err != nil || strings.Count(out, " kubenat\n") != 2 {
-					return fmt.Sprintf("tables: %q %v", out, err)
+				if msg := inPlace(); msg != "" {
+					return msg
 				}
 				return servedBy(webVIP, "web-1")()
 			}); msg != "" {
@@ -130,7 +152,7 @@ func TestAgentWatchesManifests(t *testing.T) {
 			}
 		}
 		if out := p.Output(); !strings.Contains(out, "flushed or deleted from outside") {
-			t.Errorf("the agent did not say why it programmed its tables again:\n%s", out)
+			t.Errorf("the agent did not say why it programmed its rules again:\n%s", out)
 		}
 	})
 
@@ -143,11 +165,22 @@ func TestAgentWatchesManifests(t *testing.T) {
 		}
 	})
 
-	t.Run("cleanup removes kubenat's tables and nothing else", func(t *testing.T) {
-		if _, err := c.Exec(t.Context(), &nodeA.Host, "nft", "add table inet someone-else"); err != nil {
-			t.Fatal(err)
+	t.Run("cleanup removes kubenat's rules and nothing else", func(t *testing.T) {
+		// Someone else's table, chain and rule.
+		for _, cmd := range [][]string{
+			{"nft", "add table inet someone-else"},
+			{"iptables", "-t", "nat", "-N", "SOMEONE-ELSE"},
+			{"iptables", "-t", "nat", "-A", "PREROUTING", "-j", "SOMEONE-ELSE"},
+		} {
+			if _, err := c.Exec(t.Context(), &nodeA.Host, cmd...); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if out, err := netnstest.Kubenat(t, &nodeA.Host, "cleanup"); err != nil || !strings.Contains(out, "removed the kubenat tables") {
+		said := "removed the kubenat tables"
+		if datapath == "iptables" {
+			said = "removed the kubenat iptables chains"
+		}
+		if out, err := netnstest.Kubenat(t, &nodeA.Host, "cleanup"); err != nil || !strings.Contains(out, said) {
 			t.Fatalf("cleanup: %v: %s", err, out)
 		}
 		out, err := c.Exec(t.Context(), &nodeA.Host, "nft", "list tables")
@@ -156,6 +189,13 @@ func TestAgentWatchesManifests(t *testing.T) {
 		}
 		if strings.Contains(out, "kubenat") || !strings.Contains(out, "table inet someone-else") {
 			t.Errorf("tables after cleanup:\n%s", out)
+		}
+		saved, err := c.Exec(t.Context(), &nodeA.Host, "iptables-save")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(saved, "KUBENAT") || !strings.Contains(saved, "-A PREROUTING -j SOMEONE-ELSE") {
+			t.Errorf("iptables after cleanup:\n%s", saved)
 		}
 		if r, err := e.dial(&cli.Host, "tcp", ap(webVIP, 80)); err == nil {
 			t.Errorf("the ClusterIP still answers after cleanup: %v", r)
@@ -168,4 +208,21 @@ func TestAgentWatchesManifests(t *testing.T) {
 			t.Errorf("tables after the second cleanup (%v):\n%s", err, out)
 		}
 	})
+}
+
+// TestSwitchingDatapaths: an agent started with the other datapath
+// replaces the rules the previous one left, and serves.
+func TestSwitchingDatapaths(t *testing.T) {
+	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a", Pods: []string{"web-1", "cli"}}}})
+	e.writeService(t, k8sobj.Service{Name: "web", ClusterIPs: []string{webVIP},
+		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}},
+		Endpoints: []k8sobj.Endpoint{{IP: e.c.Pod("web-1").Addr.String(), Node: "node-a"}}})
+	for _, datapath := range []string{"iptables", "nftables", "iptables"} {
+		e.datapath = datapath
+		e.syncAll(t)
+		e.checkDatapath(t)
+		if r := e.mustDial(t, &e.c.Pod("cli").Host, "tcp", ap(webVIP, 80)); r.Server != "web-1" {
+			t.Errorf("%s: served by %s", datapath, r.Server)
+		}
+	}
 }

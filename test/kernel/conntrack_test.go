@@ -20,8 +20,11 @@ import (
 // client that reuses its socket) while the Service changes under it. Each
 // change must take effect for that same flow: kubenat deletes the conntrack
 // entries the change made stale.
-func TestStaleUDPConntrack(t *testing.T) {
+func TestStaleUDPConntrack(t *testing.T) { eachDatapath(t, testStaleUDPConntrack) }
+
+func testStaleUDPConntrack(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	nodeA, cli := e.c.Node("node-a"), e.c.Pod("cli")
 	dns := func(eps ...k8sobj.Endpoint) k8sobj.Service {
 		return k8sobj.Service{Name: "dns", ClusterIPs: []string{"10.96.4.53"},

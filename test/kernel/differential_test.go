@@ -143,17 +143,19 @@ var diffRows = []diffRow{
 	{from: "client", proto: "tcp", to: "node-b/6:30060", hops: []string{"node-b"}},
 }
 
-// TestDifferential runs the table with each way of recognizing a node's
-// pods (detectModes).
+// TestDifferential runs the table with each datapath and each way of
+// recognizing a node's pods (detectModes).
 func TestDifferential(t *testing.T) {
-	for _, d := range detectModes {
-		t.Run(d.Mode.String(), func(t *testing.T) { differentialTest(t, d) })
+	for _, datapath := range []string{"nftables", "iptables"} {
+		for _, d := range detectModes {
+			t.Run(datapath+"/"+d.Mode.String(), func(t *testing.T) { differentialTest(t, datapath, d) })
+		}
 	}
 }
 
-func differentialTest(t *testing.T, detect model.LocalDetect) {
+func differentialTest(t *testing.T, datapath string, detect model.LocalDetect) {
 	e := newEnv(t, diffSpec)
-	e.detect = detect
+	e.detect, e.datapath = detect, datapath
 	for _, s := range diffServices(e.c) {
 		e.writeService(t, s)
 	}
@@ -163,6 +165,7 @@ func differentialTest(t *testing.T, detect model.LocalDetect) {
 		}
 	}
 	e.syncAll(t)
+	e.checkDatapath(t)
 	runDifferential(t, e, diffRows)
 }
 

@@ -18,8 +18,11 @@ import (
 // traffic to the internet is masqueraded until the file lists the
 // destination as non-masquerade; a bad file is reported and the previous
 // configuration kept.
-func TestEgressMasqueradeConfig(t *testing.T) {
+func TestEgressMasqueradeConfig(t *testing.T) { eachDatapath(t, testEgressMasqueradeConfig) }
+
+func testEgressMasqueradeConfig(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	c := e.c
 	nodeA, cli := c.Node("node-a"), c.Pod("cli")
 	// Let the internet host answer pods directly, so it can be seen whether
@@ -71,8 +74,11 @@ func TestEgressMasqueradeConfig(t *testing.T) {
 // TestEgressByInterface: with the pods recognized by their bridge and no
 // cluster CIDR, pod egress is still masqueraded, except to the
 // non-masquerade ranges, and the node's own traffic is left alone.
-func TestEgressByInterface(t *testing.T) {
+func TestEgressByInterface(t *testing.T) { eachDatapath(t, testEgressByInterface) }
+
+func testEgressByInterface(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	e.detect = model.LocalDetect{Mode: model.DetectBridgeInterface, Interface: "cni0"}
 	c := e.c
 	nodeA, cli := c.Node("node-a"), c.Pod("cli")

@@ -16,8 +16,11 @@ import (
 	"github.com/kubenat/kubenat/internal/topo"
 )
 
-func TestHealthChecks(t *testing.T) {
+func TestHealthChecks(t *testing.T) { eachDatapath(t, testHealthChecks) }
+
+func testHealthChecks(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	c := e.c
 	nodeA, nodeB := c.Node("node-a"), c.Node("node-b")
 	lb := func(name string, index int, hcPort int32, eps ...k8sobj.Endpoint) k8sobj.Service {

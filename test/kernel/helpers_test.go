@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -29,6 +30,8 @@ type env struct {
 	// detect is how the agents recognize their pods; with the interface
 	// modes they get no cluster CIDR.
 	detect model.LocalDetect
+	// datapath is the agents' --datapath; empty: the default (nftables).
+	datapath string
 }
 
 const echoPort = 8080
@@ -71,6 +74,9 @@ func (e *env) writeService(t testing.TB, s k8sobj.Service) {
 // checks the default).
 func (e *env) agentArgs(n *topo.Node) []string {
 	args := []string{"agent", "--manifests", e.dir, "--node-name", n.Name, "--conntrack-max-per-core=0"}
+	if e.datapath != "" {
+		args = append(args, "--datapath", e.datapath)
+	}
 	switch e.detect.Mode {
 	case model.DetectBridgeInterface:
 		return append(args, "--detect-local-mode=BridgeInterface", "--pod-bridge-interface="+e.detect.Interface)
@@ -157,3 +163,31 @@ func ap(addr string, port uint16) netip.AddrPort {
 func keys(m map[string]int) string { return fmt.Sprint(m) }
 
 func removeManifest(e *env, name string) error { return os.Remove(filepath.Join(e.dir, name)) }
+
+// checkDatapath fails t unless every node's rules are the chosen
+// datapath's alone: kubenat's nftables tables, or its iptables chains.
+func (e *env) checkDatapath(t testing.TB) {
+	t.Helper()
+	for _, n := range e.c.Nodes {
+		tables, err := e.c.Exec(t.Context(), &n.Host, "nft", "list", "tables")
+		if err != nil {
+			t.Fatal(err)
+		}
+		saved, err := e.c.Exec(t.Context(), &n.Host, "iptables-save")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hasNFT := strings.Contains(tables, "table ip kubenat")
+		hasIPT := strings.Contains(saved, "-j KUBENAT-SERVICES")
+		if want := e.datapath == "iptables"; hasIPT != want || hasNFT == want {
+			t.Fatalf("%s (datapath %q): kubenat nftables tables %v, iptables chains %v\n%s", n.Name, e.datapath, hasNFT, hasIPT, tables)
+		}
+	}
+}
+
+// eachDatapath runs test once per datapath, as a subtest named for it.
+func eachDatapath(t *testing.T, test func(t *testing.T, datapath string)) {
+	for _, d := range []string{"nftables", "iptables"} {
+		t.Run(d, func(t *testing.T) { test(t, d) })
+	}
+}

@@ -11,8 +11,11 @@ import (
 
 // TestIPv6 checks, in the IPv6 family, what the matrix does not: refusal
 // without endpoints, unknown ports, and pod egress masquerading.
-func TestIPv6(t *testing.T) {
+func TestIPv6(t *testing.T) { eachDatapath(t, testIPv6) }
+
+func testIPv6(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	c := e.c
 	nodeA, cli := c.Node("node-a"), c.Pod("cli")
 	e.writeService(t, k8sobj.Service{Name: "idle6", ClusterIPs: []string{"fd00:96::6:1"},

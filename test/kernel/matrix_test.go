@@ -116,19 +116,22 @@ func (m matrixService) extIP(f topo.Family) netip.Addr {
 	return netip.MustParseAddr(fmt.Sprintf("192.168.201.%d", m.index))
 }
 
-// TestMasqueradeMatrix checks the matrix with each way of recognizing a
-// node's pods (detectModes): the answers are the same.
+// TestMasqueradeMatrix checks the matrix with each datapath and each way
+// of recognizing a node's pods (detectModes): the answers are the same.
 func TestMasqueradeMatrix(t *testing.T) {
-	for _, d := range detectModes {
-		t.Run(d.Mode.String(), func(t *testing.T) { masqueradeMatrixTest(t, d) })
-	}
+	eachDatapath(t, func(t *testing.T, datapath string) {
+		for _, d := range detectModes {
+			t.Run(d.Mode.String(), func(t *testing.T) { masqueradeMatrixTest(t, datapath, d) })
+		}
+	})
 }
 
-func masqueradeMatrixTest(t *testing.T, detect model.LocalDetect) {
+func masqueradeMatrixTest(t *testing.T, datapath string, detect model.LocalDetect) {
 	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{
 		{Name: "node-a", Pods: []string{"local", "cli-a"}},
 		{Name: "node-b", Pods: []string{"remote", "cli-b"}},
 	}})
+	e.datapath = datapath
 	e.detect = detect
 	c := e.c
 	nodeA, nodeB := c.Node("node-a"), c.Node("node-b")

@@ -27,8 +27,11 @@ func (e *env) ep(pod string) k8sobj.Endpoint {
 	return k8sobj.Endpoint{IP: p.Addr.String(), Node: p.Node.Name}
 }
 
-func TestSessionAffinity(t *testing.T) {
+func TestSessionAffinity(t *testing.T) { eachDatapath(t, testSessionAffinity) }
+
+func testSessionAffinity(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	cli := &e.c.Pod("cli").Host
 	svc := func(affinity int32) k8sobj.Service {
 		return k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.2.1"}, AffinitySeconds: affinity,
@@ -97,6 +100,23 @@ func TestSessionAffinity(t *testing.T) {
 		e.syncAll(t)
 		pinned := sticky(t)
 		nodeA := &e.c.Node("node-a").Host
+		if datapath == "iptables" {
+			// The recent lists keep expired clients; what shows the
+			// expiry is where the client goes once a second has passed.
+			out, err := e.c.Exec(t.Context(), nodeA, "sh", "-c", "cat /proc/net/xt_recent/KUBENAT-SEP-*")
+			if err != nil || !strings.Contains(out, "src="+cli.Addr.String()+" ") {
+				t.Fatalf("the client is not in a recent list: %v\n%s", err, out)
+			}
+			seen := map[string]bool{pinned: true}
+			for range 8 {
+				time.Sleep(1200 * time.Millisecond)
+				seen[e.mustDial(t, cli, "tcp", dst).Server] = true
+			}
+			if len(seen) < 2 {
+				t.Errorf("the client stayed on %s across 8 expired timeouts", pinned)
+			}
+			return
+		}
 		set := "affinity-default/sticky/tcp/80__" + e.c.Pod(pinned).Addr.String() + "/8080"
 		out, err := e.c.Exec(t.Context(), nodeA, "nft", "list", "set", "ip", "kubenat", set)
 		if err != nil || !strings.Contains(out, cli.Addr.String()) {
@@ -110,8 +130,11 @@ func TestSessionAffinity(t *testing.T) {
 	})
 }
 
-func TestTerminatingEndpoints(t *testing.T) {
+func TestTerminatingEndpoints(t *testing.T) { eachDatapath(t, testTerminatingEndpoints) }
+
+func testTerminatingEndpoints(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	cli := &e.c.Pod("cli").Host
 	nodeA := e.c.Node("node-a")
 	term := func(ep k8sobj.Endpoint, serving bool) k8sobj.Endpoint {
@@ -159,8 +182,11 @@ func TestTerminatingEndpoints(t *testing.T) {
 // for trafficDistribution PreferClose (zones) and PreferSameNode (nodes):
 // each node keeps cluster traffic to the endpoints meant for it, and
 // ignores the hints when one endpoint has none.
-func TestTopologyAwareRouting(t *testing.T) {
+func TestTopologyAwareRouting(t *testing.T) { eachDatapath(t, testTopologyAwareRouting) }
+
+func testTopologyAwareRouting(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	for _, n := range e.c.Nodes {
 		node := k8sobj.Node(n.Name, []string{n.Addr.String(), n.Addr6.String()}, []string{n.PodCIDR.String(), n.PodCIDR6.String()})
 		if err := k8sobj.WriteFile(e.dir, "node-"+n.Name+".yaml", k8sobj.InZone(node, "zone-"+n.Name[len("node-"):])); err != nil {
@@ -212,8 +238,11 @@ func TestTopologyAwareRouting(t *testing.T) {
 	}
 }
 
-func TestLoadBalancerSourceRanges(t *testing.T) {
+func TestLoadBalancerSourceRanges(t *testing.T) { eachDatapath(t, testLoadBalancerSourceRanges) }
+
+func testLoadBalancerSourceRanges(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	c := e.c
 	nodeA := c.Node("node-a")
 	e.writeService(t, k8sobj.Service{Name: "fw", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.2.3"},
@@ -238,8 +267,11 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 	}
 }
 
-func TestPortsAndNamedTargetPorts(t *testing.T) {
+func TestPortsAndNamedTargetPorts(t *testing.T) { eachDatapath(t, testPortsAndNamedTargetPorts) }
+
+func testPortsAndNamedTargetPorts(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	cli := &e.c.Pod("cli").Host
 	e.serve(&e.c.Pod("r1").Host, "r1-9090", 9090)
 	r1 := e.ep("r1")
@@ -268,7 +300,12 @@ func TestPortsAndNamedTargetPorts(t *testing.T) {
 }
 
 func TestMasqueradeAllAndNodePortAddresses(t *testing.T) {
+	eachDatapath(t, testMasqueradeAllAndNodePortAddresses)
+}
+
+func testMasqueradeAllAndNodePortAddresses(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	c := e.c
 	nodeA := c.Node("node-a")
 	cli := c.Pod("cli")
@@ -301,7 +338,12 @@ func TestMasqueradeAllAndNodePortAddresses(t *testing.T) {
 }
 
 func TestIgnoredServicesAreNotProgrammed(t *testing.T) {
+	eachDatapath(t, testIgnoredServicesAreNotProgrammed)
+}
+
+func testIgnoredServicesAreNotProgrammed(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	cli := &e.c.Pod("cli").Host
 	for i, labels := range []map[string]string{
 		{"service.kubernetes.io/service-proxy-name": "other-proxy"},
@@ -313,7 +355,11 @@ func TestIgnoredServicesAreNotProgrammed(t *testing.T) {
 			Endpoints: []k8sobj.Endpoint{e.ep("l1")}})
 	}
 	e.syncAll(t)
-	out, err := e.c.Exec(t.Context(), &e.c.Node("node-a").Host, "nft", "list", "set", "ip", "kubenat", "cluster-ips")
+	show := []string{"nft", "list", "set", "ip", "kubenat", "cluster-ips"}
+	if datapath == "iptables" {
+		show = []string{"iptables-save"}
+	}
+	out, err := e.c.Exec(t.Context(), &e.c.Node("node-a").Host, show...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,8 +373,11 @@ func TestIgnoredServicesAreNotProgrammed(t *testing.T) {
 
 // TestNodeAddressFallback: without --node-ip and without a Node object, the
 // NodePort is served on the address of the node's default route.
-func TestNodeAddressFallback(t *testing.T) {
+func TestNodeAddressFallback(t *testing.T) { eachDatapath(t, testNodeAddressFallback) }
+
+func testNodeAddressFallback(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	nodeA := e.c.Node("node-a")
 	if err := removeManifest(e, "node-node-a.yaml"); err != nil {
 		t.Fatal(err)

@@ -20,8 +20,11 @@ import (
 // a new connection to it is dropped once every DNAT is done, from a pod
 // and from the node, in both families; a Service, and another proxy's
 // DNAT to an address of the range, still work.
-func TestServiceCIDRs(t *testing.T) {
+func TestServiceCIDRs(t *testing.T) { eachDatapath(t, testServiceCIDRs) }
+
+func testServiceCIDRs(t *testing.T, datapath string) {
 	e := twoNodes(t)
+	e.datapath = datapath
 	c := e.c
 	nodeA, cli, l2 := c.Node("node-a"), c.Pod("cli"), c.Pod("l2")
 	e.writeService(t, k8sobj.Service{Name: "web", ClusterIPs: []string{"10.96.6.1", "fd00:96::6:1"},
