@@ -113,7 +113,10 @@ func (b *Backend) changes(f model.Family, rs *Ruleset, kernel *saved) (string, m
 	var out strings.Builder
 	digests := map[string]map[string]uint64{}
 	n := 0
-	for _, table := range []string{TableNAT, TableFilter} {
+	// The filter table first: a frontend that loses its last endpoint is
+	// refused before its DNAT goes; one that gains its first is refused
+	// (the ClusterIP's catch-all) until its DNAT comes, as it was before.
+	for _, table := range []string{TableFilter, TableNAT} {
 		var decl, rules, dels strings.Builder
 		want := map[string]uint64{}
 		prev := b.chains[famIndex(f)][table]
