@@ -28,6 +28,7 @@ import (
 // same inputs, flags a disagreement when it did not, and leaves no
 // table behind.
 func TestTraceLive(t *testing.T) {
+	t.Run("iptables", testTraceLiveIPTables)
 	e := newEnv(t, diffSpec)
 	for _, s := range diffServices(e.c) {
 		e.writeService(t, s)
@@ -285,5 +286,65 @@ func copyManifests(t *testing.T, src, dst string) {
 		if err := os.WriteFile(filepath.Join(dst, ent.Name()), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// testTraceLiveIPTables: with the iptables datapath (through iptables-nft,
+// whose rules nftables' tracing sees), trace --live follows the packet
+// through kubenat's chains and agrees with the model.
+func testTraceLiveIPTables(t *testing.T) {
+	e := newEnv(t, diffSpec)
+	e.datapath = "iptables"
+	for _, s := range diffServices(e.c) {
+		e.writeService(t, s)
+	}
+	e.syncAll(t)
+	nodeA, cli := e.c.Node("node-a"), e.c.Pod("cli")
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		send    func()
+		verdict string
+		rule    string // a rule the packet must have hit
+	}{
+		{name: "external client to a NodePort",
+			args: []string{"--src", e.c.Client.Addr.String(), "--dst", nodeA.Addr.String() + ":30080"},
+			send: func() {
+				e.mustDial(t, e.c.Client, "tcp", netip.AddrPortFrom(nodeA.Addr, 30080))
+			},
+			verdict: "forward", rule: "jump KUBENAT-NODEPORTS"},
+		{name: "pod to the internet (egress masquerade)",
+			args: []string{"--src", cli.Addr.String(), "--dst", e.c.Internet.Addr.String() + ":9000", "--proto", "udp"},
+			send: func() {
+				e.mustDial(t, &cli.Host, "udp", netip.AddrPortFrom(e.c.Internet.Addr, 9000))
+			},
+			verdict: "accept", rule: "masquerade"},
+		{name: "the node to a ClusterIP, sent by trace",
+			args:    []string{"--local", "--src", nodeA.Addr.String(), "--dst", "10.96.0.10:80"},
+			verdict: "forward", rule: "jump KUBENAT-SVC-"},
+		{name: "the node to a Service without endpoints, sent by trace",
+			args:    []string{"--local", "--src", nodeA.Addr.String() + ":40123", "--dst", "10.96.0.99:80"},
+			verdict: "reject", rule: "reject"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := e.traceLive(t, nodeA, tc.args, tc.send)
+			if err != nil {
+				t.Fatalf("trace --live: %v\n%s", err, out)
+			}
+			var r live.Result
+			if err := json.Unmarshal(out, &r); err != nil {
+				t.Fatalf("%v:\n%s", err, out)
+			}
+			if !r.Agree || r.Kernel.Verdict != tc.verdict {
+				t.Errorf("agree %v, kernel verdict %q (want %q): %+v", r.Agree, r.Kernel.Verdict, tc.verdict, r.Checks)
+			}
+			hit := false
+			for _, ev := range r.Kernel.Events {
+				hit = hit || (ev.Kind == "rule" && strings.Contains(ev.Rule, tc.rule))
+			}
+			if !hit {
+				t.Errorf("no rule containing %q among the events: %+v", tc.rule, r.Kernel.Events)
+			}
+		})
 	}
 }
