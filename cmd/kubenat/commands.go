@@ -83,7 +83,7 @@ Without a Node object named --node-name, render says what it assumed.`,
 			if err != nil {
 				return err
 			}
-			if datapath == config.DatapathIPTables {
+			if _, ok := iptables.DatapathVariant(datapath); ok {
 				fmt.Fprint(cmd.OutOrStdout(), iptables.RenderText(st, iptables.Options{}))
 				return nil
 			}
@@ -194,9 +194,9 @@ gone.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
-			ipt := iptables.Exec{}
+			ipt := iptables.Installed("")
 			run, err := nft.New()
-			if err != nil && !ipt.Available() {
+			if err != nil && len(ipt) == 0 {
 				return err
 			}
 			var removed, traced bool
@@ -218,13 +218,15 @@ gone.`,
 					fmt.Fprintf(out, "removed the table of a live trace (%s)\n", live.Table)
 				}
 			}
-			var chains bool
-			if ipt.Available() {
-				if chains, err = iptables.Cleanup(cmd.Context(), ipt); err != nil {
+			chains := false
+			for _, e := range ipt {
+				removed, err := iptables.Cleanup(cmd.Context(), e)
+				if err != nil {
 					return err
 				}
-				if chains {
-					fmt.Fprintln(out, "removed the kubenat iptables chains (iptables, ip6tables)")
+				if removed {
+					chains = true
+					fmt.Fprintf(out, "removed the kubenat iptables chains (%s)\n", e.Names())
 				}
 			}
 			unpinned, err := socketlb.Cleanup(pinDir)

@@ -147,10 +147,11 @@ func New(opts Options) (*Agent, error) {
 		}
 		opts.Config.LocalAddrs = addrs
 	}
+	variant, useIPTables := iptables.DatapathVariant(opts.Datapath)
 	if opts.Runner == nil {
 		r, err := nft.New()
 		switch {
-		case err != nil && opts.Datapath != DatapathIPTables:
+		case err != nil && !useIPTables:
 			return nil, err
 		case err != nil:
 			klog.V(2).InfoS("nftables cannot be used here; nothing to remove of an nftables datapath", "reason", err)
@@ -158,14 +159,17 @@ func New(opts Options) (*Agent, error) {
 			opts.Runner = r
 		}
 	}
-	switch opts.Datapath {
-	case "", DatapathNFTables:
-	case DatapathIPTables:
+	var dp datapath
+	switch {
+	case opts.Datapath == "" || opts.Datapath == DatapathNFTables:
+		dp = newNFTDatapath(opts)
+	case useIPTables:
 		if opts.Config.SocketLB {
 			return nil, errors.New("the socket load balancer needs the nftables datapath")
 		}
-		if opts.IPTables == nil && !(iptables.Exec{}).Available() {
-			return nil, errors.New("the iptables datapath needs iptables, iptables-save, iptables-restore and their ip6tables counterparts on PATH")
+		var err error
+		if dp, err = newIPTDatapath(opts, variant); err != nil {
+			return nil, err
 		}
 	default:
 		return nil, fmt.Errorf("unknown datapath %q", opts.Datapath)
@@ -240,7 +244,7 @@ func New(opts Options) (*Agent, error) {
 		opts:     opts,
 		health:   healthcheck.NewProxyHealth(opts.HealthTimeout),
 		cleaner:  cleaner,
-		backend:  newDatapath(opts),
+		backend:  dp,
 		builder:  model.NewBuilder(opts.Config),
 		reported: map[string]bool{},
 		kick:     make(chan struct{}, 1),
@@ -249,25 +253,55 @@ func New(opts Options) (*Agent, error) {
 	}, nil
 }
 
-// The datapaths Options.Datapath names.
+// The datapaths Options.Datapath names: nftables, and iptables through
+// the system's commands or a named variant.
 const (
-	DatapathNFTables = "nftables"
-	DatapathIPTables = "iptables"
+	DatapathNFTables       = "nftables"
+	DatapathIPTables       = "iptables"
+	DatapathIPTablesNFT    = "iptables-nft"
+	DatapathIPTablesLegacy = "iptables-legacy"
 )
 
-// newDatapath returns the backend opts select.
-func newDatapath(opts Options) datapath {
-	ipt := opts.IPTables
-	if opts.Datapath == DatapathIPTables {
-		if ipt == nil {
-			ipt = iptables.Exec{}
+// newNFTDatapath returns the nftables datapath, which removes the chains
+// of the iptables variants installed (Options.IPTables alone when set).
+func newNFTDatapath(opts Options) datapath {
+	d := nftDatapath{b: nftables.New(opts.Runner, opts.NFT)}
+	if opts.IPTables != nil {
+		d.ipt = []iptables.Runner{opts.IPTables}
+		return d
+	}
+	for _, e := range iptables.Installed("") {
+		d.ipt = append(d.ipt, e)
+	}
+	return d
+}
+
+// newIPTDatapath returns the iptables datapath with the commands of
+// variant ("" the system's), or Options.IPTables when set. It removes the
+// nftables tables and the chains of the other iptables variant installed.
+func newIPTDatapath(opts Options, variant string) (datapath, error) {
+	d := iptDatapath{nft: opts.Runner, nftOpts: opts.NFT}
+	run := opts.IPTables
+	if run == nil {
+		e := iptables.Exec{Variant: variant}
+		if !e.Available() {
+			return nil, fmt.Errorf("the %s datapath needs %s, each with its -save and -restore, on PATH", opts.Datapath, e.Names())
 		}
-		return iptDatapath{b: iptables.New(ipt, iptables.Options{}), nft: opts.Runner, nftOpts: opts.NFT}
+		e, err := e.Resolve(context.Background())
+		if err != nil {
+			return nil, err
+		}
+		run = e
+		// The other variant's chains, when it is known which one is ours.
+		for _, o := range iptables.Installed("") {
+			if e.Variant != "" && o.Variant != "" && o.Variant != e.Variant {
+				d.others = append(d.others, o)
+			}
+		}
+		klog.InfoS("The iptables datapath programs through these commands", "variant", e.Variant)
 	}
-	if ipt == nil && (iptables.Exec{}).Available() {
-		ipt = iptables.Exec{}
-	}
-	return nftDatapath{b: nftables.New(opts.Runner, opts.NFT), ipt: ipt}
+	d.b = iptables.New(run, iptables.Options{})
+	return d, nil
 }
 
 // Close releases what the agent holds open. The datapath stays: the

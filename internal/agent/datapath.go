@@ -34,9 +34,9 @@ type datapath interface {
 // nftDatapath is the nftables datapath.
 type nftDatapath struct {
 	b *nftables.Backend
-	// ipt removes kubenat's iptables chains; nil when the iptables
-	// commands are not installed (then there are none).
-	ipt iptables.Runner
+	// ipt remove kubenat's iptables chains, one per variant of the
+	// iptables commands installed (none: there are none).
+	ipt []iptables.Runner
 }
 
 func (d nftDatapath) name() string { return "nftables" }
@@ -54,10 +54,20 @@ func (d nftDatapath) releaseHolds(ctx context.Context) (int, error) {
 
 // removeOther removes kubenat's iptables chains.
 func (d nftDatapath) removeOther(ctx context.Context) (bool, error) {
-	if d.ipt == nil {
-		return false, nil
+	return removeChains(ctx, d.ipt)
+}
+
+// removeChains removes kubenat's iptables chains with each runner.
+func removeChains(ctx context.Context, runners []iptables.Runner) (bool, error) {
+	removed := false
+	for _, r := range runners {
+		n, err := iptables.Cleanup(ctx, r)
+		removed = removed || n
+		if err != nil {
+			return removed, fmt.Errorf("removing kubenat's iptables chains: %w", err)
+		}
 	}
-	return iptables.Cleanup(ctx, d.ipt)
+	return removed, nil
 }
 
 // iptDatapath is the iptables datapath.
@@ -67,6 +77,8 @@ type iptDatapath struct {
 	// here (then there are none).
 	nft     nft.Runner
 	nftOpts nftables.Options
+	// others remove the chains of the other iptables variant.
+	others []iptables.Runner
 }
 
 func (d iptDatapath) name() string { return "iptables" }
@@ -82,15 +94,17 @@ func (d iptDatapath) releaseHolds(context.Context) (int, error) {
 	return 0, nil
 }
 
-// removeOther removes kubenat's nftables tables: they would take every
-// Service first (their DNAT runs before iptables' nat chains).
+// removeOther removes kubenat's nftables tables (they would take every
+// Service first: their DNAT runs before iptables' nat chains) and the
+// other iptables variant's chains.
 func (d iptDatapath) removeOther(ctx context.Context) (bool, error) {
-	if d.nft == nil {
-		return false, nil
+	removed := false
+	if d.nft != nil {
+		var err error
+		if removed, err = nftables.Cleanup(ctx, d.nft, d.nftOpts); err != nil {
+			return removed, fmt.Errorf("removing the nftables datapath's tables: %w", err)
+		}
 	}
-	removed, err := nftables.Cleanup(ctx, d.nft, d.nftOpts)
-	if err != nil {
-		return removed, fmt.Errorf("removing the nftables datapath's tables: %w", err)
-	}
-	return removed, nil
+	chains, err := removeChains(ctx, d.others)
+	return removed || chains, err
 }

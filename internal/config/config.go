@@ -71,11 +71,13 @@ type Configuration struct {
 	// (default: a constant number of lookups per packet whatever the
 	// number of Services) or "iptables" (the KUBENAT-SERVICES →
 	// KUBENAT-SVC-* → KUBENAT-SEP-* chains of kube-proxy's iptables mode,
-	// through the system's iptables commands; for hosts that cannot use
-	// nftables; its cost per new connection grows with the number of
-	// Services). The same Services get the same treatment from both. The
-	// agent removes the other datapath's rules after its first sync. The
-	// socket load balancer needs nftables. Flag --datapath.
+	// for hosts that cannot use nftables; its cost per new connection
+	// grows with the number of Services) through the system's iptables
+	// commands, or "iptables-nft" / "iptables-legacy" to name the variant
+	// (a host whose kernel lacks nf_tables needs iptables-legacy). The same
+	// Services get the same treatment from all. The agent removes the rules
+	// of the others after its first sync. The socket load balancer needs
+	// nftables. Flag --datapath.
 	Datapath string `json:"datapath"`
 	// NodeName is the name of this node's Node object; endpoints on it are
 	// local. Default: $NODE_NAME, else the host name. Flag --node-name.
@@ -239,8 +241,10 @@ type DetectLocal struct {
 
 // The datapath values.
 const (
-	DatapathNFTables = "nftables"
-	DatapathIPTables = "iptables"
+	DatapathNFTables       = "nftables"
+	DatapathIPTables       = "iptables"
+	DatapathIPTablesNFT    = "iptables-nft"
+	DatapathIPTablesLegacy = "iptables-legacy"
 )
 
 // The detectLocalMode values.

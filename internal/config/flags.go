@@ -24,7 +24,7 @@ type field struct {
 
 // fields lists every field that has a flag, in file order.
 var fields = []field{
-	{path: "datapath", flag: "datapath", help: "what programs the Services: nftables (default) or iptables (kube-proxy's iptables-mode chains, for hosts without nftables; slower with many Services)",
+	{path: "datapath", flag: "datapath", help: "what programs the Services: nftables (default), or iptables (kube-proxy's iptables-mode chains, for hosts without nftables; slower with many Services) through the system's iptables commands, iptables-nft or iptables-legacy",
 		ptr: func(c *Configuration) any { return &c.Datapath }},
 	{path: "nodeName", flag: "node-name", help: "name of this node (default: $NODE_NAME, else the hostname)",
 		ptr: func(c *Configuration) any { return &c.NodeName }},

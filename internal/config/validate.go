@@ -59,12 +59,13 @@ func (c *Configuration) Validate() error {
 	}
 	switch c.Datapath {
 	case DatapathNFTables:
-	case DatapathIPTables:
+	case DatapathIPTables, DatapathIPTablesNFT, DatapathIPTablesLegacy:
 		if c.SocketLB.Cgroup != "" {
 			errs.add("socketLB.cgroup", "the socket load balancer needs the nftables datapath (datapath is %q)", c.Datapath)
 		}
 	default:
-		errs.add("datapath", "%q is not a datapath; use %q or %q", c.Datapath, DatapathNFTables, DatapathIPTables)
+		errs.add("datapath", "%q is not a datapath; use %q, %q, %q or %q", c.Datapath,
+			DatapathNFTables, DatapathIPTables, DatapathIPTablesNFT, DatapathIPTablesLegacy)
 	}
 	detect, detectErr := c.localDetect()
 	if detectErr != nil {

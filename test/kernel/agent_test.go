@@ -217,7 +217,7 @@ func TestSwitchingDatapaths(t *testing.T) {
 	e.writeService(t, k8sobj.Service{Name: "web", ClusterIPs: []string{webVIP},
 		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}},
 		Endpoints: []k8sobj.Endpoint{{IP: e.c.Pod("web-1").Addr.String(), Node: "node-a"}}})
-	for _, datapath := range []string{"iptables", "nftables", "iptables"} {
+	for _, datapath := range []string{"iptables-legacy", "nftables", "iptables-nft", "iptables-legacy"} {
 		e.datapath = datapath
 		e.syncAll(t)
 		e.checkDatapath(t)

@@ -146,7 +146,7 @@ var diffRows = []diffRow{
 // TestDifferential runs the table with each datapath and each way of
 // recognizing a node's pods (detectModes).
 func TestDifferential(t *testing.T) {
-	for _, datapath := range []string{"nftables", "iptables"} {
+	for _, datapath := range []string{"nftables", "iptables", "iptables-legacy"} {
 		for _, d := range detectModes {
 			t.Run(datapath+"/"+d.Mode.String(), func(t *testing.T) { differentialTest(t, datapath, d) })
 		}

@@ -165,22 +165,31 @@ func keys(m map[string]int) string { return fmt.Sprint(m) }
 func removeManifest(e *env, name string) error { return os.Remove(filepath.Join(e.dir, name)) }
 
 // checkDatapath fails t unless every node's rules are the chosen
-// datapath's alone: kubenat's nftables tables, or its iptables chains.
+// datapath's alone: kubenat's nftables tables, or its chains through
+// iptables-nft (the system's iptables here) or iptables-legacy.
 func (e *env) checkDatapath(t testing.TB) {
 	t.Helper()
 	for _, n := range e.c.Nodes {
-		tables, err := e.c.Exec(t.Context(), &n.Host, "nft", "list", "tables")
-		if err != nil {
-			t.Fatal(err)
+		has := map[string]bool{}
+		for what, cmd := range map[string][]string{
+			"nftables":        {"nft", "list", "tables"},
+			"iptables-nft":    {"iptables-nft-save"},
+			"iptables-legacy": {"iptables-legacy-save"},
+		} {
+			out, err := e.c.Exec(t.Context(), &n.Host, cmd...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			has[what] = strings.Contains(out, "table ip kubenat") || strings.Contains(out, "-j KUBENAT-SERVICES")
 		}
-		saved, err := e.c.Exec(t.Context(), &n.Host, "iptables-save")
-		if err != nil {
-			t.Fatal(err)
+		want := map[string]string{"": "nftables", "iptables": "iptables-nft"}[e.datapath]
+		if want == "" {
+			want = e.datapath
 		}
-		hasNFT := strings.Contains(tables, "table ip kubenat")
-		hasIPT := strings.Contains(saved, "-j KUBENAT-SERVICES")
-		if want := e.datapath == "iptables"; hasIPT != want || hasNFT == want {
-			t.Fatalf("%s (datapath %q): kubenat nftables tables %v, iptables chains %v\n%s", n.Name, e.datapath, hasNFT, hasIPT, tables)
+		for what, ok := range has {
+			if ok != (what == want) {
+				t.Fatalf("%s (datapath %q): kubenat's rules in %v", n.Name, e.datapath, has)
+			}
 		}
 	}
 }

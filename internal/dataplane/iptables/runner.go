@@ -24,6 +24,21 @@ type Runner interface {
 	Check(ctx context.Context, f model.Family, table, chain, rule string) (bool, error)
 }
 
+// DatapathVariant returns the Variant of the commands a datapath name
+// selects: "iptables" the system's (""), "iptables-nft" and
+// "iptables-legacy" theirs; ok is false for any other name.
+func DatapathVariant(name string) (variant string, ok bool) {
+	switch name {
+	case "iptables":
+		return "", true
+	case "iptables-nft":
+		return "nft", true
+	case "iptables-legacy":
+		return "legacy", true
+	}
+	return "", false
+}
+
 // Exec runs the iptables commands on PATH.
 type Exec struct {
 	// Variant selects the commands: "" uses iptables and ip6tables (the
@@ -57,6 +72,12 @@ func (e Exec) command(f model.Family, suffix string) string {
 	return name + suffix
 }
 
+// Names names the commands of both families, e.g. "iptables-nft,
+// ip6tables-nft" (each with its -save and -restore).
+func (e Exec) Names() string {
+	return e.command(model.IPv4, "") + ", " + e.command(model.IPv6, "")
+}
+
 // Available reports whether the commands of both families are on PATH.
 func (e Exec) Available() bool {
 	for _, f := range model.Families {
@@ -67,6 +88,43 @@ func (e Exec) Available() bool {
 		}
 	}
 	return true
+}
+
+// Resolve returns e with its Variant named: for the system's commands,
+// the one `iptables --version` reports ("nf_tables" or "legacy"); an
+// unrecognized answer leaves it empty.
+func (e Exec) Resolve(ctx context.Context) (Exec, error) {
+	if e.Variant != "" {
+		return e, nil
+	}
+	out, err := e.cmd(ctx, model.IPv4, "", "--version").Output()
+	if err != nil {
+		return e, fmt.Errorf("%s --version: %w", e.command(model.IPv4, ""), err)
+	}
+	switch {
+	case bytes.Contains(out, []byte("(nf_tables)")):
+		e.Variant = "nft"
+	case bytes.Contains(out, []byte("(legacy)")):
+		e.Variant = "legacy"
+	}
+	return e, nil
+}
+
+// Installed returns a runner for each variant of the iptables commands
+// installed (iptables-nft, iptables-legacy), in netns ("" for the
+// caller's namespace); with neither, the system's plain commands when
+// installed; else none.
+func Installed(netns string) []Exec {
+	var out []Exec
+	for _, v := range []string{"nft", "legacy"} {
+		if e := (Exec{Variant: v, NetNS: netns}); e.Available() {
+			out = append(out, e)
+		}
+	}
+	if e := (Exec{NetNS: netns}); len(out) == 0 && e.Available() {
+		out = append(out, e)
+	}
+	return out
 }
 
 // Restore implements Runner. It waits for the xtables lock.
