@@ -250,6 +250,17 @@ func TestRenderIPTables(t *testing.T) {
 	}
 }
 
+// TestLiveTraceRefusesIPTablesLegacy: nftables' tracing cannot see rules
+// programmed through iptables-legacy, so --live refuses to compare them.
+func TestLiveTraceRefusesIPTablesLegacy(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	_, err := runCmd(t, "trace", "--manifests", "../../examples/basic", "--node-name", "node-a", "--cluster-cidr", "10.244.0.0/16",
+		"--datapath", "iptables-legacy", "--live", "--local", "--src", "192.168.100.11", "--dst", "10.96.0.10:80")
+	if err == nil || !strings.Contains(err.Error(), "does not see rules programmed through iptables-legacy") {
+		t.Errorf("trace --live --datapath iptables-legacy: %v", err)
+	}
+}
+
 // TestKubeProxyFlagsAreAnswered: a kube-proxy flag kubenat lacks is an
 // error that says what to use instead; other unknown flags are plain
 // errors.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 
@@ -83,8 +84,8 @@ Without a Node object named --node-name, render says what it assumed.`,
 			if err != nil {
 				return err
 			}
-			if _, ok := iptables.DatapathVariant(datapath); ok {
-				fmt.Fprint(cmd.OutOrStdout(), iptables.RenderText(st, iptables.Options{}))
+			if variant, ok := iptables.DatapathVariant(datapath); ok {
+				fmt.Fprint(cmd.OutOrStdout(), iptables.RenderText(st, iptables.Options{}, iptables.Exec{Variant: variant}))
 				return nil
 			}
 			fmt.Fprint(cmd.OutOrStdout(), nftables.Render(st, nftables.Options{}))
@@ -183,7 +184,9 @@ func newCleanupCmd() *cobra.Command {
 its nftables tables ("ip kubenat", "ip6 kubenat", and the standby tables an
 interrupted full sync may leave), the table a killed "kubenat trace --live"
 may leave, its iptables chains (those named KUBENAT-* in the nat and filter
-tables of iptables and ip6tables, and the rules jumping to them), and the
+tables of iptables and ip6tables, and the rules jumping to them, through
+iptables-nft and iptables-legacy: it fails, saying so, when chains may be
+where a missing variant would have to look), and the
 socket load balancer pinned in --bpf-pin-dir. Nothing else is touched: not
 kube-proxy's or anyone else's rules, and not the conntrack sysctls the agent
 set (they keep their values).
@@ -236,6 +239,9 @@ gone.`,
 			if unpinned {
 				fmt.Fprintf(out, "removed the socket load balancer pinned in %s\n", pinDir)
 			}
+			if missed := uncheckedIPTables(cmd.Context(), run, ipt); len(missed) > 0 {
+				return fmt.Errorf("%s: install them and run cleanup again", strings.Join(missed, "; "))
+			}
 			if !removed && !traced && !chains && !unpinned {
 				fmt.Fprintln(out, "nothing to remove: kubenat has nothing programmed here")
 			}
@@ -244,4 +250,34 @@ gone.`,
 	}
 	cmd.Flags().StringVar(&pinDir, "bpf-pin-dir", pinDir, "directory where the socket load balancer is pinned")
 	return cmd
+}
+
+// uncheckedIPTables says where kubenat's iptables chains may be that
+// cleanup could not look into, because a variant of the iptables commands
+// is not installed: chains of kubenat's seen through nft (iptables-nft's
+// tables are nftables tables), and legacy tables in this namespace
+// (/proc/net/ip_tables_names), which may hold them.
+func uncheckedIPTables(ctx context.Context, run nft.Runner, installed []iptables.Exec) []string {
+	have := map[string]bool{}
+	for _, e := range installed {
+		have[e.Variant] = true
+	}
+	var out []string
+	if !have["nft"] && !have[""] && run != nil {
+		for _, table := range []string{"ip nat", "ip filter", "ip6 nat", "ip6 filter"} {
+			if list, err := run.Run(ctx, "list chains "+table); err == nil && strings.Contains(list, "chain "+iptables.Prefix) {
+				out = append(out, fmt.Sprintf("kubenat's iptables chains are in %s (iptables-nft), but iptables-nft is not installed to remove them", table))
+				break
+			}
+		}
+	}
+	if !have["legacy"] && !have[""] {
+		for _, names := range []string{"/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"} {
+			if b, err := os.ReadFile(names); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+				out = append(out, "legacy iptables tables exist here ("+names+"), which may hold kubenat's chains, but iptables-legacy is not installed to look")
+				break
+			}
+		}
+	}
+	return out
 }

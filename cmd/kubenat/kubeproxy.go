@@ -16,7 +16,7 @@ var kubeProxyFlags = map[string]string{
 	"hostname-override":               "use --node-name",
 	"bind-address":                    "set the host of --healthz-bind-address and --metrics-bind-address",
 	"bind-address-hard-fail":          "kubenat keeps trying to bind its health and metrics ports, logging each failure, and never stops for them",
-	"proxy-mode":                      "use --datapath (nftables, the default, or iptables); the eBPF socket load balancer is --socket-lb-cgroup",
+	"proxy-mode":                      "use --datapath (nftables, the default, or iptables, iptables-nft, iptables-legacy); the eBPF socket load balancer is --socket-lb-cgroup",
 	"iptables-sync-period":            "--sync-period is the nearest: how often kubenat checks that its rules are in place",
 	"ipvs-sync-period":                "--sync-period is the nearest: how often kubenat checks that its rules are in place",
 	"iptables-min-sync-period":        "use --min-sync-period",

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/kubenat/kubenat/internal/agent"
 	"github.com/kubenat/kubenat/internal/config"
+	"github.com/kubenat/kubenat/internal/dataplane/iptables"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/trace"
 	"github.com/kubenat/kubenat/internal/trace/live"
@@ -96,7 +98,10 @@ docs/trace.md.`,
 			if tf.live {
 				// See the node as its agent does: with the addresses of
 				// its interfaces.
-				tweaks = append(tweaks, func(_ *config.Configuration, cfg *model.Config) error {
+				tweaks = append(tweaks, func(c *config.Configuration, cfg *model.Config) error {
+					if err := liveTraceable(cmd.Context(), c.Datapath); err != nil {
+						return err
+					}
 					addrs, err := agent.LocalAddrs()
 					cfg.LocalAddrs = addrs
 					return err
@@ -160,6 +165,23 @@ func runLive(cmd *cobra.Command, tf *traceFlags, st *model.State, p trace.Packet
 	}
 	if !r.Agree {
 		return errDisagree
+	}
+	return nil
+}
+
+// liveTraceable refuses a live trace of a datapath whose rules nftables'
+// tracing cannot see: iptables-legacy (named, or the system's iptables).
+func liveTraceable(ctx context.Context, datapath string) error {
+	variant, ok := iptables.DatapathVariant(datapath)
+	if !ok {
+		return nil
+	}
+	e, err := iptables.Exec{Variant: variant}.Resolve(ctx)
+	if err != nil {
+		return fmt.Errorf("--live: finding which iptables the %s datapath uses: %w", datapath, err)
+	}
+	if e.Variant == "legacy" {
+		return fmt.Errorf("--live follows nftables' tracing, which does not see rules programmed through iptables-legacy (datapath %s): use the model's trace (without --live), or --datapath iptables-nft or nftables", datapath)
 	}
 	return nil
 }

@@ -280,7 +280,7 @@ func newNFTDatapath(opts Options) datapath {
 // variant ("" the system's), or Options.IPTables when set. It removes the
 // nftables tables and the chains of the other iptables variant installed.
 func newIPTDatapath(opts Options, variant string) (datapath, error) {
-	d := iptDatapath{nft: opts.Runner, nftOpts: opts.NFT}
+	d := iptDatapath{datapath: opts.Datapath, nft: opts.Runner, nftOpts: opts.NFT}
 	run := opts.IPTables
 	if run == nil {
 		e := iptables.Exec{Variant: variant}
@@ -298,7 +298,7 @@ func newIPTDatapath(opts Options, variant string) (datapath, error) {
 				d.others = append(d.others, o)
 			}
 		}
-		klog.InfoS("The iptables datapath programs through these commands", "variant", e.Variant)
+		klog.InfoS("The iptables datapath programs through these commands", "datapath", opts.Datapath, "commands", e.Names())
 	}
 	d.b = iptables.New(run, iptables.Options{})
 	return d, nil
@@ -612,8 +612,8 @@ func (a *Agent) sync(ctx context.Context) error {
 		switch {
 		case err != nil:
 			klog.ErrorS(err, "Removing the rules of the other datapath failed; retrying after the next sync", "datapath", a.backend.name())
-		case removed:
-			klog.InfoS("Removed the rules an agent with the other datapath left", "datapath", a.backend.name())
+		case len(removed) > 0:
+			klog.InfoS("Removed the rules an agent with another datapath left", "datapath", a.backend.name(), "removed", removed)
 			fallthrough
 		default:
 			a.removedOther = true
@@ -665,7 +665,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	a.mu.Unlock()
 	if full || changes > 0 {
 		klog.InfoS("Programmed "+a.backend.name(), "full", full, "changedServices", len(delta.Changed),
-			"changes", changes, "services", services, "duration", time.Since(start))
+			a.backend.unit(), changes, "services", services, "duration", time.Since(start))
 	}
 	if first {
 		a.tuneConntrack()

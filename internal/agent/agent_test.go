@@ -80,6 +80,8 @@ func (f *fakeIPTables) Check(context.Context, model.Family, string, string, stri
 	return true, nil
 }
 
+func (f *fakeIPTables) Names() string { return "fake" }
+
 // restored returns what Restore was given, joined.
 func (f *fakeIPTables) restored() string {
 	f.mu.Lock()

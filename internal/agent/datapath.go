@@ -15,6 +15,8 @@ import (
 type datapath interface {
 	// name is the datapath's name, for logs.
 	name() string
+	// unit names what sync counts: "elements" or "chains".
+	unit() string
 	// sync makes the kernel match st (see nftables.Backend.Sync); it
 	// returns whether everything was rewritten and how many elements or
 	// chains changed.
@@ -25,10 +27,9 @@ type datapath interface {
 	// holds and releaseHolds: see nftables.Backend.Holds.
 	holds() int
 	releaseHolds(ctx context.Context) (int, error)
-	// removeOther removes the rules the other datapath left (an agent
-	// switched from one to the other), and reports whether there were
-	// any.
-	removeOther(ctx context.Context) (bool, error)
+	// removeOther removes the rules the other datapaths left (an agent
+	// switched from one to another), and says what it removed.
+	removeOther(ctx context.Context) ([]string, error)
 }
 
 // nftDatapath is the nftables datapath.
@@ -40,6 +41,7 @@ type nftDatapath struct {
 }
 
 func (d nftDatapath) name() string { return "nftables" }
+func (d nftDatapath) unit() string { return "elements" }
 
 func (d nftDatapath) sync(ctx context.Context, st *model.State, delta model.Delta) (bool, int, error) {
 	res, err := d.b.Sync(ctx, st, delta)
@@ -53,18 +55,20 @@ func (d nftDatapath) releaseHolds(ctx context.Context) (int, error) {
 }
 
 // removeOther removes kubenat's iptables chains.
-func (d nftDatapath) removeOther(ctx context.Context) (bool, error) {
-	return removeChains(ctx, d.ipt)
+func (d nftDatapath) removeOther(ctx context.Context) ([]string, error) {
+	return removeChains(ctx, d.ipt, nil)
 }
 
-// removeChains removes kubenat's iptables chains with each runner.
-func removeChains(ctx context.Context, runners []iptables.Runner) (bool, error) {
-	removed := false
+// removeChains removes kubenat's iptables chains with each runner, and
+// adds what it removed to removed.
+func removeChains(ctx context.Context, runners []iptables.Runner, removed []string) ([]string, error) {
 	for _, r := range runners {
-		n, err := iptables.Cleanup(ctx, r)
-		removed = removed || n
+		ok, err := iptables.Cleanup(ctx, r)
+		if ok {
+			removed = append(removed, "the iptables chains ("+r.Names()+")")
+		}
 		if err != nil {
-			return removed, fmt.Errorf("removing kubenat's iptables chains: %w", err)
+			return removed, fmt.Errorf("removing kubenat's iptables chains (%s): %w", r.Names(), err)
 		}
 	}
 	return removed, nil
@@ -72,7 +76,10 @@ func removeChains(ctx context.Context, runners []iptables.Runner) (bool, error) 
 
 // iptDatapath is the iptables datapath.
 type iptDatapath struct {
-	b *iptables.Backend
+	// datapath is the configured name: iptables, iptables-nft or
+	// iptables-legacy.
+	datapath string
+	b        *iptables.Backend
 	// nft removes the nftables tables; nil when nftables cannot be used
 	// here (then there are none).
 	nft     nft.Runner
@@ -81,7 +88,8 @@ type iptDatapath struct {
 	others []iptables.Runner
 }
 
-func (d iptDatapath) name() string { return "iptables" }
+func (d iptDatapath) name() string { return d.datapath }
+func (d iptDatapath) unit() string { return "chains" }
 
 func (d iptDatapath) sync(ctx context.Context, st *model.State, delta model.Delta) (bool, int, error) {
 	res, err := d.b.Sync(ctx, st, delta)
@@ -97,14 +105,16 @@ func (d iptDatapath) releaseHolds(context.Context) (int, error) {
 // removeOther removes kubenat's nftables tables (they would take every
 // Service first: their DNAT runs before iptables' nat chains) and the
 // other iptables variant's chains.
-func (d iptDatapath) removeOther(ctx context.Context) (bool, error) {
-	removed := false
+func (d iptDatapath) removeOther(ctx context.Context) ([]string, error) {
+	var removed []string
 	if d.nft != nil {
-		var err error
-		if removed, err = nftables.Cleanup(ctx, d.nft, d.nftOpts); err != nil {
-			return removed, fmt.Errorf("removing the nftables datapath's tables: %w", err)
+		ok, err := nftables.Cleanup(ctx, d.nft, d.nftOpts)
+		if err != nil {
+			return nil, fmt.Errorf("removing the nftables datapath's tables: %w", err)
+		}
+		if ok {
+			removed = append(removed, "the nftables tables")
 		}
 	}
-	chains, err := removeChains(ctx, d.others)
-	return removed || chains, err
+	return removeChains(ctx, d.others, removed)
 }

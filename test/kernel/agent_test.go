@@ -3,6 +3,7 @@ package kernel
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -224,5 +225,23 @@ func TestSwitchingDatapaths(t *testing.T) {
 		if r := e.mustDial(t, &e.c.Pod("cli").Host, "tcp", ap(webVIP, 80)); r.Server != "web-1" {
 			t.Errorf("%s: served by %s", datapath, r.Server)
 		}
+	}
+
+	// cleanup without iptables-legacy cannot look at the legacy tables,
+	// and says so instead of "nothing to remove".
+	bin := t.TempDir()
+	for _, name := range []string{"nft", "iptables-nft", "iptables-nft-save", "iptables-nft-restore",
+		"ip6tables-nft", "ip6tables-nft-save", "ip6tables-nft-restore"} {
+		if err := os.Symlink("/usr/sbin/"+name, filepath.Join(bin, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	node := e.c.Node("node-a")
+	out, err := exec.Command("ip", "netns", "exec", node.NS, "env", "PATH="+bin, netnstest.KubenatBinary(t), "cleanup").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "iptables-legacy is not installed") {
+		t.Errorf("cleanup without iptables-legacy: %v\n%s", err, out)
+	}
+	if out, err := netnstest.Kubenat(t, &node.Host, "cleanup"); err != nil || !strings.Contains(out, "(iptables-legacy, ip6tables-legacy)") {
+		t.Errorf("cleanup: %v\n%s", err, out)
 	}
 }

@@ -581,19 +581,15 @@ func postroutingChains(st *model.State, o Options, f model.Family) []Chain {
 }
 
 // RenderText returns st's rulesets as iptables-restore input, for people
-// to read: per family, a comment naming the iptables-restore command, the
-// jumps from the built-in chains as comments, then Ruleset.Text.
-func RenderText(st *model.State, o Options) string {
+// to read: per family, a comment naming e's restore command, the jumps
+// from the built-in chains as comments, then Ruleset.Text.
+func RenderText(st *model.State, o Options, e Exec) string {
 	var b strings.Builder
 	for i, rs := range Render(st, o) {
-		cmd := "iptables-restore --noflush"
-		if rs.Family == model.IPv6 {
-			cmd = "ip6tables-restore --noflush"
-		}
 		if i > 0 {
 			b.WriteString("\n")
 		}
-		fmt.Fprintf(&b, "# %s: %s\n", rs.Family, cmd)
+		fmt.Fprintf(&b, "# %s: %s --noflush\n", rs.Family, e.command(rs.Family, "-restore"))
 		for _, j := range Jumps {
 			fmt.Fprintf(&b, "# -t %s -I %s 1 %s\n", j.Table, j.Chain, j.Rule)
 		}

@@ -65,7 +65,7 @@ func TestRenderGolden(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := RenderText(loadDir(t, tc.dir, tc.cfg), Options{})
+			got := RenderText(loadDir(t, tc.dir, tc.cfg), Options{}, Exec{})
 			golden := filepath.Join("testdata", tc.name+".rules")
 			if *update {
 				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {

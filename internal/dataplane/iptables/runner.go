@@ -22,6 +22,8 @@ type Runner interface {
 	// Check reports whether table's chain holds rule (iptables -C); a
 	// missing chain is reported as false.
 	Check(ctx context.Context, f model.Family, table, chain, rule string) (bool, error)
+	// Names names the commands, for messages.
+	Names() string
 }
 
 // DatapathVariant returns the Variant of the commands a datapath name
