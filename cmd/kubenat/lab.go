@@ -23,6 +23,7 @@ const defaultLabDir = "/run/kubenat-lab"
 
 func newLabCmd() *cobra.Command {
 	var asJSON bool
+	var datapath string
 	cmd := &cobra.Command{
 		Use:   "lab",
 		Short: "Run the seed's NAT pipelines live in a cluster of network namespaces, and check them",
@@ -43,13 +44,15 @@ answer for each node, and the conntrack entries that carry the return path:
 Every result is checked; a mismatch exits with status 1. The lab removes all
 it created when it ends, also on Ctrl-C, and never touches the root
 namespace's addresses, routes or rules. Needs root, iproute2 and nftables.
+--datapath runs the agents with another datapath (iptables, iptables-nft or
+iptables-legacy; the report's live traces need nftables or iptables-nft).
 
 "kubenat lab up" keeps a lab running for exploration ("lab exec", "lab run",
 "lab status"), "kubenat lab down" removes it. See docs/lab.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			l, err := lab.Up(ctx, lab.Options{Log: cmd.ErrOrStderr()})
+			l, err := lab.Up(ctx, lab.Options{Log: cmd.ErrOrStderr(), Datapath: datapath})
 			if err != nil {
 				return interrupted(ctx, fmt.Errorf("lab: %w", err))
 			}
@@ -63,6 +66,7 @@ namespace's addresses, routes or rules. Needs root, iproute2 and nftables.
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().StringVar(&datapath, "datapath", "", labDatapathHelp)
 	cmd.AddCommand(newLabUpCmd(), newLabDownCmd(), newLabRunCmd(), newLabStatusCmd(), newLabExecCmd(), newLabServeCmd())
 	return cmd
 }
@@ -124,6 +128,7 @@ func readLiveLab(dir string) (*lab.Topology, error) {
 func newLabUpCmd() *cobra.Command {
 	var dir string
 	var asJSON bool
+	var datapath string
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Build the lab and keep it running in the background",
@@ -145,7 +150,7 @@ and remove it with "kubenat lab down".`,
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return fmt.Errorf("creating %s: %w", dir, err)
 			}
-			t, err := startLabDaemon(cmd.Context(), dir, cmd.ErrOrStderr())
+			t, err := startLabDaemon(cmd.Context(), dir, datapath, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -157,12 +162,16 @@ and remove it with "kubenat lab down".`,
 	}
 	cmd.Flags().StringVar(&dir, "state-dir", defaultLabDir, "directory of the running lab's state, manifests and logs")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the hosts as JSON")
+	cmd.Flags().StringVar(&datapath, "datapath", "", labDatapathHelp)
 	return cmd
 }
 
+// labDatapathHelp documents the lab's --datapath flag.
+const labDatapathHelp = "the agents' --datapath: nftables (default), iptables, iptables-nft or iptables-legacy"
+
 // startLabDaemon starts "kubenat lab serve" in its own session and waits
 // until it has written the lab's state.
-func startLabDaemon(ctx context.Context, dir string, log io.Writer) (*lab.Topology, error) {
+func startLabDaemon(ctx context.Context, dir, datapath string, log io.Writer) (*lab.Topology, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("finding the kubenat binary: %w", err)
@@ -173,7 +182,7 @@ func startLabDaemon(ctx context.Context, dir string, log io.Writer) (*lab.Topolo
 		return nil, err
 	}
 	defer logf.Close()
-	d := exec.Command(self, "lab", "serve", "--state-dir", dir)
+	d := exec.Command(self, "lab", "serve", "--state-dir", dir, "--datapath", datapath)
 	d.Stdout, d.Stderr = logf, logf
 	d.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := d.Start(); err != nil {
@@ -205,6 +214,7 @@ func startLabDaemon(ctx context.Context, dir string, log io.Writer) (*lab.Topolo
 
 func newLabServeCmd() *cobra.Command {
 	var dir string
+	var datapath string
 	cmd := &cobra.Command{
 		Use:    "serve",
 		Short:  "Run a lab until SIGTERM (started by kubenat lab up)",
@@ -212,7 +222,7 @@ func newLabServeCmd() *cobra.Command {
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			l, err := lab.Up(ctx, lab.Options{Dir: dir, Log: cmd.ErrOrStderr()})
+			l, err := lab.Up(ctx, lab.Options{Dir: dir, Log: cmd.ErrOrStderr(), Datapath: datapath})
 			if err != nil {
 				return err
 			}
@@ -231,6 +241,7 @@ func newLabServeCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&dir, "state-dir", defaultLabDir, "directory of the lab's state, manifests and logs")
+	cmd.Flags().StringVar(&datapath, "datapath", "", labDatapathHelp)
 	return cmd
 }
 

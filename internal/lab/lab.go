@@ -87,6 +87,8 @@ type NodeSetup struct {
 	// NonMasqueradeCIDRs, when set, replace the default non-masquerade
 	// ranges (--non-masquerade-cidr).
 	NonMasqueradeCIDRs []string `json:"nonMasqueradeCIDRs,omitempty"`
+	// Datapath is the agent's --datapath; empty: the default.
+	Datapath string `json:"datapath,omitempty"`
 	// AgentArgs are the kubenat arguments the agent runs with.
 	AgentArgs []string `json:"agentArgs"`
 	// Log is the agent's log file.
@@ -152,6 +154,9 @@ type Options struct {
 	Prefix string
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+	// Datapath is the agents' --datapath; empty: their default
+	// (nftables).
+	Datapath string
 }
 
 // Lab is a lab this process built and runs.
@@ -234,7 +239,7 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 		return nil, err
 	}
 	for _, n := range c.Nodes {
-		setup := NodeSetup{Name: n.Name, Log: filepath.Join(l.Dir, "logs", n.Name+".log")}
+		setup := NodeSetup{Name: n.Name, Log: filepath.Join(l.Dir, "logs", n.Name+".log"), Datapath: o.Datapath}
 		if n.Name == "node-b" {
 			setup.NonMasqueradeCIDRs = internetNonMasq
 		}
@@ -268,6 +273,9 @@ func agentArgs(manifests string, s NodeSetup) []string {
 		"--conntrack-max-per-core=0"}
 	if len(s.NonMasqueradeCIDRs) > 0 {
 		args = append(args, "--non-masquerade-cidr", strings.Join(s.NonMasqueradeCIDRs, ","))
+	}
+	if s.Datapath != "" {
+		args = append(args, "--datapath", s.Datapath)
 	}
 	return args
 }
@@ -412,9 +420,13 @@ func (l *Lab) startAgent(bin string, n *topo.Node, s NodeSetup) error {
 func (l *Lab) waitProgrammed(ctx context.Context) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for _, s := range l.Nodes {
+		datapath := s.Datapath
+		if datapath == "" {
+			datapath = "nftables"
+		}
 		for {
 			b, _ := os.ReadFile(s.Log)
-			if strings.Contains(string(b), "Programmed nftables") {
+			if strings.Contains(string(b), "Programmed "+datapath) {
 				break
 			}
 			for _, a := range l.agents {

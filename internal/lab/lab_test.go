@@ -20,13 +20,19 @@ func (w logWriter) Write(p []byte) (int, error) {
 
 // TestLab builds the lab with the real kubenat binary on both nodes, runs
 // the seed's pipelines and requires every check to pass, then requires
-// that no namespace is left.
+// that no namespace is left; with the default datapath and with iptables.
 func TestLab(t *testing.T) {
+	for _, datapath := range []string{"", "iptables"} {
+		t.Run("datapath="+datapath, func(t *testing.T) { labTest(t, datapath) })
+	}
+}
+
+func labTest(t *testing.T, datapath string) {
 	netnstest.Require(t)
 	bin := netnstest.KubenatBinary(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	l, err := Up(ctx, Options{Binary: bin, Log: logWriter{t}})
+	l, err := Up(ctx, Options{Binary: bin, Log: logWriter{t}, Datapath: datapath})
 	if err != nil {
 		t.Fatal(err)
 	}
