@@ -159,17 +159,11 @@ func New(opts Options) (*Agent, error) {
 			opts.Runner = r
 		}
 	}
-	var dp datapath
 	switch {
 	case opts.Datapath == "" || opts.Datapath == DatapathNFTables:
-		dp = newNFTDatapath(opts)
 	case useIPTables:
 		if opts.Config.SocketLB {
 			return nil, errors.New("the socket load balancer needs the nftables datapath")
-		}
-		var err error
-		if dp, err = newIPTDatapath(opts, variant); err != nil {
-			return nil, err
 		}
 	default:
 		return nil, fmt.Errorf("unknown datapath %q", opts.Datapath)
@@ -237,6 +231,15 @@ func New(opts Options) (*Agent, error) {
 			klog.InfoS("The socket load balancer is off: masqueradeAll needs every ClusterIP connection translated by nftables")
 		}
 		dropPins = opts.SocketLB.PinDir
+	}
+	// The backend last: it takes the options completed above (InUse).
+	var dp datapath
+	if useIPTables {
+		if dp, err = newIPTDatapath(opts, variant); err != nil {
+			return nil, err
+		}
+	} else {
+		dp = newNFTDatapath(opts)
 	}
 	return &Agent{
 		balancer: balancer,
