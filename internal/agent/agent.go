@@ -285,16 +285,20 @@ func newNFTDatapath(opts Options) datapath {
 func newIPTDatapath(opts Options, variant string) (datapath, error) {
 	d := iptDatapath{datapath: opts.Datapath, nft: opts.Runner, nftOpts: opts.NFT}
 	run := opts.IPTables
+	var ipo iptables.Options
 	if run == nil {
 		e := iptables.Exec{Variant: variant}
 		if !e.Available() {
 			return nil, fmt.Errorf("the %s datapath needs %s, each with its -save and -restore, on PATH", opts.Datapath, e.Names())
 		}
-		e, err := e.Resolve(context.Background())
+		e, o, err := e.Probe(context.Background())
 		if err != nil {
 			return nil, err
 		}
-		run = e
+		if o.NoRandomFully {
+			klog.InfoS("Warning: this iptables is older than 1.6.2: masquerade without fully random source ports, iptables-restore without waiting for the xtables lock", "commands", e.Names())
+		}
+		run, ipo = e, o
 		// The other variant's chains, when it is known which one is ours.
 		for _, o := range iptables.Installed("") {
 			if e.Variant != "" && o.Variant != "" && o.Variant != e.Variant {
@@ -303,7 +307,7 @@ func newIPTDatapath(opts Options, variant string) (datapath, error) {
 		}
 		klog.InfoS("The iptables datapath programs through these commands", "datapath", opts.Datapath, "commands", e.Names())
 	}
-	d.b = iptables.New(run, iptables.Options{})
+	d.b = iptables.New(run, ipo)
 	return d, nil
 }
 

@@ -392,3 +392,40 @@ func testNodeAddressFallback(t *testing.T, datapath string) {
 		}
 	}
 }
+
+// TestEndpointAtAnotherFrontend: an endpoint may have the address and
+// port of a frontend, its own Service's or another's. The connection is
+// the endpoint's once DNATed: the other frontend's refusal or source
+// ranges do not apply to it, and a frontend DNATed to itself (a
+// LoadBalancer IP that is the node's, with a host-network endpoint, as
+// k3s's ServiceLB makes them) keeps serving admitted clients.
+func TestEndpointAtAnotherFrontend(t *testing.T) { eachDatapath(t, testEndpointAtAnotherFrontend) }
+
+func testEndpointAtAnotherFrontend(t *testing.T, datapath string) {
+	e := twoNodes(t)
+	e.datapath = datapath
+	nodeA := e.c.Node("node-a")
+	e.serve(&nodeA.Host, "node-a", 8090)
+	inet := e.c.Internet.Addr.String()
+	e.writeService(t, k8sobj.Service{Name: "idle-lb", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.4.1"},
+		Ports:           []k8sobj.Port{{Name: "tcp", Port: 9000, TargetPort: 9000, NodePort: 30400}},
+		LoadBalancerIPs: []string{inet}})
+	e.writeService(t, k8sobj.Service{Name: "via", ClusterIPs: []string{"10.96.4.2"},
+		Ports:     []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: 9000}},
+		Endpoints: []k8sobj.Endpoint{{IP: inet}}})
+	e.writeService(t, k8sobj.Service{Name: "hostfw", Type: v1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.4.3"},
+		Ports:           []k8sobj.Port{{Name: "tcp", Port: 8090, TargetPort: 8090, NodePort: 30401}},
+		LoadBalancerIPs: []string{nodeA.Addr.String()}, SourceRanges: []string{"192.168.100.0/24"},
+		Endpoints: []k8sobj.Endpoint{{IP: nodeA.Addr.String(), Node: "node-a"}}})
+	e.syncAll(t)
+	cli := &e.c.Pod("cli").Host
+	if r, err := e.dial(cli, "tcp", ap("10.96.4.2", 80)); err != nil || r.Server != "internet" {
+		t.Errorf("pod → a ClusterIP whose endpoint is another Service's idle LoadBalancer IP: %v %v", r, err)
+	}
+	if r, err := e.dial(e.c.Client, "tcp", netip.AddrPortFrom(nodeA.Addr, 8090)); err != nil || r.Server != "node-a" {
+		t.Errorf("admitted client → a LoadBalancer IP DNATed to itself: %v %v", r, err)
+	}
+	if r, err := e.dial(cli, "tcp", ap("10.96.4.3", 8090)); err != nil || r.Server != "node-a" {
+		t.Errorf("pod → the ClusterIP of a Service whose endpoint is its own firewalled LoadBalancer IP: %v %v", r, err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strings"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -113,10 +114,7 @@ func (b *Backend) changes(f model.Family, rs *Ruleset, kernel *saved) (string, m
 	var out strings.Builder
 	digests := map[string]map[string]uint64{}
 	n := 0
-	// The filter table first: a frontend that loses its last endpoint is
-	// refused before its DNAT goes; one that gains its first is refused
-	// (the ClusterIP's catch-all) until its DNAT comes, as it was before.
-	for _, table := range []string{TableFilter, TableNAT} {
+	for _, table := range tables {
 		var decl, rules, dels strings.Builder
 		want := map[string]uint64{}
 		prev := b.chains[famIndex(f)][table]
@@ -142,6 +140,20 @@ func (b *Backend) changes(f model.Family, rs *Ruleset, kernel *saved) (string, m
 			for _, name := range kernel.sortedChains(table) {
 				stale(name)
 			}
+			// Jumps to kubenat's chains that are not wanted (an earlier
+			// version's) go first: a chain cannot be deleted while a rule
+			// jumps to it.
+			wanted := map[string]bool{}
+			for _, j := range Jumps {
+				if j.Table == table {
+					wanted[j.Chain+" "+j.Rule] = true
+				}
+			}
+			for _, line := range kernel.jumpLines[table] {
+				if !wanted[line] {
+					fmt.Fprintf(&jumps, "-D %s\n", line)
+				}
+			}
 			for _, j := range Jumps {
 				if j.Table == table && !kernel.jumps[table][j.Chain+" "+j.Rule] {
 					fmt.Fprintf(&jumps, "-I %s 1 %s\n", j.Chain, j.Rule)
@@ -161,22 +173,18 @@ func (b *Backend) changes(f model.Family, rs *Ruleset, kernel *saved) (string, m
 	return out.String(), digests, n
 }
 
-// Intact reports whether kubenat's chains are still in the kernel: the
-// jumps from nat PREROUTING and filter FORWARD, and the rule of
-// KUBENAT-MARK-MASQ (`iptables -t nat -F` flushes every chain of the
-// table). It finds tables flushed and chains deleted from outside, not a
-// single rule deleted. When they are not intact, the next Sync is a full
-// one. Before a Sync has succeeded there is nothing to check: it reports
-// true.
+// Intact reports whether kubenat's chains are still in the kernel: every
+// jump from a built-in chain, and the rule of KUBENAT-MARK-MASQ (`iptables
+// -t nat -F` flushes every chain of the table), with `iptables -C`. It
+// finds tables flushed, jumps and chains deleted from outside; not a
+// single rule deleted, nor a jump that another rule inserted ahead of.
+// When they are not intact, the next Sync is a full one. Before a Sync
+// has succeeded there is nothing to check: it reports true.
 func (b *Backend) Intact(ctx context.Context) (bool, error) {
 	if !b.synced {
 		return true, nil
 	}
-	checks := []Jump{
-		{TableNAT, "PREROUTING", natJump},
-		{TableNAT, chainMarkMasq, fmt.Sprintf("-j MARK --or-mark 0x%x", b.o.MasqueradeMark)},
-		{TableFilter, "FORWARD", filterJump},
-	}
+	checks := append(slices.Clip(Jumps), Jump{TableNAT, chainMarkMasq, fmt.Sprintf("-j MARK --or-mark 0x%x", b.o.MasqueradeMark)})
 	for _, f := range model.Families {
 		for _, c := range checks {
 			ok, err := b.run.Check(ctx, f, c.Table, c.Chain, c.Rule)

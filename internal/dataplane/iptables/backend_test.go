@@ -189,6 +189,8 @@ func TestIntactAndRestore(t *testing.T) {
 		{"nat flushed", []string{"iptables", "-t", "nat", "-F"}},
 		{"filter flushed", []string{"iptables", "-F"}},
 		{"IPv6 nat flushed", []string{"ip6tables", "-t", "nat", "-F"}},
+		{"mangle flushed", []string{"iptables", "-t", "mangle", "-F"}},
+		{"the postrouting jump deleted", []string{"iptables", "-t", "nat", "-D", "POSTROUTING", "-m", "comment", "--comment", "kubenat", "-j", "KUBENAT-POSTROUTING"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			run := Exec{NetNS: netnstest.NewNamespace(t)}
@@ -290,5 +292,33 @@ COMMIT
 	}
 	if got := s.jumpLines["nat"]; !slices.Equal(got, []string{"PREROUTING -m comment --comment kubenat -j KUBENAT-SERVICES"}) {
 		t.Errorf("jumps %v", got)
+	}
+}
+
+// TestFullSyncRemovesStaleJumps: a jump to a chain of kubenat's that the
+// ruleset no longer has (an earlier version's) is removed with its chain,
+// instead of making every sync fail on the chain's deletion.
+func TestFullSyncRemovesStaleJumps(t *testing.T) {
+	ctx := context.Background()
+	for _, v := range variants {
+		t.Run(v, func(t *testing.T) {
+			run := Exec{Variant: v, NetNS: netnstest.NewNamespace(t)}
+			old := "*nat\n:KUBENAT-SEP-OLDVERSION - [0:0]\n-A PREROUTING -j KUBENAT-SEP-OLDVERSION\n" +
+				"-A KUBENAT-SEP-OLDVERSION -j RETURN\nCOMMIT\n"
+			if err := run.Restore(ctx, model.IPv4, old); err != nil {
+				t.Fatal(err)
+			}
+			st := loadDir(t, "testdata/policies", testConfig())
+			if _, err := New(run, Options{}).Sync(ctx, st, model.Delta{Full: true}); err != nil {
+				t.Fatalf("full sync over an earlier version's jump: %v", err)
+			}
+			out, err := run.Save(ctx, model.IPv4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(out, "OLDVERSION") {
+				t.Errorf("the earlier version's chain or jump is left:\n%s", out)
+			}
+		})
 	}
 }

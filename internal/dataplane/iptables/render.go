@@ -16,20 +16,26 @@
 // nothing else.
 //
 // Where the rules act:
+//   - mangle PREROUTING and OUTPUT → KUBENAT-PRENAT, for new connections,
+//     before any NAT (as the nftables datapath's filter chains): the drops
+//     (a source outside loadBalancerSourceRanges, through a SRC chain per
+//     Service port; no node-local endpoint for a Local traffic policy).
 //   - nat PREROUTING and OUTPUT → KUBENAT-SERVICES: DNAT, one chain per
 //     Service port and endpoint group (SVC: the cluster group, SVL: the
 //     node-local group), one per endpoint (SEP), and per external
-//     Service port EXT (masquerade and externalTrafficPolicy) and FW
-//     (loadBalancerSourceRanges).
+//     Service port EXT (masquerade and externalTrafficPolicy).
 //   - nat POSTROUTING → KUBENAT-POSTROUTING: the masquerade of marked
 //     (Service) connections and pod egress.
 //   - filter INPUT, FORWARD and OUTPUT → KUBENAT-FILTER, for new
-//     connections: what no DNAT took is refused or dropped there, by its
-//     original destination (a Service port without endpoints, a ClusterIP
-//     port the Service lacks, a source outside loadBalancerSourceRanges,
-//     no node-local endpoint, a Service CIDR address no Service has).
+//     connections that no DNAT took (REJECT is only valid in the filter
+//     table, after routing): a Service port without endpoints and a
+//     ClusterIP port the Service lacks are refused, by their original
+//     destination; an address of a Service CIDR no Service has is dropped.
 //   - filter FORWARD → KUBENAT-FORWARD: marks pod egress when the pods
-//     are recognized by their interface.
+//     are recognized by their interface, and accepts forwarded Service
+//     traffic (new connections marked for masquerade, and the packets of
+//     established DNATed connections), as kube-proxy's KUBE-FORWARD does,
+//     so that a FORWARD policy of DROP (Docker's) does not stop it.
 package iptables
 
 import (
@@ -57,6 +63,9 @@ type Options struct {
 	// PodEgressMark is the mark bit of pod egress when the pods are
 	// recognized by their interface; default DefaultPodEgressMark.
 	PodEgressMark uint32
+	// NoRandomFully masquerades without --random-fully, for iptables
+	// before 1.6.2 (see Exec.Probe).
+	NoRandomFully bool
 }
 
 func (o Options) withDefaults() Options {
@@ -80,6 +89,8 @@ const (
 	chainEgress      = "KUBENAT-EGRESS"
 	chainFilter      = "KUBENAT-FILTER"
 	chainForward     = "KUBENAT-FORWARD"
+	chainPreNAT      = "KUBENAT-PRENAT"
+	chainExtDrop     = "KUBENAT-EXTERNAL-DROP"
 
 	// Prefix starts the name of every chain kubenat owns.
 	Prefix = "KUBENAT-"
@@ -90,8 +101,15 @@ const (
 // Tables kubenat programs, in order.
 const (
 	TableNAT    = "nat"
+	TableMangle = "mangle"
 	TableFilter = "filter"
 )
+
+// tables lists the tables in the order a sync commits them: DNAT first,
+// so that a frontend gaining its first endpoint is DNATed before its
+// refusal goes (and a new ClusterIP before its catch-all refusal comes),
+// then the drops and refusals (see Backend).
+var tables = []string{TableNAT, TableMangle, TableFilter}
 
 // Chain is a chain kubenat owns and its rules, each as the arguments that
 // follow "-A NAME" in iptables-restore input.
@@ -108,18 +126,23 @@ type Jump struct {
 
 // Jumps are the rules kubenat keeps in the built-in chains, the same in
 // both families and whatever the State.
+// A full sync inserts a missing one at the head of its chain, in this
+// order: in FORWARD, KUBENAT-FILTER's jump ends up first.
 var Jumps = []Jump{
+	{TableMangle, "PREROUTING", preNATJump},
+	{TableMangle, "OUTPUT", preNATJump},
 	{TableNAT, "PREROUTING", natJump},
 	{TableNAT, "OUTPUT", natJump},
 	{TableNAT, "POSTROUTING", jumpRule("", chainPostrouting)},
 	{TableFilter, "INPUT", filterJump},
+	{TableFilter, "FORWARD", jumpRule("", chainForward)},
 	{TableFilter, "FORWARD", filterJump},
 	{TableFilter, "OUTPUT", filterJump},
-	{TableFilter, "FORWARD", jumpRule("", chainForward)},
 }
 
-// The jumps to KUBENAT-SERVICES and KUBENAT-FILTER.
+// The jumps to KUBENAT-PRENAT, KUBENAT-SERVICES and KUBENAT-FILTER.
 var (
+	preNATJump = jumpRule("-m conntrack --ctstate NEW ", chainPreNAT)
 	natJump    = jumpRule("", chainServices)
 	filterJump = jumpRule("-m conntrack --ctstate NEW ", chainFilter)
 )
@@ -133,13 +156,17 @@ func jumpRule(match, target string) string {
 type Ruleset struct {
 	Family model.Family
 	NAT    []Chain
+	Mangle []Chain
 	Filter []Chain
 }
 
 // Chains returns the chains of one table.
 func (r *Ruleset) Chains(table string) []Chain {
-	if table == TableFilter {
+	switch table {
+	case TableFilter:
 		return r.Filter
+	case TableMangle:
+		return r.Mangle
 	}
 	return r.NAT
 }
@@ -164,7 +191,7 @@ func Render(st *model.State, o Options) []Ruleset {
 // are not in it (see Backend).
 func (r *Ruleset) Text() string {
 	var b strings.Builder
-	for _, table := range []string{TableNAT, TableFilter} {
+	for _, table := range tables {
 		fmt.Fprintf(&b, "*%s\n", table)
 		for _, c := range r.Chains(table) {
 			fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
@@ -193,11 +220,13 @@ type Pieces struct {
 type famPieces struct {
 	services  []string // KUBENAT-SERVICES
 	nodePorts []string // KUBENAT-NODEPORTS
+	preNAT    []string // KUBENAT-PRENAT
 	filter    []string // KUBENAT-FILTER, before the ClusterIP catch-alls
 	// clusterIPs are the Service's ClusterIPs: a new connection to one
 	// that no DNAT took is refused (a port the Service does not have).
-	clusterIPs []netip.Addr
-	chains     []Chain // nat chains of its own
+	clusterIPs   []netip.Addr
+	chains       []Chain // nat chains of its own
+	mangleChains []Chain // mangle chains of its own (source ranges)
 }
 
 func (p *Pieces) fam(f model.Family) *famPieces {
@@ -248,7 +277,7 @@ func chainID(prefix string, parts ...string) string {
 func svcChain(sp *model.ServicePort) string { return chainID("KUBENAT-SVC-", sp.Name.String()) }
 func svlChain(sp *model.ServicePort) string { return chainID("KUBENAT-SVL-", sp.Name.String()) }
 func extChain(sp *model.ServicePort) string { return chainID("KUBENAT-EXT-", sp.Name.String()) }
-func fwChain(sp *model.ServicePort) string  { return chainID("KUBENAT-FW-", sp.Name.String()) }
+func srcChain(sp *model.ServicePort) string { return chainID("KUBENAT-SRC-", sp.Name.String()) }
 func sepChain(sp *model.ServicePort, ep model.Endpoint) string {
 	return chainID("KUBENAT-SEP-", sp.Name.String(), ep.String())
 }
@@ -274,9 +303,10 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 	groups := map[bool]bool{} // local? → used
 	clusterVia := map[bool]bool{}
 	ext := false
+	firewalled := false
 	for _, fe := range sp.Frontends {
 		dst := destMatch(fe.Addr, p, fe.Port)
-		fp.addFilter(sp, fe, dst)
+		firewalled = fp.addFilter(sp, fe, dst) || firewalled
 		if !sp.HasEndpoints() {
 			continue
 		}
@@ -291,9 +321,6 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 		case fe.Kind == model.NodePort:
 			ext = true
 			fp.nodePorts = append(fp.nodePorts, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "node port"), extChain(sp)))
-		case fe.Kind == model.LoadBalancerIP && sp.FirewallLB:
-			ext = true
-			fp.services = append(fp.services, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "load balancer IP"), fwChain(sp)))
 		default:
 			ext = true
 			what := "external IP"
@@ -309,13 +336,14 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 		if sp.ExternalPolicyLocal && len(sp.LocalEndpoints) > 0 {
 			groups[true] = true
 		}
-		if sp.FirewallLB {
-			fw := Chain{Name: fwChain(sp)}
-			for _, r := range sp.SourceRanges {
-				fw.Rules = append(fw.Rules, fmt.Sprintf("-s %s -j %s", r, extChain(sp)))
-			}
-			fp.chains = append(fp.chains, fw)
+	}
+	if firewalled {
+		src := Chain{Name: srcChain(sp)}
+		for _, r := range sp.SourceRanges {
+			src.Rules = append(src.Rules, fmt.Sprintf("-s %s -j RETURN", r))
 		}
+		src.Rules = append(src.Rules, fmt.Sprintf("%s -j DROP", comment(sp, "source not in loadBalancerSourceRanges")))
+		fp.mangleChains = append(fp.mangleChains, src)
 	}
 	seps := map[string]bool{}
 	for _, local := range []bool{false, true} {
@@ -343,30 +371,26 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 	}
 }
 
-// addFilter adds the filter rules of one frontend: what happens to a new
-// connection that no DNAT took (it still carries the frontend as its
-// destination).
-func (fp *famPieces) addFilter(sp *model.ServicePort, fe model.Frontend, dst string) {
-	refuse := refuseTarget(sp.Name.Family, sp.Name.Protocol)
-	switch {
-	case fe.Kind == model.LoadBalancerIP && sp.FirewallLB:
-		// Admitted sources were DNATed when the port has endpoints (or,
-		// with externalTrafficPolicy Local and none here, must be
-		// dropped anyway); without endpoints they are refused.
-		if !sp.HasEndpoints() {
-			for _, r := range sp.SourceRanges {
-				fp.filter = append(fp.filter, fmt.Sprintf("%s -s %s %s -j %s", dst, r, comment(sp, "has no endpoints"), refuse))
-			}
-		}
-		fp.filter = append(fp.filter, fmt.Sprintf("%s %s -j DROP", dst, comment(sp, "source not in loadBalancerSourceRanges")))
-	case !sp.HasEndpoints():
-		fp.filter = append(fp.filter, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "has no endpoints"), refuse))
-	case fe.Kind == model.ClusterIP && len(sp.InternalEndpoints()) == 0:
-		fp.filter = append(fp.filter, fmt.Sprintf("%s %s -j DROP", dst, comment(sp, "has no local endpoints")))
-	case fe.Kind != model.ClusterIP && sp.ExternalPolicyLocal && len(sp.LocalEndpoints) == 0:
-		// Traffic from the node and its pods was DNATed to any endpoint.
-		fp.filter = append(fp.filter, fmt.Sprintf("%s %s -j DROP", dst, comment(sp, "has no local endpoints")))
+// addFilter adds what one frontend contributes to the drops before NAT
+// (KUBENAT-PRENAT) and to the refusals of connections that no DNAT took
+// (KUBENAT-FILTER, where they still carry the frontend as destination),
+// and reports whether the frontend is filtered by source range.
+func (fp *famPieces) addFilter(sp *model.ServicePort, fe model.Frontend, dst string) bool {
+	firewalled := fe.Kind == model.LoadBalancerIP && sp.FirewallLB
+	if firewalled {
+		fp.preNAT = append(fp.preNAT, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "loadBalancerSourceRanges"), srcChain(sp)))
 	}
+	switch {
+	case !sp.HasEndpoints():
+		fp.filter = append(fp.filter, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "has no endpoints"),
+			refuseTarget(sp.Name.Family, sp.Name.Protocol)))
+	case fe.Kind == model.ClusterIP && len(sp.InternalEndpoints()) == 0:
+		fp.preNAT = append(fp.preNAT, fmt.Sprintf("%s %s -j DROP", dst, comment(sp, "has no local endpoints")))
+	case fe.Kind != model.ClusterIP && sp.ExternalPolicyLocal && len(sp.LocalEndpoints) == 0:
+		// The node and its pods reach any endpoint.
+		fp.preNAT = append(fp.preNAT, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "has no local endpoints"), chainExtDrop))
+	}
+	return firewalled
 }
 
 // refuseTarget refuses a connection: a TCP reset, else ICMP port
@@ -475,16 +499,21 @@ func Assemble(st *model.State, o Options, f model.Family, keys []model.ServiceKe
 	o = o.withDefaults()
 	services := Chain{Name: chainServices}
 	nodePorts := Chain{Name: chainNodePorts}
-	filter := Chain{Name: chainFilter}
-	var own []Chain
+	preNAT := Chain{Name: chainPreNAT}
+	// A connection some DNAT took is not the frontend's any more (an
+	// endpoint may well have a frontend's address and port).
+	filter := Chain{Name: chainFilter, Rules: []string{"-m conntrack --ctstate DNAT -j RETURN"}}
+	var own, ownMangle []Chain
 	var clusterIPs []netip.Addr
 	seen := map[netip.Addr]bool{}
 	for _, k := range keys {
 		fp := pieces[k].fam(f)
 		services.Rules = append(services.Rules, fp.services...)
 		nodePorts.Rules = append(nodePorts.Rules, fp.nodePorts...)
+		preNAT.Rules = append(preNAT.Rules, fp.preNAT...)
 		filter.Rules = append(filter.Rules, fp.filter...)
 		own = append(own, fp.chains...)
+		ownMangle = append(ownMangle, fp.mangleChains...)
 		for _, a := range fp.clusterIPs {
 			if !seen[a] {
 				seen[a] = true
@@ -507,7 +536,7 @@ func Assemble(st *model.State, o Options, f model.Family, keys []model.ServiceKe
 	// addresses are delivered); see model.State.ServiceCIDRs.
 	for _, p := range st.ServiceCIDRs {
 		if model.FamilyOf(p.Addr()) == f {
-			filter.Rules = append(filter.Rules, fmt.Sprintf("-d %s -m conntrack ! --ctstate DNAT -m addrtype ! --dst-type LOCAL "+
+			filter.Rules = append(filter.Rules, fmt.Sprintf("-d %s -m addrtype ! --dst-type LOCAL "+
 				"-m comment --comment \"Service CIDR address without a Service\" -j DROP", p))
 		}
 	}
@@ -526,7 +555,16 @@ func Assemble(st *model.State, o Options, f model.Family, keys []model.ServiceKe
 			forward.Rules = append(forward.Rules, fmt.Sprintf("-m conntrack --ctstate NEW %s -j MARK --or-mark 0x%x", m, o.PodEgressMark))
 		}
 	}
-	return Ruleset{Family: f, NAT: nat, Filter: []Chain{filter, forward}}
+	forward.Rules = append(forward.Rules,
+		fmt.Sprintf("-m mark --mark 0x%x/0x%x -m comment --comment \"Service traffic to masquerade\" -j ACCEPT", o.MasqueradeMark, o.MasqueradeMark),
+		"-m conntrack --ctstate DNAT -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"DNATed connections\" -j ACCEPT")
+	extDrop := Chain{Name: chainExtDrop, Rules: []string{"-m addrtype --src-type LOCAL -j RETURN"}}
+	for _, m := range localPodMatches(st, f) {
+		extDrop.Rules = append(extDrop.Rules, m+" -j RETURN")
+	}
+	extDrop.Rules = append(extDrop.Rules, "-j DROP")
+	mangle := append([]Chain{preNAT, extDrop}, ownMangle...)
+	return Ruleset{Family: f, NAT: nat, Mangle: mangle, Filter: []Chain{filter, forward}}
 }
 
 // nonPodChain marks ClusterIP traffic for masquerade unless it comes from
@@ -572,10 +610,14 @@ func postroutingChains(st *model.State, o Options, f model.Family) []Chain {
 	for _, p := range st.Config.NonMasqueradeCIDRs(f) {
 		egress.Rules = append(egress.Rules, fmt.Sprintf("-d %s -j RETURN", p))
 	}
-	egress.Rules = append(egress.Rules, "-j MASQUERADE --random-fully")
+	masquerade := "-j MASQUERADE --random-fully"
+	if o.NoRandomFully {
+		masquerade = "-j MASQUERADE"
+	}
+	egress.Rules = append(egress.Rules, masquerade)
 	masq := Chain{Name: chainMasquerade, Rules: []string{
 		fmt.Sprintf("-j MARK --and-mark 0x%x", clear),
-		"-j MASQUERADE --random-fully",
+		masquerade,
 	}}
 	return []Chain{post, masq, egress}
 }

@@ -102,3 +102,36 @@ func TestChainNames(t *testing.T) {
 		}
 	}
 }
+
+func TestParseVersion(t *testing.T) {
+	tests := []struct {
+		in   string
+		want version
+		old  bool
+	}{
+		{"iptables v1.8.9 (nf_tables)\n", version{1, 8, 9}, false},
+		{"iptables v1.6.1\n", version{1, 6, 1}, true},
+		{"iptables v1.4.21\n", version{1, 4, 21}, true},
+		{"iptables v1.6.2 (legacy)\n", version{1, 6, 2}, false},
+	}
+	for _, tc := range tests {
+		v, ok := parseVersion(tc.in)
+		if !ok || v != tc.want || v.less(version{1, 6, 2}) != tc.old {
+			t.Errorf("parseVersion(%q) = %v, %v; want %v, older than 1.6.2 %v", tc.in, v, ok, tc.want, tc.old)
+		}
+	}
+	if _, ok := parseVersion("iptables: unknown"); ok {
+		t.Error("parsed a version from nothing")
+	}
+}
+
+// TestNoRandomFully: for iptables before 1.6.2, masquerade without
+// --random-fully.
+func TestNoRandomFully(t *testing.T) {
+	st := loadDir(t, "../../../examples/basic", testConfig())
+	got := RenderText(st, Options{NoRandomFully: true}, Exec{})
+	if strings.Contains(got, "random-fully") || !strings.Contains(got, "-A KUBENAT-MASQUERADE -j MASQUERADE\n") ||
+		!strings.Contains(got, "-A KUBENAT-EGRESS -j MASQUERADE\n") {
+		t.Errorf("rendering without --random-fully:\n%s", got)
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -49,6 +51,9 @@ type Exec struct {
 	// NetNS, when set, runs them in that named network namespace (ip
 	// netns exec); else in the caller's.
 	NetNS string
+	// NoRestoreWait leaves out iptables-restore's -w (wait for the
+	// xtables lock), which iptables before 1.6.2 lacks; see Probe.
+	NoRestoreWait bool
 }
 
 // cmd returns the command that runs the family's command with suffix
@@ -99,17 +104,74 @@ func (e Exec) Resolve(ctx context.Context) (Exec, error) {
 	if e.Variant != "" {
 		return e, nil
 	}
-	out, err := e.cmd(ctx, model.IPv4, "", "--version").Output()
+	out, err := e.version(ctx)
 	if err != nil {
-		return e, fmt.Errorf("%s --version: %w", e.command(model.IPv4, ""), err)
+		return e, err
 	}
 	switch {
-	case bytes.Contains(out, []byte("(nf_tables)")):
+	case strings.Contains(out, "(nf_tables)"):
 		e.Variant = "nft"
-	case bytes.Contains(out, []byte("(legacy)")):
+	case strings.Contains(out, "(legacy)"):
 		e.Variant = "legacy"
 	}
 	return e, nil
+}
+
+func (e Exec) version(ctx context.Context) (string, error) {
+	out, err := e.cmd(ctx, model.IPv4, "", "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s --version: %w", e.command(model.IPv4, ""), err)
+	}
+	return string(out), nil
+}
+
+// Probe returns e resolved (see Resolve) and fitted to its version, and
+// the Options that version allows: iptables before 1.6.2 has neither
+// iptables-restore's -w nor MASQUERADE's --random-fully (which also needs
+// Linux 3.13), so its masquerade keeps the kernel's port choice, which
+// may race on busy nodes (kube-proxy has the same fallback).
+func (e Exec) Probe(ctx context.Context) (Exec, Options, error) {
+	e, err := e.Resolve(ctx)
+	if err != nil {
+		return e, Options{}, err
+	}
+	out, err := e.version(ctx)
+	if err != nil {
+		return e, Options{}, err
+	}
+	var o Options
+	if v, ok := parseVersion(out); ok && v.less(version{1, 6, 2}) {
+		e.NoRestoreWait, o.NoRandomFully = true, true
+	}
+	return e, o, nil
+}
+
+// version is an iptables version.
+type version [3]int
+
+func (v version) less(o version) bool {
+	for i := range v {
+		if v[i] != o[i] {
+			return v[i] < o[i]
+		}
+	}
+	return false
+}
+
+var versionRE = regexp.MustCompile(`v(\d+)\.(\d+)\.(\d+)`)
+
+// parseVersion reads the version from `iptables --version`'s answer, e.g.
+// "iptables v1.8.9 (nf_tables)".
+func parseVersion(s string) (version, bool) {
+	m := versionRE.FindStringSubmatch(s)
+	if m == nil {
+		return version{}, false
+	}
+	var v version
+	for i := range v {
+		v[i], _ = strconv.Atoi(m[i+1])
+	}
+	return v, true
 }
 
 // Installed returns a runner for each variant of the iptables commands
@@ -132,7 +194,11 @@ func Installed(netns string) []Exec {
 // Restore implements Runner. It waits for the xtables lock.
 func (e Exec) Restore(ctx context.Context, f model.Family, input string) error {
 	name := e.command(f, "-restore")
-	cmd := e.cmd(ctx, f, "-restore", "-w", "5", "--noflush")
+	args := []string{"-w", "5", "--noflush"}
+	if e.NoRestoreWait {
+		args = args[2:]
+	}
+	cmd := e.cmd(ctx, f, "-restore", args...)
 	cmd.Stdin = strings.NewReader(input)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
