@@ -73,6 +73,10 @@ func diffServices(c *topo.Cluster) []k8sobj.Service {
 		{Name: "sticky", ClusterIPs: []string{"10.96.0.50"}, AffinitySeconds: 60, Ports: http(0), Endpoints: both},
 		{Name: "dual", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.60", "fd00:96::60"}, Ports: http(30060),
 			Endpoints: both6},
+		// An externalIP on another Service's ClusterIP, on a port that
+		// Service lacks: served, not refused as a ClusterIP port.
+		{Name: "ext-on-cip", ClusterIPs: []string{"10.96.0.70"}, ExternalIPs: []string{"10.96.0.99"},
+			Ports: []k8sobj.Port{{Name: "http", Port: 8081, TargetPort: echoPort}}, Endpoints: onlyB},
 		{Name: "idle", ClusterIPs: []string{"10.96.0.99"}, Ports: []k8sobj.Port{
 			{Name: "tcp", Port: 80, TargetPort: echoPort},
 			{Name: "udp", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: echoPort},
@@ -105,6 +109,8 @@ var diffRows = []diffRow{
 	{from: "cli", proto: "tcp", to: "10.96.0.10:81"},
 	{from: "cli", proto: "udp", to: "10.96.0.10:80"},
 	{from: "cli", proto: "tcp", to: "10.96.0.99:80"},
+	{from: "cli", proto: "tcp", to: "10.96.0.99:8081"},
+	{from: "cli", proto: "tcp", to: "10.96.0.99:8082"},
 	{from: "cli", proto: "udp", to: "10.96.0.99:53"},
 	{from: "cli", proto: "tcp", to: "node-a:30080"},
 	{from: "cli", proto: "tcp", to: "192.168.200.10:80"},

@@ -350,7 +350,9 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 			fmt.Sprintf("%s @%s goto refuse", key, setRejectFronts),
 			fmt.Sprintf("%s @%s drop", key, setDropFronts),
 			fmt.Sprintf("%s @%s fib saddr type != local %s drop", key, setLocalDropFronts, a.fromLocalPod(m, true)),
-			fmt.Sprintf("%s @%s %s != @%s goto refuse", a.daddr, setClusterIPs, key, setClusterIPFronts),
+			// Another Service's externalIP may be a ClusterIP's address.
+			fmt.Sprintf("%s @%s %s != @%s %s != @%s %s != @%s goto refuse", a.daddr, setClusterIPs, key, setClusterIPFronts,
+				key, setExternalFronts, key, setLocalFronts),
 		}},
 		chain{name: "refuse", rules: []string{"meta l4proto tcp reject with tcp reset", "reject"}},
 	)
