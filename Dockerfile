@@ -8,13 +8,15 @@
 # falls back to the nft binary), so the runtime stage installs Debian's
 # nftables package, which brings both, on the same Debian release the binary
 # was linked against (glibc). The iptables datapath runs Debian's iptables
-commands (iptables-nft by default). conntrack entries are cleared over netlink: no
-# conntrack binary is needed.
+# commands: "iptables" is iptables-nft here, whatever the host uses (set
+# datapath: iptables-legacy on hosts whose rules are legacy). conntrack
+# entries are cleared over netlink: no conntrack binary is needed.
 #
 # This file is not built by the test suite (no container engine runs on the
 # development machine); deploy/deploy_test.go checks what it can: the files
-# it copies exist, the Go version matches go.mod, cgo is on, nftables is
-# installed and the entrypoint is the binary built.
+# it copies exist, every line is a comment or an instruction, the Go version
+# matches go.mod, cgo is on, nftables and iptables are installed and the
+# entrypoint is the binary built.
 
 ARG GO_VERSION=1.26
 FROM golang:${GO_VERSION}-bookworm AS build

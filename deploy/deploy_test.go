@@ -645,10 +645,19 @@ func TestDockerfile(t *testing.T) {
 	var froms, copies, runs []string
 	var entrypoint string
 	sc := bufio.NewScanner(bytes.NewReader(data))
+	continued := false // the previous line ended with a backslash
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		instr, rest, _ := strings.Cut(line, " ")
+		wasContinued := continued
+		continued = strings.HasSuffix(line, "\\")
+		if line == "" || strings.HasPrefix(line, "#") || wasContinued {
+			continue
+		}
 		switch strings.ToUpper(instr) {
+		case "ARG", "WORKDIR", "ENV", "LABEL", "USER", "EXPOSE", "CMD":
+		default:
+			t.Errorf("Dockerfile line %q is neither a comment nor an instruction", line)
 		case "FROM":
 			froms = append(froms, rest)
 		case "COPY":
@@ -682,8 +691,10 @@ func TestDockerfile(t *testing.T) {
 	if !strings.Contains(build, "CGO_ENABLED=1") || !strings.Contains(build, "./cmd/kubenat") {
 		t.Error("the binary is not built from ./cmd/kubenat with CGO_ENABLED=1")
 	}
-	if !regexp.MustCompile(`apt-get install[^\n]*\bnftables\b`).MatchString(build) {
-		t.Error("the runtime stage does not install nftables")
+	for _, pkg := range []string{"nftables", "iptables"} {
+		if !regexp.MustCompile(`apt-get install[^\n]*\b` + pkg + `\b`).MatchString(build) {
+			t.Errorf("the runtime stage does not install %s", pkg)
+		}
 	}
 	gomod, err := os.ReadFile(filepath.Join(root, "go.mod"))
 	if err != nil {
