@@ -176,11 +176,11 @@ func liveTraceable(ctx context.Context, datapath string) error {
 	if !ok {
 		return nil
 	}
-	e, err := iptables.Exec{Variant: variant}.Resolve(ctx)
+	kind, err := iptables.Exec{Variant: variant}.Kind(ctx)
 	if err != nil {
 		return fmt.Errorf("--live: finding which iptables the %s datapath uses: %w", datapath, err)
 	}
-	if e.Variant == "legacy" {
+	if kind == "legacy" {
 		return fmt.Errorf("--live follows nftables' tracing, which does not see rules programmed through iptables-legacy (datapath %s): use the model's trace (without --live), or --datapath iptables-nft or nftables", datapath)
 	}
 	return nil

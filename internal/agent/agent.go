@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -99,8 +100,9 @@ type Options struct {
 type Agent struct {
 	opts    Options
 	backend datapath
-	// removedOther is true once the other datapath's leftover rules are
-	// removed (after the first successful sync).
+	// removedOther is true once the other datapaths' leftover rules are
+	// removed (after the first successful sync; a failure is retried with
+	// the table checks, every TableCheckPeriod).
 	removedOther bool
 	// balancer is the socket load balancer; nil when it is off. It is
 	// updated before the nftables sync and pruned after it.
@@ -148,6 +150,15 @@ func New(opts Options) (*Agent, error) {
 		opts.Config.LocalAddrs = addrs
 	}
 	variant, useIPTables := iptables.DatapathVariant(opts.Datapath)
+	switch {
+	case opts.Datapath == "" || opts.Datapath == nftablesDatapath:
+	case useIPTables:
+		if opts.Config.SocketLB {
+			return nil, errors.New("the socket load balancer needs the nftables datapath")
+		}
+	default:
+		return nil, fmt.Errorf("unknown datapath %q", opts.Datapath)
+	}
 	if opts.Runner == nil {
 		r, err := nft.New()
 		switch {
@@ -158,15 +169,6 @@ func New(opts Options) (*Agent, error) {
 		default:
 			opts.Runner = r
 		}
-	}
-	switch {
-	case opts.Datapath == "" || opts.Datapath == DatapathNFTables:
-	case useIPTables:
-		if opts.Config.SocketLB {
-			return nil, errors.New("the socket load balancer needs the nftables datapath")
-		}
-	default:
-		return nil, fmt.Errorf("unknown datapath %q", opts.Datapath)
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.Nop
@@ -256,14 +258,9 @@ func New(opts Options) (*Agent, error) {
 	}, nil
 }
 
-// The datapaths Options.Datapath names: nftables, and iptables through
-// the system's commands or a named variant.
-const (
-	DatapathNFTables       = "nftables"
-	DatapathIPTables       = "iptables"
-	DatapathIPTablesNFT    = "iptables-nft"
-	DatapathIPTablesLegacy = "iptables-legacy"
-)
+// nftablesDatapath is Options.Datapath's name of the nftables datapath
+// (the others are iptables.DatapathNames).
+const nftablesDatapath = "nftables"
 
 // newNFTDatapath returns the nftables datapath, which removes the chains
 // of the iptables variants installed (Options.IPTables alone when set).
@@ -287,11 +284,12 @@ func newIPTDatapath(opts Options, variant string) (datapath, error) {
 	run := opts.IPTables
 	var ipo iptables.Options
 	if run == nil {
+		ctx := context.Background()
 		e := iptables.Exec{Variant: variant}
 		if !e.Available() {
-			return nil, fmt.Errorf("the %s datapath needs %s, each with its -save and -restore, on PATH", opts.Datapath, e.Names())
+			return nil, fmt.Errorf("datapath %s (--datapath) needs %s, each with its -save and -restore, on PATH", opts.Datapath, e.Names())
 		}
-		e, o, err := e.Probe(context.Background())
+		e, o, err := e.Probe(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -299,16 +297,41 @@ func newIPTDatapath(opts Options, variant string) (datapath, error) {
 			klog.InfoS("Warning: this iptables is older than 1.6.2: masquerade without fully random source ports, iptables-restore without waiting for the xtables lock", "commands", e.Names())
 		}
 		run, ipo = e, o
+		kind, err := e.Kind(ctx)
+		if err != nil {
+			return nil, err
+		}
 		// The other variant's chains, when it is known which one is ours.
-		for _, o := range iptables.Installed("") {
-			if e.Variant != "" && o.Variant != "" && o.Variant != e.Variant {
-				d.others = append(d.others, o)
+		for _, other := range iptables.Installed("") {
+			if kind != "" && other.Variant != "" && other.Variant != kind {
+				d.others = append(d.others, other)
+				warnOtherVariant(ctx, e, other)
 			}
 		}
-		klog.InfoS("The iptables datapath programs through these commands", "datapath", opts.Datapath, "commands", e.Names())
+		klog.InfoS("The iptables datapath programs through these commands", "datapath", opts.Datapath, "commands", e.Names(), "variant", kind)
 	}
 	d.b = iptables.New(run, ipo)
 	return d, nil
+}
+
+// warnOtherVariant warns when the other variant of the iptables commands
+// holds more of the node's rules than the one kubenat uses (iptables-
+// wrapper's test): the node's other rules (kubelet's, Docker's, a CNI's)
+// are then there, and their policies (a FORWARD policy of DROP) are not
+// kubenat's to accept. In a container, "iptables" is the image's choice,
+// not the host's.
+func warnOtherVariant(ctx context.Context, ours, other iptables.Exec) {
+	count := func(e iptables.Exec) int {
+		out, err := e.Save(ctx, model.IPv4)
+		if err != nil {
+			return 0
+		}
+		return strings.Count(out, "\n-A ")
+	}
+	if n, m := count(other), count(ours); n > m {
+		klog.InfoS("Warning: the node's other iptables rules are in the other variant; consider --datapath iptables-"+other.Variant,
+			"commands", ours.Names(), "rulesThere", m, "other", other.Names(), "rulesInOther", n)
+	}
 }
 
 // Close releases what the agent holds open. The datapath stays: the
@@ -453,12 +476,29 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	}
 }
 
+// removeOther removes the rules the other datapaths left, and logs what
+// it removed or why it failed. Like sync, it runs in the Run goroutine.
+func (a *Agent) removeOther(ctx context.Context) {
+	removed, err := a.backend.removeOther(ctx)
+	if len(removed) > 0 {
+		klog.InfoS("Removed the rules an agent with another datapath left", "datapath", a.backend.name(), "removed", removed)
+	}
+	if err != nil {
+		klog.ErrorS(err, "Removing the rules of the other datapaths failed; retrying with the next table check", "datapath", a.backend.name())
+		return
+	}
+	a.removedOther = true
+}
+
 // checkTables asks the backend whether its tables are still in the
 // kernel and, when they were flushed or deleted from outside, has them
 // programmed again: the backend's next sync is a full one, and the change
 // counts for /healthz like any other. Like sync, it runs in the Run
 // goroutine, the only one that uses the backend.
 func (a *Agent) checkTables(ctx context.Context) {
+	if a.programmed && !a.removedOther {
+		a.removeOther(ctx)
+	}
 	ok, err := a.backend.intact(ctx)
 	if err != nil {
 		klog.ErrorS(err, "Checking that kubenat's tables are in place failed")
@@ -609,22 +649,13 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.opts.Metrics.SyncFailed()
 		return err
 	}
-	// The other datapath's rules (an agent switched from one to the
-	// other) go once this one serves every Service: kubenat's nftables
-	// DNAT runs before iptables' nat chains and would shadow them. Before
-	// the balancer's pins, so that the untracked chain goes first. A
-	// failure is logged and tried again after the next sync.
-	if !a.removedOther {
-		removed, err := a.backend.removeOther(ctx)
-		switch {
-		case err != nil:
-			klog.ErrorS(err, "Removing the rules of the other datapath failed; retrying after the next sync", "datapath", a.backend.name())
-		case len(removed) > 0:
-			klog.InfoS("Removed the rules an agent with another datapath left", "datapath", a.backend.name(), "removed", removed)
-			fallthrough
-		default:
-			a.removedOther = true
-		}
+	// The other datapaths' rules (an agent switched from one to another)
+	// go once this one serves every Service: kubenat's nftables DNAT runs
+	// before iptables' nat chains and would shadow them. Before the
+	// balancer's pins, so that the untracked chain goes first. Once: a
+	// failure is tried again with the table checks.
+	if !a.programmed {
+		a.removeOther(ctx)
 	}
 	// A balancer left pinned keeps rewriting connects from maps nobody
 	// updates: the error makes the caller retry soon, as for a prune.

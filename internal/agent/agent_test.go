@@ -61,6 +61,7 @@ type fakeIPTables struct {
 	mu       sync.Mutex
 	saved    string
 	restores []string
+	saveErr  error // Save's error, once
 }
 
 func (f *fakeIPTables) Restore(_ context.Context, _ model.Family, input string) error {
@@ -73,6 +74,10 @@ func (f *fakeIPTables) Restore(_ context.Context, _ model.Family, input string) 
 func (f *fakeIPTables) Save(context.Context, model.Family) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.saveErr; err != nil {
+		f.saveErr = nil
+		return "", err
+	}
 	return f.saved, nil
 }
 
@@ -660,7 +665,7 @@ func TestDatapathsRemoveEachOther(t *testing.T) {
 	ctx := context.Background()
 	t.Run("iptables removes the nftables tables", func(t *testing.T) {
 		run, ipt := &fakeRunner{}, &fakeIPTables{}
-		a := newAgent(t, Options{Datapath: DatapathIPTables, Runner: run, IPTables: ipt})
+		a := newAgent(t, Options{Datapath: "iptables", Runner: run, IPTables: ipt})
 		a.Synced()
 		if err := a.sync(ctx); err != nil {
 			t.Fatal(err)
@@ -689,4 +694,29 @@ func TestDatapathsRemoveEachOther(t *testing.T) {
 			t.Errorf("iptables-restore input:\n%s\nwant twice:\n%s", got, want)
 		}
 	})
+}
+
+// TestRemovingTheOtherDatapathIsRetried: a failed removal of the other
+// datapath's rules does not fail the sync, and is tried again with the
+// next table check, not with every sync.
+func TestRemovingTheOtherDatapathIsRetried(t *testing.T) {
+	ctx := context.Background()
+	ipt := &fakeIPTables{saveErr: errors.New("iptables-save: injected failure"),
+		saved: "*nat\n:KUBENAT-SERVICES - [0:0]\nCOMMIT\n"}
+	a := newAgent(t, Options{IPTables: ipt})
+	a.Synced()
+	if err := a.sync(ctx); err != nil {
+		t.Fatalf("a failed removal failed the sync: %v", err)
+	}
+	setLocalLoadBalancer(a)
+	if err := a.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a.removedOther || ipt.restored() != "" {
+		t.Fatalf("removed %v after a failure, without a table check: %q", a.removedOther, ipt.restored())
+	}
+	a.checkTables(ctx)
+	if !a.removedOther || !strings.Contains(ipt.restored(), "-X KUBENAT-SERVICES") {
+		t.Errorf("the table check did not remove the chains: %v %q", a.removedOther, ipt.restored())
+	}
 }

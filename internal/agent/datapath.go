@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/kubenat/kubenat/internal/dataplane/iptables"
@@ -104,17 +105,20 @@ func (d iptDatapath) releaseHolds(context.Context) (int, error) {
 
 // removeOther removes kubenat's nftables tables (they would take every
 // Service first: their DNAT runs before iptables' nat chains) and the
-// other iptables variant's chains.
+// other iptables variant's chains. A kernel without nf_tables (libnftables
+// loads, the kernel refuses every table) has no tables to remove.
 func (d iptDatapath) removeOther(ctx context.Context) ([]string, error) {
 	var removed []string
+	var nftErr error
 	if d.nft != nil {
 		ok, err := nftables.Cleanup(ctx, d.nft, d.nftOpts)
-		if err != nil {
-			return nil, fmt.Errorf("removing the nftables datapath's tables: %w", err)
-		}
-		if ok {
+		switch {
+		case err != nil && !nft.Unsupported(err):
+			nftErr = fmt.Errorf("removing the nftables datapath's tables: %w", err)
+		case ok && err == nil:
 			removed = append(removed, "the nftables tables")
 		}
 	}
-	return removeChains(ctx, d.others, removed)
+	removed, err := removeChains(ctx, d.others, removed)
+	return removed, errors.Join(nftErr, err)
 }

@@ -92,3 +92,14 @@ func (e *Error) Error() string {
 
 // Unwrap returns the underlying error.
 func (e *Error) Unwrap() error { return e.Err }
+
+// Unsupported reports whether err says the kernel has no nftables (nft's
+// "Operation not supported" or "Protocol not supported"): then no table
+// exists, and none can be made.
+func Unsupported(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "Operation not supported") || strings.Contains(msg, "Protocol not supported")
+}

@@ -52,8 +52,10 @@ func famIndex(f model.Family) int {
 }
 
 // Sync makes the kernel match st. d says which Services changed since the
-// previous Sync. On error the tables keep their last committed content
-// and the next Sync is a full one.
+// previous Sync. Each table of each family is its own commit (IPv4 first;
+// nat, mangle, filter): on error the tables committed so far hold the new
+// rules and the others their previous ones, each complete, and the next
+// Sync is a full one.
 func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (SyncResult, error) {
 	full := !b.synced || d.Full
 	b.synced = false
@@ -135,7 +137,7 @@ func (b *Backend) changes(f model.Family, rs *Ruleset, kernel *saved) (string, m
 				n++
 			}
 		}
-		var jumps strings.Builder
+		var jumpLines strings.Builder
 		if kernel != nil {
 			for _, name := range kernel.sortedChains(table) {
 				stale(name)
@@ -144,19 +146,19 @@ func (b *Backend) changes(f model.Family, rs *Ruleset, kernel *saved) (string, m
 			// version's) go first: a chain cannot be deleted while a rule
 			// jumps to it.
 			wanted := map[string]bool{}
-			for _, j := range Jumps {
+			for _, j := range jumps {
 				if j.Table == table {
 					wanted[j.Chain+" "+j.Rule] = true
 				}
 			}
 			for _, line := range kernel.jumpLines[table] {
 				if !wanted[line] {
-					fmt.Fprintf(&jumps, "-D %s\n", line)
+					fmt.Fprintf(&jumpLines, "-D %s\n", line)
 				}
 			}
-			for _, j := range Jumps {
+			for _, j := range jumps {
 				if j.Table == table && !kernel.jumps[table][j.Chain+" "+j.Rule] {
-					fmt.Fprintf(&jumps, "-I %s 1 %s\n", j.Chain, j.Rule)
+					fmt.Fprintf(&jumpLines, "-I %s 1 %s\n", j.Chain, j.Rule)
 				}
 			}
 		} else {
@@ -165,10 +167,10 @@ func (b *Backend) changes(f model.Family, rs *Ruleset, kernel *saved) (string, m
 			}
 		}
 		digests[table] = want
-		if decl.Len()+jumps.Len() == 0 {
+		if decl.Len()+jumpLines.Len() == 0 {
 			continue
 		}
-		fmt.Fprintf(&out, "*%s\n%s%s%s%sCOMMIT\n", table, decl.String(), jumps.String(), rules.String(), dels.String())
+		fmt.Fprintf(&out, "*%s\n%s%s%s%sCOMMIT\n", table, decl.String(), jumpLines.String(), rules.String(), dels.String())
 	}
 	return out.String(), digests, n
 }
@@ -184,7 +186,7 @@ func (b *Backend) Intact(ctx context.Context) (bool, error) {
 	if !b.synced {
 		return true, nil
 	}
-	checks := append(slices.Clip(Jumps), Jump{TableNAT, chainMarkMasq, fmt.Sprintf("-j MARK --or-mark 0x%x", b.o.MasqueradeMark)})
+	checks := append(slices.Clip(jumps), Jump{TableNAT, chainMarkMasq, fmt.Sprintf("-j MARK --or-mark 0x%x", b.o.MasqueradeMark)})
 	for _, f := range model.Families {
 		for _, c := range checks {
 			ok, err := b.run.Check(ctx, f, c.Table, c.Chain, c.Rule)

@@ -322,3 +322,67 @@ func TestFullSyncRemovesStaleJumps(t *testing.T) {
 		})
 	}
 }
+
+// failingIPv6 fails the next IPv6 restore once armed.
+type failingIPv6 struct {
+	Exec
+	armed bool
+}
+
+func (f *failingIPv6) Restore(ctx context.Context, fam model.Family, input string) error {
+	if fam == model.IPv6 && f.armed {
+		f.armed = false
+		return fmt.Errorf("injected failure")
+	}
+	return f.Exec.Restore(ctx, fam, input)
+}
+
+// TestSyncAfterAFailure: a Sync that fails after committing IPv4 leaves
+// the next Sync a full one, which programs what a Sync from scratch does.
+func TestSyncAfterAFailure(t *testing.T) {
+	ctx := context.Background()
+	run := &failingIPv6{Exec: Exec{NetNS: netnstest.NewNamespace(t)}}
+	ref := Exec{NetNS: netnstest.NewNamespace(t)}
+	b := model.NewBuilder(testConfig())
+	r := rand.New(rand.NewPCG(5, 6))
+	services := map[int]bool{}
+	randomChanges(r, b, services)
+	backend := New(run, Options{})
+	st, d := b.Build()
+	if _, err := backend.Sync(ctx, st, d); err != nil {
+		t.Fatal(err)
+	}
+	randomChanges(r, b, services)
+	st, d = b.Build()
+	run.armed = true
+	if _, err := backend.Sync(ctx, st, d); err == nil {
+		t.Fatal("the injected failure was not reported")
+	}
+	res, err := backend.Sync(ctx, st, model.Delta{})
+	if err != nil || !res.Full {
+		t.Fatalf("the sync after a failure: full %v, %v", res.Full, err)
+	}
+	if _, err := New(ref, Options{}).Sync(ctx, st, model.Delta{Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := dump(t, run.Exec), dump(t, ref); got != want {
+		t.Errorf("after a failure and a full sync:\n%s\nfrom scratch:\n%s", got, want)
+	}
+}
+
+// TestKind: the variant of the commands, named or found out.
+func TestKind(t *testing.T) {
+	netnstest.Require(t)
+	for _, tc := range []struct {
+		e    Exec
+		want string
+	}{
+		{Exec{Variant: "legacy"}, "legacy"},
+		{Exec{Variant: "nft"}, "nft"},
+		{Exec{}, "nft"}, // Debian 12's iptables
+	} {
+		if got, err := tc.e.Kind(context.Background()); err != nil || got != tc.want {
+			t.Errorf("%s: Kind = %q, %v; want %q", tc.e.Names(), got, err, tc.want)
+		}
+	}
+}

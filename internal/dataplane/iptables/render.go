@@ -1,8 +1,8 @@
 // Package iptables is kubenat's iptables datapath, for hosts where
 // nftables cannot be used: it renders a model.State into the chain
-// structure the seed document describes and kube-proxy's iptables mode
-// uses (KUBENAT-SERVICES → KUBENAT-SVC-* → KUBENAT-SEP-*), and keeps the
-// kernel in step with the State through iptables-restore.
+// structure of kube-proxy's iptables mode (KUBENAT-SERVICES →
+// KUBENAT-SVC-* → KUBENAT-SEP-*), and keeps the kernel in step with the
+// State through iptables-restore.
 //
 // It serves the same semantics as the nftables datapath, from the same
 // State; only the shape differs. Every new connection walks
@@ -10,8 +10,8 @@
 // number of Services (the reason nftables is the default: see
 // docs/benchmarks.md).
 //
-// kubenat owns the chains whose names start with "KUBENAT-" in the nat and
-// filter tables of both families, and the rules in the built-in chains
+// kubenat owns the chains whose names start with "KUBENAT-" in the nat,
+// mangle and filter tables of both families, and the rules in the built-in chains
 // that jump to them (marked with the comment "kubenat"). It touches
 // nothing else.
 //
@@ -124,11 +124,11 @@ type Jump struct {
 	Rule         string // the arguments after "-A CHAIN"
 }
 
-// Jumps are the rules kubenat keeps in the built-in chains, the same in
+// jumps are the rules kubenat keeps in the built-in chains, the same in
 // both families and whatever the State.
 // A full sync inserts a missing one at the head of its chain, in this
 // order: in FORWARD, KUBENAT-FILTER's jump ends up first.
-var Jumps = []Jump{
+var jumps = []Jump{
 	{TableMangle, "PREROUTING", preNATJump},
 	{TableMangle, "OUTPUT", preNATJump},
 	{TableNAT, "PREROUTING", natJump},
@@ -632,7 +632,7 @@ func RenderText(st *model.State, o Options, e Exec) string {
 			b.WriteString("\n")
 		}
 		fmt.Fprintf(&b, "# %s: %s --noflush\n", rs.Family, e.command(rs.Family, "-restore"))
-		for _, j := range Jumps {
+		for _, j := range jumps {
 			fmt.Fprintf(&b, "# -t %s -I %s 1 %s\n", j.Table, j.Chain, j.Rule)
 		}
 		b.WriteString(rs.Text())

@@ -88,7 +88,7 @@ func TestRenderGolden(t *testing.T) {
 func TestChainNames(t *testing.T) {
 	st := loadDir(t, "testdata/policies", testConfig())
 	for _, rs := range Render(st, Options{}) {
-		for _, table := range []string{TableNAT, TableFilter} {
+		for _, table := range tables {
 			seen := map[string]bool{}
 			for _, c := range rs.Chains(table) {
 				if len(c.Name) > 28 || !strings.HasPrefix(c.Name, Prefix) {

@@ -28,6 +28,10 @@ type Runner interface {
 	Names() string
 }
 
+// DatapathNames returns the names of the datapaths this package serves
+// (the agent's --datapath): the system's commands, and each variant.
+func DatapathNames() []string { return []string{"iptables", "iptables-nft", "iptables-legacy"} }
+
 // DatapathVariant returns the Variant of the commands a datapath name
 // selects: "iptables" the system's (""), "iptables-nft" and
 // "iptables-legacy" theirs; ok is false for any other name.
@@ -35,10 +39,8 @@ func DatapathVariant(name string) (variant string, ok bool) {
 	switch name {
 	case "iptables":
 		return "", true
-	case "iptables-nft":
-		return "nft", true
-	case "iptables-legacy":
-		return "legacy", true
+	case "iptables-nft", "iptables-legacy":
+		return strings.TrimPrefix(name, "iptables-"), true
 	}
 	return "", false
 }
@@ -51,9 +53,8 @@ type Exec struct {
 	// NetNS, when set, runs them in that named network namespace (ip
 	// netns exec); else in the caller's.
 	NetNS string
-	// NoRestoreWait leaves out iptables-restore's -w (wait for the
-	// xtables lock), which iptables before 1.6.2 lacks; see Probe.
-	NoRestoreWait bool
+	// version is the commands' version, when Probe read it.
+	version version
 }
 
 // cmd returns the command that runs the family's command with suffix
@@ -97,27 +98,28 @@ func (e Exec) Available() bool {
 	return true
 }
 
-// Resolve returns e with its Variant named: for the system's commands,
-// the one `iptables --version` reports ("nf_tables" or "legacy"); an
-// unrecognized answer leaves it empty.
-func (e Exec) Resolve(ctx context.Context) (Exec, error) {
+// Kind returns which variant e's commands are: its Variant when named,
+// else what `iptables --version` says ("nf_tables": "nft", "legacy", and
+// any version before 1.8, which had no other: "legacy"); "" when that
+// cannot be told.
+func (e Exec) Kind(ctx context.Context) (string, error) {
 	if e.Variant != "" {
-		return e, nil
+		return e.Variant, nil
 	}
-	out, err := e.version(ctx)
+	out, err := e.versionText(ctx)
 	if err != nil {
-		return e, err
+		return "", err
 	}
-	switch {
+	switch v, ok := parseVersion(out); {
 	case strings.Contains(out, "(nf_tables)"):
-		e.Variant = "nft"
-	case strings.Contains(out, "(legacy)"):
-		e.Variant = "legacy"
+		return "nft", nil
+	case strings.Contains(out, "(legacy)"), ok && v.less(version{1, 8, 0}):
+		return "legacy", nil
 	}
-	return e, nil
+	return "", nil
 }
 
-func (e Exec) version(ctx context.Context) (string, error) {
+func (e Exec) versionText(ctx context.Context) (string, error) {
 	out, err := e.cmd(ctx, model.IPv4, "", "--version").Output()
 	if err != nil {
 		return "", fmt.Errorf("%s --version: %w", e.command(model.IPv4, ""), err)
@@ -125,26 +127,27 @@ func (e Exec) version(ctx context.Context) (string, error) {
 	return string(out), nil
 }
 
-// Probe returns e resolved (see Resolve) and fitted to its version, and
-// the Options that version allows: iptables before 1.6.2 has neither
-// iptables-restore's -w nor MASQUERADE's --random-fully (which also needs
-// Linux 3.13), so its masquerade keeps the kernel's port choice, which
-// may race on busy nodes (kube-proxy has the same fallback).
+// Probe returns e fitted to its version, and the Options that version
+// allows: iptables before 1.6.2 has neither iptables-restore's -w nor
+// MASQUERADE's --random-fully (which also needs Linux 3.13), so its
+// masquerade keeps the kernel's port choice, which may race on busy nodes
+// (kube-proxy has the same fallback); before 1.4.22, iptables' -w takes no
+// number of seconds.
 func (e Exec) Probe(ctx context.Context) (Exec, Options, error) {
-	e, err := e.Resolve(ctx)
-	if err != nil {
-		return e, Options{}, err
-	}
-	out, err := e.version(ctx)
+	out, err := e.versionText(ctx)
 	if err != nil {
 		return e, Options{}, err
 	}
 	var o Options
-	if v, ok := parseVersion(out); ok && v.less(version{1, 6, 2}) {
-		e.NoRestoreWait, o.NoRandomFully = true, true
+	if v, ok := parseVersion(out); ok {
+		e.version = v
+		o.NoRandomFully = v.less(version{1, 6, 2})
 	}
 	return e, o, nil
 }
+
+// older reports whether Probe found a version before v.
+func (e Exec) older(v version) bool { return e.version != (version{}) && e.version.less(v) }
 
 // version is an iptables version.
 type version [3]int
@@ -195,7 +198,7 @@ func Installed(netns string) []Exec {
 func (e Exec) Restore(ctx context.Context, f model.Family, input string) error {
 	name := e.command(f, "-restore")
 	args := []string{"-w", "5", "--noflush"}
-	if e.NoRestoreWait {
+	if e.older(version{1, 6, 2}) {
 		args = args[2:]
 	}
 	cmd := e.cmd(ctx, f, "-restore", args...)
@@ -221,11 +224,16 @@ func (e Exec) Save(ctx context.Context, f model.Family) (string, error) {
 }
 
 // Check implements Runner: iptables exits with 1 when the rule or its
-// chain does not exist, and with 2, saying so, when the chain the rule
-// jumps to does not.
+// chain does not exist, and with 2 when the chain the rule jumps to does
+// not (iptables-nft: "does not exist", iptables-legacy: "Couldn't load
+// target").
 func (e Exec) Check(ctx context.Context, f model.Family, table, chain, rule string) (bool, error) {
 	name := e.command(f, "")
-	args := append([]string{"-w", "5", "-t", table, "-C", chain}, strings.Fields(rule)...)
+	wait := []string{"-w", "5"}
+	if e.older(version{1, 4, 22}) {
+		wait = wait[:1]
+	}
+	args := append(append(wait, "-t", table, "-C", chain), strings.Fields(rule)...)
 	cmd := e.cmd(ctx, f, "", args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -236,7 +244,8 @@ func (e Exec) Check(ctx context.Context, f model.Family, table, chain, rule stri
 		return true, nil
 	case errors.As(err, &exit) && exit.ExitCode() == 1:
 		return false, nil
-	case errors.As(err, &exit) && exit.ExitCode() == 2 && strings.Contains(stderr.String(), "does not exist"):
+	case errors.As(err, &exit) && exit.ExitCode() == 2 &&
+		(strings.Contains(stderr.String(), "does not exist") || strings.Contains(stderr.String(), "Couldn't load target")):
 		return false, nil
 	}
 	return false, fmt.Errorf("%s -t %s -C %s: %w: %s", name, table, chain, err, strings.TrimSpace(stderr.String()))
