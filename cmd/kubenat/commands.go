@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -183,10 +184,10 @@ func newCleanupCmd() *cobra.Command {
 		Long: `cleanup removes what kubenat programs in this network namespace's kernel:
 its nftables tables ("ip kubenat", "ip6 kubenat", and the standby tables an
 interrupted full sync may leave), the table a killed "kubenat trace --live"
-may leave, its iptables chains (those named KUBENAT-* in the nat and filter
-tables of iptables and ip6tables, and the rules jumping to them, through
-iptables-nft and iptables-legacy: it fails, saying so, when chains may be
-where a missing variant would have to look), and the
+may leave, its iptables chains (those named KUBENAT-* in the nat, mangle and
+filter tables of iptables and ip6tables, and the rules jumping to them,
+through iptables-nft and iptables-legacy; it warns when chains may be where
+a variant that is not installed would have to look), and the
 socket load balancer pinned in --bpf-pin-dir. Nothing else is touched: not
 kube-proxy's or anyone else's rules, and not the conntrack sysctls the agent
 set (they keep their values).
@@ -196,60 +197,71 @@ its --sync-period. Connections through Services break once the rules are
 gone.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			out := cmd.OutOrStdout()
-			ipt := iptables.Installed("")
-			run, err := nft.New()
-			if err != nil && len(ipt) == 0 {
-				return err
-			}
-			var removed, traced bool
-			if err == nil {
-				// The tables first, as the agent does: with the untracked
-				// chain gone, connects the balancer no longer rewrites are
-				// DNATed and tracked; the other way round, their replies
-				// would be untracked for a moment.
-				if removed, err = nftables.Cleanup(cmd.Context(), run, nftables.Options{}); err != nil {
-					return err
-				}
-				if removed {
-					fmt.Fprintln(out, "removed the kubenat tables (ip, ip6)")
-				}
-				if traced, err = live.Cleanup(cmd.Context(), run); err != nil {
-					return err
-				}
-				if traced {
-					fmt.Fprintf(out, "removed the table of a live trace (%s)\n", live.Table)
-				}
-			}
-			chains := false
-			for _, e := range ipt {
-				removed, err := iptables.Cleanup(cmd.Context(), e)
-				if err != nil {
-					return err
-				}
-				if removed {
-					chains = true
-					fmt.Fprintf(out, "removed the kubenat iptables chains (%s)\n", e.Names())
-				}
-			}
-			unpinned, err := socketlb.Cleanup(pinDir)
-			if err != nil {
-				return err
-			}
-			if unpinned {
-				fmt.Fprintf(out, "removed the socket load balancer pinned in %s\n", pinDir)
-			}
-			if missed := uncheckedIPTables(cmd.Context(), run, ipt); len(missed) > 0 {
-				return fmt.Errorf("%s: install them and run cleanup again", strings.Join(missed, "; "))
-			}
-			if !removed && !traced && !chains && !unpinned {
-				fmt.Fprintln(out, "nothing to remove: kubenat has nothing programmed here")
-			}
-			return nil
+			return cleanup(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), pinDir)
 		},
 	}
 	cmd.Flags().StringVar(&pinDir, "bpf-pin-dir", pinDir, "directory where the socket load balancer is pinned")
 	return cmd
+}
+
+// cleanup removes what kubenat programmed here (see newCleanupCmd). Each
+// part runs even when another fails; the errors are joined.
+func cleanup(ctx context.Context, out, stderr io.Writer, pinDir string) error {
+	var errs []error
+	done := false
+	say := func(format string, args ...any) {
+		done = true
+		fmt.Fprintf(out, format+"\n", args...)
+	}
+	ipt := iptables.Installed("")
+	run, err := nft.New()
+	if err != nil {
+		fmt.Fprintln(stderr, "note: nftables cannot be used here, so no nftables table is looked for:", err)
+		run = nil
+	} else {
+		// The tables first, as the agent does: with the untracked chain
+		// gone, connects the balancer no longer rewrites are DNATed and
+		// tracked; the other way round, their replies would be untracked
+		// for a moment.
+		switch removed, err := nftables.Cleanup(ctx, run, nftables.Options{}); {
+		case nft.Unsupported(err):
+			run = nil // a kernel without nf_tables: no table to remove
+		case err != nil:
+			errs = append(errs, err)
+		case removed:
+			say("removed the kubenat tables (ip, ip6)")
+		}
+	}
+	if run != nil {
+		switch traced, err := live.Cleanup(ctx, run); {
+		case err != nil:
+			errs = append(errs, err)
+		case traced:
+			say("removed the table of a live trace (%s)", live.Table)
+		}
+	}
+	for _, e := range ipt {
+		switch removed, err := iptables.Cleanup(ctx, e); {
+		case err != nil:
+			errs = append(errs, err)
+		case removed:
+			say("removed the kubenat iptables chains (%s)", e.Names())
+		}
+	}
+	switch unpinned, err := socketlb.Cleanup(pinDir); {
+	case err != nil:
+		errs = append(errs, err)
+	case unpinned:
+		say("removed the socket load balancer pinned in %s", pinDir)
+	}
+	missed := uncheckedIPTables(ctx, run, ipt)
+	for _, m := range missed {
+		fmt.Fprintln(stderr, "warning:", m)
+	}
+	if !done && len(errs) == 0 && len(missed) == 0 {
+		fmt.Fprintln(out, "nothing to remove: kubenat has nothing programmed here")
+	}
+	return errors.Join(errs...)
 }
 
 // uncheckedIPTables says where kubenat's iptables chains may be that
@@ -260,18 +272,21 @@ gone.`,
 func uncheckedIPTables(ctx context.Context, run nft.Runner, installed []iptables.Exec) []string {
 	have := map[string]bool{}
 	for _, e := range installed {
-		have[e.Variant] = true
+		kind, err := e.Kind(ctx)
+		if err == nil && kind != "" {
+			have[kind] = true
+		}
 	}
 	var out []string
-	if !have["nft"] && !have[""] && run != nil {
-		for _, table := range []string{"ip nat", "ip filter", "ip6 nat", "ip6 filter"} {
+	if !have["nft"] && run != nil {
+		for _, table := range []string{"ip nat", "ip mangle", "ip filter", "ip6 nat", "ip6 mangle", "ip6 filter"} {
 			if list, err := run.Run(ctx, "list chains "+table); err == nil && strings.Contains(list, "chain "+iptables.Prefix) {
 				out = append(out, fmt.Sprintf("kubenat's iptables chains are in %s (iptables-nft), but iptables-nft is not installed to remove them", table))
 				break
 			}
 		}
 	}
-	if !have["legacy"] && !have[""] {
+	if !have["legacy"] {
 		for _, names := range []string{"/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"} {
 			if b, err := os.ReadFile(names); err == nil && len(strings.TrimSpace(string(b))) > 0 {
 				out = append(out, "legacy iptables tables exist here ("+names+"), which may hold kubenat's chains, but iptables-legacy is not installed to look")
