@@ -74,10 +74,11 @@ type Configuration struct {
 	// for hosts that cannot use nftables; its cost per new connection
 	// grows with the number of Services) through the system's iptables
 	// commands, or "iptables-nft" / "iptables-legacy" to name the variant
-	// (a host whose kernel lacks nf_tables needs iptables-legacy). The same
-	// Services get the same treatment from all. The agent removes the rules
-	// of the others after its first sync. The socket load balancer needs
-	// nftables. Flag --datapath.
+	// (a host whose kernel lacks nf_tables needs iptables-legacy; in the
+	// image, "iptables" is iptables-nft, whatever the host uses). Services
+	// get the same treatment from all, but for the differences the README
+	// lists. The agent removes the rules of the others after its first
+	// sync. The socket load balancer needs nftables. Flag --datapath.
 	Datapath string `json:"datapath"`
 	// NodeName is the name of this node's Node object; endpoints on it are
 	// local. Default: $NODE_NAME, else the host name. Flag --node-name.
@@ -134,8 +135,8 @@ type Configuration struct {
 	MinSyncPeriod string `json:"minSyncPeriod"`
 	// SyncPeriod is how often the agent checks that its rules are still
 	// in the kernel (nftables: a read of one base chain per family,
-	// whatever the tables hold; iptables: three `iptables -C` per
-	// family) and programs them again when they were flushed or deleted
+	// whatever the tables hold; iptables: ten `iptables -C` per family,
+	// each jump from a built-in chain and one rule) and programs them again when they were flushed or deleted
 	// from outside (`nft flush ruleset`, as Debian's nftables service runs
 	// on reload; `iptables -F`). A single rule or element deleted by hand
 	// is not noticed: kube-proxy's option of the same name re-applies its
@@ -241,10 +242,8 @@ type DetectLocal struct {
 
 // The datapath values.
 const (
-	DatapathNFTables       = "nftables"
-	DatapathIPTables       = "iptables"
-	DatapathIPTablesNFT    = "iptables-nft"
-	DatapathIPTablesLegacy = "iptables-legacy"
+	DatapathNFTables = "nftables"
+	DatapathIPTables = "iptables" // also iptables-nft, iptables-legacy: see iptables.DatapathNames
 )
 
 // The detectLocalMode values.

@@ -161,8 +161,8 @@ func TestValidate(t *testing.T) {
 		{"no batching", func(c *Configuration) { c.MinSyncPeriod = "0s" }, nil},
 		{"iptables", func(c *Configuration) { c.Datapath = DatapathIPTables }, nil},
 		{"unknown datapath", func(c *Configuration) { c.Datapath = "ipvs" },
-			[]string{`datapath (--datapath): "ipvs" is not a datapath; use "nftables", "iptables", "iptables-nft" or "iptables-legacy"`}},
-		{"iptables-legacy", func(c *Configuration) { c.Datapath = DatapathIPTablesLegacy }, nil},
+			[]string{`datapath (--datapath): "ipvs" is not a datapath; use one of nftables, iptables, iptables-nft, iptables-legacy`}},
+		{"iptables-legacy", func(c *Configuration) { c.Datapath = "iptables-legacy" }, nil},
 		{"socket load balancer with iptables", func(c *Configuration) {
 			c.Datapath, c.SocketLB.Cgroup = DatapathIPTables, "/sys/fs/cgroup"
 		}, []string{`socketLB.cgroup (--socket-lb-cgroup): the socket load balancer needs the nftables datapath (datapath is "iptables")`}},

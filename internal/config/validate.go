@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kubenat/kubenat/internal/conntrack"
+	"github.com/kubenat/kubenat/internal/dataplane/iptables"
 	"github.com/kubenat/kubenat/internal/ipmasq"
 	"github.com/kubenat/kubenat/internal/model"
 )
@@ -57,15 +58,11 @@ func (c *Configuration) Validate() error {
 			errs.add("nodeName", "%q is not a valid node name: %s", c.NodeName, strings.Join(msgs, "; "))
 		}
 	}
-	switch c.Datapath {
-	case DatapathNFTables:
-	case DatapathIPTables, DatapathIPTablesNFT, DatapathIPTablesLegacy:
-		if c.SocketLB.Cgroup != "" {
-			errs.add("socketLB.cgroup", "the socket load balancer needs the nftables datapath (datapath is %q)", c.Datapath)
-		}
-	default:
-		errs.add("datapath", "%q is not a datapath; use %q, %q, %q or %q", c.Datapath,
-			DatapathNFTables, DatapathIPTables, DatapathIPTablesNFT, DatapathIPTablesLegacy)
+	if _, ok := iptables.DatapathVariant(c.Datapath); ok && c.SocketLB.Cgroup != "" {
+		errs.add("socketLB.cgroup", "the socket load balancer needs the nftables datapath (datapath is %q)", c.Datapath)
+	} else if !ok && c.Datapath != DatapathNFTables {
+		names := append([]string{DatapathNFTables}, iptables.DatapathNames()...)
+		errs.add("datapath", "%q is not a datapath; use one of %s", c.Datapath, strings.Join(names, ", "))
 	}
 	detect, detectErr := c.localDetect()
 	if detectErr != nil {
