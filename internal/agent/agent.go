@@ -296,6 +296,10 @@ func newIPTDatapath(opts Options, variant string) (datapath, error) {
 		if o.NoRandomFully {
 			klog.InfoS("Warning: this iptables is older than 1.6.2: masquerade without fully random source ports, iptables-restore without waiting for the xtables lock", "commands", e.Names())
 		}
+		if !iptables.IPv6Enabled() {
+			o.IPv4Only = true
+			klog.InfoS("The kernel has no IPv6: the iptables datapath programs IPv4 only")
+		}
 		run, ipo = e, o
 		kind, err := e.Kind(ctx)
 		if err != nil {

@@ -75,7 +75,7 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, d model.Delta) (Syn
 	}
 	keys := st.SortedKeys()
 	res := SyncResult{Full: full}
-	for _, f := range model.Families {
+	for _, f := range b.o.families() {
 		rs := Assemble(st, b.o, f, keys, b.pieces)
 		var kernel *saved
 		if full {
@@ -187,7 +187,7 @@ func (b *Backend) Intact(ctx context.Context) (bool, error) {
 		return true, nil
 	}
 	checks := append(slices.Clip(jumps), Jump{TableNAT, chainMarkMasq, fmt.Sprintf("-j MARK --or-mark 0x%x", b.o.MasqueradeMark)})
-	for _, f := range model.Families {
+	for _, f := range b.o.families() {
 		for _, c := range checks {
 			ok, err := b.run.Check(ctx, f, c.Table, c.Chain, c.Rule)
 			if err != nil {
@@ -207,11 +207,12 @@ func (b *Backend) Intact(ctx context.Context) (bool, error) {
 func (b *Backend) Holds() int { return 0 }
 
 // Cleanup removes every chain kubenat owns and the jumps to them, in both
-// families, and reports whether there was any. Tables that do not exist
-// are not created.
+// families (IPv4 alone on a kernel without IPv6: see IPv6Enabled), and
+// reports whether there was any. Tables that do not exist are not
+// created.
 func Cleanup(ctx context.Context, run Runner) (bool, error) {
 	removed := false
-	for _, f := range model.Families {
+	for _, f := range (Options{IPv4Only: !IPv6Enabled()}).families() {
 		out, err := run.Save(ctx, f)
 		if err != nil {
 			return removed, fmt.Errorf("reading the %s tables: %w", f, err)

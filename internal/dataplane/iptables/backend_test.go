@@ -386,3 +386,21 @@ func TestKind(t *testing.T) {
 		}
 	}
 }
+
+// TestIPv4Only: on a kernel without IPv6, only IPv4 is programmed (and
+// checked).
+func TestIPv4Only(t *testing.T) {
+	ctx := context.Background()
+	run := Exec{NetNS: netnstest.NewNamespace(t)}
+	backend := New(run, Options{IPv4Only: true})
+	st := loadDir(t, "testdata/policies", testConfig())
+	if _, err := backend.Sync(ctx, st, model.Delta{Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	if v4, v6 := kernelRules(t, run, model.IPv4), kernelRules(t, run, model.IPv6); !strings.Contains(v4, "KUBENAT-SERVICES") || v6 != "" {
+		t.Errorf("IPv4 only: IPv4 %q, IPv6 %q", v4, v6)
+	}
+	if ok, err := backend.Intact(ctx); !ok || err != nil {
+		t.Errorf("Intact = %v, %v", ok, err)
+	}
+}

@@ -43,6 +43,7 @@ import (
 	"encoding/base32"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -66,6 +67,24 @@ type Options struct {
 	// NoRandomFully masquerades without --random-fully, for iptables
 	// before 1.6.2 (see Exec.Probe).
 	NoRandomFully bool
+	// IPv4Only programs IPv4 alone, for a kernel without IPv6 (booted
+	// with ipv6.disable=1: ip6tables cannot work there); see IPv6Enabled.
+	IPv4Only bool
+}
+
+// families returns the families o programs.
+func (o Options) families() []model.Family {
+	if o.IPv4Only {
+		return []model.Family{model.IPv4}
+	}
+	return model.Families[:]
+}
+
+// IPv6Enabled reports whether the kernel has IPv6 (/proc/net/if_inet6
+// exists), so that ip6tables can work.
+func IPv6Enabled() bool {
+	_, err := os.Stat("/proc/net/if_inet6")
+	return err == nil
 }
 
 func (o Options) withDefaults() Options {
@@ -171,7 +190,8 @@ func (r *Ruleset) Chains(table string) []Chain {
 	return r.NAT
 }
 
-// Render returns the rulesets of both families for st, IPv4 first.
+// Render returns the rulesets of the families o programs (both by
+// default) for st, IPv4 first.
 func Render(st *model.State, o Options) []Ruleset {
 	o = o.withDefaults()
 	pieces := map[model.ServiceKey]*Pieces{}
@@ -179,7 +199,7 @@ func Render(st *model.State, o Options) []Ruleset {
 		pieces[key] = ServicePieces(st, ports)
 	}
 	var out []Ruleset
-	for _, f := range model.Families {
+	for _, f := range o.families() {
 		out = append(out, Assemble(st, o, f, st.SortedKeys(), pieces))
 	}
 	return out
