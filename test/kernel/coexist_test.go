@@ -81,3 +81,40 @@ func TestDNATBeforeAnotherProxy(t *testing.T) {
 		})
 	}
 }
+
+// TestRefusalsDespiteAnotherDNAT: a frontend kubenat refuses (a Service
+// without endpoints, a ClusterIP port the Service lacks) stays refused
+// when someone else's rule DNATs it (a proxy's leftovers), with both
+// datapaths: the refusal looks at the connection's original destination.
+func TestRefusalsDespiteAnotherDNAT(t *testing.T) { eachDatapath(t, testRefusalsDespiteAnotherDNAT) }
+
+func testRefusalsDespiteAnotherDNAT(t *testing.T, datapath string) {
+	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a", Pods: []string{"web-1", "web-2", "cli"}}}})
+	e.datapath = datapath
+	c := e.c
+	nodeA, cli := c.Node("node-a"), c.Pod("cli")
+	e.writeService(t, k8sobj.Service{Name: "web", ClusterIPs: []string{webVIP},
+		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}},
+		Endpoints: []k8sobj.Endpoint{{IP: c.Pod("web-1").Addr.String(), Node: "node-a"}}})
+	e.writeService(t, k8sobj.Service{Name: "idle", ClusterIPs: []string{"10.96.0.99"},
+		Ports: []k8sobj.Port{{Name: "http", Port: 80, TargetPort: echoPort}}})
+	e.syncAll(t)
+	other := fmt.Sprintf(`table ip other {
+	chain prerouting {
+		type nat hook prerouting priority -100; policy accept;
+		ip daddr . tcp dport { 10.96.0.99 . 80, %[1]s . 81 } dnat to %[2]s
+	}
+}
+`, webVIP, netip.AddrPortFrom(c.Pod("web-2").Addr, echoPort))
+	if out, err := nsrun.Exec(t.Context(), nodeA.NS, strings.NewReader(other), "nft", "-f", "-"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, dst := range []string{"10.96.0.99:80", webVIP + ":81"} {
+		if r, err := e.dial(&cli.Host, "tcp", netip.MustParseAddrPort(dst)); !isRefused(err) {
+			t.Errorf("%s, which another rule DNATs: %v %v, want refused", dst, r, err)
+		}
+	}
+	if r := e.mustDial(t, &cli.Host, "tcp", ap(webVIP, 80)); r.Server != "web-1" {
+		t.Errorf("the Service: answered by %s, want web-1", r.Server)
+	}
+}

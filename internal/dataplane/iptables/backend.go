@@ -144,20 +144,24 @@ func (b *Backend) changes(f model.Family, rs *Ruleset, kernel *saved) (string, m
 			}
 			// Jumps to kubenat's chains that are not wanted (an earlier
 			// version's) go first: a chain cannot be deleted while a rule
-			// jumps to it.
+			// jumps to it. In a built-in chain that misses one of its
+			// jumps, all of them are put back, in order, at its head.
 			wanted := map[string]bool{}
+			missing := map[string]bool{} // built-in chain → a jump is missing
 			for _, j := range jumps {
 				if j.Table == table {
 					wanted[j.Chain+" "+j.Rule] = true
+					missing[j.Chain] = missing[j.Chain] || !kernel.jumps[table][j.Chain+" "+j.Rule]
 				}
 			}
 			for _, line := range kernel.jumpLines[table] {
-				if !wanted[line] {
+				chain, _, _ := strings.Cut(line, " ")
+				if !wanted[line] || missing[chain] {
 					fmt.Fprintf(&jumpLines, "-D %s\n", line)
 				}
 			}
 			for _, j := range jumps {
-				if j.Table == table && !kernel.jumps[table][j.Chain+" "+j.Rule] {
+				if j.Table == table && missing[j.Chain] {
 					fmt.Fprintf(&jumpLines, "-I %s 1 %s\n", j.Chain, j.Rule)
 				}
 			}

@@ -191,6 +191,9 @@ func TestIntactAndRestore(t *testing.T) {
 		{"IPv6 nat flushed", []string{"ip6tables", "-t", "nat", "-F"}},
 		{"mangle flushed", []string{"iptables", "-t", "mangle", "-F"}},
 		{"the postrouting jump deleted", []string{"iptables", "-t", "nat", "-D", "POSTROUTING", "-m", "comment", "--comment", "kubenat", "-j", "KUBENAT-POSTROUTING"}},
+		// Put back ahead of KUBENAT-FILTER's jump, it would be out of
+		// order: the dump compares the order too.
+		{"a forward jump deleted", []string{"iptables", "-D", "FORWARD", "-m", "comment", "--comment", "kubenat", "-j", "KUBENAT-FORWARD"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			run := Exec{NetNS: netnstest.NewNamespace(t)}

@@ -109,6 +109,7 @@ const (
 	chainFilter      = "KUBENAT-FILTER"
 	chainForward     = "KUBENAT-FORWARD"
 	chainPreNAT      = "KUBENAT-PRENAT"
+	chainClusterIPs  = "KUBENAT-CLUSTER-IPS"
 	chainExtDrop     = "KUBENAT-EXTERNAL-DROP"
 
 	// Prefix starts the name of every chain kubenat owns.
@@ -242,9 +243,13 @@ type famPieces struct {
 	nodePorts []string // KUBENAT-NODEPORTS
 	preNAT    []string // KUBENAT-PRENAT
 	filter    []string // KUBENAT-FILTER, before the ClusterIP catch-alls
-	// clusterIPs are the Service's ClusterIPs: a new connection to one
-	// that no DNAT took is refused (a port the Service does not have).
-	clusterIPs   []netip.Addr
+	// clusterIPs are the Service's ClusterIPs: a new connection to one is
+	// refused unless it is for a frontend of that address (a port the
+	// Service does not have).
+	clusterIPs []netip.Addr
+	// frontends are the Service's frontends, which the catch-all of a
+	// ClusterIP with the same address lets through.
+	frontends    []model.FrontendKey
 	chains       []Chain // nat chains of its own
 	mangleChains []Chain // mangle chains of its own (source ranges)
 }
@@ -298,6 +303,7 @@ func svcChain(sp *model.ServicePort) string { return chainID("KUBENAT-SVC-", sp.
 func svlChain(sp *model.ServicePort) string { return chainID("KUBENAT-SVL-", sp.Name.String()) }
 func extChain(sp *model.ServicePort) string { return chainID("KUBENAT-EXT-", sp.Name.String()) }
 func srcChain(sp *model.ServicePort) string { return chainID("KUBENAT-SRC-", sp.Name.String()) }
+func fwChain(sp *model.ServicePort) string  { return chainID("KUBENAT-FW-", sp.Name.String()) }
 func sepChain(sp *model.ServicePort, ep model.Endpoint) string {
 	return chainID("KUBENAT-SEP-", sp.Name.String(), ep.String())
 }
@@ -326,6 +332,7 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 	firewalled := false
 	for _, fe := range sp.Frontends {
 		dst := destMatch(fe.Addr, p, fe.Port)
+		fp.frontends = append(fp.frontends, fe.Key(p))
 		firewalled = fp.addFilter(sp, fe, dst) || firewalled
 		if !sp.HasEndpoints() {
 			continue
@@ -341,6 +348,12 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 		case fe.Kind == model.NodePort:
 			ext = true
 			fp.nodePorts = append(fp.nodePorts, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "node port"), extChain(sp)))
+		case fe.Kind == model.LoadBalancerIP && sp.FirewallLB:
+			// Only admitted sources are DNATed (KUBENAT-FW); the others
+			// are dropped before NAT, and are never DNATed even while
+			// that drop is not committed yet.
+			ext = true
+			fp.services = append(fp.services, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "load balancer IP"), fwChain(sp)))
 		default:
 			ext = true
 			what := "external IP"
@@ -356,6 +369,13 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 		if sp.ExternalPolicyLocal && len(sp.LocalEndpoints) > 0 {
 			groups[true] = true
 		}
+	}
+	if firewalled && ext {
+		fw := Chain{Name: fwChain(sp)}
+		for _, r := range sp.SourceRanges {
+			fw.Rules = append(fw.Rules, fmt.Sprintf("-s %s -j %s", r, extChain(sp)))
+		}
+		fp.chains = append(fp.chains, fw)
 	}
 	if firewalled {
 		src := Chain{Name: srcChain(sp)}
@@ -392,8 +412,10 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 }
 
 // addFilter adds what one frontend contributes to the drops before NAT
-// (KUBENAT-PRENAT) and to the refusals of connections that no DNAT took
-// (KUBENAT-FILTER, where they still carry the frontend as destination),
+// (KUBENAT-PRENAT) and to the refusals (KUBENAT-FILTER, after NAT: they
+// match the connection's original destination, so that no DNAT, kubenat's
+// or another's, hides a frontend that is to be refused, and no connection
+// DNATed to an endpoint with a refused frontend's address is refused),
 // and reports whether the frontend is filtered by source range.
 func (fp *famPieces) addFilter(sp *model.ServicePort, fe model.Frontend, dst string) bool {
 	firewalled := fe.Kind == model.LoadBalancerIP && sp.FirewallLB
@@ -402,8 +424,8 @@ func (fp *famPieces) addFilter(sp *model.ServicePort, fe model.Frontend, dst str
 	}
 	switch {
 	case !sp.HasEndpoints():
-		fp.filter = append(fp.filter, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "has no endpoints"),
-			refuseTarget(sp.Name.Family, sp.Name.Protocol)))
+		fp.filter = append(fp.filter, fmt.Sprintf("%s %s -j %s", origDestMatch(fe.Key(sp.Name.Protocol)), comment(sp, "has no endpoints"),
+			refuseTarget(sp.Name.Family)))
 	case fe.Kind == model.ClusterIP && len(sp.InternalEndpoints()) == 0:
 		fp.preNAT = append(fp.preNAT, fmt.Sprintf("%s %s -j DROP", dst, comment(sp, "has no local endpoints")))
 	case fe.Kind != model.ClusterIP && sp.ExternalPolicyLocal && len(sp.LocalEndpoints) == 0:
@@ -413,13 +435,20 @@ func (fp *famPieces) addFilter(sp *model.ServicePort, fe model.Frontend, dst str
 	return firewalled
 }
 
-// refuseTarget refuses a connection: a TCP reset, else ICMP port
-// unreachable.
-func refuseTarget(f model.Family, p model.Protocol) string {
-	switch {
-	case p == model.TCP:
-		return "REJECT --reject-with tcp-reset"
-	case f == model.IPv6:
+// origDestMatch matches a connection whose original destination (before
+// any DNAT) is the frontend k.
+func origDestMatch(k model.FrontendKey) string {
+	return fmt.Sprintf("-p %s -m conntrack --ctorigdst %s --ctorigdstport %d", proto(k.Protocol), hostPrefix(k.Addr), k.Port)
+}
+
+// refuseTarget refuses a connection with ICMP port unreachable, for TCP
+// too (connect() fails with ECONNREFUSED, as with a reset). Not a TCP
+// reset: the filter table sees a connection after NAT, and a reset is
+// built from the packet as it is there, so a connection someone DNATed
+// would get it from the endpoint's address, which the client ignores; an
+// ICMP error is translated back with its connection.
+func refuseTarget(f model.Family) string {
+	if f == model.IPv6 {
 		return "REJECT --reject-with icmp6-port-unreachable"
 	}
 	return "REJECT --reject-with icmp-port-unreachable"
@@ -520,9 +549,7 @@ func Assemble(st *model.State, o Options, f model.Family, keys []model.ServiceKe
 	services := Chain{Name: chainServices}
 	nodePorts := Chain{Name: chainNodePorts}
 	preNAT := Chain{Name: chainPreNAT}
-	// A connection some DNAT took is not the frontend's any more (an
-	// endpoint may well have a frontend's address and port).
-	filter := Chain{Name: chainFilter, Rules: []string{"-m conntrack --ctstate DNAT -j RETURN"}}
+	filter := Chain{Name: chainFilter}
 	var own, ownMangle []Chain
 	var clusterIPs []netip.Addr
 	seen := map[netip.Addr]bool{}
@@ -544,19 +571,33 @@ func Assemble(st *model.State, o Options, f model.Family, keys []model.ServiceKe
 	if len(nodePorts.Rules) > 0 {
 		services.Rules = append(services.Rules, "-m addrtype --dst-type LOCAL -j "+chainNodePorts)
 	}
-	// A ClusterIP port the Service lacks is refused, after the rules of
-	// the ports it has.
+	// A ClusterIP port the Service lacks is refused, in a chain of its
+	// own: the frontends at a ClusterIP address (its Service's ports,
+	// another's externalIP) pass, then the rest of the address is refused
+	// (ICMP port unreachable: connect() fails with ECONNREFUSED, as with
+	// a reset). When the Service CIDRs hold every ClusterIP, only
+	// connections to them enter the chain; else every new connection.
+	cips := Chain{Name: chainClusterIPs}
+	for _, k := range keys {
+		for _, fe := range pieces[k].fam(f).frontends {
+			if seen[fe.Addr] {
+				cips.Rules = append(cips.Rules, origDestMatch(fe)+" -j RETURN")
+			}
+		}
+	}
 	for _, a := range clusterIPs {
-		filter.Rules = append(filter.Rules,
-			fmt.Sprintf("-d %s -p tcp -m comment --comment \"no such Service port\" -j %s", hostPrefix(a), refuseTarget(f, model.TCP)),
-			fmt.Sprintf("-d %s -m comment --comment \"no such Service port\" -j %s", hostPrefix(a), refuseTarget(f, model.UDP)))
+		cips.Rules = append(cips.Rules, fmt.Sprintf("-m conntrack --ctorigdst %s -m comment --comment \"no such Service port\" -j %s",
+			hostPrefix(a), refuseTarget(f)))
+	}
+	if len(clusterIPs) > 0 {
+		filter.Rules = append(filter.Rules, clusterIPsJumps(st, f, clusterIPs)...)
 	}
 	// After every DNAT, a new connection to a Service CIDR that no DNAT
 	// took is dropped, not routed out of the cluster (the node's own
 	// addresses are delivered); see model.State.ServiceCIDRs.
 	for _, p := range st.ServiceCIDRs {
 		if model.FamilyOf(p.Addr()) == f {
-			filter.Rules = append(filter.Rules, fmt.Sprintf("-d %s -m addrtype ! --dst-type LOCAL "+
+			filter.Rules = append(filter.Rules, fmt.Sprintf("-d %s -m conntrack ! --ctstate DNAT -m addrtype ! --dst-type LOCAL "+
 				"-m comment --comment \"Service CIDR address without a Service\" -j DROP", p))
 		}
 	}
@@ -576,7 +617,8 @@ func Assemble(st *model.State, o Options, f model.Family, keys []model.ServiceKe
 		}
 	}
 	forward.Rules = append(forward.Rules,
-		fmt.Sprintf("-m mark --mark 0x%x/0x%x -m comment --comment \"Service traffic to masquerade\" -j ACCEPT", o.MasqueradeMark, o.MasqueradeMark),
+		fmt.Sprintf("-m mark --mark 0x%x/0x%x -m conntrack --ctstate DNAT -m comment --comment \"Service traffic to masquerade\" -j ACCEPT",
+			o.MasqueradeMark, o.MasqueradeMark),
 		"-m conntrack --ctstate DNAT -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"DNATed connections\" -j ACCEPT")
 	extDrop := Chain{Name: chainExtDrop, Rules: []string{"-m addrtype --src-type LOCAL -j RETURN"}}
 	for _, m := range localPodMatches(st, f) {
@@ -584,7 +626,25 @@ func Assemble(st *model.State, o Options, f model.Family, keys []model.ServiceKe
 	}
 	extDrop.Rules = append(extDrop.Rules, "-j DROP")
 	mangle := append([]Chain{preNAT, extDrop}, ownMangle...)
-	return Ruleset{Family: f, NAT: nat, Mangle: mangle, Filter: []Chain{filter, forward}}
+	return Ruleset{Family: f, NAT: nat, Mangle: mangle, Filter: []Chain{filter, cips, forward}}
+}
+
+// clusterIPsJumps returns the rules of KUBENAT-FILTER that lead to
+// KUBENAT-CLUSTER-IPS: one per Service CIDR of family f when they hold
+// every ClusterIP, else one for every connection.
+func clusterIPsJumps(st *model.State, f model.Family, clusterIPs []netip.Addr) []string {
+	for _, a := range clusterIPs {
+		if _, ok := st.ServiceCIDR(a); !ok {
+			return []string{"-j " + chainClusterIPs}
+		}
+	}
+	var out []string
+	for _, p := range st.ServiceCIDRs {
+		if model.FamilyOf(p.Addr()) == f {
+			out = append(out, fmt.Sprintf("-m conntrack --ctorigdst %s -j %s", p, chainClusterIPs))
+		}
+	}
+	return out
 }
 
 // nonPodChain marks ClusterIP traffic for masquerade unless it comes from
