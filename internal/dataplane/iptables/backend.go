@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"slices"
 	"strings"
 
@@ -166,7 +167,7 @@ func (b *Backend) changes(f model.Family, rs *Ruleset, kernel *saved) (string, m
 				}
 			}
 		} else {
-			for _, name := range sortedNames(prev) {
+			for _, name := range slices.Sorted(maps.Keys(prev)) {
 				stale(name)
 			}
 		}

@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os/exec"
 	"slices"
@@ -47,7 +48,7 @@ func kernelRules(t *testing.T, run Exec, f model.Family) string {
 			}
 		}
 	}
-	for _, k := range sortedNames(rules) {
+	for _, k := range slices.Sorted(maps.Keys(rules)) {
 		blocks = append(blocks, k+"\n  "+strings.Join(rules[k], "\n  "))
 	}
 	return strings.Join(blocks, "\n")

@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"maps"
 	"slices"
 	"strings"
 )
@@ -45,14 +46,5 @@ func parseSave(out string) *saved {
 
 // sortedChains returns kubenat's chains in table, sorted.
 func (s *saved) sortedChains(table string) []string {
-	return sortedNames(s.chains[table])
-}
-
-func sortedNames[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
+	return slices.Sorted(maps.Keys(s.chains[table]))
 }
