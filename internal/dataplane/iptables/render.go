@@ -316,6 +316,11 @@ func groupChain(sp *model.ServicePort, local bool) string {
 	return svcChain(sp)
 }
 
+// addPort renders one Service port into fp: its rules in the dispatch
+// chains (KUBENAT-SERVICES, -NODEPORTS, -PRENAT, -FILTER) and its own
+// chains (SVC, SVL, EXT, FW, SEP; SRC in mangle). A port without
+// endpoints gets refusals only; one whose groups are empty for a Local
+// policy gets drops instead of the DNAT of those frontends.
 func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 	p := sp.Name.Protocol
 	var clusterIP netip.Addr // the ClusterIP frontend, when this port has one
