@@ -45,7 +45,7 @@ Every result is checked; a mismatch exits with status 1. The lab removes all
 it created when it ends, also on Ctrl-C, and never touches the root
 namespace's addresses, routes or rules. Needs root, iproute2 and nftables.
 --datapath runs the agents with another datapath (iptables, iptables-nft or
-iptables-legacy; the report's live traces need nftables or iptables-nft).
+iptables-legacy).
 
 "kubenat lab up" keeps a lab running for exploration ("lab exec", "lab run",
 "lab status"), "kubenat lab down" removes it. See docs/lab.md.`,
