@@ -5,7 +5,8 @@
 // State through iptables-restore.
 //
 // It serves the same semantics as the nftables datapath, from the same
-// State; only the shape differs. Every new connection walks
+// State, but for where it refuses (after routing, with ICMP port
+// unreachable: see the filter table below). Every new connection walks
 // KUBENAT-SERVICES, one rule per frontend, so its cost grows with the
 // number of Services (the reason nftables is the default: see
 // docs/benchmarks.md).
@@ -23,18 +24,20 @@
 //   - nat PREROUTING and OUTPUT → KUBENAT-SERVICES: DNAT, one chain per
 //     Service port and endpoint group (SVC: the cluster group, SVL: the
 //     node-local group), one per endpoint (SEP), and per external
-//     Service port EXT (masquerade and externalTrafficPolicy).
+//     Service port EXT (masquerade and externalTrafficPolicy) and FW
+//     (loadBalancerSourceRanges: other sources are never DNATed).
 //   - nat POSTROUTING → KUBENAT-POSTROUTING: the masquerade of marked
 //     (Service) connections and pod egress.
 //   - filter INPUT, FORWARD and OUTPUT → KUBENAT-FILTER, for new
-//     connections that no DNAT took (REJECT is only valid in the filter
-//     table, after routing): a Service port without endpoints and a
-//     ClusterIP port the Service lacks are refused, by their original
-//     destination; an address of a Service CIDR no Service has is dropped.
+//     connections, after NAT and routing (REJECT is only valid in the
+//     filter table): by their original destination (conntrack), a Service
+//     port without endpoints and a ClusterIP port the Service lacks
+//     (KUBENAT-CLUSTER-IPS) are refused, whoever DNATed the connection;
+//     an address of a Service CIDR that no DNAT took is dropped.
 //   - filter FORWARD → KUBENAT-FORWARD: marks pod egress when the pods
 //     are recognized by their interface, and accepts forwarded Service
-//     traffic (new connections marked for masquerade, and the packets of
-//     established DNATed connections), as kube-proxy's KUBE-FORWARD does,
+//     traffic (new DNATed connections marked for masquerade, and the
+//     packets of established DNATed connections), as kube-proxy's KUBE-FORWARD does,
 //     so that a FORWARD policy of DROP (Docker's) does not stop it.
 package iptables
 
