@@ -312,8 +312,8 @@ func sepChain(sp *model.ServicePort, ep model.Endpoint) string {
 }
 
 // groupChain is the chain spreading over one endpoint group.
-func groupChain(sp *model.ServicePort, local bool) string {
-	if local {
+func groupChain(sp *model.ServicePort, g model.Group) string {
+	if g == model.LocalGroup {
 		return svlChain(sp)
 	}
 	return svcChain(sp)
@@ -334,8 +334,8 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 		}
 	}
 	// Which group chains DNAT, and whether the ClusterIP path enters them.
-	groups := map[bool]bool{} // local? → used
-	clusterVia := map[bool]bool{}
+	groups := map[model.Group]bool{} // used
+	clusterVia := map[model.Group]bool{}
 	ext := false
 	firewalled := false
 	for _, fe := range sp.Frontends {
@@ -350,9 +350,12 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 			if len(sp.InternalEndpoints()) == 0 {
 				continue
 			}
-			local := sp.InternalPolicyLocal
-			groups[local], clusterVia[local] = true, true
-			fp.services = append(fp.services, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "cluster IP"), groupChain(sp, local)))
+			g := model.ClusterGroup
+			if sp.InternalPolicyLocal {
+				g = model.LocalGroup
+			}
+			groups[g], clusterVia[g] = true, true
+			fp.services = append(fp.services, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "cluster IP"), groupChain(sp, g)))
 		case fe.Kind == model.NodePort:
 			ext = true
 			fp.nodePorts = append(fp.nodePorts, fmt.Sprintf("%s %s -j %s", dst, comment(sp, "node port"), extChain(sp)))
@@ -373,9 +376,9 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 	}
 	if ext {
 		fp.chains = append(fp.chains, extChainOf(st, sp))
-		groups[false] = true
+		groups[model.ClusterGroup] = true
 		if sp.ExternalPolicyLocal && len(sp.LocalEndpoints) > 0 {
-			groups[true] = true
+			groups[model.LocalGroup] = true
 		}
 	}
 	if firewalled && ext {
@@ -394,16 +397,13 @@ func (fp *famPieces) addPort(st *model.State, sp *model.ServicePort) {
 		fp.mangleChains = append(fp.mangleChains, src)
 	}
 	seps := map[string]bool{}
-	for _, local := range []bool{false, true} {
-		if !groups[local] {
+	for _, g := range []model.Group{model.ClusterGroup, model.LocalGroup} {
+		if !groups[g] {
 			continue
 		}
-		eps := sp.GroupEndpoints(model.ClusterGroup)
-		if local {
-			eps = sp.GroupEndpoints(model.LocalGroup)
-		}
-		c := Chain{Name: groupChain(sp, local)}
-		if clusterVia[local] {
+		eps := sp.GroupEndpoints(g)
+		c := Chain{Name: groupChain(sp, g)}
+		if clusterVia[g] {
 			// ClusterIP traffic asks for masquerade unless it comes from
 			// this node's pods (KUBENAT-MASQ-NONPOD decides).
 			c.Rules = append(c.Rules, fmt.Sprintf("%s -j %s", destMatch(clusterIP, p, sp.Port), chainNonPod))
