@@ -76,27 +76,7 @@ func TestTraceLive(t *testing.T) {
 			if tc.node != "" {
 				n = e.c.Node(tc.node)
 			}
-			out, err := e.traceLive(t, n, tc.args, tc.send)
-			if err != nil {
-				t.Fatalf("trace --live: %v\n%s", err, out)
-			}
-			var r live.Result
-			if err := json.Unmarshal(out, &r); err != nil {
-				t.Fatalf("%v:\n%s", err, out)
-			}
-			if !r.Agree {
-				t.Errorf("model and kernel disagree: %+v", r.Checks)
-			}
-			if r.Kernel.Verdict != tc.verdict {
-				t.Errorf("kernel verdict %q, want %q", r.Kernel.Verdict, tc.verdict)
-			}
-			hit := false
-			for _, ev := range r.Kernel.Events {
-				hit = hit || (ev.Kind == "rule" && strings.Contains(ev.Rule, tc.rule))
-			}
-			if !hit {
-				t.Errorf("no rule containing %q among the events: %+v", tc.rule, r.Kernel.Events)
-			}
+			r := e.checkLiveTrace(t, n, tc.args, tc.send, tc.verdict, tc.rule)
 			switch {
 			case tc.ctSrc.IsValid() && (r.Kernel.Conntrack == nil || r.Kernel.Conntrack.OrigSrc.Addr() != tc.ctSrc):
 				t.Errorf("conntrack entry %v, want one from %s", r.Kernel.Conntrack, tc.ctSrc)
@@ -326,25 +306,35 @@ func testTraceLiveIPTables(t *testing.T) {
 			args:    []string{"--local", "--src", nodeA.Addr.String() + ":40123", "--dst", "10.96.0.99:80"},
 			verdict: "reject", rule: "reject"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			out, err := e.traceLive(t, nodeA, tc.args, tc.send)
-			if err != nil {
-				t.Fatalf("trace --live: %v\n%s", err, out)
-			}
-			var r live.Result
-			if err := json.Unmarshal(out, &r); err != nil {
-				t.Fatalf("%v:\n%s", err, out)
-			}
-			if !r.Agree || r.Kernel.Verdict != tc.verdict {
-				t.Errorf("agree %v, kernel verdict %q (want %q): %+v", r.Agree, r.Kernel.Verdict, tc.verdict, r.Checks)
-			}
-			hit := false
-			for _, ev := range r.Kernel.Events {
-				hit = hit || (ev.Kind == "rule" && strings.Contains(ev.Rule, tc.rule))
-			}
-			if !hit {
-				t.Errorf("no rule containing %q among the events: %+v", tc.rule, r.Kernel.Events)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { e.checkLiveTrace(t, nodeA, tc.args, tc.send, tc.verdict, tc.rule) })
 	}
+}
+
+// checkLiveTrace runs trace --live on n (send makes the packet when trace
+// does not) and requires that the kernel agrees with the model, with
+// verdict, having hit a rule containing rule. It returns the trace.
+func (e *env) checkLiveTrace(t *testing.T, n *topo.Node, args []string, send func(), verdict, rule string) live.Result {
+	t.Helper()
+	out, err := e.traceLive(t, n, args, send)
+	if err != nil {
+		t.Fatalf("trace --live: %v\n%s", err, out)
+	}
+	var r live.Result
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("%v:\n%s", err, out)
+	}
+	if !r.Agree {
+		t.Errorf("model and kernel disagree: %+v", r.Checks)
+	}
+	if r.Kernel.Verdict != verdict {
+		t.Errorf("kernel verdict %q, want %q", r.Kernel.Verdict, verdict)
+	}
+	hit := false
+	for _, ev := range r.Kernel.Events {
+		hit = hit || (ev.Kind == "rule" && strings.Contains(ev.Rule, rule))
+	}
+	if !hit {
+		t.Errorf("no rule containing %q among the events: %+v", rule, r.Kernel.Events)
+	}
+	return r
 }
