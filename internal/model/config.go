@@ -57,6 +57,16 @@ type Config struct {
 	// and for DNAT that others do (e.g. hostPorts); see docs/design.md.
 	// It needs a cluster CIDR.
 	UntrackPodTCP bool
+	// TCNAT says that eBPF programs on the node's interfaces translate new
+	// IPv4 TCP and UDP connections from outside the node to external
+	// frontends (see State.TCNAT) before netfilter sees them.
+	TCNAT bool
+	// TCNATPorts is the range of source ports the tc NAT allocates when
+	// it masquerades (inclusive; the agent sets it with TCNAT). The
+	// kernel's Service masquerade then uses other ports (MasqueradePorts),
+	// so that the two never pick the same address and port towards the
+	// same endpoint: neither sees the other's connections.
+	TCNATPorts [2]uint16
 	// LocalDetect says how a packet from a pod on this node is told from
 	// others. The zero value is DetectNodeCIDR.
 	LocalDetect LocalDetect
@@ -208,10 +218,31 @@ func (c *Config) NodePortsByCIDR() bool {
 	return false
 }
 
+// MasqueradePorts returns the source ports the kernel's Service masquerade
+// (connections marked for it: to NodePorts from pods and the node, hairpin
+// aside) picks from, and false when any will do: with the tc NAT, the
+// larger range of 1024-65535 outside TCNATPorts.
+func (c *Config) MasqueradePorts() (lo, hi uint16, ok bool) {
+	a, b := c.TCNATPorts[0], c.TCNATPorts[1]
+	if !c.TCNAT || a == 0 || a > b {
+		return 0, 0, false
+	}
+	below := int(a) - 1024
+	above := 65535 - int(b)
+	switch {
+	case below >= above && below > 0:
+		return 1024, a - 1, true
+	case above > 0:
+		return b + 1, 65535, true
+	}
+	return 0, 0, false
+}
+
 // NeedsLocalAddrs reports whether the rules depend on LocalAddrs: NodePorts
-// selected by CIDR, or pod-to-pod TCP left untracked (whatever SocketLB
-// says: the agent may turn the balancer on and off).
-func (c *Config) NeedsLocalAddrs() bool { return c.NodePortsByCIDR() || c.UntrackPodTCP }
+// selected by CIDR, pod-to-pod TCP left untracked (whatever SocketLB
+// says: the agent may turn the balancer on and off), or the tc NAT (which
+// leaves endpoints at the node's addresses to the stack).
+func (c *Config) NeedsLocalAddrs() bool { return c.NodePortsByCIDR() || c.UntrackPodTCP || c.TCNAT }
 
 // NonMasqueradeCIDRs returns, for one family, every destination range pod
 // traffic reaches without SNAT: the configured (or default) ranges, the

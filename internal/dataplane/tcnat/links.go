@@ -1,0 +1,254 @@
+package tcnat
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// role is the program a link runs.
+type role uint8
+
+const (
+	noRole role = iota
+	external
+	pod
+)
+
+// FilterPriority is the tc priority of kubenat's filters on the ingress of
+// the clsact qdisc (filters with a lower number run first; kubenat's pass
+// what they do not translate on to the next).
+const FilterPriority = 0x4b4e
+
+// filterPrefix starts the names of kubenat's filters.
+const filterPrefix = "kubenat-"
+
+func (r role) String() string {
+	switch r {
+	case external:
+		return filterPrefix + "external"
+	case pod:
+		return filterPrefix + "pod"
+	}
+	return "none"
+}
+
+// Attach puts the programs on the links of the calling thread's network
+// namespace: the external program on each link holding one of nodeAddrs
+// (IPv4; the address is the source SNAT uses for connections leaving
+// through that link), the pod program on every other veth and netkit
+// link, and none elsewhere (a link that lost its role loses kubenat's
+// filter). A link already running its program is not touched, so Attach
+// is cheap enough for every sync; a new pod's interface exists before
+// its endpoint can reach the maps. A link that fails does not stop the
+// others.
+func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("listing the node's interfaces for the tc NAT: %w", err)
+	}
+	addrs, err := netlink.AddrList(nil, unix.AF_INET)
+	if err != nil {
+		return fmt.Errorf("listing the node's addresses for the tc NAT: %w", err)
+	}
+	ifaddr := map[int]netip.Addr{}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok || !slices.Contains(nodeAddrs, ip) {
+			continue
+		}
+		if _, seen := ifaddr[a.LinkIndex]; !seen {
+			ifaddr[a.LinkIndex] = ip
+		}
+	}
+	var errs []error
+	present := map[int]bool{}
+	for _, l := range links {
+		idx := l.Attrs().Index
+		present[idx] = true
+		r := noRole
+		if _, ok := ifaddr[idx]; ok {
+			r = external
+		} else if t := l.Type(); t == "veth" || t == "netkit" {
+			r = pod
+		}
+		if n.attached[idx] == r {
+			continue
+		}
+		if err := n.setRole(l, r); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if r == noRole {
+			delete(n.attached, idx)
+		} else {
+			n.attached[idx] = r
+		}
+	}
+	for idx := range n.attached {
+		if !present[idx] {
+			delete(n.attached, idx) // the link is gone, and its filters
+		}
+	}
+	if err := n.writeIfaddrs(ifaddr); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// setRole replaces kubenat's filter on l with r's program, or removes it.
+func (n *NAT) setRole(l netlink.Link, r role) error {
+	name := l.Attrs().Name
+	if r == noRole {
+		if err := netlink.FilterDel(filter(l.Attrs().Index, nil, "")); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("removing the tc NAT from %s: %w", name, err)
+		}
+		return nil
+	}
+	q := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("adding the clsact qdisc to %s for the tc NAT: %w", name, err)
+	}
+	prog := n.objs.KubenatPod
+	if r == external {
+		prog = n.objs.KubenatExternal
+	}
+	if err := netlink.FilterReplace(filter(l.Attrs().Index, prog.FD, r.String())); err != nil {
+		return fmt.Errorf("attaching the tc NAT's %s program to %s: %w", r, name, err)
+	}
+	return nil
+}
+
+// filter is kubenat's filter on link idx.
+func filter(idx int, fd func() int, name string) *netlink.BpfFilter {
+	f := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: idx,
+			Parent:    netlink.HANDLE_MIN_INGRESS,
+			Handle:    netlink.MakeHandle(0, 1),
+			Protocol:  unix.ETH_P_ALL,
+			Priority:  FilterPriority,
+		},
+		Name:         name,
+		DirectAction: true,
+	}
+	if fd != nil {
+		f.Fd = fd()
+	}
+	return f
+}
+
+// writeIfaddrs makes the ifaddrs map hold want.
+func (n *NAT) writeIfaddrs(want map[int]netip.Addr) error {
+	var k, v uint32
+	var drop []uint32
+	it := n.objs.Ifaddrs.Iterate()
+	for it.Next(&k, &v) {
+		if a, ok := want[int(k)]; !ok || addr4(a) != v {
+			drop = append(drop, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading the tc NAT's interface addresses: %w", err)
+	}
+	if err := deleteAll(n.objs.Ifaddrs, drop); err != nil {
+		return fmt.Errorf("writing the tc NAT's interface addresses: %w", err)
+	}
+	for idx, a := range want {
+		if err := n.objs.Ifaddrs.Put(uint32(idx), addr4(a)); err != nil {
+			return fmt.Errorf("writing the tc NAT's interface addresses: %w", err)
+		}
+	}
+	return nil
+}
+
+// Intact returns an error naming the first link that no longer runs the
+// program Attach put there (someone deleted the filter or the qdisc); the
+// next Attach after Forget puts it back.
+func (n *NAT) Intact() error {
+	for idx, r := range n.attached {
+		l, err := netlink.LinkByIndex(idx)
+		if err != nil {
+			continue // gone; Attach forgets it
+		}
+		fs, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+		if err != nil {
+			return fmt.Errorf("tc NAT on %s: listing filters: %w", l.Attrs().Name, err)
+		}
+		if !slices.ContainsFunc(fs, func(f netlink.Filter) bool { return ours(f, r.String()) }) {
+			return fmt.Errorf("tc NAT: the %s program is missing from %s", r, l.Attrs().Name)
+		}
+	}
+	return nil
+}
+
+// Forget makes the next Attach replace the filters of every link.
+func (n *NAT) Forget() { clear(n.attached) }
+
+// ours reports whether f is kubenat's filter (named name, or any of
+// kubenat's when name is empty).
+func ours(f netlink.Filter, name string) bool {
+	b, ok := f.(*netlink.BpfFilter)
+	if !ok || b.Priority != FilterPriority {
+		return false
+	}
+	if name == "" {
+		return strings.HasPrefix(b.Name, filterPrefix)
+	}
+	return b.Name == name
+}
+
+// Cleanup removes kubenat's filters from every link of the calling
+// thread's network namespace (other filters and the clsact qdiscs stay:
+// others may use them), then the connection maps pinned in pinDir (none
+// when empty), and reports whether there was anything to remove.
+func Cleanup(pinDir string) (removed bool, err error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return false, fmt.Errorf("listing the node's interfaces for the tc NAT: %w", err)
+	}
+	var errs []error
+	for _, l := range links {
+		fs, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+		if err != nil {
+			if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("listing the filters of %s: %w", l.Attrs().Name, err))
+			}
+			continue
+		}
+		for _, f := range fs {
+			if !ours(f, "") {
+				continue
+			}
+			if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("removing the tc NAT from %s: %w", l.Attrs().Name, err))
+				continue
+			}
+			removed = true
+		}
+	}
+	if pinDir != "" {
+		for _, name := range pinned {
+			err := os.Remove(filepath.Join(pinDir, name))
+			switch {
+			case err == nil:
+				removed = true
+			case !errors.Is(err, os.ErrNotExist):
+				errs = append(errs, fmt.Errorf("removing the tc NAT's pins: %w", err))
+			}
+		}
+		_ = unix.Rmdir(pinDir) // left when something else is in it
+	}
+	return removed, errors.Join(errs...)
+}
