@@ -74,6 +74,8 @@ func TestRenderGolden(t *testing.T) {
 	cfgMasqAll.MasqueradeAll = true
 	cfgSocketLB := socketLBConfig()
 	cfgBridge, cfgPrefix := interfaceConfigs()
+	cfgTCNAT := testConfig()
+	cfgTCNAT.TCNAT, cfgTCNAT.TCNATPorts = true, [2]uint16{1024, 32767}
 	tests := []struct {
 		name string
 		dir  string
@@ -85,6 +87,7 @@ func TestRenderGolden(t *testing.T) {
 		{"basic-bridge-interface", "../../../examples/basic", cfgBridge},
 		{"basic-interface-prefix", "../../../examples/basic", cfgPrefix},
 		{"basic-service-cidrs", "../../../examples/basic", serviceCIDRConfig()},
+		{"basic-tc-nat", "../../../examples/basic", cfgTCNAT},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -113,7 +116,9 @@ func TestRenderLoads(t *testing.T) {
 	ns := newNamespace(t)
 	cfgSocketLB := socketLBConfig()
 	cfgBridge, cfgPrefix := interfaceConfigs()
-	for _, cfg := range []model.Config{testConfig(), cfgSocketLB, cfgBridge, cfgPrefix, serviceCIDRConfig()} {
+	cfgTCNAT := testConfig()
+	cfgTCNAT.TCNAT, cfgTCNAT.TCNATPorts = true, [2]uint16{1024, 32767}
+	for _, cfg := range []model.Config{testConfig(), cfgSocketLB, cfgBridge, cfgPrefix, serviceCIDRConfig(), cfgTCNAT} {
 		st := loadDir(t, "../../../examples/basic", cfg)
 		loadRendering(t, ns, st)
 	}

@@ -248,6 +248,9 @@ type modes struct {
 	// svcCIDRs4 and svcCIDRs6 say the family has Service CIDRs, whose
 	// addresses no DNAT took are dropped after DNAT.
 	svcCIDRs4, svcCIDRs6 bool
+	// masqLo and masqHi are the source ports IPv4 Service masquerade
+	// keeps to (model.Config.MasqueradePorts); zero: any.
+	masqLo, masqHi uint16
 }
 
 func modesOf(st *model.State) modes {
@@ -261,7 +264,14 @@ func modesOf(st *model.State) modes {
 	}
 	m.untrack4, _ = st.UntrackedCIDR(model.IPv4)
 	m.untrack6, _ = st.UntrackedCIDR(model.IPv6)
+	m.masqLo, m.masqHi, _ = st.Config.MasqueradePorts()
 	return m
+}
+
+// masqPorts returns the source ports family f's Service masquerade keeps
+// to, and false when any will do (the tc NAT, IPv4 only, is off).
+func (m modes) masqPorts(f model.Family) (lo, hi uint16, ok bool) {
+	return m.masqLo, m.masqHi, f == model.IPv4 && m.masqLo != 0
 }
 
 // svcCIDRs reports whether family f has Service CIDRs (see modes).
@@ -427,6 +437,13 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 		// packet, so the check costs established and untracked flows
 		// nothing.
 		post = append(post, fmt.Sprintf("%s @%s ct status & dnat == 0 fib daddr type != local drop", a.daddr, setServiceCIDRs))
+	}
+	if lo, hi, ok := m.masqPorts(a.f); ok {
+		// The tc NAT allocates its own source ports (towards the same
+		// endpoints, from the same node address) without seeing
+		// conntrack's: the kernel keeps to the others.
+		post = append(post, fmt.Sprintf("meta mark & 0x%x == 0x%x meta l4proto { tcp, udp } meta mark set meta mark & 0x%x masquerade to :%d-%d fully-random",
+			o.MasqueradeMark, o.MasqueradeMark, clear, lo, hi))
 	}
 	post = append(post,
 		fmt.Sprintf("meta mark & 0x%x == 0x%x meta mark set meta mark & 0x%x masquerade fully-random",
