@@ -187,7 +187,6 @@ struct parsed {
 	struct tuple t;
 	__u8 tcp_flags; // TCP flag bits (FIN 1, SYN 2, RST 4, ACK 16)
 	__u8 ttl;
-	__u16 tot_len;
 	__u8 tos;
 	__u32 csum_off; // L4 checksum offset
 	__u64 csum_flags;
@@ -218,7 +217,6 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
 	p->t.proto = ip->protocol;
 	p->ttl = ip->ttl;
 	p->tos = ip->tos;
-	p->tot_len = bpf_ntohs(ip->tot_len);
 	if (ip->protocol == IPPROTO_TCP) {
 		struct tcphdr *th = (void *)(ip + 1);
 		if ((void *)(th + 1) > end)
@@ -368,7 +366,9 @@ static __always_inline int route(struct __sk_buff *skb, struct parsed *p, struct
 	fib->l4_protocol = t->proto;
 	fib->sport = t->sport;
 	fib->dport = t->dport;
-	fib->tot_len = p->tot_len;
+	// No tot_len: the kernel then checks the packet against the egress
+	// MTU itself, knowing GSO packets (a 64 KB GRO or TSO super-packet
+	// is forwardable when its segments are).
 	fib->ipv4_src = t->saddr;
 	fib->ipv4_dst = t->daddr;
 	fib->ifindex = skb->ingress_ifindex;
