@@ -19,6 +19,7 @@ import (
 	"github.com/kubenat/kubenat/internal/config"
 	"github.com/kubenat/kubenat/internal/conntrack"
 	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
+	"github.com/kubenat/kubenat/internal/dataplane/tcnat"
 	"github.com/kubenat/kubenat/internal/events"
 	"github.com/kubenat/kubenat/internal/memlimit"
 	"github.com/kubenat/kubenat/internal/metrics"
@@ -84,6 +85,9 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 	case soft > 0:
 		klog.InfoS("Go soft memory limit set from the cgroup's", "softLimitBytes", soft, "cgroupLimitBytes", limit)
 	}
+	if err := setTCNATPorts(cfg, &mc); err != nil {
+		return err
+	}
 	m := metrics.New(version.Version)
 	opts := agent.Options{
 		Config:             mc,
@@ -94,6 +98,7 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 		MasqueradeConfig:   cfg.Masquerade.ConfigFile,
 		Metrics:            m,
 		SocketLB:           socketlb.Options{Cgroup: cfg.SocketLB.Cgroup, PinDir: cfg.SocketLB.PinDir},
+		TCNAT:              tcnat.Options{PinDir: config.TCNATPinDir(cfg.SocketLB.PinDir), PortRange: mc.TCNATPorts},
 		Conntrack:          cfg.ConntrackSettings(conntrack.OnlineCPUs()),
 	}
 	src, client, sourceName, err := newSource(cfg, mc)
@@ -123,6 +128,26 @@ func runAgent(ctx context.Context, cfg *config.Configuration, once bool) error {
 	err = a.Run(ctx, src)
 	klog.InfoS("kubenat agent stopped; the programmed rules stay in place")
 	return err
+}
+
+// setTCNATPorts sets the source ports the tc NAT allocates, when it is
+// on: tcNAT.snatPorts, or the range this node's own connections do not use
+// (the kernel's Service masquerade then keeps to the others).
+func setTCNATPorts(cfg *config.Configuration, mc *model.Config) error {
+	if !mc.TCNAT {
+		return nil
+	}
+	ports, err := cfg.TCNAT.PortRange()
+	if err != nil {
+		return err
+	}
+	if ports == [2]uint16{} {
+		if ports, err = tcnat.FreePorts(); err != nil {
+			return err
+		}
+	}
+	mc.TCNATPorts = ports
+	return nil
 }
 
 // newSource returns the configured source of objects: the manifest

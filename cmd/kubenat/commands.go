@@ -18,6 +18,7 @@ import (
 	"github.com/kubenat/kubenat/internal/dataplane/iptables"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
+	"github.com/kubenat/kubenat/internal/dataplane/tcnat"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/nft"
 	"github.com/kubenat/kubenat/internal/trace/live"
@@ -119,6 +120,9 @@ func loadState(ctx context.Context, stderr io.Writer, fs *pflag.FlagSet, configF
 		return nil, err
 	}
 	mc.FallbackNodeIPs = agent.DefaultRouteAddrs()
+	if err := setTCNATPorts(cfg, &mc); err != nil {
+		return nil, err
+	}
 	for _, tweak := range tweaks {
 		if err := tweak(cfg, &mc); err != nil {
 			return nil, err
@@ -200,7 +204,7 @@ gone.`,
 			return cleanup(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), pinDir)
 		},
 	}
-	cmd.Flags().StringVar(&pinDir, "bpf-pin-dir", pinDir, "directory where the socket load balancer is pinned")
+	cmd.Flags().StringVar(&pinDir, "bpf-pin-dir", pinDir, "directory where the socket load balancer and the tc NAT's connections are pinned")
 	return cmd
 }
 
@@ -247,6 +251,13 @@ func cleanup(ctx context.Context, out, stderr io.Writer, pinDir string) error {
 		case removed:
 			say("removed the kubenat iptables chains (%s)", e.Names())
 		}
+	}
+	// The tc NAT's pins first: they are in a directory under pinDir.
+	switch removed, err := tcnat.Cleanup(config.TCNATPinDir(pinDir)); {
+	case err != nil:
+		errs = append(errs, err)
+	case removed:
+		say("removed the tc NAT (its filters on the node's interfaces, its connections pinned in %s)", config.TCNATPinDir(pinDir))
 	}
 	switch unpinned, err := socketlb.Cleanup(pinDir); {
 	case err != nil:

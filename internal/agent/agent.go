@@ -25,6 +25,7 @@ import (
 	"github.com/kubenat/kubenat/internal/dataplane/iptables"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
+	"github.com/kubenat/kubenat/internal/dataplane/tcnat"
 	"github.com/kubenat/kubenat/internal/events"
 	"github.com/kubenat/kubenat/internal/healthcheck"
 	"github.com/kubenat/kubenat/internal/ipmasq"
@@ -90,6 +91,10 @@ type Options struct {
 	// (and MasqueradeAll is not). When it is off, a balancer pinned in
 	// SocketLB.PinDir by an earlier agent is removed.
 	SocketLB socketlb.Options
+	// TCNAT places the tc NAT when Config.TCNAT is set. When it is off,
+	// the filters an earlier agent left on the node's interfaces and its
+	// connection maps pinned in TCNAT.PinDir are removed.
+	TCNAT tcnat.Options
 	// Conntrack are the connection-tracking sysctls set after the first
 	// successful sync (its rules load the conntrack module); the zero
 	// value sets none.
@@ -112,8 +117,15 @@ type Agent struct {
 	// an earlier agent's, when the balancer is off, or this agent's after
 	// it failed.
 	dropPins string
-	cleaner  *conntrack.Cleaner // nil when conntrack netlink is unavailable
-	health   *healthcheck.ProxyHealth
+	// tcnat is the tc NAT; nil when it is off. It is updated after the
+	// nftables sync, which serves whatever it does not take.
+	tcnat *tcnat.NAT
+	// dropTCNAT asks for the tc NAT's filters and pins to be removed after
+	// the next successful sync: an earlier agent's, when it is off, or
+	// this agent's after it failed.
+	dropTCNAT bool
+	cleaner   *conntrack.Cleaner // nil when conntrack netlink is unavailable
+	health    *healthcheck.ProxyHealth
 	// svcHealth serves healthCheckNodePorts; nil until Run starts it.
 	svcHealth *healthcheck.ServiceHealth
 	// programmed is true once a sync succeeded in this process: from then
@@ -234,6 +246,21 @@ func New(opts Options) (*Agent, error) {
 		}
 		dropPins = opts.SocketLB.PinDir
 	}
+	var nat *tcnat.NAT
+	dropTCNAT := false
+	if opts.Config.TCNAT {
+		if nat, err = tcnat.Open(opts.TCNAT); err != nil {
+			klog.ErrorS(err, "The tc NAT cannot be opened: it is off, nftables serves every connection")
+			opts.Config.TCNAT = false
+			dropTCNAT = true
+		} else {
+			// The kernel's Service masquerade keeps to other ports.
+			opts.Config.TCNATPorts = nat.Ports()
+			klog.InfoS("tc NAT loaded", "pinDir", opts.TCNAT.PinDir, "snatPorts", fmt.Sprintf("%d-%d", nat.Ports()[0], nat.Ports()[1]))
+		}
+	} else {
+		dropTCNAT = true
+	}
 	// The backend last: it takes the options completed above (InUse).
 	var dp datapath
 	if useIPTables {
@@ -244,17 +271,19 @@ func New(opts Options) (*Agent, error) {
 		dp = newNFTDatapath(opts)
 	}
 	return &Agent{
-		balancer: balancer,
-		dropPins: dropPins,
-		opts:     opts,
-		health:   healthcheck.NewProxyHealth(opts.HealthTimeout),
-		cleaner:  cleaner,
-		backend:  dp,
-		builder:  model.NewBuilder(opts.Config),
-		reported: map[string]bool{},
-		kick:     make(chan struct{}, 1),
-		triggers: metrics.NewTriggerTimes(time.Now()),
-		counter:  metrics.NewStateCounter(),
+		balancer:  balancer,
+		dropPins:  dropPins,
+		tcnat:     nat,
+		dropTCNAT: dropTCNAT,
+		opts:      opts,
+		health:    healthcheck.NewProxyHealth(opts.HealthTimeout),
+		cleaner:   cleaner,
+		backend:   dp,
+		builder:   model.NewBuilder(opts.Config),
+		reported:  map[string]bool{},
+		kick:      make(chan struct{}, 1),
+		triggers:  metrics.NewTriggerTimes(time.Now()),
+		counter:   metrics.NewStateCounter(),
 	}, nil
 }
 
@@ -347,6 +376,9 @@ func (a *Agent) Close() error {
 	}
 	if a.balancer != nil {
 		errs = append(errs, a.balancer.Close())
+	}
+	if a.tcnat != nil {
+		errs = append(errs, a.tcnat.Close())
 	}
 	return errors.Join(errs...)
 }
@@ -480,6 +512,36 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	}
 }
 
+// syncTCNAT brings the tc NAT in step with st once nftables serves it:
+// the programs on the node's interfaces, then the maps. An error leaves
+// the connections it does not take to nftables, and makes the caller
+// retry (the next Update compares everything). When the tc NAT is off,
+// what an earlier agent left is removed instead.
+func (a *Agent) syncTCNAT(st *model.State, delta model.Delta) error {
+	if a.tcnat == nil {
+		if !a.dropTCNAT {
+			return nil
+		}
+		removed, err := tcnat.Cleanup(a.opts.TCNAT.PinDir)
+		if err != nil {
+			return fmt.Errorf("removing the tc NAT an earlier agent left: %w", err)
+		}
+		if removed {
+			klog.InfoS("Removed the tc NAT an earlier agent left (the tc NAT is off)")
+		}
+		a.dropTCNAT = false
+		return nil
+	}
+	attachErr := a.tcnat.Attach(st.NodeAddrs(model.IPv4))
+	if err := a.tcnat.Update(st, delta); err != nil {
+		return errors.Join(attachErr, fmt.Errorf("updating the tc NAT: %w", err))
+	}
+	if attachErr != nil {
+		return fmt.Errorf("attaching the tc NAT: %w", attachErr)
+	}
+	return nil
+}
+
 // removeOther removes the rules the other datapaths left, and logs what
 // it removed or why it failed. Like sync, it runs in the Run goroutine.
 func (a *Agent) removeOther(ctx context.Context) {
@@ -502,6 +564,15 @@ func (a *Agent) removeOther(ctx context.Context) {
 func (a *Agent) checkTables(ctx context.Context) {
 	if a.programmed && !a.removedOther {
 		a.removeOther(ctx)
+	}
+	if a.tcnat != nil {
+		if err := a.tcnat.Intact(); err != nil {
+			klog.InfoS("Warning: the tc NAT's programs were removed from outside; attaching them again", "problem", err.Error())
+			a.tcnat.Forget()
+			a.mu.Lock()
+			a.changed()
+			a.mu.Unlock()
+		}
 	}
 	ok, err := a.backend.intact(ctx)
 	if err != nil {
@@ -674,6 +745,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	// A failed prune leaves frontends nftables serves anyway: the sync
 	// is complete, and returning the error makes the caller retry (the
 	// balancer then compares everything).
+	tcErr := a.syncTCNAT(st, delta)
 	var pruneErr error
 	frontends := 0
 	if a.balancer != nil {
@@ -684,11 +756,11 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	a.opts.Metrics.SetSocketLBFrontends(frontends)
 	a.opts.Metrics.SetHeldEndpoints(a.backend.holds())
-	// The rules are programmed; the sync succeeded when the balancer is
-	// up to date too. Until then its timings are not a success's and
+	// The rules are programmed; the sync succeeded when the balancer and
+	// the tc NAT are up to date too. Until then its timings are not a success's and
 	// /healthz keeps counting the wait: a balancer that cannot be
 	// updated turns the node unhealthy after the health timeout.
-	ok := pinsErr == nil && pruneErr == nil
+	ok := pinsErr == nil && pruneErr == nil && tcErr == nil
 	if failed || !ok {
 		a.opts.Metrics.SyncFailed()
 	}
@@ -720,7 +792,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		// for one garbage collection).
 		go debug.FreeOSMemory()
 	}
-	return errors.Join(pinsErr, pruneErr)
+	return errors.Join(pinsErr, pruneErr, tcErr)
 }
 
 // tuneConntrack sets the configured conntrack sysctls and logs what it

@@ -25,7 +25,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -164,6 +166,9 @@ type Configuration struct {
 	// SocketLB configures the socket load balancer (eBPF, connect-time
 	// load balancing of TCP ClusterIPs). Off by default.
 	SocketLB SocketLB `json:"socketLB"`
+	// TCNAT configures the tc NAT (eBPF NAT of external traffic to
+	// NodePorts, externalIPs and LoadBalancer IPs). Off by default.
+	TCNAT TCNAT `json:"tcNAT"`
 	// Conntrack sets the kernel's connection-tracking sysctls, as
 	// kube-proxy's conntrack options do, with the same defaults.
 	Conntrack Conntrack `json:"conntrack"`
@@ -276,6 +281,47 @@ type SocketLB struct {
 	// one else DNATs pod traffic to pods (e.g. a CNI's hostPorts reached
 	// from pods). Default false. Flag --untrack-pod-tcp.
 	UntrackPodTCP bool `json:"untrackPodTCP"`
+}
+
+// TCNAT configures the tc NAT: eBPF programs on the node's interfaces
+// that translate new IPv4 TCP and UDP connections from outside the node to
+// NodePorts, externalIPs and LoadBalancer IPs, and their replies, with
+// connection state of their own, so that they never enter netfilter.
+// Connections it does not take (see docs/design.md) nftables serves as
+// before. Its connection maps are pinned in socketLB.pinDir's "tcnat"
+// directory, so connections survive the agent's restart.
+type TCNAT struct {
+	// Enabled turns it on. Default false. Flag --tc-nat.
+	Enabled bool `json:"enabled"`
+	// SNATPorts is the range of source ports it allocates when it
+	// masquerades ("first-last"). Empty (the default): the larger of the
+	// ranges below and above the node's net.ipv4.ip_local_port_range
+	// (1024-32767 with Linux's default), which the node's own connections
+	// do not use. Flag --tc-nat-snat-ports.
+	SNATPorts string `json:"snatPorts,omitempty"`
+}
+
+// PortRange parses SNATPorts: zeros when it is empty.
+func (t TCNAT) PortRange() ([2]uint16, error) {
+	if t.SNATPorts == "" {
+		return [2]uint16{}, nil
+	}
+	lo, hi, ok := strings.Cut(t.SNATPorts, "-")
+	a, err1 := strconv.ParseUint(lo, 10, 16)
+	b, err2 := strconv.ParseUint(hi, 10, 16)
+	if !ok || err1 != nil || err2 != nil || a < 1 || a > b {
+		return [2]uint16{}, fmt.Errorf("%q is not a port range first-last (1-65535)", t.SNATPorts)
+	}
+	return [2]uint16{uint16(a), uint16(b)}, nil
+}
+
+// TCNATPinDir is where the tc NAT pins its connections, given
+// SocketLB.PinDir: its "tcnat" directory; empty when pinDir is.
+func TCNATPinDir(pinDir string) string {
+	if pinDir == "" {
+		return ""
+	}
+	return filepath.Join(pinDir, "tcnat")
 }
 
 // DefaultBPFPinDir is the default SocketLB.PinDir.

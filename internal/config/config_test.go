@@ -166,6 +166,13 @@ func TestValidate(t *testing.T) {
 		{"socket load balancer with iptables", func(c *Configuration) {
 			c.Datapath, c.SocketLB.Cgroup = DatapathIPTables, "/sys/fs/cgroup"
 		}, []string{`socketLB.cgroup (--socket-lb-cgroup): the socket load balancer needs the nftables datapath (datapath is "iptables")`}},
+		{"tc NAT", func(c *Configuration) { c.TCNAT = TCNAT{Enabled: true, SNATPorts: "40000-50000"} }, nil},
+		{"tc NAT with iptables", func(c *Configuration) { c.Datapath, c.TCNAT.Enabled = "iptables-legacy", true },
+			[]string{`tcNAT.enabled (--tc-nat): the tc NAT needs the nftables datapath (datapath is "iptables-legacy")`}},
+		{"tc NAT ports", func(c *Configuration) { c.TCNAT.SNATPorts = "3000-2000" },
+			[]string{`tcNAT.snatPorts (--tc-nat-snat-ports): "3000-2000" is not a port range first-last (1-65535)`}},
+		{"tc NAT with a relative pin directory", func(c *Configuration) { c.TCNAT.Enabled, c.SocketLB.PinDir = true, "bpf" },
+			[]string{`socketLB.pinDir (--bpf-pin-dir): "bpf" must be an absolute path`}},
 		{"no cluster CIDR", func(c *Configuration) { c.ClusterCIDRs = nil },
 			[]string{"clusterCIDRs (--cluster-cidr): at least one CIDR is required"}},
 		{"bad cluster CIDR", func(c *Configuration) { c.ClusterCIDRs = []string{"10.244.0.0/16", "10.0.0.0/33"} },

@@ -175,6 +175,17 @@ func (c *Configuration) Validate() error {
 			errs.add("socketLB.pinDir", "%q must be an absolute path on a bpf file system", lb.PinDir)
 		}
 	}
+	if c.TCNAT.Enabled {
+		if c.Datapath != DatapathNFTables {
+			errs.add("tcNAT.enabled", "the tc NAT needs the nftables datapath (datapath is %q)", c.Datapath)
+		}
+		if !filepath.IsAbs(c.SocketLB.PinDir) && c.SocketLB.PinDir != "" {
+			errs.add("socketLB.pinDir", "%q must be an absolute path on a bpf file system", c.SocketLB.PinDir)
+		}
+	}
+	if _, err := c.TCNAT.PortRange(); err != nil {
+		errs.add("tcNAT.snatPorts", "%v", err)
+	}
 	ct := c.Conntrack
 	if ct.MaxPerCore < 0 {
 		errs.add("conntrack.maxPerCore", "%d must not be negative (0 leaves the table's size alone)", ct.MaxPerCore)
@@ -406,6 +417,7 @@ func (c *Configuration) ModelConfig() (model.Config, error) {
 		ProxyName:         c.ServiceProxyName,
 		SocketLB:          c.SocketLB.Cgroup != "",
 		UntrackPodTCP:     c.SocketLB.UntrackPodTCP,
+		TCNAT:             c.TCNAT.Enabled,
 		Egress: model.EgressConfig{
 			NonMasqueradeCIDRs: []netip.Prefix{},
 			MasqLinkLocal:      c.Masquerade.MasqLinkLocal,

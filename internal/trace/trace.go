@@ -151,6 +151,12 @@ type Result struct {
 	// packet carries the ClusterIP, and there is no DNAT and no masquerade
 	// (and, with UntrackPodTCP, no conntrack entry for a pod's).
 	SocketLB bool `json:"socketLB,omitempty"`
+	// TCNAT is true when the tc NAT translates the connection, if it
+	// arrives on an interface holding one of the node's IPv4 addresses:
+	// eBPF programs at tc ingress with connection state of their own,
+	// before netfilter (no conntrack entry, no nftables rule). The
+	// candidates, the policy and the masquerade decision are the same.
+	TCNAT bool `json:"tcNAT,omitempty"`
 	// DNAT is the destination rewrite of a forwarded packet.
 	DNAT *DNAT `json:"dnat,omitempty"`
 	// Masquerade is the source NAT decision; nil when no connection is made
@@ -362,6 +368,10 @@ func Trace(st *model.State, p Packet) (*Result, error) {
 			r.Masquerade.Rule += fmt.Sprintf("; TCP between pods of %s is untracked", cidr)
 		}
 		return r, nil
+	}
+	if _, ok := st.TCNAT(sp, *fe); ok && class == model.FromOutside && !p.Local {
+		r.TCNAT = true
+		r.Reason += "; by the tc NAT (eBPF at tc ingress, connection state of its own: conntrack and nftables do not see it) when it arrives on an interface holding a node address"
 	}
 	r.DNAT = &DNAT{From: p.Dst}
 	masq := 0

@@ -373,3 +373,35 @@ func TestTraceUntracked(t *testing.T) {
 		})
 	}
 }
+
+// TestTraceTCNAT checks what Trace says when the tc NAT is on: external
+// traffic to an external frontend it holds is its; everything else is
+// traced as nftables does it.
+func TestTraceTCNAT(t *testing.T) {
+	st := fixtureState(t, func(c *model.Config) { c.TCNAT = true })
+	for _, tc := range []struct {
+		name  string
+		p     Packet
+		tcNAT bool
+	}{
+		{"external client to a NodePort", pkt(client, nodeA+":30080"), true},
+		{"external client to a Local NodePort with a local endpoint", pkt(client, nodeA+":30082"), true},
+		{"a pod to the NodePort stays with nftables", pkt(podA, nodeA+":30080"), false},
+		{"the node to the NodePort stays with nftables", local(pkt(nodeA, nodeA+":30080")), false},
+		{"an external client to a ClusterIP stays with nftables", pkt(client, webVIP+":80"), false},
+		{"source ranges stay with nftables", pkt("192.168.100.5", "192.168.200.40:80"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := Trace(st, tc.p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Verdict != Forward || r.TCNAT != tc.tcNAT {
+				t.Fatalf("verdict %s, tcNAT %v (%s); want forward, tcNAT %v", r.Verdict, r.TCNAT, r.Reason, tc.tcNAT)
+			}
+			if r.TCNAT != strings.Contains(r.Reason, "tc NAT") {
+				t.Errorf("reason %q does not say whether the tc NAT translates it", r.Reason)
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/kubenat/kubenat/internal/k8sobj"
 	"github.com/kubenat/kubenat/internal/model"
+	"github.com/kubenat/kubenat/internal/netnstest"
 	"github.com/kubenat/kubenat/internal/source/manifest"
 	"github.com/kubenat/kubenat/internal/topo"
 	"github.com/kubenat/kubenat/internal/trace"
@@ -152,16 +154,24 @@ var diffRows = []diffRow{
 // TestDifferential runs the table with each datapath and each way of
 // recognizing a node's pods (detectModes).
 func TestDifferential(t *testing.T) {
-	for _, datapath := range []string{"nftables", "iptables", "iptables-legacy"} {
+	for _, datapath := range []string{"nftables", "iptables", "iptables-legacy", tcNATDatapath} {
 		for _, d := range detectModes {
 			t.Run(datapath+"/"+d.Mode.String(), func(t *testing.T) { differentialTest(t, datapath, d) })
 		}
 	}
 }
 
+// tcNATDatapath names, in the differential test, the nftables datapath
+// with the tc NAT (--tc-nat).
+const tcNATDatapath = "nftables+tc-nat"
+
 func differentialTest(t *testing.T, datapath string, detect model.LocalDetect) {
 	e := newEnv(t, diffSpec)
 	e.detect, e.datapath = detect, datapath
+	if datapath == tcNATDatapath {
+		_, bpffs := netnstest.SocketLBSandbox(t)
+		e.datapath, e.extra = "", []string{"--tc-nat", "--bpf-pin-dir", filepath.Join(bpffs, "kubenat")}
+	}
 	for _, s := range diffServices(e.c) {
 		e.writeService(t, s)
 	}
@@ -173,6 +183,20 @@ func differentialTest(t *testing.T, datapath string, detect model.LocalDetect) {
 	e.syncAll(t)
 	e.checkDatapath(t)
 	runDifferential(t, e, diffRows)
+	if datapath == tcNATDatapath {
+		// The external client's NodePort connections were the tc NAT's:
+		// conntrack never saw them (nftables would have tracked them).
+		for _, port := range []string{"30080", "30081"} {
+			out, err := e.c.Exec(t.Context(), &e.c.Node("node-a").Host, "conntrack", "-L", "-p", "tcp",
+				"--orig-src", topo.ClientAddr.String(), "--orig-port-dst", port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(out, "dport="+port) {
+				t.Errorf("the client's connections to node-a:%s went through conntrack:\n%s", port, out)
+			}
+		}
+	}
 }
 
 // runDifferential sends every row's packet for real and checks the

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,6 +33,8 @@ type env struct {
 	detect model.LocalDetect
 	// datapath is the agents' --datapath; empty: the default (nftables).
 	datapath string
+	// extra are more arguments for every agent.
+	extra []string
 }
 
 const echoPort = 8080
@@ -77,6 +80,7 @@ func (e *env) agentArgs(n *topo.Node) []string {
 	if e.datapath != "" {
 		args = append(args, "--datapath", e.datapath)
 	}
+	args = append(args, e.extra...)
 	switch e.detect.Mode {
 	case model.DetectBridgeInterface:
 		return append(args, "--detect-local-mode=BridgeInterface", "--pod-bridge-interface="+e.detect.Interface)
@@ -88,7 +92,7 @@ func (e *env) agentArgs(n *topo.Node) []string {
 
 // modelConfig is the model configuration agentArgs gives n's agent.
 func (e *env) modelConfig(n *topo.Node) model.Config {
-	cfg := model.Config{NodeName: n.Name, LocalDetect: e.detect}
+	cfg := model.Config{NodeName: n.Name, LocalDetect: e.detect, TCNAT: slices.Contains(e.extra, "--tc-nat")}
 	if !e.detect.ByInterface() {
 		cfg.ClusterCIDRs = []netip.Prefix{topo.ClusterCIDR, topo.ClusterCIDR6}
 	}
