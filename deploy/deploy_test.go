@@ -438,6 +438,18 @@ func TestChartValues(t *testing.T) {
 					t.Errorf("capabilities %v: want BPF and PERFMON", caps)
 				}
 			}},
+		{"the tc NAT: the BPF capability",
+			map[string]any{"config": map[string]any{"clusterCIDRs": []any{"10.244.0.0/16"},
+				"tcNAT": map[string]any{"enabled": true, "snatPorts": "1024-32767"}}},
+			func(t *testing.T, o objects) {
+				if got := agentConfig(t, o.cm).TCNAT; !got.Enabled || got.SNATPorts != "1024-32767" {
+					t.Errorf("tcNAT %+v", got)
+				}
+				c := container(t, o.ds)
+				if caps := c.SecurityContext.Capabilities.Add; !slices.Contains(caps, "BPF") || !slices.Contains(caps, "NET_ADMIN") {
+					t.Errorf("capabilities %v: want BPF and NET_ADMIN", caps)
+				}
+			}},
 		{"pods recognized by their bridge: no cluster CIDR needed",
 			map[string]any{"config": map[string]any{"detectLocalMode": "BridgeInterface", "detectLocal": map[string]any{"bridgeInterface": "cni0"}}},
 			func(t *testing.T, o objects) {
@@ -537,6 +549,10 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"unknown datapath", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "datapath": "ipvs"}}, "datapath"},
 		{"socket load balancer with iptables", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "datapath": "iptables",
 			"socketLB": map[string]any{"cgroup": "/sys/fs/cgroup"}}}, "cgroup"},
+		{"tc NAT with iptables", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs, "datapath": "iptables-legacy",
+			"tcNAT": map[string]any{"enabled": true}}}, "enabled"},
+		{"tc NAT ports not a range", map[string]any{"config": map[string]any{"clusterCIDRs": cidrs,
+			"tcNAT": map[string]any{"enabled": true, "snatPorts": "1024"}}}, "snatPorts"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
