@@ -41,6 +41,7 @@ import (
 	"github.com/kubenat/kubenat/internal/bpfsandbox"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
 	"github.com/kubenat/kubenat/internal/dataplane/socketlb"
+	"github.com/kubenat/kubenat/internal/dataplane/tcnat"
 	"github.com/kubenat/kubenat/internal/k8sobj"
 	"github.com/kubenat/kubenat/internal/model"
 	"github.com/kubenat/kubenat/internal/topo"
@@ -73,6 +74,14 @@ const (
 	// ClusterIP, the path the balancer serves.
 	KubenatSocketLBTen          = "kubenat-socket-lb-10"
 	KubenatSocketLBUntrackedTen = "kubenat-socket-lb-untracked-10"
+	// KubenatTCNAT is kubenat with the tc NAT (model.Config.TCNAT) in a
+	// table of its own ("kubenattc"), and the tc NAT's programs attached
+	// to node-a's interfaces while this ruleset is the live one: external
+	// connections to the NodePort are translated before netfilter.
+	// KubenatTCNATTen is its 10-Service reference ("kubenattc10"),
+	// measured on external → NodePort, the path the tc NAT serves.
+	KubenatTCNAT    = "kubenat-tc-nat"
+	KubenatTCNATTen = "kubenat-tc-nat-10"
 	// IPTablesNFT is kube-proxy's iptables structure loaded with
 	// iptables-nft-restore (Debian's default iptables).
 	IPTablesNFT = "iptables-nft"
@@ -88,7 +97,7 @@ const (
 // rulesets are the rulesets Options.Rulesets may name (the 10-Service
 // references come with theirs, see TenOf), in the order they are measured
 // by default.
-var rulesets = []string{Kubenat, KubenatSocketLB, KubenatSocketLBUntracked, Floor, IPTablesNFT, IPTablesLegacy}
+var rulesets = []string{Kubenat, KubenatSocketLB, KubenatSocketLBUntracked, KubenatTCNAT, Floor, IPTablesNFT, IPTablesLegacy}
 
 // variant is how one of kubenat's rulesets is built: its nftables table
 // (in both families), the configuration it is programmed with, and whether
@@ -97,6 +106,7 @@ var rulesets = []string{Kubenat, KubenatSocketLB, KubenatSocketLBUntracked, Floo
 type variant struct {
 	table             string
 	balancer, untrack bool
+	tcNAT             bool
 	ten               bool
 }
 
@@ -108,10 +118,15 @@ var variants = map[string]variant{
 	KubenatSocketLBTen:          {table: "kubenatslb10", balancer: true, ten: true},
 	KubenatSocketLBUntracked:    {table: "kubenatslbu", balancer: true, untrack: true},
 	KubenatSocketLBUntrackedTen: {table: "kubenatslbu10", balancer: true, untrack: true, ten: true},
+	KubenatTCNAT:                {table: "kubenattc", tcNAT: true},
+	KubenatTCNATTen:             {table: "kubenattc10", tcNAT: true, ten: true},
 }
 
 // hasBalancer reports whether ruleset has the socket load balancer.
 func hasBalancer(ruleset string) bool { return variants[ruleset].balancer }
+
+// hasTCNAT reports whether ruleset has the tc NAT.
+func hasTCNAT(ruleset string) bool { return variants[ruleset].tcNAT }
 
 // tens maps a ruleset to its reference: the same ruleset for the target
 // and only 10 other Services, measured in the same rounds at every size
@@ -120,6 +135,7 @@ var tens = map[string]string{
 	Kubenat:                  KubenatTen,
 	KubenatSocketLB:          KubenatSocketLBTen,
 	KubenatSocketLBUntracked: KubenatSocketLBUntrackedTen,
+	KubenatTCNAT:             KubenatTCNATTen,
 }
 
 // TenOf returns ruleset's 10-Service reference, "" when it has none.
@@ -331,6 +347,10 @@ type bed struct {
 	slbStates map[string]*model.State // what each socket LB ruleset's balancer holds
 	balancer  *socketlb.Balancer
 	attached  string // the ruleset whose balancer is attached
+
+	tcStates   map[string]*model.State // what each tc NAT ruleset's programs hold
+	tcNAT      *tcnat.NAT
+	tcAttached string // the ruleset whose tc NAT is attached
 }
 
 func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string, res *Results) error {
@@ -352,6 +372,7 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 	defer release()
 	b := &bed{c: c, node: c.Nodes[0], cli: c.Pod("cli"), bare: c.Nodes[1], n: n, cgroup: cgroup}
 	defer b.detach()
+	defer b.detachTCNAT()
 	for i := range servers {
 		b.servers = append(b.servers, c.Pod(fmt.Sprintf("srv-%d", i+1)))
 	}
@@ -426,8 +447,11 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 				return fmt.Errorf("loading %s: %w", ten, err)
 			}
 			paths := services[:2]
-			if hasBalancer(ten) {
+			switch {
+			case hasBalancer(ten):
 				paths = services[:1] // the balancer serves pod → ClusterIP only
+			case hasTCNAT(ten):
+				paths = services[1:2] // the tc NAT serves external → NodePort only
 			}
 			arms = append(arms, &arm{ruleset: ten, paths: paths, tables: nftTables(ten)})
 			if err := b.activate(ctx, arms, nil); err != nil {
@@ -513,10 +537,59 @@ func (b *bed) activate(ctx context.Context, arms []*arm, on *arm) error {
 	if err != nil {
 		return fmt.Errorf("switching rulesets: %w", err)
 	}
+	if on != nil && hasTCNAT(on.ruleset) {
+		if err := b.attachTCNAT(on.ruleset); err != nil {
+			return err
+		}
+	} else if err := b.detachTCNAT(); err != nil {
+		return err
+	}
 	if on != nil && hasBalancer(on.ruleset) {
 		return b.attach(on.ruleset)
 	}
 	return b.detach()
+}
+
+// attachTCNAT attaches ruleset's tc NAT to node-a's interfaces and fills
+// it: the same work as an agent's first sync.
+func (b *bed) attachTCNAT(ruleset string) error {
+	if b.tcNAT != nil && b.tcAttached == ruleset {
+		return nil
+	}
+	if err := b.detachTCNAT(); err != nil {
+		return err
+	}
+	st := b.tcStates[ruleset]
+	nat, err := tcnat.Open(tcnat.Options{PortRange: st.Config.TCNATPorts})
+	if err != nil {
+		return err
+	}
+	err = topo.InNS(b.node.NS, func() error {
+		if err := nat.Attach(st.NodeAddrs(model.IPv4)); err != nil {
+			return err
+		}
+		return nat.Update(st, model.Delta{Full: true})
+	})
+	if err != nil {
+		nat.Close()
+		return err
+	}
+	b.tcNAT, b.tcAttached = nat, ruleset
+	return nil
+}
+
+// detachTCNAT removes the tc NAT's programs from node-a's interfaces.
+func (b *bed) detachTCNAT() error {
+	if b.tcNAT == nil {
+		return nil
+	}
+	err := topo.InNS(b.node.NS, func() error {
+		_, err := tcnat.Cleanup("")
+		return err
+	})
+	err = errors.Join(err, b.tcNAT.Close())
+	b.tcNAT = nil
+	return err
 }
 
 // attach attaches ruleset's balancer to the benchmark's cgroup and fills
@@ -764,6 +837,16 @@ func (b *bed) loadKubenat(ctx context.Context, ruleset string, v variant) error 
 	}
 	cfg := b.config()
 	cfg.SocketLB, cfg.UntrackPodTCP = v.balancer, v.untrack
+	if v.tcNAT {
+		cfg.TCNAT = true
+		err := topo.InNS(b.node.NS, func() (err error) {
+			cfg.TCNATPorts, err = tcnat.FreePorts()
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
 	mb := model.NewBuilder(cfg)
 	mb.SetNode(k8sobj.Node(b.node.Name, []string{b.node.Addr.String()}, []string{b.node.PodCIDR.String()}), "bench")
 	for _, s := range objs.Services {
@@ -782,6 +865,12 @@ func (b *bed) loadKubenat(ctx context.Context, ruleset string, v variant) error 
 		}
 		b.slbStates[ruleset] = st
 	}
+	if v.tcNAT {
+		if b.tcStates == nil {
+			b.tcStates = map[string]*model.State{}
+		}
+		b.tcStates[ruleset] = st
+	}
 	_, err := nftables.New(nsrun.NewNFT(b.node.NS), nftables.Options{Table: v.table}).Sync(ctx, st, d)
 	return err
 }
@@ -793,6 +882,12 @@ func (b *bed) unload(ctx context.Context, ruleset string) error {
 		if v.balancer {
 			delete(b.slbStates, ruleset)
 			err = b.detach()
+		}
+		if v.tcNAT {
+			delete(b.tcStates, ruleset)
+			if b.tcAttached == ruleset {
+				err = errors.Join(err, b.detachTCNAT())
+			}
 		}
 		_, cerr := nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: v.table})
 		return errors.Join(err, cerr)
