@@ -120,6 +120,8 @@ type Agent struct {
 	// tcnat is the tc NAT; nil when it is off. It is updated after the
 	// nftables sync, which serves whatever it does not take.
 	tcnat *tcnat.NAT
+	// tcAddrs are the node addresses the tc NAT was last attached for.
+	tcAddrs []netip.Addr
 	// dropTCNAT asks for the tc NAT's filters and pins to be removed after
 	// the next successful sync: an earlier agent's, when it is off, or
 	// this agent's after it failed.
@@ -532,7 +534,8 @@ func (a *Agent) syncTCNAT(st *model.State, delta model.Delta) error {
 		a.dropTCNAT = false
 		return nil
 	}
-	attachErr := a.tcnat.Attach(st.NodeAddrs(model.IPv4))
+	a.tcAddrs = st.NodeAddrs(model.IPv4)
+	attachErr := a.tcnat.Attach(a.tcAddrs)
 	if err := a.tcnat.Update(st, delta); err != nil {
 		return errors.Join(attachErr, fmt.Errorf("updating the tc NAT: %w", err))
 	}
@@ -564,6 +567,13 @@ func (a *Agent) removeOther(ctx context.Context) {
 func (a *Agent) checkTables(ctx context.Context) {
 	if a.programmed && !a.removedOther {
 		a.removeOther(ctx)
+	}
+	if a.tcnat != nil && a.programmed {
+		// The pods' links, learnt from the neighbour and bridge tables,
+		// follow pods the node has met since the last sync.
+		if err := a.tcnat.Attach(a.tcAddrs); err != nil {
+			klog.ErrorS(err, "Refreshing the tc NAT's interfaces failed")
+		}
 	}
 	if a.tcnat != nil {
 		if err := a.tcnat.Intact(); err != nil {

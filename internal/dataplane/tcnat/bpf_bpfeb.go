@@ -26,7 +26,9 @@ type bpfCt struct {
 	Synced   uint64
 	Nat      bpfTuple
 	Lifetime uint32
-	Flags    uint32
+	Flags    uint16
+	Reply    uint8
+	Pad      uint8
 }
 
 type bpfFrontend struct {
@@ -71,11 +73,11 @@ type bpfTuple struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapBackends         = "backends"
-	bpfMapCtForward        = "ct_forward"
-	bpfMapCtReverse        = "ct_reverse"
+	bpfMapConns            = "conns"
 	bpfMapFrontends        = "frontends"
 	bpfMapIfaddrs          = "ifaddrs"
 	bpfMapLocalPods        = "local_pods"
+	bpfMapPodLinks         = "pod_links"
 	bpfProgKubenatExternal = "kubenat_external"
 	bpfProgKubenatPod      = "kubenat_pod"
 	bpfVarSnatPortMax      = "snat_port_max"
@@ -133,11 +135,11 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Backends  *ebpf.MapSpec `ebpf:"backends"`
-	CtForward *ebpf.MapSpec `ebpf:"ct_forward"`
-	CtReverse *ebpf.MapSpec `ebpf:"ct_reverse"`
+	Conns     *ebpf.MapSpec `ebpf:"conns"`
 	Frontends *ebpf.MapSpec `ebpf:"frontends"`
 	Ifaddrs   *ebpf.MapSpec `ebpf:"ifaddrs"`
 	LocalPods *ebpf.MapSpec `ebpf:"local_pods"`
+	PodLinks  *ebpf.MapSpec `ebpf:"pod_links"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -169,21 +171,21 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Backends  *ebpf.Map `ebpf:"backends"`
-	CtForward *ebpf.Map `ebpf:"ct_forward"`
-	CtReverse *ebpf.Map `ebpf:"ct_reverse"`
+	Conns     *ebpf.Map `ebpf:"conns"`
 	Frontends *ebpf.Map `ebpf:"frontends"`
 	Ifaddrs   *ebpf.Map `ebpf:"ifaddrs"`
 	LocalPods *ebpf.Map `ebpf:"local_pods"`
+	PodLinks  *ebpf.Map `ebpf:"pod_links"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Backends,
-		m.CtForward,
-		m.CtReverse,
+		m.Conns,
 		m.Frontends,
 		m.Ifaddrs,
 		m.LocalPods,
+		m.PodLinks,
 	)
 }
 

@@ -71,7 +71,9 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 	}
 	var errs []error
 	present := map[int]bool{}
+	kinds := map[int]string{}
 	for _, l := range links {
+		kinds[l.Attrs().Index] = l.Type()
 		idx := l.Attrs().Index
 		present[idx] = true
 		r := noRole
@@ -101,7 +103,71 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 	if err := n.writeIfaddrs(ifaddr); err != nil {
 		errs = append(errs, err)
 	}
+	if err := n.writePodLinks(kinds); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// writePodLinks makes the pod_links map hold, for each local pod the
+// node's neighbour table knows, the node side of its interface (the
+// links attached as pod links): the neighbour's own link for a routed
+// pod, or, for one on a bridge, the bridge port its MAC address was
+// learnt on. A pod whose address moved (a new pod reusing it) moves with
+// the tables; one they do not know is reached through the FIB's
+// interface.
+func (n *NAT) writePodLinks(kinds map[int]string) error {
+	neighs, err := netlink.NeighList(0, unix.AF_INET)
+	if err != nil {
+		return fmt.Errorf("listing the node's neighbours for the tc NAT: %w", err)
+	}
+	fdb, err := netlink.NeighList(0, unix.AF_BRIDGE)
+	if err != nil {
+		return fmt.Errorf("listing the node's bridge ports for the tc NAT: %w", err)
+	}
+	ports := map[string]int{} // MAC → the pod link it was learnt on
+	for _, f := range fdb {
+		if n.attached[f.LinkIndex] == pod && f.State&netlink.NUD_PERMANENT == 0 && f.Flags&netlink.NTF_SELF == 0 {
+			ports[f.HardwareAddr.String()] = f.LinkIndex
+		}
+	}
+	want := map[uint32]uint32{}
+	for _, ne := range neighs {
+		ip, ok := netip.AddrFromSlice(ne.IP.To4())
+		if !ok || len(ne.HardwareAddr) == 0 || ne.State&(netlink.NUD_FAILED|netlink.NUD_INCOMPLETE|netlink.NUD_NOARP) != 0 {
+			continue
+		}
+		link := 0
+		switch {
+		case n.attached[ne.LinkIndex] == pod:
+			link = ne.LinkIndex
+		case kinds[ne.LinkIndex] == "bridge":
+			link = ports[ne.HardwareAddr.String()]
+		}
+		if link != 0 {
+			want[addr4(ip)] = uint32(link)
+		}
+	}
+	var k, v uint32
+	var drop []uint32
+	it := n.objs.PodLinks.Iterate()
+	for it.Next(&k, &v) {
+		if l, ok := want[k]; !ok || l != v {
+			drop = append(drop, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading the tc NAT's pod links: %w", err)
+	}
+	if err := deleteAll(n.objs.PodLinks, drop); err != nil {
+		return fmt.Errorf("writing the tc NAT's pod links: %w", err)
+	}
+	for k, v := range want {
+		if err := n.objs.PodLinks.Put(k, v); err != nil {
+			return fmt.Errorf("writing the tc NAT's pod links: %w", err)
+		}
+	}
+	return nil
 }
 
 // setRole replaces kubenat's filter on l with r's program, or removes it.

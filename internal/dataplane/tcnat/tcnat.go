@@ -1,9 +1,10 @@
 // Package tcnat is kubenat's eBPF NAT for external traffic: tc ingress
 // programs (bpf/nat.c) that translate new IPv4 TCP and UDP connections from
 // outside the node to NodePorts, externalIPs and LoadBalancer IPs, and
-// their replies, with connection state of their own (two LRU maps, one per
-// direction), so that their packets never enter netfilter: no conntrack
-// entry, no nftables rule, no routing decision by the stack.
+// their replies, with connection state of their own (an LRU map with an
+// entry per direction, so that one lookup finds a packet's connection),
+// so that their packets never enter netfilter: no conntrack entry, no
+// nftables rule, no routing decision by the stack.
 //
 // The external program runs on the interfaces that hold the node's IPv4
 // addresses, the pod program (replies only) on every other veth and netkit
@@ -60,7 +61,7 @@ type Options struct {
 }
 
 // pinned are the maps kept across restarts: the connections.
-var pinned = []string{"ct_forward", "ct_reverse"}
+var pinned = []string{"conns"}
 
 // NAT keeps the programs' maps in step with the model's State and the
 // programs attached to the node's interfaces. It is not safe for
@@ -355,25 +356,24 @@ func (n *NAT) forgetUDP(stale map[pair]bool) error {
 	if len(stale) == 0 {
 		return nil
 	}
-	var fwd, rev []bpfTuple
+	var keys []bpfTuple
 	var key bpfTuple
 	var e bpfCt
-	it := n.objs.CtForward.Iterate()
+	it := n.objs.Conns.Iterate()
 	for it.Next(&key, &e) {
-		if key.Proto != unix.IPPROTO_UDP {
+		if key.Proto != unix.IPPROTO_UDP || e.Reply != 0 {
 			continue
 		}
 		fe := bpfFrontend{Addr: key.Daddr, Port: key.Dport, Proto: key.Proto}
 		if stale[pair{fe, bpfBackend{Addr: e.Nat.Daddr, Port: e.Nat.Dport}}] {
-			fwd = append(fwd, key)
-			rev = append(rev, reversed(e.Nat))
+			keys = append(keys, key, reversed(e.Nat))
 		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading the tc NAT's connections: %w", err)
 	}
-	if err := errors.Join(deleteAll(n.objs.CtForward, fwd), deleteAll(n.objs.CtReverse, rev)); err != nil {
-		return fmt.Errorf("deleting %d UDP connections to removed endpoints from the tc NAT: %w", len(fwd), err)
+	if err := deleteAll(n.objs.Conns, keys); err != nil {
+		return fmt.Errorf("deleting %d UDP connections to removed endpoints from the tc NAT: %w", len(keys)/2, err)
 	}
 	return nil
 }
@@ -423,15 +423,18 @@ func (n *NAT) Ports() [2]uint16 { return n.ports }
 // Frontends returns the number of frontends the NAT holds.
 func (n *NAT) Frontends() int { return len(n.groups) }
 
-// Connections returns the number of live and dead connection entries in
-// the forward map (each connection has one), for metrics and tests.
+// Connections returns the number of connections the conns map holds,
+// live or expired but not yet evicted (each has a forward entry), for
+// tests.
 func (n *NAT) Connections() (int, error) {
 	count := 0
 	var key bpfTuple
 	var e bpfCt
-	it := n.objs.CtForward.Iterate()
+	it := n.objs.Conns.Iterate()
 	for it.Next(&key, &e) {
-		count++
+		if e.Reply == 0 {
+			count++
+		}
 	}
 	return count, it.Err()
 }

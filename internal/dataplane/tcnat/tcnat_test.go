@@ -3,6 +3,7 @@ package tcnat
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -97,6 +98,23 @@ func (l *lab) sync(t *testing.T, n *NAT) {
 	}
 }
 
+// podLinks returns what the pod_links map holds: pod address → link.
+func podLinks(t *testing.T, n *NAT) map[netip.Addr]uint32 {
+	t.Helper()
+	out := map[netip.Addr]uint32{}
+	var k, v uint32
+	it := n.objs.PodLinks.Iterate()
+	for it.Next(&k, &v) {
+		var b [4]byte
+		binary.NativeEndian.PutUint32(b[:], k)
+		out[netip.AddrFrom4(b)] = v
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 func open(t *testing.T) *NAT {
 	t.Helper()
 	n, err := Open(Options{})
@@ -175,28 +193,42 @@ func TestExternalTrafficTranslated(t *testing.T) {
 		{"Cluster UDP", "udp", 30080, []string{"web-1", "web-2", "web-b"}, l.a.Addr},
 		{"Local: the local endpoint, the client's address kept", "tcp", 30081, []string{"web-1"}, topo.ClientAddr},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			hits := map[string]int{}
-			for range 40 {
-				r, err := l.dial(t, tt.network, tt.port, 0)
-				if err != nil {
-					t.Fatalf("%s to node-a:%d: %v", tt.network, tt.port, err)
-				}
-				if r.Seen.Addr() != tt.source {
-					t.Errorf("%s saw source %s, want %s", r.Server, r.Seen, tt.source)
-				}
-				hits[r.Server]++
-			}
-			if len(hits) != len(tt.servers) {
-				t.Errorf("answered by %v, want each of %v", hits, tt.servers)
-			}
-			for _, s := range tt.servers {
-				if hits[s] == 0 {
-					t.Errorf("%s never answered (%v)", s, hits)
+	// First through the FIB's interface (the bridge: the node has not
+	// met the pods yet), then, once a sync has learnt the pods' links
+	// from the neighbour and bridge tables, straight into the pods.
+	for _, phase := range []string{"through the bridge", "into the pods' namespaces"} {
+		if phase != "through the bridge" {
+			l.sync(t, n)
+			links := podLinks(t, n)
+			for _, pod := range []string{"web-1", "web-2"} {
+				if links[l.c.Pod(pod).Addr] == 0 {
+					t.Fatalf("pod_links %v lacks %s", links, pod)
 				}
 			}
-		})
+		}
+		for _, tt := range tests {
+			t.Run(phase+"/"+tt.name, func(t *testing.T) {
+				hits := map[string]int{}
+				for range 40 {
+					r, err := l.dial(t, tt.network, tt.port, 0)
+					if err != nil {
+						t.Fatalf("%s to node-a:%d: %v", tt.network, tt.port, err)
+					}
+					if r.Seen.Addr() != tt.source {
+						t.Errorf("%s saw source %s, want %s", r.Server, r.Seen, tt.source)
+					}
+					hits[r.Server]++
+				}
+				if len(hits) != len(tt.servers) {
+					t.Errorf("answered by %v, want each of %v", hits, tt.servers)
+				}
+				for _, s := range tt.servers {
+					if hits[s] == 0 {
+						t.Errorf("%s never answered (%v)", s, hits)
+					}
+				}
+			})
+		}
 	}
 	if c, err := n.Connections(); err != nil || c == 0 {
 		t.Errorf("Connections() = %d, %v: want the connections above", c, err)
@@ -379,31 +411,38 @@ func TestBulkTransfer(t *testing.T) {
 		Ports:     []k8sobj.Port{{Port: 90, TargetPort: port, NodePort: 30095}},
 		Endpoints: l.endpoints("web-1")})
 	n := open(t)
-	l.sync(t, n)
-	var conn net.Conn
-	if err := topo.InNS(l.c.Client.NS, func() (err error) {
-		conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(l.a.Addr, 30095).String(), time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
 	const size = 16 << 20
 	data := make([]byte, size)
 	for i := range data {
 		data[i] = byte(i * 7)
 	}
-	errc := make(chan error, 1)
-	go func() { _, err := conn.Write(data); errc <- err }()
-	got := make([]byte, size)
-	if _, err := io.ReadFull(conn, got); err != nil {
-		t.Fatalf("reading the echo: %v", err)
+	// Through the bridge, then, with the pod's link learnt, into its
+	// namespace.
+	for range 2 {
+		l.sync(t, n)
+		var conn net.Conn
+		if err := topo.InNS(l.c.Client.NS, func() (err error) {
+			conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(l.a.Addr, 30095).String(), time.Second)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+		errc := make(chan error, 1)
+		go func() { _, err := conn.Write(data); errc <- err }()
+		got := make([]byte, size)
+		if _, err := io.ReadFull(conn, got); err != nil {
+			t.Fatalf("reading the echo (pod links %v): %v", podLinks(t, n), err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatalf("writing: %v", err)
+		}
+		conn.Close()
+		if !bytes.Equal(got, data) {
+			t.Error("the echo differs from what was sent")
+		}
 	}
-	if err := <-errc; err != nil {
-		t.Fatalf("writing: %v", err)
-	}
-	if !bytes.Equal(got, data) {
-		t.Error("the echo differs from what was sent")
+	if links := podLinks(t, n); links[web1.Addr] == 0 {
+		t.Errorf("pod_links %v lacks web-1", links)
 	}
 }

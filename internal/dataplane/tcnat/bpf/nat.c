@@ -8,16 +8,16 @@
 //
 // kubenat_external runs on the node's external interfaces (those holding a
 // node address). For a packet arriving there it:
-//   1. translates the reply of a connection it NATed to an endpoint on
-//      another node (reverse map);
-//   2. translates the next packet of a connection it NATed (forward map);
-//   3. for a new connection (a TCP SYN, any UDP datagram) to a frontend of
+//   1. translates the packet of a connection it NATed (one lookup in the
+//      conns map finds either direction: the client's next packet, or the
+//      reply of an endpoint on another node);
+//   2. for a new connection (a TCP SYN, any UDP datagram) to a frontend of
 //      the frontends map, picks one of its endpoints at random, SNATs the
 //      source to the node's address when the frontend says so
 //      (externalTrafficPolicy Cluster), records both directions, and
 //      translates it.
-// kubenat_pod runs on the pods' interfaces and only does step 1: a pod's
-// reply to a connection NATed by kubenat_external.
+// kubenat_pod runs on the pods' interfaces and only translates replies: a
+// pod's reply to a connection NATed by kubenat_external.
 //
 // A translated packet gets its TTL decremented and is sent straight out of
 // the interface the FIB names for its new destination (bpf_redirect, or
@@ -95,15 +95,18 @@ struct tuple {
 #define CT_FIN_REV 4   // the endpoint sent a FIN
 #define CT_CLOSED  8   // a reset, or FINs both ways: the tuple may be reused
 
-// One direction of a translated connection. The forward entry is keyed by
-// the client's packets as they arrive, the reverse entry by the endpoint's
-// replies as they leave it; nat is what such a packet is rewritten to.
+// One direction of a translated connection, in the conns map: the forward
+// entry is keyed by the client's packets as they arrive, the reply entry
+// by the endpoint's replies as they leave it (so that one lookup finds
+// either); nat is what such a packet is rewritten to.
 struct ct {
 	__u64 expires;   // bpf_ktime_get_ns() past which the entry is dead
 	__u64 synced;    // when the other direction's expiry was last pushed
 	struct tuple nat;
 	__u32 lifetime;  // seconds, from the connection's state
-	__u32 flags;
+	__u16 flags;
+	__u8 reply;      // 1: the reply entry
+	__u8 pad;
 };
 
 struct {
@@ -138,6 +141,18 @@ struct {
 	__type(value, __u8);
 } local_pods SEC(".maps");
 
+// The node side of each local pod's veth (or netkit) interface, by the
+// pod's address, as the node's neighbour and bridge tables name it: a
+// packet for the pod is put straight into the pod's namespace
+// (bpf_redirect_peer), past the bridge and the interface's queue. Pods
+// missing here are reached through the FIB's interface.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} pod_links SEC(".maps");
+
 // The address SNAT uses on each external interface (by ifindex).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -146,19 +161,14 @@ struct {
 	__type(value, __u32);
 } ifaddrs SEC(".maps");
 
+// The connections: two entries each. Least recently used entries make
+// room when it is full.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, 1 << 19);
 	__type(key, struct tuple);
 	__type(value, struct ct);
-} ct_forward SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 18);
-	__type(key, struct tuple);
-	__type(value, struct ct);
-} ct_reverse SEC(".maps");
+} conns SEC(".maps");
 
 // The source ports SNAT allocates from (host order, inclusive): the loader
 // sets a range the node's own connections do not use.
@@ -255,7 +265,7 @@ static __always_inline __u32 lifetime(__u8 proto, __u32 flags)
 	return TCP_SYN_SENT;
 }
 
-// tcp_flags returns the connection flags a TCP packet adds; reply says
+// tcp_events returns the connection flags a TCP packet adds; reply says
 // which direction it travels.
 static __always_inline __u32 tcp_events(struct parsed *p, int reply)
 {
@@ -288,11 +298,11 @@ static __always_inline int alive(struct ct *e, __u64 now)
 	return e && e->expires > now;
 }
 
-// track updates entry e (of the direction a packet of p travels; twin is
-// the other direction's map, twin_key its key there) for the packet: new
-// flags, a new lifetime, and, when the state changed or a second has
-// passed, the other direction's entry too.
-static __always_inline void track(struct ct *e, void *twin, struct tuple *twin_key,
+// track updates entry e (of the direction a packet of p travels;
+// twin_key is the other direction's key) for the packet: new flags, a new
+// lifetime, and, when the state changed or a second has passed, the other
+// direction's entry too.
+static __always_inline void track(struct ct *e, struct tuple *twin_key,
 				  struct parsed *p, int reply, __u64 now)
 {
 	__u32 flags = e->flags | tcp_events(p, reply) | (reply ? CT_REPLIED : 0);
@@ -307,7 +317,7 @@ static __always_inline void track(struct ct *e, void *twin, struct tuple *twin_k
 	if (!changed && now - e->synced < NSEC)
 		return;
 	e->synced = now;
-	struct ct *o = bpf_map_lookup_elem(twin, twin_key);
+	struct ct *o = bpf_map_lookup_elem(&conns, twin_key);
 	if (!o)
 		return;
 	o->flags |= flags;
@@ -384,21 +394,27 @@ static __always_inline int route(struct __sk_buff *skb, struct parsed *p, struct
 	return 0;
 }
 
-// forward sends the rewritten packet out of the FIB's interface.
-static __always_inline int forward(struct __sk_buff *skb, struct bpf_fib_lookup *fib, int neigh)
+// forward sends the rewritten packet, now addressed to daddr, out of the
+// FIB's interface, or into a local pod's namespace when pod_links names
+// its interface.
+static __always_inline int forward(struct __sk_buff *skb, struct bpf_fib_lookup *fib, int neigh, __u32 daddr)
 {
 	if (!neigh)
 		return bpf_redirect_neigh(fib->ifindex, 0, 0, 0);
 	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), fib->dmac, ETH_ALEN, 0) ||
 	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib->smac, ETH_ALEN, 0))
 		return TC_ACT_SHOT;
+	__u32 *link = bpf_map_lookup_elem(&pod_links, &daddr);
+	if (link)
+		return bpf_redirect_peer(*link, 0);
 	return bpf_redirect(fib->ifindex, 0);
 }
 
 // translate rewrites a packet of a known connection to e->nat and sends it
-// on; TC_ACT_UNSPEC leaves it to the stack unchanged.
-static __always_inline int translate(struct __sk_buff *skb, struct parsed *p, struct ct *e,
-				     void *twin, int reply, __u64 now)
+// on; TC_ACT_UNSPEC leaves it to the stack unchanged. A reset ends the
+// connection: both entries go once it is translated (a late packet of it
+// meets the stack, which refuses it).
+static __always_inline int translate(struct __sk_buff *skb, struct parsed *p, struct ct *e, __u64 now)
 {
 	struct tuple to = e->nat;
 	struct bpf_fib_lookup fib;
@@ -406,20 +422,15 @@ static __always_inline int translate(struct __sk_buff *skb, struct parsed *p, st
 	if (p->ttl <= 1 || !route(skb, p, &to, &fib, &neigh))
 		return TC_ACT_UNSPEC;
 	struct tuple twin_key = reversed(&to);
-	track(e, twin, &twin_key, p, reply, now);
+	if (p->t.proto == IPPROTO_TCP && (p->tcp_flags & F_RST)) {
+		bpf_map_delete_elem(&conns, &p->t);
+		bpf_map_delete_elem(&conns, &twin_key);
+	} else {
+		track(e, &twin_key, p, e->reply, now);
+	}
 	if (rewrite(skb, p, &to))
 		return TC_ACT_SHOT;
-	return forward(skb, &fib, neigh);
-}
-
-// reply handles a packet that may be an endpoint's reply; TC_ACT_OK means
-// "not one".
-static __always_inline int reply(struct __sk_buff *skb, struct parsed *p, __u64 now)
-{
-	struct ct *e = bpf_map_lookup_elem(&ct_reverse, &p->t);
-	if (!alive(e, now))
-		return TC_ACT_OK;
-	return translate(skb, p, e, &ct_forward, 1, now);
+	return forward(skb, &fib, neigh, to.daddr);
 }
 
 // pick copies one of fe's endpoints and its service to *be and *svc; it
@@ -451,15 +462,17 @@ static __always_inline int pick(struct frontend *fe, struct service *svc, struct
 	return 0;
 }
 
-// claim records the reverse entry for a new connection whose endpoint sees
+// claim records the reply entry for a new connection whose endpoint sees
 // tuple nat; it returns 0 when a live connection already holds it.
 static __always_inline int claim(struct tuple *nat, struct ct *rev, __u64 now)
 {
 	struct tuple key = reversed(nat);
-	struct ct *old = bpf_map_lookup_elem(&ct_reverse, &key);
+	if (bpf_map_update_elem(&conns, &key, rev, BPF_NOEXIST) == 0)
+		return 1;
+	struct ct *old = bpf_map_lookup_elem(&conns, &key);
 	if (alive(old, now) && !(old->flags & CT_CLOSED))
 		return 0;
-	return bpf_map_update_elem(&ct_reverse, &key, rev, BPF_ANY) == 0;
+	return bpf_map_update_elem(&conns, &key, rev, BPF_ANY) == 0;
 }
 
 // open starts translating a new connection to a frontend; TC_ACT_UNSPEC
@@ -491,6 +504,7 @@ static __always_inline int open(struct __sk_buff *skb, struct parsed *p, __u64 n
 	fwd.expires = now + (__u64)fwd.lifetime * NSEC;
 	struct ct rev = fwd;
 	rev.nat = reversed(&p->t);
+	rev.reply = 1;
 	if (svc.flags & SVC_SNAT) {
 		// The source is the address of the interface the packet leaves
 		// through, or, towards a pod on this node, of the one it came in
@@ -518,14 +532,14 @@ static __always_inline int open(struct __sk_buff *skb, struct parsed *p, __u64 n
 	} else if (!claim(&nat, &rev, now)) {
 		return TC_ACT_UNSPEC;
 	}
-	if (bpf_map_update_elem(&ct_forward, &p->t, &fwd, BPF_ANY)) {
+	if (bpf_map_update_elem(&conns, &p->t, &fwd, BPF_ANY)) {
 		struct tuple key = reversed(&nat);
-		bpf_map_delete_elem(&ct_reverse, &key);
+		bpf_map_delete_elem(&conns, &key);
 		return TC_ACT_UNSPEC;
 	}
 	if (rewrite(skb, p, &nat))
 		return TC_ACT_SHOT;
-	return forward(skb, &fib, neigh);
+	return forward(skb, &fib, neigh, nat.daddr);
 }
 
 SEC("tc")
@@ -535,22 +549,16 @@ int kubenat_external(struct __sk_buff *skb)
 	if (!parse(skb, &p))
 		return TC_ACT_UNSPEC;
 	__u64 now = bpf_ktime_get_ns();
-	int rc = reply(skb, &p, now);
-	if (rc != TC_ACT_OK)
-		return rc;
-	struct ct *e = bpf_map_lookup_elem(&ct_forward, &p.t);
+	struct ct *e = bpf_map_lookup_elem(&conns, &p.t);
 	if (alive(e, now)) {
-		// A SYN for a tuple whose connection was answered or closed is
-		// a new connection reusing the client's port.
+		// An endpoint's reply (from another node), or the client's next
+		// packet. A SYN for a tuple whose connection was answered or
+		// closed is a new connection reusing the client's port.
 		int syn = p.t.proto == IPPROTO_TCP && (p.tcp_flags & (F_SYN | F_ACK)) == F_SYN;
-		if (!syn || !(e->flags & (CT_REPLIED | CT_CLOSED)))
-			return translate(skb, &p, e, &ct_reverse, 0, now);
+		if (e->reply || !syn || !(e->flags & (CT_REPLIED | CT_CLOSED)))
+			return translate(skb, &p, e, now);
 		struct tuple key = reversed(&e->nat);
-		struct ct *old = bpf_map_lookup_elem(&ct_reverse, &key);
-		if (old) {
-			old->flags |= CT_CLOSED;
-			old->expires = now;
-		}
+		bpf_map_delete_elem(&conns, &key);
 	}
 	return open(skb, &p, now);
 }
@@ -561,8 +569,11 @@ int kubenat_pod(struct __sk_buff *skb)
 	struct parsed p;
 	if (!parse(skb, &p))
 		return TC_ACT_UNSPEC;
-	int rc = reply(skb, &p, bpf_ktime_get_ns());
-	return rc == TC_ACT_OK ? TC_ACT_UNSPEC : rc;
+	__u64 now = bpf_ktime_get_ns();
+	struct ct *e = bpf_map_lookup_elem(&conns, &p.t);
+	if (!alive(e, now) || !e->reply)
+		return TC_ACT_UNSPEC;
+	return translate(skb, &p, e, now);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";
