@@ -122,12 +122,14 @@ func writeTargets(w io.Writer, r *Results) {
 type targetPath struct{ ruleset, svc, direct, spread string }
 
 // targetPaths are the datapath paths the targets are checked on; the
-// socket load balancer serves pod → ClusterIP only.
+// socket load balancer serves pod → ClusterIP only, the tc NAT external →
+// NodePort only.
 var targetPaths = []targetPath{
 	{datapath.Kubenat, datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs},
 	{datapath.Kubenat, datapath.ExternalToNodePort, datapath.ExternalToPodIP, datapath.ExternalToPodIPs},
 	{datapath.KubenatSocketLB, datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs},
 	{datapath.KubenatSocketLBUntracked, datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs},
+	{datapath.KubenatTCNAT, datapath.ExternalToNodePort, datapath.ExternalToPodIP, datapath.ExternalToPodIPs},
 }
 
 // writeTargetRows writes tp's target rows at n Services: its rate against
@@ -289,7 +291,12 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 	p("table, switched like the others, and its program is attached (to a cgroup holding only the\n")
 	p("benchmark process) and filled from scratch each time it is switched on. NodePort traffic is still\n")
 	p("nftables' (DNAT, masquerade, conntrack). Their 10-Service references, kubenat-socket-lb-10 and\n")
-	p("kubenat-socket-lb-untracked-10, are measured in the same rounds on pod → ClusterIP.\n\n")
+	p("kubenat-socket-lb-untracked-10, are measured in the same rounds on pod → ClusterIP.\n")
+	p("kubenat-tc-nat is kubenat with the tc NAT (`--tc-nat`): eBPF programs at tc ingress on node-a's\n")
+	p("LAN interface and its pods' veths translate the external client's NodePort connections (DNAT,\n")
+	p("SNAT to node-a's address, their own connection state) before netfilter; they are attached and\n")
+	p("filled when its table is switched on, removed when another is. Its 10-Service reference,\n")
+	p("kubenat-tc-nat-10, is measured in the same rounds on external → NodePort.\n\n")
 
 	rs := rulesets(d)
 	for _, group := range []struct{ svc, direct, spread, key string }{
@@ -301,13 +308,16 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 		rs := slices.DeleteFunc(slices.Clone(rs), func(r string) bool { return !measured(d, r, group.svc) })
 		cols := append([]string{"Services", group.direct + ", no ruleset"}, rs...)
 		cols = append(cols, "kubenat vs 10 Services", "kubenat vs no ruleset", "kubenat vs nft-floor")
-		var slb []string
+		// The accelerated rulesets of this path, against no ruleset.
+		accel := []string{datapath.KubenatTCNAT}
 		if group.key == "pod" {
-			for _, r := range []string{datapath.KubenatSocketLB, datapath.KubenatSocketLBUntracked} {
-				if slices.Contains(rs, r) {
-					slb = append(slb, r)
-					cols = append(cols, r+" vs no ruleset")
-				}
+			accel = []string{datapath.KubenatSocketLB, datapath.KubenatSocketLBUntracked}
+		}
+		var slb []string
+		for _, r := range accel {
+			if slices.Contains(rs, r) {
+				slb = append(slb, r)
+				cols = append(cols, r+" vs no ruleset")
 			}
 		}
 		writeHeader(w, cols...)
