@@ -45,6 +45,12 @@ type bpfPodCidr struct {
 	Addr      uint32
 }
 
+type bpfPodLink struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Via     uint32
+}
+
 type bpfService struct {
 	_     structs.HostLayout
 	Id    uint32
@@ -77,6 +83,7 @@ const (
 	bpfMapFrontends        = "frontends"
 	bpfMapIfaddrs          = "ifaddrs"
 	bpfMapLocalPods        = "local_pods"
+	bpfMapPodIfaces        = "pod_ifaces"
 	bpfMapPodLinks         = "pod_links"
 	bpfProgKubenatExternal = "kubenat_external"
 	bpfProgKubenatPod      = "kubenat_pod"
@@ -139,6 +146,7 @@ type bpfMapSpecs struct {
 	Frontends *ebpf.MapSpec `ebpf:"frontends"`
 	Ifaddrs   *ebpf.MapSpec `ebpf:"ifaddrs"`
 	LocalPods *ebpf.MapSpec `ebpf:"local_pods"`
+	PodIfaces *ebpf.MapSpec `ebpf:"pod_ifaces"`
 	PodLinks  *ebpf.MapSpec `ebpf:"pod_links"`
 }
 
@@ -175,6 +183,7 @@ type bpfMaps struct {
 	Frontends *ebpf.Map `ebpf:"frontends"`
 	Ifaddrs   *ebpf.Map `ebpf:"ifaddrs"`
 	LocalPods *ebpf.Map `ebpf:"local_pods"`
+	PodIfaces *ebpf.Map `ebpf:"pod_ifaces"`
 	PodLinks  *ebpf.Map `ebpf:"pod_links"`
 }
 
@@ -185,6 +194,7 @@ func (m *bpfMaps) Close() error {
 		m.Frontends,
 		m.Ifaddrs,
 		m.LocalPods,
+		m.PodIfaces,
 		m.PodLinks,
 	)
 }

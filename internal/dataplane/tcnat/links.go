@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -72,8 +73,10 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 	var errs []error
 	present := map[int]bool{}
 	kinds := map[int]string{}
+	masters := map[int]int{}
 	for _, l := range links {
 		kinds[l.Attrs().Index] = l.Type()
+		masters[l.Attrs().Index] = l.Attrs().MasterIndex
 		idx := l.Attrs().Index
 		present[idx] = true
 		r := noRole
@@ -82,7 +85,7 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 		} else if t := l.Type(); t == "veth" || t == "netkit" {
 			r = pod
 		}
-		if n.attached[idx] == r {
+		if n.attached[idx] == r && (r != noRole || n.swept) {
 			continue
 		}
 		if err := n.setRole(l, r); err != nil {
@@ -95,6 +98,11 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 			n.attached[idx] = r
 		}
 	}
+	if len(errs) == 0 {
+		// Every link was looked at: an earlier agent's filter on a link
+		// that lost its role while no agent ran is gone.
+		n.swept = true
+	}
 	for idx := range n.attached {
 		if !present[idx] {
 			delete(n.attached, idx) // the link is gone, and its filters
@@ -106,7 +114,44 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 	if err := n.writePodLinks(kinds); err != nil {
 		errs = append(errs, err)
 	}
+	podIfaces := map[uint32]uint8{}
+	for idx, r := range n.attached {
+		if r == pod {
+			podIfaces[uint32(idx)] = 1
+			if m := masters[idx]; m != 0 {
+				podIfaces[uint32(m)] = 1
+			}
+		}
+	}
+	if err := syncMap(n.objs.PodIfaces, podIfaces); err != nil {
+		errs = append(errs, fmt.Errorf("writing the tc NAT's pod interfaces: %w", err))
+	}
 	return errors.Join(errs...)
+}
+
+// syncMap makes m hold exactly want.
+func syncMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
+	var k K
+	var v V
+	var drop []K
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if w, ok := want[k]; !ok || w != v {
+			drop = append(drop, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	if err := deleteAll(m, drop); err != nil {
+		return err
+	}
+	for k, v := range want {
+		if err := m.Put(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // writePodLinks makes the pod_links map hold, for each local pod the
@@ -131,7 +176,7 @@ func (n *NAT) writePodLinks(kinds map[int]string) error {
 			ports[f.HardwareAddr.String()] = f.LinkIndex
 		}
 	}
-	want := map[uint32]uint32{}
+	want := map[uint32]bpfPodLink{}
 	for _, ne := range neighs {
 		ip, ok := netip.AddrFromSlice(ne.IP.To4())
 		if !ok || len(ne.HardwareAddr) == 0 || ne.State&(netlink.NUD_FAILED|netlink.NUD_INCOMPLETE|netlink.NUD_NOARP) != 0 {
@@ -145,27 +190,13 @@ func (n *NAT) writePodLinks(kinds map[int]string) error {
 			link = ports[ne.HardwareAddr.String()]
 		}
 		if link != 0 {
-			want[addr4(ip)] = uint32(link)
+			// The neighbour's link is the way there: the bridge, or
+			// the pod's own link.
+			want[addr4(ip)] = bpfPodLink{Ifindex: uint32(link), Via: uint32(ne.LinkIndex)}
 		}
 	}
-	var k, v uint32
-	var drop []uint32
-	it := n.objs.PodLinks.Iterate()
-	for it.Next(&k, &v) {
-		if l, ok := want[k]; !ok || l != v {
-			drop = append(drop, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading the tc NAT's pod links: %w", err)
-	}
-	if err := deleteAll(n.objs.PodLinks, drop); err != nil {
+	if err := syncMap(n.objs.PodLinks, want); err != nil {
 		return fmt.Errorf("writing the tc NAT's pod links: %w", err)
-	}
-	for k, v := range want {
-		if err := n.objs.PodLinks.Put(k, v); err != nil {
-			return fmt.Errorf("writing the tc NAT's pod links: %w", err)
-		}
 	}
 	return nil
 }
@@ -174,10 +205,8 @@ func (n *NAT) writePodLinks(kinds map[int]string) error {
 func (n *NAT) setRole(l netlink.Link, r role) error {
 	name := l.Attrs().Name
 	if r == noRole {
-		if err := netlink.FilterDel(filter(l.Attrs().Index, nil, "")); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("removing the tc NAT from %s: %w", name, err)
-		}
-		return nil
+		_, err := removeOurs(l)
+		return err
 	}
 	q := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
@@ -217,24 +246,12 @@ func filter(idx int, fd func() int, name string) *netlink.BpfFilter {
 
 // writeIfaddrs makes the ifaddrs map hold want.
 func (n *NAT) writeIfaddrs(want map[int]netip.Addr) error {
-	var k, v uint32
-	var drop []uint32
-	it := n.objs.Ifaddrs.Iterate()
-	for it.Next(&k, &v) {
-		if a, ok := want[int(k)]; !ok || addr4(a) != v {
-			drop = append(drop, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading the tc NAT's interface addresses: %w", err)
-	}
-	if err := deleteAll(n.objs.Ifaddrs, drop); err != nil {
-		return fmt.Errorf("writing the tc NAT's interface addresses: %w", err)
-	}
+	m := map[uint32]uint32{}
 	for idx, a := range want {
-		if err := n.objs.Ifaddrs.Put(uint32(idx), addr4(a)); err != nil {
-			return fmt.Errorf("writing the tc NAT's interface addresses: %w", err)
-		}
+		m[uint32(idx)] = addr4(a)
+	}
+	if err := syncMap(n.objs.Ifaddrs, m); err != nil {
+		return fmt.Errorf("writing the tc NAT's interface addresses: %w", err)
 	}
 	return nil
 }
@@ -286,22 +303,10 @@ func Cleanup(pinDir string) (removed bool, err error) {
 	}
 	var errs []error
 	for _, l := range links {
-		fs, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+		r, err := removeOurs(l)
+		removed = removed || r
 		if err != nil {
-			if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("listing the filters of %s: %w", l.Attrs().Name, err))
-			}
-			continue
-		}
-		for _, f := range fs {
-			if !ours(f, "") {
-				continue
-			}
-			if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("removing the tc NAT from %s: %w", l.Attrs().Name, err))
-				continue
-			}
-			removed = true
+			errs = append(errs, err)
 		}
 	}
 	if pinDir != "" {
@@ -315,6 +320,30 @@ func Cleanup(pinDir string) (removed bool, err error) {
 			}
 		}
 		_ = unix.Rmdir(pinDir) // left when something else is in it
+	}
+	return removed, errors.Join(errs...)
+}
+
+// removeOurs removes kubenat's filters from l's ingress (none without a
+// clsact qdisc) and reports whether there were any.
+func removeOurs(l netlink.Link) (removed bool, err error) {
+	fs, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return false, nil // no clsact qdisc
+		}
+		return false, fmt.Errorf("listing the filters of %s: %w", l.Attrs().Name, err)
+	}
+	var errs []error
+	for _, f := range fs {
+		if !ours(f, "") {
+			continue
+		}
+		if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("removing the tc NAT from %s: %w", l.Attrs().Name, err))
+			continue
+		}
+		removed = true
 	}
 	return removed, errors.Join(errs...)
 }

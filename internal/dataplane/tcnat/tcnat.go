@@ -67,14 +67,21 @@ var pinned = []string{"conns"}
 // programs attached to the node's interfaces. It is not safe for
 // concurrent use.
 type NAT struct {
-	objs     bpfObjects
-	pinDir   string
-	ports    [2]uint16
-	groups   map[bpfFrontend]group
-	used     map[uint32]bool
-	nextID   uint32
-	synced   bool
-	attached map[int]role // ifindex → program attached by this NAT
+	objs    bpfObjects
+	pinDir  string
+	ports   [2]uint16
+	groups  map[bpfFrontend]group
+	used    map[uint32]bool
+	nextID  uint32
+	synced  bool
+	updated bool // an Update succeeded once
+	// unforgotten are UDP frontend-endpoint pairs whose flows an Update
+	// failed to forget: the next one tries again.
+	unforgotten map[pair]bool
+	attached    map[int]role // ifindex → program attached by this NAT
+	// swept is true once an Attach looked at every link (an earlier
+	// agent's filter on a link that lost its role goes then).
+	swept bool
 }
 
 // group is what the maps hold for one frontend.
@@ -247,13 +254,29 @@ func (n *NAT) Update(st *model.State, d model.Delta) error {
 	if err := n.writeLocalPods(st, full); err != nil {
 		return err
 	}
+	first := !n.updated
 	stale, err := n.update(candidates, want)
 	if err != nil {
 		return err
 	}
-	if err := n.forgetUDP(stale); err != nil {
-		return err
+	for pr := range n.unforgotten {
+		stale[pr] = true
 	}
+	gone := func(pr pair) bool { return stale[pr] }
+	if first {
+		// The connections pinned by an earlier agent: its groups are
+		// not known, so every UDP flow to an endpoint its frontend does
+		// not have now goes.
+		gone = func(pr pair) bool { return !slices.Contains(want[pr.fe].backends, pr.be) }
+	}
+	if first || len(stale) > 0 {
+		if err := n.forgetUDP(gone); err != nil {
+			n.unforgotten = stale
+			return err
+		}
+	}
+	n.unforgotten = nil
+	n.updated = true
 	n.synced = true
 	return nil
 }
@@ -348,14 +371,10 @@ type pair struct {
 	be bpfBackend
 }
 
-// forgetUDP deletes the UDP connections from a frontend to an endpoint of
-// stale, both directions: the client's next datagram is a new connection,
-// to an endpoint the frontend has now. It walks the forward map only when
-// there is something to forget.
-func (n *NAT) forgetUDP(stale map[pair]bool) error {
-	if len(stale) == 0 {
-		return nil
-	}
+// forgetUDP deletes the UDP connections whose frontend and endpoint are
+// gone, both directions: the client's next datagram is a new connection,
+// to an endpoint the frontend has now.
+func (n *NAT) forgetUDP(gone func(pair) bool) error {
 	var keys []bpfTuple
 	var key bpfTuple
 	var e bpfCt
@@ -365,7 +384,7 @@ func (n *NAT) forgetUDP(stale map[pair]bool) error {
 			continue
 		}
 		fe := bpfFrontend{Addr: key.Daddr, Port: key.Dport, Proto: key.Proto}
-		if stale[pair{fe, bpfBackend{Addr: e.Nat.Daddr, Port: e.Nat.Dport}}] {
+		if gone(pair{fe, bpfBackend{Addr: e.Nat.Daddr, Port: e.Nat.Dport}}) {
 			keys = append(keys, key, reversed(e.Nat))
 		}
 	}

@@ -102,12 +102,13 @@ func (l *lab) sync(t *testing.T, n *NAT) {
 func podLinks(t *testing.T, n *NAT) map[netip.Addr]uint32 {
 	t.Helper()
 	out := map[netip.Addr]uint32{}
-	var k, v uint32
+	var k uint32
+	var v bpfPodLink
 	it := n.objs.PodLinks.Iterate()
 	for it.Next(&k, &v) {
 		var b [4]byte
 		binary.NativeEndian.PutUint32(b[:], k)
-		out[netip.AddrFrom4(b)] = v
+		out[netip.AddrFrom4(b)] = v.Ifindex
 	}
 	if err := it.Err(); err != nil {
 		t.Fatal(err)

@@ -30,6 +30,7 @@
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
@@ -93,7 +94,6 @@ struct tuple {
 #define CT_REPLIED 1   // a reply was seen
 #define CT_FIN_FWD 2   // the client sent a FIN
 #define CT_FIN_REV 4   // the endpoint sent a FIN
-#define CT_CLOSED  8   // a reset, or FINs both ways: the tuple may be reused
 
 // One direction of a translated connection, in the conns map: the forward
 // entry is keyed by the client's packets as they arrive, the reply entry
@@ -145,13 +145,28 @@ struct {
 // pod's address, as the node's neighbour and bridge tables name it: a
 // packet for the pod is put straight into the pod's namespace
 // (bpf_redirect_peer), past the bridge and the interface's queue. Pods
-// missing here are reached through the FIB's interface.
+// missing here, or whose route now leads elsewhere, are reached through
+// the FIB's interface.
+struct pod_link {
+	__u32 ifindex; // the node side of the pod's interface
+	__u32 via;     // the interface the FIB names for the pod: its bridge, or ifindex
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct pod_link);
 } pod_links SEC(".maps");
+
+// The interfaces this node's pods are reached through (by ifindex): the
+// node side of their interfaces and the bridges those are ports of.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} pod_ifaces SEC(".maps");
 
 // The address SNAT uses on each external interface (by ifindex).
 struct {
@@ -175,11 +190,15 @@ struct {
 volatile const __u16 snat_port_min = 1024;
 volatile const __u16 snat_port_max = 32767;
 
-// Lifetimes in seconds, as conntrack's defaults kube-proxy sets.
+// Lifetimes in seconds, as conntrack's with kube-proxy's settings: 120 s
+// until answered, 24 h established, 1 h half-closed (close_wait), 120 s
+// once closed both ways (time_wait: the endpoint that closed first may
+// hold the tuple that long, so it is not reused before); UDP 30 s, 120 s
+// once answered. A reset deletes both entries at once.
 #define TCP_SYN_SENT  120
 #define TCP_ESTABLISHED (24 * 3600)
-#define TCP_FIN       120
-#define TCP_CLOSED    10
+#define TCP_HALF_CLOSED 3600
+#define TCP_TIME_WAIT 120
 #define UDP_NEW       30
 #define UDP_STREAM    120
 
@@ -208,9 +227,15 @@ struct parsed {
 #define F_ACK 0x10
 
 // parse fills p for an IPv4 TCP or UDP packet without options or
-// fragmentation whose headers are in the linear data; returns 0 otherwise.
+// fragmentation; returns 0 otherwise.
 static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
 {
+	// Headers outside the linear data (a driver's header split) are
+	// pulled in first: a known connection's packet must not reach the
+	// stack for that.
+	if ((void *)(long)skb->data + OFF_L4 + sizeof(struct tcphdr) > (void *)(long)skb->data_end &&
+	    skb->len >= OFF_L4 + sizeof(struct tcphdr))
+		bpf_skb_pull_data(skb, OFF_L4 + sizeof(struct tcphdr));
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
@@ -256,10 +281,10 @@ static __always_inline __u32 lifetime(__u8 proto, __u32 flags)
 {
 	if (proto == IPPROTO_UDP)
 		return (flags & CT_REPLIED) ? UDP_STREAM : UDP_NEW;
-	if (flags & CT_CLOSED)
-		return TCP_CLOSED;
+	if ((flags & (CT_FIN_FWD | CT_FIN_REV)) == (CT_FIN_FWD | CT_FIN_REV))
+		return TCP_TIME_WAIT;
 	if (flags & (CT_FIN_FWD | CT_FIN_REV))
-		return TCP_FIN;
+		return TCP_HALF_CLOSED;
 	if (flags & CT_REPLIED)
 		return TCP_ESTABLISHED;
 	return TCP_SYN_SENT;
@@ -272,8 +297,6 @@ static __always_inline __u32 tcp_events(struct parsed *p, int reply)
 	__u32 f = 0;
 	if (p->t.proto != IPPROTO_TCP)
 		return 0;
-	if (p->tcp_flags & F_RST)
-		f |= CT_CLOSED;
 	if (p->tcp_flags & F_FIN)
 		f |= reply ? CT_FIN_REV : CT_FIN_FWD;
 	return f;
@@ -298,16 +321,45 @@ static __always_inline int alive(struct ct *e, __u64 now)
 	return e && e->expires > now;
 }
 
-// track updates entry e (of the direction a packet of p travels;
-// twin_key is the other direction's key) for the packet: new flags, a new
-// lifetime, and, when the state changed or a second has passed, the other
-// direction's entry too.
-static __always_inline void track(struct ct *e, struct tuple *twin_key,
-				  struct parsed *p, int reply, __u64 now)
+// same reports whether two tuples are equal.
+static __always_inline int same(struct tuple *a, struct tuple *b)
 {
+	return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport &&
+	       a->dport == b->dport && a->proto == b->proto;
+}
+
+// twin returns the other entry of the connection whose entry e is keyed
+// key (twin_key: reversed(e->nat)), or NULL when there is none: missing,
+// or since taken by another connection (a tuple is claimed again once its
+// connection is dead, while the other entry may linger).
+static __always_inline struct ct *twin(struct tuple *key, struct ct *e, struct tuple *twin_key)
+{
+	struct ct *o = bpf_map_lookup_elem(&conns, twin_key);
+	if (!o)
+		return 0;
+	struct tuple back = reversed(&o->nat);
+	if (!same(&back, key) || o->reply == e->reply)
+		return 0;
+	return o;
+}
+
+// forget deletes the connection whose entry e is keyed key: e, and the
+// other entry when it is still e's.
+static __always_inline void forget(struct tuple *key, struct ct *e)
+{
+	struct tuple twin_key = reversed(&e->nat);
+	if (twin(key, e, &twin_key))
+		bpf_map_delete_elem(&conns, &twin_key);
+	bpf_map_delete_elem(&conns, key);
+}
+
+// track updates entry e (keyed p->t) for a packet of p: new flags, a
+// new lifetime, and, when the state changed or a second has passed, the
+// other direction's entry too.
+static __always_inline void track(struct ct *e, struct parsed *p, __u64 now)
+{
+	int reply = e->reply;
 	__u32 flags = e->flags | tcp_events(p, reply) | (reply ? CT_REPLIED : 0);
-	if ((flags & (CT_FIN_FWD | CT_FIN_REV)) == (CT_FIN_FWD | CT_FIN_REV))
-		flags |= CT_CLOSED;
 	int changed = flags != e->flags;
 	if (changed) {
 		e->flags = flags;
@@ -317,7 +369,8 @@ static __always_inline void track(struct ct *e, struct tuple *twin_key,
 	if (!changed && now - e->synced < NSEC)
 		return;
 	e->synced = now;
-	struct ct *o = bpf_map_lookup_elem(&conns, twin_key);
+	struct tuple twin_key = reversed(&e->nat);
+	struct ct *o = twin(&p->t, e, &twin_key);
 	if (!o)
 		return;
 	o->flags |= flags;
@@ -404,9 +457,9 @@ static __always_inline int forward(struct __sk_buff *skb, struct bpf_fib_lookup 
 	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), fib->dmac, ETH_ALEN, 0) ||
 	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib->smac, ETH_ALEN, 0))
 		return TC_ACT_SHOT;
-	__u32 *link = bpf_map_lookup_elem(&pod_links, &daddr);
-	if (link)
-		return bpf_redirect_peer(*link, 0);
+	struct pod_link *link = bpf_map_lookup_elem(&pod_links, &daddr);
+	if (link && link->via == fib->ifindex)
+		return bpf_redirect_peer(link->ifindex, 0);
 	return bpf_redirect(fib->ifindex, 0);
 }
 
@@ -421,13 +474,10 @@ static __always_inline int translate(struct __sk_buff *skb, struct parsed *p, st
 	int neigh;
 	if (p->ttl <= 1 || !route(skb, p, &to, &fib, &neigh))
 		return TC_ACT_UNSPEC;
-	struct tuple twin_key = reversed(&to);
-	if (p->t.proto == IPPROTO_TCP && (p->tcp_flags & F_RST)) {
-		bpf_map_delete_elem(&conns, &p->t);
-		bpf_map_delete_elem(&conns, &twin_key);
-	} else {
-		track(e, &twin_key, p, e->reply, now);
-	}
+	if (p->t.proto == IPPROTO_TCP && (p->tcp_flags & F_RST))
+		forget(&p->t, e);
+	else
+		track(e, p, now);
 	if (rewrite(skb, p, &to))
 		return TC_ACT_SHOT;
 	return forward(skb, &fib, neigh, to.daddr);
@@ -470,9 +520,13 @@ static __always_inline int claim(struct tuple *nat, struct ct *rev, __u64 now)
 	if (bpf_map_update_elem(&conns, &key, rev, BPF_NOEXIST) == 0)
 		return 1;
 	struct ct *old = bpf_map_lookup_elem(&conns, &key);
-	if (alive(old, now) && !(old->flags & CT_CLOSED))
+	if (!old || alive(old, now))
 		return 0;
-	return bpf_map_update_elem(&conns, &key, rev, BPF_ANY) == 0;
+	// A dead connection's entry: it goes, with its other entry when that
+	// is still its, and the tuple is claimed as if it had been free (two
+	// CPUs cannot both win BPF_NOEXIST).
+	forget(&key, old);
+	return bpf_map_update_elem(&conns, &key, rev, BPF_NOEXIST) == 0;
 }
 
 // open starts translating a new connection to a frontend; TC_ACT_UNSPEC
@@ -505,18 +559,24 @@ static __always_inline int open(struct __sk_buff *skb, struct parsed *p, __u64 n
 	struct ct rev = fwd;
 	rev.nat = reversed(&p->t);
 	rev.reply = 1;
+	// The packet leaves through an external interface (an endpoint on
+	// another node) or towards this node's pods (their bridge, or a
+	// routed pod's own link). Anything else (a tunnel, an interface
+	// without a node address) is left to the stack, whose masquerade and
+	// return path know it.
+	__u32 ifindex = fib.ifindex;
+	__u32 *src = bpf_map_lookup_elem(&ifaddrs, &ifindex);
+	if (!src) {
+		if (!bpf_map_lookup_elem(&pod_ifaces, &ifindex))
+			return TC_ACT_UNSPEC;
+		// Towards a pod of this node: the address of the interface the
+		// packet came in on, a node address, which the node's own
+		// connections to its pods (from the bridge's address) and
+		// nftables' masquerade towards them never use.
+		ifindex = skb->ingress_ifindex;
+		src = bpf_map_lookup_elem(&ifaddrs, &ifindex);
+	}
 	if (svc.flags & SVC_SNAT) {
-		// The source is the address of the interface the packet leaves
-		// through, or, towards a pod on this node, of the one it came in
-		// on: a node address, which the node's own connections to its
-		// pods (from the bridge's address) and nftables' masquerade
-		// towards them never use.
-		__u32 ifindex = fib.ifindex;
-		__u32 *src = bpf_map_lookup_elem(&ifaddrs, &ifindex);
-		if (!src) {
-			ifindex = skb->ingress_ifindex;
-			src = bpf_map_lookup_elem(&ifaddrs, &ifindex);
-		}
 		if (!src)
 			return TC_ACT_UNSPEC;
 		nat.saddr = *src;
@@ -546,19 +606,19 @@ SEC("tc")
 int kubenat_external(struct __sk_buff *skb)
 {
 	struct parsed p;
-	if (!parse(skb, &p))
+	// Frames for another host (a promiscuous interface) are not ours.
+	if (skb->pkt_type != PACKET_HOST || !parse(skb, &p))
 		return TC_ACT_UNSPEC;
 	__u64 now = bpf_ktime_get_ns();
 	struct ct *e = bpf_map_lookup_elem(&conns, &p.t);
 	if (alive(e, now)) {
 		// An endpoint's reply (from another node), or the client's next
-		// packet. A SYN for a tuple whose connection was answered or
-		// closed is a new connection reusing the client's port.
+		// packet. A SYN for a tuple whose connection was answered is a
+		// new connection reusing the client's port: the old one goes.
 		int syn = p.t.proto == IPPROTO_TCP && (p.tcp_flags & (F_SYN | F_ACK)) == F_SYN;
-		if (e->reply || !syn || !(e->flags & (CT_REPLIED | CT_CLOSED)))
+		if (e->reply || !syn || !(e->flags & CT_REPLIED))
 			return translate(skb, &p, e, now);
-		struct tuple key = reversed(&e->nat);
-		bpf_map_delete_elem(&conns, &key);
+		forget(&p.t, e);
 	}
 	return open(skb, &p, now);
 }
