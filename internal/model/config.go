@@ -63,9 +63,9 @@ type Config struct {
 	TCNAT bool
 	// TCNATPorts is the range of source ports the tc NAT allocates when
 	// it masquerades (inclusive; the agent sets it with TCNAT). The
-	// kernel's Service masquerade then uses other ports (MasqueradePorts),
-	// so that the two never pick the same address and port towards the
-	// same endpoint: neither sees the other's connections.
+	// kernel's masquerade then uses other ports (MasqueradePorts), so that
+	// the two never pick the same address and port towards the same
+	// endpoint: neither sees the other's connections.
 	TCNATPorts [2]uint16
 	// LocalDetect says how a packet from a pod on this node is told from
 	// others. The zero value is DetectNodeCIDR.
@@ -218,10 +218,10 @@ func (c *Config) NodePortsByCIDR() bool {
 	return false
 }
 
-// MasqueradePorts returns the source ports the kernel's Service masquerade
-// (connections marked for it: to NodePorts from pods and the node, hairpin
-// aside) picks from, and false when any will do: with the tc NAT, the
-// larger range of 1024-65535 outside TCNATPorts.
+// MasqueradePorts returns the source ports the kernel's IPv4 masquerade
+// (Service, hairpin and egress) picks from for TCP and UDP, and false
+// when any will do: with the tc NAT, the larger range of 1024-65535
+// outside TCNATPorts.
 func (c *Config) MasqueradePorts() (lo, hi uint16, ok bool) {
 	a, b := c.TCNATPorts[0], c.TCNATPorts[1]
 	if !c.TCNAT || a == 0 || a > b {

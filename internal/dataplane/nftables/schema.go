@@ -438,19 +438,22 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 		// nothing.
 		post = append(post, fmt.Sprintf("%s @%s ct status & dnat == 0 fib daddr type != local drop", a.daddr, setServiceCIDRs))
 	}
-	if lo, hi, ok := m.masqPorts(a.f); ok {
-		// The tc NAT allocates its own source ports (towards the same
-		// endpoints, from the same node address) without seeing
-		// conntrack's: the kernel keeps to the others.
-		post = append(post, fmt.Sprintf("meta mark & 0x%x == 0x%x meta l4proto { tcp, udp } meta mark set meta mark & 0x%x masquerade to :%d-%d fully-random",
-			o.MasqueradeMark, o.MasqueradeMark, clear, lo, hi))
-	}
-	post = append(post,
+	masq := []string{
 		fmt.Sprintf("meta mark & 0x%x == 0x%x meta mark set meta mark & 0x%x masquerade fully-random",
 			o.MasqueradeMark, o.MasqueradeMark, clear),
 		hairpin,
 		egress,
-	)
+	}
+	for _, rule := range masq {
+		if lo, hi, ok := m.masqPorts(a.f); ok {
+			// The tc NAT allocates its own source ports (from the node's
+			// addresses, to endpoints any of these may reach too)
+			// without seeing conntrack's: the kernel keeps to the others.
+			post = append(post, "meta l4proto { tcp, udp } "+
+				strings.Replace(rule, " masquerade fully-random", fmt.Sprintf(" masquerade to :%d-%d fully-random", lo, hi), 1))
+		}
+		post = append(post, rule)
+	}
 	cs = append(cs, chain{name: "nat-postrouting", hook: "type nat hook postrouting priority 100; policy accept;", rules: post})
 	return cs
 }
