@@ -339,9 +339,13 @@ type bed struct {
 	node    *topo.Node // node-a: the rulesets under test
 	cli     *topo.Pod
 	servers []*topo.Pod
-	bare    *topo.Node        // node-b: never any ruleset
-	objs    *workload.Cluster // the other Services, then the target
-	n       int
+	bare    *topo.Node // node-b: never any ruleset
+	// nft programs node-a: one libnftables context for the whole size
+	// (each context keeps a cache of the ruleset it last saw, hundreds of
+	// MB at 50,000 Services: one per call grew the process by gigabytes).
+	nft  *nsrun.NFT
+	objs *workload.Cluster // the other Services, then the target
+	n    int
 
 	cgroup    string                  // the benchmark's cgroup, for the socket LB rulesets
 	slbStates map[string]*model.State // what each socket LB ruleset's balancer holds
@@ -370,7 +374,7 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 		return err
 	}
 	defer release()
-	b := &bed{c: c, node: c.Nodes[0], cli: c.Pod("cli"), bare: c.Nodes[1], n: n, cgroup: cgroup}
+	b := &bed{c: c, node: c.Nodes[0], cli: c.Pod("cli"), bare: c.Nodes[1], n: n, cgroup: cgroup, nft: nsrun.NewNFT(c.Nodes[0].NS)}
 	defer b.detach()
 	defer b.detachTCNAT()
 	for i := range servers {
@@ -533,7 +537,7 @@ func (b *bed) activate(ctx context.Context, arms []*arm, on *arm) error {
 	if script.Len() == 0 {
 		return nil
 	}
-	_, err := nsrun.NewNFT(b.node.NS).Run(ctx, script.String())
+	_, err := b.nft.Run(ctx, script.String())
 	if err != nil {
 		return fmt.Errorf("switching rulesets: %w", err)
 	}
@@ -793,7 +797,7 @@ func (b *bed) load(ctx context.Context, o Options, ruleset string) (Load, error)
 	case isKubenat:
 		err = b.loadKubenat(lctx, ruleset, v)
 	case ruleset == Floor:
-		_, err = nsrun.NewNFT(b.node.NS).Run(lctx, b.floorScript())
+		_, err = b.nft.Run(lctx, b.floorScript())
 	case ruleset == IPTablesNFT || ruleset == IPTablesLegacy:
 		var script bytes.Buffer
 		kp := kubeProxyServices(b.objs)
@@ -871,7 +875,7 @@ func (b *bed) loadKubenat(ctx context.Context, ruleset string, v variant) error 
 		}
 		b.tcStates[ruleset] = st
 	}
-	_, err := nftables.New(nsrun.NewNFT(b.node.NS), nftables.Options{Table: v.table}).Sync(ctx, st, d)
+	_, err := nftables.New(b.nft, nftables.Options{Table: v.table}).Sync(ctx, st, d)
 	return err
 }
 
@@ -889,12 +893,12 @@ func (b *bed) unload(ctx context.Context, ruleset string) error {
 				err = errors.Join(err, b.detachTCNAT())
 			}
 		}
-		_, cerr := nftables.Cleanup(ctx, nsrun.NewNFT(b.node.NS), nftables.Options{Table: v.table})
+		_, cerr := nftables.Cleanup(ctx, b.nft, nftables.Options{Table: v.table})
 		return errors.Join(err, cerr)
 	}
 	switch ruleset {
 	case Floor:
-		_, err := nsrun.NewNFT(b.node.NS).Run(ctx, "add table ip "+floorTable+"\ndelete table ip "+floorTable+"\n")
+		_, err := b.nft.Run(ctx, "add table ip "+floorTable+"\ndelete table ip "+floorTable+"\n")
 		return err
 	case IPTablesNFT:
 		// iptables-nft keeps its rules in these nftables tables.
