@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -138,7 +140,15 @@ func (l *lab) dial(t *testing.T, network string, p uint16, sport int) (topo.Repl
 	}
 	var conn net.Conn
 	err := topo.InNS(l.c.Client.NS, func() error {
-		d := net.Dialer{Timeout: time.Second}
+		// SO_REUSEADDR: the client's previous socket on the port may not
+		// be gone yet (LAST_ACK).
+		d := net.Dialer{Timeout: time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			})
+			return errors.Join(err, serr)
+		}}
 		if network == "udp" {
 			d.LocalAddr = &net.UDPAddr{Port: sport}
 		} else {
@@ -299,8 +309,17 @@ func TestEndpointChanges(t *testing.T) {
 		t.Errorf("after %s left, the flow was answered by %s, want %s", first.Server, r.Server, other)
 	}
 	for range 3 {
-		// A new TCP connection from the same client port each time.
-		if r, err := l.dial(t, "tcp", 30053, 40054); err != nil || r.Server != other {
+		// A new TCP connection from the same client port each time (the
+		// previous one closed with FINs: its entries are still there).
+		var r topo.Reply
+		var err error
+		for try := 0; try < 20; try++ {
+			if r, err = l.dial(t, "tcp", 30053, 40054); !errors.Is(err, syscall.EADDRINUSE) && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond) // the client's previous socket is closing
+		}
+		if err != nil || r.Server != other {
 			t.Errorf("TCP from a reused client port: %v, %v; want %s", r, err, other)
 		}
 	}

@@ -580,10 +580,13 @@ static __always_inline int open(struct __sk_buff *skb, struct parsed *p, __u64 n
 		if (!src)
 			return TC_ACT_UNSPEC;
 		nat.saddr = *src;
+		// Eight ports from a random one on (every port of a range
+		// smaller than that).
 		__u32 span = (__u32)snat_port_max - snat_port_min + 1;
+		__u32 first = bpf_get_prandom_u32() % span;
 		int got = 0;
-		for (int i = 0; i < 8 && !got; i++) {
-			nat.sport = bpf_htons(snat_port_min + bpf_get_prandom_u32() % span);
+		for (__u32 i = 0; i < 8 && !got; i++) {
+			nat.sport = bpf_htons(snat_port_min + (first + i) % span);
 			got = claim(&nat, &rev, now);
 		}
 		if (!got)
