@@ -49,6 +49,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
+	"github.com/kubenat/kubenat/internal/bpfmap"
 	"github.com/kubenat/kubenat/internal/model"
 )
 
@@ -137,7 +138,7 @@ func Open(o Options) (_ *Balancer, err error) {
 	}
 	var opts ebpf.CollectionOptions
 	if o.PinDir != "" {
-		if err := checkBPFFS(o.PinDir); err != nil {
+		if err := bpfmap.PinDir(o.PinDir, "socket load balancer"); err != nil {
 			return nil, err
 		}
 		for name, m := range spec.Maps {
@@ -285,29 +286,6 @@ func load(spec *ebpf.CollectionSpec, objs *bpfObjects, opts *ebpf.CollectionOpti
 // endpoint.
 func (b *Balancer) MPTCPGetpeername() bool { return b.mptcp }
 
-// checkBPFFS returns an error unless dir is, or would be created, on a bpf
-// file system.
-func checkBPFFS(dir string) error {
-	probe := dir
-	for {
-		var st unix.Statfs_t
-		err := unix.Statfs(probe, &st)
-		if err == nil {
-			if st.Type != unix.BPF_FS_MAGIC {
-				return fmt.Errorf("socket load balancer pin directory %s: not on a bpf file system (mount one: mount -t bpf bpf /sys/fs/bpf)", dir)
-			}
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				return fmt.Errorf("socket load balancer pin directory: %w", err)
-			}
-			return nil
-		}
-		if !errors.Is(err, os.ErrNotExist) || filepath.Dir(probe) == probe {
-			return fmt.Errorf("socket load balancer pin directory %s: %w", dir, err)
-		}
-		probe = filepath.Dir(probe)
-	}
-}
-
 // attach links the programs to the cgroup, or updates the pinned links.
 func (b *Balancer) attach(o Options) error {
 	var ino uint64
@@ -399,7 +377,7 @@ func (t *table[F, B]) read() error {
 			g.backends[i] = slots[bpfSlot{Id: g.id, Index: uint32(i)}]
 		}
 	}
-	return deleteAll(t.backends, orphans)
+	return bpfmap.DeleteAll(t.backends, orphans)
 }
 
 // Update adds the frontends st wants in the balancer and changes those
@@ -517,14 +495,14 @@ func (t *table[F, B]) update(w wants[F, B]) error {
 	// On failure, the new groups no frontend points at are deleted again
 	// (best effort: what is left is found by the next Open), and the next
 	// Update compares everything.
-	if err := batchUpdate(t.backends, slots, backends); err != nil {
-		_ = deleteAll(t.backends, slots)
+	if err := bpfmap.BatchUpdate(t.backends, slots, backends); err != nil {
+		_ = bpfmap.DeleteAll(t.backends, slots)
 		for _, g := range next {
 			delete(t.used, g.id)
 		}
 		return fmt.Errorf("writing the socket load balancer's %s endpoints: %w", t.name, err)
 	}
-	if err := batchUpdate(t.frontends, fes, gs); err != nil {
+	if err := bpfmap.BatchUpdate(t.frontends, fes, gs); err != nil {
 		// Some frontends may point at their new group already: keep those
 		// groups' slots, and let the next Update rewrite everything.
 		return fmt.Errorf("writing the socket load balancer's %s frontends: %w", t.name, err)
@@ -554,7 +532,7 @@ func (t *table[F, B]) applyPrune() error {
 	for _, fe := range t.prune {
 		stale = append(stale, t.groups[fe])
 	}
-	if err := deleteAll(t.frontends, t.prune); err != nil {
+	if err := bpfmap.DeleteAll(t.frontends, t.prune); err != nil {
 		return fmt.Errorf("removing %d %s frontends from the socket load balancer: %w", len(t.prune), t.name, err)
 	}
 	for _, fe := range t.prune {
@@ -587,34 +565,10 @@ func (t *table[F, B]) deleteGroups(gs []group[B]) error {
 		}
 		delete(t.used, g.id)
 	}
-	if err := deleteAll(t.backends, slots); err != nil {
+	if err := bpfmap.DeleteAll(t.backends, slots); err != nil {
 		return fmt.Errorf("deleting %d %s endpoint slots of the socket load balancer: %w", len(slots), t.name, err)
 	}
 	return nil
-}
-
-// deleteAll deletes keys from m; keys already missing are skipped (a batch
-// stops at the first one, so the rest is deleted after it).
-func deleteAll[K any](m *ebpf.Map, keys []K) error {
-	for len(keys) > 0 {
-		n, err := m.BatchDelete(keys, nil)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, ebpf.ErrKeyNotExist) || n >= len(keys) {
-			return err
-		}
-		keys = keys[n+1:]
-	}
-	return nil
-}
-
-func batchUpdate[K, V any](m *ebpf.Map, keys []K, vals []V) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	_, err := m.BatchUpdate(keys, vals, nil)
-	return err
 }
 
 // Close releases the balancer's file descriptors. A pinned balancer stays

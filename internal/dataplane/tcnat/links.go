@@ -13,6 +13,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/kubenat/kubenat/internal/bpfmap"
 )
 
 // role is the program a link runs.
@@ -143,7 +145,7 @@ func syncMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
 	if err := it.Err(); err != nil {
 		return err
 	}
-	if err := deleteAll(m, drop); err != nil {
+	if err := bpfmap.DeleteAll(m, drop); err != nil {
 		return err
 	}
 	for k, v := range want {

@@ -42,6 +42,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
+	"github.com/kubenat/kubenat/internal/bpfmap"
 	"github.com/kubenat/kubenat/internal/model"
 )
 
@@ -120,7 +121,7 @@ func Open(o Options) (_ *NAT, err error) {
 	}
 	var opts ebpf.CollectionOptions
 	if o.PinDir != "" {
-		if err := checkBPFFS(o.PinDir); err != nil {
+		if err := bpfmap.PinDir(o.PinDir, "tc NAT"); err != nil {
 			return nil, err
 		}
 		for _, name := range pinned {
@@ -176,29 +177,6 @@ func freePorts(file string) ([2]uint16, error) {
 		return [2]uint16{uint16(hi + 1), 65535}, nil
 	}
 	return [2]uint16{}, fmt.Errorf("the tc NAT needs source ports outside the node's ephemeral range %d-%d (net.ipv4.ip_local_port_range)", lo, hi)
-}
-
-// checkBPFFS returns an error unless dir is, or would be created, on a bpf
-// file system; it creates dir.
-func checkBPFFS(dir string) error {
-	probe := dir
-	for {
-		var st unix.Statfs_t
-		err := unix.Statfs(probe, &st)
-		if err == nil {
-			if st.Type != unix.BPF_FS_MAGIC {
-				return fmt.Errorf("tc NAT pin directory %s: not on a bpf file system (mount one: mount -t bpf bpf /sys/fs/bpf)", dir)
-			}
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				return fmt.Errorf("tc NAT pin directory: %w", err)
-			}
-			return nil
-		}
-		if !errors.Is(err, os.ErrNotExist) || filepath.Dir(probe) == probe {
-			return fmt.Errorf("tc NAT pin directory %s: %w", dir, err)
-		}
-		probe = filepath.Dir(probe)
-	}
 }
 
 // Update writes the frontends st wants translated and their endpoints
@@ -331,14 +309,14 @@ func (n *NAT) update(candidates map[bpfFrontend]bool, want map[bpfFrontend]group
 			old = append(old, prev)
 		}
 	}
-	if err := batchUpdate(n.objs.Backends, slots, backends); err != nil {
-		_ = deleteAll(n.objs.Backends, slots)
+	if err := bpfmap.BatchUpdate(n.objs.Backends, slots, backends); err != nil {
+		_ = bpfmap.DeleteAll(n.objs.Backends, slots)
 		for _, g := range next {
 			delete(n.used, g.id)
 		}
 		return nil, fmt.Errorf("writing the tc NAT's endpoints: %w", err)
 	}
-	if err := batchUpdate(n.objs.Frontends, fes, svcs); err != nil {
+	if err := bpfmap.BatchUpdate(n.objs.Frontends, fes, svcs); err != nil {
 		// Some frontends may point at their new group already: keep
 		// those groups' slots; the next Update rewrites everything.
 		return nil, fmt.Errorf("writing the tc NAT's frontends: %w", err)
@@ -346,7 +324,7 @@ func (n *NAT) update(candidates map[bpfFrontend]bool, want map[bpfFrontend]group
 	for fe, g := range next {
 		n.groups[fe] = g
 	}
-	if err := deleteAll(n.objs.Frontends, gone); err != nil {
+	if err := bpfmap.DeleteAll(n.objs.Frontends, gone); err != nil {
 		return nil, fmt.Errorf("removing %d frontends from the tc NAT: %w", len(gone), err)
 	}
 	for _, fe := range gone {
@@ -359,7 +337,7 @@ func (n *NAT) update(candidates map[bpfFrontend]bool, want map[bpfFrontend]group
 		}
 		delete(n.used, g.id)
 	}
-	if err := deleteAll(n.objs.Backends, oldSlots); err != nil {
+	if err := bpfmap.DeleteAll(n.objs.Backends, oldSlots); err != nil {
 		return nil, fmt.Errorf("deleting %d endpoint slots of the tc NAT: %w", len(oldSlots), err)
 	}
 	return stale, nil
@@ -391,7 +369,7 @@ func (n *NAT) forgetUDP(gone func(pair) bool) error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading the tc NAT's connections: %w", err)
 	}
-	if err := deleteAll(n.objs.Conns, keys); err != nil {
+	if err := bpfmap.DeleteAll(n.objs.Conns, keys); err != nil {
 		return fmt.Errorf("deleting %d UDP connections to removed endpoints from the tc NAT: %w", len(keys)/2, err)
 	}
 	return nil
@@ -472,29 +450,6 @@ func (n *NAT) newID() uint32 {
 // Close releases the NAT's file descriptors. The programs stay attached,
 // with the maps they use.
 func (n *NAT) Close() error { return n.objs.Close() }
-
-// deleteAll deletes keys from m; keys already missing are skipped.
-func deleteAll[K any](m *ebpf.Map, keys []K) error {
-	for len(keys) > 0 {
-		c, err := m.BatchDelete(keys, nil)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, ebpf.ErrKeyNotExist) || c >= len(keys) {
-			return err
-		}
-		keys = keys[c+1:]
-	}
-	return nil
-}
-
-func batchUpdate[K, V any](m *ebpf.Map, keys []K, vals []V) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	_, err := m.BatchUpdate(keys, vals, nil)
-	return err
-}
 
 func reversed(t bpfTuple) bpfTuple {
 	return bpfTuple{Saddr: t.Daddr, Daddr: t.Saddr, Sport: t.Dport, Dport: t.Sport, Proto: t.Proto}
