@@ -62,7 +62,10 @@ type Reply struct {
 // String returns "server (saw addr:port)".
 func (r Reply) String() string { return fmt.Sprintf("%s (saw %s)", r.Server, r.Seen) }
 
-func parseReply(s string) (Reply, error) {
+// ParseReply reads an echo server's answer ("name addr:port", surrounding
+// space ignored).
+func ParseReply(s string) (Reply, error) {
+	s = strings.TrimSpace(s)
 	f := strings.Fields(s)
 	if len(f) != 2 {
 		return Reply{}, fmt.Errorf("malformed reply %q", s)
@@ -72,6 +75,21 @@ func parseReply(s string) (Reply, error) {
 		return Reply{}, fmt.Errorf("malformed reply %q: %w", s, err)
 	}
 	return Reply{Server: f[0], Seen: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}, nil
+}
+
+// ServeCopy serves TCP on port in h's namespace, sending back whatever a
+// connection sends until it is closed (for long-lived and bulk
+// connections). stop closes the listener.
+func ServeCopy(h *Host, port uint16) (stop func(), err error) {
+	var l net.Listener
+	if err := InNS(h.NS, func() (err error) {
+		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("starting a copy server in %s: %w", h.Name, err)
+	}
+	go serveEach(l, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	return func() { l.Close() }, nil
 }
 
 // EchoServer answers every TCP connection and UDP datagram with its name
@@ -212,7 +230,7 @@ func exchange(conn net.Conn, network string, timeout time.Duration) (Reply, erro
 	if err != nil {
 		return Reply{}, err
 	}
-	r, err := parseReply(strings.TrimSpace(line))
+	r, err := ParseReply(line)
 	if err != nil {
 		return Reply{}, err
 	}
@@ -306,7 +324,7 @@ func (f *UDPFlow) Ping(timeout time.Duration) (Reply, error) {
 	if err != nil {
 		return Reply{}, err
 	}
-	return parseReply(strings.TrimSpace(string(buf[:n])))
+	return ParseReply(string(buf[:n]))
 }
 
 // Close closes the socket.

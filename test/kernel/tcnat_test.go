@@ -3,7 +3,6 @@ package kernel
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -49,23 +48,11 @@ func TestTCNAT(t *testing.T) {
 	e.writeService(t, web)
 	// A server on web-1 that keeps its connections open and echoes lines.
 	const longPort = 9090
-	var ln net.Listener
-	if err := topo.InNS(web1.NS, func() (err error) {
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", longPort))
-		return err
-	}); err != nil {
+	stopCopy, err := topo.ServeCopy(&web1.Host, longPort)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	t.Cleanup(stopCopy)
 	e.writeService(t, k8sobj.Service{Name: "long", Type: v1.ServiceTypeNodePort, ClusterIPs: []string{"10.96.0.11"},
 		Ports:     []k8sobj.Port{{Name: "echo", Port: 90, TargetPort: longPort, NodePort: 30090}},
 		Endpoints: eps(web1)})
@@ -125,12 +112,11 @@ func TestTCNAT(t *testing.T) {
 		if err != nil {
 			t.Fatalf("UDP from port %d to node-a:30053: %v", sport, err)
 		}
-		f := strings.Fields(line)
-		seen, err := netip.ParseAddrPort(f[1])
+		r, err := topo.ParseReply(line)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return topo.Reply{Server: f[0], Seen: seen}
+		return r
 	}
 
 	p := start(t, args)

@@ -2,7 +2,6 @@ package tcnat
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -94,12 +93,7 @@ func (l *lab) dialReset(t *testing.T, p uint16) (topo.Reply, error) {
 	if err != nil {
 		return topo.Reply{}, err
 	}
-	f := strings.Fields(string(buf[:k]))
-	if len(f) < 2 {
-		return topo.Reply{}, fmt.Errorf("odd reply %q", buf[:k])
-	}
-	seen, err := netip.ParseAddrPort(f[1])
-	return topo.Reply{Server: f[0], Seen: seen}, err
+	return topo.ParseReply(string(buf[:k]))
 }
 
 // TestTakeOver checks what a NAT opened over an earlier one's pins does:

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -171,12 +170,7 @@ func (l *lab) dial(t *testing.T, network string, p uint16, sport int) (topo.Repl
 	if err != nil {
 		return topo.Reply{}, err
 	}
-	f := strings.Fields(string(buf[:k]))
-	if len(f) < 2 {
-		return topo.Reply{}, fmt.Errorf("odd reply %q", buf[:k])
-	}
-	seen, err := netip.ParseAddrPort(f[1])
-	return topo.Reply{Server: f[0], Seen: seen}, err
+	return topo.ParseReply(string(buf[:k]))
 }
 
 func TestExternalTrafficTranslated(t *testing.T) {
@@ -409,24 +403,12 @@ func TestCleanup(t *testing.T) {
 func TestBulkTransfer(t *testing.T) {
 	l := newLab(t)
 	const port = 9090
-	var ln net.Listener
 	web1 := l.c.Pod("web-1")
-	if err := topo.InNS(web1.NS, func() (err error) {
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	}); err != nil {
+	stop, err := topo.ServeCopy(&web1.Host, port)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	t.Cleanup(stop)
 	l.set(k8sobj.Service{Name: "echo", ClusterIPs: []string{"10.96.0.16"}, Type: v1.ServiceTypeNodePort,
 		Ports:     []k8sobj.Port{{Port: 90, TargetPort: port, NodePort: 30095}},
 		Endpoints: l.endpoints("web-1")})
