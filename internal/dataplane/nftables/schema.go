@@ -390,16 +390,18 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 	// (after routing, so the mark steers no routing decision, and never
 	// on packets delivered to the node), and every postrouting rule that
 	// can see the mark clears it.
-	egress := fmt.Sprintf("%s @%s %s != @%s masquerade fully-random", a.saddr, setClusterCIDRs, a.daddr, setNoMasqCIDRs)
-	hairpin := fmt.Sprintf("ct status dnat %s . %s @%s masquerade fully-random", a.saddr, a.daddr, setHairpin)
+	// egress and hairpin are the matches (and mark changes) of their
+	// masquerade rules; the statement comes in postrouting.
+	egress := fmt.Sprintf("%s @%s %s != @%s", a.saddr, setClusterCIDRs, a.daddr, setNoMasqCIDRs)
+	hairpin := fmt.Sprintf("ct status dnat %s . %s @%s", a.saddr, a.daddr, setHairpin)
 	clear := ^o.MasqueradeMark
 	if m.local.ByInterface() {
 		cs = append(cs, chain{name: "filter-forward", hook: "type filter hook forward priority -110; policy accept;",
 			rules: []string{fmt.Sprintf("ct state new %s meta mark set meta mark | 0x%x", a.fromLocalPod(m, false), o.PodEgressMark)}})
 		unmark := fmt.Sprintf("meta mark set meta mark & 0x%x", ^o.PodEgressMark)
-		egress = fmt.Sprintf("meta mark & 0x%x == 0x%x %s %s != @%s masquerade fully-random",
+		egress = fmt.Sprintf("meta mark & 0x%x == 0x%x %s %s != @%s",
 			o.PodEgressMark, o.PodEgressMark, unmark, a.daddr, setNoMasqCIDRs)
-		hairpin = fmt.Sprintf("ct status dnat %s . %s @%s %s masquerade fully-random", a.saddr, a.daddr, setHairpin, unmark)
+		hairpin = fmt.Sprintf("ct status dnat %s . %s @%s %s", a.saddr, a.daddr, setHairpin, unmark)
 		clear &^= o.PodEgressMark
 	}
 	// The DNAT chains run just before the usual NAT priority (dstnat,
@@ -439,20 +441,18 @@ func (a fam) chains(o Options, m modes, d dynamic) []chain {
 		post = append(post, fmt.Sprintf("%s @%s ct status & dnat == 0 fib daddr type != local drop", a.daddr, setServiceCIDRs))
 	}
 	masq := []string{
-		fmt.Sprintf("meta mark & 0x%x == 0x%x meta mark set meta mark & 0x%x masquerade fully-random",
-			o.MasqueradeMark, o.MasqueradeMark, clear),
+		fmt.Sprintf("meta mark & 0x%x == 0x%x meta mark set meta mark & 0x%x", o.MasqueradeMark, o.MasqueradeMark, clear),
 		hairpin,
 		egress,
 	}
-	for _, rule := range masq {
+	for _, match := range masq {
 		if lo, hi, ok := m.masqPorts(a.f); ok {
 			// The tc NAT allocates its own source ports (from the node's
 			// addresses, to endpoints any of these may reach too)
 			// without seeing conntrack's: the kernel keeps to the others.
-			post = append(post, "meta l4proto { tcp, udp } "+
-				strings.Replace(rule, " masquerade fully-random", fmt.Sprintf(" masquerade to :%d-%d fully-random", lo, hi), 1))
+			post = append(post, fmt.Sprintf("meta l4proto { tcp, udp } %s masquerade to :%d-%d fully-random", match, lo, hi))
 		}
-		post = append(post, rule)
+		post = append(post, match+" masquerade fully-random")
 	}
 	cs = append(cs, chain{name: "nat-postrouting", hook: "type nat hook postrouting priority 100; policy accept;", rules: post})
 	return cs
