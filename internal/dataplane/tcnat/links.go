@@ -221,15 +221,15 @@ func (n *NAT) setRole(l netlink.Link, r role) error {
 	if r == external {
 		prog = n.objs.KubenatExternal
 	}
-	if err := netlink.FilterReplace(filter(l.Attrs().Index, prog.FD, r.String())); err != nil {
+	if err := netlink.FilterReplace(filter(l.Attrs().Index, prog.FD(), r.String())); err != nil {
 		return fmt.Errorf("attaching the tc NAT's %s program to %s: %w", r, name, err)
 	}
 	return nil
 }
 
-// filter is kubenat's filter on link idx.
-func filter(idx int, fd func() int, name string) *netlink.BpfFilter {
-	f := &netlink.BpfFilter{
+// filter is kubenat's filter on link idx, running the program fd.
+func filter(idx, fd int, name string) *netlink.BpfFilter {
+	return &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: idx,
 			Parent:    netlink.HANDLE_MIN_INGRESS,
@@ -237,13 +237,10 @@ func filter(idx int, fd func() int, name string) *netlink.BpfFilter {
 			Protocol:  unix.ETH_P_ALL,
 			Priority:  FilterPriority,
 		},
+		Fd:           fd,
 		Name:         name,
 		DirectAction: true,
 	}
-	if fd != nil {
-		f.Fd = fd()
-	}
-	return f
 }
 
 // writeIfaddrs makes the ifaddrs map hold want.

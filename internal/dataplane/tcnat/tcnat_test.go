@@ -360,7 +360,7 @@ func TestCleanup(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		f := filter(eth0.Attrs().Index, other.FD, "other")
+		f := filter(eth0.Attrs().Index, other.FD(), "other")
 		f.Priority = 7
 		return netlink.FilterAdd(f)
 	})
