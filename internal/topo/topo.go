@@ -79,7 +79,8 @@ func (n *Node) OwnAddrs(f Family) map[netip.Addr]bool {
 type Pod struct {
 	Host
 	Node *Node
-	// Veth is the pod's interface name on the node's bridge.
+	// Veth is the name of the node's side of the pod's interface: a port
+	// of the node's bridge, or the pod's route (AddRoutedPod).
 	Veth string
 }
 
@@ -370,6 +371,28 @@ func (c *Cluster) AddLANHost(ctx context.Context, name string, addr, addr6 netip
 
 // AddPod creates a pod on node n with the next free address of its range.
 func (c *Cluster) AddPod(ctx context.Context, n *Node, name string) (*Pod, error) {
+	p, err := c.newPod(ctx, n, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.runAll(ctx, [][]string{
+		{"ip", "-n", n.NS, "link", "set", p.Veth, "master", "cni0"},
+		// A pod reaching itself through a Service comes back on its own port.
+		{"ip", "-n", n.NS, "link", "set", p.Veth, "type", "bridge_slave", "hairpin", "on"},
+		{"ip", "-n", p.NS, "addr", "add", pfx(p.Addr, n.PodCIDR), "dev", "eth0"},
+		{"ip", "-n", p.NS, "-6", "addr", "add", pfx(p.Addr6, n.PodCIDR6), "dev", "eth0", "nodad"},
+		{"ip", "-n", p.NS, "route", "add", "default", "via", n.Gateway.String()},
+		{"ip", "-n", p.NS, "-6", "route", "add", "default", "via", n.Gateway6.String()},
+	}); err != nil {
+		return nil, err
+	}
+	n.Pods = append(n.Pods, p)
+	return p, nil
+}
+
+// newPod creates the namespace of pod name on node n, its addresses (the
+// next free ones of the node's ranges) and its link to the node, up.
+func (c *Cluster) newPod(ctx context.Context, n *Node, name string) (*Pod, error) {
 	h, err := c.newHost(ctx, n.Name+"-"+name)
 	if err != nil {
 		return nil, err
@@ -384,14 +407,38 @@ func (c *Cluster) AddPod(ctx context.Context, n *Node, name string) (*Pod, error
 	if err := c.link(ctx, &n.Host, p.Veth, &p.Host, "eth0"); err != nil {
 		return nil, err
 	}
+	return p, nil
+}
+
+// RoutedGateway is the gateway routed pods (AddRoutedPod) point their
+// default route at: an address no host holds, which the node's side of
+// their link answers for (proxy ARP), as Calico does.
+var RoutedGateway = netip.MustParseAddr("169.254.1.1")
+
+// AddRoutedPod creates a pod on node n with the next free address of its
+// range, reached by routing instead of the bridge: its veth is not a
+// bridge port, the pod holds its address as a /32 with a default route to
+// RoutedGateway through its link, and the node routes the address to the
+// pod's link and answers ARP for it there and on its bridge (proxy ARP),
+// so that the bridge's pods reach it through the node. IPv4 only.
+func (c *Cluster) AddRoutedPod(ctx context.Context, n *Node, name string) (*Pod, error) {
+	p, err := c.newPod(ctx, n, name)
+	if err != nil {
+		return nil, err
+	}
+	p.Addr6 = netip.Addr{}
+	// The bridge answers too: its pods take the routed pod's address,
+	// in their subnet, for a neighbour on the bridge.
+	if err := c.SetSysctls(ctx, &n.Host, map[string]string{
+		"net/ipv4/conf/" + p.Veth + "/proxy_arp": "1",
+		"net/ipv4/conf/cni0/proxy_arp":           "1",
+	}); err != nil {
+		return nil, err
+	}
 	if err := c.runAll(ctx, [][]string{
-		{"ip", "-n", n.NS, "link", "set", p.Veth, "master", "cni0"},
-		// A pod reaching itself through a Service comes back on its own port.
-		{"ip", "-n", n.NS, "link", "set", p.Veth, "type", "bridge_slave", "hairpin", "on"},
-		{"ip", "-n", p.NS, "addr", "add", pfx(p.Addr, n.PodCIDR), "dev", "eth0"},
-		{"ip", "-n", p.NS, "-6", "addr", "add", pfx(p.Addr6, n.PodCIDR6), "dev", "eth0", "nodad"},
-		{"ip", "-n", p.NS, "route", "add", "default", "via", n.Gateway.String()},
-		{"ip", "-n", p.NS, "-6", "route", "add", "default", "via", n.Gateway6.String()},
+		{"ip", "-n", n.NS, "route", "add", netip.PrefixFrom(p.Addr, 32).String(), "dev", p.Veth},
+		{"ip", "-n", p.NS, "addr", "add", netip.PrefixFrom(p.Addr, 32).String(), "dev", "eth0"},
+		{"ip", "-n", p.NS, "route", "add", "default", "via", RoutedGateway.String(), "dev", "eth0", "onlink"},
 	}); err != nil {
 		return nil, err
 	}
