@@ -67,6 +67,12 @@ type Config struct {
 	// the two never pick the same address and port towards the same
 	// endpoint: neither sees the other's connections.
 	TCNATPorts [2]uint16
+	// TCNATPodToPod says that the tc NAT's pod program delivers TCP
+	// between two of this node's pods that the untracked chain would
+	// leave untracked straight into the destination pod's namespace, past
+	// the bridge and netfilter (see State.DirectPodCIDR). It needs TCNAT
+	// and UntrackPodTCP.
+	TCNATPodToPod bool
 	// LocalDetect says how a packet from a pod on this node is told from
 	// others. The zero value is DetectNodeCIDR.
 	LocalDetect LocalDetect

@@ -1,6 +1,9 @@
 package model
 
-import "slices"
+import (
+	"net/netip"
+	"slices"
+)
 
 // The tc NAT (Config.TCNAT) translates new IPv4 TCP and UDP connections
 // from outside the node to external frontends (NodePorts, externalIPs,
@@ -62,4 +65,19 @@ func (s *State) TCNAT(sp *ServicePort, fe Frontend) (TCNATService, bool) {
 		}
 	}
 	return TCNATService{Endpoints: eps, Masquerade: d.Masquerade, LocalPolicy: sp.ExternalPolicyLocal}, true
+}
+
+// DirectPodCIDR returns the cluster CIDR between whose addresses the tc
+// NAT's pod program delivers TCP from one of this node's pods to another
+// directly (Config.TCNATPodToPod), and false when it does not: the tc NAT
+// is off, pod-to-pod TCP is tracked (UntrackActive is false), or the
+// cluster has no IPv4 CIDR. The programs take exactly the packets the
+// untracked chain would leave untracked: between addresses of the CIDR,
+// neither side one of TrackedEndpoints, the destination a pod of this
+// node (so never one of the node's own addresses).
+func (s *State) DirectPodCIDR() (netip.Prefix, bool) {
+	if !s.Config.TCNAT || !s.Config.TCNATPodToPod {
+		return netip.Prefix{}, false
+	}
+	return s.UntrackedCIDR(IPv4)
 }

@@ -100,3 +100,34 @@ func TestMasqueradePorts(t *testing.T) {
 		})
 	}
 }
+
+func TestDirectPodCIDR(t *testing.T) {
+	v4 := netip.MustParsePrefix("10.244.0.0/16")
+	v6 := netip.MustParsePrefix("fd00:10:244::/56")
+	all := Config{TCNAT: true, TCNATPodToPod: true, SocketLB: true, UntrackPodTCP: true, ClusterCIDRs: []netip.Prefix{v6, netip.MustParsePrefix("10.244.1.7/16")}}
+	tests := []struct {
+		name string
+		edit func(c *Config)
+		want netip.Prefix // zero: no direct delivery
+	}{
+		{"on: the IPv4 cluster CIDR, masked", func(*Config) {}, v4},
+		{"without the option", func(c *Config) { c.TCNATPodToPod = false }, netip.Prefix{}},
+		{"without the tc NAT", func(c *Config) { c.TCNAT = false }, netip.Prefix{}},
+		{"pod TCP tracked", func(c *Config) { c.UntrackPodTCP = false }, netip.Prefix{}},
+		{"no socket load balancer (no untracking)", func(c *Config) { c.SocketLB = false }, netip.Prefix{}},
+		{"masqueradeAll turns the balancer off", func(c *Config) { c.MasqueradeAll = true }, netip.Prefix{}},
+		{"no IPv4 cluster CIDR", func(c *Config) { c.ClusterCIDRs = []netip.Prefix{v6} }, netip.Prefix{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := all
+			cfg.ClusterCIDRs = slices.Clone(all.ClusterCIDRs)
+			tt.edit(&cfg)
+			st := &State{Config: cfg}
+			got, ok := st.DirectPodCIDR()
+			if ok != tt.want.IsValid() || got != tt.want {
+				t.Errorf("DirectPodCIDR() = %v, %v; want %v", got, ok, tt.want)
+			}
+		})
+	}
+}
