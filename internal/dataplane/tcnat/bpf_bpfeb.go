@@ -31,6 +31,20 @@ type bpfCt struct {
 	Pad      uint8
 }
 
+type bpfDirectCfg struct {
+	_    structs.HostLayout
+	On   uint32
+	Net  uint32
+	Mask uint32
+}
+
+type bpfEndpoint struct {
+	_    structs.HostLayout
+	Addr uint32
+	Port uint16
+	Pad  uint16
+}
+
 type bpfFrontend struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -45,10 +59,19 @@ type bpfPodCidr struct {
 	Addr      uint32
 }
 
+type bpfPodIface struct {
+	_         structs.HostLayout
+	Bridge    uint32
+	BridgeMac [6]uint8
+	Pad       [2]uint8
+}
+
 type bpfPodLink struct {
 	_       structs.HostLayout
 	Ifindex uint32
 	Via     uint32
+	Mac     [6]uint8
+	Pad     [2]uint8
 }
 
 type bpfService struct {
@@ -80,11 +103,13 @@ type bpfTuple struct {
 const (
 	bpfMapBackends         = "backends"
 	bpfMapConns            = "conns"
+	bpfMapDirect           = "direct"
 	bpfMapFrontends        = "frontends"
 	bpfMapIfaddrs          = "ifaddrs"
 	bpfMapLocalPods        = "local_pods"
 	bpfMapPodIfaces        = "pod_ifaces"
 	bpfMapPodLinks         = "pod_links"
+	bpfMapTracked          = "tracked"
 	bpfProgKubenatExternal = "kubenat_external"
 	bpfProgKubenatPod      = "kubenat_pod"
 	bpfVarSnatPortMax      = "snat_port_max"
@@ -143,11 +168,13 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	Backends  *ebpf.MapSpec `ebpf:"backends"`
 	Conns     *ebpf.MapSpec `ebpf:"conns"`
+	Direct    *ebpf.MapSpec `ebpf:"direct"`
 	Frontends *ebpf.MapSpec `ebpf:"frontends"`
 	Ifaddrs   *ebpf.MapSpec `ebpf:"ifaddrs"`
 	LocalPods *ebpf.MapSpec `ebpf:"local_pods"`
 	PodIfaces *ebpf.MapSpec `ebpf:"pod_ifaces"`
 	PodLinks  *ebpf.MapSpec `ebpf:"pod_links"`
+	Tracked   *ebpf.MapSpec `ebpf:"tracked"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -180,22 +207,26 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	Backends  *ebpf.Map `ebpf:"backends"`
 	Conns     *ebpf.Map `ebpf:"conns"`
+	Direct    *ebpf.Map `ebpf:"direct"`
 	Frontends *ebpf.Map `ebpf:"frontends"`
 	Ifaddrs   *ebpf.Map `ebpf:"ifaddrs"`
 	LocalPods *ebpf.Map `ebpf:"local_pods"`
 	PodIfaces *ebpf.Map `ebpf:"pod_ifaces"`
 	PodLinks  *ebpf.Map `ebpf:"pod_links"`
+	Tracked   *ebpf.Map `ebpf:"tracked"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Backends,
 		m.Conns,
+		m.Direct,
 		m.Frontends,
 		m.Ifaddrs,
 		m.LocalPods,
 		m.PodIfaces,
 		m.PodLinks,
+		m.Tracked,
 	)
 }
 

@@ -3,6 +3,7 @@ package tcnat
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -76,9 +77,11 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 	present := map[int]bool{}
 	kinds := map[int]string{}
 	masters := map[int]int{}
+	macs := map[int]net.HardwareAddr{}
 	for _, l := range links {
 		kinds[l.Attrs().Index] = l.Type()
 		masters[l.Attrs().Index] = l.Attrs().MasterIndex
+		macs[l.Attrs().Index] = l.Attrs().HardwareAddr
 		idx := l.Attrs().Index
 		present[idx] = true
 		r := noRole
@@ -116,14 +119,19 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 	if err := n.writePodLinks(kinds); err != nil {
 		errs = append(errs, err)
 	}
-	podIfaces := map[uint32]uint8{}
+	// A pod link with its bridge (none: 0), a bridge with itself.
+	podIfaces := map[uint32]bpfPodIface{}
 	for idx, r := range n.attached {
-		if r == pod {
-			podIfaces[uint32(idx)] = 1
-			if m := masters[idx]; m != 0 {
-				podIfaces[uint32(m)] = 1
-			}
+		if r != pod {
+			continue
 		}
+		var v bpfPodIface
+		if m := masters[idx]; m != 0 {
+			v.Bridge = uint32(m)
+			copy(v.BridgeMac[:], macs[m])
+			podIfaces[uint32(m)] = v
+		}
+		podIfaces[uint32(idx)] = v
 	}
 	if err := syncMap(n.objs.PodIfaces, podIfaces); err != nil {
 		errs = append(errs, fmt.Errorf("writing the tc NAT's pod interfaces: %w", err))
@@ -158,9 +166,9 @@ func syncMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
 
 // writePodLinks makes the pod_links map hold, for each local pod the
 // node's neighbour table knows, the node side of its interface (the
-// links attached as pod links): the neighbour's own link for a routed
-// pod, or, for one on a bridge, the bridge port its MAC address was
-// learnt on. A pod whose address moved (a new pod reusing it) moves with
+// links attached as pod links) and the pod's MAC address: the neighbour's
+// own link for a routed pod, or, for one on a bridge, the bridge port its
+// MAC address was learnt on. A pod whose address moved (a new pod reusing it) moves with
 // the tables; one they do not know is reached through the FIB's
 // interface.
 func (n *NAT) writePodLinks(kinds map[int]string) error {
@@ -191,10 +199,12 @@ func (n *NAT) writePodLinks(kinds map[int]string) error {
 		case kinds[ne.LinkIndex] == "bridge":
 			link = ports[ne.HardwareAddr.String()]
 		}
-		if link != 0 {
+		if link != 0 && len(ne.HardwareAddr) == 6 {
 			// The neighbour's link is the way there: the bridge, or
 			// the pod's own link.
-			want[addr4(ip)] = bpfPodLink{Ifindex: uint32(link), Via: uint32(ne.LinkIndex)}
+			pl := bpfPodLink{Ifindex: uint32(link), Via: uint32(ne.LinkIndex)}
+			copy(pl.Mac[:], ne.HardwareAddr)
+			want[addr4(ip)] = pl
 		}
 	}
 	if err := syncMap(n.objs.PodLinks, want); err != nil {

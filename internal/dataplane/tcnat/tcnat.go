@@ -31,6 +31,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -83,6 +84,11 @@ type NAT struct {
 	// swept is true once an Attach looked at every link (an earlier
 	// agent's filter on a link that lost its role goes then).
 	swept bool
+	// tracked counts, for each endpoint the tracked map holds, the
+	// Service ports that keep it tracked (with direct delivery on);
+	// ahead are the endpoints Track added that Update has not counted.
+	tracked map[bpfEndpoint]int
+	ahead   map[bpfEndpoint]bool
 }
 
 // group is what the maps hold for one frontend.
@@ -129,7 +135,8 @@ func Open(o Options) (_ *NAT, err error) {
 		}
 		opts.Maps.PinPath = o.PinDir
 	}
-	n := &NAT{pinDir: o.PinDir, ports: ports, groups: map[bpfFrontend]group{}, used: map[uint32]bool{}, attached: map[int]role{}}
+	n := &NAT{pinDir: o.PinDir, ports: ports, groups: map[bpfFrontend]group{}, used: map[uint32]bool{}, attached: map[int]role{},
+		tracked: map[bpfEndpoint]int{}, ahead: map[bpfEndpoint]bool{}}
 	err = spec.LoadAndAssign(&n.objs, &opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// Pinned by a version whose connection entries differ: they
@@ -232,6 +239,15 @@ func (n *NAT) Update(st *model.State, d model.Delta) error {
 	if err := n.writeLocalPods(st, full); err != nil {
 		return err
 	}
+	cidr, direct := st.DirectPodCIDR()
+	if !direct {
+		if err := n.writeDirect(netip.Prefix{}); err != nil {
+			return err
+		}
+	}
+	if err := n.writeTracked(st, d, full); err != nil {
+		return err
+	}
 	first := !n.updated
 	stale, err := n.update(candidates, want)
 	if err != nil {
@@ -254,8 +270,124 @@ func (n *NAT) Update(st *model.State, d model.Delta) error {
 		}
 	}
 	n.unforgotten = nil
+	if direct {
+		// Once every endpoint that must stay tracked is in the map.
+		if err := n.writeDirect(cidr); err != nil {
+			return err
+		}
+	}
 	n.updated = true
 	n.synced = true
+	return nil
+}
+
+// writeDirect turns direct pod-to-pod delivery on for cidr, or off for
+// the zero Prefix.
+func (n *NAT) writeDirect(cidr netip.Prefix) error {
+	var c bpfDirectCfg
+	state := "off"
+	if cidr.IsValid() {
+		mask := net.CIDRMask(cidr.Bits(), 32)
+		c = bpfDirectCfg{On: 1, Net: addr4(cidr.Masked().Addr()), Mask: binary.NativeEndian.Uint32(mask)}
+		state = "on for " + cidr.String()
+	}
+	if err := n.objs.Direct.Put(uint32(0), c); err != nil {
+		return fmt.Errorf("turning the tc NAT's direct pod-to-pod delivery %s: %w", state, err)
+	}
+	return nil
+}
+
+// trackedOf calls f for each IPv4 endpoint of ports that st keeps tracked
+// while direct delivery is on (model.State.TrackedEndpoints; none when it
+// is off).
+func trackedOf(st *model.State, ports []model.ServicePort, f func(bpfEndpoint)) {
+	if _, on := st.DirectPodCIDR(); !on {
+		return
+	}
+	for i := range ports {
+		for _, ep := range st.TrackedEndpoints(&ports[i]) {
+			if ep.Addr.Is4() {
+				f(bpfEndpoint{Addr: addr4(ep.Addr), Port: port(ep.Port)})
+			}
+		}
+	}
+}
+
+// Track adds to the tracked map the endpoints st keeps tracked among the
+// Services d names (every Service when d.Full or before the first
+// complete Update). The agent calls it before the kernel's rules for st
+// are committed, so that no packet of a connection those rules DNAT to a
+// newly tracked endpoint is delivered past conntrack in between; the
+// Update that follows removes what st no longer wants. When it cannot
+// write the map, it turns direct delivery off (the next complete Update
+// turns it on again).
+func (n *NAT) Track(st *model.State, d model.Delta) error {
+	add := func(ep bpfEndpoint) {
+		if n.tracked[ep] == 0 && !n.ahead[ep] {
+			n.ahead[ep] = true
+		}
+	}
+	if d.Full || !n.synced {
+		for _, ports := range st.Services {
+			trackedOf(st, ports, add)
+		}
+	} else {
+		for _, k := range d.Changed {
+			trackedOf(st, st.Services[k], add)
+		}
+	}
+	for ep := range n.ahead {
+		if err := n.objs.Tracked.Put(ep, uint8(1)); err != nil {
+			err = fmt.Errorf("writing the tc NAT's tracked endpoints: %w", err)
+			return errors.Join(err, n.writeDirect(netip.Prefix{}))
+		}
+	}
+	return nil
+}
+
+// writeTracked makes the tracked map hold the endpoints st keeps tracked:
+// every Service's when full, else the counts moved by the Services d
+// names; what Track added ahead and st does not want goes too.
+func (n *NAT) writeTracked(st *model.State, d model.Delta, full bool) error {
+	if full {
+		clear(n.tracked)
+		for _, ports := range st.Services {
+			trackedOf(st, ports, func(ep bpfEndpoint) { n.tracked[ep]++ })
+		}
+		// An earlier agent's entries are not known: compare the map.
+		want := make(map[bpfEndpoint]uint8, len(n.tracked))
+		for ep := range n.tracked {
+			want[ep] = 1
+		}
+		if err := syncMap(n.objs.Tracked, want); err != nil {
+			return fmt.Errorf("writing the tc NAT's tracked endpoints: %w", err)
+		}
+		clear(n.ahead)
+		return nil
+	}
+	touched := map[bpfEndpoint]bool{}
+	for _, k := range d.Changed {
+		trackedOf(st, d.Old[k], func(ep bpfEndpoint) { n.tracked[ep]--; touched[ep] = true })
+		trackedOf(st, st.Services[k], func(ep bpfEndpoint) { n.tracked[ep]++; touched[ep] = true })
+	}
+	for ep := range n.ahead {
+		touched[ep] = true
+	}
+	var drop []bpfEndpoint
+	for ep := range touched {
+		if n.tracked[ep] > 0 {
+			if err := n.objs.Tracked.Put(ep, uint8(1)); err != nil {
+				return fmt.Errorf("writing the tc NAT's tracked endpoints: %w", err)
+			}
+			continue
+		}
+		delete(n.tracked, ep)
+		drop = append(drop, ep)
+	}
+	if err := bpfmap.DeleteAll(n.objs.Tracked, drop); err != nil {
+		return fmt.Errorf("removing %d tracked endpoints from the tc NAT: %w", len(drop), err)
+	}
+	clear(n.ahead)
 	return nil
 }
 

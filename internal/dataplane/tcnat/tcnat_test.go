@@ -39,11 +39,23 @@ type lab struct {
 }
 
 func newLab(t *testing.T) *lab {
+	return newLabWith(t, []string{"web-1", "web-2"}, nil, model.Config{})
+}
+
+// newLabWith is newLab with pods on node-a's bridge, routed pods of
+// node-a (topo.Cluster.AddRoutedPod), and cfg for the model (its node,
+// cluster CIDR and TCNAT set here).
+func newLabWith(t *testing.T, bridged, routed []string, cfg model.Config) *lab {
 	netnstest.Require(t)
 	c := netnstest.NewCluster(t, topo.Spec{Nodes: []topo.NodeSpec{
-		{Name: "node-a", Pods: []string{"web-1", "web-2"}},
+		{Name: "node-a", Pods: bridged},
 		{Name: "node-b", Pods: []string{"web-b"}},
 	}})
+	for _, name := range routed {
+		if _, err := c.AddRoutedPod(t.Context(), c.Nodes[0], name); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, n := range c.Nodes {
 		for _, p := range n.Pods {
 			s, err := topo.ServeEcho(&p.Host, p.Name, echoPort)
@@ -54,7 +66,8 @@ func newLab(t *testing.T) *lab {
 		}
 	}
 	a := c.Nodes[0]
-	b := model.NewBuilder(model.Config{NodeName: "node-a", ClusterCIDRs: []netip.Prefix{topo.ClusterCIDR}, TCNAT: true})
+	cfg.NodeName, cfg.ClusterCIDRs, cfg.TCNAT = "node-a", []netip.Prefix{topo.ClusterCIDR}, true
+	b := model.NewBuilder(cfg)
 	b.SetNode(k8sobj.Node(a.Name, []string{a.Addr.String()}, []string{a.PodCIDR.String()}), "test")
 	return &lab{c: c, a: a, b: b, slices: map[string][]string{}}
 }

@@ -16,8 +16,12 @@
 //      source to the node's address when the frontend says so
 //      (externalTrafficPolicy Cluster), records both directions, and
 //      translates it.
-// kubenat_pod runs on the pods' interfaces and only translates replies: a
-// pod's reply to a connection NATed by kubenat_external.
+// kubenat_pod runs on the pods' interfaces and translates replies: a
+// pod's reply to a connection NATed by kubenat_external. With direct
+// pod-to-pod delivery on (the direct map), it also puts TCP between two of
+// this node's pods that no rule of kubenat's can have translated (the
+// packets nftables' untracked chain leaves untracked) straight into the
+// destination pod's namespace, past the bridge and netfilter.
 //
 // A translated packet gets its TTL decremented and is sent straight out of
 // the interface the FIB names for its new destination (bpf_redirect, or
@@ -150,6 +154,8 @@ struct {
 struct pod_link {
 	__u32 ifindex; // the node side of the pod's interface
 	__u32 via;     // the interface the FIB names for the pod: its bridge, or ifindex
+	__u8 mac[ETH_ALEN]; // the pod's own MAC address
+	__u8 pad[2];
 };
 
 struct {
@@ -160,13 +166,55 @@ struct {
 } pod_links SEC(".maps");
 
 // The interfaces this node's pods are reached through (by ifindex): the
-// node side of their interfaces and the bridges those are ports of.
+// node side of their interfaces, with the bridge each is a port of, and
+// the bridges those are ports of, with themselves.
+struct pod_iface {
+	__u32 bridge;              // 0: none
+	__u8 bridge_mac[ETH_ALEN]; // the bridge's MAC address
+	__u8 pad[2];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32);
-	__type(value, __u8);
+	__type(value, struct pod_iface);
 } pod_ifaces SEC(".maps");
+
+// Direct pod-to-pod delivery: on when on is 1, for TCP between addresses
+// of the cluster CIDR net/mask (network order), which is where nftables'
+// untracked chain leaves pod TCP untracked.
+struct direct_cfg {
+	__u32 on;
+	__u32 net;
+	__u32 mask;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct direct_cfg);
+} direct SEC(".maps");
+
+// An endpoint's address and port (network order).
+struct endpoint {
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
+};
+
+// The endpoints whose TCP to and from pods stays tracked (nftables'
+// tracked-endpoints set: the kernel's rules may DNAT pod traffic to them
+// without masquerade, so their replies need conntrack): direct delivery
+// leaves their packets to the stack.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct endpoint);
+	__type(value, __u8);
+} tracked SEC(".maps");
 
 // The address SNAT uses on each external interface (by ifindex).
 struct {
@@ -626,6 +674,67 @@ int kubenat_external(struct __sk_buff *skb)
 	return open(skb, &p, now);
 }
 
+// mac_eq reports whether two MAC addresses are equal.
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	for (int i = 0; i < ETH_ALEN; i++)
+		if (a[i] != b[i])
+			return 0;
+	return 1;
+}
+
+// deliver puts a pod's TCP packet to another pod of this node straight
+// into that pod's namespace when direct delivery is on and no rule of
+// kubenat's can have translated it: both addresses in the cluster CIDR,
+// neither side a tracked endpoint, the destination a pod pod_links knows.
+// The packet is what the node would have delivered:
+//   - a frame addressed to the other pod's MAC, on the same bridge, goes
+//     unchanged (the bridge would forward it);
+//   - a packet addressed to the node (the MAC of the pod's link or of its
+//     bridge: the pod's gateway) is routed as the stack would: the FIB
+//     must name the link pod_links has for the destination, the TTL is
+//     decremented and the MACs are the FIB's.
+// Anything else (another bridge, an unresolved neighbour, a TTL about to
+// expire) goes on to the stack.
+static __always_inline int deliver(struct __sk_buff *skb, struct parsed *p)
+{
+	if (p->t.proto != IPPROTO_TCP)
+		return TC_ACT_UNSPEC;
+	__u32 zero = 0;
+	struct direct_cfg *c = bpf_map_lookup_elem(&direct, &zero);
+	if (!c || !c->on || (p->t.saddr & c->mask) != c->net || (p->t.daddr & c->mask) != c->net)
+		return TC_ACT_UNSPEC;
+	__u32 in = skb->ingress_ifindex;
+	struct pod_link *to = bpf_map_lookup_elem(&pod_links, &p->t.daddr);
+	if (!to || to->ifindex == in)
+		return TC_ACT_UNSPEC;
+	struct endpoint ep = {.addr = p->t.saddr, .port = p->t.sport};
+	if (bpf_map_lookup_elem(&tracked, &ep))
+		return TC_ACT_UNSPEC;
+	ep.addr = p->t.daddr;
+	ep.port = p->t.dport;
+	if (bpf_map_lookup_elem(&tracked, &ep))
+		return TC_ACT_UNSPEC;
+	struct pod_iface *link = bpf_map_lookup_elem(&pod_ifaces, &in);
+	struct ethhdr *eth = (void *)(long)skb->data;
+	if (!link || (void *)(eth + 1) > (void *)(long)skb->data_end)
+		return TC_ACT_UNSPEC;
+	if (mac_eq(eth->h_dest, to->mac)) {
+		if (to->via == to->ifindex || link->bridge != to->via)
+			return TC_ACT_UNSPEC;
+		return bpf_redirect_peer(to->ifindex, 0);
+	}
+	if (skb->pkt_type != PACKET_HOST && !(link->bridge && mac_eq(eth->h_dest, link->bridge_mac)))
+		return TC_ACT_UNSPEC;
+	struct bpf_fib_lookup fib;
+	int neigh;
+	if (p->ttl <= 1 || !route(skb, p, &p->t, &fib, &neigh) || !neigh || fib.ifindex != to->via)
+		return TC_ACT_UNSPEC;
+	if (rewrite(skb, p, &p->t))
+		return TC_ACT_SHOT;
+	return forward(skb, &fib, neigh, p->t.daddr);
+}
+
 SEC("tc")
 int kubenat_pod(struct __sk_buff *skb)
 {
@@ -635,7 +744,7 @@ int kubenat_pod(struct __sk_buff *skb)
 	__u64 now = bpf_ktime_get_ns();
 	struct ct *e = bpf_map_lookup_elem(&conns, &p.t);
 	if (!alive(e, now) || !e->reply)
-		return TC_ACT_UNSPEC;
+		return deliver(skb, &p);
 	return translate(skb, &p, e, now);
 }
 
