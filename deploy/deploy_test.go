@@ -438,11 +438,12 @@ func TestChartValues(t *testing.T) {
 					t.Errorf("capabilities %v: want BPF and PERFMON", caps)
 				}
 			}},
-		{"the tc NAT: the BPF capability",
+		{"the tc NAT with pod-to-pod delivery: the BPF capability",
 			map[string]any{"config": map[string]any{"clusterCIDRs": []any{"10.244.0.0/16"},
-				"tcNAT": map[string]any{"enabled": true, "snatPorts": "1024-32767"}}},
+				"socketLB": map[string]any{"cgroup": "/sys/fs/cgroup", "untrackPodTCP": true},
+				"tcNAT":    map[string]any{"enabled": true, "snatPorts": "1024-32767", "podToPod": true}}},
 			func(t *testing.T, o objects) {
-				if got := agentConfig(t, o.cm).TCNAT; !got.Enabled || got.SNATPorts != "1024-32767" {
+				if got := agentConfig(t, o.cm).TCNAT; !got.Enabled || got.SNATPorts != "1024-32767" || !got.PodToPod {
 					t.Errorf("tcNAT %+v", got)
 				}
 				c := container(t, o.ds)

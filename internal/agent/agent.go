@@ -722,6 +722,13 @@ func (a *Agent) sync(ctx context.Context) error {
 			delta = delta.Then(again)
 		}
 	}
+	// The tc NAT delivers pod-to-pod TCP past conntrack: an endpoint the
+	// rules are about to DNAT pod traffic to leaves its reach first (see
+	// tcnat.NAT.Track); the Update after the rules removes the others.
+	var trackErr error
+	if a.tcnat != nil {
+		trackErr = a.tcnat.Track(st, delta)
+	}
 	// The backend only reads the changed Services of st, under the lock:
 	// sources may not change the Builder meanwhile.
 	full, changes, err := a.backend.sync(ctx, st, delta)
@@ -755,7 +762,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	// A failed prune leaves frontends nftables serves anyway: the sync
 	// is complete, and returning the error makes the caller retry (the
 	// balancer then compares everything).
-	tcErr := a.syncTCNAT(st, delta)
+	tcErr := errors.Join(trackErr, a.syncTCNAT(st, delta))
 	var pruneErr error
 	frontends := 0
 	if a.balancer != nil {

@@ -299,6 +299,15 @@ type TCNAT struct {
 	// (1024-32767 with Linux's default), which the node's own connections
 	// do not use. Flag --tc-nat-snat-ports.
 	SNATPorts string `json:"snatPorts,omitempty"`
+	// PodToPod has its pod program deliver TCP between two of this node's
+	// pods straight into the destination pod's namespace, past the bridge
+	// and netfilter, where untracking (socketLB.untrackPodTCP) leaves it
+	// untracked: no rule of kubenat's can have translated it. The bridge's
+	// and netfilter's own processing (netfilter-based NetworkPolicy, bridge
+	// VLAN filtering, packet captures on the bridge) does not see those
+	// packets. Needs enabled and socketLB.untrackPodTCP. Default false.
+	// Flag --tc-nat-pod-to-pod.
+	PodToPod bool `json:"podToPod"`
 }
 
 // PortRange parses SNATPorts: zeros when it is empty.

@@ -171,6 +171,13 @@ func TestValidate(t *testing.T) {
 			[]string{`tcNAT.enabled (--tc-nat): the tc NAT needs the nftables datapath (datapath is "iptables-legacy")`}},
 		{"tc NAT ports", func(c *Configuration) { c.TCNAT.SNATPorts = "3000-2000" },
 			[]string{`tcNAT.snatPorts (--tc-nat-snat-ports): "3000-2000" is not a port range first-last (1-65535)`}},
+		{"tc NAT delivering pod-to-pod TCP", func(c *Configuration) {
+			c.TCNAT = TCNAT{Enabled: true, PodToPod: true}
+			c.SocketLB = SocketLB{Cgroup: "/sys/fs/cgroup", PinDir: DefaultBPFPinDir, UntrackPodTCP: true}
+		}, nil},
+		{"pod-to-pod delivery without the tc NAT or untracking", func(c *Configuration) { c.TCNAT.PodToPod = true },
+			[]string{"tcNAT.podToPod (--tc-nat-pod-to-pod): needs the tc NAT (tcNAT.enabled, --tc-nat)",
+				"tcNAT.podToPod (--tc-nat-pod-to-pod): needs untracked pod-to-pod TCP (socketLB.untrackPodTCP, --untrack-pod-tcp)"}},
 		{"tc NAT with a relative pin directory", func(c *Configuration) { c.TCNAT.Enabled, c.SocketLB.PinDir = true, "bpf" },
 			[]string{`socketLB.pinDir (--bpf-pin-dir): "bpf" must be an absolute path`}},
 		{"no cluster CIDR", func(c *Configuration) { c.ClusterCIDRs = nil },

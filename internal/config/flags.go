@@ -82,6 +82,8 @@ var fields = []field{
 		ptr: func(c *Configuration) any { return &c.TCNAT.Enabled }},
 	{path: "tcNAT.snatPorts", flag: "tc-nat-snat-ports", help: "source ports the tc NAT allocates when it masquerades (first-last); empty: the larger range outside net.ipv4.ip_local_port_range",
 		ptr: func(c *Configuration) any { return &c.TCNAT.SNATPorts }},
+	{path: "tcNAT.podToPod", flag: "tc-nat-pod-to-pod", help: "with the tc NAT and --untrack-pod-tcp, deliver TCP between two of this node's pods that no kubenat rule can have translated straight into the destination pod (eBPF at the pods' interfaces), past the bridge and netfilter (netfilter-based NetworkPolicy does not see it)",
+		ptr: func(c *Configuration) any { return &c.TCNAT.PodToPod }},
 	{path: "socketLB.untrackPodTCP", flag: "untrack-pod-tcp", help: "with the socket load balancer, leave TCP between pods untracked where no kubenat rule can have translated it (faster; only correct when every pod connects through the balancer and no one else DNATs pod traffic to pods, e.g. hostPorts)",
 		ptr: func(c *Configuration) any { return &c.SocketLB.UntrackPodTCP }},
 	{path: "conntrack.maxPerCore", flag: "conntrack-max-per-core", help: "size the conntrack table (nf_conntrack_max) at this many entries per CPU, at most 1048576 in all, at least --conntrack-min; 0 leaves it (needed outside the host's network namespace)",

@@ -183,6 +183,14 @@ func (c *Configuration) Validate() error {
 			errs.add("socketLB.pinDir", "%q must be an absolute path on a bpf file system", c.SocketLB.PinDir)
 		}
 	}
+	if c.TCNAT.PodToPod {
+		if !c.TCNAT.Enabled {
+			errs.add("tcNAT.podToPod", "needs the tc NAT (tcNAT.enabled, --tc-nat)")
+		}
+		if !c.SocketLB.UntrackPodTCP {
+			errs.add("tcNAT.podToPod", "needs untracked pod-to-pod TCP (socketLB.untrackPodTCP, --untrack-pod-tcp): it delivers exactly the packets that leaves untracked")
+		}
+	}
 	if _, err := c.TCNAT.PortRange(); err != nil {
 		errs.add("tcNAT.snatPorts", "%v", err)
 	}
@@ -418,6 +426,7 @@ func (c *Configuration) ModelConfig() (model.Config, error) {
 		SocketLB:          c.SocketLB.Cgroup != "",
 		UntrackPodTCP:     c.SocketLB.UntrackPodTCP,
 		TCNAT:             c.TCNAT.Enabled,
+		TCNATPodToPod:     c.TCNAT.PodToPod,
 		Egress: model.EgressConfig{
 			NonMasqueradeCIDRs: []netip.Prefix{},
 			MasqLinkLocal:      c.Masquerade.MasqLinkLocal,
