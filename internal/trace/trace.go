@@ -157,6 +157,12 @@ type Result struct {
 	// before netfilter (no conntrack entry, no nftables rule). The
 	// candidates, the policy and the masquerade decision are the same.
 	TCNAT bool `json:"tcNAT,omitempty"`
+	// DirectPodToPod is true when the tc NAT's pod program delivers the
+	// connection's TCP straight into the destination pod, past the bridge
+	// and netfilter (tcNAT.podToPod): from a pod of this node to a pod of
+	// this node (for a Service, the candidates on this node), between
+	// addresses of the cluster CIDR, neither side an endpoint kept tracked.
+	DirectPodToPod bool `json:"directPodToPod,omitempty"`
 	// DNAT is the destination rewrite of a forwarded packet.
 	DNAT *DNAT `json:"dnat,omitempty"`
 	// Masquerade is the source NAT decision; nil when no connection is made
@@ -366,6 +372,13 @@ func Trace(st *model.State, p Packet) (*Result, error) {
 		r.Masquerade = &Masquerade{Rule: "the socket load balancer: the connection runs from the socket's own address to the endpoint (no NAT to undo)"}
 		if cidr, ok := st.UntrackedCIDR(sp.Name.Family); ok && class == model.FromLocalPod && cidr.Contains(src) {
 			r.Masquerade.Rule += fmt.Sprintf("; TCP between pods of %s is untracked", cidr)
+		}
+		for _, c := range r.Endpoints.Candidates {
+			if c.Local && direct(st, class, netip.AddrPortFrom(src, p.Src.Port()), netip.AddrPortFrom(c.Addr, c.Port)) {
+				r.DirectPodToPod = true
+				r.Masquerade.Rule += "; " + directWhy + " (the candidates on this node)"
+				break
+			}
 		}
 		return r, nil
 	}
@@ -580,9 +593,40 @@ func traceNonService(st *model.State, p Packet, class model.SourceClass, r *Resu
 	} else {
 		r.Verdict = Route
 		r.Reason = fmt.Sprintf("%s is no Service frontend: the packet is routed as addressed, no DNAT", p.Dst)
+		if p.Protocol == model.TCP && direct(st, class, p.Src, p.Dst) {
+			r.DirectPodToPod = true
+			r.Reason += "; " + directWhy
+		}
 	}
 	m, why := egressRule(st, class, src, dst)
 	r.Masquerade = &Masquerade{Masquerade: m, Rule: why}
+}
+
+// directWhy says what direct pod-to-pod delivery does.
+const directWhy = "the tc NAT's pod program delivers this TCP straight into the destination pod, past the bridge and netfilter, once the node's neighbour table knows the pod"
+
+// direct reports whether the tc NAT's pod program delivers TCP from src,
+// of class, to dst directly (model.State.DirectPodCIDR): from a pod of
+// this node to an address of this node's pod ranges, both in the cluster
+// CIDR, neither an endpoint kept tracked (model.State.TrackedEndpoints).
+func direct(st *model.State, class model.SourceClass, src, dst netip.AddrPort) bool {
+	cidr, ok := st.DirectPodCIDR()
+	if !ok || class != model.FromLocalPod || !cidr.Contains(src.Addr()) || !cidr.Contains(dst.Addr()) || isNodeAddr(st, dst.Addr()) {
+		return false
+	}
+	if !slices.ContainsFunc(st.LocalPodCIDRs(model.IPv4), func(p netip.Prefix) bool { return p.Contains(dst.Addr()) }) {
+		return false
+	}
+	for _, ports := range st.Services {
+		for i := range ports {
+			for _, ep := range st.TrackedEndpoints(&ports[i]) {
+				if a := ep.AddrPort(); a == src || a == dst {
+					return false
+				}
+			}
+		}
+	}
+	return true
 }
 
 // egressRule explains the model's egress masquerade decision for traffic

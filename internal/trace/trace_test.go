@@ -405,3 +405,45 @@ func TestTraceTCNAT(t *testing.T) {
 		})
 	}
 }
+
+// TestTraceDirectPodToPod checks when Trace says the tc NAT's pod program
+// delivers a connection straight into the destination pod.
+func TestTraceDirectPodToPod(t *testing.T) {
+	on := func(c *model.Config) {
+		c.SocketLB, c.UntrackPodTCP, c.TCNAT, c.TCNATPodToPod = true, true, true, true
+	}
+	for _, tc := range []struct {
+		name   string
+		cfg    func(*model.Config)
+		p      Packet
+		want   Verdict
+		direct bool
+	}{
+		{"a pod to a pod of this node", on, pkt(podA, web1+":8080"), Route, true},
+		{"off", func(c *model.Config) { on(c); c.TCNATPodToPod = false }, pkt(podA, web1+":8080"), Route, false},
+		{"UDP", on, udp(pkt(podA, web1+":8080")), Route, false},
+		{"a pod to a pod of another node", on, pkt(podA, web2+":8080"), Route, false},
+		{"a pod of another node", on, pkt(podB, web1+":8080"), Route, false},
+		{"a tracked endpoint (externalTrafficPolicy Local)", on, pkt(podA, "10.244.1.21:8080"), Route, false},
+		{"a tracked endpoint's replies", on, pkt("10.244.1.21:8080", podA+":40000"), Route, false},
+		{"through the socket load balancer, a candidate on this node", on, pkt(podA, webVIP+":80"), Forward, true},
+		{"the socket load balancer, no candidate on this node", on, pkt(podA, "10.96.0.60:80"), Forward, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := Trace(fixtureState(t, tc.cfg), tc.p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Verdict != tc.want || r.DirectPodToPod != tc.direct {
+				t.Fatalf("verdict %s, directPodToPod %v (%s); want %s, %v", r.Verdict, r.DirectPodToPod, r.Reason, tc.want, tc.direct)
+			}
+			said := strings.Contains(r.Reason, "pod program")
+			if r.Masquerade != nil {
+				said = said || strings.Contains(r.Masquerade.Rule, "pod program")
+			}
+			if said != tc.direct {
+				t.Errorf("reason %q, masquerade %+v: does not say whether the pod program delivers it", r.Reason, r.Masquerade)
+			}
+		})
+	}
+}
