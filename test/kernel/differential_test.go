@@ -154,23 +154,42 @@ var diffRows = []diffRow{
 // TestDifferential runs the table with each datapath and each way of
 // recognizing a node's pods (detectModes).
 func TestDifferential(t *testing.T) {
-	for _, datapath := range []string{"nftables", "iptables", "iptables-legacy", tcNATDatapath} {
+	for _, datapath := range []string{"nftables", "iptables", "iptables-legacy", tcNATDatapath, eBPFDatapath} {
 		for _, d := range detectModes {
+			if datapath == eBPFDatapath && d.Mode != model.DetectNodeCIDR {
+				continue // untracking needs the cluster CIDR; the tc NAT's modes run above
+			}
 			t.Run(datapath+"/"+d.Mode.String(), func(t *testing.T) { differentialTest(t, datapath, d) })
 		}
 	}
 }
 
 // tcNATDatapath names, in the differential test, the nftables datapath
-// with the tc NAT (--tc-nat).
-const tcNATDatapath = "nftables+tc-nat"
+// with the tc NAT (--tc-nat); eBPFDatapath the nftables datapath with
+// every eBPF part: the socket load balancer, untracked pod TCP, and the
+// tc NAT delivering pod-to-pod TCP directly.
+const (
+	tcNATDatapath = "nftables+tc-nat"
+	eBPFDatapath  = "nftables+ebpf"
+)
 
 func differentialTest(t *testing.T, datapath string, detect model.LocalDetect) {
 	e := newEnv(t, diffSpec)
 	e.detect, e.datapath = detect, datapath
-	if datapath == tcNATDatapath {
-		_, bpffs := netnstest.SocketLBSandbox(t)
-		e.datapath, e.extra = "", []string{"--tc-nat", "--bpf-pin-dir", filepath.Join(bpffs, "kubenat")}
+	if datapath == tcNATDatapath || datapath == eBPFDatapath {
+		// Each node's agent pins in a directory of its own, as on its own
+		// machine: an agent removes the pins of what it does not run.
+		cgroup, bpffs := netnstest.SocketLBSandbox(t)
+		e.datapath, e.extra = "", []string{"--tc-nat"}
+		e.extraFor = map[string][]string{}
+		for _, n := range e.c.Nodes {
+			e.extraFor[n.Name] = []string{"--bpf-pin-dir", filepath.Join(bpffs, n.Name)}
+		}
+		if datapath == eBPFDatapath {
+			// The balancer on node-a only: every namespace of the test is
+			// in the test's one cgroup (see balancerRows).
+			e.extraFor["node-a"] = append(e.extraFor["node-a"], "--socket-lb-cgroup", cgroup, "--untrack-pod-tcp", "--tc-nat-pod-to-pod")
+		}
 	}
 	for _, s := range diffServices(e.c) {
 		e.writeService(t, s)
@@ -182,8 +201,12 @@ func differentialTest(t *testing.T, datapath string, detect model.LocalDetect) {
 	}
 	e.syncAll(t)
 	e.checkDatapath(t)
-	runDifferential(t, e, diffRows)
-	if datapath == tcNATDatapath {
+	rows := diffRows
+	if datapath == eBPFDatapath {
+		rows = balancerRows(t, e, rows)
+	}
+	runDifferential(t, e, rows)
+	if datapath == tcNATDatapath || datapath == eBPFDatapath {
 		// The external client's NodePort connections were the tc NAT's:
 		// conntrack never saw them (nftables would have tracked them).
 		for _, port := range []string{"30080", "30081"} {
@@ -197,6 +220,78 @@ func differentialTest(t *testing.T, datapath string, detect model.LocalDetect) {
 			}
 		}
 	}
+	if datapath == eBPFDatapath {
+		checkDirect(t, e)
+	}
+}
+
+// checkDirect checks that TCP between cli and web-1 on node-a, to a port
+// no Service keeps tracked (web-1:8080 is an endpoint of the sticky
+// Service: nftables may DNAT pod traffic to it), straight and through the
+// socket load balancer, does not cross node-a's bridge (the tc NAT's pod
+// program delivers it), while UDP does: a table of the test's own counts
+// both. The agents run again first, with a Service for that port: the
+// pods' links come from node-a's neighbour table, which learnt cli and
+// web-1 with the rows above (a running agent refreshes them with every
+// sync and table check).
+func checkDirect(t *testing.T, e *env) {
+	t.Helper()
+	const port = 9091
+	cli, web1 := e.c.Pod("cli"), e.c.Pod("web-1")
+	e.serve(&web1.Host, "web-1", port)
+	e.writeService(t, k8sobj.Service{Name: "direct", ClusterIPs: []string{"10.96.0.90"},
+		Ports:     []k8sobj.Port{{Name: "http", Port: 80, TargetPort: port}},
+		Endpoints: []k8sobj.Endpoint{{IP: web1.Addr.String(), Node: "node-a"}}})
+	e.syncAll(t)
+	nft := netnstest.NSRunner{NS: e.c.Node("node-a").NS}
+	if _, err := nft.Run(t.Context(), fmt.Sprintf(`table bridge kubenat_test {
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		ip saddr . ip daddr { %[1]s . %[2]s, %[2]s . %[1]s } meta l4proto tcp counter comment "tcp"
+		ip saddr . ip daddr { %[1]s . %[2]s, %[2]s . %[1]s } meta l4proto udp counter comment "udp"
+	}
+}
+`, cli.Addr, web1.Addr)); err != nil {
+		t.Fatal(err)
+	}
+	for _, network := range []string{"tcp", "udp"} {
+		if r := e.mustDial(t, &cli.Host, network, netip.AddrPortFrom(web1.Addr, port)); r.Server != "web-1" || r.Seen.Addr() != cli.Addr {
+			t.Errorf("%s cli to web-1: %v, want web-1 seeing %s", network, r, cli.Addr)
+		}
+	}
+	hits, seen := e.spread(t, &cli.Host, "tcp", netip.MustParseAddrPort("10.96.0.90:80"), 5)
+	if hits["web-1"] != 5 || len(seen["web-1"]) != 1 || !seen["web-1"][cli.Addr] {
+		t.Errorf("cli to the direct Service: answers %v, sources %v; want web-1 seeing %s", hits, seen, cli.Addr)
+	}
+	out, err := nft.Run(t.Context(), "list table bridge kubenat_test\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, `counter packets 0 bytes 0 comment "tcp"`) || strings.Contains(out, `counter packets 0 bytes 0 comment "udp"`) {
+		t.Errorf("TCP between cli and web-1 crossed the bridge, or UDP did not:\n%s", out)
+	}
+}
+
+// balancerRows returns the rows a socket load balancer on node-a can be
+// tested with: every connection from the test's namespaces is made by the
+// test process, in one cgroup, so node-a's balancer also sees the connects
+// of the other hosts (which on a real node it never does). Rows from
+// node-a and its pods stay, and rows to other addresses than ClusterIPs
+// (which the balancer does not take).
+func balancerRows(t *testing.T, e *env, rows []diffRow) []diffRow {
+	clusterIPs := map[netip.Addr]bool{}
+	for _, s := range diffServices(e.c) {
+		for _, ip := range s.ClusterIPs {
+			clusterIPs[netip.MustParseAddr(ip)] = true
+		}
+	}
+	var out []diffRow
+	for _, r := range rows {
+		if n := e.nodeOf(r.from); (n != nil && n.Name == "node-a") || !clusterIPs[e.resolve(t, r.to).Addr()] {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // runDifferential sends every row's packet for real and checks the
@@ -291,7 +386,10 @@ func (e *env) expect(t *testing.T, states map[string]*model.State, row diffRow, 
 			o.seen = map[string]map[netip.Addr]bool{}
 			for _, c := range r.Endpoints.Candidates {
 				seen := map[netip.Addr]bool{src: true}
-				if c.Masquerade {
+				if c.Masquerade || (r.SocketLB && p.Local) {
+					// The node's own socket, connected to the endpoint
+					// by the balancer, has the source address routing
+					// picks for it: one of the node's.
 					seen = masqTo
 				}
 				o.seen[e.owner(t, c.Addr)] = seen
@@ -310,15 +408,15 @@ func (e *env) check(t *testing.T, row diffRow, from *topo.Host, want outcome) {
 	explain := strings.Join(want.why, "; ")
 	switch want.verdict {
 	case trace.Reject:
-		_, err := e.dial(from, row.proto, dst)
+		r, err := e.dial(from, row.proto, dst)
 		if !isRefused(err) {
-			t.Errorf("trace says reject (%s); the kernel gave %v", explain, err)
+			t.Errorf("trace says reject (%s); the kernel gave %v (reply %v)", explain, err, r)
 		}
 		return
 	case trace.Drop:
-		_, err := e.dialTimeout(from, row.proto, dst, 400*time.Millisecond)
+		r, err := e.dialTimeout(from, row.proto, dst, 400*time.Millisecond)
 		if !isTimeout(err) {
-			t.Errorf("trace says drop (%s); the kernel gave %v, want a timeout", explain, err)
+			t.Errorf("trace says drop (%s); the kernel gave %v (reply %v), want a timeout", explain, err, r)
 		}
 		return
 	}

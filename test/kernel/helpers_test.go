@@ -33,8 +33,10 @@ type env struct {
 	detect model.LocalDetect
 	// datapath is the agents' --datapath; empty: the default (nftables).
 	datapath string
-	// extra are more arguments for every agent.
-	extra []string
+	// extra are more arguments for every agent; extraFor more for the
+	// agent of the node named.
+	extra    []string
+	extraFor map[string][]string
 }
 
 const echoPort = 8080
@@ -81,6 +83,7 @@ func (e *env) agentArgs(n *topo.Node) []string {
 		args = append(args, "--datapath", e.datapath)
 	}
 	args = append(args, e.extra...)
+	args = append(args, e.extraFor[n.Name]...)
 	switch e.detect.Mode {
 	case model.DetectBridgeInterface:
 		return append(args, "--detect-local-mode=BridgeInterface", "--pod-bridge-interface="+e.detect.Interface)
@@ -92,7 +95,10 @@ func (e *env) agentArgs(n *topo.Node) []string {
 
 // modelConfig is the model configuration agentArgs gives n's agent.
 func (e *env) modelConfig(n *topo.Node) model.Config {
-	cfg := model.Config{NodeName: n.Name, LocalDetect: e.detect, TCNAT: slices.Contains(e.extra, "--tc-nat")}
+	extra := append(slices.Clip(e.extra), e.extraFor[n.Name]...)
+	cfg := model.Config{NodeName: n.Name, LocalDetect: e.detect, TCNAT: slices.Contains(extra, "--tc-nat"),
+		SocketLB: slices.Contains(extra, "--socket-lb-cgroup"), UntrackPodTCP: slices.Contains(extra, "--untrack-pod-tcp"),
+		TCNATPodToPod: slices.Contains(extra, "--tc-nat-pod-to-pod")}
 	if !e.detect.ByInterface() {
 		cfg.ClusterCIDRs = []netip.Prefix{topo.ClusterCIDR, topo.ClusterCIDR6}
 	}
