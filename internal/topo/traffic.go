@@ -11,10 +11,12 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -436,3 +438,41 @@ func (s *Stream) Ping(msg string) (string, error) {
 
 // Close closes the connection.
 func (s *Stream) Close() error { return s.conn.Close() }
+
+// Meet makes host h resolve the link-layer address of each of addrs, its
+// neighbours, the way traffic would: a UDP datagram to the discard port,
+// then it waits until h's neighbour table holds them all (as a node's
+// table holds its pods once kubelet's probes or routed replies reached
+// them). It fails when one is not resolved before ctx ends.
+func Meet(ctx context.Context, h *Host, addrs []netip.Addr) error {
+	return InNS(h.NS, func() error {
+		for _, a := range addrs {
+			c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 9)))
+			if err != nil {
+				return fmt.Errorf("%s to %s: %w", h.Name, a, err)
+			}
+			_, _ = c.Write([]byte{0})
+			c.Close()
+		}
+		for {
+			neighs, err := netlink.NeighList(0, 0)
+			if err != nil {
+				return fmt.Errorf("listing %s's neighbours: %w", h.Name, err)
+			}
+			missing := slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool {
+				return slices.ContainsFunc(neighs, func(n netlink.Neigh) bool {
+					ip, _ := netip.AddrFromSlice(n.IP)
+					return ip.Unmap() == a && len(n.HardwareAddr) > 0
+				})
+			})
+			if len(missing) == 0 {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s did not resolve %v: %w", h.Name, missing, ctx.Err())
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	})
+}
