@@ -65,14 +65,15 @@ func TestSmoke(t *testing.T) {
 	d := res.Datapath
 	for _, rs := range []string{datapath.Kubenat, datapath.KubenatTen, datapath.KubenatSocketLB, datapath.KubenatSocketLBTen,
 		datapath.KubenatSocketLBUntracked, datapath.KubenatSocketLBUntrackedTen, datapath.KubenatTCNAT, datapath.KubenatTCNATTen,
-		datapath.Floor, datapath.IPTablesNFT, datapath.IPTablesLegacy} {
+		datapath.KubenatEBPF, datapath.KubenatEBPFTen, datapath.Floor, datapath.IPTablesNFT, datapath.IPTablesLegacy} {
 		for _, p := range []string{datapath.PodToClusterIP, datapath.ExternalToNodePort, datapath.PodToPodIP} {
 			// The references measure the Service paths; the balancer's
 			// and the tc NAT's, only the one each serves.
 			switch {
 			case !datapath.IsTen(rs) || rs == datapath.KubenatTen && p != datapath.PodToPodIP:
 			case rs == datapath.KubenatTCNATTen && p == datapath.ExternalToNodePort:
-			case rs != datapath.KubenatTCNATTen && rs != datapath.KubenatTen && p == datapath.PodToClusterIP:
+			case rs == datapath.KubenatEBPFTen && p != datapath.PodToPodIP:
+			case rs != datapath.KubenatTCNATTen && rs != datapath.KubenatTen && rs != datapath.KubenatEBPFTen && p == datapath.PodToClusterIP:
 			default:
 				continue
 			}
@@ -84,14 +85,14 @@ func TestSmoke(t *testing.T) {
 	}
 	// The balancer sends the pod's connects straight to the servers;
 	// untracked, nothing tracks them.
-	for _, rs := range []string{datapath.KubenatSocketLBUntracked, datapath.KubenatSocketLBUntrackedTen} {
+	for _, rs := range []string{datapath.KubenatSocketLBUntracked, datapath.KubenatSocketLBUntrackedTen, datapath.KubenatEBPF, datapath.KubenatEBPFTen} {
 		if pt := d.Find(rs, datapath.PodToClusterIP, 20); pt != nil && len(pt.Samples) == 1 && pt.Samples[0].Conntrack != 0 {
 			t.Errorf("%s, %s: node-a tracked %d connections, want 0", rs, datapath.PodToClusterIP, pt.Samples[0].Conntrack)
 		}
 	}
 	// The tc NAT translates the external client's connections before
 	// netfilter: nothing tracks them.
-	for _, rs := range []string{datapath.KubenatTCNAT, datapath.KubenatTCNATTen} {
+	for _, rs := range []string{datapath.KubenatTCNAT, datapath.KubenatTCNATTen, datapath.KubenatEBPF, datapath.KubenatEBPFTen} {
 		if pt := d.Find(rs, datapath.ExternalToNodePort, 20); pt != nil && len(pt.Samples) == 1 && pt.Samples[0].Conntrack != 0 {
 			t.Errorf("%s, %s: node-a tracked %d connections, want 0", rs, datapath.ExternalToNodePort, pt.Samples[0].Conntrack)
 		}

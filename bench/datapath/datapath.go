@@ -82,6 +82,13 @@ const (
 	// measured on external → NodePort, the path the tc NAT serves.
 	KubenatTCNAT    = "kubenat-tc-nat"
 	KubenatTCNATTen = "kubenat-tc-nat-10"
+	// KubenatEBPF is kubenat with every eBPF part ("kubenatebpf"): the
+	// socket load balancer, untracked pod TCP, the tc NAT, and the tc
+	// NAT's direct pod-to-pod delivery (model.Config.TCNATPodToPod), so
+	// that neither path's packets enter netfilter. KubenatEBPFTen is its
+	// 10-Service reference ("kubenatebpf10"), measured on both paths.
+	KubenatEBPF    = "kubenat-ebpf"
+	KubenatEBPFTen = "kubenat-ebpf-10"
 	// IPTablesNFT is kube-proxy's iptables structure loaded with
 	// iptables-nft-restore (Debian's default iptables).
 	IPTablesNFT = "iptables-nft"
@@ -97,7 +104,7 @@ const (
 // rulesets are the rulesets Options.Rulesets may name (the 10-Service
 // references come with theirs, see TenOf), in the order they are measured
 // by default.
-var rulesets = []string{Kubenat, KubenatSocketLB, KubenatSocketLBUntracked, KubenatTCNAT, Floor, IPTablesNFT, IPTablesLegacy}
+var rulesets = []string{Kubenat, KubenatSocketLB, KubenatSocketLBUntracked, KubenatTCNAT, KubenatEBPF, Floor, IPTablesNFT, IPTablesLegacy}
 
 // variant is how one of kubenat's rulesets is built: its nftables table
 // (in both families), the configuration it is programmed with, and whether
@@ -106,7 +113,7 @@ var rulesets = []string{Kubenat, KubenatSocketLB, KubenatSocketLBUntracked, Kube
 type variant struct {
 	table             string
 	balancer, untrack bool
-	tcNAT             bool
+	tcNAT, podToPod   bool
 	ten               bool
 }
 
@@ -120,6 +127,8 @@ var variants = map[string]variant{
 	KubenatSocketLBUntrackedTen: {table: "kubenatslbu10", balancer: true, untrack: true, ten: true},
 	KubenatTCNAT:                {table: "kubenattc", tcNAT: true},
 	KubenatTCNATTen:             {table: "kubenattc10", tcNAT: true, ten: true},
+	KubenatEBPF:                 {table: "kubenatebpf", balancer: true, untrack: true, tcNAT: true, podToPod: true},
+	KubenatEBPFTen:              {table: "kubenatebpf10", balancer: true, untrack: true, tcNAT: true, podToPod: true, ten: true},
 }
 
 // hasBalancer reports whether ruleset has the socket load balancer.
@@ -136,6 +145,7 @@ var tens = map[string]string{
 	KubenatSocketLB:          KubenatSocketLBTen,
 	KubenatSocketLBUntracked: KubenatSocketLBUntrackedTen,
 	KubenatTCNAT:             KubenatTCNATTen,
+	KubenatEBPF:              KubenatEBPFTen,
 }
 
 // TenOf returns ruleset's 10-Service reference, "" when it has none.
@@ -452,6 +462,7 @@ func runSize(ctx context.Context, ns Namespaces, o Options, n int, cgroup string
 			}
 			paths := services[:2]
 			switch {
+			case hasBalancer(ten) && hasTCNAT(ten): // both paths
 			case hasBalancer(ten):
 				paths = services[:1] // the balancer serves pod → ClusterIP only
 			case hasTCNAT(ten):
@@ -564,6 +575,20 @@ func (b *bed) attachTCNAT(ruleset string) error {
 		return err
 	}
 	st := b.tcStates[ruleset]
+	if _, ok := st.DirectPodCIDR(); ok {
+		// Direct delivery reaches the pods node-a's neighbour table
+		// knows (on a running node: kubelet's probes, routed replies).
+		addrs := []netip.Addr{b.cli.Addr}
+		for _, p := range b.servers {
+			addrs = append(addrs, p.Addr)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := topo.Meet(ctx, &b.node.Host, addrs)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
 	nat, err := tcnat.Open(tcnat.Options{PortRange: st.Config.TCNATPorts})
 	if err != nil {
 		return err
@@ -840,7 +865,7 @@ func (b *bed) loadKubenat(ctx context.Context, ruleset string, v variant) error 
 		}
 	}
 	cfg := b.config()
-	cfg.SocketLB, cfg.UntrackPodTCP = v.balancer, v.untrack
+	cfg.SocketLB, cfg.UntrackPodTCP, cfg.TCNATPodToPod = v.balancer, v.untrack, v.podToPod
 	if v.tcNAT {
 		cfg.TCNAT = true
 		err := topo.InNS(b.node.NS, func() (err error) {

@@ -130,6 +130,8 @@ var targetPaths = []targetPath{
 	{datapath.KubenatSocketLB, datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs},
 	{datapath.KubenatSocketLBUntracked, datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs},
 	{datapath.KubenatTCNAT, datapath.ExternalToNodePort, datapath.ExternalToPodIP, datapath.ExternalToPodIPs},
+	{datapath.KubenatEBPF, datapath.PodToClusterIP, datapath.PodToPodIP, datapath.PodToPodIPs},
+	{datapath.KubenatEBPF, datapath.ExternalToNodePort, datapath.ExternalToPodIP, datapath.ExternalToPodIPs},
 }
 
 // writeTargetRows writes tp's target rows at n Services: its rate against
@@ -296,7 +298,13 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 	p("LAN interface and its pods' veths translate the external client's NodePort connections (DNAT,\n")
 	p("SNAT to node-a's address, their own connection state) before netfilter; they are attached and\n")
 	p("filled when its table is switched on, removed when another is. Its 10-Service reference,\n")
-	p("kubenat-tc-nat-10, is measured in the same rounds on external → NodePort.\n\n")
+	p("kubenat-tc-nat-10, is measured in the same rounds on external → NodePort.\n")
+	p("kubenat-ebpf has every eBPF part: the socket load balancer, untracked pod TCP, the tc NAT, and the\n")
+	p("tc NAT's direct pod-to-pod delivery (`--tc-nat-pod-to-pod`: the pods' TCP that untracking leaves\n")
+	p("untracked goes from the client pod's veth straight into the server pod's namespace, past the bridge\n")
+	p("and netfilter). Before its programs are attached, node-a resolves its pods' addresses (a UDP\n")
+	p("datagram each), as a running node has (kubelet's probes, routed replies): direct delivery reaches\n")
+	p("the pods its neighbour table knows. Its reference, kubenat-ebpf-10, is measured on both paths.\n\n")
 
 	rs := rulesets(d)
 	for _, group := range []struct{ svc, direct, spread, key string }{
@@ -309,9 +317,9 @@ func writeDatapath(w io.Writer, d *datapath.Results, charts map[string]chart) {
 		cols := append([]string{"Services", group.direct + ", no ruleset"}, rs...)
 		cols = append(cols, "kubenat vs 10 Services", "kubenat vs no ruleset", "kubenat vs nft-floor")
 		// The accelerated rulesets of this path, against no ruleset.
-		accel := []string{datapath.KubenatTCNAT}
+		accel := []string{datapath.KubenatTCNAT, datapath.KubenatEBPF}
 		if group.key == "pod" {
-			accel = []string{datapath.KubenatSocketLB, datapath.KubenatSocketLBUntracked}
+			accel = []string{datapath.KubenatSocketLB, datapath.KubenatSocketLBUntracked, datapath.KubenatEBPF}
 		}
 		var slb []string
 		for _, r := range accel {

@@ -47,7 +47,7 @@ func run() error {
 		render   = flag.String("render", "", "only rewrite the report from this results.json")
 		merge    = flag.String("merge", "", "take the stages not run from this results.json (e.g. re-run only -stages datapath)")
 		sizes    = flag.String("sizes", "", "datapath: comma-separated numbers of other Services (default 10,1000,10000,50000)")
-		rulesets = flag.String("rulesets", "", "datapath: comma-separated rulesets besides none (default kubenat,kubenat-socket-lb,kubenat-socket-lb-untracked,kubenat-tc-nat,nft-floor,iptables-nft,iptables-legacy)")
+		rulesets = flag.String("rulesets", "", "datapath: comma-separated rulesets besides none (default kubenat,kubenat-socket-lb,kubenat-socket-lb-untracked,kubenat-tc-nat,kubenat-ebpf,nft-floor,iptables-nft,iptables-legacy)")
 		repeats  = flag.Int("repeats", 0, "datapath: repeats of each measurement (default 5)")
 		duration = flag.Duration("duration", 0, "datapath: length of each connect loop (default 2s)")
 		changes  = flag.Int("changes", 0, "control plane: endpoint changes per scale (default 200)")
