@@ -246,10 +246,30 @@ func TestTrackedEndpoints(t *testing.T) {
 	update(b.Build())
 	want("c and b gone", nil)
 
+	on := func() bool {
+		t.Helper()
+		var c bpfDirectCfg
+		if err := n.objs.Direct.Lookup(uint32(0), &c); err != nil {
+			t.Fatal(err)
+		}
+		return c.On == 1
+	}
+	if !on() {
+		t.Error("direct delivery is off after the Updates")
+	}
+	// Without direct delivery (here the option goes; in the agent, a
+	// balancer that failed), Track turns it off before the rules change.
 	off := cfg
 	off.TCNATPodToPod = false
 	b.SetConfig(off)
 	set(local("d", "10.96.0.14", "10.244.1.14"))
-	update(b.Build())
+	st, d = b.Build()
+	if err := n.Track(st, d); err != nil {
+		t.Fatal(err)
+	}
+	if on() {
+		t.Error("direct delivery is still on after Track of a State without it")
+	}
+	update(st, d)
 	want("direct delivery off", nil)
 }

@@ -318,10 +318,14 @@ func trackedOf(st *model.State, ports []model.ServicePort, f func(bpfEndpoint)) 
 // complete Update). The agent calls it before the kernel's rules for st
 // are committed, so that no packet of a connection those rules DNAT to a
 // newly tracked endpoint is delivered past conntrack in between; the
-// Update that follows removes what st no longer wants. When it cannot
-// write the map, it turns direct delivery off (the next complete Update
-// turns it on again).
+// Update that follows removes what st no longer wants. When st has no
+// direct delivery (the socket load balancer failed, say), it turns it off
+// at once, before the rules stop untracking; when it cannot write the
+// map, too (the next complete Update turns it on again).
 func (n *NAT) Track(st *model.State, d model.Delta) error {
+	if _, on := st.DirectPodCIDR(); !on {
+		return n.writeDirect(netip.Prefix{})
+	}
 	add := func(ep bpfEndpoint) {
 		if n.tracked[ep] == 0 && !n.ahead[ep] {
 			n.ahead[ep] = true
