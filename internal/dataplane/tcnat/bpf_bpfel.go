@@ -38,13 +38,6 @@ type bpfDirectCfg struct {
 	Mask uint32
 }
 
-type bpfEndpoint struct {
-	_    structs.HostLayout
-	Addr uint32
-	Port uint16
-	Pad  uint16
-}
-
 type bpfFrontend struct {
 	_     structs.HostLayout
 	Addr  uint32

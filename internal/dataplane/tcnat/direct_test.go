@@ -152,7 +152,7 @@ func TestDirectPodToPod(t *testing.T) {
 func trackedInMap(t *testing.T, n *NAT) []netip.AddrPort {
 	t.Helper()
 	var out []netip.AddrPort
-	var k bpfEndpoint
+	var k bpfBackend
 	var v uint8
 	it := n.objs.Tracked.Iterate()
 	for it.Next(&k, &v) {

@@ -87,8 +87,8 @@ type NAT struct {
 	// tracked counts, for each endpoint the tracked map holds, the
 	// Service ports that keep it tracked (with direct delivery on);
 	// ahead are the endpoints Track added that Update has not counted.
-	tracked map[bpfEndpoint]int
-	ahead   map[bpfEndpoint]bool
+	tracked map[bpfBackend]int
+	ahead   map[bpfBackend]bool
 }
 
 // group is what the maps hold for one frontend.
@@ -136,7 +136,7 @@ func Open(o Options) (_ *NAT, err error) {
 		opts.Maps.PinPath = o.PinDir
 	}
 	n := &NAT{pinDir: o.PinDir, ports: ports, groups: map[bpfFrontend]group{}, used: map[uint32]bool{}, attached: map[int]role{},
-		tracked: map[bpfEndpoint]int{}, ahead: map[bpfEndpoint]bool{}}
+		tracked: map[bpfBackend]int{}, ahead: map[bpfBackend]bool{}}
 	err = spec.LoadAndAssign(&n.objs, &opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// Pinned by a version whose connection entries differ: they
@@ -300,14 +300,14 @@ func (n *NAT) writeDirect(cidr netip.Prefix) error {
 // trackedOf calls f for each IPv4 endpoint of ports that st keeps tracked
 // while direct delivery is on (model.State.TrackedEndpoints; none when it
 // is off).
-func trackedOf(st *model.State, ports []model.ServicePort, f func(bpfEndpoint)) {
+func trackedOf(st *model.State, ports []model.ServicePort, f func(bpfBackend)) {
 	if _, on := st.DirectPodCIDR(); !on {
 		return
 	}
 	for i := range ports {
 		for _, ep := range st.TrackedEndpoints(&ports[i]) {
 			if ep.Addr.Is4() {
-				f(bpfEndpoint{Addr: addr4(ep.Addr), Port: port(ep.Port)})
+				f(bpfBackend{Addr: addr4(ep.Addr), Port: port(ep.Port)})
 			}
 		}
 	}
@@ -326,7 +326,7 @@ func (n *NAT) Track(st *model.State, d model.Delta) error {
 	if _, on := st.DirectPodCIDR(); !on {
 		return n.writeDirect(netip.Prefix{})
 	}
-	add := func(ep bpfEndpoint) {
+	add := func(ep bpfBackend) {
 		if n.tracked[ep] == 0 && !n.ahead[ep] {
 			n.ahead[ep] = true
 		}
@@ -356,10 +356,10 @@ func (n *NAT) writeTracked(st *model.State, d model.Delta, full bool) error {
 	if full {
 		clear(n.tracked)
 		for _, ports := range st.Services {
-			trackedOf(st, ports, func(ep bpfEndpoint) { n.tracked[ep]++ })
+			trackedOf(st, ports, func(ep bpfBackend) { n.tracked[ep]++ })
 		}
 		// An earlier agent's entries are not known: compare the map.
-		want := make(map[bpfEndpoint]uint8, len(n.tracked))
+		want := make(map[bpfBackend]uint8, len(n.tracked))
 		for ep := range n.tracked {
 			want[ep] = 1
 		}
@@ -369,15 +369,15 @@ func (n *NAT) writeTracked(st *model.State, d model.Delta, full bool) error {
 		clear(n.ahead)
 		return nil
 	}
-	touched := map[bpfEndpoint]bool{}
+	touched := map[bpfBackend]bool{}
 	for _, k := range d.Changed {
-		trackedOf(st, d.Old[k], func(ep bpfEndpoint) { n.tracked[ep]--; touched[ep] = true })
-		trackedOf(st, st.Services[k], func(ep bpfEndpoint) { n.tracked[ep]++; touched[ep] = true })
+		trackedOf(st, d.Old[k], func(ep bpfBackend) { n.tracked[ep]--; touched[ep] = true })
+		trackedOf(st, st.Services[k], func(ep bpfBackend) { n.tracked[ep]++; touched[ep] = true })
 	}
 	for ep := range n.ahead {
 		touched[ep] = true
 	}
-	var drop []bpfEndpoint
+	var drop []bpfBackend
 	for ep := range touched {
 		if n.tracked[ep] > 0 {
 			if err := n.objs.Tracked.Put(ep, uint8(1)); err != nil {

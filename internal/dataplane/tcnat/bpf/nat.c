@@ -197,14 +197,7 @@ struct {
 	__type(value, struct direct_cfg);
 } direct SEC(".maps");
 
-// An endpoint's address and port (network order).
-struct endpoint {
-	__u32 addr;
-	__u16 port;
-	__u16 pad;
-};
-
-// The endpoints whose TCP to and from pods stays tracked (nftables'
+// The endpoints (struct backend: address and port) whose TCP to and from pods stays tracked (nftables'
 // tracked-endpoints set: the kernel's rules may DNAT pod traffic to them
 // without masquerade, so their replies need conntrack): direct delivery
 // leaves their packets to the stack.
@@ -212,7 +205,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 20);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct endpoint);
+	__type(key, struct backend);
 	__type(value, __u8);
 } tracked SEC(".maps");
 
@@ -708,7 +701,7 @@ static __always_inline int deliver(struct __sk_buff *skb, struct parsed *p)
 	struct pod_link *to = bpf_map_lookup_elem(&pod_links, &p->t.daddr);
 	if (!to || to->ifindex == in)
 		return TC_ACT_UNSPEC;
-	struct endpoint ep = {.addr = p->t.saddr, .port = p->t.sport};
+	struct backend ep = {.addr = p->t.saddr, .port = p->t.sport};
 	if (bpf_map_lookup_elem(&tracked, &ep))
 		return TC_ACT_UNSPEC;
 	ep.addr = p->t.daddr;
