@@ -3,7 +3,9 @@ package nftables
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/kubenat/kubenat/internal/model"
@@ -578,6 +580,22 @@ func (b *Backend) heldKeys(f model.Family) []string {
 // Holds returns the number of endpoints held in tracked-endpoints for
 // connections that still use them (see Options.InUse).
 func (b *Backend) Holds() int { return len(b.holds) }
+
+// HeldEndpoints returns the endpoints of family f held in
+// tracked-endpoints for connections that still use them (see Holds),
+// sorted.
+func (b *Backend) HeldEndpoints(f model.Family) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, k := range b.heldKeys(f) {
+		addr, port, _ := strings.Cut(k, " . ")
+		a, err1 := netip.ParseAddr(addr)
+		p, err2 := strconv.ParseUint(port, 10, 16)
+		if err1 == nil && err2 == nil {
+			out = append(out, netip.AddrPortFrom(a, uint16(p)))
+		}
+	}
+	return out
+}
 
 // ReleaseHolds lets go of the held endpoints no connection uses any more
 // (asking Options.InUse once per family with holds), in one transaction,

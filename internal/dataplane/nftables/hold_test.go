@@ -40,19 +40,19 @@ func TestHeldEndpoints(t *testing.T) {
 	}}
 	b := model.NewBuilder(socketLBConfig())
 	// Dual-stack: each family's table holds its own endpoints.
-	sticky, slices := k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50", "fd00:96::50"}, AffinitySeconds: 60,
+	sticky, stickySlices := k8sobj.Service{Name: "sticky", ClusterIPs: []string{"10.96.0.50", "fd00:96::50"}, AffinitySeconds: 60,
 		Ports:     []k8sobj.Port{{Name: "tcp", Port: 80, TargetPort: 8080}},
 		Endpoints: []k8sobj.Endpoint{{IP: "10.244.1.10", Node: "node-a"}, {IP: "fd00:244::10", Node: "node-a"}}}.Objects()
 	ep, ep6 := netip.MustParseAddrPort("10.244.1.10:8080"), netip.MustParseAddrPort("[fd00:244::10]:8080")
 	set := func() {
 		b.SetService(sticky, "test")
-		for _, sl := range slices {
+		for _, sl := range stickySlices {
 			b.SetEndpointSlice(sl, "test")
 		}
 	}
 	del := func() {
 		b.DeleteService(model.ServiceKey{Namespace: sticky.Namespace, Name: sticky.Name})
-		for _, sl := range slices {
+		for _, sl := range stickySlices {
 			b.DeleteEndpointSlice(sl.Namespace, sl.Name)
 		}
 	}
@@ -138,8 +138,17 @@ func TestHeldEndpoints(t *testing.T) {
 	backend = New(runnerIn(ns), o)
 	sync("restarted", true)
 	check("restarted", "10.244.2.20 . 9090", "fd00:244:0:2::20 . 9090")
+	if got, want := backend.HeldEndpoints(model.IPv4), []netip.AddrPort{netip.MustParseAddrPort("10.244.2.20:9090")}; !slices.Equal(got, want) {
+		t.Errorf("HeldEndpoints(IPv4) = %v, want %v", got, want)
+	}
+	if got, want := backend.HeldEndpoints(model.IPv6), []netip.AddrPort{netip.MustParseAddrPort("[fd00:244:0:2::20]:9090")}; !slices.Equal(got, want) {
+		t.Errorf("HeldEndpoints(IPv6) = %v, want %v", got, want)
+	}
 	release("restarted, in use", 2)
 	clear(inUse)
 	release("restarted, closed", 0)
 	check("restarted, closed", "", "")
+	if got := backend.HeldEndpoints(model.IPv4); len(got) != 0 {
+		t.Errorf("HeldEndpoints(IPv4) = %v after the release, want none", got)
+	}
 }
