@@ -263,6 +263,14 @@ func New(opts Options) (*Agent, error) {
 	} else {
 		dropTCNAT = true
 	}
+	if dropTCNAT && opts.TCNAT.PinDir != "" {
+		// Programs an earlier agent left deliver pod-to-pod TCP past
+		// conntrack until the first sync removes them: not once this
+		// agent's rules may DNAT pod traffic.
+		if err := tcnat.StopDelivery(opts.TCNAT.PinDir); err != nil {
+			klog.ErrorS(err, "Turning off an earlier agent's direct pod-to-pod delivery failed")
+		}
+	}
 	// The backend last: it takes the options completed above (InUse).
 	var dp datapath
 	if useIPTables {
@@ -536,6 +544,11 @@ func (a *Agent) syncTCNAT(st *model.State, delta model.Delta) error {
 	}
 	a.tcAddrs = st.NodeAddrs(model.IPv4)
 	attachErr := a.tcnat.Attach(a.tcAddrs)
+	// The endpoints the rules keep tracked for connections still using
+	// them stay out of direct delivery too.
+	if err := a.tcnat.Hold(a.backend.heldEndpoints(model.IPv4)); err != nil {
+		return errors.Join(attachErr, fmt.Errorf("updating the tc NAT: %w", err))
+	}
 	if err := a.tcnat.Update(st, delta); err != nil {
 		return errors.Join(attachErr, fmt.Errorf("updating the tc NAT: %w", err))
 	}
@@ -610,6 +623,12 @@ func (a *Agent) releaseHolds(ctx context.Context) {
 	}
 	n, err := a.backend.releaseHolds(context.WithoutCancel(ctx))
 	a.opts.Metrics.SetHeldEndpoints(n)
+	if a.tcnat != nil && n < before {
+		// After the rules: the tc NAT keeps them tracked no shorter.
+		if err := a.tcnat.Hold(a.backend.heldEndpoints(model.IPv4)); err != nil {
+			klog.ErrorS(err, "Releasing held endpoints from the tc NAT failed; retrying later")
+		}
+	}
 	if err != nil {
 		klog.ErrorS(err, "Releasing held endpoints failed; retrying later", "held", n)
 		return
@@ -731,7 +750,14 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	// The backend only reads the changed Services of st, under the lock:
 	// sources may not change the Builder meanwhile.
-	full, changes, err := a.backend.sync(ctx, st, delta)
+	var full bool
+	var changes int
+	var err error
+	if errors.Is(trackErr, tcnat.ErrDelivering) {
+		err = trackErr // the rules wait: they could break connections
+	} else {
+		full, changes, err = a.backend.sync(ctx, st, delta)
+	}
 	if err != nil {
 		// The backend replaces everything on the next Sync; everything
 		// else gets this Delta again with the next one (the balancer's

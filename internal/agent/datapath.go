@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/kubenat/kubenat/internal/dataplane/iptables"
 	"github.com/kubenat/kubenat/internal/dataplane/nftables"
@@ -25,8 +26,9 @@ type datapath interface {
 	// intact reports whether the programmed rules are still in the
 	// kernel; when not, the next sync is a full one.
 	intact(ctx context.Context) (bool, error)
-	// holds and releaseHolds: see nftables.Backend.Holds.
+	// holds, heldEndpoints and releaseHolds: see nftables.Backend.Holds.
 	holds() int
+	heldEndpoints(f model.Family) []netip.AddrPort
 	releaseHolds(ctx context.Context) (int, error)
 	// removeOther removes the rules the other datapaths left (an agent
 	// switched from one to another), and says what it removed.
@@ -51,6 +53,9 @@ func (d nftDatapath) sync(ctx context.Context, st *model.State, delta model.Delt
 
 func (d nftDatapath) intact(context.Context) (bool, error) { return d.b.Intact() }
 func (d nftDatapath) holds() int                           { return d.b.Holds() }
+func (d nftDatapath) heldEndpoints(f model.Family) []netip.AddrPort {
+	return d.b.HeldEndpoints(f)
+}
 func (d nftDatapath) releaseHolds(ctx context.Context) (int, error) {
 	return d.b.ReleaseHolds(ctx)
 }
@@ -97,8 +102,9 @@ func (d iptDatapath) sync(ctx context.Context, st *model.State, delta model.Delt
 	return res.Full, res.Chains, err
 }
 
-func (d iptDatapath) intact(ctx context.Context) (bool, error) { return d.b.Intact(ctx) }
-func (d iptDatapath) holds() int                               { return 0 }
+func (d iptDatapath) intact(ctx context.Context) (bool, error)    { return d.b.Intact(ctx) }
+func (d iptDatapath) holds() int                                  { return 0 }
+func (d iptDatapath) heldEndpoints(model.Family) []netip.AddrPort { return nil }
 func (d iptDatapath) releaseHolds(context.Context) (int, error) {
 	return 0, nil
 }

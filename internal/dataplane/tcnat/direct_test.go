@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -241,10 +242,19 @@ func TestTrackedEndpoints(t *testing.T) {
 	if err := n.Track(st, d); err != nil {
 		t.Fatal(err)
 	}
+	// An endpoint the rules hold for connections still using it stays
+	// when its Service goes, until it is no longer held.
+	if err := n.Hold([]netip.AddrPort{netip.MustParseAddrPort("10.244.1.11:8080")}); err != nil {
+		t.Fatal(err)
+	}
 	b.DeleteService(model.ServiceKey{Namespace: "default", Name: "c"})
 	b.DeleteService(model.ServiceKey{Namespace: "default", Name: "b"})
 	update(b.Build())
-	want("c and b gone", nil)
+	want("c and b gone, 10.244.1.11:8080 held", ap("10.244.1.11"))
+	if err := n.Hold(nil); err != nil {
+		t.Fatal(err)
+	}
+	want("released", nil)
 
 	on := func() bool {
 		t.Helper()
@@ -272,4 +282,37 @@ func TestTrackedEndpoints(t *testing.T) {
 	}
 	update(st, d)
 	want("direct delivery off", nil)
+}
+
+// TestStopDelivery checks that an agent without the tc NAT turns off the
+// direct delivery of the programs an earlier agent left, through the
+// switch pinned with the connections.
+func TestStopDelivery(t *testing.T) {
+	netnstest.Require(t)
+	_, bpffs := netnstest.SocketLBSandbox(t)
+	pins := filepath.Join(bpffs, "tcnat")
+	if err := StopDelivery(pins); err != nil {
+		t.Fatalf("nothing pinned: %v", err)
+	}
+	n, err := Open(Options{PinDir: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.writeDirect(topo.ClusterCIDR); err != nil {
+		t.Fatal(err)
+	}
+	if err := StopDelivery(pins); err != nil {
+		t.Fatal(err)
+	}
+	var c bpfDirectCfg
+	if err := n.objs.Direct.Lookup(uint32(0), &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.On != 0 {
+		t.Errorf("direct delivery still on: %+v", c)
+	}
+	if _, err := Cleanup(pins); err != nil {
+		t.Fatal(err)
+	}
 }

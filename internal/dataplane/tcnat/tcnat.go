@@ -62,8 +62,10 @@ type Options struct {
 	PortRange [2]uint16
 }
 
-// pinned are the maps kept across restarts: the connections.
-var pinned = []string{"conns"}
+// pinned are the maps kept across restarts: the connections, and what
+// direct delivery reads to decide, so that a new agent controls the
+// programs an earlier one left attached from its first sync on.
+var pinned = []string{"conns", "direct", "tracked"}
 
 // NAT keeps the programs' maps in step with the model's State and the
 // programs attached to the node's interfaces. It is not safe for
@@ -86,9 +88,12 @@ type NAT struct {
 	swept bool
 	// tracked counts, for each endpoint the tracked map holds, the
 	// Service ports that keep it tracked (with direct delivery on);
-	// ahead are the endpoints Track added that Update has not counted.
+	// ahead are the endpoints Track added that Update has not counted;
+	// held those the rules keep tracked for connections that still use
+	// them (Hold).
 	tracked map[bpfBackend]int
 	ahead   map[bpfBackend]bool
+	held    map[bpfBackend]bool
 }
 
 // group is what the maps hold for one frontend.
@@ -136,7 +141,7 @@ func Open(o Options) (_ *NAT, err error) {
 		opts.Maps.PinPath = o.PinDir
 	}
 	n := &NAT{pinDir: o.PinDir, ports: ports, groups: map[bpfFrontend]group{}, used: map[uint32]bool{}, attached: map[int]role{},
-		tracked: map[bpfBackend]int{}, ahead: map[bpfBackend]bool{}}
+		tracked: map[bpfBackend]int{}, ahead: map[bpfBackend]bool{}, held: map[bpfBackend]bool{}}
 	err = spec.LoadAndAssign(&n.objs, &opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// Pinned by a version whose connection entries differ: they
@@ -343,8 +348,67 @@ func (n *NAT) Track(st *model.State, d model.Delta) error {
 	for ep := range n.ahead {
 		if err := n.objs.Tracked.Put(ep, uint8(1)); err != nil {
 			err = fmt.Errorf("writing the tc NAT's tracked endpoints: %w", err)
-			return errors.Join(err, n.writeDirect(netip.Prefix{}))
+			if offErr := n.writeDirect(netip.Prefix{}); offErr != nil {
+				return fmt.Errorf("%w: %w (%w)", ErrDelivering, err, offErr)
+			}
+			return err
 		}
+	}
+	return nil
+}
+
+// ErrDelivering is in the error of a Track that could neither complete
+// the tracked map nor turn direct delivery off: rules that DNAT pod
+// traffic to a newly tracked endpoint must not be committed then.
+var ErrDelivering = errors.New("direct pod-to-pod delivery is on without every tracked endpoint")
+
+// Hold makes the tracked map keep eps (IPv4) whatever the Services want:
+// the endpoints the rules keep tracked for connections that still use
+// them (nftables.Backend.HeldEndpoints), whose replies need conntrack
+// after their Service no longer does. Endpoints no longer held go unless
+// a Service keeps them tracked.
+func (n *NAT) Hold(eps []netip.AddrPort) error {
+	want := map[bpfBackend]bool{}
+	for _, ep := range eps {
+		if ep.Addr().Is4() {
+			want[bpfBackend{Addr: addr4(ep.Addr()), Port: port(ep.Port())}] = true
+		}
+	}
+	var drop []bpfBackend
+	for ep := range n.held {
+		if !want[ep] && n.tracked[ep] == 0 && !n.ahead[ep] {
+			drop = append(drop, ep)
+		}
+	}
+	for ep := range want {
+		if !n.held[ep] {
+			if err := n.objs.Tracked.Put(ep, uint8(1)); err != nil {
+				return fmt.Errorf("writing the tc NAT's held endpoints: %w", err)
+			}
+		}
+	}
+	if err := bpfmap.DeleteAll(n.objs.Tracked, drop); err != nil {
+		return fmt.Errorf("removing %d held endpoints from the tc NAT: %w", len(drop), err)
+	}
+	n.held = want
+	return nil
+}
+
+// StopDelivery turns off the direct pod-to-pod delivery of the programs an
+// earlier agent left attached, through the map pinned in pinDir (nothing
+// when there is none): for an agent without the tc NAT, before its first
+// sync, since the filters are only removed after it.
+func StopDelivery(pinDir string) error {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "direct"), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("opening the tc NAT's pinned direct delivery switch: %w", err)
+	}
+	defer m.Close()
+	if err := m.Put(uint32(0), bpfDirectCfg{}); err != nil {
+		return fmt.Errorf("turning off the direct pod-to-pod delivery an earlier agent left on: %w", err)
 	}
 	return nil
 }
@@ -359,8 +423,11 @@ func (n *NAT) writeTracked(st *model.State, d model.Delta, full bool) error {
 			trackedOf(st, ports, func(ep bpfBackend) { n.tracked[ep]++ })
 		}
 		// An earlier agent's entries are not known: compare the map.
-		want := make(map[bpfBackend]uint8, len(n.tracked))
+		want := make(map[bpfBackend]uint8, len(n.tracked)+len(n.held))
 		for ep := range n.tracked {
+			want[ep] = 1
+		}
+		for ep := range n.held {
 			want[ep] = 1
 		}
 		if err := syncMap(n.objs.Tracked, want); err != nil {
@@ -379,7 +446,10 @@ func (n *NAT) writeTracked(st *model.State, d model.Delta, full bool) error {
 	}
 	var drop []bpfBackend
 	for ep := range touched {
-		if n.tracked[ep] > 0 {
+		if n.tracked[ep] > 0 || n.held[ep] {
+			if n.tracked[ep] <= 0 {
+				delete(n.tracked, ep)
+			}
 			if err := n.objs.Tracked.Put(ep, uint8(1)); err != nil {
 				return fmt.Errorf("writing the tc NAT's tracked endpoints: %w", err)
 			}

@@ -695,7 +695,8 @@ static __always_inline int deliver(struct __sk_buff *skb, struct parsed *p)
 		return TC_ACT_UNSPEC;
 	__u32 zero = 0;
 	struct direct_cfg *c = bpf_map_lookup_elem(&direct, &zero);
-	if (!c || !c->on || (p->t.saddr & c->mask) != c->net || (p->t.daddr & c->mask) != c->net)
+	// A zero mask is a configuration read while it was being written.
+	if (!c || !c->on || !c->mask || (p->t.saddr & c->mask) != c->net || (p->t.daddr & c->mask) != c->net)
 		return TC_ACT_UNSPEC;
 	__u32 in = skb->ingress_ifindex;
 	struct pod_link *to = bpf_map_lookup_elem(&pod_links, &p->t.daddr);
@@ -712,8 +713,11 @@ static __always_inline int deliver(struct __sk_buff *skb, struct parsed *p)
 	struct ethhdr *eth = (void *)(long)skb->data;
 	if (!link || (void *)(eth + 1) > (void *)(long)skb->data_end)
 		return TC_ACT_UNSPEC;
+	// The frame was addressed to another MAC than the veth's own
+	// (PACKET_OTHERHOST); the pod must take it as its own (kernels before
+	// 6.15 do not reset the type on bpf_redirect_peer).
 	if (mac_eq(eth->h_dest, to->mac)) {
-		if (to->via == to->ifindex || link->bridge != to->via)
+		if (to->via == to->ifindex || link->bridge != to->via || bpf_skb_change_type(skb, PACKET_HOST))
 			return TC_ACT_UNSPEC;
 		return bpf_redirect_peer(to->ifindex, 0);
 	}
@@ -721,7 +725,10 @@ static __always_inline int deliver(struct __sk_buff *skb, struct parsed *p)
 		return TC_ACT_UNSPEC;
 	struct bpf_fib_lookup fib;
 	int neigh;
-	if (p->ttl <= 1 || !route(skb, p, &p->t, &fib, &neigh) || !neigh || fib.ifindex != to->via)
+	// The neighbour the FIB resolves must be the pod pod_links names (not
+	// a pod that took its address since the map was written).
+	if (p->ttl <= 1 || !route(skb, p, &p->t, &fib, &neigh) || !neigh || fib.ifindex != to->via ||
+	    !mac_eq(fib.dmac, to->mac) || bpf_skb_change_type(skb, PACKET_HOST))
 		return TC_ACT_UNSPEC;
 	if (rewrite(skb, p, &p->t))
 		return TC_ACT_SHOT;
