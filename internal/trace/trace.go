@@ -607,14 +607,17 @@ const directWhy = "the tc NAT's pod program delivers this TCP straight into the 
 
 // direct reports whether the tc NAT's pod program delivers TCP from src,
 // of class, to dst directly (model.State.DirectPodCIDR): from a pod of
-// this node to an address of this node's pod ranges, both in the cluster
-// CIDR, neither an endpoint kept tracked (model.State.TrackedEndpoints).
+// this node to another address of the node's spec.podCIDRs (none known:
+// no), both in the cluster CIDR, neither an endpoint the Services keep
+// tracked (model.State.TrackedEndpoints; the endpoints the agent keeps
+// tracked for connections that still use them are not known here).
 func direct(st *model.State, class model.SourceClass, src, dst netip.AddrPort) bool {
 	cidr, ok := st.DirectPodCIDR()
-	if !ok || class != model.FromLocalPod || !cidr.Contains(src.Addr()) || !cidr.Contains(dst.Addr()) || isNodeAddr(st, dst.Addr()) {
+	if !ok || class != model.FromLocalPod || !cidr.Contains(src.Addr()) || !cidr.Contains(dst.Addr()) ||
+		isNodeAddr(st, dst.Addr()) || src.Addr() == dst.Addr() {
 		return false
 	}
-	if !slices.ContainsFunc(st.LocalPodCIDRs(model.IPv4), func(p netip.Prefix) bool { return p.Contains(dst.Addr()) }) {
+	if !slices.ContainsFunc(st.Node.PodCIDRs, func(p netip.Prefix) bool { return p.Contains(dst.Addr()) }) {
 		return false
 	}
 	for _, ports := range st.Services {

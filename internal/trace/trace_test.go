@@ -424,6 +424,7 @@ func TestTraceDirectPodToPod(t *testing.T) {
 		{"UDP", on, udp(pkt(podA, web1+":8080")), Route, false},
 		{"a pod to a pod of another node", on, pkt(podA, web2+":8080"), Route, false},
 		{"a pod of another node", on, pkt(podB, web1+":8080"), Route, false},
+		{"a pod to its own address", on, pkt(web1, web1+":8080"), Route, false},
 		{"a tracked endpoint (externalTrafficPolicy Local)", on, pkt(podA, "10.244.1.21:8080"), Route, false},
 		{"a tracked endpoint's replies", on, pkt("10.244.1.21:8080", podA+":40000"), Route, false},
 		{"through the socket load balancer, a candidate on this node", on, pkt(podA, webVIP+":80"), Forward, true},
