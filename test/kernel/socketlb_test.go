@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -358,8 +359,15 @@ func TestUntrackedFollowsNodeAddresses(t *testing.T) {
 // endpoint — deleted, or its affinity removed — as with conntrack alone:
 // the running agent keeps the endpoint in tracked-endpoints (held), so
 // its replies are still translated back. A restarted agent holds it too,
-// from conntrack, and lets go of it once the connection is gone.
+// from conntrack, and lets go of it once the connection is gone. With the
+// tc NAT's direct pod-to-pod delivery, the held endpoint's replies are
+// not delivered past conntrack either.
 func TestUntrackedKeepsDNATedConnections(t *testing.T) {
+	t.Run("untracked", func(t *testing.T) { testUntrackedKeepsDNATedConnections(t, false) })
+	t.Run("direct delivery", func(t *testing.T) { testUntrackedKeepsDNATedConnections(t, true) })
+}
+
+func testUntrackedKeepsDNATedConnections(t *testing.T, direct bool) {
 	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a", Pods: []string{"web-1", "cli"}}}})
 	cgroup, bpffs := netnstest.SocketLBSandbox(t)
 	a, cli, web1 := e.c.Node("node-a"), e.c.Pod("cli"), e.c.Pod("web-1")
@@ -371,6 +379,15 @@ func TestUntrackedKeepsDNATedConnections(t *testing.T) {
 	t.Cleanup(func() { l.Close() })
 	args := append(e.agentArgs(a), "--socket-lb-cgroup", cgroup,
 		"--bpf-pin-dir", filepath.Join(bpffs, "kubenat"), "--untrack-pod-tcp")
+	if direct {
+		args = append(args, "--tc-nat", "--tc-nat-pod-to-pod")
+		// node-a knows its pods, as a node whose kubelet probes them.
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		if err := topo.Meet(ctx, &a.Host, []netip.Addr{cli.Addr, web1.Addr}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// list returns what nft lists, nothing before the agent made it.
 	list := func(t *testing.T, what ...string) string {
 		out, err := e.c.Exec(t.Context(), &a.Host, append([]string{"nft", "list"}, what...)...)
