@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -42,18 +41,47 @@ func localAddrs() ([]netip.Addr, error) {
 func LocalAddrs() ([]netip.Addr, error) { return localAddrs() }
 
 // watchAddrs signals on changed each time an address is added to or
-// removed from an interface of this network namespace, and once after
-// each subscription (for changes made while none was open), until ctx
-// ends. A signal is never waited for: one pending signal stands for any
-// number of changes. A subscription that fails is opened again after
-// retry; the agent's periodic check covers the gap.
+// removed from an interface of this network namespace (see watch).
 func watchAddrs(ctx context.Context, changed chan<- struct{}, retry time.Duration) {
+	watch(ctx, "the node's addresses", changed, retry, func(ch chan netlink.AddrUpdate, done chan struct{}, onErr func(error)) error {
+		return netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: rcvBuf})
+	})
+}
+
+// watchPodLinks signals on changed each time an interface of this network
+// namespace comes or goes, or its neighbour or bridge forwarding tables
+// change: what the tc NAT's pod links are learnt from (see watch).
+func watchPodLinks(ctx context.Context, changed chan<- struct{}, retry time.Duration) {
+	go watch(ctx, "the node's interfaces", changed, retry, func(ch chan netlink.LinkUpdate, done chan struct{}, onErr func(error)) error {
+		return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: rcvBuf})
+	})
+	watch(ctx, "the node's neighbours", changed, retry, func(ch chan netlink.NeighUpdate, done chan struct{}, onErr func(error)) error {
+		return netlink.NeighSubscribeWithOptions(ch, done, netlink.NeighSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: rcvBuf})
+	})
+}
+
+// rcvBuf is the receive buffer of the subscriptions: room for a burst (a
+// CNI configuring many interfaces) before the kernel drops
+// notifications, which ends the subscription (the watch then subscribes
+// again and signals). The kernel caps it at net.core.rmem_max; forcing
+// it past that needs CAP_NET_ADMIN, and a refusal would end every
+// subscription.
+const rcvBuf = 1 << 20
+
+// watch signals on changed each time a notification arrives on a
+// subscription open makes (about what), and once after each subscription
+// (for changes made while none was open), until ctx ends. A signal is
+// never waited for: one pending signal stands for any number of changes.
+// A subscription that fails is opened again after retry; the agent's
+// periodic checks cover the gap.
+func watch[T any](ctx context.Context, what string, changed chan<- struct{}, retry time.Duration,
+	open func(ch chan T, done chan struct{}, onErr func(error)) error) {
 	for {
-		err := subscribeAddrs(ctx, changed)
+		err := subscribe(ctx, what, changed, open)
 		if ctx.Err() != nil {
 			return
 		}
-		klog.ErrorS(err, "Watching the node's addresses failed; subscribing again", "after", retry)
+		klog.ErrorS(err, "Watching "+what+" failed; subscribing again", "after", retry)
 		select {
 		case <-ctx.Done():
 			return
@@ -62,27 +90,20 @@ func watchAddrs(ctx context.Context, changed chan<- struct{}, retry time.Duratio
 	}
 }
 
-// subscribeAddrs is one subscription of watchAddrs. It returns when ctx
-// ends, or with an error when the subscription fails or ends.
-func subscribeAddrs(ctx context.Context, changed chan<- struct{}) error {
-	updates := make(chan netlink.AddrUpdate, 64)
+// subscribe is one subscription of watch. It returns when ctx ends, or
+// with an error when the subscription fails or ends.
+func subscribe[T any](ctx context.Context, what string, changed chan<- struct{},
+	open func(ch chan T, done chan struct{}, onErr func(error)) error) error {
+	updates := make(chan T, 64)
 	done := make(chan struct{})
-	err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{
-		ErrorCallback: func(err error) {
-			if ctx.Err() == nil {
-				klog.ErrorS(err, "Reading the node's address changes")
-			}
-		},
-		// Room for a burst (a CNI configuring many interfaces) before the
-		// kernel drops notifications, which ends the subscription (the
-		// watch then subscribes again and re-reads). The kernel caps it at
-		// net.core.rmem_max; forcing it past that needs CAP_NET_ADMIN,
-		// and a refusal would end every subscription.
-		ReceiveBufferSize: 1 << 20,
+	err := open(updates, done, func(err error) {
+		if ctx.Err() == nil {
+			klog.ErrorS(err, "Reading the changes of "+what)
+		}
 	})
 	if err != nil {
 		close(done)
-		return fmt.Errorf("subscribing to the node's address changes: %w", err)
+		return fmt.Errorf("subscribing to the changes of %s: %w", what, err)
 	}
 	defer func() {
 		close(done) // closes the socket: the receiver ends and closes updates
@@ -96,7 +117,7 @@ func subscribeAddrs(ctx context.Context, changed chan<- struct{}) error {
 			return nil
 		case _, ok := <-updates:
 			if !ok {
-				return errors.New("the subscription to the node's address changes ended")
+				return fmt.Errorf("the subscription to the changes of %s ended", what)
 			}
 			notify(changed)
 		}

@@ -457,6 +457,14 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 	tableCheck := time.NewTicker(a.opts.TableCheckPeriod)
 	defer tableCheck.Stop()
 	addrsNow := func() bool { return a.refreshLocalAddrs() && a.opts.Config.UntrackPodTCP }
+	// The tc NAT's pod links follow the node's interfaces, neighbours and
+	// bridge forwarding tables: notified by the kernel, refreshed at most
+	// once a second (and with every sync and table check).
+	linksChanged := make(chan struct{}, 1)
+	var linksDue <-chan time.Time
+	if a.tcnat != nil {
+		go watchPodLinks(ctx, linksChanged, time.Second)
+	}
 
 	var last time.Time // the last sync's start
 	backoff := time.Second
@@ -478,6 +486,13 @@ func (a *Agent) Run(ctx context.Context, src Source) error {
 			a.checkTables(ctx)
 		case <-addrsChanged:
 			now = addrsNow()
+		case <-linksChanged:
+			if linksDue == nil {
+				linksDue = time.After(time.Second)
+			}
+		case <-linksDue:
+			linksDue = nil
+			a.refreshPodLinks()
 		case <-ctx.Done():
 			return nil
 		case err := <-srcErr:
@@ -558,6 +573,19 @@ func (a *Agent) syncTCNAT(st *model.State, delta model.Delta) error {
 	return nil
 }
 
+// refreshPodLinks brings the tc NAT's programs and pod links in step with
+// the node's interfaces, neighbour and bridge tables, once the first sync
+// attached them: a new pod's link, a pod the node has met, a link that
+// went. Like sync, it runs in the Run goroutine.
+func (a *Agent) refreshPodLinks() {
+	if a.tcnat == nil || !a.programmed {
+		return
+	}
+	if err := a.tcnat.Attach(a.tcAddrs); err != nil {
+		klog.ErrorS(err, "Refreshing the tc NAT's interfaces failed")
+	}
+}
+
 // removeOther removes the rules the other datapaths left, and logs what
 // it removed or why it failed. Like sync, it runs in the Run goroutine.
 func (a *Agent) removeOther(ctx context.Context) {
@@ -581,13 +609,7 @@ func (a *Agent) checkTables(ctx context.Context) {
 	if a.programmed && !a.removedOther {
 		a.removeOther(ctx)
 	}
-	if a.tcnat != nil && a.programmed {
-		// The pods' links, learnt from the neighbour and bridge tables,
-		// follow pods the node has met since the last sync.
-		if err := a.tcnat.Attach(a.tcAddrs); err != nil {
-			klog.ErrorS(err, "Refreshing the tc NAT's interfaces failed")
-		}
-	}
+	a.refreshPodLinks()
 	if a.tcnat != nil {
 		if err := a.tcnat.Intact(); err != nil {
 			klog.InfoS("Warning: the tc NAT's programs were removed from outside; attaching them again", "problem", err.Error())

@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -248,4 +249,64 @@ func TestTCNAT(t *testing.T) {
 			t.Errorf("node-a:30080 still answers after cleanup: %v", r)
 		}
 	})
+}
+
+// TestDirectDeliveryFollowsPods: with direct pod-to-pod delivery, a pod
+// that appears while the agent runs is delivered to directly once the
+// node has met it, without waiting for a sync or a table check (an hour
+// away here): the agent follows the kernel's link and neighbour
+// notifications.
+func TestDirectDeliveryFollowsPods(t *testing.T) {
+	e := newEnv(t, topo.Spec{Nodes: []topo.NodeSpec{{Name: "node-a", Pods: []string{"cli"}}}})
+	cgroup, bpffs := netnstest.SocketLBSandbox(t)
+	a, cli := e.c.Node("node-a"), e.c.Pod("cli")
+	args := append(e.agentArgs(a), "--socket-lb-cgroup", cgroup, "--bpf-pin-dir", filepath.Join(bpffs, "kubenat"),
+		"--untrack-pod-tcp", "--tc-nat", "--tc-nat-pod-to-pod", "--sync-period", "1h")
+	agent := netnstest.StartKubenat(t, &a.Host, args...)
+	if msg := eventually(10*time.Second, func() string {
+		if !strings.Contains(agent.Output(), "Programmed nftables") {
+			return "not programmed yet"
+		}
+		return ""
+	}); msg != "" {
+		t.Fatalf("%s\n%s", msg, agent.Output())
+	}
+	late, err := e.c.AddPod(t.Context(), a, "late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.serve(&late.Host, "late", echoPort)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := topo.Meet(ctx, &a.Host, []netip.Addr{cli.Addr, late.Addr}); err != nil {
+		t.Fatal(err)
+	}
+	nft := netnstest.NSRunner{NS: a.NS}
+	if _, err := nft.Run(t.Context(), fmt.Sprintf(`table bridge kubenat_test {
+	chain forward { type filter hook forward priority 0; policy accept; ip saddr . ip daddr { %[1]s . %[2]s, %[2]s . %[1]s } meta l4proto tcp counter; }
+}
+`, cli.Addr, late.Addr)); err != nil {
+		t.Fatal(err)
+	}
+	bridged := func() string {
+		out, err := nft.Run(t.Context(), "list table bridge kubenat_test\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, after, _ := strings.Cut(out, "counter packets ")
+		n, _, _ := strings.Cut(after, " ")
+		return n
+	}
+	if msg := eventually(5*time.Second, func() string {
+		before := bridged()
+		if r := e.mustDial(t, &cli.Host, "tcp", netip.AddrPortFrom(late.Addr, echoPort)); r.Server != "late" || r.Seen.Addr() != cli.Addr {
+			t.Fatalf("cli to late: %v, want late seeing %s", r, cli.Addr)
+		}
+		if after := bridged(); after != before {
+			return fmt.Sprintf("the connection crossed the bridge (counter %s → %s)", before, after)
+		}
+		return ""
+	}); msg != "" {
+		t.Errorf("%s\n%s", msg, agent.Output())
+	}
 }
