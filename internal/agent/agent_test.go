@@ -582,8 +582,11 @@ func TestHeldEndpointsAreReleased(t *testing.T) {
 	// Not the last script: the agent also follows the addresses of the
 	// namespace it runs in (node-addrs), in scripts of their own.
 	waitFor(t, "the first sync", func() bool { return run.ran("10.244.1.10 . 8080") })
+	// The metrics are set after the script ran.
 	var frontends, held int
-	m.get(func(r *recordingMetrics) bool { frontends, held = r.socketLB, r.held; return true })
+	waitFor(t, "the first sync's metrics", func() bool {
+		return m.get(func(r *recordingMetrics) bool { frontends, held = r.socketLB, r.held; return frontends != 0 })
+	})
 	if frontends != 1 || held != 0 {
 		t.Errorf("metrics: %d socket LB frontends, %d held endpoints; want 1 (web; sticky has affinity), 0", frontends, held)
 	}
