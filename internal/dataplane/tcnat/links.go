@@ -3,7 +3,6 @@ package tcnat
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -74,16 +73,10 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 		}
 	}
 	var errs []error
-	present := map[int]bool{}
-	kinds := map[int]string{}
-	masters := map[int]int{}
-	macs := map[int]net.HardwareAddr{}
+	byIndex := map[int]netlink.Link{}
 	for _, l := range links {
-		kinds[l.Attrs().Index] = l.Type()
-		masters[l.Attrs().Index] = l.Attrs().MasterIndex
-		macs[l.Attrs().Index] = l.Attrs().HardwareAddr
 		idx := l.Attrs().Index
-		present[idx] = true
+		byIndex[idx] = l
 		r := noRole
 		if _, ok := ifaddr[idx]; ok {
 			r = external
@@ -109,14 +102,14 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 		n.swept = true
 	}
 	for idx := range n.attached {
-		if !present[idx] {
+		if byIndex[idx] == nil {
 			delete(n.attached, idx) // the link is gone, and its filters
 		}
 	}
 	if err := n.writeIfaddrs(ifaddr); err != nil {
 		errs = append(errs, err)
 	}
-	if err := n.writePodLinks(kinds); err != nil {
+	if err := n.writePodLinks(byIndex); err != nil {
 		errs = append(errs, err)
 	}
 	// A pod link with its bridge (none: 0), a bridge with itself.
@@ -126,9 +119,9 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 			continue
 		}
 		var v bpfPodIface
-		if m := masters[idx]; m != 0 {
+		if m := byIndex[idx].Attrs().MasterIndex; m != 0 && byIndex[m] != nil {
 			v.Bridge = uint32(m)
-			copy(v.BridgeMac[:], macs[m])
+			copy(v.BridgeMac[:], byIndex[m].Attrs().HardwareAddr)
 			podIfaces[uint32(m)] = v
 		}
 		podIfaces[uint32(idx)] = v
@@ -139,15 +132,20 @@ func (n *NAT) Attach(nodeAddrs []netip.Addr) error {
 	return errors.Join(errs...)
 }
 
-// syncMap makes m hold exactly want.
+// syncMap makes m hold exactly want, writing only the keys it lacks or
+// holds with another value.
 func syncMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
 	var k K
 	var v V
 	var drop []K
+	same := map[K]bool{}
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if w, ok := want[k]; !ok || w != v {
+		switch w, ok := want[k]; {
+		case !ok:
 			drop = append(drop, k)
+		case w == v:
+			same[k] = true
 		}
 	}
 	if err := it.Err(); err != nil {
@@ -157,6 +155,9 @@ func syncMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
 		return err
 	}
 	for k, v := range want {
+		if same[k] {
+			continue
+		}
 		if err := m.Put(k, v); err != nil {
 			return err
 		}
@@ -171,7 +172,7 @@ func syncMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
 // MAC address was learnt on. A pod whose address moved (a new pod reusing it) moves with
 // the tables; one they do not know is reached through the FIB's
 // interface.
-func (n *NAT) writePodLinks(kinds map[int]string) error {
+func (n *NAT) writePodLinks(links map[int]netlink.Link) error {
 	neighs, err := netlink.NeighList(0, unix.AF_INET)
 	if err != nil {
 		return fmt.Errorf("listing the node's neighbours for the tc NAT: %w", err)
@@ -196,7 +197,7 @@ func (n *NAT) writePodLinks(kinds map[int]string) error {
 		switch {
 		case n.attached[ne.LinkIndex] == pod:
 			link = ne.LinkIndex
-		case kinds[ne.LinkIndex] == "bridge":
+		case links[ne.LinkIndex] != nil && links[ne.LinkIndex].Type() == "bridge":
 			link = ports[ne.HardwareAddr.String()]
 		}
 		if link != 0 && len(ne.HardwareAddr) == 6 {

@@ -7,7 +7,8 @@
 // nftables rule, no routing decision by the stack.
 //
 // The external program runs on the interfaces that hold the node's IPv4
-// addresses, the pod program (replies only) on every other veth and netkit
+// addresses, the pod program (replies, and with direct delivery the
+// pod-to-pod TCP that needs no conntrack) on every other veth and netkit
 // interface of the node's network namespace: the host sides of the pods'
 // interfaces, where a pod's reply arrives before any bridge. Both are cls_bpf
 // filters in direct-action mode on the clsact qdisc's ingress, named
@@ -332,7 +333,7 @@ func (n *NAT) Track(st *model.State, d model.Delta) error {
 		return n.writeDirect(netip.Prefix{})
 	}
 	add := func(ep bpfBackend) {
-		if n.tracked[ep] == 0 && !n.ahead[ep] {
+		if n.tracked[ep] == 0 {
 			n.ahead[ep] = true
 		}
 	}
